@@ -1,0 +1,135 @@
+//! Types that cross the kernel/user boundary. `#[repr(C)]` with explicit padding so the
+//! layout is identical in the BPF object and in the `cfstrace` binary.
+#![no_std]
+
+/// One `sched_cfs_period_timer` callback, emitted when its frame closes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeriodEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the callback started.
+    pub start_ns: u64,
+    /// IRQs-off time of the callback: entry to return.
+    pub duration_ns: u64,
+    /// kernfs id of the task_group's cgroup (= inode of its directory); 0 if unresolved.
+    pub cgroup_id: u64,
+    /// Address of the hrtimer (identifies the cfs_bandwidth while it lives).
+    pub timer: u64,
+    /// `cfs_bandwidth.period` read at frame close; 0 if the kernel layout lacks it.
+    pub period_ns: u64,
+    /// `cfs_bandwidth.quota`; `u64::MAX` is RUNTIME_INF (no quota).
+    pub quota_ns: u64,
+    pub cpu: u32,
+    /// `distribute_cfs_runtime` passes inside this callback.
+    pub loops: u32,
+    /// `unthrottle_cfs_rq` calls inside this callback.
+    pub unthrottled: u32,
+    /// Entities enqueued inside this callback (`enqueue_entity`, or `enqueue_task_fair`).
+    pub enqueued: u32,
+    /// Tasks made runnable inside this callback (`sched_update_nr_running_tp`, positive deltas).
+    pub runnable: u32,
+    /// `HOW_*` bits: how the frame was opened and which figures were counted.
+    pub flags: u32,
+}
+
+/// The frame was opened/closed by a kprobe/kretprobe pair.
+pub const HOW_FRAME_KPROBE: u32 = 1 << 0;
+/// ... by fentry/fexit.
+pub const HOW_FRAME_FENTRY: u32 = 1 << 1;
+/// ... by the `hrtimer_expire_entry/exit` tracepoints filtered on the callback address.
+pub const HOW_FRAME_TRACEPOINT: u32 = 1 << 2;
+/// `loops` is a real count (a probe on `distribute_cfs_runtime` was attached).
+pub const HOW_LOOPS: u32 = 1 << 3;
+/// `unthrottled` is a real count (a probe on `unthrottle_cfs_rq` was attached).
+pub const HOW_UNTHROTTLE: u32 = 1 << 4;
+/// `enqueued` counts `enqueue_entity`.
+pub const HOW_ENQUEUE_ENTITY: u32 = 1 << 5;
+/// `enqueued` counts `enqueue_task_fair` (where `enqueue_entity` is inlined).
+pub const HOW_ENQUEUE_TASK_FAIR: u32 = 1 << 6;
+/// `runnable` is a real count (`sched_update_nr_running_tp` attached).
+pub const HOW_RUNNABLE: u32 = 1 << 7;
+/// `cgroup_id` was read from the timer's task_group.
+pub const HOW_CGROUP: u32 = 1 << 8;
+/// `period_ns` / `quota_ns` were read from the cfs_bandwidth.
+pub const HOW_PERIOD: u32 = 1 << 9;
+/// The frame was already open when a new callback started: the previous close was missed.
+pub const HOW_REOPENED: u32 = 1 << 10;
+
+/// Offsets into kernel structures, read by userspace from the running kernel's BTF and
+/// written into the object's `.rodata` before load. `OFFSET_UNAVAILABLE` marks a missing field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelLayout {
+    /// Address of `sched_cfs_period_timer` (tracepoint filter); 0 if unknown.
+    pub period_timer_fn: u64,
+    /// offsetof(struct hrtimer, function)
+    pub hrtimer_function: u64,
+    /// offsetof(struct cfs_bandwidth, period_timer)
+    pub cfsb_period_timer: u64,
+    /// offsetof(struct cfs_bandwidth, period)
+    pub cfsb_period: u64,
+    /// offsetof(struct cfs_bandwidth, quota)
+    pub cfsb_quota: u64,
+    /// offsetof(struct task_group, cfs_bandwidth)
+    pub tg_cfs_bandwidth: u64,
+    /// offsetof(struct task_group, css) + offsetof(struct cgroup_subsys_state, cgroup)
+    pub tg_css_cgroup: u64,
+    /// offsetof(struct cgroup, kn)
+    pub cgroup_kn: u64,
+    /// offsetof(struct kernfs_node, id)
+    pub kn_id: u64,
+    /// Mask applied to the 64-bit id read: all ones for a plain u64, the low 32 bits for the
+    /// pre-5.5 `union kernfs_node_id` whose `ino` is the low half.
+    pub kn_id_mask: u64,
+}
+
+pub const OFFSET_UNAVAILABLE: u64 = u64::MAX;
+
+impl KernelLayout {
+    pub const UNAVAILABLE: Self = Self {
+        period_timer_fn: 0,
+        hrtimer_function: OFFSET_UNAVAILABLE,
+        cfsb_period_timer: OFFSET_UNAVAILABLE,
+        cfsb_period: OFFSET_UNAVAILABLE,
+        cfsb_quota: OFFSET_UNAVAILABLE,
+        tg_cfs_bandwidth: OFFSET_UNAVAILABLE,
+        tg_css_cgroup: OFFSET_UNAVAILABLE,
+        cgroup_kn: OFFSET_UNAVAILABLE,
+        kn_id: OFFSET_UNAVAILABLE,
+        kn_id_mask: u64::MAX,
+    };
+}
+
+/// Indexes of the per-CPU `LOSS` counters.
+pub const LOSS_RINGBUF_FULL: u32 = 0;
+/// A close without an open (e.g. the tracer attached mid-callback).
+pub const LOSS_UNMATCHED_EXIT: u32 = 1;
+/// An open while a frame was open: the earlier callback's close was missed.
+pub const LOSS_MISSED_EXIT: u32 = 2;
+/// A kernel read on the timer -> cgroup chain failed.
+pub const LOSS_CGROUP_READ: u32 = 3;
+pub const LOSS_SLOTS: u32 = 4;
+
+/// Index in the `ATTACHED` array map: userspace writes the `HOW_*` bits of the probes it
+/// attached, so every event says how its figures were obtained.
+pub const ATTACHED_SLOT: u32 = 0;
+
+pub const RINGBUF_BYTES: u32 = 1 << 22;
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: repr(C), only integers, no implicit padding (checked by the size tests).
+    unsafe impl aya::Pod for super::PeriodEvent {}
+    unsafe impl aya::Pod for super::KernelLayout {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn no_implicit_padding() {
+        assert_eq!(size_of::<PeriodEvent>(), 6 * 8 + 6 * 4);
+        assert_eq!(size_of::<KernelLayout>(), 10 * 8);
+    }
+}

@@ -1,0 +1,4 @@
+fn main() -> anyhow::Result<()> {
+    let _ = cfstrace::EBPF_OBJECT.len();
+    Ok(())
+}
