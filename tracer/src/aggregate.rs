@@ -1,1 +1,805 @@
-//! TODO
+//! Per-cgroup and per-CPU aggregation of period-timer callbacks.
+//!
+//! Memory is the constraint that shapes this module: a node can have thousands of cgroups with
+//! a quota, and `watch` keeps one state per cgroup for as long as it runs. Every histogram
+//! starts small and auto-resizes only up to what was actually recorded, with hard caps, so the
+//! worst case is bounded (about 20 KB a cgroup, see `memory_bound_for_2000_cgroups`) and the
+//! typical case is a few KB.
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use hdrhistogram::Histogram;
+use tracer_ebpf::{
+    HOW_ENQUEUE_ENTITY, HOW_ENQUEUE_TASK_FAIR, HOW_LOOPS, HOW_PERIOD, HOW_REOPENED, HOW_RUNNABLE,
+    HOW_UNTHROTTLE,
+};
+
+use crate::capture::{CaptureLine, CgroupRecord, EndRecord, LossRecord, PeriodRecord};
+
+/// Events whose timer could not be mapped to a cgroup carry id 0 and are kept under it.
+pub const UNRESOLVED_ID: u64 = 0;
+pub const UNRESOLVED_NAME: &str = "(unresolved)";
+
+/// Highest CPU number tracked (x86_64's largest NR_CPUS). Events from higher CPUs are counted
+/// but not given a per-CPU slot, so a corrupt `cpu` cannot make us allocate gigabytes.
+pub const MAX_CPUS: usize = 8192;
+
+/// Callback durations above this (~68.7 s, beyond the largest `watchdog_thresh` of 60 s) are
+/// clamped in the histogram; the exact max is kept separately.
+pub const CALLBACK_NS_CAP: u64 = 1 << 36;
+/// Per-period counts above this are clamped in the histogram (exact max kept).
+pub const COUNT_CAP: u64 = 1 << 20;
+/// Callback times: 2 significant digits (< 1 % error). 3 digits costs 8x the memory.
+const CALLBACK_SIGFIG: u8 = 2;
+/// Per-period counts: exact below 32, within 1/16 above. Their mean, min and max are exact,
+/// and quantiles are clamped to [min, max], so a steady "48 per period" reads 48.
+const COUNT_SIGFIG: u8 = 1;
+
+/// Two back-to-back callbacks on one CPU closer than this are taken to be served by the same
+/// hrtimer interrupt (`__hrtimer_run_queues` runs every expired timer with IRQs off).
+pub const CHAIN_GAP_NS: u64 = 2_000;
+
+/// Cgroup ids are kernfs inode numbers: a multiplicative hash is plenty and much cheaper than
+/// SipHash on the per-event path.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
+/// A distribution: a small auto-resizing histogram for quantiles, plus exact count, sum, min
+/// and max.
+#[derive(Clone, Debug)]
+pub struct Distribution {
+    // u32 buckets halve the memory; hdrhistogram saturates (never wraps) a full bucket, and a
+    // cgroup's timer fires at most 1000 times a second, so one bucket needs 49 days to fill.
+    hist: Histogram<u32>,
+    cap: u64,
+    count: u64,
+    sum: u64,
+    min: u64,
+    max: u64,
+}
+
+impl Distribution {
+    fn new(sigfig: u8, cap: u64) -> Self {
+        // `new` is low = 1, high = 2, auto-resize: it grows with the largest value recorded.
+        let hist = Histogram::new(sigfig).expect("constant sigfig is valid");
+        Distribution {
+            hist,
+            cap,
+            count: 0,
+            sum: 0,
+            min: u64::MAX,
+            max: 0,
+        }
+    }
+
+    fn callback() -> Self {
+        Self::new(CALLBACK_SIGFIG, CALLBACK_NS_CAP)
+    }
+
+    fn counts() -> Self {
+        Self::new(COUNT_SIGFIG, COUNT_CAP)
+    }
+
+    #[inline]
+    fn record(&mut self, v: u64) {
+        let clamped = v.min(self.cap);
+        if self.hist.record(clamped).is_err() {
+            // Only a failed resize gets here (cannot happen below the cap); never lose the event.
+            self.hist.saturating_record(clamped);
+        }
+        self.count += 1;
+        self.sum = self.sum.saturating_add(v);
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn sum(&self) -> u64 {
+        self.sum
+    }
+
+    /// 0 when empty.
+    pub fn min(&self) -> u64 {
+        if self.count == 0 { 0 } else { self.min }
+    }
+
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    pub fn mean(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.sum as f64 / self.count as f64
+        }
+    }
+
+    /// Value at quantile `q` (0..=1): the histogram's highest equivalent value, clamped to the
+    /// exact [min, max] so bucket widths never report a value that was not reached.
+    pub fn quantile(&self, q: f64) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        self.hist.value_at_quantile(q).clamp(self.min(), self.max())
+    }
+
+    /// Approximate heap bytes held by the histogram.
+    pub fn heap_bytes(&self) -> usize {
+        self.hist.distinct_values() * std::mem::size_of::<u32>()
+    }
+}
+
+/// CPUs a cgroup's timer fired on: a bitset grown on demand.
+#[derive(Clone, Debug, Default)]
+pub struct CpuSet(Vec<u64>);
+
+impl CpuSet {
+    fn insert(&mut self, cpu: u32) {
+        let (w, b) = (cpu as usize / 64, cpu % 64);
+        if w >= self.0.len() {
+            self.0.resize(w + 1, 0);
+        }
+        self.0[w] |= 1 << b;
+    }
+
+    pub fn contains(&self, cpu: u32) -> bool {
+        self.0
+            .get(cpu as usize / 64)
+            .is_some_and(|w| w & (1 << (cpu % 64)) != 0)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|&w| w == 0)
+    }
+
+    /// Ascending.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.0.iter().enumerate().flat_map(|(i, &w)| {
+            (0..64u32)
+                .filter(move |b| w & (1 << b) != 0)
+                .map(move |b| i as u32 * 64 + b)
+        })
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.0.capacity() * 8
+    }
+}
+
+/// Everything recorded for one cgroup's period timer.
+#[derive(Clone, Debug)]
+pub struct CgroupStats {
+    callback_ns: Distribution,
+    unthrottled: Option<Distribution>,
+    enqueued: Option<Distribution>,
+    runnable: Option<Distribution>,
+    max_loops: Option<u32>,
+    cpus: CpuSet,
+    period_ns: Option<u64>,
+    quota_ns: Option<u64>,
+    period_ns_min: u64,
+    period_ns_max: u64,
+    flags: u32,
+    first_ts_ns: u64,
+    last_ts_ns: u64,
+}
+
+impl CgroupStats {
+    fn new(ts: u64) -> Self {
+        CgroupStats {
+            callback_ns: Distribution::callback(),
+            unthrottled: None,
+            enqueued: None,
+            runnable: None,
+            max_loops: None,
+            cpus: CpuSet::default(),
+            period_ns: None,
+            quota_ns: None,
+            period_ns_min: u64::MAX,
+            period_ns_max: 0,
+            flags: 0,
+            first_ts_ns: ts,
+            last_ts_ns: ts,
+        }
+    }
+
+    #[inline]
+    fn add(&mut self, p: &PeriodRecord) {
+        self.callback_ns.record(p.duration_ns);
+        // A figure is only real when the event says its probe counted it; a zero from a
+        // missing probe must not dilute the distribution.
+        if p.flags & HOW_UNTHROTTLE != 0 {
+            self.unthrottled
+                .get_or_insert_with(Distribution::counts)
+                .record(u64::from(p.unthrottled));
+        }
+        if p.flags & (HOW_ENQUEUE_ENTITY | HOW_ENQUEUE_TASK_FAIR) != 0 {
+            self.enqueued
+                .get_or_insert_with(Distribution::counts)
+                .record(u64::from(p.enqueued));
+        }
+        if p.flags & HOW_RUNNABLE != 0 {
+            self.runnable
+                .get_or_insert_with(Distribution::counts)
+                .record(u64::from(p.runnable));
+        }
+        if p.flags & HOW_LOOPS != 0 {
+            self.max_loops = Some(self.max_loops.unwrap_or(0).max(p.loops));
+        }
+        if (p.cpu as usize) < MAX_CPUS {
+            self.cpus.insert(p.cpu);
+        }
+        if p.flags & HOW_PERIOD != 0 || p.period_ns != 0 {
+            self.period_ns = Some(p.period_ns);
+            self.quota_ns = Some(p.quota_ns);
+            self.period_ns_min = self.period_ns_min.min(p.period_ns);
+            self.period_ns_max = self.period_ns_max.max(p.period_ns);
+        }
+        self.flags |= p.flags;
+        self.first_ts_ns = self.first_ts_ns.min(p.ts_ns);
+        self.last_ts_ns = self.last_ts_ns.max(p.ts_ns);
+    }
+
+    /// Period-timer callbacks seen.
+    pub fn periods(&self) -> u64 {
+        self.callback_ns.count()
+    }
+
+    /// IRQs-off time of all its callbacks.
+    pub fn total_callback_ns(&self) -> u64 {
+        self.callback_ns.sum()
+    }
+
+    pub fn callback_ns(&self) -> &Distribution {
+        &self.callback_ns
+    }
+
+    /// None unless some event carried a real count (`HOW_UNTHROTTLE`).
+    pub fn unthrottled(&self) -> Option<&Distribution> {
+        self.unthrottled.as_ref()
+    }
+
+    pub fn enqueued(&self) -> Option<&Distribution> {
+        self.enqueued.as_ref()
+    }
+
+    pub fn runnable(&self) -> Option<&Distribution> {
+        self.runnable.as_ref()
+    }
+
+    /// Most `distribute_cfs_runtime` passes in one callback (None without `HOW_LOOPS`).
+    pub fn max_loops(&self) -> Option<u32> {
+        self.max_loops
+    }
+
+    pub fn cpus(&self) -> &CpuSet {
+        &self.cpus
+    }
+
+    /// `cfs_bandwidth.period` last read by the kernel side.
+    pub fn period_ns(&self) -> Option<u64> {
+        self.period_ns
+    }
+
+    /// `cfs_bandwidth.quota` last read; `Some(u64::MAX)` is no quota.
+    pub fn quota_ns(&self) -> Option<u64> {
+        self.quota_ns
+    }
+
+    /// Smallest and largest period seen, when they differ: the kernel rescales the period
+    /// itself ("period too short, scaling up") when a callback overruns it.
+    pub fn period_change(&self) -> Option<(u64, u64)> {
+        (self.period_ns.is_some() && self.period_ns_min != self.period_ns_max)
+            .then_some((self.period_ns_min, self.period_ns_max))
+    }
+
+    /// OR of the events' `HOW_*` flags.
+    pub fn flags(&self) -> u32 {
+        self.flags
+    }
+
+    pub fn first_ts_ns(&self) -> u64 {
+        self.first_ts_ns
+    }
+
+    pub fn last_ts_ns(&self) -> u64 {
+        self.last_ts_ns
+    }
+
+    /// Approximate bytes held (struct plus heap).
+    pub fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.callback_ns.heap_bytes()
+            + [&self.unthrottled, &self.enqueued, &self.runnable]
+                .iter()
+                .filter_map(|d| d.as_ref().map(Distribution::heap_bytes))
+                .sum::<usize>()
+            + self.cpus.heap_bytes()
+    }
+}
+
+/// Per-CPU period-timer load.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuStats {
+    pub period_timers: u64,
+    /// Sum of callback durations: IRQs-off time spent in period timers on this CPU.
+    pub callback_ns: u64,
+    pub max_callback_ns: u64,
+    /// Longest run of back-to-back callbacks (gaps under `CHAIN_GAP_NS`): several cgroups'
+    /// timers served by one interrupt add up to one IRQs-off span.
+    pub max_chain_ns: u64,
+    chain_ns: u64,
+    chain_end_ns: u64,
+}
+
+impl CpuStats {
+    #[inline]
+    fn add(&mut self, p: &PeriodRecord) {
+        self.period_timers += 1;
+        self.callback_ns = self.callback_ns.saturating_add(p.duration_ns);
+        self.max_callback_ns = self.max_callback_ns.max(p.duration_ns);
+        let end = p.ts_ns.saturating_add(p.duration_ns);
+        let chained = self.period_timers > 1
+            && p.ts_ns >= self.chain_end_ns
+            && p.ts_ns - self.chain_end_ns <= CHAIN_GAP_NS;
+        self.chain_ns = if chained {
+            self.chain_ns.saturating_add(end - self.chain_end_ns)
+        } else {
+            p.duration_ns
+        };
+        self.chain_end_ns = end;
+        self.max_chain_ns = self.max_chain_ns.max(self.chain_ns);
+    }
+}
+
+/// One cgroup as seen by the report: its stats and its name, if it was named.
+#[derive(Clone, Copy, Debug)]
+pub struct CgroupView<'a> {
+    pub id: u64,
+    pub stats: &'a CgroupStats,
+    pub record: Option<&'a CgroupRecord>,
+}
+
+impl CgroupView<'_> {
+    /// The path, `(unresolved)` for id 0, or `(cgroup <id>)` when it was never named.
+    pub fn display_name(&self) -> String {
+        match self.record.and_then(|r| r.path.as_deref()) {
+            Some(p) => p.to_string(),
+            None if self.id == UNRESOLVED_ID => UNRESOLVED_NAME.to_string(),
+            None => format!("(cgroup {})", self.id),
+        }
+    }
+}
+
+/// Everything a capture (or a `watch` interval) adds up to.
+#[derive(Clone, Debug, Default)]
+pub struct Aggregator {
+    cgroups: IdMap<CgroupStats>,
+    names: IdMap<CgroupRecord>,
+    cpus: Vec<CpuStats>,
+    periods: u64,
+    first_ts_ns: Option<u64>,
+    last_ts_ns: u64,
+    last_end_ns: u64,
+    flags_seen: u32,
+    loss: Option<LossRecord>,
+    end: Option<EndRecord>,
+    reopened: u64,
+    cpu_out_of_range: u64,
+}
+
+impl Aggregator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// One callback. Allocation-free once its cgroup and CPU have been seen (histograms grow
+    /// only when a new largest value needs more buckets).
+    pub fn add_period(&mut self, p: &PeriodRecord) {
+        self.periods += 1;
+        self.flags_seen |= p.flags;
+        self.first_ts_ns = Some(self.first_ts_ns.map_or(p.ts_ns, |f| f.min(p.ts_ns)));
+        self.last_ts_ns = self.last_ts_ns.max(p.ts_ns);
+        self.last_end_ns = self.last_end_ns.max(p.ts_ns.saturating_add(p.duration_ns));
+        if p.flags & HOW_REOPENED != 0 {
+            self.reopened += 1;
+        }
+        self.cgroups
+            .entry(p.cgroup_id)
+            .or_insert_with(|| CgroupStats::new(p.ts_ns))
+            .add(p);
+        let cpu = p.cpu as usize;
+        if cpu < MAX_CPUS {
+            if cpu >= self.cpus.len() {
+                self.cpus.resize(cpu + 1, CpuStats::default());
+            }
+            self.cpus[cpu].add(p);
+        } else {
+            self.cpu_out_of_range += 1;
+        }
+    }
+
+    /// A cgroup's name. A later record replaces an earlier one, except that a record without a
+    /// path never replaces one with a path (the cgroup went away between two namings).
+    pub fn add_cgroup(&mut self, rec: CgroupRecord) {
+        match self.names.get(&rec.id) {
+            Some(old) if old.path.is_some() && rec.path.is_none() => {}
+            _ => {
+                self.names.insert(rec.id, rec);
+            }
+        }
+    }
+
+    /// Loss counters are cumulative: keep the highest of each.
+    pub fn set_loss(&mut self, l: LossRecord) {
+        self.loss = Some(match self.loss {
+            None => l,
+            Some(o) => LossRecord {
+                ts_ns: o.ts_ns.max(l.ts_ns),
+                ringbuf_full: o.ringbuf_full.max(l.ringbuf_full),
+                unmatched_exit: o.unmatched_exit.max(l.unmatched_exit),
+                missed_exit: o.missed_exit.max(l.missed_exit),
+                cgroup_read: o.cgroup_read.max(l.cgroup_read),
+            },
+        });
+    }
+
+    pub fn feed(&mut self, line: &CaptureLine) {
+        match line {
+            CaptureLine::Period(p) => self.add_period(p),
+            CaptureLine::Cgroup(c) => self.add_cgroup(c.clone()),
+            CaptureLine::Loss(l) => self.set_loss(*l),
+            CaptureLine::End(e) => self.end = Some(e.clone()),
+        }
+    }
+
+    /// Period-timer callbacks seen.
+    pub fn periods(&self) -> u64 {
+        self.periods
+    }
+
+    /// Every cgroup that had at least one callback, in no particular order.
+    pub fn cgroups(&self) -> impl Iterator<Item = CgroupView<'_>> + '_ {
+        self.cgroups.iter().map(|(&id, stats)| CgroupView {
+            id,
+            stats,
+            record: self.names.get(&id),
+        })
+    }
+
+    pub fn cgroup(&self, id: u64) -> Option<CgroupView<'_>> {
+        self.cgroups.get(&id).map(|stats| CgroupView {
+            id,
+            stats,
+            record: self.names.get(&id),
+        })
+    }
+
+    pub fn cgroup_count(&self) -> usize {
+        self.cgroups.len()
+    }
+
+    /// The naming of a cgroup, whether or not it had callbacks.
+    pub fn name(&self, id: u64) -> Option<&CgroupRecord> {
+        self.names.get(&id)
+    }
+
+    /// CPUs that ran at least one period timer, ascending.
+    pub fn cpus(&self) -> impl Iterator<Item = (u32, &CpuStats)> + '_ {
+        self.cpus
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.period_timers > 0)
+            .map(|(i, c)| (i as u32, c))
+    }
+
+    /// OR of every event's `HOW_*` flags: which figures were really counted.
+    pub fn flags_seen(&self) -> u32 {
+        self.flags_seen
+    }
+
+    pub fn first_ts_ns(&self) -> Option<u64> {
+        self.first_ts_ns
+    }
+
+    /// Start of the last callback.
+    pub fn last_ts_ns(&self) -> Option<u64> {
+        self.first_ts_ns.map(|_| self.last_ts_ns)
+    }
+
+    /// First callback's start to last callback's end (0 with no callbacks).
+    pub fn span_ns(&self) -> u64 {
+        self.first_ts_ns
+            .map_or(0, |f| self.last_end_ns.saturating_sub(f))
+    }
+
+    pub fn loss(&self) -> Option<&LossRecord> {
+        self.loss.as_ref()
+    }
+
+    pub fn end(&self) -> Option<&EndRecord> {
+        self.end.as_ref()
+    }
+
+    /// Callbacks that started while a frame was still open (the previous close was missed).
+    pub fn reopened(&self) -> u64 {
+        self.reopened
+    }
+
+    /// Things about the data a reader of the report should know.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.reopened > 0 {
+            w.push(format!(
+                "{} callback(s) started while a frame was open: a callback's end was missed \
+                 (its duration was not measured)",
+                self.reopened
+            ));
+        }
+        if self.cpu_out_of_range > 0 {
+            w.push(format!(
+                "{} event(s) named a CPU >= {MAX_CPUS}; left out of the per-CPU figures",
+                self.cpu_out_of_range
+            ));
+        }
+        w
+    }
+
+    /// Approximate bytes held by the per-cgroup state.
+    pub fn approx_bytes(&self) -> usize {
+        self.cgroups
+            .values()
+            .map(CgroupStats::approx_bytes)
+            .sum::<usize>()
+            + self.cpus.capacity() * std::mem::size_of::<CpuStats>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::{Workload, WorkloadKind};
+
+    fn period(cg: u64, cpu: u32, ts: u64, dur: u64) -> PeriodRecord {
+        PeriodRecord {
+            ts_ns: ts,
+            cpu,
+            duration_ns: dur,
+            cgroup_id: cg,
+            quota_ns: u64::MAX,
+            ..Default::default()
+        }
+    }
+
+    fn named(id: u64, path: Option<&str>) -> CgroupRecord {
+        CgroupRecord {
+            id,
+            path: path.map(str::to_string),
+            workload: Workload {
+                kind: WorkloadKind::Cgroup,
+                application: None,
+                container: None,
+                pod_uid: None,
+                qos: None,
+                unit: None,
+            },
+            processes: vec![],
+            period_us: None,
+            quota_us: None,
+            note: None,
+        }
+    }
+
+    #[test]
+    fn per_cgroup_and_per_cpu_figures() {
+        let mut a = Aggregator::new();
+        let flags = HOW_UNTHROTTLE | HOW_LOOPS | HOW_PERIOD;
+        for i in 0..100u64 {
+            let mut p = period(7, (i % 4) as u32, 1_000 + i * 100_000, 1_000 + i);
+            p.flags = flags;
+            p.unthrottled = 48;
+            p.loops = if i == 50 { 3 } else { 1 };
+            p.period_ns = 100_000_000;
+            p.quota_ns = 20_000_000;
+            a.add_period(&p);
+        }
+        a.add_period(&period(0, 5, 50, 10));
+        assert_eq!(a.periods(), 101);
+        assert_eq!(a.cgroup_count(), 2);
+        let c = a.cgroup(7).unwrap();
+        assert_eq!(c.stats.periods(), 100);
+        assert_eq!(c.stats.total_callback_ns(), (1_000..1_100).sum::<u64>());
+        let d = c.stats.callback_ns();
+        assert_eq!((d.min(), d.max()), (1_000, 1_099));
+        let p50 = d.quantile(0.5);
+        assert!((1_045..=1_058).contains(&p50), "{p50}");
+        let u = c.stats.unthrottled().unwrap();
+        assert_eq!(
+            (u.quantile(0.5), u.quantile(0.99), u.mean()),
+            (48, 48, 48.0)
+        );
+        assert!(c.stats.enqueued().is_none() && c.stats.runnable().is_none());
+        assert_eq!(c.stats.max_loops(), Some(3));
+        assert_eq!(c.stats.cpus().iter().collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        assert_eq!(c.stats.period_ns(), Some(100_000_000));
+        assert_eq!(c.stats.quota_ns(), Some(20_000_000));
+        assert_eq!(c.stats.period_change(), None);
+        assert_eq!(a.cgroup(0).unwrap().display_name(), UNRESOLVED_NAME);
+        assert_eq!(c.display_name(), "(cgroup 7)");
+
+        let cpus: Vec<_> = a.cpus().collect();
+        assert_eq!(
+            cpus.iter().map(|c| c.0).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 5]
+        );
+        assert_eq!(cpus[0].1.period_timers, 25);
+        assert_eq!(cpus[3].1.max_callback_ns, 1_099);
+        assert_eq!(a.flags_seen(), flags);
+        assert_eq!(a.first_ts_ns(), Some(50));
+        assert_eq!(a.span_ns(), 1_000 + 99 * 100_000 + 1_099 - 50);
+    }
+
+    #[test]
+    fn counts_only_when_the_event_says_so() {
+        let mut a = Aggregator::new();
+        let mut p = period(1, 0, 0, 10);
+        p.unthrottled = 0;
+        a.add_period(&p);
+        p.flags = HOW_UNTHROTTLE;
+        p.unthrottled = 4;
+        a.add_period(&p);
+        let u = a.cgroup(1).unwrap().stats.unthrottled().unwrap().clone();
+        assert_eq!((u.count(), u.min(), u.mean()), (1, 4, 4.0));
+        assert_eq!(a.cgroup(1).unwrap().stats.max_loops(), None);
+    }
+
+    #[test]
+    fn names_never_lose_their_path() {
+        let mut a = Aggregator::new();
+        a.add_cgroup(named(3, Some("/a")));
+        a.add_cgroup(named(3, None));
+        assert_eq!(a.name(3).unwrap().path.as_deref(), Some("/a"));
+        a.add_cgroup(named(3, Some("/b")));
+        assert_eq!(a.name(3).unwrap().path.as_deref(), Some("/b"));
+        a.add_cgroup(named(4, None));
+        a.add_cgroup(named(4, Some("/c")));
+        assert_eq!(a.name(4).unwrap().path.as_deref(), Some("/c"));
+        a.add_period(&period(3, 0, 0, 1));
+        assert_eq!(a.cgroup(3).unwrap().display_name(), "/b");
+    }
+
+    #[test]
+    fn feed_dispatches_and_keeps_cumulative_loss() {
+        let mut a = Aggregator::new();
+        a.feed(&CaptureLine::Cgroup(named(9, Some("/x"))));
+        a.feed(&CaptureLine::Period(period(9, 1, 5, 7)));
+        a.feed(&CaptureLine::Loss(LossRecord {
+            ts_ns: 2,
+            ringbuf_full: 5,
+            ..Default::default()
+        }));
+        a.feed(&CaptureLine::Loss(LossRecord {
+            ts_ns: 1,
+            ringbuf_full: 3,
+            cgroup_read: 1,
+            ..Default::default()
+        }));
+        a.feed(&CaptureLine::End(EndRecord {
+            ts_ns: 10,
+            duration_ns: 1_000,
+            reason: "duration".into(),
+            periods: 1,
+            lost: 5,
+            command_status: None,
+        }));
+        assert_eq!(a.periods(), 1);
+        assert_eq!(a.name(9).unwrap().path.as_deref(), Some("/x"));
+        let l = a.loss().unwrap();
+        assert_eq!((l.ringbuf_full, l.cgroup_read, l.ts_ns), (5, 1, 2));
+        assert_eq!(a.end().unwrap().duration_ns, 1_000);
+    }
+
+    #[test]
+    fn period_rescaling_is_noticed() {
+        let mut a = Aggregator::new();
+        for period_ns in [1_000_000, 2_000_000] {
+            let mut p = period(2, 0, 0, 5);
+            p.flags = HOW_PERIOD;
+            p.period_ns = period_ns;
+            a.add_period(&p);
+        }
+        let c = a.cgroup(2).unwrap();
+        assert_eq!(c.stats.period_change(), Some((1_000_000, 2_000_000)));
+        assert_eq!(c.stats.period_ns(), Some(2_000_000));
+    }
+
+    #[test]
+    fn back_to_back_callbacks_form_a_chain() {
+        let mut a = Aggregator::new();
+        a.add_period(&period(1, 0, 1_000, 10_000)); // ends 11_000
+        a.add_period(&period(2, 0, 11_500, 10_000)); // ends 21_500: chained
+        a.add_period(&period(3, 0, 22_000, 5_000)); // ends 27_000: chained
+        a.add_period(&period(4, 0, 1_000_000, 8_000)); // alone
+        let (_, c) = a.cpus().next().unwrap();
+        assert_eq!(c.max_chain_ns, 26_000);
+        assert_eq!(c.max_callback_ns, 10_000);
+    }
+
+    #[test]
+    fn absurd_cpu_numbers_do_not_allocate() {
+        let mut a = Aggregator::new();
+        a.add_period(&period(1, u32::MAX, 0, 1));
+        assert_eq!(a.cpus().count(), 0);
+        assert_eq!(a.warnings().len(), 1);
+        assert!(a.cgroup(1).unwrap().stats.cpus().is_empty());
+    }
+
+    #[test]
+    fn clamped_values_keep_their_exact_max() {
+        let mut a = Aggregator::new();
+        a.add_period(&period(1, 0, 0, u64::MAX / 4));
+        let d = a.cgroup(1).unwrap().stats.callback_ns().clone();
+        assert_eq!(d.max(), u64::MAX / 4);
+        assert_eq!(d.quantile(1.0), u64::MAX / 4);
+        assert!(d.heap_bytes() <= 16 * 1024);
+    }
+
+    /// 2,000 cgroups (the LKML scale figure) whose every histogram has grown to its cap: the
+    /// worst case the bounds allow. Plus a realistic load for comparison.
+    #[test]
+    fn memory_bound_for_2000_cgroups() {
+        let all = HOW_UNTHROTTLE | HOW_ENQUEUE_ENTITY | HOW_RUNNABLE | HOW_LOOPS;
+        let mut worst = Aggregator::new();
+        let mut typical = Aggregator::new();
+        for id in 1..=2_000u64 {
+            let mut p = period(id, (id % 4096) as u32, id, CALLBACK_NS_CAP);
+            p.flags = all;
+            p.unthrottled = COUNT_CAP as u32;
+            p.enqueued = COUNT_CAP as u32;
+            p.runnable = COUNT_CAP as u32;
+            worst.add_period(&p);
+            p.duration_ns = 1;
+            worst.add_period(&p);
+            // 384 CPUs, 1-4 ms distributions, a few hundred enqueues.
+            let mut q = period(id, (id % 384) as u32, id, 4_000_000);
+            q.flags = all;
+            q.unthrottled = 384;
+            q.enqueued = 700;
+            q.runnable = 500;
+            typical.add_period(&q);
+        }
+        let w = worst.approx_bytes();
+        let t = typical.approx_bytes();
+        eprintln!(
+            "2000 cgroups: worst {} KB, typical {} KB",
+            w / 1024,
+            t / 1024
+        );
+        assert!(w < 48 * 1024 * 1024, "worst case {w} bytes");
+        assert!(t < 32 * 1024 * 1024, "typical {t} bytes");
+    }
+}

@@ -1,1 +1,216 @@
-//! TODO
+//! Kernel structure offsets from the running kernel's BTF. aya-ebpf has no CO-RE for Rust, so
+//! the programs get these as globals; a field the kernel lacks stays `OFFSET_UNAVAILABLE` and the
+//! figure it feeds is reported unavailable, never read from a wrong offset.
+use std::path::{Path, PathBuf};
+
+use btf_rs::{Btf, Type};
+use tracer_ebpf::{KernelLayout, OFFSET_UNAVAILABLE};
+
+pub const SYSFS_VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error(
+        "no kernel BTF at {SYSFS_VMLINUX_BTF} (the kernel needs CONFIG_DEBUG_INFO_BTF=y); pass --btf FILE with this kernel's BTF (e.g. extracted from its vmlinux with `pahole --btf_encode_detached`)"
+    )]
+    Missing,
+    #[error("cannot parse BTF from {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: anyhow_free::BtfRsError,
+    },
+    #[error("BTF in {path} has no `struct {name}`: is CONFIG_CFS_BANDWIDTH enabled in this kernel?")]
+    NoStruct { path: PathBuf, name: &'static str },
+}
+
+/// btf-rs returns anyhow errors; keep them as text so this module's error stays `thiserror`.
+mod anyhow_free {
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    pub struct BtfRsError(pub String);
+}
+
+/// What the BTF said, field by field, for the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayoutFacts {
+    pub layout: KernelLayout,
+    /// Fields that were not found (e.g. `cfs_bandwidth.period`), for degraded-mode messages.
+    pub missing: Vec<String>,
+    /// `kernfs_node.id` is the pre-5.5 union rather than a plain u64.
+    pub kn_id_is_union: bool,
+    pub source: PathBuf,
+}
+
+pub fn btf_path(explicit: Option<&Path>) -> Result<PathBuf, BtfError> {
+    match explicit {
+        Some(p) => Ok(p.to_path_buf()),
+        None if Path::new(SYSFS_VMLINUX_BTF).exists() => Ok(PathBuf::from(SYSFS_VMLINUX_BTF)),
+        None => Err(BtfError::Missing),
+    }
+}
+
+/// Read the offsets the programs need. `period_timer_fn` is filled in by the caller (kallsyms).
+pub fn read_layout(path: &Path) -> Result<LayoutFacts, BtfError> {
+    let btf = Btf::from_file(path).map_err(|e| BtfError::Parse {
+        path: path.to_path_buf(),
+        source: anyhow_free::BtfRsError(format!("{e:#}")),
+    })?;
+    let mut missing = Vec::new();
+    let mut off = |s: &'static str, f: &str| -> u64 {
+        match member_offset(&btf, s, f) {
+            Some(o) => o,
+            None => {
+                missing.push(format!("{s}.{f}"));
+                OFFSET_UNAVAILABLE
+            }
+        }
+    };
+    let hrtimer_function = off("hrtimer", "function");
+    let cfsb_period_timer = off("cfs_bandwidth", "period_timer");
+    let cfsb_period = off("cfs_bandwidth", "period");
+    let cfsb_quota = off("cfs_bandwidth", "quota");
+    let tg_cfs_bandwidth = off("task_group", "cfs_bandwidth");
+    let tg_css = off("task_group", "css");
+    let css_cgroup = off("cgroup_subsys_state", "cgroup");
+    let cgroup_kn = off("cgroup", "kn");
+    let kn_id = off("kernfs_node", "id");
+    let tg_css_cgroup = if tg_css == OFFSET_UNAVAILABLE || css_cgroup == OFFSET_UNAVAILABLE {
+        OFFSET_UNAVAILABLE
+    } else {
+        tg_css + css_cgroup
+    };
+    if cfsb_period_timer == OFFSET_UNAVAILABLE && tg_cfs_bandwidth == OFFSET_UNAVAILABLE {
+        return Err(BtfError::NoStruct {
+            path: path.to_path_buf(),
+            name: "cfs_bandwidth",
+        });
+    }
+    // Before 5.5 `kernfs_node.id` was `union kernfs_node_id { struct { u32 ino, generation }; u64 id; }`:
+    // the directory's inode number is the low half.
+    let kn_id_is_union = member_type(&btf, "kernfs_node", "id")
+        .map(|t| matches!(t, Type::Union(_)))
+        .unwrap_or(false);
+    let kn_id_mask = if kn_id_is_union {
+        0xffff_ffff
+    } else {
+        u64::MAX
+    };
+    Ok(LayoutFacts {
+        layout: KernelLayout {
+            period_timer_fn: 0,
+            hrtimer_function,
+            cfsb_period_timer,
+            cfsb_period,
+            cfsb_quota,
+            tg_cfs_bandwidth,
+            tg_css_cgroup,
+            cgroup_kn,
+            kn_id,
+            kn_id_mask,
+        },
+        missing,
+        kn_id_is_union,
+        source: path.to_path_buf(),
+    })
+}
+
+/// The first struct named `name` that has members (skipping forward declarations).
+fn find_struct(btf: &Btf, name: &str) -> Option<btf_rs::Struct> {
+    btf.resolve_types_by_name(name)
+        .ok()?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Struct(s) if !s.members.is_empty() => Some(s),
+            _ => None,
+        })
+}
+
+/// Byte offset of `field` in `struct name`, looking through anonymous structs and unions.
+fn member_offset(btf: &Btf, name: &str, field: &str) -> Option<u64> {
+    let s = find_struct(btf, name)?;
+    find_member(btf, &s, field, 0).map(|(bits, _)| u64::from(bits / 8))
+}
+
+fn member_type(btf: &Btf, name: &str, field: &str) -> Option<Type> {
+    let s = find_struct(btf, name)?;
+    find_member(btf, &s, field, 0).map(|(_, t)| t)
+}
+
+/// Depth-first search; returns (bit offset, resolved member type with typedefs/qualifiers peeled).
+fn find_member(btf: &Btf, s: &btf_rs::Struct, field: &str, base: u32) -> Option<(u32, Type)> {
+    for m in &s.members {
+        let name = btf.resolve_name(m).unwrap_or_default();
+        let ty = peel(btf, btf.resolve_chained_type(m).ok()?);
+        if name == field {
+            return Some((base + m.bit_offset(), ty));
+        }
+        if name.is_empty()
+            && let Type::Struct(inner) | Type::Union(inner) = &ty
+            && let Some(found) = find_member(btf, inner, field, base + m.bit_offset())
+        {
+            return Some(found);
+        }
+    }
+    None
+}
+
+fn peel(btf: &Btf, mut t: Type) -> Type {
+    for _ in 0..16 {
+        let next = match &t {
+            Type::Typedef(x) => btf.resolve_chained_type(x),
+            Type::Const(x) | Type::Volatile(x) | Type::Restrict(x) => btf.resolve_chained_type(x),
+            Type::TypeTag(x) => btf.resolve_chained_type(x),
+            _ => return t,
+        };
+        match next {
+            Ok(n) => t = n,
+            Err(_) => return t,
+        }
+    }
+    t
+}
+
+/// Whether a function is described in BTF (fentry needs that).
+pub fn has_func(path: &Path, func: &str) -> bool {
+    let Ok(btf) = Btf::from_file(path) else {
+        return false;
+    };
+    btf.resolve_types_by_name(func)
+        .map(|v| v.iter().any(|t| matches!(t, Type::Func(_))))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads the host's own BTF: every kernel this runs on in CI has it.
+    #[test]
+    fn host_btf_gives_the_cgroup_chain() {
+        let p = Path::new(SYSFS_VMLINUX_BTF);
+        assert!(p.exists(), "host has no {SYSFS_VMLINUX_BTF}");
+        let facts = read_layout(p).expect("layout");
+        let l = facts.layout;
+        for (name, v) in [
+            ("hrtimer.function", l.hrtimer_function),
+            ("cfs_bandwidth.period_timer", l.cfsb_period_timer),
+            ("task_group.cfs_bandwidth", l.tg_cfs_bandwidth),
+            ("task_group.css+css.cgroup", l.tg_css_cgroup),
+            ("cgroup.kn", l.cgroup_kn),
+            ("kernfs_node.id", l.kn_id),
+        ] {
+            assert_ne!(v, OFFSET_UNAVAILABLE, "{name} missing: {:?}", facts.missing);
+        }
+        assert!(!facts.kn_id_is_union, "6.x kernels have a u64 kernfs_node.id");
+        // css is the first member of task_group on every kernel in the matrix.
+        assert_eq!(l.tg_css_cgroup, 0, "css.cgroup sits at the start of task_group");
+        assert!(has_func(p, "sched_cfs_period_timer"));
+    }
+
+    #[test]
+    fn missing_file_is_a_clear_error() {
+        let e = read_layout(Path::new("/nonexistent/btf")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/btf"), "{e}");
+    }
+}

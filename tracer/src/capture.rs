@@ -2,6 +2,9 @@
 //! the host facts), then one line per period-timer callback, per cgroup naming, loss counters,
 //! and an end line. A truncated last line is reported and skipped, never fatal.
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -146,4 +149,693 @@ pub enum CaptureLine {
     Cgroup(CgroupRecord),
     Loss(LossRecord),
     End(EndRecord),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing and reading captures.
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: empty file, not a cfstrace capture")]
+    Empty { path: String },
+    #[error("{path}: not a cfstrace capture: {found}")]
+    NotCapture { path: String, found: String },
+    #[error("{path}: capture header (line 1) is malformed: {source}")]
+    BadHeader {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}:{line}: corrupt capture line: {source}")]
+    BadLine {
+        path: String,
+        line: u64,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("refusing to write a capture header with schema {found:?}, expected {CAPTURE_SCHEMA}")]
+    HeaderSchema { found: String },
+    #[error("writing capture: {0}")]
+    Write(#[source] io::Error),
+    #[error("encoding capture line: {0}")]
+    Encode(#[source] serde_json::Error),
+}
+
+/// Flush the internal buffer to the inner writer once it holds this much.
+const WRITE_CHUNK: usize = 256 * 1024;
+
+/// Writes a capture: the header line, then one JSON line per record.
+///
+/// Records are serialized straight into a reused byte buffer (no `String` per line) that goes
+/// to `W` in large chunks, so a raw `File` is fine too. Call [`flush`](Self::flush) to push
+/// what is buffered to `W` (and flush `W`); dropping the writer pushes it best-effort.
+pub struct CaptureWriter<W: Write> {
+    buf: Vec<u8>,
+    out: Option<W>,
+    lines: u64,
+}
+
+impl<W: Write> CaptureWriter<W> {
+    pub fn new(w: W, header: &CaptureHeader) -> Result<Self, CaptureError> {
+        // A header the reader would reject is a bug here, not something to find at report time.
+        if header.schema != CAPTURE_SCHEMA {
+            return Err(CaptureError::HeaderSchema {
+                found: header.schema.clone(),
+            });
+        }
+        let mut cw = CaptureWriter {
+            buf: Vec::with_capacity(WRITE_CHUNK + 4096),
+            out: Some(w),
+            lines: 0,
+        };
+        serde_json::to_writer(&mut cw.buf, header).map_err(CaptureError::Encode)?;
+        cw.buf.push(b'\n');
+        Ok(cw)
+    }
+
+    /// Append one record (buffered).
+    pub fn write_line(&mut self, line: &CaptureLine) -> Result<(), CaptureError> {
+        let mark = self.buf.len();
+        if let Err(e) = serde_json::to_writer(&mut self.buf, line) {
+            // Never leave half a record in the file.
+            self.buf.truncate(mark);
+            return Err(CaptureError::Encode(e));
+        }
+        self.buf.push(b'\n');
+        self.lines += 1;
+        if self.buf.len() >= WRITE_CHUNK {
+            self.push_buf()?;
+        }
+        Ok(())
+    }
+
+    /// Push everything buffered to the inner writer and flush it.
+    pub fn flush(&mut self) -> Result<(), CaptureError> {
+        self.push_buf()?;
+        if let Some(out) = self.out.as_mut() {
+            out.flush().map_err(CaptureError::Write)?;
+        }
+        Ok(())
+    }
+
+    /// Records written after the header.
+    pub fn lines_written(&self) -> u64 {
+        self.lines
+    }
+
+    /// Flush and hand back the inner writer.
+    pub fn into_inner(mut self) -> Result<W, CaptureError> {
+        self.flush()?;
+        // `out` is only None after this; Drop then has nothing to do.
+        self.out
+            .take()
+            .ok_or_else(|| CaptureError::Write(io::Error::other("capture writer already finished")))
+    }
+
+    fn push_buf(&mut self) -> Result<(), CaptureError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if let Some(out) = self.out.as_mut() {
+            out.write_all(&self.buf).map_err(CaptureError::Write)?;
+        }
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+impl<W: Write> Drop for CaptureWriter<W> {
+    fn drop(&mut self) {
+        // Best effort: whole lines only, so a capture cut here still reads back cleanly.
+        let _ = self.flush();
+    }
+}
+
+/// What a replay saw besides the records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayStats {
+    /// Records delivered (header and skipped lines not counted).
+    pub lines: u64,
+    pub warnings: Vec<String>,
+    /// The last line was cut short and skipped.
+    pub truncated: bool,
+    /// An end line was seen.
+    pub ended: bool,
+}
+
+/// A whole capture in memory (small captures, tests). Prefer [`replay`] for big ones.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Capture {
+    pub header: CaptureHeader,
+    pub lines: Vec<CaptureLine>,
+    pub warnings: Vec<String>,
+}
+
+/// Streams a capture's records. The header is read and checked by [`CaptureReader::new`];
+/// iterate for the records; after the iterator ends, [`CaptureReader::finish`] gives the stats.
+pub struct CaptureReader<R: BufRead> {
+    src: R,
+    name: String,
+    header: CaptureHeader,
+    buf: Vec<u8>,
+    /// 1-based number of the line in `buf` (the header is line 1).
+    line_no: u64,
+    lines: u64,
+    /// Length of the skipped partial last line, if there was one.
+    truncated: Option<usize>,
+    ended: bool,
+    done: bool,
+    unknown_kinds: BTreeMap<String, u64>,
+}
+
+#[derive(Deserialize)]
+struct SchemaProbe {
+    schema: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct KindProbe {
+    kind: Option<serde_json::Value>,
+}
+
+const KNOWN_KINDS: [&str; 4] = ["period", "cgroup", "loss", "end"];
+/// What serde writes first for a period record; lets the hot path skip the tagged-enum
+/// machinery (which buffers every field) for the one kind that matters for speed.
+const PERIOD_PREFIX: &[u8] = br#"{"kind":"period","#;
+
+fn read_line_into<R: BufRead>(src: &mut R, buf: &mut Vec<u8>) -> io::Result<usize> {
+    buf.clear();
+    loop {
+        match src.read_until(b'\n', buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
+impl<R: BufRead> CaptureReader<R> {
+    /// Read and check the header. `name` (usually the path) is used in every message.
+    pub fn new(mut src: R, name: &str) -> Result<Self, CaptureError> {
+        let io_err = |source| CaptureError::Io {
+            path: name.to_string(),
+            source,
+        };
+        let mut buf = Vec::with_capacity(4096);
+        let n = read_line_into(&mut src, &mut buf).map_err(io_err)?;
+        if n == 0 || buf.iter().all(u8::is_ascii_whitespace) {
+            return Err(CaptureError::Empty {
+                path: name.to_string(),
+            });
+        }
+        let not_capture = |found: String| CaptureError::NotCapture {
+            path: name.to_string(),
+            found,
+        };
+        let probe: SchemaProbe = match serde_json::from_slice(&buf) {
+            Ok(p) => p,
+            Err(e) if buf.last() != Some(&b'\n') && e.is_eof() => {
+                return Err(not_capture(format!(
+                    "the file ends inside its first line ({n} bytes): truncated header"
+                )));
+            }
+            Err(_) => {
+                return Err(not_capture(format!(
+                    "first line is not a JSON object (starts with {:?})",
+                    preview(&buf)
+                )));
+            }
+        };
+        match probe.schema {
+            Some(serde_json::Value::String(s)) if s == CAPTURE_SCHEMA => {}
+            Some(serde_json::Value::String(s)) => {
+                return Err(not_capture(format!(
+                    "first line has schema {s:?}, expected {CAPTURE_SCHEMA}"
+                )));
+            }
+            Some(v) => {
+                return Err(not_capture(format!(
+                    "first line has schema {v}, expected {CAPTURE_SCHEMA}"
+                )));
+            }
+            None => {
+                return Err(not_capture(format!(
+                    "first line has no \"schema\" field, expected {CAPTURE_SCHEMA}"
+                )));
+            }
+        }
+        let header: CaptureHeader =
+            serde_json::from_slice(&buf).map_err(|source| CaptureError::BadHeader {
+                path: name.to_string(),
+                source,
+            })?;
+        Ok(CaptureReader {
+            src,
+            name: name.to_string(),
+            header,
+            buf,
+            line_no: 1,
+            lines: 0,
+            truncated: None,
+            ended: false,
+            done: false,
+            unknown_kinds: BTreeMap::new(),
+        })
+    }
+
+    pub fn header(&self) -> &CaptureHeader {
+        &self.header
+    }
+
+    /// Stats and warnings so far (complete once the iterator returned None).
+    pub fn finish(self) -> (CaptureHeader, ReplayStats) {
+        let mut warnings = Vec::new();
+        if let Some(n) = self.truncated {
+            warnings.push(format!("last line truncated ({n} bytes) — skipped"));
+        }
+        for (kind, n) in &self.unknown_kinds {
+            warnings.push(format!(
+                "skipped {n} line(s) of unknown kind {kind} (written by a newer cfstrace?)"
+            ));
+        }
+        if !self.ended {
+            warnings.push("capture has no end line (recording was killed?)".to_string());
+        }
+        let stats = ReplayStats {
+            lines: self.lines,
+            warnings,
+            truncated: self.truncated.is_some(),
+            ended: self.ended,
+        };
+        (self.header, stats)
+    }
+
+    fn next_record(&mut self) -> Result<Option<CaptureLine>, CaptureError> {
+        loop {
+            let n = read_line_into(&mut self.src, &mut self.buf).map_err(|source| {
+                CaptureError::Io {
+                    path: self.name.clone(),
+                    source,
+                }
+            })?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.line_no += 1;
+            let complete = self.buf.last() == Some(&b'\n');
+            if self.buf.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match self.parse() {
+                Ok(Some(line)) => {
+                    if matches!(line, CaptureLine::End(_)) {
+                        self.ended = true;
+                    }
+                    self.lines += 1;
+                    return Ok(Some(line));
+                }
+                Ok(None) => continue, // unknown kind, counted
+                Err(_) if !complete => {
+                    // A writer killed mid-line leaves a tail without '\n': expected, not fatal.
+                    // It is necessarily the last line (read_until stops only at EOF).
+                    self.truncated = Some(self.buf.len());
+                    return Ok(None);
+                }
+                Err(source) => {
+                    return Err(CaptureError::BadLine {
+                        path: self.name.clone(),
+                        line: self.line_no,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Ok(None): a well-formed line of a kind this version does not know.
+    fn parse(&mut self) -> Result<Option<CaptureLine>, serde_json::Error> {
+        if self.buf.starts_with(PERIOD_PREFIX) {
+            // Unknown fields (including "kind") are ignored by the plain struct.
+            if let Ok(p) = serde_json::from_slice::<PeriodRecord>(&self.buf) {
+                return Ok(Some(CaptureLine::Period(p)));
+            }
+        }
+        match serde_json::from_slice::<CaptureLine>(&self.buf) {
+            Ok(l) => Ok(Some(l)),
+            Err(e) => match serde_json::from_slice::<KindProbe>(&self.buf) {
+                Ok(KindProbe {
+                    kind: Some(serde_json::Value::String(k)),
+                }) if !KNOWN_KINDS.contains(&k.as_str()) => {
+                    *self.unknown_kinds.entry(format!("{k:?}")).or_insert(0) += 1;
+                    Ok(None)
+                }
+                _ => Err(e),
+            },
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for CaptureReader<R> {
+    type Item = Result<CaptureLine, CaptureError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.next_record() {
+            Ok(Some(l)) => Some(Ok(l)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+fn preview(buf: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&buf[..buf.len().min(40)]);
+    s.trim_end().to_string()
+}
+
+fn open(path: &Path) -> Result<CaptureReader<BufReader<File>>, CaptureError> {
+    let name = path.display().to_string();
+    let f = File::open(path).map_err(|source| CaptureError::Io {
+        path: name.clone(),
+        source,
+    })?;
+    CaptureReader::new(BufReader::with_capacity(1 << 20, f), &name)
+}
+
+/// Stream a capture through `f` without holding it in memory.
+pub fn replay(
+    path: &Path,
+    f: &mut impl FnMut(&CaptureLine),
+) -> Result<(CaptureHeader, ReplayStats), CaptureError> {
+    replay_reader(open(path)?, f)
+}
+
+/// [`replay`] over an already opened reader.
+pub fn replay_reader<R: BufRead>(
+    mut reader: CaptureReader<R>,
+    f: &mut impl FnMut(&CaptureLine),
+) -> Result<(CaptureHeader, ReplayStats), CaptureError> {
+    for line in reader.by_ref() {
+        f(&line?);
+    }
+    Ok(reader.finish())
+}
+
+/// Read a whole capture into memory.
+pub fn read_capture(path: &Path) -> Result<Capture, CaptureError> {
+    let mut lines = Vec::new();
+    let (header, stats) = replay(path, &mut |l| lines.push(l.clone()))?;
+    Ok(Capture {
+        header,
+        lines,
+        warnings: stats.warnings,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::host::WatchdogFacts;
+    use crate::workload::WorkloadKind;
+
+    pub(crate) fn header() -> CaptureHeader {
+        let mut probes = BTreeMap::new();
+        probes.insert(
+            "period_timer".to_string(),
+            ProbeStatus {
+                attached: true,
+                how: Some("tracepoint".into()),
+                target: Some("hrtimer_expire_entry/exit".into()),
+                reason: None,
+            },
+        );
+        CaptureHeader {
+            schema: CAPTURE_SCHEMA.to_string(),
+            tool_version: "0.1.0".into(),
+            host: HostFacts {
+                hostname: "node1".into(),
+                kernel: "6.18.44".into(),
+                ncpus: 48,
+                watchdog: WatchdogFacts {
+                    thresh_s: Some(10),
+                    enabled: true,
+                    nmi_watchdog: Some(true),
+                    hardlockup_panic: None,
+                },
+            },
+            backend_requested: "auto".into(),
+            backend: "tracepoint".into(),
+            probes,
+            cpu_hierarchy: Some(CpuHierarchy {
+                version: 2,
+                mount: "/sys/fs/cgroup".into(),
+            }),
+            started_unix_ns: 1,
+            started_mono_ns: 2,
+            command: None,
+        }
+    }
+
+    fn lines() -> Vec<CaptureLine> {
+        vec![
+            CaptureLine::Cgroup(CgroupRecord {
+                id: 42,
+                path: Some("/a/b".into()),
+                workload: Workload {
+                    kind: WorkloadKind::Cgroup,
+                    application: None,
+                    container: None,
+                    pod_uid: None,
+                    qos: None,
+                    unit: None,
+                },
+                processes: vec![ProcessInfo {
+                    pid: 7,
+                    comm: "python".into(),
+                    cmdline: None,
+                    cpu_ticks: 3,
+                }],
+                period_us: Some(100_000),
+                quota_us: None,
+                note: None,
+            }),
+            CaptureLine::Period(PeriodRecord {
+                ts_ns: 10,
+                cpu: 3,
+                duration_ns: 1234,
+                cgroup_id: 42,
+                quota_ns: u64::MAX,
+                flags: 0x1ff,
+                ..Default::default()
+            }),
+            CaptureLine::Loss(LossRecord {
+                ts_ns: 11,
+                ringbuf_full: 1,
+                ..Default::default()
+            }),
+            CaptureLine::End(EndRecord {
+                ts_ns: 12,
+                duration_ns: 99,
+                reason: "duration".into(),
+                periods: 1,
+                lost: 1,
+                command_status: None,
+            }),
+        ]
+    }
+
+    fn encode(lines: &[CaptureLine]) -> Vec<u8> {
+        let mut w = CaptureWriter::new(Vec::new(), &header()).unwrap();
+        for l in lines {
+            w.write_line(l).unwrap();
+        }
+        assert_eq!(w.lines_written(), lines.len() as u64);
+        w.into_inner().unwrap()
+    }
+
+    fn read(bytes: &[u8]) -> Result<(CaptureHeader, Vec<CaptureLine>, ReplayStats), CaptureError> {
+        let r = CaptureReader::new(bytes, "test.jsonl")?;
+        let mut out = Vec::new();
+        let (h, stats) = replay_reader(r, &mut |l| out.push(l.clone()))?;
+        Ok((h, out, stats))
+    }
+
+    #[test]
+    fn round_trip() {
+        let bytes = encode(&lines());
+        assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 5);
+        let (h, got, stats) = read(&bytes).unwrap();
+        assert_eq!(h, header());
+        assert_eq!(got, lines());
+        assert_eq!(stats.lines, 4);
+        assert!(stats.ended && !stats.truncated);
+        assert!(stats.warnings.is_empty(), "{:?}", stats.warnings);
+    }
+
+    #[test]
+    fn round_trip_through_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.jsonl");
+        {
+            let f = File::create(&path).unwrap();
+            let mut w = CaptureWriter::new(f, &header()).unwrap();
+            for l in lines() {
+                w.write_line(&l).unwrap();
+            }
+            // Dropped without an explicit flush: Drop writes the buffer out.
+        }
+        let cap = read_capture(&path).unwrap();
+        assert_eq!(cap.lines, lines());
+        assert!(cap.warnings.is_empty());
+    }
+
+    #[test]
+    fn period_fast_path_matches_the_generic_decoder() {
+        let l = lines()[1].clone();
+        let text = serde_json::to_vec(&l).unwrap();
+        assert!(
+            text.starts_with(PERIOD_PREFIX),
+            "{}",
+            String::from_utf8_lossy(&text)
+        );
+        // Other key orders (another writer) still decode.
+        let reordered = br#"{"ts_ns":10,"cpu":3,"duration_ns":1234,"cgroup_id":42,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":18446744073709551615,"flags":511,"kind":"period"}"#;
+        let mut bytes = encode(&[]);
+        bytes.extend_from_slice(reordered);
+        bytes.push(b'\n');
+        let (_, got, _) = read(&bytes).unwrap();
+        assert_eq!(got, vec![l]);
+    }
+
+    #[test]
+    fn truncated_last_line_is_a_warning() {
+        let mut bytes = encode(&lines()[..3]);
+        let end = serde_json::to_vec(&lines()[3]).unwrap();
+        bytes.extend_from_slice(&end[..20]);
+        let (_, got, stats) = read(&bytes).unwrap();
+        assert_eq!(got, lines()[..3].to_vec());
+        assert!(stats.truncated && !stats.ended);
+        assert_eq!(
+            stats.warnings,
+            vec![
+                "last line truncated (20 bytes) — skipped".to_string(),
+                "capture has no end line (recording was killed?)".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn complete_last_line_without_newline_is_kept() {
+        let mut bytes = encode(&lines());
+        assert_eq!(bytes.pop(), Some(b'\n'));
+        let (_, got, stats) = read(&bytes).unwrap();
+        assert_eq!(got, lines());
+        assert!(!stats.truncated && stats.ended);
+    }
+
+    #[test]
+    fn corrupt_middle_line_is_an_error_with_its_number() {
+        let good = encode(&lines());
+        let text = String::from_utf8(good).unwrap();
+        let mut ls: Vec<&str> = text.lines().collect();
+        ls[2] = r#"{"kind":"period","ts_ns":"#; // line 3 of the file
+        let bytes = (ls.join("\n") + "\n").into_bytes();
+        let err = read(&bytes).unwrap_err();
+        match &err {
+            CaptureError::BadLine { line, path, .. } => {
+                assert_eq!(*line, 3);
+                assert_eq!(path, "test.jsonl");
+            }
+            e => panic!("unexpected {e:?}"),
+        }
+        assert!(
+            err.to_string()
+                .starts_with("test.jsonl:3: corrupt capture line")
+        );
+    }
+
+    #[test]
+    fn unknown_kinds_are_skipped_with_one_warning() {
+        let mut bytes = encode(&lines()[..2]);
+        for _ in 0..3 {
+            bytes.extend_from_slice(b"{\"kind\":\"irq_span\",\"x\":1}\n");
+        }
+        bytes.extend_from_slice(&serde_json::to_vec(&lines()[3]).unwrap());
+        bytes.push(b'\n');
+        let (_, got, stats) = read(&bytes).unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(stats.lines, 3);
+        assert_eq!(
+            stats.warnings,
+            vec![
+                "skipped 3 line(s) of unknown kind \"irq_span\" (written by a newer cfstrace?)"
+                    .to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn wrong_schema_is_named() {
+        let err = read(b"{\"schema\":\"cfstrace.report/1\",\"kernel\":\"x\"}\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "test.jsonl: not a cfstrace capture: first line has schema \"cfstrace.report/1\", \
+             expected cfstrace.capture/1"
+        );
+        let err = read(b"{\"kind\":\"period\"}\n").unwrap_err();
+        assert!(err.to_string().contains("no \"schema\" field"), "{err}");
+        let err = read(b"PERF_RECORD\x00\x01\n").unwrap_err();
+        assert!(err.to_string().contains("not a JSON object"), "{err}");
+    }
+
+    #[test]
+    fn empty_file_is_an_error() {
+        let err = read(b"").unwrap_err();
+        assert!(matches!(err, CaptureError::Empty { .. }));
+        assert_eq!(
+            err.to_string(),
+            "test.jsonl: empty file, not a cfstrace capture"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.jsonl");
+        File::create(&path).unwrap();
+        let err = read_capture(&path).unwrap_err();
+        assert!(err.to_string().contains("empty.jsonl: empty file"), "{err}");
+        let err = read_capture(&dir.path().join("missing.jsonl")).unwrap_err();
+        assert!(err.to_string().contains("missing.jsonl"), "{err}");
+    }
+
+    #[test]
+    fn header_only_capture_warns_about_the_missing_end() {
+        let bytes = encode(&[]);
+        let (_, got, stats) = read(&bytes).unwrap();
+        assert!(got.is_empty());
+        assert_eq!(
+            stats.warnings,
+            vec!["capture has no end line (recording was killed?)".to_string()]
+        );
+    }
+
+    #[test]
+    fn writer_refuses_a_wrong_schema() {
+        let mut h = header();
+        h.schema = "x".into();
+        assert!(matches!(
+            CaptureWriter::new(Vec::new(), &h),
+            Err(CaptureError::HeaderSchema { .. })
+        ));
+    }
 }

@@ -1,1 +1,130 @@
-//! TODO
+//! /proc/kallsyms lookups: is a function a real symbol (kprobe-able) or was it inlined away,
+//! and the address of `sched_cfs_period_timer` for the tracepoint filter.
+use std::collections::HashMap;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KallsymsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} shows only zero addresses: run as root (or set kernel.kptr_restrict=0) so symbol addresses are visible"
+    )]
+    Restricted { path: String },
+}
+
+/// The symbols cfstrace cares about, looked up in one pass over kallsyms.
+#[derive(Debug, Default, Clone)]
+pub struct Symbols {
+    /// name -> (address, exact symbol name found: may carry a `.isra.0`-style suffix).
+    found: HashMap<String, (u64, String)>,
+}
+
+impl Symbols {
+    pub fn load(wanted: &[&str]) -> Result<Self, KallsymsError> {
+        let path = "/proc/kallsyms";
+        let text = std::fs::read_to_string(Path::new(path)).map_err(|source| KallsymsError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let s = Self::parse(&text, wanted);
+        if !s.found.is_empty() && s.found.values().all(|(a, _)| *a == 0) {
+            return Err(KallsymsError::Restricted { path: path.into() });
+        }
+        Ok(s)
+    }
+
+    /// Pure parser. An exact name wins over a compiler-suffixed clone (`name.isra.0`,
+    /// `name.constprop.0`): kprobes attach to the real symbol name, which is the suffixed one.
+    pub fn parse(text: &str, wanted: &[&str]) -> Self {
+        let mut found: HashMap<String, (u64, String)> = HashMap::new();
+        for line in text.lines() {
+            let mut it = line.split_ascii_whitespace();
+            let (Some(addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
+                continue;
+            };
+            // Only text symbols; modules (4th column) cannot hold these scheduler functions.
+            if !matches!(kind, "t" | "T") || it.next().is_some() {
+                continue;
+            }
+            // `.cold` parts are split-off slow paths, not function entries.
+            if name.ends_with(".cold") {
+                continue;
+            }
+            let base = name.split('.').next().unwrap_or(name);
+            if !wanted.contains(&base) {
+                continue;
+            }
+            let Ok(addr) = u64::from_str_radix(addr, 16) else {
+                continue;
+            };
+            let exact = base == name;
+            match found.get(base) {
+                Some((_, prev)) if prev == base => {} // exact already found
+                Some(_) if !exact => {}
+                _ => {
+                    found.insert(base.to_string(), (addr, name.to_string()));
+                }
+            }
+        }
+        Self { found }
+    }
+
+    /// Address of the function, if it exists as a symbol.
+    pub fn addr(&self, name: &str) -> Option<u64> {
+        self.found.get(name).map(|(a, _)| *a)
+    }
+
+    /// The symbol to attach a kprobe to (may be a suffixed clone).
+    pub fn symbol(&self, name: &str) -> Option<&str> {
+        self.found.get(name).map(|(_, s)| s.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+ffffffff813b4150 t enqueue_task_fair
+ffffffff813b81b0 T unthrottle_cfs_rq
+ffffffff813b86e0 t distribute_cfs_runtime.isra.0
+ffffffff813b8bb0 t sched_cfs_period_timer
+ffffffff813b8bc0 t sched_cfs_period_timer.cold
+ffffffff813b9000 d enqueue_entity
+ffffffffc0001000 t enqueue_entity\t[some_module]
+";
+
+    #[test]
+    fn finds_exact_and_suffixed_symbols() {
+        let s = Symbols::parse(
+            SAMPLE,
+            &[
+                "sched_cfs_period_timer",
+                "distribute_cfs_runtime",
+                "unthrottle_cfs_rq",
+                "enqueue_entity",
+                "enqueue_task_fair",
+            ],
+        );
+        assert_eq!(s.addr("sched_cfs_period_timer"), Some(0xffffffff813b8bb0));
+        assert_eq!(s.symbol("sched_cfs_period_timer"), Some("sched_cfs_period_timer"));
+        assert_eq!(s.symbol("distribute_cfs_runtime"), Some("distribute_cfs_runtime.isra.0"));
+        assert!(s.addr("unthrottle_cfs_rq").is_some());
+        // data symbol and module symbol do not count: enqueue_entity is inlined here.
+        assert_eq!(s.addr("enqueue_entity"), None);
+    }
+
+    #[test]
+    fn host_has_the_period_timer() {
+        let s = Symbols::load(&["sched_cfs_period_timer"]).expect("kallsyms");
+        assert!(
+            s.addr("sched_cfs_period_timer").is_some_and(|a| a != 0),
+            "sched_cfs_period_timer missing from /proc/kallsyms"
+        );
+    }
+}

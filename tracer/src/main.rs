@@ -1,4 +1,110 @@
-fn main() -> anyhow::Result<()> {
-    let _ = cfstrace::EBPF_OBJECT.len();
-    Ok(())
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context as _, Result};
+use clap::Parser as _;
+
+use cfstrace::cli::{Cli, Commands, TraceArgs};
+use cfstrace::probes::TracerOptions;
+use cfstrace::{demo, doctor, record, report, storm, watch};
+
+fn tracer_options(t: &TraceArgs) -> TracerOptions {
+    TracerOptions {
+        backend: t.backend,
+        btf: t.btf.clone(),
+    }
+}
+
+fn run(cli: Cli, stop: &AtomicBool) -> Result<ExitCode> {
+    match cli.command {
+        Commands::Record {
+            duration,
+            output,
+            trace,
+            command,
+        } => {
+            let opts = record::RecordOptions {
+                tracer: tracer_options(&trace),
+                duration,
+                output: output.clone(),
+                command,
+                progress: true,
+            };
+            let out = record::record(&opts, stop)
+                .with_context(|| format!("recording to {}", output.display()))?;
+            eprintln!(
+                "cfstrace: wrote {} ({} period-timer callbacks in {:.1}s, {} lost, stopped: {})",
+                output.display(),
+                out.periods,
+                out.duration.as_secs_f64(),
+                out.lost,
+                out.reason.replace('_', " ")
+            );
+            if let Some(status) = out.command_status {
+                return Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Commands::Report { file, json } => {
+            let rep = report::report_from_capture(&file)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rep)?);
+            } else {
+                let color = std::io::IsTerminal::is_terminal(&std::io::stdout())
+                    && std::env::var_os("NO_COLOR").is_none();
+                print!("{}", report::render_text(&rep, color));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Commands::Watch {
+            interval,
+            duration,
+            json,
+            trace,
+        } => {
+            let opts = watch::WatchOptions {
+                tracer: tracer_options(&trace),
+                interval,
+                duration,
+                json,
+            };
+            watch::watch(&opts, stop)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Commands::Doctor { trace } => doctor::doctor(&tracer_options(&trace)),
+        Commands::Demo {
+            duration,
+            output,
+            json,
+            trace,
+        } => {
+            let opts = demo::DemoOptions {
+                tracer: tracer_options(&trace),
+                duration,
+                output,
+                json,
+            };
+            demo::demo(&opts, stop)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Commands::Spin { comm } => storm::spin_worker(&comm),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let stop = match record::stop_flag() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cfstrace: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(cli, &stop) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cfstrace: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,1 +1,318 @@
-//! TODO
+//! A tracing session (programs attached, ring buffer drained, cgroups named as they appear) and
+//! `cfstrace record`, which writes it to a capture that stays valid whatever stops it.
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, BufWriter, IsTerminal as _};
+use std::os::fd::AsRawFd as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aya::maps::{MapData, RingBuf};
+
+use crate::capture::{
+    CAPTURE_SCHEMA, CaptureHeader, CaptureLine, CaptureWriter, EndRecord, LossRecord,
+};
+use crate::cgroup_fs::{self, CgroupNamer};
+use crate::events;
+use crate::host;
+use crate::probes::{ProbeError, Tracer, TracerOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Cgroup(#[from] cgroup_fs::CgroupFsError),
+    #[error("cannot create capture {path}: {source}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("writing capture {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("capture {path}: {source}")]
+    Capture {
+        path: PathBuf,
+        #[source]
+        source: crate::capture::CaptureError,
+    },
+    #[error("waiting for ring buffer events: {0}")]
+    Poll(io::Error),
+    #[error("cannot start `{cmd}`: {source}")]
+    Spawn {
+        cmd: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot install the Ctrl-C handler: {0}")]
+    Signal(io::Error),
+}
+
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer; CLOCK_MONOTONIC is what bpf_ktime_get_ns() reads.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// SIGINT/SIGTERM set the returned flag instead of killing us, so every loop can stop cleanly
+/// and leave a complete capture and no cgroups behind.
+pub fn stop_flag() -> Result<Arc<AtomicBool>, RecordError> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&flag)).map_err(RecordError::Signal)?;
+    }
+    Ok(flag)
+}
+
+/// Attached programs plus everything needed to turn their events into capture lines.
+pub struct Session {
+    tracer: Tracer,
+    ring: RingBuf<MapData>,
+    namer: CgroupNamer,
+    named: HashSet<u64>,
+    pub header: CaptureHeader,
+    pub periods: u64,
+    /// Records of the wrong size (never expected; counted, not silently dropped).
+    pub decode_errors: u64,
+}
+
+impl Session {
+    pub fn start(
+        opts: &TracerOptions,
+        command: Option<Vec<String>>,
+    ) -> Result<Session, RecordError> {
+        let hierarchy = cgroup_fs::find_cpu_hierarchy()?;
+        let mut tracer = Tracer::start(opts)?;
+        let ring = tracer.take_events()?;
+        let started_unix_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let header = CaptureHeader {
+            schema: CAPTURE_SCHEMA.to_string(),
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            host: host::host_facts(),
+            backend_requested: opts.backend.as_str().to_string(),
+            backend: tracer.frame_backend.to_string(),
+            probes: tracer.probes.clone(),
+            cpu_hierarchy: Some(hierarchy.clone()),
+            started_unix_ns,
+            started_mono_ns: monotonic_ns(),
+            command,
+        };
+        Ok(Session {
+            tracer,
+            ring,
+            namer: CgroupNamer::new(hierarchy),
+            named: HashSet::new(),
+            header,
+            periods: 0,
+            decode_errors: 0,
+        })
+    }
+
+    /// Wait up to `timeout` for events, then hand every capture line they make to `sink`:
+    /// a cgroup's naming line comes before its first period line.
+    pub fn poll<E>(
+        &mut self,
+        timeout: Duration,
+        sink: &mut impl FnMut(&CaptureLine) -> Result<(), E>,
+    ) -> Result<(), PollError<E>> {
+        let mut pfd = libc::pollfd {
+            fd: self.ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(PollError::Poll(e));
+            }
+        }
+        self.drain(sink)
+    }
+
+    /// Read everything the ring buffer holds now.
+    pub fn drain<E>(
+        &mut self,
+        sink: &mut impl FnMut(&CaptureLine) -> Result<(), E>,
+    ) -> Result<(), PollError<E>> {
+        while let Some(item) = self.ring.next() {
+            let rec = match events::decode(&item) {
+                Ok(r) => r,
+                Err(_) => {
+                    self.decode_errors += 1;
+                    continue;
+                }
+            };
+            drop(item);
+            if rec.cgroup_id != 0 && self.named.insert(rec.cgroup_id) {
+                let c = self.namer.name(rec.cgroup_id);
+                sink(&CaptureLine::Cgroup(c)).map_err(PollError::Sink)?;
+            }
+            self.periods += 1;
+            sink(&CaptureLine::Period(rec)).map_err(PollError::Sink)?;
+        }
+        Ok(())
+    }
+
+    pub fn losses(&self) -> Result<LossRecord, ProbeError> {
+        self.tracer.losses(monotonic_ns())
+    }
+
+    pub fn tracer(&self) -> &Tracer {
+        &self.tracer
+    }
+}
+
+#[derive(Debug)]
+pub enum PollError<E> {
+    Poll(io::Error),
+    Sink(E),
+}
+
+pub struct RecordOptions {
+    pub tracer: TracerOptions,
+    /// None: until Ctrl-C or until the command exits.
+    pub duration: Option<Duration>,
+    pub output: PathBuf,
+    /// Run this and record while it runs.
+    pub command: Vec<String>,
+    /// Show elapsed/events/losses on stderr when it is a terminal.
+    pub progress: bool,
+}
+
+#[derive(Debug)]
+pub struct RecordOutcome {
+    pub periods: u64,
+    pub lost: u64,
+    pub reason: &'static str,
+    pub command_status: Option<ExitStatus>,
+    pub duration: Duration,
+}
+
+/// Record until the duration passes, the command exits or `stop` is set. The capture is
+/// flushed every second and finished with loss and end lines on every one of those paths.
+pub fn record(opts: &RecordOptions, stop: &AtomicBool) -> Result<RecordOutcome, RecordError> {
+    let command = (!opts.command.is_empty()).then(|| opts.command.clone());
+    let mut session = Session::start(&opts.tracer, command)?;
+    let path = opts.output.clone();
+    let file = File::create(&path).map_err(|source| RecordError::Create {
+        path: path.clone(),
+        source,
+    })?;
+    let cap_err = |source| RecordError::Capture {
+        path: path.clone(),
+        source,
+    };
+    let mut out = CaptureWriter::new(BufWriter::with_capacity(1 << 20, file), &session.header)
+        .map_err(cap_err)?;
+    out.flush().map_err(cap_err)?;
+
+    let mut child: Option<Child> = match opts.command.split_first() {
+        Some((prog, args)) => Some(Command::new(prog).args(args).spawn().map_err(|source| {
+            RecordError::Spawn {
+                cmd: opts.command.join(" "),
+                source,
+            }
+        })?),
+        None => None,
+    };
+
+    let started = Instant::now();
+    let mut last_flush = Instant::now();
+    let show_progress = opts.progress && io::stderr().is_terminal();
+    let mut command_status = None;
+    let reason = loop {
+        let r = session.poll(Duration::from_millis(100), &mut |l: &CaptureLine| out.write_line(l));
+        match r {
+            Ok(()) => {}
+            Err(PollError::Poll(e)) => return Err(RecordError::Poll(e)),
+            Err(PollError::Sink(e)) => return Err(cap_err(e)),
+        }
+        if last_flush.elapsed() >= Duration::from_secs(1) {
+            let loss = session.losses()?;
+            out.write_line(&CaptureLine::Loss(loss)).map_err(cap_err)?;
+            out.flush().map_err(cap_err)?;
+            last_flush = Instant::now();
+            if show_progress {
+                eprint!(
+                    "\rcfstrace: {:>6.1}s  {} periods  {} lost ",
+                    started.elapsed().as_secs_f64(),
+                    session.periods,
+                    loss.lost()
+                );
+            }
+        }
+        if stop.load(Ordering::Relaxed) {
+            break "interrupted";
+        }
+        if let Some(c) = child.as_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                command_status = Some(status);
+                break "command_exited";
+            }
+        }
+        if opts.duration.is_some_and(|d| started.elapsed() >= d) {
+            break "duration";
+        }
+    };
+    if show_progress {
+        eprintln!();
+    }
+    // Events still in flight: the ring buffer is drained once more after the loop.
+    session
+        .drain(&mut |l: &CaptureLine| out.write_line(l))
+        .map_err(|e| match e {
+            PollError::Poll(e) => RecordError::Poll(e),
+            PollError::Sink(e) => cap_err(e),
+        })?;
+    let loss = session.losses()?;
+    out.write_line(&CaptureLine::Loss(loss)).map_err(cap_err)?;
+    let elapsed = started.elapsed();
+    out.write_line(&CaptureLine::End(EndRecord {
+        ts_ns: monotonic_ns(),
+        duration_ns: elapsed.as_nanos() as u64,
+        reason: reason.to_string(),
+        periods: session.periods,
+        lost: loss.lost() + session.decode_errors,
+        command_status: command_status.and_then(|s| s.code()),
+    }))
+    .map_err(cap_err)?;
+    out.flush().map_err(cap_err)?;
+    // A recording whose command is still running when we stop (duration, Ctrl-C): leave the
+    // command alone; it belongs to the user.
+    if command_status.is_none() {
+        if let Some(c) = child.as_mut() {
+            if reason == "duration" {
+                command_status = c.try_wait().ok().flatten();
+            }
+        }
+    }
+    Ok(RecordOutcome {
+        periods: session.periods,
+        lost: loss.lost() + session.decode_errors,
+        reason,
+        command_status,
+        duration: elapsed,
+    })
+}
+
+/// Make sure what was written is on disk (a capture taken before a crash must survive it).
+pub fn sync_file(path: &std::path::Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}

@@ -1,1 +1,1358 @@
-//! TODO
+//! The report: the `cfstrace.report/1` JSON document and its terminal rendering.
+//!
+//! Built from an [`Aggregator`] (a replayed capture or a `watch` interval) and the capture
+//! header's facts. The question it answers: which cgroup's period timer holds IRQs off the
+//! longest, and how much of the hard-lockup watchdog's headroom is left.
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tracer_ebpf::{
+    HOW_ENQUEUE_ENTITY, HOW_ENQUEUE_TASK_FAIR, HOW_LOOPS, HOW_RUNNABLE, HOW_UNTHROTTLE,
+};
+
+use crate::aggregate::{Aggregator, CgroupView, Distribution, UNRESOLVED_ID, UNRESOLVED_NAME};
+use crate::capture::{self, CaptureError, CaptureHeader, ProbeStatus, ProcessInfo};
+use crate::host::WatchdogFacts;
+use crate::workload::{Workload, WorkloadKind};
+
+pub const REPORT_SCHEMA: &str = "cfstrace.report/1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Report {
+    pub schema: String,
+    pub tool_version: String,
+    pub hostname: String,
+    pub kernel: String,
+    pub ncpus: u32,
+    /// What the period-timer frame used (`kprobe`, `fentry`, `tracepoint`).
+    pub backend: String,
+    pub backend_requested: String,
+    /// Probe name -> how it was attached, or why not.
+    pub probes: BTreeMap<String, ProbeStatus>,
+    pub watchdog: WatchdogFacts,
+    pub duration_s: f64,
+    pub events: Events,
+    pub figures: Figures,
+    /// Worst first (by total IRQs-off callback time).
+    pub cgroups: Vec<CgroupReport>,
+    /// CPUs that ran at least one period timer, ascending.
+    pub cpus: Vec<CpuReport>,
+    /// Node: watchdog_thresh - the worst single callback. None without callbacks or thresh.
+    pub headroom_ns: Option<i64>,
+    pub culprit: Option<Culprit>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Events {
+    /// Period-timer callbacks in the report.
+    pub periods: u64,
+    /// Events lost outright.
+    pub lost: u64,
+    pub ringbuf_full: u64,
+    pub unmatched_exit: u64,
+    pub missed_exit: u64,
+    pub cgroup_read: u64,
+}
+
+/// Whether a figure was measured on this run, how, or why not.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Figure {
+    pub available: bool,
+    /// e.g. `kprobe unthrottle_cfs_rq`.
+    pub how: Option<String>,
+    /// Why it is unavailable (or degraded).
+    pub reason: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Figures {
+    pub callback_ns: Figure,
+    pub loops: Figure,
+    pub unthrottled: Figure,
+    pub enqueued: Figure,
+    pub runnable: Figure,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct Stats {
+    pub count: u64,
+    pub min: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+impl Stats {
+    pub fn of(d: &Distribution) -> Stats {
+        Stats {
+            count: d.count(),
+            min: d.min(),
+            p50: d.quantile(0.50),
+            p90: d.quantile(0.90),
+            p99: d.quantile(0.99),
+            max: d.max(),
+            mean: d.mean(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct CgroupReport {
+    /// kernfs id (= inode of the cgroup's directory); 0 is callbacks whose cgroup was not read.
+    pub id: u64,
+    pub path: Option<String>,
+    pub workload: Workload,
+    pub processes: Vec<ProcessInfo>,
+    /// From cpu.max / cpu.cfs_period_us when the cgroup was named.
+    pub period_us: Option<u64>,
+    /// None: no quota, or not named.
+    pub quota_us: Option<u64>,
+    pub periods: u64,
+    pub total_callback_ns: u64,
+    pub callback_ns: Stats,
+    pub unthrottled_per_period: Option<Stats>,
+    pub enqueued_per_period: Option<Stats>,
+    pub runnable_per_period: Option<Stats>,
+    pub max_loops: Option<u32>,
+    /// CPUs its period timer fired on.
+    pub cpus: Vec<u32>,
+    /// watchdog_thresh - its worst callback.
+    pub headroom_ns: Option<i64>,
+    /// `cfs_bandwidth.period` as the kernel had it (it rescales a too-short period itself).
+    #[serde(default)]
+    pub kernel_period_us: Option<u64>,
+    /// `cfs_bandwidth.quota` as the kernel had it (None: no quota or not read).
+    #[serde(default)]
+    pub kernel_quota_us: Option<u64>,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Culprit {
+    #[serde(flatten)]
+    pub cgroup: CgroupReport,
+    pub reason: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuReport {
+    pub cpu: u32,
+    pub period_timers: u64,
+    /// Sum of callback durations on this CPU (IRQs off).
+    pub timer_irq_ns: u64,
+    pub max_callback_ns: u64,
+    /// Longest run of back-to-back callbacks (one interrupt serving several timers).
+    #[serde(default)]
+    pub max_chain_ns: u64,
+}
+
+/// Probe names as the capture header lists them.
+const PROBE_PERIOD_TIMER: &str = "period_timer";
+const PROBE_DISTRIBUTE: &str = "distribute";
+const PROBE_UNTHROTTLE: &str = "unthrottle";
+const PROBE_ENQUEUE: &str = "enqueue";
+const PROBE_RUNNABLE: &str = "runnable";
+const PROBE_ORDER: [&str; 5] = [
+    PROBE_PERIOD_TIMER,
+    PROBE_DISTRIBUTE,
+    PROBE_UNTHROTTLE,
+    PROBE_ENQUEUE,
+    PROBE_RUNNABLE,
+];
+
+fn probe_how(p: &ProbeStatus) -> Option<String> {
+    match (&p.how, &p.target) {
+        (Some(h), Some(t)) => Some(format!("{h} {t}")),
+        (Some(h), None) => Some(h.clone()),
+        (None, Some(t)) => Some(t.clone()),
+        (None, None) => None,
+    }
+}
+
+/// A count figure is available when some event carried its `HOW_*` bit.
+fn count_figure(
+    header: &CaptureHeader,
+    flags: u32,
+    bits: u32,
+    probe: &str,
+    fallback_how: &str,
+    periods: u64,
+) -> Figure {
+    let status = header.probes.get(probe);
+    let available = flags & bits != 0;
+    let how = status
+        .filter(|s| s.attached)
+        .and_then(probe_how)
+        .or_else(|| available.then(|| fallback_how.to_string()));
+    let reason = match status {
+        // Attached but degraded (e.g. counting `enqueue_task_fair`): keep the note.
+        _ if available => status.and_then(|s| s.reason.clone()),
+        Some(s) if !s.attached => Some(
+            s.reason
+                .clone()
+                .unwrap_or_else(|| format!("the {probe} probe was not attached")),
+        ),
+        Some(_) if periods == 0 => {
+            Some("probe attached, but no period-timer callback was seen".to_string())
+        }
+        Some(_) => Some("probe attached, but no event carried its count".to_string()),
+        None => Some(format!("the capture lists no {probe} probe")),
+    };
+    Figure {
+        available,
+        how,
+        reason,
+    }
+}
+
+fn figures(header: &CaptureHeader, agg: &Aggregator) -> Figures {
+    let flags = agg.flags_seen();
+    let n = agg.periods();
+    let timer = header.probes.get(PROBE_PERIOD_TIMER);
+    let timer_attached = timer.is_some_and(|s| s.attached);
+    let callback_ns = Figure {
+        available: timer_attached || n > 0,
+        how: timer
+            .and_then(probe_how)
+            .or_else(|| Some(header.backend.clone())),
+        reason: match timer {
+            Some(s) if !s.attached => s.reason.clone(),
+            Some(s) => s.reason.clone(),
+            None if n == 0 => Some("the capture lists no period_timer probe".to_string()),
+            None => None,
+        },
+    };
+    let enqueue_fallback = if flags & HOW_ENQUEUE_TASK_FAIR != 0 {
+        "enqueue_task_fair"
+    } else {
+        "enqueue_entity"
+    };
+    Figures {
+        callback_ns,
+        loops: count_figure(
+            header,
+            flags,
+            HOW_LOOPS,
+            PROBE_DISTRIBUTE,
+            "distribute_cfs_runtime",
+            n,
+        ),
+        unthrottled: count_figure(
+            header,
+            flags,
+            HOW_UNTHROTTLE,
+            PROBE_UNTHROTTLE,
+            "unthrottle_cfs_rq",
+            n,
+        ),
+        enqueued: count_figure(
+            header,
+            flags,
+            HOW_ENQUEUE_ENTITY | HOW_ENQUEUE_TASK_FAIR,
+            PROBE_ENQUEUE,
+            enqueue_fallback,
+            n,
+        ),
+        runnable: count_figure(
+            header,
+            flags,
+            HOW_RUNNABLE,
+            PROBE_RUNNABLE,
+            "sched_update_nr_running_tp",
+            n,
+        ),
+    }
+}
+
+fn headroom(thresh_s: Option<u64>, worst_ns: u64) -> Option<i64> {
+    let t = i64::try_from(thresh_s?).ok()?.saturating_mul(1_000_000_000);
+    Some(t.saturating_sub(i64::try_from(worst_ns).unwrap_or(i64::MAX)))
+}
+
+fn plain_workload() -> Workload {
+    Workload {
+        kind: WorkloadKind::Cgroup,
+        application: None,
+        container: None,
+        pod_uid: None,
+        qos: None,
+        unit: None,
+    }
+}
+
+fn cgroup_report(v: &CgroupView<'_>, figs: &Figures, thresh_s: Option<u64>) -> CgroupReport {
+    let s = v.stats;
+    let cb = s.callback_ns();
+    let mut notes: Vec<String> = Vec::new();
+    if let Some(n) = v.record.and_then(|r| r.note.clone()) {
+        notes.push(n);
+    }
+    if v.id == UNRESOLVED_ID {
+        notes.push(format!(
+            "{UNRESOLVED_NAME}: callbacks whose timer could not be traced to a cgroup \
+             (a failed kernel read, or the kernel layout lacks a field)"
+        ));
+    } else if v.record.is_none() {
+        notes.push(
+            "never named: the cgroup went away (or could not be read) before its path was"
+                .to_string(),
+        );
+    }
+    if let Some((lo, hi)) = s.period_change() {
+        notes.push(format!(
+            "the kernel's period changed during the run ({} -> {}): after a callback overran \
+             its period the kernel scales period and quota up",
+            human_ns(lo),
+            human_ns(hi)
+        ));
+    }
+    if let Some(l) = s.max_loops().filter(|&l| l > 1) {
+        notes.push(format!(
+            "{l} distribute passes in one callback: the timer overran its period and looped"
+        ));
+    }
+    if let Some(p) = s.period_ns().filter(|&p| p > 0 && cb.max() >= p) {
+        notes.push(format!(
+            "worst callback {} is at least the cfs period {}: the timer cannot keep up",
+            human_ns(cb.max()),
+            human_ns(p)
+        ));
+    }
+    let counted = |avail: bool, d: Option<&Distribution>| d.filter(|_| avail).map(Stats::of);
+    let rec = v.record;
+    CgroupReport {
+        id: v.id,
+        path: rec.and_then(|r| r.path.clone()),
+        workload: rec.map_or_else(plain_workload, |r| r.workload.clone()),
+        processes: rec.map(|r| r.processes.clone()).unwrap_or_default(),
+        period_us: rec.and_then(|r| r.period_us),
+        quota_us: rec.and_then(|r| r.quota_us),
+        periods: s.periods(),
+        total_callback_ns: s.total_callback_ns(),
+        callback_ns: Stats::of(cb),
+        unthrottled_per_period: counted(figs.unthrottled.available, s.unthrottled()),
+        enqueued_per_period: counted(figs.enqueued.available, s.enqueued()),
+        runnable_per_period: counted(figs.runnable.available, s.runnable()),
+        max_loops: s.max_loops().filter(|_| figs.loops.available),
+        cpus: s.cpus().iter().collect(),
+        headroom_ns: headroom(thresh_s, cb.max()),
+        kernel_period_us: s.period_ns().filter(|&p| p > 0).map(|p| p / 1_000),
+        kernel_quota_us: s
+            .quota_ns()
+            .filter(|&q| q != u64::MAX && q > 0)
+            .map(|q| q / 1_000),
+        note: (!notes.is_empty()).then(|| notes.join("; ")),
+    }
+}
+
+/// Short workload label: `yarn application_…`, `k8s pod <uid8>`, `docker <id12>`,
+/// `systemd foo.service`; None for a plain cgroup.
+pub fn workload_label(w: &Workload) -> Option<String> {
+    let short = |s: &str, n: usize| s.chars().take(n).collect::<String>();
+    match w.kind {
+        WorkloadKind::Yarn => w
+            .application
+            .as_deref()
+            .or(w.container.as_deref())
+            .map(|a| format!("yarn {a}")),
+        WorkloadKind::Kubernetes => match (&w.pod_uid, &w.container) {
+            (Some(u), _) => Some(format!("k8s pod {}", short(u, 8))),
+            (None, Some(c)) => Some(format!("k8s {}", short(c, 12))),
+            (None, None) => Some("k8s".to_string()),
+        },
+        WorkloadKind::Docker => w
+            .container
+            .as_deref()
+            .map(|c| format!("docker {}", short(c, 12))),
+        WorkloadKind::Systemd => w.unit.as_deref().map(|u| format!("systemd {u}")),
+        WorkloadKind::Cgroup => None,
+    }
+}
+
+/// Distinct comms of the busiest processes, busiest first.
+fn top_comms(procs: &[ProcessInfo], n: usize) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for p in procs {
+        if !out.contains(&p.comm.as_str()) {
+            out.push(&p.comm);
+            if out.len() == n {
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn display_path(c: &CgroupReport) -> String {
+    match &c.path {
+        Some(p) => p.clone(),
+        None if c.id == UNRESOLVED_ID => UNRESOLVED_NAME.to_string(),
+        None => format!("(cgroup {})", c.id),
+    }
+}
+
+/// Headroom in seconds to 4 decimals, trailing zeros trimmed (`9.9997 s`, `10 s`).
+fn seconds(ns: i64) -> String {
+    let s = format!("{:.4}", ns as f64 / 1e9);
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    format!("{s} s")
+}
+
+fn headroom_phrase(h: Option<i64>, wd: &WatchdogFacts) -> String {
+    match (h, wd.thresh_s) {
+        (Some(h), Some(t)) if h >= 0 => {
+            let off = if wd.enabled {
+                ""
+            } else {
+                " (watchdog disabled)"
+            };
+            format!("watchdog headroom {} of {t} s{off}", seconds(h))
+        }
+        (Some(h), Some(t)) => format!(
+            "exceeds the {t} s watchdog threshold by {}",
+            human_ns(h.unsigned_abs())
+        ),
+        _ => "watchdog_thresh unknown".to_string(),
+    }
+}
+
+fn culprit_reason(c: &CgroupReport, wd: &WatchdogFacts) -> String {
+    let mut who = display_path(c);
+    let label = workload_label(&c.workload).or_else(|| {
+        let comms = top_comms(&c.processes, 2);
+        (!comms.is_empty()).then(|| comms.join(", "))
+    });
+    if let Some(l) = label {
+        let _ = write!(who, " ({l})");
+    }
+    let mut r = format!(
+        "{who}: {} period-timer callback{} held IRQs off for {} in total, worst single \
+         callback {} (p99 {})",
+        c.periods,
+        if c.periods == 1 { "" } else { "s" },
+        human_ns(c.total_callback_ns),
+        human_ns(c.callback_ns.max),
+        human_ns(c.callback_ns.p99),
+    );
+    if let Some(u) = &c.unthrottled_per_period {
+        let _ = write!(r, ", {:.1} cfs_rqs unthrottled per period", u.mean);
+    }
+    let _ = write!(r, "; {}", headroom_phrase(c.headroom_ns, wd));
+    r
+}
+
+/// Assemble the report. `duration_ns` is the recording's length; `warnings` are the capture's.
+pub fn build_report(
+    header: &CaptureHeader,
+    agg: &Aggregator,
+    duration_ns: u64,
+    warnings: Vec<String>,
+) -> Report {
+    let host = &header.host;
+    let thresh = host.watchdog.thresh_s;
+    let figs = figures(header, agg);
+
+    let mut cgroups: Vec<CgroupReport> = agg
+        .cgroups()
+        .map(|v| cgroup_report(&v, &figs, thresh))
+        .collect();
+    cgroups.sort_by(|a, b| {
+        b.total_callback_ns
+            .cmp(&a.total_callback_ns)
+            .then(b.callback_ns.max.cmp(&a.callback_ns.max))
+            .then(a.id.cmp(&b.id))
+    });
+
+    // Unresolved callbacks are no actionable culprit while a named cgroup is in the running.
+    let culprit = cgroups
+        .iter()
+        .find(|c| c.id != UNRESOLVED_ID && c.periods > 0)
+        .or_else(|| cgroups.iter().find(|c| c.periods > 0))
+        .map(|c| Culprit {
+            reason: culprit_reason(c, &host.watchdog),
+            cgroup: c.clone(),
+        });
+
+    let worst = cgroups.iter().map(|c| c.callback_ns.max).max();
+    let headroom_ns = worst.and_then(|w| headroom(thresh, w));
+
+    let cpus = agg
+        .cpus()
+        .map(|(cpu, s)| CpuReport {
+            cpu,
+            period_timers: s.period_timers,
+            timer_irq_ns: s.callback_ns,
+            max_callback_ns: s.max_callback_ns,
+            max_chain_ns: s.max_chain_ns,
+        })
+        .collect();
+
+    let loss = agg.loss().copied().unwrap_or_default();
+    let end = agg.end();
+    let events = Events {
+        periods: agg.periods(),
+        lost: loss.lost().max(end.map_or(0, |e| e.lost)),
+        ringbuf_full: loss.ringbuf_full,
+        unmatched_exit: loss.unmatched_exit,
+        missed_exit: loss.missed_exit,
+        cgroup_read: loss.cgroup_read,
+    };
+
+    let mut all = warnings;
+    all.extend(agg.warnings());
+    if events.lost > 0 {
+        all.push(format!(
+            "{} event(s) lost (ring buffer full): the figures undercount",
+            events.lost
+        ));
+    }
+    if events.cgroup_read > 0 {
+        all.push(format!(
+            "{} timer -> cgroup read(s) failed: those callbacks are under {UNRESOLVED_NAME}",
+            events.cgroup_read
+        ));
+    }
+    if events.missed_exit > 0 || events.unmatched_exit > 0 {
+        all.push(format!(
+            "{} callback end(s) missed, {} end(s) without a start: a few durations are missing",
+            events.missed_exit, events.unmatched_exit
+        ));
+    }
+    if let Some(e) = end.filter(|e| e.periods > agg.periods()) {
+        all.push(format!(
+            "the end line counts {} callbacks but only {} are in the capture",
+            e.periods,
+            agg.periods()
+        ));
+    }
+    if thresh.is_none() {
+        all.push("watchdog_thresh could not be read: no headroom figures".to_string());
+    } else if !host.watchdog.enabled {
+        all.push(
+            "the hard-lockup watchdog is disabled on this node: headroom is measured against \
+             watchdog_thresh all the same"
+                .to_string(),
+        );
+    }
+    let mut warnings = Vec::with_capacity(all.len());
+    for w in all {
+        if !warnings.contains(&w) {
+            warnings.push(w);
+        }
+    }
+
+    Report {
+        schema: REPORT_SCHEMA.to_string(),
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        hostname: host.hostname.clone(),
+        kernel: host.kernel.clone(),
+        ncpus: host.ncpus,
+        backend: header.backend.clone(),
+        backend_requested: header.backend_requested.clone(),
+        probes: header.probes.clone(),
+        watchdog: host.watchdog.clone(),
+        duration_s: duration_ns as f64 / 1e9,
+        events,
+        figures: figs,
+        cgroups,
+        cpus,
+        headroom_ns,
+        culprit,
+        warnings,
+    }
+}
+
+/// Replay a capture and build its report. The duration is the end line's, else the span of
+/// the callbacks; the capture's warnings become the report's.
+pub fn report_from_capture(path: &Path) -> Result<Report, ReportError> {
+    let mut agg = Aggregator::new();
+    let (header, stats) = capture::replay(path, &mut |l| agg.feed(l))?;
+    let duration_ns = agg.end().map_or_else(|| agg.span_ns(), |e| e.duration_ns);
+    Ok(build_report(&header, &agg, duration_ns, stats.warnings))
+}
+
+/// `812 ns`, `41.2 us`, `310 us`, `1.25 ms`, `12.3 s`: three significant digits.
+pub fn human_ns(ns: u64) -> String {
+    if ns < 1_000 {
+        return format!("{ns} ns");
+    }
+    const UNITS: [(f64, &str); 3] = [(1e3, "us"), (1e6, "ms"), (1e9, "s")];
+    let mut i = if ns < 1_000_000 {
+        0
+    } else if ns < 1_000_000_000 {
+        1
+    } else {
+        2
+    };
+    let mut v = ns as f64 / UNITS[i].0;
+    // 999.7 us rounds to "1000 us": say 1.00 ms instead.
+    if v >= 999.5 && i < 2 {
+        i += 1;
+        v = ns as f64 / UNITS[i].0;
+    }
+    let digits = if v >= 99.95 {
+        0
+    } else if v >= 9.995 {
+        1
+    } else {
+        2
+    };
+    format!("{v:.digits$} {}", UNITS[i].1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Terminal rendering.
+
+const BOLD: &str = "\x1b[1m";
+const RED: &str = "\x1b[31m";
+const RESET: &str = "\x1b[0m";
+const TOP_CGROUPS: usize = 20;
+const TOP_CPUS: usize = 8;
+const PATH_W: usize = 48;
+const WORKLOAD_W: usize = 28;
+
+/// Shorten to `width` chars with an ellipsis in the middle (both ends of a cgroup path
+/// matter: the slice it sits in and the container id at its tip).
+pub fn ellipsize_middle(s: &str, width: usize) -> String {
+    let n = s.chars().count();
+    if n <= width || width < 3 {
+        return s.to_string();
+    }
+    // The tip (container id, unit) identifies the cgroup best: give it two thirds.
+    let head = (width - 1) / 3;
+    let tail = width - 1 - head;
+    let mut out: String = s.chars().take(head).collect();
+    out.push('…');
+    out.extend(s.chars().skip(n - tail));
+    out
+}
+
+/// Left-align to `width` chars (not bytes: paths may hold the ellipsis).
+fn pad(s: &str, width: usize) -> String {
+    let n = s.chars().count();
+    let mut out = s.to_string();
+    out.extend(std::iter::repeat_n(' ', width.saturating_sub(n)));
+    out
+}
+
+fn paint(s: &str, code: &str, color: bool) -> String {
+    if color {
+        format!("{code}{s}{RESET}")
+    } else {
+        s.to_string()
+    }
+}
+
+fn p50_max(s: &Option<Stats>) -> String {
+    s.as_ref()
+        .map_or_else(|| "-".to_string(), |s| format!("{}/{}", s.p50, s.max))
+}
+
+fn low_headroom(h: Option<i64>, thresh_s: Option<u64>) -> bool {
+    match (h, thresh_s) {
+        (Some(h), Some(t)) => (h as f64) < t as f64 * 1e9 * 0.10,
+        _ => false,
+    }
+}
+
+fn headroom_cell(h: Option<i64>) -> String {
+    match h {
+        Some(h) if h >= 0 => seconds(h).replace(' ', ""),
+        Some(h) => format!("-{}", human_ns(h.unsigned_abs()).replace(' ', "")),
+        None => "-".to_string(),
+    }
+}
+
+/// The report as a terse terminal table (bcc `hardirqs` style).
+pub fn render_text(report: &Report, color: bool) -> String {
+    let mut o = String::new();
+    let wd = &report.watchdog;
+    let _ = writeln!(
+        o,
+        "cfstrace {}  {}  kernel {}  {} CPUs  backend {} (requested {})",
+        report.tool_version,
+        report.hostname,
+        report.kernel,
+        report.ncpus,
+        report.backend,
+        report.backend_requested
+    );
+    let e = &report.events;
+    let _ = writeln!(
+        o,
+        "duration {:.2} s  period-timer callbacks {}  lost {}",
+        report.duration_s, e.periods, e.lost
+    );
+    let thresh = wd
+        .thresh_s
+        .map_or_else(|| "unknown".to_string(), |t| format!("{t} s"));
+    let node = match report.headroom_ns {
+        Some(h) => {
+            let cell = paint(
+                &headroom_cell(Some(h)).replace('s', " s"),
+                RED,
+                color && low_headroom(Some(h), wd.thresh_s),
+            );
+            let worst = report
+                .cgroups
+                .iter()
+                .map(|c| c.callback_ns.max)
+                .max()
+                .unwrap_or(0);
+            format!(
+                "  node headroom {cell} (worst callback {})",
+                human_ns(worst)
+            )
+        }
+        None => String::new(),
+    };
+    let _ = writeln!(
+        o,
+        "watchdog {}  thresh {thresh}{node}",
+        if wd.enabled { "enabled" } else { "DISABLED" }
+    );
+    // Pipeline order (the frame first), then anything a newer recorder added.
+    let mut probes: Vec<(&String, &ProbeStatus)> = report.probes.iter().collect();
+    probes.sort_by_key(|(name, _)| {
+        PROBE_ORDER
+            .iter()
+            .position(|p| p == name)
+            .unwrap_or(PROBE_ORDER.len())
+    });
+    for (name, p) in probes {
+        if p.attached {
+            let how = probe_how(p).unwrap_or_else(|| "attached".to_string());
+            let _ = write!(o, "  {name:<13} {how}");
+            if let Some(r) = &p.reason {
+                let _ = write!(o, "  ({r})");
+            }
+            o.push('\n');
+        } else {
+            let r = p.reason.as_deref().unwrap_or("not attached");
+            let _ = writeln!(o, "  {name:<13} -  unavailable: {r}");
+        }
+    }
+
+    match &report.culprit {
+        Some(c) => {
+            let line = format!("CULPRIT: {}", c.reason);
+            let _ = writeln!(o, "{}", paint(&line, BOLD, color));
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "no CFS period-timer callback seen: no cgroup with a cpu quota was busy"
+            );
+        }
+    }
+
+    if !report.cgroups.is_empty() {
+        o.push('\n');
+        let _ = writeln!(
+            o,
+            "{} {} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11} {:>9}  COMM",
+            pad("PATH", PATH_W),
+            pad("WORKLOAD", WORKLOAD_W),
+            "PERIODS",
+            "CB p50",
+            "p99",
+            "max",
+            "UNTHR/P",
+            "ENQ/P",
+            "HEADROOM"
+        );
+        let culprit_id = report.culprit.as_ref().map(|c| c.cgroup.id);
+        for c in report.cgroups.iter().take(TOP_CGROUPS) {
+            let path = pad(&ellipsize_middle(&display_path(c), PATH_W), PATH_W);
+            let wl = workload_label(&c.workload).unwrap_or_else(|| "-".to_string());
+            let wl = pad(&ellipsize_middle(&wl, WORKLOAD_W), WORKLOAD_W);
+            let hr = format!("{:>9}", headroom_cell(c.headroom_ns));
+            let hr = paint(&hr, RED, color && low_headroom(c.headroom_ns, wd.thresh_s));
+            let comms = top_comms(&c.processes, 3).join(",");
+            let row = format!(
+                "{path} {wl} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11} ",
+                c.periods,
+                human_ns(c.callback_ns.p50),
+                human_ns(c.callback_ns.p99),
+                human_ns(c.callback_ns.max),
+                p50_max(&c.unthrottled_per_period),
+                p50_max(&c.enqueued_per_period),
+            );
+            let row = paint(&row, BOLD, color && culprit_id == Some(c.id));
+            let _ = writeln!(
+                o,
+                "{row}{hr}  {}",
+                if comms.is_empty() { "-" } else { &comms }
+            );
+        }
+        if report.cgroups.len() > TOP_CGROUPS {
+            let _ = writeln!(
+                o,
+                "... {} more cgroups (--json for all)",
+                report.cgroups.len() - TOP_CGROUPS
+            );
+        }
+    }
+
+    if !report.cpus.is_empty() {
+        let mut cpus: Vec<&CpuReport> = report.cpus.iter().collect();
+        cpus.sort_by(|a, b| b.timer_irq_ns.cmp(&a.timer_irq_ns).then(a.cpu.cmp(&b.cpu)));
+        let _ = write!(
+            o,
+            "\nperiod-timer IRQ time by CPU (top {} of {}):",
+            cpus.len().min(TOP_CPUS),
+            cpus.len()
+        );
+        for c in cpus.iter().take(TOP_CPUS) {
+            let _ = write!(
+                o,
+                "  cpu{} {} / {}",
+                c.cpu,
+                human_ns(c.timer_irq_ns),
+                c.period_timers
+            );
+        }
+        o.push('\n');
+        // Several timers served by one interrupt: one IRQs-off span longer than any callback.
+        if let Some(c) = cpus.iter().max_by_key(|c| c.max_chain_ns)
+            && c.max_chain_ns > c.max_callback_ns
+        {
+            let _ = writeln!(
+                o,
+                "longest back-to-back callback chain: {} on cpu{}",
+                human_ns(c.max_chain_ns),
+                c.cpu
+            );
+        }
+    }
+
+    if !report.warnings.is_empty() {
+        o.push_str("\nwarnings:\n");
+        for w in &report.warnings {
+            let _ = writeln!(o, "  ! {w}");
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::{CgroupRecord, EndRecord, LossRecord, PeriodRecord};
+    use crate::host::HostFacts;
+    use crate::workload::WorkloadKind;
+    use tracer_ebpf::{HOW_CGROUP, HOW_FRAME_TRACEPOINT, HOW_PERIOD};
+
+    const YARN: &str = "/yarn/container_e06_1512098667219_988894_01_000020";
+
+    fn status(attached: bool, how: &str, target: &str, reason: Option<&str>) -> ProbeStatus {
+        ProbeStatus {
+            attached,
+            how: attached.then(|| how.to_string()),
+            target: Some(target.to_string()),
+            reason: reason.map(str::to_string),
+        }
+    }
+
+    fn header() -> CaptureHeader {
+        let mut probes = BTreeMap::new();
+        probes.insert(
+            "period_timer".into(),
+            status(true, "tracepoint", "hrtimer_expire_entry/exit", None),
+        );
+        probes.insert(
+            "unthrottle".into(),
+            status(true, "kprobe", "unthrottle_cfs_rq", None),
+        );
+        probes.insert(
+            "enqueue".into(),
+            status(
+                false,
+                "kprobe",
+                "enqueue_entity",
+                Some("kprobes are not available (CONFIG_KPROBES off)"),
+            ),
+        );
+        probes.insert(
+            "distribute".into(),
+            status(
+                false,
+                "kprobe",
+                "distribute_cfs_runtime",
+                Some("no kprobes"),
+            ),
+        );
+        probes.insert(
+            "runnable".into(),
+            status(true, "raw_tp", "sched_update_nr_running_tp", None),
+        );
+        CaptureHeader {
+            schema: capture::CAPTURE_SCHEMA.into(),
+            tool_version: "0.1.0".into(),
+            host: HostFacts {
+                hostname: "node7".into(),
+                kernel: "6.18.44".into(),
+                ncpus: 48,
+                watchdog: WatchdogFacts {
+                    thresh_s: Some(10),
+                    enabled: true,
+                    nmi_watchdog: None,
+                    hardlockup_panic: Some(true),
+                },
+            },
+            backend_requested: "auto".into(),
+            backend: "tracepoint".into(),
+            probes,
+            cpu_hierarchy: None,
+            started_unix_ns: 0,
+            started_mono_ns: 0,
+            command: None,
+        }
+    }
+
+    fn yarn_record() -> CgroupRecord {
+        CgroupRecord {
+            id: 20,
+            path: Some(YARN.into()),
+            workload: Workload {
+                kind: WorkloadKind::Yarn,
+                application: Some("application_1512098667219_988894".into()),
+                container: Some("container_e06_1512098667219_988894_01_000020".into()),
+                pod_uid: None,
+                qos: None,
+                unit: None,
+            },
+            processes: vec![
+                ProcessInfo {
+                    pid: 100,
+                    comm: "python".into(),
+                    cmdline: None,
+                    cpu_ticks: 50,
+                },
+                ProcessInfo {
+                    pid: 101,
+                    comm: "python".into(),
+                    cmdline: None,
+                    cpu_ticks: 40,
+                },
+            ],
+            period_us: Some(100_000),
+            quota_us: Some(20_000),
+            note: None,
+        }
+    }
+
+    fn other_record() -> CgroupRecord {
+        CgroupRecord {
+            id: 30,
+            path: Some("/system.slice/cron.service".into()),
+            workload: Workload {
+                kind: WorkloadKind::Systemd,
+                application: None,
+                container: None,
+                pod_uid: None,
+                qos: None,
+                unit: Some("cron.service".into()),
+            },
+            processes: vec![],
+            period_us: Some(100_000),
+            quota_us: None,
+            note: None,
+        }
+    }
+
+    const FLAGS: u32 = HOW_FRAME_TRACEPOINT | HOW_UNTHROTTLE | HOW_CGROUP | HOW_PERIOD;
+
+    fn rec(cg: u64, cpu: u32, ts: u64, dur: u64, unthr: u32) -> PeriodRecord {
+        PeriodRecord {
+            ts_ns: ts,
+            cpu,
+            duration_ns: dur,
+            cgroup_id: cg,
+            unthrottled: unthr,
+            period_ns: 100_000_000,
+            quota_ns: 20_000_000,
+            flags: FLAGS,
+            ..Default::default()
+        }
+    }
+
+    fn agg() -> Aggregator {
+        let mut a = Aggregator::new();
+        a.add_cgroup(yarn_record());
+        a.add_cgroup(other_record());
+        // YARN container: 100 callbacks of 100..=199 us, plus one of 310 us.
+        for i in 0..100u64 {
+            a.add_period(&rec(
+                20,
+                (i % 48) as u32,
+                i * 100_000_000,
+                100_000 + i * 1_000,
+                3,
+            ));
+        }
+        a.add_period(&rec(20, 3, 10_000_000_000, 310_000, 48));
+        // cron: fewer, shorter.
+        for i in 0..10u64 {
+            a.add_period(&rec(30, 1, 5 + i * 100_000_000, 2_000, 1));
+        }
+        // Unresolved: one long callback but little in total... still more than cron.
+        a.add_period(&rec(0, 2, 7, 400_000, 0));
+        a.set_loss(LossRecord {
+            ts_ns: 1,
+            ringbuf_full: 2,
+            ..Default::default()
+        });
+        a
+    }
+
+    #[test]
+    fn culprit_stats_and_order() {
+        let r = build_report(&header(), &agg(), 8_000_000_000, vec!["w1".into()]);
+        assert_eq!(r.schema, REPORT_SCHEMA);
+        assert_eq!(r.duration_s, 8.0);
+        assert_eq!(r.events.periods, 112);
+        assert_eq!(r.events.lost, 2);
+        let ids: Vec<u64> = r.cgroups.iter().map(|c| c.id).collect();
+        assert_eq!(ids, vec![20, 0, 30]);
+        let c = r.culprit.as_ref().unwrap();
+        assert_eq!(c.cgroup.id, 20);
+        assert_eq!(c.cgroup.path.as_deref(), Some(YARN));
+        assert_eq!(c.cgroup.periods, 101);
+        let cb = c.cgroup.callback_ns;
+        assert_eq!((cb.count, cb.min, cb.max), (101, 100_000, 310_000));
+        assert!((148_000..=152_000).contains(&cb.p50), "{}", cb.p50);
+        assert!(cb.p99 >= 198_000 && cb.p99 <= 310_000, "{}", cb.p99);
+        assert_eq!(c.cgroup.headroom_ns, Some(10_000_000_000 - 310_000));
+        assert_eq!(r.headroom_ns, Some(10_000_000_000 - 400_000));
+        assert_eq!(c.cgroup.period_us, Some(100_000));
+        assert_eq!(c.cgroup.quota_us, Some(20_000));
+        assert_eq!(c.cgroup.kernel_period_us, Some(100_000));
+        assert_eq!(c.cgroup.kernel_quota_us, Some(20_000));
+        assert_eq!(c.cgroup.cpus.len(), 48);
+        let u = c.cgroup.unthrottled_per_period.unwrap();
+        assert_eq!((u.p50, u.max), (3, 48));
+        assert!(
+            c.reason.starts_with(&format!(
+                "{YARN} (yarn application_1512098667219_988894): 101 period-timer callbacks \
+                 held IRQs off for "
+            )),
+            "{}",
+            c.reason
+        );
+        assert!(
+            c.reason.contains("worst single callback 310 us (p99 "),
+            "{}",
+            c.reason
+        );
+        assert!(
+            c.reason.contains("3.4 cfs_rqs unthrottled per period"),
+            "{}",
+            c.reason
+        );
+        assert!(
+            c.reason.ends_with("watchdog headroom 9.9997 s of 10 s"),
+            "{}",
+            c.reason
+        );
+        // The unresolved bucket is reported but is not the culprit.
+        let unres = &r.cgroups[1];
+        assert_eq!(unres.path, None);
+        assert!(unres.note.as_deref().unwrap().starts_with(UNRESOLVED_NAME));
+        assert_eq!(r.warnings[0], "w1");
+        assert!(r.warnings.iter().any(|w| w.contains("2 event(s) lost")));
+        let cpu3 = r.cpus.iter().find(|c| c.cpu == 3).unwrap();
+        assert_eq!(cpu3.max_callback_ns, 310_000);
+        assert_eq!(cpu3.period_timers, 4);
+    }
+
+    #[test]
+    fn availability_and_reasons() {
+        let r = build_report(&header(), &agg(), 1, vec![]);
+        let f = &r.figures;
+        assert!(f.callback_ns.available);
+        assert_eq!(
+            f.callback_ns.how.as_deref(),
+            Some("tracepoint hrtimer_expire_entry/exit")
+        );
+        assert!(f.unthrottled.available);
+        assert_eq!(
+            f.unthrottled.how.as_deref(),
+            Some("kprobe unthrottle_cfs_rq")
+        );
+        assert_eq!(f.unthrottled.reason, None);
+        assert!(!f.enqueued.available);
+        assert_eq!(
+            f.enqueued.reason.as_deref(),
+            Some("kprobes are not available (CONFIG_KPROBES off)")
+        );
+        assert!(!f.loops.available);
+        assert_eq!(f.loops.reason.as_deref(), Some("no kprobes"));
+        // Attached, but no event said it counted.
+        assert!(!f.runnable.available);
+        assert_eq!(
+            f.runnable.reason.as_deref(),
+            Some("probe attached, but no event carried its count")
+        );
+        for c in &r.cgroups {
+            assert!(c.unthrottled_per_period.is_some());
+            assert!(c.enqueued_per_period.is_none());
+            assert!(c.runnable_per_period.is_none());
+            assert!(c.max_loops.is_none());
+        }
+    }
+
+    #[test]
+    fn no_count_figures_without_their_flags() {
+        let mut a = Aggregator::new();
+        let mut p = rec(20, 0, 0, 5_000, 9);
+        p.flags = HOW_FRAME_TRACEPOINT;
+        a.add_period(&p);
+        let r = build_report(&header(), &a, 1, vec![]);
+        assert!(!r.figures.unthrottled.available);
+        let c = &r.cgroups[0];
+        assert_eq!(c.unthrottled_per_period, None);
+        // Never named: kind cgroup, no path, a note.
+        assert_eq!(c.path, None);
+        assert_eq!(c.workload.kind, WorkloadKind::Cgroup);
+        assert!(c.note.as_deref().unwrap().contains("never named"));
+        let v = serde_json::to_value(&r).unwrap();
+        assert!(v["cgroups"][0]["unthrottled_per_period"].is_null());
+        assert!(!r.culprit.as_ref().unwrap().reason.contains("unthrottled"));
+    }
+
+    #[test]
+    fn no_periods_no_culprit() {
+        let r = build_report(&header(), &Aggregator::new(), 1_000_000_000, vec![]);
+        assert!(r.culprit.is_none());
+        assert!(r.headroom_ns.is_none());
+        assert!(r.cgroups.is_empty());
+        let v = serde_json::to_value(&r).unwrap();
+        assert!(v["culprit"].is_null());
+        assert!(render_text(&r, false).contains("no CFS period-timer callback seen"));
+    }
+
+    #[test]
+    fn only_unresolved_can_be_the_culprit() {
+        let mut a = Aggregator::new();
+        a.add_period(&rec(0, 0, 0, 5_000, 1));
+        let r = build_report(&header(), &a, 1, vec![]);
+        let c = r.culprit.unwrap();
+        assert_eq!(c.cgroup.id, 0);
+        assert!(c.reason.starts_with(UNRESOLVED_NAME), "{}", c.reason);
+    }
+
+    #[test]
+    fn json_field_names_follow_the_contract() {
+        let r = build_report(&header(), &agg(), 8_000_000_000, vec![]);
+        let v = serde_json::to_value(&r).unwrap();
+        for k in [
+            "schema",
+            "tool_version",
+            "hostname",
+            "kernel",
+            "ncpus",
+            "backend",
+            "backend_requested",
+            "probes",
+            "watchdog",
+            "duration_s",
+            "events",
+            "figures",
+            "cgroups",
+            "cpus",
+            "headroom_ns",
+            "culprit",
+            "warnings",
+        ] {
+            assert!(v.get(k).is_some(), "missing {k}");
+        }
+        assert_eq!(v["schema"], "cfstrace.report/1");
+        assert_eq!(v["ncpus"], 48);
+        assert_eq!(v["watchdog"]["thresh_s"], 10);
+        assert_eq!(v["watchdog"]["enabled"], true);
+        assert_eq!(v["events"]["periods"], 112);
+        assert_eq!(v["events"]["lost"], 2);
+        for k in [
+            "ringbuf_full",
+            "unmatched_exit",
+            "missed_exit",
+            "cgroup_read",
+        ] {
+            assert!(v["events"].get(k).is_some(), "events.{k}");
+        }
+        for k in [
+            "callback_ns",
+            "loops",
+            "unthrottled",
+            "enqueued",
+            "runnable",
+        ] {
+            let f = &v["figures"][k];
+            assert!(f["available"].is_boolean(), "figures.{k}");
+            assert!(f.get("how").is_some() && f.get("reason").is_some());
+        }
+        assert_eq!(v["probes"]["period_timer"]["how"], "tracepoint");
+        let c = &v["cgroups"][0];
+        assert_eq!(c["id"], 20);
+        assert_eq!(c["path"], YARN);
+        assert_eq!(c["workload"]["kind"], "yarn");
+        assert_eq!(
+            c["workload"]["application"],
+            "application_1512098667219_988894"
+        );
+        assert_eq!(c["processes"][0]["pid"], 100);
+        assert_eq!(c["processes"][0]["comm"], "python");
+        assert_eq!(c["period_us"], 100_000);
+        assert_eq!(c["quota_us"], 20_000);
+        assert_eq!(c["periods"], 101);
+        for k in ["count", "min", "p50", "p90", "p99", "max", "mean"] {
+            assert!(c["callback_ns"][k].is_number(), "callback_ns.{k}");
+            assert!(
+                c["unthrottled_per_period"][k].is_number(),
+                "unthrottled.{k}"
+            );
+        }
+        assert!(c["enqueued_per_period"].is_null());
+        assert!(c["max_loops"].is_null());
+        assert!(c.get("runnable_per_period").is_some());
+        assert_eq!(c["headroom_ns"], 10_000_000_000i64 - 310_000);
+        assert!(c["cpus"].is_array());
+        let cpu = &v["cpus"][0];
+        for k in ["cpu", "period_timers", "timer_irq_ns", "max_callback_ns"] {
+            assert!(cpu[k].is_number(), "cpus[].{k}");
+        }
+        // The culprit is the cgroup record, flattened, plus its reason.
+        assert_eq!(v["culprit"]["id"], 20);
+        assert_eq!(v["culprit"]["path"], YARN);
+        assert!(v["culprit"]["callback_ns"]["p99"].is_number());
+        assert!(v["culprit"]["reason"].as_str().unwrap().contains(YARN));
+        // And it reads back.
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn text_names_the_culprit() {
+        let r = build_report(&header(), &agg(), 8_000_000_000, vec![]);
+        let t = render_text(&r, false);
+        assert!(t.contains("CULPRIT: /yarn/container_e06"), "{t}");
+        assert!(t.contains("yarn appl…"), "{t}");
+        assert!(t.contains("…12098667219_988894 "), "{t}");
+        assert!(t.contains("kernel 6.18.44"), "{t}");
+        assert!(
+            t.contains("  period_timer  tracepoint hrtimer_expire_entry/exit\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("  enqueue       -  unavailable: kprobes are not available"),
+            "{t}"
+        );
+        assert!(t.contains("systemd cron.service"), "{t}");
+        assert!(t.contains(UNRESOLVED_NAME), "{t}");
+        assert!(t.contains("python"), "{t}");
+        assert!(!t.contains('\x1b'), "no colour when asked for none");
+        // The path column fits the table (the YARN path is 48 chars or fewer here).
+        let colored = render_text(&r, true);
+        assert!(colored.contains("\x1b[1mCULPRIT: "), "{colored}");
+    }
+
+    #[test]
+    fn low_headroom_is_red() {
+        let mut a = Aggregator::new();
+        a.add_cgroup(yarn_record());
+        a.add_period(&rec(20, 0, 0, 9_500_000_000, 1));
+        let r = build_report(&header(), &a, 1, vec![]);
+        assert_eq!(r.headroom_ns, Some(500_000_000));
+        let t = render_text(&r, true);
+        assert!(t.contains(RED), "{t}");
+        assert!(
+            r.culprit
+                .unwrap()
+                .reason
+                .ends_with("watchdog headroom 0.5 s of 10 s")
+        );
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_ns(0), "0 ns");
+        assert_eq!(human_ns(812), "812 ns");
+        assert_eq!(human_ns(1_250), "1.25 us");
+        assert_eq!(human_ns(41_200), "41.2 us");
+        assert_eq!(human_ns(310_000), "310 us");
+        assert_eq!(human_ns(999_700), "1.00 ms");
+        assert_eq!(human_ns(41_200_000), "41.2 ms");
+        assert_eq!(human_ns(12_345_000_000), "12.3 s");
+    }
+
+    #[test]
+    fn ellipsis_keeps_both_ends() {
+        let p = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-abcdef.scope";
+        let e = ellipsize_middle(p, 48);
+        assert_eq!(e.chars().count(), 48);
+        assert!(
+            e.starts_with("/kubepods.slice") && e.ends_with("/cri-containerd-abcdef.scope"),
+            "{e}"
+        );
+        assert_eq!(ellipsize_middle("/a", 48), "/a");
+    }
+
+    #[test]
+    fn from_a_capture_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.jsonl");
+        let f = std::fs::File::create(&path).unwrap();
+        let mut w = capture::CaptureWriter::new(f, &header()).unwrap();
+        w.write_line(&capture::CaptureLine::Cgroup(yarn_record()))
+            .unwrap();
+        w.write_line(&capture::CaptureLine::Period(rec(20, 1, 1_000, 50_000, 2)))
+            .unwrap();
+        w.write_line(&capture::CaptureLine::End(EndRecord {
+            ts_ns: 9,
+            duration_ns: 2_000_000_000,
+            reason: "duration".into(),
+            periods: 1,
+            lost: 0,
+            command_status: None,
+        }))
+        .unwrap();
+        w.flush().unwrap();
+        drop(w);
+        let r = report_from_capture(&path).unwrap();
+        assert_eq!(r.duration_s, 2.0);
+        assert_eq!(r.culprit.unwrap().cgroup.path.as_deref(), Some(YARN));
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+
+        // Without an end line: duration from the callbacks, and a warning.
+        let f = std::fs::File::create(&path).unwrap();
+        let mut w = capture::CaptureWriter::new(f, &header()).unwrap();
+        w.write_line(&capture::CaptureLine::Period(rec(20, 1, 1_000, 50_000, 2)))
+            .unwrap();
+        w.write_line(&capture::CaptureLine::Period(rec(
+            20, 1, 101_000, 50_000, 2,
+        )))
+        .unwrap();
+        drop(w);
+        let r = report_from_capture(&path).unwrap();
+        assert!(
+            (r.duration_s - 150_000e-9).abs() < 1e-12,
+            "{}",
+            r.duration_s
+        );
+        assert!(r.warnings.iter().any(|w| w.contains("no end line")));
+    }
+}

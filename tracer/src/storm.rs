@@ -1,1 +1,799 @@
-//! TODO
+//! The built-in throttling storm of `cfstrace demo` (and of tests): cgroups with tight CFS
+//! quotas full of busy workers, so every CPU holds throttled cfs_rqs and each cgroup's period
+//! timer has unthrottling to do. Everything lives under one parent directory named by the
+//! spec's tag, and stop() or Drop removes it.
+use std::collections::HashSet;
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::capture::CpuHierarchy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StormError {
+    #[error("bad storm spec: {0}")]
+    Spec(String),
+    #[error(
+        "{0} already exists (a storm with this tag is running, or an earlier one was not cleaned up: rmdir it, children first)"
+    )]
+    Exists(PathBuf),
+    #[error("creating {path}: {}", os_error(source))]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("writing {value:?} to {path}: {}", os_error(source))]
+    Write {
+        path: PathBuf,
+        value: String,
+        source: io::Error,
+    },
+    #[error("reading {path}: {}", os_error(source))]
+    Read { path: PathBuf, source: io::Error },
+    #[error("starting worker {program}: {}", os_error(source))]
+    Spawn { program: PathBuf, source: io::Error },
+    #[error("waiting for worker {pid}: {}", os_error(source))]
+    Wait { pid: u32, source: io::Error },
+    #[error("removing {path}: {}", os_error(source))]
+    RemoveDir { path: PathBuf, source: io::Error },
+}
+
+/// `Device or resource busy (EBUSY, os error 16)`: cgroup writes fail with terse errnos whose
+/// symbolic name is what people search for.
+fn os_error(e: &io::Error) -> String {
+    let name = match e.raw_os_error() {
+        Some(libc::EBUSY) => "EBUSY",
+        Some(libc::EINVAL) => "EINVAL",
+        Some(libc::ENOENT) => "ENOENT",
+        Some(libc::EACCES) => "EACCES",
+        Some(libc::EPERM) => "EPERM",
+        Some(libc::ENOSPC) => "ENOSPC",
+        Some(libc::EEXIST) => "EEXIST",
+        Some(libc::EOPNOTSUPP) => "EOPNOTSUPP",
+        Some(libc::EROFS) => "EROFS",
+        Some(libc::ESRCH) => "ESRCH",
+        _ => return e.to_string(),
+    };
+    let text = e.to_string();
+    match text.rsplit_once(" (os error") {
+        Some((msg, rest)) => format!("{msg} ({name}, os error{rest}"),
+        None => format!("{text} ({name})"),
+    }
+}
+
+/// What to make: cgroups under `<mount>/<tag>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StormSpec {
+    pub cgroups: Vec<StormCgroup>,
+    /// Name of the parent directory, unique per run (e.g. `cfstrace-demo-<pid>`).
+    pub tag: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StormCgroup {
+    /// Under the storm's parent; may be nested (`hadoop-yarn/container_e06_..._000020`).
+    pub rel_path: String,
+    pub period_us: u64,
+    pub quota_us: u64,
+    /// Busy processes put in this cgroup.
+    pub workers: usize,
+    /// Their command name (what `ps` and the report show).
+    pub comm: String,
+}
+
+/// The cgroup that mirrors the incident's.
+pub const INCIDENT_CONTAINER: &str = "container_e06_1512098667219_988894_01_000020";
+const DEMO_POD_UID: &str = "3f1c2a8e-6b7d-4e59-9a1c-0d2e4f6a8b90";
+const DEMO_CONTAINER_ID: &str = "9d2b6c1e4f3a5b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c";
+
+/// The demo's storm for a machine of `ncpus` CPUs. The YARN container is built to be the
+/// worst period timer: shortest period (most callbacks) and twice as many runnable workers as
+/// CPUs under a tight quota (a throttled cfs_rq on every CPU, two tasks each, to unthrottle
+/// each period). Quotas add up to half the machine, so it stays usable.
+pub fn demo_spec(ncpus: u32) -> StormSpec {
+    let n = u64::from(ncpus.max(1));
+    let workers = ncpus.max(1) as usize;
+    // `share` of the whole machine per period, but never below the kernel's 1 ms minimum.
+    let quota =
+        |period_us: u64, share_percent: u64| (n * period_us * share_percent / 100).max(1000);
+    StormSpec {
+        tag: format!("cfstrace-demo-{}", std::process::id()),
+        cgroups: vec![
+            StormCgroup {
+                rel_path: format!("hadoop-yarn/{INCIDENT_CONTAINER}"),
+                period_us: 5_000,
+                quota_us: quota(5_000, 20),
+                workers: 2 * workers,
+                comm: "python".into(),
+            },
+            StormCgroup {
+                rel_path: format!("kubepods/burstable/pod{DEMO_POD_UID}/{DEMO_CONTAINER_ID}"),
+                period_us: 10_000,
+                quota_us: quota(10_000, 20),
+                workers,
+                comm: "java".into(),
+            },
+            StormCgroup {
+                rel_path: "batch.slice/etl.service".into(),
+                period_us: 20_000,
+                quota_us: quota(20_000, 10),
+                workers: (workers / 2).max(1),
+                comm: "etl".into(),
+            },
+        ],
+    }
+}
+
+/// How to start one worker. `{comm}` in the arguments is replaced by the cgroup's comm.
+/// A bare path (`&Path`, `&PathBuf`) converts to [`WorkerCommand::spin`] of that binary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerCommand {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+}
+
+impl From<&Path> for WorkerCommand {
+    fn from(exe: &Path) -> Self {
+        WorkerCommand::spin(exe)
+    }
+}
+
+impl From<&PathBuf> for WorkerCommand {
+    fn from(exe: &PathBuf) -> Self {
+        WorkerCommand::spin(exe)
+    }
+}
+
+impl From<&WorkerCommand> for WorkerCommand {
+    fn from(w: &WorkerCommand) -> Self {
+        w.clone()
+    }
+}
+
+impl WorkerCommand {
+    pub const COMM_PLACEHOLDER: &str = "{comm}";
+
+    /// `<exe> __spin --comm {comm}`: cfstrace's own busy loop (see [`spin_worker`]).
+    pub fn spin(exe: &Path) -> Self {
+        WorkerCommand {
+            program: exe.to_path_buf(),
+            args: ["__spin", "--comm", Self::COMM_PLACEHOLDER]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+
+    fn command(&self, comm: &str) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(
+            self.args
+                .iter()
+                .map(|a| a.replace(Self::COMM_PLACEHOLDER, comm)),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let parent = std::process::id();
+        // SAFETY: only async-signal-safe syscalls, no allocation, between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Busy loops must not outlive us, whatever the worker program is. The signal
+                // comes when the *thread* that spawned us exits: start and stop a storm from
+                // one long-lived thread.
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                // We may have been orphaned before the prctl took effect.
+                if libc::getppid() as u32 != parent {
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+}
+
+/// Counters from a cgroup's `cpu.stat` (v1 and v2 both have them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuStat {
+    pub nr_periods: u64,
+    pub nr_throttled: u64,
+    /// v2 `throttled_usec`, or v1 `throttled_time` (ns) / 1000.
+    pub throttled_us: u64,
+}
+
+pub fn parse_cpu_stat(text: &str) -> CpuStat {
+    let mut s = CpuStat::default();
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(v) = v.trim().parse::<u64>() else {
+            continue;
+        };
+        match k {
+            "nr_periods" => s.nr_periods = v,
+            "nr_throttled" => s.nr_throttled = v,
+            "throttled_usec" => s.throttled_us = v,
+            "throttled_time" => s.throttled_us = v / 1000,
+            _ => {}
+        }
+    }
+    s
+}
+
+/// Read `<dir>/cpu.stat`.
+pub fn cpu_stat(dir: &Path) -> Result<CpuStat, StormError> {
+    let path = dir.join("cpu.stat");
+    fs::read_to_string(&path)
+        .map(|t| parse_cpu_stat(&t))
+        .map_err(|source| StormError::Read { path, source })
+}
+
+fn write(path: PathBuf, value: &str) -> Result<(), StormError> {
+    fs::write(&path, value).map_err(|source| StormError::Write {
+        path,
+        value: value.to_string(),
+        source,
+    })
+}
+
+/// Path components of a spec path, refusing anything that would leave the storm's parent.
+fn components(rel: &str) -> Result<Vec<&str>, StormError> {
+    let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+    if comps.is_empty() || comps.iter().any(|c| *c == "." || *c == "..") {
+        return Err(StormError::Spec(format!(
+            "cgroup path {rel:?} must name a directory below the storm's parent"
+        )));
+    }
+    Ok(comps)
+}
+
+fn validate(spec: &StormSpec) -> Result<Vec<Vec<&str>>, StormError> {
+    let bad = |m: String| Err(StormError::Spec(m));
+    if spec.tag.is_empty() || spec.tag.contains('/') || spec.tag == "." || spec.tag == ".." {
+        return bad(format!("tag {:?} must be a plain directory name", spec.tag));
+    }
+    let mut leaves = Vec::new();
+    for c in &spec.cgroups {
+        let comps = components(&c.rel_path)?;
+        // The kernel's limits (1 ms minimum period and quota, 1 s maximum period).
+        if !(1_000..=1_000_000).contains(&c.period_us) {
+            return bad(format!(
+                "{}: period {} us is outside 1000..=1000000",
+                c.rel_path, c.period_us
+            ));
+        }
+        if c.quota_us < 1_000 {
+            return bad(format!(
+                "{}: quota {} us is below 1000",
+                c.rel_path, c.quota_us
+            ));
+        }
+        leaves.push(comps);
+    }
+    // cgroup v2 keeps processes in leaves only, so no worker cgroup may contain another.
+    for (i, a) in leaves.iter().enumerate() {
+        for b in leaves.iter().skip(i + 1) {
+            let n = a.len().min(b.len());
+            if a[..n] == b[..n] {
+                return bad(format!(
+                    "{} and {} nest or repeat; worker cgroups must be distinct leaves",
+                    a.join("/"),
+                    b.join("/")
+                ));
+            }
+        }
+    }
+    Ok(leaves)
+}
+
+/// A running storm. Dropping it stops it (errors ignored); stop() reports them.
+#[derive(Debug)]
+pub struct Storm {
+    parent: PathBuf,
+    /// Directories we made, parents first (removed in reverse).
+    created: Vec<PathBuf>,
+    /// Worker cgroups, in spec order: absolute, and relative to the hierarchy's root.
+    leaves: Vec<PathBuf>,
+    leaf_paths: Vec<String>,
+    workers: Vec<Child>,
+    /// The mount root's cgroup.subtree_control if we had to turn `+cpu` on there (v2).
+    root_cpu_enabled: Option<PathBuf>,
+}
+
+impl Storm {
+    /// Make the cgroups, set their quotas, start the workers. `worker` is cfstrace's own
+    /// binary (`&Path`: workers run `__spin`) or any [`WorkerCommand`]. On failure,
+    /// everything made so far is removed again.
+    pub fn start(
+        hierarchy: &CpuHierarchy,
+        spec: &StormSpec,
+        worker: impl Into<WorkerCommand>,
+    ) -> Result<Storm, StormError> {
+        let worker = worker.into();
+        let leaves = validate(spec)?;
+        let mount = PathBuf::from(&hierarchy.mount);
+        let parent = mount.join(&spec.tag);
+        if parent.exists() {
+            return Err(StormError::Exists(parent));
+        }
+        // From here on, an early return drops `storm`, which undoes what it holds.
+        let mut storm = Storm {
+            parent: parent.clone(),
+            created: Vec::new(),
+            leaves: Vec::new(),
+            leaf_paths: Vec::new(),
+            workers: Vec::new(),
+            root_cpu_enabled: None,
+        };
+        let v2 = hierarchy.version == 2;
+        let mut cpu_enabled: HashSet<PathBuf> = HashSet::new();
+        if v2 {
+            let control = mount.join("cgroup.subtree_control");
+            let on = fs::read_to_string(&control).map_err(|source| StormError::Read {
+                path: control.clone(),
+                source,
+            })?;
+            if !on.split_ascii_whitespace().any(|c| c == "cpu") {
+                write(control.clone(), "+cpu")?;
+                storm.root_cpu_enabled = Some(control);
+            }
+            cpu_enabled.insert(mount.clone());
+        }
+        storm.mkdir(&parent)?;
+        for (c, comps) in spec.cgroups.iter().zip(&leaves) {
+            let mut dir = parent.clone();
+            for comp in comps {
+                // v2: a child only gets cpu.max if its parent enables the controller.
+                if v2 && cpu_enabled.insert(dir.clone()) {
+                    write(dir.join("cgroup.subtree_control"), "+cpu")?;
+                }
+                dir.push(comp);
+                if !storm.created.contains(&dir) {
+                    storm.mkdir(&dir)?;
+                }
+            }
+            if v2 {
+                write(
+                    dir.join("cpu.max"),
+                    &format!("{} {}", c.quota_us, c.period_us),
+                )?;
+            } else {
+                // Period first: a fresh cgroup has no quota, so any period is accepted.
+                write(dir.join("cpu.cfs_period_us"), &c.period_us.to_string())?;
+                write(dir.join("cpu.cfs_quota_us"), &c.quota_us.to_string())?;
+            }
+            storm
+                .leaf_paths
+                .push(format!("/{}/{}", spec.tag, comps.join("/")));
+            storm.leaves.push(dir);
+        }
+        for (c, dir) in spec.cgroups.iter().zip(storm.leaves.clone()) {
+            for _ in 0..c.workers {
+                let child =
+                    worker
+                        .command(&c.comm)
+                        .spawn()
+                        .map_err(|source| StormError::Spawn {
+                            program: worker.program.clone(),
+                            source,
+                        })?;
+                let pid = child.id();
+                storm.workers.push(child);
+                write(dir.join("cgroup.procs"), &pid.to_string())?;
+            }
+        }
+        Ok(storm)
+    }
+
+    fn mkdir(&mut self, dir: &Path) -> Result<(), StormError> {
+        fs::create_dir(dir).map_err(|source| StormError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        self.created.push(dir.to_path_buf());
+        Ok(())
+    }
+
+    /// The storm's parent directory (`<mount>/<tag>`).
+    pub fn parent_dir(&self) -> &Path {
+        &self.parent
+    }
+
+    /// Worker cgroups' directories, in spec order.
+    pub fn cgroup_dirs(&self) -> &[PathBuf] {
+        &self.leaves
+    }
+
+    /// Worker cgroups' paths relative to the hierarchy's root (as the namer reports them).
+    pub fn cgroup_paths(&self) -> &[String] {
+        &self.leaf_paths
+    }
+
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.workers.iter().map(Child::id).collect()
+    }
+
+    /// Kill and reap the workers, remove the cgroups.
+    pub fn stop(mut self) -> Result<(), StormError> {
+        self.teardown()
+    }
+
+    /// Idempotent: what it undoes is taken out of `self`. Keeps going past errors and
+    /// returns the first.
+    fn teardown(&mut self) -> Result<(), StormError> {
+        let mut first: Option<StormError> = None;
+        for mut child in self.workers.drain(..) {
+            let pid = child.id();
+            // Already exited is fine; wait() still reaps it.
+            let _ = child.kill();
+            if let Err(source) = child.wait() {
+                first.get_or_insert(StormError::Wait { pid, source });
+            }
+        }
+        // Strays (a worker's own children) would keep the directories busy.
+        for dir in &self.created {
+            if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    // SAFETY: plain syscall; the pid is in a cgroup only we populate.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        for dir in self.created.drain(..).rev() {
+            if let Err(e) = rmdir_retry(&dir) {
+                first.get_or_insert(e);
+            }
+        }
+        self.leaves.clear();
+        self.leaf_paths.clear();
+        if let Some(control) = self.root_cpu_enabled.take() {
+            // Best effort: put the root back as we found it; if someone else started using the
+            // controller meanwhile the kernel refuses, which is right.
+            let _ = fs::write(control, "-cpu");
+        }
+        match first {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Storm {
+    fn drop(&mut self) {
+        let _ = self.teardown();
+    }
+}
+
+/// rmdir, retried for about a second: a cgroup whose tasks are still exiting is briefly busy.
+fn rmdir_retry(dir: &Path) -> Result<(), StormError> {
+    let mut tries = 0;
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if tries < 50 && e.raw_os_error() == Some(libc::EBUSY) => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(source) => {
+                return Err(StormError::RemoveDir {
+                    path: dir.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// Body of the hidden `cfstrace __spin --comm NAME` subcommand: a storm worker. Names itself,
+/// dies with its parent, and burns CPU forever.
+pub fn spin_worker(comm: &str) -> ! {
+    // The kernel keeps 15 bytes of a comm; NULs cannot be passed.
+    let name: Vec<u8> = comm.bytes().filter(|&b| b != 0).take(15).collect();
+    let name = CString::new(name).unwrap_or_default();
+    // SAFETY: prctl with a valid NUL-terminated string and plain integer arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0);
+        // Storm::start sets it before exec too; this covers a worker started by other means.
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+    }
+    // PR_SET_NAME names the calling thread; ps and /proc/PID/stat show the main thread's
+    // name, so name that too in case we are not on it.
+    let _ = fs::write("/proc/self/comm", name.as_bytes());
+    let mut x: u64 = 0;
+    loop {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup_fs::{self, CgroupNamer};
+    use crate::workload::{WorkloadKind, classify};
+    use std::time::Instant;
+
+    fn busy_loop() -> WorkerCommand {
+        WorkerCommand {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), "while :; do :; done".into(), "{comm}".into()],
+        }
+    }
+
+    fn tiny_spec(name: &str) -> StormSpec {
+        StormSpec {
+            tag: format!("cfstrace-unit-{}-{name}", std::process::id()),
+            cgroups: vec![StormCgroup {
+                rel_path: format!("hadoop-yarn/{INCIDENT_CONTAINER}"),
+                period_us: 10_000,
+                quota_us: 2_000,
+                workers: 2,
+                comm: "spin".into(),
+            }],
+        }
+    }
+
+    fn hierarchy() -> CpuHierarchy {
+        cgroup_fs::find_cpu_hierarchy().expect("this host mounts the cpu controller")
+    }
+
+    #[test]
+    fn demo_spec_makes_yarn_the_worst() {
+        for ncpus in [1, 2, 48, 384] {
+            let spec = demo_spec(ncpus);
+            assert!(spec.tag.starts_with("cfstrace-demo-"));
+            validate(&spec).unwrap();
+            let yarn = &spec.cgroups[0];
+            assert_eq!(yarn.comm, "python");
+            assert_eq!(yarn.workers, 2 * ncpus as usize);
+            for other in &spec.cgroups[1..] {
+                assert!(yarn.period_us < other.period_us);
+                assert!(yarn.workers > other.workers);
+            }
+            // Throttled: the quota is well below what the workers want.
+            for c in &spec.cgroups {
+                assert!(c.quota_us >= 1000);
+                assert!(c.quota_us < c.period_us * c.workers as u64 / 2, "{c:?}");
+            }
+            let kinds: Vec<WorkloadKind> = spec
+                .cgroups
+                .iter()
+                .map(|c| classify(&format!("/{}/{}", spec.tag, c.rel_path)).kind)
+                .collect();
+            assert_eq!(
+                kinds,
+                [
+                    WorkloadKind::Yarn,
+                    WorkloadKind::Kubernetes,
+                    WorkloadKind::Systemd
+                ]
+            );
+        }
+        let w = classify(&format!("/x/{}", demo_spec(2).cgroups[0].rel_path));
+        assert_eq!(
+            w.application.as_deref(),
+            Some("application_1512098667219_988894")
+        );
+    }
+
+    #[test]
+    fn spec_validation() {
+        let mut s = tiny_spec("v");
+        s.cgroups[0].quota_us = 999;
+        assert!(matches!(validate(&s), Err(StormError::Spec(_))));
+        let mut s = tiny_spec("v");
+        s.cgroups[0].rel_path = "../escape".into();
+        assert!(validate(&s).is_err());
+        let mut s = tiny_spec("v");
+        s.tag = "a/b".into();
+        assert!(validate(&s).is_err());
+        let mut s = tiny_spec("v");
+        let mut nested = s.cgroups[0].clone();
+        nested.rel_path = format!("{}/child", nested.rel_path);
+        s.cgroups.push(nested);
+        assert!(validate(&s).is_err());
+        let mut s = tiny_spec("v");
+        let mut sibling = s.cgroups[0].clone();
+        sibling.rel_path = "hadoop-yarn/other".into();
+        s.cgroups.push(sibling);
+        assert!(validate(&s).is_ok());
+    }
+
+    #[test]
+    fn cpu_stat_both_versions() {
+        let v1 = "nr_periods 12\nnr_throttled 7\nthrottled_time 3000000\nnr_bursts 0\n";
+        assert_eq!(
+            parse_cpu_stat(v1),
+            CpuStat {
+                nr_periods: 12,
+                nr_throttled: 7,
+                throttled_us: 3000
+            }
+        );
+        let v2 = "usage_usec 100\nnr_periods 5\nnr_throttled 4\nthrottled_usec 250\n";
+        assert_eq!(
+            parse_cpu_stat(v2),
+            CpuStat {
+                nr_periods: 5,
+                nr_throttled: 4,
+                throttled_us: 250
+            }
+        );
+    }
+
+    #[test]
+    fn errors_name_file_and_errno() {
+        let e = StormError::Write {
+            path: "/sys/fs/cgroup/x/cpu.max".into(),
+            value: "500 1000".into(),
+            source: io::Error::from_raw_os_error(libc::EINVAL),
+        };
+        assert_eq!(
+            e.to_string(),
+            "writing \"500 1000\" to /sys/fs/cgroup/x/cpu.max: Invalid argument (EINVAL, os error 22)"
+        );
+    }
+
+    #[test]
+    fn tiny_storm_throttles_and_cleans_up() {
+        let h = hierarchy();
+        let spec = tiny_spec("storm");
+        let storm = Storm::start(&h, &spec, busy_loop()).unwrap();
+        let parent = storm.parent_dir().to_path_buf();
+        let dirs = storm.cgroup_dirs().to_vec();
+        let pids = storm.worker_pids();
+        assert_eq!(dirs.len(), 1);
+        assert_eq!(pids.len(), 2);
+        let expected_path = format!("/{}/hadoop-yarn/{INCIDENT_CONTAINER}", spec.tag);
+        assert_eq!(storm.cgroup_paths(), std::slice::from_ref(&expected_path));
+
+        // Workers sit in the leaf, which has the quota.
+        let procs = fs::read_to_string(dirs[0].join("cgroup.procs")).unwrap();
+        for pid in &pids {
+            assert!(
+                procs.lines().any(|l| l == pid.to_string()),
+                "{pid} in {procs}"
+            );
+        }
+        let mut namer = CgroupNamer::new(h.clone());
+        let rec = namer.name(cgroup_fs::id_of_path(&h, &expected_path).unwrap());
+        assert_eq!((rec.period_us, rec.quota_us), (Some(10_000), Some(2_000)));
+        assert_eq!(rec.workload.kind, WorkloadKind::Yarn);
+
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let throttled = loop {
+            std::thread::sleep(Duration::from_millis(250));
+            let s = cpu_stat(&dirs[0]).unwrap();
+            if s.nr_throttled > 0 || Instant::now() > deadline {
+                break s;
+            }
+        };
+        assert!(throttled.nr_throttled > 0, "{throttled:?}");
+
+        storm.stop().unwrap();
+        assert!(!parent.exists(), "{parent:?} left behind");
+        for pid in pids {
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists(),
+                "worker {pid} not reaped"
+            );
+        }
+    }
+
+    #[test]
+    fn failed_start_removes_what_it_made() {
+        let h = hierarchy();
+        let spec = tiny_spec("fail");
+        let worker = WorkerCommand {
+            program: "/nonexistent/cfstrace-worker".into(),
+            args: vec![],
+        };
+        let err = Storm::start(&h, &spec, worker).unwrap_err();
+        assert!(matches!(err, StormError::Spawn { .. }), "{err}");
+        assert!(err.to_string().contains("ENOENT"), "{err}");
+        assert!(!Path::new(&h.mount).join(&spec.tag).exists());
+    }
+
+    #[test]
+    fn existing_parent_is_refused_and_kept() {
+        let h = hierarchy();
+        let spec = tiny_spec("exists");
+        let parent = Path::new(&h.mount).join(&spec.tag);
+        fs::create_dir(&parent).unwrap();
+        let err = Storm::start(&h, &spec, busy_loop()).unwrap_err();
+        let kept = parent.exists();
+        fs::remove_dir(&parent).unwrap();
+        assert!(matches!(err, StormError::Exists(_)), "{err}");
+        assert!(kept);
+    }
+
+    #[test]
+    fn drop_stops_the_storm() {
+        let h = hierarchy();
+        let spec = tiny_spec("drop");
+        let storm = Storm::start(&h, &spec, busy_loop()).unwrap();
+        let parent = storm.parent_dir().to_path_buf();
+        let pids = storm.worker_pids();
+        drop(storm);
+        assert!(!parent.exists());
+        for pid in pids {
+            assert!(!Path::new(&format!("/proc/{pid}")).exists());
+        }
+    }
+
+    /// Not a test on its own: the body of the spin workers started by
+    /// `spin_worker_names_itself_and_throttles` (this test binary re-executed). Without the
+    /// marker argument it returns at once.
+    #[test]
+    #[ignore = "worker entry point for spin_worker_names_itself_and_throttles"]
+    fn spin_entry() {
+        if let Some(comm) =
+            std::env::args().find_map(|a| a.strip_prefix(SPIN_MARKER).map(String::from))
+        {
+            spin_worker(&comm);
+        }
+    }
+
+    const SPIN_MARKER: &str = "cfstrace-spin-as=";
+
+    #[test]
+    fn spin_worker_names_itself_and_throttles() {
+        let h = hierarchy();
+        let mut spec = tiny_spec("spin");
+        spec.cgroups[0].comm = "python".into();
+        // libtest runs spin_entry on a thread of its own: spin_worker must still name the
+        // process.
+        let worker = WorkerCommand {
+            program: std::env::current_exe().unwrap(),
+            args: [
+                "--exact",
+                "--ignored",
+                "--test-threads=1",
+                "storm::tests::spin_entry",
+                &format!("{SPIN_MARKER}{}", WorkerCommand::COMM_PLACEHOLDER),
+            ]
+            .map(String::from)
+            .to_vec(),
+        };
+        let storm = Storm::start(&h, &spec, worker).unwrap();
+        let dir = storm.cgroup_dirs()[0].clone();
+        let pids = storm.worker_pids();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let comms: Vec<String> = pids
+                .iter()
+                .map(|p| fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default())
+                .collect();
+            let throttled = cpu_stat(&dir).unwrap().nr_throttled;
+            if comms.iter().all(|c| c.trim() == "python") && throttled > 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "comms {comms:?}, nr_throttled {throttled}"
+            );
+        }
+        storm.stop().unwrap();
+        for pid in pids {
+            assert!(!Path::new(&format!("/proc/{pid}")).exists());
+        }
+    }
+}

@@ -34,6 +34,448 @@ pub struct Workload {
 }
 
 /// Classify a path relative to the cpu hierarchy's root, e.g. `/kubepods/burstable/pod<uid>/<id>`.
+///
+/// Most specific wins: YARN (anywhere in the path, so a docker container started by YARN's
+/// docker runtime under its container cgroup still names the YARN application), then
+/// kubernetes, then a docker/CRI container id, then the deepest systemd unit, else `cgroup`.
 pub fn classify(path: &str) -> Workload {
-    todo!("helper: {path}")
+    let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    yarn(&comps)
+        .or_else(|| kubernetes(&comps))
+        .or_else(|| docker(&comps))
+        .or_else(|| systemd(&comps))
+        .unwrap_or_else(|| Workload::of(WorkloadKind::Cgroup))
+}
+
+impl Workload {
+    fn of(kind: WorkloadKind) -> Self {
+        Workload {
+            kind,
+            application: None,
+            container: None,
+            pod_uid: None,
+            qos: None,
+            unit: None,
+        }
+    }
+}
+
+/// `container_[e<epoch>_]<clusterts>_<app>_<attempt>_<n>` -> `application_<clusterts>_<app>`.
+fn yarn_container_app(comp: &str) -> Option<String> {
+    let rest = comp.strip_prefix("container_")?;
+    let mut parts: Vec<&str> = rest.split('_').collect();
+    // The epoch (`e06`) only appears after an RM restart with work-preserving recovery.
+    if parts.len() == 5 {
+        let epoch = parts.remove(0);
+        let digits = epoch.strip_prefix('e')?;
+        if !all_digits(digits) {
+            return None;
+        }
+    }
+    if parts.len() != 4 || !parts.iter().all(|p| all_digits(p)) {
+        return None;
+    }
+    Some(format!("application_{}_{}", parts[0], parts[1]))
+}
+
+fn is_yarn_application(comp: &str) -> bool {
+    comp.strip_prefix("application_")
+        .and_then(|r| r.split_once('_'))
+        .is_some_and(|(ts, n)| all_digits(ts) && all_digits(n))
+}
+
+fn yarn(comps: &[&str]) -> Option<Workload> {
+    // Deepest container wins (a container cgroup is nested under its application's, if any).
+    if let Some((comp, app)) = comps
+        .iter()
+        .rev()
+        .find_map(|c| yarn_container_app(c).map(|a| (*c, a)))
+    {
+        return Some(Workload {
+            application: Some(app),
+            container: Some(comp.to_string()),
+            ..Workload::of(WorkloadKind::Yarn)
+        });
+    }
+    let app = comps.iter().rev().find(|c| is_yarn_application(c))?;
+    Some(Workload {
+        application: Some(app.to_string()),
+        ..Workload::of(WorkloadKind::Yarn)
+    })
+}
+
+const QOS_CLASSES: [&str; 3] = ["burstable", "besteffort", "guaranteed"];
+
+/// The systemd driver's pod slice: `[<prefix>-]kubepods[-<qos>]-pod<uid_with_underscores>.slice`
+/// -> (qos, uid with dashes).
+fn systemd_pod_slice(comp: &str) -> Option<(String, String)> {
+    let stem = comp.strip_suffix(".slice")?;
+    let (before, uid) = stem.rsplit_once("-pod")?;
+    if !is_pod_uid(uid) {
+        return None;
+    }
+    // `before` is `kubepods`, `kubepods-burstable`, or the same behind a kubelet cgroup-root
+    // prefix (`kubelet-kubepods-burstable` in kind clusters).
+    let (head, last) = match before.rsplit_once('-') {
+        Some((h, l)) => (h, l),
+        None => ("", before),
+    };
+    let qos = if last.eq_ignore_ascii_case("kubepods") {
+        "guaranteed".to_string()
+    } else if QOS_CLASSES.iter().any(|q| last.eq_ignore_ascii_case(q))
+        && (head == "kubepods" || head.ends_with("-kubepods"))
+    {
+        last.to_ascii_lowercase()
+    } else {
+        return None;
+    };
+    Some((qos, uid.replace('_', "-")))
+}
+
+fn is_pod_uid(uid: &str) -> bool {
+    uid.len() >= 32
+        && uid
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() || c == '-' || c == '_')
+}
+
+fn is_kubepods(comp: &str) -> bool {
+    comp == "kubepods"
+        || comp == "kubepods.slice"
+        || comp.ends_with("-kubepods")
+        || comp.ends_with("-kubepods.slice")
+}
+
+fn kubernetes(comps: &[&str]) -> Option<Workload> {
+    let pod_level = |i: usize, qos: String, uid: String| {
+        let container = comps
+            .get(i + 1)
+            .map(|c| container_id(c).unwrap_or(c).to_string());
+        Workload {
+            pod_uid: Some(uid),
+            qos: Some(qos),
+            container,
+            ..Workload::of(WorkloadKind::Kubernetes)
+        }
+    };
+    // systemd driver: the pod slice names itself.
+    if let Some((i, (qos, uid))) = comps
+        .iter()
+        .enumerate()
+        .find_map(|(i, c)| systemd_pod_slice(c).map(|p| (i, p)))
+    {
+        return Some(pod_level(i, qos, uid));
+    }
+    // cgroupfs driver: kubepods[/<qos>]/pod<uid>[/<container>].
+    let k = comps.iter().position(|c| is_kubepods(c))?;
+    let mut i = k + 1;
+    let mut qos = None;
+    if let Some(c) = comps.get(i) {
+        let c = c.strip_suffix(".slice").unwrap_or(c);
+        let c = c.rsplit('-').next().unwrap_or(c);
+        if QOS_CLASSES.iter().any(|q| c.eq_ignore_ascii_case(q)) {
+            qos = Some(c.to_ascii_lowercase());
+            i += 1;
+        }
+    }
+    match comps.get(i).and_then(|c| c.strip_prefix("pod")) {
+        Some(uid) if is_pod_uid(uid) => Some(pod_level(
+            i,
+            // Guaranteed pods sit directly under kubepods.
+            qos.unwrap_or_else(|| "guaranteed".into()),
+            uid.replace('_', "-"),
+        )),
+        // kubepods itself or a QoS tier: kubernetes, but no pod to name.
+        _ => Some(Workload {
+            qos,
+            ..Workload::of(WorkloadKind::Kubernetes)
+        }),
+    }
+}
+
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A container id: bare 64 hex (cgroupfs driver) or `<runtime>-<64 hex>.scope` (systemd driver).
+fn container_id(comp: &str) -> Option<&str> {
+    if is_hex64(comp) {
+        return Some(comp);
+    }
+    let stem = comp.strip_suffix(".scope")?;
+    ["cri-containerd-", "docker-", "crio-", "containerd-"]
+        .iter()
+        .find_map(|p| stem.strip_prefix(p))
+        .filter(|id| is_hex64(id))
+}
+
+fn docker(comps: &[&str]) -> Option<Workload> {
+    // Deepest id wins (docker-in-docker nests them). A bare id anywhere counts: `docker run
+    // --cgroup-parent=X` puts the container at X/<id>.
+    let id = comps.iter().rev().find_map(|c| {
+        let stem = c.strip_suffix(".scope");
+        let systemd = stem
+            .and_then(|s| s.strip_prefix("docker-"))
+            .filter(|id| is_hex64(id));
+        systemd.or_else(|| is_hex64(c).then_some(*c))
+    })?;
+    Some(Workload {
+        container: Some(id.to_string()),
+        ..Workload::of(WorkloadKind::Docker)
+    })
+}
+
+fn systemd(comps: &[&str]) -> Option<Workload> {
+    let unit = comps.iter().rev().find(|c| {
+        [".service", ".scope", ".slice"]
+            .iter()
+            .any(|s| c.len() > s.len() && c.ends_with(s))
+    })?;
+    Some(Workload {
+        unit: Some(unit.to_string()),
+        ..Workload::of(WorkloadKind::Systemd)
+    })
+}
+
+fn all_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INCIDENT: &str = "/hadoop-yarn/container_e06_1512098667219_988894_01_000020";
+    const ID: &str = "4e3f9b2c1a0d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f";
+
+    fn kind(path: &str) -> WorkloadKind {
+        classify(path).kind
+    }
+
+    #[test]
+    fn incident_yarn_container() {
+        let w = classify(INCIDENT);
+        assert_eq!(w.kind, WorkloadKind::Yarn);
+        assert_eq!(
+            w.application.as_deref(),
+            Some("application_1512098667219_988894")
+        );
+        assert_eq!(
+            w.container.as_deref(),
+            Some("container_e06_1512098667219_988894_01_000020")
+        );
+        assert_eq!((w.pod_uid, w.qos, w.unit), (None, None, None));
+    }
+
+    #[test]
+    fn docker_child_of_yarn_container_is_yarn() {
+        for child in [ID.to_string(), format!("docker-{ID}.scope")] {
+            let w = classify(&format!("{INCIDENT}/{child}"));
+            assert_eq!(w.kind, WorkloadKind::Yarn, "{child}");
+            assert_eq!(
+                w.application.as_deref(),
+                Some("application_1512098667219_988894")
+            );
+            assert_eq!(
+                w.container.as_deref(),
+                Some("container_e06_1512098667219_988894_01_000020")
+            );
+        }
+    }
+
+    #[test]
+    fn yarn_without_epoch_and_app_digits_as_written() {
+        let w = classify("/hadoop-yarn/container_1512098667219_0042_01_000001");
+        assert_eq!(w.kind, WorkloadKind::Yarn);
+        assert_eq!(
+            w.application.as_deref(),
+            Some("application_1512098667219_0042")
+        );
+        assert_eq!(
+            w.container.as_deref(),
+            Some("container_1512098667219_0042_01_000001")
+        );
+    }
+
+    #[test]
+    fn yarn_application_alone_and_nested() {
+        let w = classify("/yarn/application_1512098667219_0042");
+        assert_eq!(w.kind, WorkloadKind::Yarn);
+        assert_eq!(
+            w.application.as_deref(),
+            Some("application_1512098667219_0042")
+        );
+        assert_eq!(w.container, None);
+        // A container under its application's cgroup: the container names both.
+        let w = classify(
+            "/yarn/application_1512098667219_0042/container_e01_1512098667219_0042_02_000003",
+        );
+        assert_eq!(
+            w.application.as_deref(),
+            Some("application_1512098667219_0042")
+        );
+        assert_eq!(
+            w.container.as_deref(),
+            Some("container_e01_1512098667219_0042_02_000003")
+        );
+    }
+
+    #[test]
+    fn not_yarn_lookalikes() {
+        for p in [
+            "/container_e06_x_988894_01_000020",
+            "/container_1_2_3",
+            "/container_e_1_2_3_4",
+            "/application_12",
+            "/application_a_1",
+            "/container_1_2_3_4_5_6",
+        ] {
+            assert_eq!(kind(p), WorkloadKind::Cgroup, "{p}");
+        }
+    }
+
+    #[test]
+    fn kubernetes_cgroupfs_driver() {
+        let uid = "3f1c2a8e-6b7d-4e59-9a1c-0d2e4f6a8b90";
+        let w = classify(&format!("/kubepods/burstable/pod{uid}/{ID}"));
+        assert_eq!(w.kind, WorkloadKind::Kubernetes);
+        assert_eq!(w.pod_uid.as_deref(), Some(uid));
+        assert_eq!(w.container.as_deref(), Some(ID));
+        assert_eq!(w.qos.as_deref(), Some("burstable"));
+
+        let w = classify(&format!("/kubepods/besteffort/pod{uid}/{ID}"));
+        assert_eq!(w.qos.as_deref(), Some("besteffort"));
+
+        // Guaranteed pods sit directly under kubepods.
+        let w = classify(&format!("/kubepods/pod{uid}/{ID}"));
+        assert_eq!(w.kind, WorkloadKind::Kubernetes);
+        assert_eq!(w.qos.as_deref(), Some("guaranteed"));
+        assert_eq!(w.pod_uid.as_deref(), Some(uid));
+        assert_eq!(w.container.as_deref(), Some(ID));
+
+        // Pod-level cgroup: pod only.
+        let w = classify(&format!("/kubepods/burstable/pod{uid}"));
+        assert_eq!(w.kind, WorkloadKind::Kubernetes);
+        assert_eq!(w.pod_uid.as_deref(), Some(uid));
+        assert_eq!(w.container, None);
+
+        // QoS tier and kubepods itself.
+        let w = classify("/kubepods/burstable");
+        assert_eq!(
+            (w.kind, w.qos.as_deref(), w.pod_uid),
+            (WorkloadKind::Kubernetes, Some("burstable"), None)
+        );
+        assert_eq!(kind("/kubepods"), WorkloadKind::Kubernetes);
+    }
+
+    #[test]
+    fn kubernetes_systemd_driver() {
+        let uid = "3f1c2a8e-6b7d-4e59-9a1c-0d2e4f6a8b90";
+        let u = uid.replace('-', "_");
+        for (runtime, qos_slice, qos) in [
+            ("cri-containerd", "burstable", "burstable"),
+            ("docker", "besteffort", "besteffort"),
+            ("crio", "burstable", "burstable"),
+        ] {
+            let p = format!(
+                "/kubepods.slice/kubepods-{qos_slice}.slice/kubepods-{qos_slice}-pod{u}.slice/{runtime}-{ID}.scope"
+            );
+            let w = classify(&p);
+            assert_eq!(w.kind, WorkloadKind::Kubernetes, "{p}");
+            assert_eq!(w.pod_uid.as_deref(), Some(uid), "{p}");
+            assert_eq!(w.container.as_deref(), Some(ID), "{p}");
+            assert_eq!(w.qos.as_deref(), Some(qos), "{p}");
+            assert_eq!(w.unit, None);
+        }
+        // Guaranteed.
+        let w = classify(&format!(
+            "/kubepods.slice/kubepods-pod{u}.slice/cri-containerd-{ID}.scope"
+        ));
+        assert_eq!(w.qos.as_deref(), Some("guaranteed"));
+        assert_eq!(w.pod_uid.as_deref(), Some(uid));
+        assert_eq!(w.container.as_deref(), Some(ID));
+        // Pod level.
+        let w = classify(&format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice"
+        ));
+        assert_eq!(w.kind, WorkloadKind::Kubernetes);
+        assert_eq!(w.pod_uid.as_deref(), Some(uid));
+        assert_eq!(w.container, None);
+        // A kubelet cgroup root prefix (kind clusters).
+        let w = classify(&format!(
+            "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{u}.slice/cri-containerd-{ID}.scope"
+        ));
+        assert_eq!(w.kind, WorkloadKind::Kubernetes);
+        assert_eq!(w.qos.as_deref(), Some("besteffort"));
+        assert_eq!(w.pod_uid.as_deref(), Some(uid));
+        assert_eq!(w.container.as_deref(), Some(ID));
+        // QoS tier slice.
+        let w = classify("/kubepods.slice/kubepods-burstable.slice");
+        assert_eq!(
+            (w.kind, w.qos.as_deref()),
+            (WorkloadKind::Kubernetes, Some("burstable"))
+        );
+    }
+
+    #[test]
+    fn docker_cgroupfs_and_systemd() {
+        let w = classify(&format!("/docker/{ID}"));
+        assert_eq!(w.kind, WorkloadKind::Docker);
+        assert_eq!(w.container.as_deref(), Some(ID));
+        let w = classify(&format!("/system.slice/docker-{ID}.scope"));
+        assert_eq!(w.kind, WorkloadKind::Docker);
+        assert_eq!(w.container.as_deref(), Some(ID));
+        assert_eq!(w.unit, None);
+        // --cgroup-parent puts the id under any parent.
+        let w = classify(&format!("/batch/{ID}"));
+        assert_eq!(
+            (w.kind, w.container.as_deref()),
+            (WorkloadKind::Docker, Some(ID))
+        );
+        // Short ids are not container ids.
+        assert_eq!(kind("/docker/abc123"), WorkloadKind::Cgroup);
+        assert_eq!(
+            kind(&format!("/system.slice/docker-{}.scope", &ID[..12])),
+            WorkloadKind::Systemd
+        );
+    }
+
+    #[test]
+    fn systemd_deepest_unit() {
+        let w = classify("/system.slice/nginx.service");
+        assert_eq!(w.kind, WorkloadKind::Systemd);
+        assert_eq!(w.unit.as_deref(), Some("nginx.service"));
+        let w = classify("/user.slice/user-1000.slice/user@1000.service/app.slice/app-foo.scope");
+        assert_eq!(w.unit.as_deref(), Some("app-foo.scope"));
+        // Plain dirs below a unit still belong to it.
+        let w = classify("/batch.slice/etl.service/worker/3");
+        assert_eq!(w.unit.as_deref(), Some("etl.service"));
+        let w = classify("/batch.slice");
+        assert_eq!(w.unit.as_deref(), Some("batch.slice"));
+        // A bare suffix is not a unit.
+        assert_eq!(kind("/.slice"), WorkloadKind::Cgroup);
+    }
+
+    #[test]
+    fn plain_and_root() {
+        for p in ["/", "", "//", "/my-group", "/a/b/c"] {
+            let w = classify(p);
+            assert_eq!(w, Workload::of(WorkloadKind::Cgroup), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn json_shape() {
+        let v = serde_json::to_value(classify(INCIDENT)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "kind": "yarn",
+                "application": "application_1512098667219_988894",
+                "container": "container_e06_1512098667219_988894_01_000020",
+            })
+        );
+        let v = serde_json::to_value(classify("/")).unwrap();
+        assert_eq!(v, serde_json::json!({"kind": "cgroup"}));
+    }
 }

@@ -1,1 +1,70 @@
-fn main() {}
+//! `cargo xtask`: toolchain setup, the demo, the tests, and real Debian kernels under qemu.
+//!
+//! ```text
+//! cargo xtask setup                      install what is missing (apt packages, nightly rust-src, bpf-linker)
+//! cargo xtask demo [-- ARGS...]          build cfstrace and run `cfstrace demo ARGS...` as root
+//! cargo xtask vm [--kernel SUITE]...     boot Debian cloud kernels, run cfstrace in them, check the report
+//! cargo xtask test                       fmt, clippy, build, cargo test, then the bookworm VM
+//! ```
+
+mod cmd;
+mod demo;
+mod initramfs;
+mod kernels;
+mod setup;
+mod test;
+mod vm;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "cfstrace development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check the toolchain and install only what is missing (idempotent).
+    Setup {
+        /// Only check; exit non-zero if something is missing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Build cfstrace (release) and run `cfstrace demo` as root.
+    Demo {
+        /// Extra arguments for `cfstrace demo` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Boot Debian cloud kernels under qemu and check cfstrace's report in each.
+    Vm(vm::VmArgs),
+    /// Run every check CI runs: fmt, clippy, build, cargo test (host test), bookworm VM.
+    Test,
+}
+
+fn main() -> ExitCode {
+    cmd::add_cargo_bin_to_path();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup { check } => if check {
+            setup::check()
+        } else {
+            setup::ensure(false)
+        }
+        .map(|()| ExitCode::SUCCESS),
+        Command::Demo { args } => demo::run(&args),
+        Command::Vm(args) => vm::run_cli(&args),
+        Command::Test => test::run(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! `cfstrace demo`: a built-in throttling storm on this machine, traced live, ending in a
+//! report. Every cgroup and worker it makes is removed on success, on error and on Ctrl-C
+//! (the storm's Drop runs on every path; workers also die with us via PDEATHSIG).
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+
+use crate::cgroup_fs;
+use crate::host;
+use crate::probes::TracerOptions;
+use crate::record::{self, RecordOptions};
+use crate::report;
+use crate::storm::{self, Storm};
+
+pub struct DemoOptions {
+    pub tracer: TracerOptions,
+    pub duration: Duration,
+    /// Keep the capture here; default is a temporary file removed at the end.
+    pub output: Option<PathBuf>,
+    pub json: bool,
+}
+
+/// Removes the temporary capture unless the user asked to keep it.
+struct TempCapture(Option<PathBuf>);
+impl Drop for TempCapture {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+pub fn demo(opts: &DemoOptions, stop: &AtomicBool) -> Result<report::Report> {
+    crate::privileges::check()?;
+    let hierarchy = cgroup_fs::find_cpu_hierarchy()?;
+    let facts = host::host_facts();
+    let spec = storm::demo_spec(facts.ncpus);
+    let exe = std::env::current_exe().context("locating the cfstrace binary for the storm's workers")?;
+    let (path, _tmp) = match &opts.output {
+        Some(p) => (p.clone(), TempCapture(None)),
+        None => {
+            let p = std::env::temp_dir().join(format!("cfstrace-demo-{}.jsonl", std::process::id()));
+            (p.clone(), TempCapture(Some(p)))
+        }
+    };
+    eprintln!(
+        "cfstrace demo: starting a throttling storm under {}/{} (cgroup v{}):",
+        hierarchy.mount, spec.tag, hierarchy.version
+    );
+    for c in &spec.cgroups {
+        eprintln!(
+            "  {:<70} period {:>6} us  quota {:>6} us  {} x {}",
+            c.rel_path, c.period_us, c.quota_us, c.workers, c.comm
+        );
+    }
+    let storm = Storm::start(&hierarchy, &spec, &exe).context("starting the demo storm")?;
+    // Let the storm reach its steady state (every cgroup throttled) before tracing.
+    std::thread::sleep(Duration::from_millis(500));
+    eprintln!(
+        "cfstrace demo: tracing for {:.0}s (Ctrl-C stops early and still cleans up)",
+        opts.duration.as_secs_f64()
+    );
+    let rec = record::record(
+        &RecordOptions {
+            tracer: TracerOptions {
+                backend: opts.tracer.backend,
+                btf: opts.tracer.btf.clone(),
+            },
+            duration: Some(opts.duration),
+            output: path.clone(),
+            command: Vec::new(),
+            progress: true,
+        },
+        stop,
+    );
+    // Stop the storm before reporting, whatever the recording did.
+    let stopped = storm.stop();
+    let rec = rec.context("tracing the demo storm")?;
+    stopped.context("removing the demo storm's cgroups")?;
+    eprintln!(
+        "cfstrace demo: {} period-timer callbacks traced, {} lost; storm removed",
+        rec.periods, rec.lost
+    );
+    let rep = report::report_from_capture(&path)?;
+    if opts.json {
+        println!("{}", serde_json::to_string_pretty(&rep)?);
+    } else {
+        let color = std::io::IsTerminal::is_terminal(&std::io::stdout())
+            && std::env::var_os("NO_COLOR").is_none();
+        print!("{}", report::render_text(&rep, color));
+    }
+    if let Some(p) = &opts.output {
+        eprintln!("cfstrace demo: capture kept at {}", p.display());
+    }
+    Ok(rep)
+}

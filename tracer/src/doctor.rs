@@ -1,0 +1,107 @@
+//! `cfstrace doctor`: what this kernel offers, probe by probe, with the reason for each gap.
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::btf_layout;
+use crate::cgroup_fs;
+use crate::host;
+use crate::kallsyms::Symbols;
+use crate::privileges;
+use crate::probes::{self, Tracer, TracerOptions};
+
+pub fn doctor(opts: &TracerOptions) -> Result<ExitCode> {
+    let h = host::host_facts();
+    println!("kernel      {} ({} CPUs)", h.kernel, h.ncpus);
+    match h.watchdog.thresh_s {
+        Some(t) => println!(
+            "watchdog    thresh {t} s, {}",
+            if h.watchdog.enabled { "enabled" } else { "disabled" }
+        ),
+        None => println!("watchdog    /proc/sys/kernel/watchdog_thresh unreadable"),
+    }
+    let mut healthy = true;
+    match privileges::check() {
+        Ok(()) => println!("privileges  ok"),
+        Err(e) => {
+            println!("privileges  NO: {e}");
+            healthy = false;
+        }
+    }
+    match cgroup_fs::find_cpu_hierarchy() {
+        Ok(c) => println!("cgroups     cpu controller on cgroup v{} at {}", c.version, c.mount),
+        Err(e) => {
+            println!("cgroups     NO: {e}");
+            healthy = false;
+        }
+    }
+    match btf_layout::btf_path(opts.btf.as_deref()).and_then(|p| btf_layout::read_layout(&p)) {
+        Ok(l) => {
+            println!("btf         {}", l.source.display());
+            if l.missing.is_empty() {
+                println!("layout      all fields found");
+            } else {
+                println!("layout      missing: {}", l.missing.join(", "));
+            }
+        }
+        Err(e) => {
+            println!("btf         NO: {e}");
+            healthy = false;
+        }
+    }
+    let fns = [
+        probes::PERIOD_TIMER_FN,
+        probes::DISTRIBUTE_FN,
+        probes::UNTHROTTLE_FN,
+        probes::ENQUEUE_ENTITY_FN,
+        probes::ENQUEUE_TASK_FAIR_FN,
+    ];
+    match Symbols::load(&fns) {
+        Ok(s) => {
+            for f in fns {
+                match s.symbol(f) {
+                    Some(sym) => println!("symbol      {f}: {sym}"),
+                    None => println!("symbol      {f}: not a symbol (inlined or absent)"),
+                }
+            }
+        }
+        Err(e) => {
+            println!("kallsyms    NO: {e}");
+            healthy = false;
+        }
+    }
+    if healthy {
+        match Tracer::start(opts) {
+            Ok(t) => {
+                println!("frame       {}", t.frame_backend);
+                for (name, st) in &t.probes {
+                    if st.attached {
+                        println!(
+                            "probe       {name:<13} {} {}{}",
+                            st.how.as_deref().unwrap_or("?"),
+                            st.target.as_deref().unwrap_or(""),
+                            st.reason
+                                .as_deref()
+                                .map(|r| format!("  ({r})"))
+                                .unwrap_or_default()
+                        );
+                    } else {
+                        println!(
+                            "probe       {name:<13} unavailable: {}",
+                            st.reason.as_deref().unwrap_or("?")
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                println!("attach      NO: {e}");
+                healthy = false;
+            }
+        }
+    }
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

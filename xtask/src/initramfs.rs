@@ -1,0 +1,368 @@
+//! A newc cpio initramfs written directly (no root needed for /dev nodes): busybox-static, the
+//! cfstrace binary with its shared libraries (from `ldd`), and an /init shell script.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// The YARN container the guest throttles (the container from the original incident).
+pub const CONTAINER: &str = "container_e06_1512098667219_988894_01_000020";
+pub const APPLICATION: &str = "application_1512098667219_988894";
+pub const CGROUP: &str = "storm/hadoop-yarn/container_e06_1512098667219_988894_01_000020";
+
+/// Console markers the init prints and vm.rs parses.
+pub const M_INIT: &str = "@@CFSTRACE-INIT@@";
+pub const M_ATTACHED: &str = "@@CFSTRACE-ATTACHED@@";
+pub const M_BEGIN: &str = "@@CFSTRACE-REPORT-BEGIN@@";
+pub const M_END: &str = "@@CFSTRACE-REPORT-END@@";
+pub const M_RC: &str = "@@CFSTRACE-RC";
+pub const M_DONE: &str = "@@CFSTRACE-DONE@@";
+pub const M_SMOKE: &str = "@@CFSTRACE-SMOKE";
+
+const BUSYBOX: &str = "/bin/busybox";
+
+enum Entry {
+    Dir,
+    File { data: Vec<u8>, mode: u32 },
+    Symlink(String),
+    CharDev { major: u32, minor: u32 },
+}
+
+/// An in-memory archive; paths are stored without the leading '/'.
+#[derive(Default)]
+pub struct Archive {
+    entries: BTreeMap<String, Entry>,
+}
+
+impl Archive {
+    fn norm(path: &str) -> String {
+        path.trim_start_matches('/')
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    fn parents(&mut self, path: &str) {
+        let mut acc = String::new();
+        let parts: Vec<&str> = path.split('/').collect();
+        for p in &parts[..parts.len().saturating_sub(1)] {
+            if !acc.is_empty() {
+                acc.push('/');
+            }
+            acc.push_str(p);
+            self.entries.entry(acc.clone()).or_insert(Entry::Dir);
+        }
+    }
+
+    pub fn dir(&mut self, path: &str) {
+        let p = Self::norm(path);
+        self.parents(&p);
+        self.entries.entry(p).or_insert(Entry::Dir);
+    }
+
+    pub fn file(&mut self, path: &str, data: Vec<u8>, mode: u32) {
+        let p = Self::norm(path);
+        self.parents(&p);
+        self.entries.insert(p, Entry::File { data, mode });
+    }
+
+    /// Copy a host file (following symlinks) to `path`, keeping its permission bits.
+    pub fn copy(&mut self, path: &str, src: &Path) -> Result<()> {
+        let data = fs::read(src).with_context(|| format!("reading {}", src.display()))?;
+        let mode = fs::metadata(src)?.permissions().mode() & 0o7777;
+        self.file(path, data, mode);
+        Ok(())
+    }
+
+    pub fn symlink(&mut self, path: &str, target: &str) {
+        let p = Self::norm(path);
+        self.parents(&p);
+        self.entries.insert(p, Entry::Symlink(target.to_string()));
+    }
+
+    pub fn chardev(&mut self, path: &str, major: u32, minor: u32) {
+        let p = Self::norm(path);
+        self.parents(&p);
+        self.entries.insert(p, Entry::CharDev { major, minor });
+    }
+
+    /// The archive in newc format (parents sort before children in a BTreeMap).
+    pub fn to_newc(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (ino, (name, e)) in (1u32..).zip(&self.entries) {
+            let (mode, data, rdev): (u32, &[u8], (u32, u32)) = match e {
+                Entry::Dir => (0o040755, &[], (0, 0)),
+                Entry::File { data, mode } => (0o100000 | mode, data, (0, 0)),
+                Entry::Symlink(t) => (0o120777, t.as_bytes(), (0, 0)),
+                Entry::CharDev { major, minor } => (0o020600, &[], (*major, *minor)),
+            };
+            let nlink = if matches!(e, Entry::Dir) { 2 } else { 1 };
+            write_entry(&mut out, ino, mode, nlink, rdev, name, data);
+        }
+        write_entry(&mut out, 0, 0, 1, (0, 0), "TRAILER!!!", &[]);
+        out
+    }
+
+    pub fn write(&self, path: &Path) -> Result<u64> {
+        let data = self.to_newc();
+        let mut f =
+            fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        f.write_all(&data)?;
+        Ok(data.len() as u64)
+    }
+}
+
+fn pad4(out: &mut Vec<u8>) {
+    while !out.len().is_multiple_of(4) {
+        out.push(0);
+    }
+}
+
+fn write_entry(
+    out: &mut Vec<u8>,
+    ino: u32,
+    mode: u32,
+    nlink: u32,
+    rdev: (u32, u32),
+    name: &str,
+    data: &[u8],
+) {
+    let fields = [
+        ino,
+        mode,
+        0, // uid
+        0, // gid
+        nlink,
+        0, // mtime: reproducible archives
+        data.len() as u32,
+        0, // devmajor
+        0, // devminor
+        rdev.0,
+        rdev.1,
+        name.len() as u32 + 1,
+        0, // check
+    ];
+    out.extend_from_slice(b"070701");
+    for f in fields {
+        out.extend_from_slice(format!("{f:08x}").as_bytes());
+    }
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    pad4(out);
+    out.extend_from_slice(data);
+    pad4(out);
+}
+
+/// Absolute paths of the shared libraries (and loader) `ldd` names for `bin`; empty if static.
+pub fn shared_libraries(bin: &Path) -> Result<Vec<String>> {
+    let out = Command::new("ldd")
+        .arg(bin)
+        .output()
+        .context("running ldd (package libc-bin)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if text.contains("not a dynamic executable") || err.contains("not a dynamic executable") {
+            return Ok(Vec::new());
+        }
+        bail!("ldd {} failed: {}", bin.display(), err.trim());
+    }
+    Ok(parse_ldd(&text))
+}
+
+pub fn parse_ldd(text: &str) -> Vec<String> {
+    let mut libs = Vec::new();
+    for l in text.lines() {
+        let l = l.trim();
+        if l.contains("not found") {
+            continue;
+        }
+        let path = match l.split_once("=>") {
+            Some((_, rhs)) => rhs.split_whitespace().next(),
+            None => l.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/'))
+            && !libs.iter().any(|x| x == p)
+        {
+            libs.push(p.to_string());
+        }
+    }
+    libs
+}
+
+/// What the guest needs: busybox, /dev/console, an /init, and (optionally) cfstrace + its libraries.
+pub fn build(cfstrace: Option<&Path>, busy_loops: u32) -> Result<Archive> {
+    let mut a = Archive::default();
+    for d in [
+        "/bin",
+        "/sbin",
+        "/usr/bin",
+        "/usr/sbin",
+        "/proc",
+        "/sys",
+        "/dev",
+        "/tmp",
+        "/etc",
+        "/root",
+        "/run",
+    ] {
+        a.dir(d);
+    }
+    a.chardev("/dev/console", 5, 1);
+    a.chardev("/dev/null", 1, 3);
+    let busybox = Path::new(BUSYBOX);
+    if !busybox.is_file() {
+        bail!("{BUSYBOX} is missing: install busybox-static (cargo xtask setup)");
+    }
+    if !shared_libraries(busybox)?.is_empty() {
+        bail!("{BUSYBOX} is dynamically linked: install busybox-static, not busybox");
+    }
+    a.copy(BUSYBOX, busybox)?;
+    a.symlink("/bin/sh", "busybox");
+    a.file(
+        "/etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
+        0o644,
+    );
+    a.file("/etc/group", b"root:x:0:\n".to_vec(), 0o644);
+    if let Some(bin) = cfstrace {
+        a.copy("/usr/bin/cfstrace", bin)?;
+        for lib in shared_libraries(bin)? {
+            a.copy(&lib, Path::new(&lib))?;
+        }
+    }
+    a.file("/init", init_script(busy_loops).into_bytes(), 0o755);
+    Ok(a)
+}
+
+/// The guest's /init. Modes (kernel command line `cfstrace.mode=`): `scenario` (default) throttles
+/// the YARN container and runs `cfstrace record` + `report`; `smoke` prints kernel facts.
+pub fn init_script(busy_loops: u32) -> String {
+    format!(
+        r#"#!/bin/sh
+# cfstrace VM init (generated by cargo xtask vm)
+/bin/busybox mkdir -p /proc
+/bin/busybox mount -t proc proc /proc
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -t tmpfs tmpfs /tmp
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+echo "{M_INIT} $(uname -r)"
+
+BACKEND=auto
+MODE=scenario
+for w in $(cat /proc/cmdline); do
+  case "$w" in
+    cfstrace.backend=*) BACKEND="${{w#cfstrace.backend=}}" ;;
+    cfstrace.mode=*) MODE="${{w#cfstrace.mode=}}" ;;
+  esac
+done
+
+finish() {{
+  echo "{M_DONE}"
+  sync
+  poweroff -f
+  sleep 5
+  echo o > /proc/sysrq-trigger
+}}
+
+if [ "$MODE" = smoke ]; then
+  T=/sys/kernel/tracing
+  echo "{M_SMOKE} release=$(uname -r)@@"
+  if [ -e /sys/kernel/btf/vmlinux ]; then btf=yes; else btf=no; fi
+  echo "{M_SMOKE} btf=$btf@@"
+  echo "{M_SMOKE} kallsyms=$(grep -c . /proc/kallsyms)@@"
+  for f in sched_cfs_period_timer distribute_cfs_runtime unthrottle_cfs_rq enqueue_entity enqueue_task_fair; do
+    if grep -q " $f\$" /proc/kallsyms; then s=yes; else s=no; fi
+    if grep -q "^$f\$" $T/available_filter_functions 2>/dev/null; then ft=yes; else ft=no; fi
+    echo "{M_SMOKE} symbol.$f=$s ftrace.$f=$ft@@"
+  done
+  if [ -e $T/kprobe_events ] && echo "p:cfstrace_smoke sched_cfs_period_timer" >> $T/kprobe_events 2>/dev/null; then
+    kp=yes; echo "-:cfstrace_smoke" >> $T/kprobe_events
+  else
+    kp=no
+  fi
+  echo "{M_SMOKE} kprobe=$kp@@"
+  echo "{M_SMOKE} cgroup.controllers=$(cat /sys/fs/cgroup/cgroup.controllers | tr ' ' ,)@@"
+  echo "{M_SMOKE} watchdog_thresh=$(cat /proc/sys/kernel/watchdog_thresh 2>/dev/null)@@"
+  finish
+fi
+
+# Real throttling: cpu.max "2000 10000" on a YARN container with busy loops in it.
+C=/sys/fs/cgroup/{CGROUP}
+echo +cpu > /sys/fs/cgroup/cgroup.subtree_control
+mkdir -p "$C"
+echo +cpu > /sys/fs/cgroup/storm/cgroup.subtree_control
+echo +cpu > /sys/fs/cgroup/storm/hadoop-yarn/cgroup.subtree_control
+echo "2000 10000" > "$C/cpu.max"
+PIDS=
+i=0
+while [ $i -lt {busy_loops} ]; do
+  sh -c 'while :; do :; done' &
+  echo $! > "$C/cgroup.procs"
+  PIDS="$PIDS $!"
+  i=$((i + 1))
+done
+echo "cfstrace-vm: cpu.max=$(cat "$C/cpu.max") procs=$(cat "$C/cgroup.procs" | tr '\n' ' ')"
+
+echo "{M_ATTACHED}"
+cfstrace record --duration 8s -o /tmp/cap.jsonl --backend "$BACKEND"
+rc=$?
+cfstrace report /tmp/cap.jsonl --json > /tmp/report.json
+rrc=$?
+echo "{M_BEGIN}"
+cat /tmp/report.json
+echo
+echo "{M_END}"
+echo "{M_RC} record=$rc report=$rrc@@"
+kill -9 $PIDS 2>/dev/null
+finish
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_output_parses() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+                    \tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f1)\n\
+                    \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f2)\n\
+                    \t/lib64/ld-linux-x86-64.so.2 (0x00007f3)\n";
+        assert_eq!(
+            parse_ldd(text),
+            [
+                "/lib/x86_64-linux-gnu/libgcc_s.so.1",
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+        );
+    }
+
+    #[test]
+    fn newc_layout() {
+        let mut a = Archive::default();
+        a.file("/a/b", b"hello".to_vec(), 0o644);
+        let out = a.to_newc();
+        assert!(out.starts_with(b"070701"));
+        assert_eq!(out.len() % 4, 0);
+        // "a" (dir) precedes "a/b" (file).
+        let s = String::from_utf8_lossy(&out);
+        let dir = s.find("a\0").unwrap();
+        let file = s.find("a/b\0").unwrap();
+        assert!(dir < file);
+        assert!(s.contains("hello"));
+        assert!(s.contains("TRAILER!!!"));
+    }
+}

@@ -1,0 +1,260 @@
+//! `cargo xtask setup`: check each requirement, install only what is missing.
+//!
+//! Requirements (DESIGN.md "Toolchain"): LLVM 22 dev files for bpf-linker, qemu + busybox-static +
+//! cpio for the VM tests (apt); the nightly toolchain with rust-src (the eBPF crate is built with
+//! -Z build-std); bpf-linker 0.13 built against LLVM 22.
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::cmd::{self, output, privileged, run};
+
+/// Debian packages the build and the VM tests need.
+pub const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+];
+
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const BPF_LINKER_REQ: &str = "^0.13";
+const BPF_LINKER_SERIES: &str = "0.13.";
+
+/// Make sure everything is installed; print one line per item. With `quiet_if_ok`, print nothing
+/// when nothing had to be installed (demo/test/vm call this first).
+pub fn ensure(quiet_if_ok: bool) -> Result<()> {
+    let mut lines = Vec::new();
+
+    // 1. apt packages (bpf-linker links against llvm-22-dev, so these come first).
+    let missing = missing_apt_packages()?;
+    for p in APT_PACKAGES.iter().filter(|p| !missing.contains(p)) {
+        lines.push(format!("ok: {p} (apt)"));
+    }
+    if !missing.is_empty() {
+        flush(&mut lines);
+        println!("installing: {} (apt)", missing.join(" "));
+        apt_install(&missing)?;
+        let still = missing_apt_packages()?;
+        if !still.is_empty() {
+            bail!("apt-get install left {} missing", still.join(" "));
+        }
+    }
+
+    // 2. nightly toolchain + rust-src.
+    match nightly_state()? {
+        Nightly::Ready(v) => lines.push(format!("ok: rust-src for {v}")),
+        Nightly::NoRustSrc => {
+            flush(&mut lines);
+            println!("installing: rust-src (rustup, nightly)");
+            run(Command::new("rustup").args([
+                "component",
+                "add",
+                "rust-src",
+                "--toolchain",
+                "nightly",
+            ]))?;
+        }
+        Nightly::Missing => {
+            flush(&mut lines);
+            println!("installing: nightly toolchain + rust-src (rustup)");
+            run(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+            ]))?;
+            run(Command::new("rustup").args([
+                "component",
+                "add",
+                "rust-src",
+                "--toolchain",
+                "nightly",
+            ]))?;
+        }
+    }
+
+    // 3. bpf-linker 0.13.x (built against LLVM 22).
+    match bpf_linker_version() {
+        Some(v) if v.starts_with(BPF_LINKER_SERIES) => lines.push(format!("ok: bpf-linker {v}")),
+        found => {
+            flush(&mut lines);
+            match found {
+                Some(v) => {
+                    println!("installing: bpf-linker {BPF_LINKER_REQ} (cargo install; found {v})")
+                }
+                None => println!("installing: bpf-linker {BPF_LINKER_REQ} (cargo install)"),
+            }
+            install_bpf_linker()?;
+            match bpf_linker_version() {
+                Some(v) if v.starts_with(BPF_LINKER_SERIES) => println!("ok: bpf-linker {v}"),
+                other => bail!("bpf-linker still not 0.13.x after install (found {other:?})"),
+            }
+        }
+    }
+
+    if !quiet_if_ok {
+        flush(&mut lines);
+    }
+    Ok(())
+}
+
+/// `cargo xtask setup --check`: report, install nothing, fail if something is missing.
+pub fn check() -> Result<()> {
+    let mut bad = Vec::new();
+    let missing = missing_apt_packages()?;
+    for p in APT_PACKAGES {
+        if missing.contains(p) {
+            println!("missing: {p} (apt)");
+            bad.push(p.to_string());
+        } else {
+            println!("ok: {p} (apt)");
+        }
+    }
+    match nightly_state()? {
+        Nightly::Ready(v) => println!("ok: rust-src for {v}"),
+        Nightly::NoRustSrc => {
+            println!("missing: rust-src for nightly");
+            bad.push("rust-src".into());
+        }
+        Nightly::Missing => {
+            println!("missing: nightly toolchain");
+            bad.push("nightly".into());
+        }
+    }
+    match bpf_linker_version() {
+        Some(v) if v.starts_with(BPF_LINKER_SERIES) => println!("ok: bpf-linker {v}"),
+        Some(v) => {
+            println!("missing: bpf-linker {BPF_LINKER_REQ} (found {v})");
+            bad.push("bpf-linker".into());
+        }
+        None => {
+            println!("missing: bpf-linker {BPF_LINKER_REQ}");
+            bad.push("bpf-linker".into());
+        }
+    }
+    if !bad.is_empty() {
+        bail!("missing: {} (run `cargo xtask setup`)", bad.join(" "));
+    }
+    Ok(())
+}
+
+fn flush(lines: &mut Vec<String>) {
+    for l in lines.drain(..) {
+        println!("{l}");
+    }
+}
+
+/// Packages of APT_PACKAGES that dpkg does not have installed.
+fn missing_apt_packages() -> Result<Vec<&'static str>> {
+    if cmd::which("dpkg-query").is_none() {
+        bail!("dpkg-query not found: cargo xtask setup supports Debian/Ubuntu hosts only");
+    }
+    let mut missing = Vec::new();
+    for &p in APT_PACKAGES {
+        // Exit status is non-zero for unknown packages: that is "missing" too.
+        let out = Command::new("dpkg-query")
+            .args(["-W", "-f=${db:Status-Abbrev}", p])
+            .output()
+            .context("running dpkg-query")?;
+        let status = String::from_utf8_lossy(&out.stdout);
+        if !(out.status.success() && status.starts_with("ii")) {
+            missing.push(p);
+        }
+    }
+    Ok(missing)
+}
+
+fn apt_install(pkgs: &[&str]) -> Result<()> {
+    let mut update = privileged("apt-get")?;
+    update.args(["update", "-q"]);
+    run(&mut update)?;
+    // `sudo VAR=value cmd` and plain `env VAR=value cmd` both set the variable.
+    let mut install = if cmd::is_root() {
+        let mut c = Command::new("apt-get");
+        c.env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    } else {
+        let mut c = privileged("env")?;
+        c.args(["DEBIAN_FRONTEND=noninteractive", "apt-get"]);
+        c
+    };
+    install
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(pkgs);
+    run(&mut install)
+}
+
+enum Nightly {
+    Ready(String),
+    NoRustSrc,
+    Missing,
+}
+
+fn nightly_state() -> Result<Nightly> {
+    if cmd::which("rustup").is_none() {
+        bail!("rustup not found: the eBPF build needs rustup's nightly toolchain with rust-src");
+    }
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    let Some(nightly) = toolchains
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap_or(""))
+        .find(|t| *t == "nightly" || t.starts_with("nightly-"))
+    else {
+        return Ok(Nightly::Missing);
+    };
+    let comps = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
+    if comps
+        .lines()
+        .any(|l| l.trim() == "rust-src" || l.trim().starts_with("rust-src-"))
+    {
+        Ok(Nightly::Ready(nightly.to_string()))
+    } else {
+        Ok(Nightly::NoRustSrc)
+    }
+}
+
+/// "0.13.0" from `bpf-linker --version` ("bpf-linker 0.13.0"), or None if it does not run.
+fn bpf_linker_version() -> Option<String> {
+    let out = Command::new("bpf-linker").arg("--version").output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace().nth(1).map(str::to_string)
+}
+
+fn install_bpf_linker() -> Result<()> {
+    let attempt = |locked: bool| {
+        let mut c = cmd::cargo();
+        c.env("LLVM_PREFIX", LLVM_PREFIX)
+            .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_REQ,
+                "--force",
+            ]);
+        if locked {
+            c.arg("--locked");
+        }
+        c.args(["--no-default-features", "--features", "llvm-22"]);
+        run(&mut c)
+    };
+    attempt(true).or_else(|e| {
+        println!("bpf-linker: --locked install failed ({e:#}); retrying without --locked");
+        attempt(false)
+    })
+}
