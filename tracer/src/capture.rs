@@ -199,6 +199,8 @@ pub struct CaptureWriter<W: Write> {
     buf: Vec<u8>,
     out: Option<W>,
     lines: u64,
+    /// A write failed part-way: writing again would put a duplicated fragment mid-file.
+    failed: bool,
 }
 
 impl<W: Write> CaptureWriter<W> {
@@ -213,6 +215,7 @@ impl<W: Write> CaptureWriter<W> {
             buf: Vec::with_capacity(WRITE_CHUNK + 4096),
             out: Some(w),
             lines: 0,
+            failed: false,
         };
         serde_json::to_writer(&mut cw.buf, header).map_err(CaptureError::Encode)?;
         cw.buf.push(b'\n');
@@ -222,7 +225,10 @@ impl<W: Write> CaptureWriter<W> {
     /// Append one record (buffered).
     pub fn write_line(&mut self, line: &CaptureLine) -> Result<(), CaptureError> {
         let mark = self.buf.len();
-        if let Err(e) = serde_json::to_writer(&mut self.buf, line) {
+        if let CaptureLine::Period(p) = line {
+            // The hot line: formatted by hand, byte-identical to serde's output (tested).
+            encode_period(&mut self.buf, p);
+        } else if let Err(e) = serde_json::to_writer(&mut self.buf, line) {
             // Never leave half a record in the file.
             self.buf.truncate(mark);
             return Err(CaptureError::Encode(e));
@@ -262,8 +268,17 @@ impl<W: Write> CaptureWriter<W> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        if let Some(out) = self.out.as_mut() {
-            out.write_all(&self.buf).map_err(CaptureError::Write)?;
+        if self.failed {
+            return Err(CaptureError::Write(io::Error::other(
+                "an earlier write to the capture failed",
+            )));
+        }
+        if let Some(out) = self.out.as_mut()
+            && let Err(e) = out.write_all(&self.buf)
+        {
+            self.failed = true;
+            self.buf.clear();
+            return Err(CaptureError::Write(e));
         }
         self.buf.clear();
         Ok(())
@@ -273,7 +288,9 @@ impl<W: Write> CaptureWriter<W> {
 impl<W: Write> Drop for CaptureWriter<W> {
     fn drop(&mut self) {
         // Best effort: whole lines only, so a capture cut here still reads back cleanly.
-        let _ = self.flush();
+        if !self.failed {
+            let _ = self.flush();
+        }
     }
 }
 
@@ -328,6 +345,136 @@ const KNOWN_KINDS: [&str; 4] = ["period", "cgroup", "loss", "end"];
 /// What serde writes first for a period record; lets the hot path skip the tagged-enum
 /// machinery (which buffers every field) for the one kind that matters for speed.
 const PERIOD_PREFIX: &[u8] = br#"{"kind":"period","#;
+
+/// The period record's keys in declaration order (what serde writes after the tag).
+const PERIOD_KEYS: [&[u8]; 12] = [
+    b"ts_ns",
+    b"cpu",
+    b"duration_ns",
+    b"cgroup_id",
+    b"timer",
+    b"loops",
+    b"unthrottled",
+    b"enqueued",
+    b"runnable",
+    b"period_ns",
+    b"quota_ns",
+    b"flags",
+];
+
+fn period_values(p: &PeriodRecord) -> [u64; 12] {
+    [
+        p.ts_ns,
+        u64::from(p.cpu),
+        p.duration_ns,
+        p.cgroup_id,
+        p.timer,
+        u64::from(p.loops),
+        u64::from(p.unthrottled),
+        u64::from(p.enqueued),
+        u64::from(p.runnable),
+        p.period_ns,
+        p.quota_ns,
+        u64::from(p.flags),
+    ]
+}
+
+const fn digit_pairs() -> [u8; 200] {
+    let mut t = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        t[2 * i] = b'0' + (i / 10) as u8;
+        t[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    t
+}
+
+/// "00".."99": two digits per division.
+static DIGIT_PAIRS: [u8; 200] = digit_pairs();
+
+#[inline]
+fn push_u64(buf: &mut Vec<u8>, mut v: u64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    while v >= 100 {
+        let r = (v % 100) as usize * 2;
+        v /= 100;
+        i -= 2;
+        tmp[i..i + 2].copy_from_slice(&DIGIT_PAIRS[r..r + 2]);
+    }
+    if v >= 10 {
+        let r = v as usize * 2;
+        i -= 2;
+        tmp[i..i + 2].copy_from_slice(&DIGIT_PAIRS[r..r + 2]);
+    } else {
+        i -= 1;
+        tmp[i] = b'0' + v as u8;
+    }
+    buf.extend_from_slice(&tmp[i..]);
+}
+
+/// `{"kind":"period","ts_ns":…,…,"flags":…}` without serde's per-field dispatch: the writer
+/// has to keep up with millions of callbacks a second.
+fn encode_period(buf: &mut Vec<u8>, p: &PeriodRecord) {
+    buf.extend_from_slice(PERIOD_PREFIX);
+    for (i, (key, v)) in PERIOD_KEYS.iter().zip(period_values(p)).enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        buf.push(b'"');
+        buf.extend_from_slice(key);
+        buf.extend_from_slice(b"\":");
+        push_u64(buf, v);
+    }
+    buf.push(b'}');
+}
+
+/// Strict parser for exactly what `encode_period` writes (optional trailing newline). Anything
+/// else returns None and goes to serde, so this only has to be right, not complete.
+fn decode_period(line: &[u8]) -> Option<PeriodRecord> {
+    let mut s = line.strip_prefix(PERIOD_PREFIX)?;
+    let mut v = [0u64; 12];
+    for (i, key) in PERIOD_KEYS.iter().enumerate() {
+        if i > 0 {
+            s = s.strip_prefix(b",")?;
+        }
+        s = s
+            .strip_prefix(b"\"")?
+            .strip_prefix(*key)?
+            .strip_prefix(b"\":")?;
+        let digits = s.iter().take_while(|b| b.is_ascii_digit()).count();
+        // JSON has no leading zeros; 20 digits is u64's most.
+        if digits == 0 || digits > 20 || (digits > 1 && s[0] == b'0') {
+            return None;
+        }
+        let mut n: u64 = 0;
+        for &d in &s[..digits] {
+            n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+        }
+        v[i] = n;
+        s = &s[digits..];
+    }
+    let s = s.strip_prefix(b"}")?;
+    if !(s.is_empty() || s == b"\n" || s == b"\r\n") {
+        return None;
+    }
+    let u32_at = |i: usize| u32::try_from(v[i]).ok();
+    Some(PeriodRecord {
+        ts_ns: v[0],
+        cpu: u32_at(1)?,
+        duration_ns: v[2],
+        cgroup_id: v[3],
+        timer: v[4],
+        loops: u32_at(5)?,
+        unthrottled: u32_at(6)?,
+        enqueued: u32_at(7)?,
+        runnable: u32_at(8)?,
+        period_ns: v[9],
+        quota_ns: v[10],
+        flags: u32_at(11)?,
+    })
+}
 
 fn read_line_into<R: BufRead>(src: &mut R, buf: &mut Vec<u8>) -> io::Result<usize> {
     buf.clear();
@@ -480,7 +627,11 @@ impl<R: BufRead> CaptureReader<R> {
     /// Ok(None): a well-formed line of a kind this version does not know.
     fn parse(&mut self) -> Result<Option<CaptureLine>, serde_json::Error> {
         if self.buf.starts_with(PERIOD_PREFIX) {
-            // Unknown fields (including "kind") are ignored by the plain struct.
+            if let Some(p) = decode_period(&self.buf) {
+                return Ok(Some(CaptureLine::Period(p)));
+            }
+            // Another key order or extra fields: serde, which ignores unknown fields
+            // (including "kind") in the plain struct.
             if let Ok(p) = serde_json::from_slice::<PeriodRecord>(&self.buf) {
                 return Ok(Some(CaptureLine::Period(p)));
             }
@@ -721,6 +872,76 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn decimal_formatting() {
+        let mut probe = vec![
+            0,
+            1,
+            9,
+            10,
+            11,
+            99,
+            100,
+            101,
+            999,
+            1000,
+            u64::MAX,
+            u64::MAX - 1,
+        ];
+        probe.extend((0..64).map(|b| 1u64 << b));
+        probe.extend((0..20).map(|e| 10u64.pow(e) - 1));
+        for v in probe {
+            let mut b = Vec::new();
+            push_u64(&mut b, v);
+            assert_eq!(String::from_utf8(b).unwrap(), v.to_string());
+        }
+    }
+
+    #[test]
+    fn hand_encoded_period_lines_match_serde() {
+        let recs = [
+            PeriodRecord::default(),
+            PeriodRecord {
+                ts_ns: u64::MAX,
+                cpu: u32::MAX,
+                duration_ns: 9,
+                cgroup_id: 10,
+                timer: 0xffff_8881_0a2b_3c40,
+                loops: 1,
+                unthrottled: 100,
+                enqueued: 1_000_000,
+                runnable: 7,
+                period_ns: 100_000_000,
+                quota_ns: u64::MAX,
+                flags: 0x7ff,
+            },
+        ];
+        for p in recs {
+            let mut mine = Vec::new();
+            encode_period(&mut mine, &p);
+            let serde = serde_json::to_vec(&CaptureLine::Period(p)).unwrap();
+            assert_eq!(
+                String::from_utf8(mine.clone()).unwrap(),
+                String::from_utf8(serde).unwrap()
+            );
+            assert_eq!(decode_period(&mine), Some(p));
+            mine.push(b'\n');
+            assert_eq!(decode_period(&mine), Some(p));
+        }
+        // Not exactly our shape: left to serde.
+        let ok = br#"{"kind":"period","ts_ns":1,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0}"#;
+        assert!(decode_period(ok).is_some());
+        for bad in [
+            br#"{"kind":"period","ts_ns":01,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0}"#.as_slice(),
+            br#"{"kind":"period","ts_ns":1,"cpu":4294967296,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0}"#,
+            br#"{"kind":"period","ts_ns":1,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0,"x":1}"#,
+            br#"{"kind":"period","ts_ns":99999999999999999999,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0}"#,
+            br#"{"kind":"period","ts_ns":1,"cpu":0}"#,
+        ] {
+            assert_eq!(decode_period(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
     fn truncated_last_line_is_a_warning() {
         let mut bytes = encode(&lines()[..3]);
         let end = serde_json::to_vec(&lines()[3]).unwrap();
@@ -827,6 +1048,42 @@ pub(crate) mod tests {
             stats.warnings,
             vec!["capture has no end line (recording was killed?)".to_string()]
         );
+    }
+
+    /// Accepts `room` bytes, then fails every write.
+    struct Full {
+        data: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Full {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let n = b.len().min(self.room - self.data.len());
+            if n == 0 {
+                return Err(io::Error::other("disk full"));
+            }
+            self.data.extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_write_is_not_retried() {
+        let mut w = CaptureWriter::new(
+            Full {
+                data: Vec::new(),
+                room: 100,
+            },
+            &header(),
+        )
+        .unwrap();
+        assert!(matches!(w.flush(), Err(CaptureError::Write(_))));
+        w.write_line(&lines()[1]).unwrap();
+        assert!(w.flush().is_err());
+        drop(w); // must not panic or write again
     }
 
     #[test]

@@ -41,7 +41,11 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<ExitCode> {
                 out.reason.replace('_', " ")
             );
             if let Some(status) = out.command_status {
-                return Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8));
+                // Like a shell: the command's code, or 128 + the signal that killed it.
+                let code = status.code().unwrap_or_else(|| {
+                    128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(1)
+                });
+                return Ok(ExitCode::from(code.clamp(0, 255) as u8));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -452,11 +452,15 @@ impl Attacher<'_> {
         };
         let mut st = self.counter_status(backend, func, "enqueue");
         if !entity {
-            let note = format!(
-                "{ENQUEUE_ENTITY_FN} is inlined in this kernel; counting {ENQUEUE_TASK_FAIR_FN} inside the period-timer callback"
-            );
+            let note = if st.attached {
+                format!(
+                    "{ENQUEUE_ENTITY_FN} is inlined in this kernel; counting {ENQUEUE_TASK_FAIR_FN} inside the period-timer callback"
+                )
+            } else {
+                format!("{ENQUEUE_ENTITY_FN} is inlined in this kernel; {ENQUEUE_TASK_FAIR_FN}")
+            };
             st.reason = Some(match st.reason.take() {
-                Some(r) => format!("{note}; {r}"),
+                Some(r) => format!("{note}: {r}"),
                 None => note,
             });
         }

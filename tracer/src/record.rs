@@ -2,7 +2,7 @@
 //! `cfstrace record`, which writes it to a capture that stays valid whatever stops it.
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, BufWriter, IsTerminal as _};
+use std::io::{self, IsTerminal as _};
 use std::os::fd::AsRawFd as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus};
@@ -219,7 +219,7 @@ pub fn record(opts: &RecordOptions, stop: &AtomicBool) -> Result<RecordOutcome, 
         path: path.clone(),
         source,
     };
-    let mut out = CaptureWriter::new(BufWriter::with_capacity(1 << 20, file), &session.header)
+    let mut out = CaptureWriter::new(file, &session.header)
         .map_err(cap_err)?;
     out.flush().map_err(cap_err)?;
 
@@ -261,11 +261,11 @@ pub fn record(opts: &RecordOptions, stop: &AtomicBool) -> Result<RecordOutcome, 
         if stop.load(Ordering::Relaxed) {
             break "interrupted";
         }
-        if let Some(c) = child.as_mut() {
-            if let Ok(Some(status)) = c.try_wait() {
-                command_status = Some(status);
-                break "command_exited";
-            }
+        if let Some(c) = child.as_mut()
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            command_status = Some(status);
+            break "command_exited";
         }
         if opts.duration.is_some_and(|d| started.elapsed() >= d) {
             break "duration";
@@ -296,12 +296,11 @@ pub fn record(opts: &RecordOptions, stop: &AtomicBool) -> Result<RecordOutcome, 
     out.flush().map_err(cap_err)?;
     // A recording whose command is still running when we stop (duration, Ctrl-C): leave the
     // command alone; it belongs to the user.
-    if command_status.is_none() {
-        if let Some(c) = child.as_mut() {
-            if reason == "duration" {
-                command_status = c.try_wait().ok().flatten();
-            }
-        }
+    if command_status.is_none()
+        && reason == "duration"
+        && let Some(c) = child.as_mut()
+    {
+        command_status = c.try_wait().ok().flatten();
     }
     Ok(RecordOutcome {
         periods: session.periods,
