@@ -87,6 +87,10 @@ pub enum Commands {
     Doctor {
         #[command(flatten)]
         trace: TraceArgs,
+        /// Also attach and detach N times and check that no BPF program, map or link is left
+        /// behind (counted through the bpf syscalls). Exit status 1 on a leak.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+        attach_cycles: Option<u32>,
     },
     /// Run a built-in throttling storm on this machine, trace it, print the report, clean up.
     Demo {

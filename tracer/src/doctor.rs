@@ -7,10 +7,11 @@ use crate::btf_layout;
 use crate::cgroup_fs;
 use crate::host;
 use crate::kallsyms::Symbols;
+use crate::leak_check;
 use crate::privileges;
 use crate::probes::{self, Tracer, TracerOptions};
 
-pub fn doctor(opts: &TracerOptions) -> Result<ExitCode> {
+pub fn doctor(opts: &TracerOptions, attach_cycles: Option<u32>) -> Result<ExitCode> {
     let h = host::host_facts();
     println!("kernel      {} ({} CPUs)", h.kernel, h.ncpus);
     match h.watchdog.thresh_s {
@@ -95,6 +96,38 @@ pub fn doctor(opts: &TracerOptions) -> Result<ExitCode> {
             }
             Err(e) => {
                 println!("attach      NO: {e}");
+                healthy = false;
+            }
+        }
+    }
+    if healthy && let Some(n) = attach_cycles {
+        match leak_check::attach_cycles(opts, n) {
+            Ok(r) => {
+                let verdict = if r.leaked() {
+                    healthy = false;
+                    "LEAK"
+                } else if !r.saw_ours() {
+                    healthy = false;
+                    "CHECK BLIND (our objects were not visible while attached)"
+                } else {
+                    "ok"
+                };
+                println!(
+                    "leakcheck   {} attach/detach cycles: programs {} -> {} (attached {}), maps {} -> {} (attached {}), links {} -> {} (attached {}): {verdict}",
+                    r.cycles,
+                    r.before.programs,
+                    r.after.programs,
+                    r.while_attached.programs,
+                    r.before.maps,
+                    r.after.maps,
+                    r.while_attached.maps,
+                    r.before.links,
+                    r.after.links,
+                    r.while_attached.links,
+                );
+            }
+            Err(e) => {
+                println!("leakcheck   NO: {e}");
                 healthy = false;
             }
         }

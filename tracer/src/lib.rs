@@ -12,6 +12,7 @@ pub mod doctor;
 pub mod events;
 pub mod host;
 pub mod kallsyms;
+pub mod leak_check;
 pub mod privileges;
 pub mod probes;
 pub mod record;

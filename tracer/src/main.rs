@@ -75,7 +75,10 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<ExitCode> {
             watch::watch(&opts, stop)?;
             Ok(ExitCode::SUCCESS)
         }
-        Commands::Doctor { trace } => doctor::doctor(&tracer_options(&trace)),
+        Commands::Doctor {
+            trace,
+            attach_cycles,
+        } => doctor::doctor(&tracer_options(&trace), attach_cycles),
         Commands::Demo {
             duration,
             output,

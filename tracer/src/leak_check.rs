@@ -1,0 +1,143 @@
+//! Attach and detach the programs many times and check, through the bpf syscalls
+//! (BPF_PROG_GET_NEXT_ID / BPF_MAP_GET_NEXT_ID / BPF_LINK_GET_NEXT_ID), that nothing is left
+//! behind: a tracer run on a production node must leave the kernel as it found it.
+use std::collections::BTreeSet;
+
+use crate::probes::{ProbeError, Tracer, TracerOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeakCheckError {
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error("listing loaded BPF objects: {0}")]
+    List(String),
+}
+
+/// BPF objects of ours that are loaded now, by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Loaded {
+    pub programs: usize,
+    pub maps: usize,
+    pub links: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeakReport {
+    pub cycles: u32,
+    pub before: Loaded,
+    /// What one attached tracer holds (so the check is known to see our objects at all).
+    pub while_attached: Loaded,
+    pub after: Loaded,
+}
+
+impl LeakReport {
+    /// More of ours loaded after than before. (Fewer is fine: an earlier tracer in this
+    /// process may still have been on its way out when the baseline was taken.)
+    pub fn leaked(&self) -> bool {
+        self.after.programs > self.before.programs
+            || self.after.maps > self.before.maps
+            || self.after.links > self.before.links
+    }
+
+    /// The check could not have failed if it did not see our objects while attached.
+    pub fn saw_ours(&self) -> bool {
+        self.while_attached.programs > 0 && self.while_attached.maps > 0
+    }
+}
+
+/// The kernel keeps the first 15 bytes of an object's name.
+fn kernel_name(s: &str) -> String {
+    s.chars().take(15).collect()
+}
+
+/// Our program names (from the embedded object) and map names, as the kernel shows them.
+fn our_names() -> Result<(BTreeSet<String>, BTreeSet<String>), LeakCheckError> {
+    let obj = aya_obj::Object::parse(crate::EBPF_OBJECT).map_err(|e| LeakCheckError::List(e.to_string()))?;
+    let progs = obj.programs.keys().map(|n| kernel_name(n)).collect();
+    let maps = obj.maps.keys().map(|n| kernel_name(n)).collect();
+    Ok((progs, maps))
+}
+
+fn count(progs: &BTreeSet<String>, maps: &BTreeSet<String>) -> Result<Loaded, LeakCheckError> {
+    let mut l = Loaded::default();
+    let mut our_prog_ids = BTreeSet::new();
+    for p in aya::programs::loaded_programs() {
+        let p = p.map_err(|e| LeakCheckError::List(e.to_string()))?;
+        if p.name_as_str().is_some_and(|n| progs.contains(n)) {
+            l.programs += 1;
+            our_prog_ids.insert(p.id());
+        }
+    }
+    for m in aya::maps::loaded_maps() {
+        let m = m.map_err(|e| LeakCheckError::List(e.to_string()))?;
+        if m.name_as_str().is_some_and(|n| maps.contains(n)) {
+            l.maps += 1;
+        }
+    }
+    for k in aya::programs::loaded_links() {
+        // Links listing needs 5.8+; older kernels simply list none.
+        let Ok(k) = k else { break };
+        if our_prog_ids.contains(&k.program_id()) {
+            l.links += 1;
+        }
+    }
+    Ok(l)
+}
+
+/// Attach and detach `cycles` times with `opts`, counting our objects before, while attached
+/// and after.
+pub fn attach_cycles(opts: &TracerOptions, cycles: u32) -> Result<LeakReport, LeakCheckError> {
+    let (progs, maps) = our_names()?;
+    // A tracer this process just dropped is still being freed; let that settle first.
+    let settle = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut before = count(&progs, &maps)?;
+    while before != Loaded::default() && std::time::Instant::now() < settle {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        before = count(&progs, &maps)?;
+    }
+    let mut while_attached = before;
+    for i in 0..cycles {
+        let t = Tracer::start(opts)?;
+        if i == 0 {
+            while_attached = count(&progs, &maps)?;
+        }
+        drop(t);
+    }
+    // The kernel frees detached links and programs after an RCU grace period / from a
+    // workqueue, so give it a moment before calling anything a leak.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut after = count(&progs, &maps)?;
+    while after != before && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        after = count(&progs, &maps)?;
+    }
+    Ok(LeakReport {
+        cycles,
+        before,
+        while_attached,
+        after,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probes::Backend;
+
+    /// Real kernel: our objects are visible while attached and gone after.
+    #[test]
+    fn attach_cycles_leave_nothing_behind() {
+        let (p, _) = our_names().unwrap();
+        assert!(p.contains("period_timer_kp"), "{p:?}");
+        let r = attach_cycles(
+            &TracerOptions {
+                backend: Backend::Auto,
+                btf: None,
+            },
+            3,
+        )
+        .unwrap();
+        assert!(r.saw_ours(), "{r:?}");
+        assert!(!r.leaked(), "{r:?}");
+    }
+}
