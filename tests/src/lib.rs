@@ -1,1 +1,374 @@
-//! End-to-end tests live in tests/; see tests/host.rs.
+//! Helpers for the end-to-end tests in tests/: find the cpu cgroup hierarchy (v1 or v2) from
+//! /proc/self/mountinfo, build throttled cgroups with busy processes in them, clean them up in
+//! `Drop` even when an assertion fails, and run the built cfstrace binary with a time limit.
+//!
+//! Deliberately independent of the tracer crate: these tests check the binary from outside.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The YARN container name from the original incident, and its application.
+pub const CONTAINER: &str = "container_e06_1512098667219_988894_01_000020";
+pub const APPLICATION: &str = "application_1512098667219_988894";
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The workspace root (the parent of tests/).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_path_buf()
+}
+
+/// The cfstrace binary under test: $CFSTRACE_BIN, else <workspace>/target/release/cfstrace.
+/// Panics (never skips) when it is missing.
+pub fn cfstrace_bin() -> PathBuf {
+    let bin = match std::env::var_os("CFSTRACE_BIN").filter(|v| !v.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => workspace_root().join("target/release/cfstrace"),
+    };
+    assert!(
+        bin.is_file(),
+        "cfstrace binary not found at {}: run `cargo build --release -p tracer` \
+         (or `cargo xtask test`), or set CFSTRACE_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// Whether this kernel can do kprobes (tracefs kprobe_events or the kprobe PMU).
+pub fn kprobes_available() -> bool {
+    Path::new("/sys/bus/event_source/devices/kprobe").exists()
+        || Path::new("/sys/kernel/tracing/kprobe_events").exists()
+        || Path::new("/sys/kernel/debug/tracing/kprobe_events").exists()
+}
+
+// -------------------------------------------------------------------------------------------
+// cgroups
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// The mounted hierarchy that holds the cpu controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hierarchy {
+    pub version: Version,
+    pub mount: PathBuf,
+}
+
+/// Undo the octal escapes mountinfo uses for spaces and the like (`\040`).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
+        if b[i] == b'\\'
+            && let Some(v) = octal
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Mount points from mountinfo text: (mount point, fs type, super options). A v1 cgroup mount
+/// with `cpu` among its super options wins; otherwise the first cgroup2 mount (its controllers
+/// are checked by [`cpu_hierarchy`]).
+pub fn cgroup_mounts(mountinfo: &str) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let mut v1_cpu = Vec::new();
+    let mut v2 = Vec::new();
+    for line in mountinfo.lines() {
+        // id parent major:minor root mountpoint opts [optional...] - fstype source superopts
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let left: Vec<&str> = left.split(' ').collect();
+        let right: Vec<&str> = right.split(' ').collect();
+        if left.len() < 5 || right.len() < 3 {
+            continue;
+        }
+        let mount = PathBuf::from(unescape(left[4]));
+        match right[0] {
+            "cgroup" if right[2].split(',').any(|o| o == "cpu") => v1_cpu.push(mount),
+            "cgroup2" => v2.push(mount),
+            _ => {}
+        }
+    }
+    (v1_cpu, v2)
+}
+
+/// The cpu hierarchy of this host: a v1 mount with the cpu controller, else a cgroup2 mount whose
+/// cgroup.controllers lists cpu.
+pub fn cpu_hierarchy() -> Option<Hierarchy> {
+    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let (v1, v2) = cgroup_mounts(&text);
+    if let Some(m) = v1.into_iter().next() {
+        return Some(Hierarchy {
+            version: Version::V1,
+            mount: m,
+        });
+    }
+    v2.into_iter()
+        .find(|m| {
+            fs::read_to_string(m.join("cgroup.controllers"))
+                .map(|c| c.split_whitespace().any(|x| x == "cpu"))
+                .unwrap_or(false)
+        })
+        .map(|m| Hierarchy {
+            version: Version::V2,
+            mount: m,
+        })
+}
+
+fn write(path: &Path, value: &str) -> Result<(), String> {
+    fs::write(path, value).map_err(|e| format!("writing {value:?} to {}: {e}", path.display()))
+}
+
+/// A tree of test cgroups with busy processes. Dropping it kills and reaps the processes and
+/// removes the cgroups leaf-first, retrying while the kernel still counts the dead tasks.
+pub struct CgroupTree {
+    pub hierarchy: Hierarchy,
+    /// The tree's top directory (absolute).
+    pub top: PathBuf,
+    created: Vec<PathBuf>,
+    children: Vec<Child>,
+}
+
+impl CgroupTree {
+    /// Create `<mount>/<name>`.
+    pub fn new(hierarchy: Hierarchy, name: &str) -> Result<Self, String> {
+        let top = hierarchy.mount.join(name);
+        let mut t = CgroupTree {
+            hierarchy,
+            top: top.clone(),
+            created: Vec::new(),
+            children: Vec::new(),
+        };
+        if t.hierarchy.version == Version::V2 {
+            t.enable_cpu(&t.hierarchy.mount.clone())?;
+        }
+        t.mkdir(&top)?;
+        Ok(t)
+    }
+
+    fn mkdir(&mut self, dir: &Path) -> Result<(), String> {
+        match fs::create_dir(dir) {
+            Ok(()) => {
+                self.created.push(dir.to_path_buf());
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(format!("mkdir {}: {e}", dir.display())),
+        }
+    }
+
+    fn enable_cpu(&self, dir: &Path) -> Result<(), String> {
+        let cur = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+        if cur.split_whitespace().any(|c| c == "cpu") {
+            return Ok(());
+        }
+        write(&dir.join("cgroup.subtree_control"), "+cpu")
+    }
+
+    /// Create `top/rel` (and its parents) with a CFS quota; returns its absolute path.
+    pub fn add(&mut self, rel: &str, period_us: u64, quota_us: u64) -> Result<PathBuf, String> {
+        let mut dir = self.top.clone();
+        for part in rel.split('/').filter(|p| !p.is_empty()) {
+            if self.hierarchy.version == Version::V2 {
+                self.enable_cpu(&dir)?;
+            }
+            dir = dir.join(part);
+            self.mkdir(&dir)?;
+        }
+        match self.hierarchy.version {
+            Version::V1 => {
+                write(&dir.join("cpu.cfs_period_us"), &period_us.to_string())?;
+                write(&dir.join("cpu.cfs_quota_us"), &quota_us.to_string())?;
+            }
+            Version::V2 => write(&dir.join("cpu.max"), &format!("{quota_us} {period_us}"))?,
+        }
+        Ok(dir)
+    }
+
+    /// Start `n` busy loops (`sh -c 'while :; do :; done'`) and move them into `cgroup`.
+    pub fn busy(&mut self, cgroup: &Path, n: usize) -> Result<Vec<u32>, String> {
+        let mut pids = Vec::new();
+        for _ in 0..n {
+            let child = Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("spawning sh: {e}"))?;
+            let pid = child.id();
+            self.children.push(child);
+            write(&cgroup.join("cgroup.procs"), &pid.to_string())?;
+            pids.push(pid);
+        }
+        Ok(pids)
+    }
+
+    /// The path cfstrace should print for `dir`: relative to the hierarchy's mount, with a
+    /// leading '/'.
+    pub fn cgroup_path(&self, dir: &Path) -> String {
+        format!(
+            "/{}",
+            dir.strip_prefix(&self.hierarchy.mount)
+                .unwrap_or(dir)
+                .display()
+        )
+    }
+}
+
+impl Drop for CgroupTree {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+        }
+        for c in &mut self.children {
+            let _ = c.wait();
+        }
+        // Deepest first: created in parent-then-child order.
+        for dir in self.created.iter().rev() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    Err(e) if Instant::now() >= deadline => {
+                        eprintln!("cleanup: cannot remove {}: {e}", dir.display());
+                        break;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Running cfstrace
+
+/// A finished command: its status and what it printed.
+#[derive(Debug)]
+pub struct Run {
+    pub command: String,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// For assertion messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "`{}` exited {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.command,
+            self.status,
+            tail(&self.stdout, 4000),
+            tail(&self.stderr, 4000)
+        )
+    }
+}
+
+fn tail(s: &str, n: usize) -> &str {
+    if s.len() <= n {
+        return s;
+    }
+    let mut i = s.len() - n;
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    &s[i..]
+}
+
+/// Run `bin args...` with a wall-clock limit; output goes through files in `dir` so a chatty
+/// child can never block on a full pipe. Kills the child at the limit.
+pub fn run_with_timeout(
+    bin: &Path,
+    args: &[&str],
+    dir: &Path,
+    limit: Duration,
+) -> Result<Run, String> {
+    let command = format!("{} {}", bin.display(), args.join(" "));
+    let n = fs::read_dir(dir).map(|r| r.count()).unwrap_or(0);
+    let out_path = dir.join(format!("cmd{n}.stdout"));
+    let err_path = dir.join(format!("cmd{n}.stderr"));
+    let out = fs::File::create(&out_path).map_err(|e| format!("{}: {e}", out_path.display()))?;
+    let err = fs::File::create(&err_path).map_err(|e| format!("{}: {e}", err_path.display()))?;
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("starting {command}: {e}"))?;
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if start.elapsed() >= limit => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "`{command}` did not finish in {}s (killed); stderr:\n{}",
+                    limit.as_secs(),
+                    fs::read_to_string(&err_path).unwrap_or_default()
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Err(format!("waiting for {command}: {e}")),
+        }
+    };
+    Ok(Run {
+        command,
+        status,
+        stdout: fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: fs::read_to_string(&err_path).unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_v1_cpu_and_v2() {
+        let text = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+                    32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
+                    33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct\n\
+                    34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset\n\
+                    41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        let (v1, v2) = cgroup_mounts(text);
+        assert_eq!(v1, [PathBuf::from("/sys/fs/cgroup/cpu")]);
+        assert_eq!(v2, [PathBuf::from("/sys/fs/cgroup/unified")]);
+    }
+
+    #[test]
+    fn mountinfo_combined_and_optional_fields() {
+        let text = "25 20 0:22 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:9 - cgroup cgroup rw,cpu,cpuacct\n\
+                    26 20 0:23 / /sys/fs/cgroup/my\\040dir rw shared:1 master:2 - cgroup2 cgroup2 rw,nsdelegate\n";
+        let (v1, v2) = cgroup_mounts(text);
+        assert_eq!(v1, [PathBuf::from("/sys/fs/cgroup/cpu,cpuacct")]);
+        assert_eq!(v2, [PathBuf::from("/sys/fs/cgroup/my dir")]);
+    }
+}

@@ -201,8 +201,10 @@ impl PrivateApt {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        // apt-get update exits 0 on some fetch errors; "E:"/"W: ... not signed" lines tell.
-        if !out.status.success() || text.lines().any(|l| l.starts_with("E:")) {
+        // apt-get update exits 0 on some fetch errors; "E:", "Err:" and "Failed to fetch" tell.
+        let failed_line =
+            |l: &str| l.starts_with("E:") || l.starts_with("Err:") || l.contains("Failed to fetch");
+        if !out.status.success() || text.lines().any(failed_line) {
             let hint = if text.contains("NO_PUBKEY") || text.contains("not signed") {
                 format!(
                     " ({KEYRING} has no key for {}: update debian-archive-keyring)",

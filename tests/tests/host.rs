@@ -1,0 +1,248 @@
+//! End-to-end on this host: real CFS throttling of a YARN-named cgroup, the built `cfstrace`
+//! binary records it and reports the container as the culprit.
+//!
+//! Needs root (cgroups, BPF). Never skips: a missing binary or missing root is a failure.
+//! The storm (cgroups + busy loops + `cfstrace record`) runs once per test binary and is shared
+//! by the tests that need a capture, so two storms never fight for the CPUs.
+
+use std::fs;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use cfstrace_tests::{
+    APPLICATION, CONTAINER, CgroupTree, Run, cfstrace_bin, cpu_hierarchy, is_root,
+    kprobes_available, run_with_timeout,
+};
+use serde_json::Value;
+
+const PERIOD_US: u64 = 10_000;
+const QUOTA_US: u64 = 2_000;
+
+struct Storm {
+    dir: PathBuf,
+    capture: PathBuf,
+    top_name: String,
+    busy_pids: Vec<u32>,
+    record: Run,
+    report: Run,
+}
+
+fn require_root() {
+    assert!(
+        is_root(),
+        "host test needs root (it creates cgroups and loads BPF programs); run as root"
+    );
+}
+
+/// A fresh scratch dir under target/tmp.
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    dir
+}
+
+fn storm() -> &'static Storm {
+    static STORM: OnceLock<Result<Storm, String>> = OnceLock::new();
+    // Panics outside the once-init, so a missing binary is reported plainly by every test.
+    let _ = cfstrace_bin();
+    match STORM.get_or_init(run_storm) {
+        Ok(s) => s,
+        Err(e) => panic!("storm setup failed: {e}"),
+    }
+}
+
+fn run_storm() -> Result<Storm, String> {
+    let bin = cfstrace_bin();
+    let hierarchy = cpu_hierarchy().ok_or(
+        "no cgroup hierarchy with the cpu controller (neither a v1 cgroup mount with cpu nor \
+         cgroup2 with cpu in cgroup.controllers)",
+    )?;
+    let dir = scratch("cfstrace-hosttest");
+    let capture = dir.join("cap.jsonl");
+    let top_name = format!("cfstrace-hosttest-{}", std::process::id());
+
+    // The guard kills the busy loops and removes the cgroups on every way out of this function.
+    let mut tree = CgroupTree::new(hierarchy, &top_name)?;
+    let leaf = tree.add(&format!("hadoop-yarn/{CONTAINER}"), PERIOD_US, QUOTA_US)?;
+    let quiet = tree.add("quiet", 100_000, 1_000_000)?;
+    let busy_pids = tree.busy(&leaf, 3)?;
+    tree.busy(&quiet, 1)?;
+    std::thread::sleep(Duration::from_millis(200));
+
+    let cap = capture.to_str().ok_or("non-UTF-8 scratch path")?;
+    let record = run_with_timeout(
+        &bin,
+        &["record", "--duration", "6s", "-o", cap],
+        &dir,
+        Duration::from_secs(90),
+    )?;
+    // Report while the cgroups still exist (the capture should not need them, but be fair).
+    let report = run_with_timeout(
+        &bin,
+        &["report", cap, "--json"],
+        &dir,
+        Duration::from_secs(60),
+    )?;
+    drop(tree);
+    Ok(Storm {
+        dir,
+        capture,
+        top_name,
+        busy_pids,
+        record,
+        report,
+    })
+}
+
+fn report_json(run: &Run) -> Value {
+    serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("report is not JSON ({e}):\n{}", run.describe()))
+}
+
+fn at<'a>(v: &'a Value, pointer: &str) -> &'a Value {
+    v.pointer(pointer).unwrap_or(&Value::Null)
+}
+
+fn num(v: &Value, pointer: &str) -> f64 {
+    at(v, pointer)
+        .as_f64()
+        .unwrap_or_else(|| panic!("{pointer} is not a number: {}", at(v, pointer)))
+}
+
+#[test]
+fn storm_names_the_yarn_container() {
+    require_root();
+    let s = storm();
+    assert!(
+        s.record.status.success(),
+        "record failed: {}",
+        s.record.describe()
+    );
+    assert!(
+        s.report.status.success(),
+        "report failed: {}",
+        s.report.describe()
+    );
+    let r = report_json(&s.report);
+    let pretty = serde_json::to_string_pretty(&r).unwrap();
+    let ctx = format!("report:\n{pretty}");
+
+    assert_eq!(at(&r, "/schema"), "cfstrace.report/1", "{ctx}");
+    assert!(
+        num(&r, "/events/periods") > 0.0,
+        "no periods recorded; {ctx}"
+    );
+
+    let pt = at(&r, "/probes/period_timer");
+    assert_eq!(
+        at(pt, "/attached"),
+        true,
+        "period_timer probe not attached: {pt}"
+    );
+    let how = at(pt, "/how").as_str().unwrap_or("");
+    if kprobes_available() {
+        assert!(
+            ["kprobe", "fentry", "tracepoint"].contains(&how),
+            "period_timer attached as {how:?}"
+        );
+    } else {
+        // This CI host: no kprobes, fentry EPERM -> the hrtimer tracepoints.
+        assert_eq!(
+            how, "tracepoint",
+            "period_timer attached as {how:?} on a host without kprobes"
+        );
+    }
+
+    let c = at(&r, "/culprit");
+    assert!(!c.is_null(), "no culprit; {ctx}");
+    let path = at(c, "/path").as_str().unwrap_or("");
+    assert!(
+        path.ends_with(&format!("hadoop-yarn/{CONTAINER}")) && path.contains(&s.top_name),
+        "culprit is {path:?}, want .../{}/hadoop-yarn/{CONTAINER}; {ctx}",
+        s.top_name
+    );
+    assert_eq!(at(c, "/workload/kind"), "yarn", "{ctx}");
+    assert_eq!(at(c, "/workload/application"), APPLICATION, "{ctx}");
+
+    let procs = at(c, "/processes").as_array().cloned().unwrap_or_default();
+    assert!(!procs.is_empty(), "culprit.processes is empty; {ctx}");
+    for p in &procs {
+        assert_eq!(at(p, "/comm"), "sh", "culprit process {p}; {ctx}");
+        let pid = at(p, "/pid").as_u64().unwrap_or(0) as u32;
+        assert!(
+            s.busy_pids.contains(&pid),
+            "culprit process {p} is not one of the busy loops {:?}",
+            s.busy_pids
+        );
+    }
+
+    assert!(num(c, "/callback_ns/count") > 0.0, "{ctx}");
+    assert!(num(c, "/callback_ns/max") > 0.0, "{ctx}");
+    assert_eq!(num(c, "/period_us"), PERIOD_US as f64, "{ctx}");
+    assert_eq!(num(c, "/quota_us"), QUOTA_US as f64, "{ctx}");
+    let headroom = num(c, "/headroom_ns");
+    assert!(
+        headroom > 0.0 && headroom < 10e9,
+        "headroom_ns {headroom}; {ctx}"
+    );
+}
+
+#[test]
+fn report_survives_a_truncated_last_line() {
+    require_root();
+    let s = storm();
+    assert!(
+        s.record.status.success(),
+        "record failed: {}",
+        s.record.describe()
+    );
+    let data = fs::read(&s.capture).unwrap_or_else(|e| panic!("{}: {e}", s.capture.display()));
+    assert!(data.len() > 5, "capture is only {} bytes", data.len());
+    let truncated = s.dir.join("truncated.jsonl");
+    fs::write(&truncated, &data[..data.len() - 5]).unwrap();
+
+    let run = run_with_timeout(
+        &cfstrace_bin(),
+        &["report", truncated.to_str().unwrap(), "--json"],
+        &s.dir,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert!(
+        run.status.success(),
+        "a truncated last line must not be fatal: {}",
+        run.describe()
+    );
+    let r = report_json(&run);
+    assert_eq!(at(&r, "/schema"), "cfstrace.report/1");
+    let said = format!("{}\n{}", run.stdout, run.stderr).to_ascii_lowercase();
+    assert!(
+        said.contains("truncated"),
+        "no warning about the truncated line: {}",
+        run.describe()
+    );
+}
+
+#[test]
+fn report_of_a_missing_file_names_it() {
+    let dir = scratch("cfstrace-hosttest-missing");
+    let run = run_with_timeout(
+        &cfstrace_bin(),
+        &["report", "/nonexistent", "--json"],
+        &dir,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert!(
+        !run.status.success(),
+        "report of /nonexistent succeeded: {}",
+        run.describe()
+    );
+    assert!(
+        run.stderr.contains("/nonexistent") || run.stdout.contains("/nonexistent"),
+        "the error does not name the file: {}",
+        run.describe()
+    );
+}
