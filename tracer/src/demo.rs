@@ -37,11 +37,23 @@ pub fn demo(opts: &DemoOptions, stop: &AtomicBool) -> Result<report::Report> {
     let hierarchy = cgroup_fs::find_cpu_hierarchy()?;
     let facts = host::host_facts();
     let spec = storm::demo_spec(facts.ncpus);
-    let exe = std::env::current_exe().context("locating the cfstrace binary for the storm's workers")?;
+    let (stale, stale_errors) = storm::remove_stale(&hierarchy, storm::DEMO_PREFIX);
+    for p in stale {
+        eprintln!(
+            "cfstrace demo: removed a storm left by a killed demo: {}",
+            p.display()
+        );
+    }
+    for e in stale_errors {
+        eprintln!("cfstrace demo: warning: could not remove a stale storm: {e}");
+    }
+    let exe =
+        std::env::current_exe().context("locating the cfstrace binary for the storm's workers")?;
     let (path, _tmp) = match &opts.output {
         Some(p) => (p.clone(), TempCapture(None)),
         None => {
-            let p = std::env::temp_dir().join(format!("cfstrace-demo-{}.jsonl", std::process::id()));
+            let p =
+                std::env::temp_dir().join(format!("cfstrace-demo-{}.jsonl", std::process::id()));
             (p.clone(), TempCapture(Some(p)))
         }
     };

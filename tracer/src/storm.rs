@@ -91,6 +91,9 @@ const DEMO_CONTAINER_ID: &str = "9d2b6c1e4f3a5b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3
 /// worst period timer: shortest period (most callbacks) and twice as many runnable workers as
 /// CPUs under a tight quota (a throttled cfs_rq on every CPU, two tasks each, to unthrottle
 /// each period). Quotas add up to half the machine, so it stays usable.
+/// Demo storms live in `<mount>/cfstrace-demo-<pid>`.
+pub const DEMO_PREFIX: &str = "cfstrace-demo-";
+
 pub fn demo_spec(ncpus: u32) -> StormSpec {
     let n = u64::from(ncpus.max(1));
     let workers = ncpus.max(1) as usize;
@@ -98,7 +101,7 @@ pub fn demo_spec(ncpus: u32) -> StormSpec {
     let quota =
         |period_us: u64, share_percent: u64| (n * period_us * share_percent / 100).max(1000);
     StormSpec {
-        tag: format!("cfstrace-demo-{}", std::process::id()),
+        tag: format!("{DEMO_PREFIX}{}", std::process::id()),
         cgroups: vec![
             StormCgroup {
                 rel_path: format!("hadoop-yarn/{INCIDENT_CONTAINER}"),
@@ -475,6 +478,47 @@ impl Drop for Storm {
     }
 }
 
+/// Remove storms left by a `cfstrace demo` that was killed outright (SIGKILL skips every
+/// cleanup): top-level `<prefix><pid>` directories whose pid no longer runs. Returns what was
+/// removed; directories still holding processes are left alone and reported as errors.
+pub fn remove_stale(hierarchy: &CpuHierarchy, prefix: &str) -> (Vec<PathBuf>, Vec<StormError>) {
+    let mut removed = Vec::new();
+    let mut errors = Vec::new();
+    let Ok(entries) = fs::read_dir(&hierarchy.mount) else {
+        return (removed, errors);
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(prefix)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue; // its owner is alive: not ours to touch
+        }
+        match remove_tree(&e.path()) {
+            Ok(()) => removed.push(e.path()),
+            Err(err) => errors.push(err),
+        }
+    }
+    (removed, errors)
+}
+
+/// Post-order rmdir of a cgroup tree (cgroup directories only hold kernel files, which go
+/// with their directory).
+fn remove_tree(dir: &Path) -> Result<(), StormError> {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path())?;
+            }
+        }
+    }
+    rmdir_retry(dir)
+}
+
 /// rmdir, retried for about a second: a cgroup whose tasks are still exiting is briefly busy.
 fn rmdir_retry(dir: &Path) -> Result<(), StormError> {
     let mut tries = 0;
@@ -795,5 +839,24 @@ mod tests {
         for pid in pids {
             assert!(!Path::new(&format!("/proc/{pid}")).exists());
         }
+    }
+
+    #[test]
+    fn stale_storms_of_dead_owners_are_removed() {
+        let h = hierarchy();
+        // pid 0x7fff_fff0 cannot be running (above pid_max's ceiling).
+        let dir = PathBuf::from(&h.mount).join("cfstrace-unit-stale-2147483632");
+        fs::create_dir_all(dir.join("a/b")).unwrap();
+        let (removed, errors) = remove_stale(&h, "cfstrace-unit-stale-");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(removed, vec![dir.clone()]);
+        assert!(!dir.exists());
+        // A live owner's storm is kept.
+        let live =
+            PathBuf::from(&h.mount).join(format!("cfstrace-unit-stale-{}", std::process::id()));
+        fs::create_dir_all(&live).unwrap();
+        let (removed, _) = remove_stale(&h, "cfstrace-unit-stale-");
+        assert!(removed.is_empty());
+        fs::remove_dir(&live).unwrap();
     }
 }
