@@ -17,8 +17,9 @@ Examples:
   See it work on this machine (makes throttled cgroups, traces them, cleans up):
     sudo cfstrace demo
 
-Exit status: 0 success; 1 error (message on stderr); 2 bad usage.
-`record -- CMD` exits with CMD's status when CMD ran to completion.";
+Exit status: 0 success; 1 error (message on stderr); 2 bad usage; 3 headroom below
+--fail-under. `record -- CMD` exits with CMD's status when CMD ran to completion (unless the
+--fail-under gate fails, which wins).";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -57,6 +58,9 @@ pub enum Commands {
         output: PathBuf,
         #[command(flatten)]
         trace: TraceArgs,
+        /// Exit with status 3 if the watchdog's headroom fell below PCT % of watchdog_thresh.
+        #[arg(long, value_name = "PCT", value_parser = crate::gate::parse_pct)]
+        fail_under: Option<f64>,
         /// Command to run while recording; recording stops when it exits.
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
@@ -68,6 +72,9 @@ pub enum Commands {
         /// Print the cfstrace.report/1 JSON document instead of the table.
         #[arg(long)]
         json: bool,
+        /// Exit with status 3 if the watchdog's headroom fell below PCT % of watchdog_thresh.
+        #[arg(long, value_name = "PCT", value_parser = crate::gate::parse_pct)]
+        fail_under: Option<f64>,
     },
     /// Trace live and print the figures every interval until Ctrl-C.
     Watch {

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod demo;
 pub mod doctor;
 pub mod events;
+pub mod gate;
 pub mod host;
 pub mod kallsyms;
 pub mod leak_check;

@@ -6,12 +6,30 @@ use clap::Parser as _;
 
 use cfstrace::cli::{Cli, Commands, TraceArgs};
 use cfstrace::probes::TracerOptions;
-use cfstrace::{demo, doctor, record, report, storm, watch};
+use cfstrace::{demo, doctor, gate, record, report, storm, watch};
 
 fn tracer_options(t: &TraceArgs) -> TracerOptions {
     TracerOptions {
         backend: t.backend,
         btf: t.btf.clone(),
+    }
+}
+
+/// Say the gate's verdict on stderr; false when it fails.
+fn gate_passes(rep: &report::Report, pct: f64) -> bool {
+    match gate::judge(rep, pct) {
+        gate::Verdict::Pass { headroom_pct } => {
+            eprintln!("cfstrace: headroom {headroom_pct:.2}% of watchdog_thresh >= {pct}%: pass");
+            true
+        }
+        gate::Verdict::Fail { headroom_pct } => {
+            eprintln!("cfstrace: headroom {headroom_pct:.2}% of watchdog_thresh < {pct}%: FAIL");
+            false
+        }
+        gate::Verdict::Unknown { why } => {
+            eprintln!("cfstrace: headroom gate not judged: {why}");
+            true
+        }
     }
 }
 
@@ -21,6 +39,7 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<ExitCode> {
             duration,
             output,
             trace,
+            fail_under,
             command,
         } => {
             let opts = record::RecordOptions {
@@ -40,6 +59,12 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<ExitCode> {
                 out.lost,
                 out.reason.replace('_', " ")
             );
+            if let Some(pct) = fail_under {
+                let rep = report::report_from_capture(&output)?;
+                if !gate_passes(&rep, pct) {
+                    return Ok(ExitCode::from(gate::EXIT_HEADROOM));
+                }
+            }
             if let Some(status) = out.command_status {
                 // Like a shell: the command's code, or 128 + the signal that killed it.
                 let code = status.code().unwrap_or_else(|| {
@@ -49,7 +74,11 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Commands::Report { file, json } => {
+        Commands::Report {
+            file,
+            json,
+            fail_under,
+        } => {
             let rep = report::report_from_capture(&file)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rep)?);
@@ -57,6 +86,11 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<ExitCode> {
                 let color = std::io::IsTerminal::is_terminal(&std::io::stdout())
                     && std::env::var_os("NO_COLOR").is_none();
                 print!("{}", report::render_text(&rep, color));
+            }
+            if let Some(pct) = fail_under
+                && !gate_passes(&rep, pct)
+            {
+                return Ok(ExitCode::from(gate::EXIT_HEADROOM));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -1,0 +1,105 @@
+//! `--fail-under PCT`: turn "the watchdog's headroom fell below PCT % of its threshold" into an
+//! exit status, so a capture can gate a reproduction run or a kernel rollout.
+use crate::report::Report;
+
+/// Exit status when the headroom gate fails (1 is an error, 2 bad usage).
+pub const EXIT_HEADROOM: u8 = 3;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Headroom at or above the gate.
+    Pass { headroom_pct: f64 },
+    /// Below the gate: the status says by how much.
+    Fail { headroom_pct: f64 },
+    /// The gate cannot be judged (threshold unknown, or no callback seen). Not a failure: no
+    /// period-timer work means no pressure on the watchdog.
+    Unknown { why: String },
+}
+
+/// Judge the node's headroom (worst IRQs-off span against `watchdog_thresh`).
+pub fn judge(report: &Report, fail_under_pct: f64) -> Verdict {
+    let Some(thresh_s) = report.watchdog.thresh_s.filter(|t| *t > 0) else {
+        return Verdict::Unknown {
+            why: "watchdog_thresh unknown or 0 (watchdog off)".into(),
+        };
+    };
+    let Some(headroom) = report.headroom_ns else {
+        return Verdict::Unknown {
+            why: "no period-timer callback was seen".into(),
+        };
+    };
+    let pct = headroom as f64 * 100.0 / (thresh_s as f64 * 1e9);
+    if pct < fail_under_pct {
+        Verdict::Fail { headroom_pct: pct }
+    } else {
+        Verdict::Pass { headroom_pct: pct }
+    }
+}
+
+pub fn parse_pct(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("`{s}` is not a percentage (e.g. 10 or 10%)"))?;
+    if !(0.0..=100.0).contains(&v) {
+        return Err(format!("{v} is not between 0 and 100"));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(thresh: Option<u64>, headroom_ns: Option<i64>) -> Report {
+        use crate::capture::{CAPTURE_SCHEMA, CaptureHeader};
+        use crate::host::{HostFacts, WatchdogFacts};
+        let header = CaptureHeader {
+            schema: CAPTURE_SCHEMA.into(),
+            tool_version: "t".into(),
+            host: HostFacts {
+                hostname: "h".into(),
+                kernel: "k".into(),
+                ncpus: 2,
+                watchdog: WatchdogFacts {
+                    thresh_s: thresh,
+                    enabled: true,
+                    nmi_watchdog: None,
+                    hardlockup_panic: None,
+                },
+            },
+            backend_requested: "auto".into(),
+            backend: "tracepoint".into(),
+            probes: Default::default(),
+            cpu_hierarchy: None,
+            started_unix_ns: 0,
+            started_mono_ns: 0,
+            command: None,
+        };
+        let agg = crate::aggregate::Aggregator::new();
+        let mut r = crate::report::build_report(&header, &agg, 1, Vec::new());
+        r.headroom_ns = headroom_ns;
+        r
+    }
+
+    #[test]
+    fn verdicts() {
+        assert!(matches!(
+            judge(&report(Some(10), Some(500_000_000)), 10.0),
+            Verdict::Fail { headroom_pct } if (headroom_pct - 5.0).abs() < 1e-9
+        ));
+        assert!(matches!(
+            judge(&report(Some(10), Some(9_000_000_000)), 10.0),
+            Verdict::Pass { .. }
+        ));
+        assert!(matches!(
+            judge(&report(Some(10), Some(-1)), 0.0),
+            Verdict::Fail { .. }
+        ));
+        assert!(matches!(judge(&report(None, Some(1)), 10.0), Verdict::Unknown { .. }));
+        assert!(matches!(judge(&report(Some(10), None), 10.0), Verdict::Unknown { .. }));
+        assert_eq!(parse_pct("10%"), Ok(10.0));
+        assert!(parse_pct("120").is_err());
+        assert!(parse_pct("x").is_err());
+    }
+}
