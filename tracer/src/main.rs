@@ -19,11 +19,11 @@ fn tracer_options(t: &TraceArgs) -> TracerOptions {
 fn gate_passes(rep: &report::Report, pct: f64) -> bool {
     match gate::judge(rep, pct) {
         gate::Verdict::Pass { headroom_pct } => {
-            eprintln!("cfstrace: headroom {headroom_pct:.2}% of watchdog_thresh >= {pct}%: pass");
+            eprintln!("cfstrace: headroom {headroom_pct:.4}% of watchdog_thresh >= {pct}%: pass");
             true
         }
         gate::Verdict::Fail { headroom_pct } => {
-            eprintln!("cfstrace: headroom {headroom_pct:.2}% of watchdog_thresh < {pct}%: FAIL");
+            eprintln!("cfstrace: headroom {headroom_pct:.4}% of watchdog_thresh < {pct}%: FAIL");
             false
         }
         gate::Verdict::Unknown { why } => {
