@@ -13,6 +13,7 @@ pub mod events;
 pub mod gate;
 pub mod host;
 pub mod kallsyms;
+pub mod kmsg;
 pub mod leak_check;
 pub mod privileges;
 pub mod probes;
