@@ -2,10 +2,19 @@
 //! layout is identical in the BPF object and in the `cfstrace` binary.
 #![no_std]
 
+/// `kind` of a [`PeriodEvent`]: every ring-buffer record starts with a `u32` kind so the
+/// reader can tell the record types apart without trusting sizes alone.
+pub const EVENT_PERIOD: u32 = 1;
+/// `kind` of an [`AsyncEvent`].
+pub const EVENT_ASYNC_UNTHROTTLE: u32 = 2;
+
 /// One `sched_cfs_period_timer` callback, emitted when its frame closes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeriodEvent {
+    /// `EVENT_PERIOD`.
+    pub kind: u32,
+    pub cpu: u32,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the callback started.
     pub start_ns: u64,
     /// IRQs-off time of the callback: entry to return.
@@ -18,7 +27,6 @@ pub struct PeriodEvent {
     pub period_ns: u64,
     /// `cfs_bandwidth.quota`; `u64::MAX` is RUNTIME_INF (no quota).
     pub quota_ns: u64,
-    pub cpu: u32,
     /// `distribute_cfs_runtime` passes inside this callback.
     pub loops: u32,
     /// `unthrottle_cfs_rq` calls inside this callback.
@@ -29,6 +37,48 @@ pub struct PeriodEvent {
     pub runnable: u32,
     /// `HOW_*` bits: how the frame was opened and which figures were counted.
     pub flags: u32,
+    pub _pad: u32,
+}
+
+/// One cgroup's share of an async-unthrottle CSD (`__cfsb_csd_unthrottle`, 6.3+): the work a
+/// period timer on another CPU queued here instead of doing it with its own IRQs off.
+///
+/// With a probe on `unthrottle_cfs_rq` a CSD is cut into segments, one per `unthrottle_cfs_rq`
+/// call: the first runs from CSD entry (so the rq lock and clock update are charged to it and
+/// the segments of one CSD add up to the whole CSD), each later one from its own
+/// `unthrottle_cfs_rq` to the next call or the CSD's return. Without that probe
+/// (`ASYNC_LISTED`), `rq->cfsb_csd_list` is walked at CSD entry and each still-throttled
+/// cfs_rq on it gets one event whose `duration_ns` and `runnable` are the whole CSD's, shared
+/// with the other events of the CSD (`ASYNC_SHARED`). A CSD that unthrottles nothing emits
+/// one `ASYNC_EMPTY` event with `cgroup_id` 0. The last event of each CSD has `ASYNC_LAST` and
+/// the whole CSD's time in `csd_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AsyncEvent {
+    /// `EVENT_ASYNC_UNTHROTTLE`.
+    pub kind: u32,
+    pub cpu: u32,
+    /// Start of this segment (listed mode: of the CSD).
+    pub start_ns: u64,
+    /// This segment's time (listed mode: the whole CSD's, shared).
+    pub duration_ns: u64,
+    /// kernfs id of `cfs_rq->tg`'s cgroup, as for the period timer; 0 if unresolved or empty.
+    pub cgroup_id: u64,
+    /// When the CSD started: the segments of one CSD share it.
+    pub csd_start_ns: u64,
+    /// The whole CSD (entry to return), on its `ASYNC_LAST` event; 0 on the others.
+    pub csd_ns: u64,
+    /// cfs_rqs unthrottled in this segment (listed mode: 1, the cfs_rq was throttled at entry).
+    pub unthrottled: u32,
+    /// Entities enqueued in this segment (`enqueue_entity` / `enqueue_task_fair` probes).
+    pub enqueued: u32,
+    /// Tasks made runnable in this segment (listed mode: in the whole CSD, shared).
+    pub runnable: u32,
+    /// `HOW_*` and `ASYNC_*` bits.
+    pub flags: u32,
+    /// Index of this event within its CSD (0-based).
+    pub segment: u32,
+    pub _pad: u32,
 }
 
 /// The frame was opened/closed by a kprobe/kretprobe pair.
@@ -53,6 +103,21 @@ pub const HOW_CGROUP: u32 = 1 << 8;
 pub const HOW_PERIOD: u32 = 1 << 9;
 /// The frame was already open when a new callback started: the previous close was missed.
 pub const HOW_REOPENED: u32 = 1 << 10;
+/// Async event: the cgroup was read from `rq->cfsb_csd_list` at CSD entry, not from a probe
+/// on `unthrottle_cfs_rq` (which this kernel or backend cannot probe).
+pub const ASYNC_LISTED: u32 = 1 << 11;
+/// Async event: `duration_ns` and `runnable` are the whole CSD's, shared with the CSD's other
+/// events (listed mode cannot split them).
+pub const ASYNC_SHARED: u32 = 1 << 12;
+/// Async event: the last of its CSD; `csd_ns` holds the whole CSD's time.
+pub const ASYNC_LAST: u32 = 1 << 13;
+/// Async event: the CSD unthrottled nothing (no cfs_rq was still throttled).
+pub const ASYNC_EMPTY: u32 = 1 << 14;
+/// Async event: the list walk stopped at `MAX_LISTED` entries; the CSD had more.
+pub const ASYNC_TRUNCATED: u32 = 1 << 15;
+
+/// Most `rq->cfsb_csd_list` entries walked at CSD entry (a bounded loop for the verifier).
+pub const MAX_LISTED: u32 = 32;
 
 /// Offsets into kernel structures, read by userspace from the running kernel's BTF and
 /// written into the object's `.rodata` before load. `OFFSET_UNAVAILABLE` marks a missing field.
@@ -80,6 +145,18 @@ pub struct KernelLayout {
     /// Mask applied to the 64-bit id read: all ones for a plain u64, the low 32 bits for the
     /// pre-5.5 `union kernfs_node_id` whose `ino` is the low half.
     pub kn_id_mask: u64,
+    /// Address of `__cfsb_csd_unthrottle` (csd tracepoint filter); 0 if unknown.
+    pub csd_unthrottle_fn: u64,
+    /// offsetof(struct rq, cfsb_csd): the csd tracepoints give `&rq->cfsb_csd`.
+    pub rq_cfsb_csd: u64,
+    /// offsetof(struct rq, cfsb_csd_list)
+    pub rq_cfsb_csd_list: u64,
+    /// offsetof(struct cfs_rq, throttled_csd_list)
+    pub cfs_rq_throttled_csd_list: u64,
+    /// offsetof(struct cfs_rq, tg)
+    pub cfs_rq_tg: u64,
+    /// offsetof(struct cfs_rq, throttled) (an int)
+    pub cfs_rq_throttled: u64,
 }
 
 pub const OFFSET_UNAVAILABLE: u64 = u64::MAX;
@@ -96,6 +173,12 @@ impl KernelLayout {
         cgroup_kn: OFFSET_UNAVAILABLE,
         kn_id: OFFSET_UNAVAILABLE,
         kn_id_mask: u64::MAX,
+        csd_unthrottle_fn: 0,
+        rq_cfsb_csd: OFFSET_UNAVAILABLE,
+        rq_cfsb_csd_list: OFFSET_UNAVAILABLE,
+        cfs_rq_throttled_csd_list: OFFSET_UNAVAILABLE,
+        cfs_rq_tg: OFFSET_UNAVAILABLE,
+        cfs_rq_throttled: OFFSET_UNAVAILABLE,
     };
 }
 
@@ -107,11 +190,19 @@ pub const LOSS_UNMATCHED_EXIT: u32 = 1;
 pub const LOSS_MISSED_EXIT: u32 = 2;
 /// A kernel read on the timer -> cgroup chain failed.
 pub const LOSS_CGROUP_READ: u32 = 3;
-pub const LOSS_SLOTS: u32 = 4;
+/// An async-unthrottle CSD close without an open.
+pub const LOSS_CSD_UNMATCHED_EXIT: u32 = 4;
+/// An async-unthrottle CSD open while one was open (its close was missed; its events are lost).
+pub const LOSS_CSD_MISSED_EXIT: u32 = 5;
+pub const LOSS_SLOTS: u32 = 6;
 
 /// Index in the `ATTACHED` array map: userspace writes the `HOW_*` bits of the probes it
 /// attached, so every event says how its figures were obtained.
 pub const ATTACHED_SLOT: u32 = 0;
+/// In `ATTACHED`: written by userspace once every program is attached. Frames open only
+/// after it, so no frame starts before its exit probe is live or before the `HOW_*` bits are
+/// final, and an exit seen before it is no loss. Never copied into event flags.
+pub const ATTACHED_ARMED: u32 = 1 << 31;
 
 pub const RINGBUF_BYTES: u32 = 1 << 22;
 
@@ -119,6 +210,7 @@ pub const RINGBUF_BYTES: u32 = 1 << 22;
 mod user {
     // SAFETY: repr(C), only integers, no implicit padding (checked by the size tests).
     unsafe impl aya::Pod for super::PeriodEvent {}
+    unsafe impl aya::Pod for super::AsyncEvent {}
     unsafe impl aya::Pod for super::KernelLayout {}
 }
 
@@ -129,7 +221,11 @@ mod tests {
 
     #[test]
     fn no_implicit_padding() {
-        assert_eq!(size_of::<PeriodEvent>(), 6 * 8 + 6 * 4);
-        assert_eq!(size_of::<KernelLayout>(), 10 * 8);
+        assert_eq!(size_of::<PeriodEvent>(), 8 + 6 * 8 + 6 * 4);
+        assert_eq!(size_of::<AsyncEvent>(), 8 + 5 * 8 + 6 * 4);
+        assert_eq!(size_of::<KernelLayout>(), 16 * 8);
+        // The reader dispatches on the leading kind.
+        assert_eq!(core::mem::offset_of!(PeriodEvent, kind), 0);
+        assert_eq!(core::mem::offset_of!(AsyncEvent, kind), 0);
     }
 }

@@ -1,10 +1,11 @@
-//! Kernel side of cfstrace: a per-CPU frame around each `sched_cfs_period_timer` callback.
+//! Kernel side of cfstrace: per-CPU frames around each `sched_cfs_period_timer` callback and
+//! around each async-unthrottle CSD (`__cfsb_csd_unthrottle`, 6.3+).
 //!
-//! The frame is opened by one of three attach styles (kprobe, fentry, or the hrtimer
-//! tracepoints filtered on the callback's address) and closed when the callback returns.
-//! The counting probes (`distribute_cfs_runtime`, `unthrottle_cfs_rq`, `enqueue_*`,
-//! `sched_update_nr_running_tp`) sit on hot paths, so they do one per-CPU array lookup and
-//! return at once unless the frame is open.
+//! Each frame is opened by one of three attach styles (kprobe, fentry, or tracepoints filtered
+//! on the function's address) and closed when the function returns. The counting probes
+//! (`distribute_cfs_runtime`, `unthrottle_cfs_rq`, `enqueue_*`, `sched_update_nr_running_tp`)
+//! sit on hot paths, so they do one per-CPU array lookup and return at once unless a frame is
+//! open.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -22,31 +23,80 @@ mod programs {
         },
     };
     use tracer_ebpf::{
-        ATTACHED_SLOT, HOW_CGROUP, HOW_FRAME_FENTRY, HOW_FRAME_KPROBE, HOW_FRAME_TRACEPOINT,
-        HOW_PERIOD, HOW_REOPENED, KernelLayout, LOSS_CGROUP_READ, LOSS_MISSED_EXIT,
-        LOSS_RINGBUF_FULL, LOSS_SLOTS, LOSS_UNMATCHED_EXIT, OFFSET_UNAVAILABLE, PeriodEvent,
-        RINGBUF_BYTES,
+        ASYNC_EMPTY, ASYNC_LAST, ASYNC_LISTED, ASYNC_SHARED, ASYNC_TRUNCATED, ATTACHED_ARMED,
+        ATTACHED_SLOT, AsyncEvent, EVENT_ASYNC_UNTHROTTLE, EVENT_PERIOD, HOW_CGROUP,
+        HOW_FRAME_FENTRY, HOW_FRAME_KPROBE, HOW_FRAME_TRACEPOINT, HOW_PERIOD, HOW_REOPENED,
+        HOW_UNTHROTTLE, KernelLayout, LOSS_CGROUP_READ, LOSS_CSD_MISSED_EXIT,
+        LOSS_CSD_UNMATCHED_EXIT, LOSS_MISSED_EXIT, LOSS_RINGBUF_FULL, LOSS_SLOTS,
+        LOSS_UNMATCHED_EXIT, MAX_LISTED, OFFSET_UNAVAILABLE, PeriodEvent, RINGBUF_BYTES,
     };
 
     /// Written by userspace before load (from the running kernel's BTF and kallsyms).
     #[unsafe(no_mangle)]
     static LAYOUT: KernelLayout = KernelLayout::UNAVAILABLE;
 
-    /// The open frame of this CPU. `active == 0` means no callback is running.
+    /// `Frames::open` bits.
+    const OPEN_PERIOD: u32 = 1 << 0;
+    const OPEN_CSD: u32 = 1 << 1;
+
+    /// The open period-timer callback of this CPU.
     #[repr(C)]
-    pub struct Frame {
+    pub struct PeriodFrame {
         start_ns: u64,
         timer: u64,
         loops: u32,
         unthrottled: u32,
         enqueued: u32,
         runnable: u32,
-        active: u32,
         how: u32,
+        _pad: u32,
+    }
+
+    /// The open async-unthrottle CSD of this CPU and its current segment.
+    #[repr(C)]
+    pub struct CsdFrame {
+        start_ns: u64,
+        /// What the exit must match: `&rq->cfsb_csd` for the tracepoints (0 otherwise).
+        csd: u64,
+        seg_start_ns: u64,
+        seg_cgroup: u64,
+        seg_unthrottled: u32,
+        seg_enqueued: u32,
+        seg_runnable: u32,
+        /// Events emitted so far for this CSD.
+        segment: u32,
+        how: u32,
+        /// HOW_CGROUP if the current segment's cgroup was read.
+        seg_flags: u32,
+        /// A probed `unthrottle_cfs_rq` has started a segment (probe mode).
+        seg_open: u32,
+        /// `__cfsb_csd_unthrottle` calls made inside the period timer (the timer's own work,
+        /// counted there) that have not returned yet.
+        nested: u32,
+        /// Listed mode: entries walked at entry, and the index of the last still-throttled
+        /// one (`NONE_LISTED` if none).
+        listed_n: u32,
+        listed_last: u32,
+        /// Listed mode: the cfs_rqs on the list at entry, by position; 0 for those no longer
+        /// throttled (the CSD skips them too).
+        listed: [u64; MAX_LISTED as usize],
+    }
+
+    const NONE_LISTED: u32 = u32::MAX;
+
+    /// Both frames in one per-CPU value, so a hot-path probe needs a single lookup and a
+    /// single load of `open` to know it has nothing to do. Hard IRQs do not nest and both
+    /// functions run with IRQs off, so at most one frame is open at a time on a CPU.
+    #[repr(C)]
+    pub struct Frames {
+        open: u32,
+        _pad: u32,
+        period: PeriodFrame,
+        csd: CsdFrame,
     }
 
     #[map]
-    static FRAME: PerCpuArray<Frame> = PerCpuArray::with_max_entries(1, 0);
+    static FRAME: PerCpuArray<Frames> = PerCpuArray::with_max_entries(1, 0);
 
     #[map]
     static EVENTS: RingBuf = RingBuf::with_byte_size(RINGBUF_BYTES, 0);
@@ -70,33 +120,33 @@ mod programs {
         }
     }
 
-    /// The frame if a period-timer callback is running on this CPU.
+    /// `ATTACHED` as written by userspace, `ATTACHED_ARMED` included.
     #[inline(always)]
-    fn open_frame() -> Option<&'static mut Frame> {
-        let f = unsafe { &mut *FRAME.get_ptr_mut(0)? };
-        if f.active == 0 { None } else { Some(f) }
+    fn attached_word() -> u32 {
+        ATTACHED.get(ATTACHED_SLOT).copied().unwrap_or(0)
+    }
+
+    /// The `HOW_*` bits of the attached counting probes, for event flags.
+    #[inline(always)]
+    fn attached_bits() -> u32 {
+        attached_word() & !ATTACHED_ARMED
     }
 
     #[inline(always)]
-    fn frame_open(timer: u64, how: u32) {
-        let Some(p) = FRAME.get_ptr_mut(0) else {
-            return;
-        };
-        let f = unsafe { &mut *p };
-        let mut how = how;
-        if f.active != 0 {
-            count_loss(LOSS_MISSED_EXIT);
-            how |= HOW_REOPENED;
-        }
-        f.timer = timer;
-        f.loops = 0;
-        f.unthrottled = 0;
-        f.enqueued = 0;
-        f.runnable = 0;
-        f.how = how;
-        f.active = 1;
-        // Last, so the probe's own bookkeeping stays out of the measured span.
-        f.start_ns = unsafe { bpf_ktime_get_ns() };
+    fn armed() -> bool {
+        attached_word() & ATTACHED_ARMED != 0
+    }
+
+    #[inline(always)]
+    fn frames() -> Option<&'static mut Frames> {
+        Some(unsafe { &mut *FRAME.get_ptr_mut(0)? })
+    }
+
+    /// The frames if a period-timer callback or an async-unthrottle CSD is running here.
+    #[inline(always)]
+    fn open_frames() -> Option<&'static mut Frames> {
+        let f = frames()?;
+        if f.open == 0 { None } else { Some(f) }
     }
 
     #[inline(always)]
@@ -104,17 +154,21 @@ mod programs {
         unsafe { bpf_probe_read_kernel(addr as *const u64).ok() }
     }
 
-    /// hrtimer -> cfs_bandwidth -> task_group -> css.cgroup -> kn -> id.
     #[inline(always)]
-    fn cgroup_of(cfs_b: u64, l: &KernelLayout) -> Option<u64> {
-        if l.tg_cfs_bandwidth == OFFSET_UNAVAILABLE
-            || l.tg_css_cgroup == OFFSET_UNAVAILABLE
+    fn read_u32(addr: u64) -> Option<u32> {
+        unsafe { bpf_probe_read_kernel(addr as *const u32).ok() }
+    }
+
+    /// task_group -> css.cgroup -> kn -> id: the cgroup both frames attribute work to.
+    #[inline(always)]
+    fn cgroup_of_tg(tg: u64, l: &KernelLayout) -> Option<u64> {
+        if l.tg_css_cgroup == OFFSET_UNAVAILABLE
             || l.cgroup_kn == OFFSET_UNAVAILABLE
             || l.kn_id == OFFSET_UNAVAILABLE
+            || tg == 0
         {
             return None;
         }
-        let tg = cfs_b.wrapping_sub(l.tg_cfs_bandwidth);
         let cgrp = read_u64(tg.wrapping_add(l.tg_css_cgroup))?;
         if cgrp == 0 {
             return None;
@@ -126,35 +180,81 @@ mod programs {
         Some(read_u64(kn.wrapping_add(l.kn_id))? & l.kn_id_mask)
     }
 
+    /// cfs_bandwidth -> container_of task_group -> cgroup id.
     #[inline(always)]
-    fn frame_close(timer_check: Option<u64>) {
-        let end = unsafe { bpf_ktime_get_ns() };
-        let Some(p) = FRAME.get_ptr_mut(0) else {
-            return;
-        };
-        let f = unsafe { &mut *p };
-        if f.active == 0 {
-            count_loss(LOSS_UNMATCHED_EXIT);
+    fn cgroup_of_cfs_b(cfs_b: u64, l: &KernelLayout) -> Option<u64> {
+        if l.tg_cfs_bandwidth == OFFSET_UNAVAILABLE {
+            return None;
+        }
+        cgroup_of_tg(cfs_b.wrapping_sub(l.tg_cfs_bandwidth), l)
+    }
+
+    /// cfs_rq -> tg -> cgroup id.
+    #[inline(always)]
+    fn cgroup_of_cfs_rq(cfs_rq: u64, l: &KernelLayout) -> Option<u64> {
+        if l.cfs_rq_tg == OFFSET_UNAVAILABLE || cfs_rq == 0 {
+            return None;
+        }
+        cgroup_of_tg(read_u64(cfs_rq.wrapping_add(l.cfs_rq_tg))?, l)
+    }
+
+    // ---- period-timer frame ----
+
+    #[inline(always)]
+    fn period_open(timer: u64, how: u32) {
+        if !armed() {
             return;
         }
+        let Some(fs) = frames() else {
+            return;
+        };
+        let mut how = how;
+        if fs.open & OPEN_PERIOD != 0 {
+            count_loss(LOSS_MISSED_EXIT);
+            how |= HOW_REOPENED;
+        }
+        let f = &mut fs.period;
+        f.timer = timer;
+        f.loops = 0;
+        f.unthrottled = 0;
+        f.enqueued = 0;
+        f.runnable = 0;
+        f.how = how;
+        fs.open |= OPEN_PERIOD;
+        // Last, so the probe's own bookkeeping stays out of the measured span.
+        f.start_ns = unsafe { bpf_ktime_get_ns() };
+    }
+
+    #[inline(always)]
+    fn period_close(timer_check: Option<u64>) {
+        let end = unsafe { bpf_ktime_get_ns() };
+        let Some(fs) = frames() else {
+            return;
+        };
+        if fs.open & OPEN_PERIOD == 0 {
+            // Before arming, frames do not open: an exit then is expected, not a loss.
+            if armed() {
+                count_loss(LOSS_UNMATCHED_EXIT);
+            }
+            return;
+        }
+        let f = &mut fs.period;
         if let Some(t) = timer_check {
             // Tracepoint exit fires for every hrtimer: only ours closes the frame.
             if t != f.timer {
                 return;
             }
         }
-        f.active = 0;
+        fs.open &= !OPEN_PERIOD;
+        fs.csd.nested = 0;
         let l = layout();
-        let mut flags = f.how;
-        if let Some(a) = ATTACHED.get(ATTACHED_SLOT) {
-            flags |= *a;
-        }
+        let mut flags = f.how | attached_bits();
         let mut cgroup_id = 0;
         let mut period_ns = 0;
         let mut quota_ns = 0;
         if l.cfsb_period_timer != OFFSET_UNAVAILABLE {
             let cfs_b = f.timer.wrapping_sub(l.cfsb_period_timer);
-            match cgroup_of(cfs_b, l) {
+            match cgroup_of_cfs_b(cfs_b, l) {
                 Some(id) => {
                     cgroup_id = id;
                     flags |= HOW_CGROUP;
@@ -175,18 +275,20 @@ mod programs {
         match EVENTS.reserve::<PeriodEvent>(0) {
             Some(mut slot) => {
                 slot.write(PeriodEvent {
+                    kind: EVENT_PERIOD,
+                    cpu: unsafe { bpf_get_smp_processor_id() },
                     start_ns: f.start_ns,
                     duration_ns: end.wrapping_sub(f.start_ns),
                     cgroup_id,
                     timer: f.timer,
                     period_ns,
                     quota_ns,
-                    cpu: unsafe { bpf_get_smp_processor_id() },
                     loops: f.loops,
                     unthrottled: f.unthrottled,
                     enqueued: f.enqueued,
                     runnable: f.runnable,
                     flags,
+                    _pad: 0,
                 });
                 slot.submit(0);
             }
@@ -194,37 +296,302 @@ mod programs {
         }
     }
 
-    // ---- frame: kprobe / kretprobe ----
+    // ---- async-unthrottle CSD frame ----
+
+    #[inline(always)]
+    fn emit_async(e: AsyncEvent) {
+        match EVENTS.reserve::<AsyncEvent>(0) {
+            Some(mut slot) => {
+                slot.write(e);
+                slot.submit(0);
+            }
+            None => count_loss(LOSS_RINGBUF_FULL),
+        }
+    }
+
+    /// Listed mode: remember the cfs_rqs on `rq->cfsb_csd_list` that are still throttled
+    /// (the CSD unthrottles exactly those). The list is empty by the time the CSD returns, so
+    /// this must happen at entry; their cgroups are read at close. Kept lean for the verifier:
+    /// the loop counter is the only index, nothing else carried across iterations is used as
+    /// one. Returns ASYNC_TRUNCATED / HOW_CGROUP bits, or None if the list cannot be read.
+    #[inline(always)]
+    fn csd_walk_list(c: &mut CsdFrame, rq: u64, l: &KernelLayout) -> Option<u32> {
+        if rq == 0
+            || l.rq_cfsb_csd_list == OFFSET_UNAVAILABLE
+            || l.cfs_rq_throttled_csd_list == OFFSET_UNAVAILABLE
+        {
+            return None;
+        }
+        let head = rq.wrapping_add(l.rq_cfsb_csd_list);
+        let mut node = read_u64(head)?;
+        let mut walked: u32 = 0;
+        let mut last: u32 = NONE_LISTED;
+        for i in 0..MAX_LISTED {
+            if node == head || node == 0 {
+                break;
+            }
+            let cfs_rq = node.wrapping_sub(l.cfs_rq_throttled_csd_list);
+            // cfs_rq_throttled(): entries already unthrottled by someone else are skipped by
+            // the CSD too. Without the offset (or the read), count the entry.
+            let throttled = l.cfs_rq_throttled == OFFSET_UNAVAILABLE
+                || read_u32(cfs_rq.wrapping_add(l.cfs_rq_throttled)).unwrap_or(1) != 0;
+            if let Some(slot) = c.listed.get_mut(i as usize) {
+                *slot = if throttled { cfs_rq } else { 0 };
+            }
+            if throttled {
+                last = i;
+            }
+            walked = i + 1;
+            node = read_u64(node).unwrap_or(0);
+        }
+        c.listed_n = walked;
+        c.listed_last = last;
+        let mut flags = HOW_CGROUP;
+        if node == 0 {
+            // A failed read cut the walk: what followed is unknown.
+            flags = 0;
+        } else if node != head {
+            flags |= ASYNC_TRUNCATED;
+        }
+        Some(flags)
+    }
+
+    /// `rq`: the CSD's argument (kprobe/fentry) or derived from `&rq->cfsb_csd`; `csd` is what
+    /// the tracepoint exit must match (0 for the paired-probe styles).
+    #[inline(always)]
+    fn csd_open(rq: u64, csd: u64, how: u32) {
+        if !armed() {
+            return;
+        }
+        let Some(fs) = frames() else {
+            return;
+        };
+        if fs.open & OPEN_PERIOD != 0 {
+            // Called from inside the period timer (7.x kernels unthrottle the timer's own CPU
+            // this way): synchronous work of the timer, so the period frame keeps counting it.
+            // Only the kprobe/fentry styles see this; the csd tracepoints never fire here.
+            fs.csd.nested += 1;
+            return;
+        }
+        let mut how = how;
+        if fs.open & OPEN_CSD != 0 {
+            count_loss(LOSS_CSD_MISSED_EXIT);
+            how |= HOW_REOPENED;
+        }
+        let c = &mut fs.csd;
+        c.csd = csd;
+        c.seg_cgroup = 0;
+        c.seg_unthrottled = 0;
+        c.seg_enqueued = 0;
+        c.seg_runnable = 0;
+        c.segment = 0;
+        c.seg_flags = 0;
+        c.seg_open = 0;
+        c.nested = 0;
+        c.listed_n = 0;
+        c.listed_last = NONE_LISTED;
+        // Probe mode when `unthrottle_cfs_rq` is probed: it cuts the CSD into segments.
+        // Otherwise read the list now: the only moment it holds the CSD's work.
+        if attached_bits() & HOW_UNTHROTTLE == 0 {
+            how |= ASYNC_LISTED;
+            if let Some(bits) = csd_walk_list(c, rq, layout()) {
+                c.seg_flags = bits;
+            }
+        }
+        c.how = how;
+        fs.open |= OPEN_CSD;
+        let now = unsafe { bpf_ktime_get_ns() };
+        c.start_ns = now;
+        c.seg_start_ns = now;
+    }
+
+    /// A probed `unthrottle_cfs_rq` inside the CSD: close the running segment (if a cgroup
+    /// owns it) and start the next one, owned by this cfs_rq's cgroup.
+    #[inline(always)]
+    fn csd_segment(c: &mut CsdFrame, cfs_rq: u64) {
+        let now = unsafe { bpf_ktime_get_ns() };
+        if c.seg_open != 0 {
+            emit_async(AsyncEvent {
+                kind: EVENT_ASYNC_UNTHROTTLE,
+                cpu: unsafe { bpf_get_smp_processor_id() },
+                start_ns: c.seg_start_ns,
+                duration_ns: now.wrapping_sub(c.seg_start_ns),
+                cgroup_id: c.seg_cgroup,
+                csd_start_ns: c.start_ns,
+                csd_ns: 0,
+                unthrottled: c.seg_unthrottled,
+                enqueued: c.seg_enqueued,
+                runnable: c.seg_runnable,
+                flags: c.how | c.seg_flags | attached_bits(),
+                segment: c.segment,
+                _pad: 0,
+            });
+            c.segment += 1;
+            c.seg_start_ns = now;
+            c.seg_enqueued = 0;
+            c.seg_runnable = 0;
+            c.seg_unthrottled = 0;
+        }
+        // The first segment keeps the CSD's start: what ran before it is charged to it.
+        c.seg_open = 1;
+        c.seg_unthrottled += 1;
+        match cgroup_of_cfs_rq(cfs_rq, layout()) {
+            Some(id) => {
+                c.seg_cgroup = id;
+                c.seg_flags = HOW_CGROUP;
+            }
+            None => {
+                count_loss(LOSS_CGROUP_READ);
+                c.seg_cgroup = 0;
+                c.seg_flags = 0;
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn csd_close(csd_check: Option<u64>) {
+        let end = unsafe { bpf_ktime_get_ns() };
+        let Some(fs) = frames() else {
+            return;
+        };
+        // A nested call returns while the timer still runs (the timer's close clears the
+        // count, so a lost return cannot swallow a later CSD's close).
+        if fs.csd.nested != 0 && fs.open & OPEN_PERIOD != 0 {
+            fs.csd.nested -= 1;
+            return;
+        }
+        if fs.open & OPEN_CSD == 0 {
+            if armed() {
+                count_loss(LOSS_CSD_UNMATCHED_EXIT);
+            }
+            return;
+        }
+        let c = &mut fs.csd;
+        if let Some(csd) = csd_check {
+            if csd != c.csd {
+                return;
+            }
+        }
+        fs.open &= !OPEN_CSD;
+        let cpu = unsafe { bpf_get_smp_processor_id() };
+        let csd_ns = end.wrapping_sub(c.start_ns);
+        let flags = c.how | attached_bits();
+        if c.how & ASYNC_LISTED != 0 && c.listed_last != NONE_LISTED {
+            // One event per still-throttled cfs_rq; the CSD's time and runnable count are
+            // shared. Cgroups are read now: the CSD's IRQs-off section still holds the RCU
+            // read side, so the task_groups cannot have been freed.
+            let n = c.listed_n;
+            let last_i = c.listed_last;
+            let base = flags | ASYNC_SHARED | (c.seg_flags & ASYNC_TRUNCATED);
+            let l = layout();
+            let mut seg: u32 = 0;
+            for i in 0..MAX_LISTED {
+                if i >= n {
+                    break;
+                }
+                let cfs_rq = match c.listed.get(i as usize) {
+                    Some(&p) => p,
+                    None => 0,
+                };
+                if cfs_rq == 0 {
+                    continue;
+                }
+                let mut ev_flags = base;
+                let id = match cgroup_of_cfs_rq(cfs_rq, l) {
+                    Some(id) => {
+                        ev_flags |= HOW_CGROUP;
+                        id
+                    }
+                    None => {
+                        count_loss(LOSS_CGROUP_READ);
+                        0
+                    }
+                };
+                let mut csd_part = 0;
+                if i == last_i {
+                    ev_flags |= ASYNC_LAST;
+                    csd_part = csd_ns;
+                }
+                emit_async(AsyncEvent {
+                    kind: EVENT_ASYNC_UNTHROTTLE,
+                    cpu,
+                    start_ns: c.start_ns,
+                    duration_ns: csd_ns,
+                    cgroup_id: id,
+                    csd_start_ns: c.start_ns,
+                    csd_ns: csd_part,
+                    unthrottled: 1,
+                    enqueued: c.seg_enqueued,
+                    runnable: c.seg_runnable,
+                    flags: ev_flags,
+                    segment: seg,
+                    _pad: 0,
+                });
+                seg += 1;
+            }
+            return;
+        }
+        // Probe mode: the open segment ends here. Nothing unthrottled (probe mode without a
+        // call, or a complete listed walk that found nothing): one EMPTY event keeps the
+        // CSD's time.
+        let (cgroup_id, seg_bits) = if c.seg_open != 0 {
+            (c.seg_cgroup, c.seg_flags)
+        } else if c.how & ASYNC_LISTED != 0
+            && (c.seg_flags & HOW_CGROUP == 0 || c.seg_flags & ASYNC_TRUNCATED != 0)
+        {
+            // Unread or cut-short list: nothing known to be throttled, but not known empty.
+            (0, c.seg_flags & ASYNC_TRUNCATED)
+        } else {
+            (0, ASYNC_EMPTY | (c.seg_flags & ASYNC_TRUNCATED))
+        };
+        emit_async(AsyncEvent {
+            kind: EVENT_ASYNC_UNTHROTTLE,
+            cpu,
+            start_ns: c.seg_start_ns,
+            duration_ns: end.wrapping_sub(c.seg_start_ns),
+            cgroup_id,
+            csd_start_ns: c.start_ns,
+            csd_ns,
+            unthrottled: c.seg_unthrottled,
+            enqueued: c.seg_enqueued,
+            runnable: c.seg_runnable,
+            flags: flags | seg_bits | ASYNC_LAST,
+            segment: c.segment,
+            _pad: 0,
+        });
+    }
+
+    // ---- period-timer frame: kprobe / kretprobe ----
 
     #[kprobe]
     pub fn period_timer_kprobe(ctx: ProbeContext) -> u32 {
         let timer: u64 = ctx.arg(0).unwrap_or(0);
-        frame_open(timer, HOW_FRAME_KPROBE);
+        period_open(timer, HOW_FRAME_KPROBE);
         0
     }
 
     #[kretprobe]
     pub fn period_timer_kretprobe(_ctx: RetProbeContext) -> u32 {
-        frame_close(None);
+        period_close(None);
         0
     }
 
-    // ---- frame: fentry / fexit ----
+    // ---- period-timer frame: fentry / fexit ----
 
     #[fentry(function = "sched_cfs_period_timer")]
     pub fn period_timer_fentry(ctx: FEntryContext) -> u32 {
         let timer: u64 = ctx.arg(0);
-        frame_open(timer, HOW_FRAME_FENTRY);
+        period_open(timer, HOW_FRAME_FENTRY);
         0
     }
 
     #[fexit(function = "sched_cfs_period_timer")]
     pub fn period_timer_fexit(_ctx: FExitContext) -> u32 {
-        frame_close(None);
+        period_close(None);
         0
     }
 
-    // ---- frame: hrtimer tracepoints, filtered on the callback address ----
+    // ---- period-timer frame: hrtimer tracepoints, filtered on the callback address ----
 
     #[raw_tracepoint(tracepoint = "hrtimer_expire_entry")]
     pub fn hrtimer_expire_entry(ctx: RawTracePointContext) -> i32 {
@@ -234,7 +601,7 @@ mod programs {
             return 0;
         }
         if read_u64(timer.wrapping_add(l.hrtimer_function)) == Some(l.period_timer_fn) {
-            frame_open(timer, HOW_FRAME_TRACEPOINT);
+            period_open(timer, HOW_FRAME_TRACEPOINT);
         }
         0
     }
@@ -243,9 +610,76 @@ mod programs {
     pub fn hrtimer_expire_exit(ctx: RawTracePointContext) -> i32 {
         let timer: u64 = ctx.arg(0);
         // Cheap test first: most hrtimers expire with no frame open.
-        if let Some(f) = open_frame() {
-            if f.timer == timer {
-                frame_close(Some(timer));
+        if let Some(f) = open_frames() {
+            if f.open & OPEN_PERIOD != 0 && f.period.timer == timer {
+                period_close(Some(timer));
+            }
+        }
+        0
+    }
+
+    // ---- CSD frame: kprobe / kretprobe (arg0 is the rq) ----
+
+    #[kprobe]
+    pub fn csd_unthrottle_kprobe(ctx: ProbeContext) -> u32 {
+        let rq: u64 = ctx.arg(0).unwrap_or(0);
+        csd_open(rq, 0, HOW_FRAME_KPROBE);
+        0
+    }
+
+    #[kretprobe]
+    pub fn csd_unthrottle_kretprobe(_ctx: RetProbeContext) -> u32 {
+        csd_close(None);
+        0
+    }
+
+    // ---- CSD frame: fentry / fexit ----
+
+    #[fentry(function = "__cfsb_csd_unthrottle")]
+    pub fn csd_unthrottle_fentry(ctx: FEntryContext) -> u32 {
+        let rq: u64 = ctx.arg(0);
+        csd_open(rq, 0, HOW_FRAME_FENTRY);
+        0
+    }
+
+    #[fexit(function = "__cfsb_csd_unthrottle")]
+    pub fn csd_unthrottle_fexit(_ctx: FExitContext) -> u32 {
+        csd_close(None);
+        0
+    }
+
+    // ---- CSD frame: csd_function_entry/exit(func, csd), filtered on the function ----
+
+    #[raw_tracepoint(tracepoint = "csd_function_entry")]
+    pub fn csd_function_entry(ctx: RawTracePointContext) -> i32 {
+        let func: u64 = ctx.arg(0);
+        let l = layout();
+        if l.csd_unthrottle_fn == 0 || func != l.csd_unthrottle_fn {
+            return 0;
+        }
+        let csd: u64 = ctx.arg(1);
+        // The CSD is `rq->cfsb_csd`: container_of gives the rq whose list it drains.
+        let rq = if l.rq_cfsb_csd == OFFSET_UNAVAILABLE || csd == 0 {
+            0
+        } else {
+            csd.wrapping_sub(l.rq_cfsb_csd)
+        };
+        csd_open(rq, csd, HOW_FRAME_TRACEPOINT);
+        0
+    }
+
+    #[raw_tracepoint(tracepoint = "csd_function_exit")]
+    pub fn csd_function_exit(ctx: RawTracePointContext) -> i32 {
+        let func: u64 = ctx.arg(0);
+        if func != layout().csd_unthrottle_fn || func == 0 {
+            return 0;
+        }
+        let csd: u64 = ctx.arg(1);
+        // Only a frame this CPU opened: the exit is attached before the entry, so a CSD
+        // already running at attach time ends here with no frame, which is no loss.
+        if let Some(f) = open_frames() {
+            if f.open & OPEN_CSD != 0 {
+                csd_close(Some(csd));
             }
         }
         0
@@ -253,62 +687,85 @@ mod programs {
 
     // ---- counters: only inside an open frame ----
 
+    #[inline(always)]
+    fn count_loop() {
+        if let Some(f) = open_frames() {
+            if f.open & OPEN_PERIOD != 0 {
+                f.period.loops += 1;
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn count_unthrottle(cfs_rq: u64) {
+        if let Some(f) = open_frames() {
+            if f.open & OPEN_CSD != 0 {
+                csd_segment(&mut f.csd, cfs_rq);
+            } else {
+                f.period.unthrottled += 1;
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn count_enqueue() {
+        if let Some(f) = open_frames() {
+            if f.open & OPEN_CSD != 0 {
+                f.csd.seg_enqueued += 1;
+            } else {
+                f.period.enqueued += 1;
+            }
+        }
+    }
+
     #[kprobe]
     pub fn distribute_kprobe(_ctx: ProbeContext) -> u32 {
-        if let Some(f) = open_frame() {
-            f.loops += 1;
-        }
+        count_loop();
         0
     }
 
     #[fentry(function = "distribute_cfs_runtime")]
     pub fn distribute_fentry(_ctx: FEntryContext) -> u32 {
-        if let Some(f) = open_frame() {
-            f.loops += 1;
-        }
+        count_loop();
         0
     }
 
     #[kprobe]
-    pub fn unthrottle_kprobe(_ctx: ProbeContext) -> u32 {
-        if let Some(f) = open_frame() {
-            f.unthrottled += 1;
-        }
+    pub fn unthrottle_kprobe(ctx: ProbeContext) -> u32 {
+        count_unthrottle(ctx.arg(0).unwrap_or(0));
         0
     }
 
     #[fentry(function = "unthrottle_cfs_rq")]
-    pub fn unthrottle_fentry(_ctx: FEntryContext) -> u32 {
-        if let Some(f) = open_frame() {
-            f.unthrottled += 1;
-        }
+    pub fn unthrottle_fentry(ctx: FEntryContext) -> u32 {
+        count_unthrottle(ctx.arg(0));
         0
     }
 
     #[kprobe]
     pub fn enqueue_kprobe(_ctx: ProbeContext) -> u32 {
-        if let Some(f) = open_frame() {
-            f.enqueued += 1;
-        }
+        count_enqueue();
         0
     }
 
     #[fentry(function = "enqueue_entity")]
     pub fn enqueue_fentry(_ctx: FEntryContext) -> u32 {
-        if let Some(f) = open_frame() {
-            f.enqueued += 1;
-        }
+        count_enqueue();
         0
     }
 
     /// `sched_update_nr_running_tp(struct rq *rq, int change)`: tasks made runnable.
     #[raw_tracepoint(tracepoint = "sched_update_nr_running_tp")]
     pub fn nr_running(ctx: RawTracePointContext) -> i32 {
-        if let Some(f) = open_frame() {
+        if let Some(f) = open_frames() {
             let change: u64 = ctx.arg(1);
             let change = change as i32;
             if change > 0 {
-                f.runnable += change as u32;
+                if f.open & OPEN_CSD != 0 {
+                    f.csd.seg_runnable += change as u32;
+                } else {
+                    f.period.runnable += change as u32;
+                }
             }
         }
         0

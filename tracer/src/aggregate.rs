@@ -1,4 +1,5 @@
-//! Per-cgroup and per-CPU aggregation of period-timer callbacks.
+//! Per-cgroup and per-CPU aggregation of period-timer callbacks and of the async-unthrottle
+//! CSDs (6.3+) that finish their work on other CPUs.
 //!
 //! Memory is the constraint that shapes this module: a node can have thousands of cgroups with
 //! a quota, and `watch` keeps one state per cgroup for as long as it runs. Every histogram
@@ -10,11 +11,11 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use hdrhistogram::Histogram;
 use tracer_ebpf::{
-    HOW_ENQUEUE_ENTITY, HOW_ENQUEUE_TASK_FAIR, HOW_LOOPS, HOW_PERIOD, HOW_REOPENED, HOW_RUNNABLE,
-    HOW_UNTHROTTLE,
+    ASYNC_EMPTY, ASYNC_LAST, ASYNC_LISTED, ASYNC_TRUNCATED, HOW_ENQUEUE_ENTITY,
+    HOW_ENQUEUE_TASK_FAIR, HOW_LOOPS, HOW_PERIOD, HOW_REOPENED, HOW_RUNNABLE, HOW_UNTHROTTLE,
 };
 
-use crate::capture::{CaptureLine, CgroupRecord, EndRecord, LossRecord, PeriodRecord};
+use crate::capture::{AsyncRecord, CaptureLine, CgroupRecord, EndRecord, LossRecord, PeriodRecord};
 
 /// Events whose timer could not be mapped to a cgroup carry id 0 and are kept under it.
 pub const UNRESOLVED_ID: u64 = 0;
@@ -94,6 +95,12 @@ impl Distribution {
 
     fn counts() -> Self {
         Self::new(COUNT_SIGFIG, COUNT_CAP)
+    }
+
+    /// Per-CSD times: the callback range, but quantiles within 1/16 (min, max and mean stay
+    /// exact), so a cgroup with async work still fits the per-cgroup memory bound.
+    fn csd() -> Self {
+        Self::new(COUNT_SIGFIG, CALLBACK_NS_CAP)
     }
 
     #[inline]
@@ -190,6 +197,99 @@ impl CpuSet {
     }
 }
 
+/// One cgroup's async-unthrottle work: CSDs on the CPUs that hold its throttled cfs_rqs,
+/// queued by its period timer on another CPU (6.3+).
+#[derive(Clone, Debug)]
+pub struct AsyncStats {
+    csds: u64,
+    unthrottled: u64,
+    enqueued: Option<u64>,
+    runnable: Option<u64>,
+    /// Its time in each CSD: its segment, or (listed mode) the whole CSD, shared.
+    per_csd_ns: Distribution,
+    cpus: CpuSet,
+    flags: u32,
+    /// (cpu, CSD start) of its last event: a CSD counts once even if split.
+    last_csd: (u32, u64),
+}
+
+impl AsyncStats {
+    fn new() -> Self {
+        AsyncStats {
+            csds: 0,
+            unthrottled: 0,
+            enqueued: None,
+            runnable: None,
+            per_csd_ns: Distribution::csd(),
+            cpus: CpuSet::default(),
+            flags: 0,
+            last_csd: (u32::MAX, u64::MAX),
+        }
+    }
+
+    #[inline]
+    fn add(&mut self, a: &AsyncRecord) {
+        let key = (a.cpu, a.csd_ts_ns);
+        if key != self.last_csd {
+            self.csds += 1;
+            self.last_csd = key;
+        }
+        // Listed events stand for one still-throttled cfs_rq each; probed ones count calls.
+        if a.flags & (HOW_UNTHROTTLE | ASYNC_LISTED) != 0 {
+            self.unthrottled += u64::from(a.unthrottled);
+        }
+        if a.flags & (HOW_ENQUEUE_ENTITY | HOW_ENQUEUE_TASK_FAIR) != 0 {
+            *self.enqueued.get_or_insert(0) += u64::from(a.enqueued);
+        }
+        if a.flags & HOW_RUNNABLE != 0 {
+            *self.runnable.get_or_insert(0) += u64::from(a.runnable);
+        }
+        self.per_csd_ns.record(a.duration_ns);
+        if (a.cpu as usize) < MAX_CPUS {
+            self.cpus.insert(a.cpu);
+        }
+        self.flags |= a.flags;
+    }
+
+    /// CSDs that did work for this cgroup.
+    pub fn csds(&self) -> u64 {
+        self.csds
+    }
+
+    /// cfs_rqs unthrottled by those CSDs (listed mode: found still throttled at CSD entry).
+    pub fn unthrottled(&self) -> u64 {
+        self.unthrottled
+    }
+
+    /// None unless an enqueue probe counted.
+    pub fn enqueued(&self) -> Option<u64> {
+        self.enqueued
+    }
+
+    /// None unless `sched_update_nr_running_tp` counted (listed mode: whole CSDs, shared).
+    pub fn runnable(&self) -> Option<u64> {
+        self.runnable
+    }
+
+    pub fn per_csd_ns(&self) -> &Distribution {
+        &self.per_csd_ns
+    }
+
+    /// CPUs whose CSDs unthrottled it.
+    pub fn cpus(&self) -> &CpuSet {
+        &self.cpus
+    }
+
+    /// OR of its events' flags (`ASYNC_LISTED`: attributed by listing, not by probe).
+    pub fn flags(&self) -> u32 {
+        self.flags
+    }
+
+    fn heap_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.per_csd_ns.heap_bytes() + self.cpus.heap_bytes()
+    }
+}
+
 /// Everything recorded for one cgroup's period timer.
 #[derive(Clone, Debug)]
 pub struct CgroupStats {
@@ -206,6 +306,8 @@ pub struct CgroupStats {
     flags: u32,
     first_ts_ns: u64,
     last_ts_ns: u64,
+    /// Boxed: most cgroups (and every one on a pre-6.3 kernel) have none.
+    asyncs: Option<Box<AsyncStats>>,
 }
 
 impl CgroupStats {
@@ -224,7 +326,22 @@ impl CgroupStats {
             flags: 0,
             first_ts_ns: ts,
             last_ts_ns: ts,
+            asyncs: None,
         }
+    }
+
+    #[inline]
+    fn add_async(&mut self, a: &AsyncRecord) {
+        self.asyncs
+            .get_or_insert_with(|| Box::new(AsyncStats::new()))
+            .add(a);
+        self.first_ts_ns = self.first_ts_ns.min(a.ts_ns);
+        self.last_ts_ns = self.last_ts_ns.max(a.ts_ns);
+    }
+
+    /// Async-unthrottle CSD work for this cgroup; None if none was seen.
+    pub fn asyncs(&self) -> Option<&AsyncStats> {
+        self.asyncs.as_deref()
     }
 
     #[inline]
@@ -264,7 +381,7 @@ impl CgroupStats {
         self.last_ts_ns = self.last_ts_ns.max(p.ts_ns);
     }
 
-    /// Period-timer callbacks seen.
+    /// Period-timer callbacks seen (0 for a cgroup seen only in async CSDs).
     pub fn periods(&self) -> u64 {
         self.callback_ns.count()
     }
@@ -339,6 +456,7 @@ impl CgroupStats {
                 .filter_map(|d| d.as_ref().map(Distribution::heap_bytes))
                 .sum::<usize>()
             + self.cpus.heap_bytes()
+            + self.asyncs.as_ref().map_or(0, |a| a.heap_bytes())
     }
 }
 
@@ -354,6 +472,13 @@ pub struct CpuStats {
     pub max_chain_ns: u64,
     chain_ns: u64,
     chain_end_ns: u64,
+    /// Async-unthrottle CSDs run on this CPU (IRQs off, like the timer).
+    pub async_csds: u64,
+    /// Their total time.
+    pub async_ns: u64,
+    pub max_async_ns: u64,
+    /// Those that found nothing left to unthrottle.
+    pub async_empty: u64,
 }
 
 impl CpuStats {
@@ -373,6 +498,20 @@ impl CpuStats {
         };
         self.chain_end_ns = end;
         self.max_chain_ns = self.max_chain_ns.max(self.chain_ns);
+    }
+
+    /// Whole CSDs only: each CSD's last event carries its time.
+    #[inline]
+    fn add_async(&mut self, a: &AsyncRecord) {
+        if a.flags & ASYNC_LAST == 0 {
+            return;
+        }
+        self.async_csds += 1;
+        self.async_ns = self.async_ns.saturating_add(a.csd_ns);
+        self.max_async_ns = self.max_async_ns.max(a.csd_ns);
+        if a.flags & ASYNC_EMPTY != 0 {
+            self.async_empty += 1;
+        }
     }
 }
 
@@ -410,6 +549,11 @@ pub struct Aggregator {
     end: Option<EndRecord>,
     reopened: u64,
     cpu_out_of_range: u64,
+    async_events: u64,
+    async_csds: u64,
+    async_empty: u64,
+    async_truncated: u64,
+    async_flags_seen: u32,
 }
 
 impl Aggregator {
@@ -443,6 +587,40 @@ impl Aggregator {
         }
     }
 
+    /// One async-unthrottle event: per-CPU CSD time from each CSD's last event, per-cgroup
+    /// work from every event that names a cgroup (or that would have, under id 0).
+    pub fn add_async(&mut self, a: &AsyncRecord) {
+        self.async_events += 1;
+        self.async_flags_seen |= a.flags;
+        self.first_ts_ns = Some(self.first_ts_ns.map_or(a.ts_ns, |f| f.min(a.ts_ns)));
+        self.last_ts_ns = self.last_ts_ns.max(a.ts_ns);
+        self.last_end_ns = self.last_end_ns.max(a.ts_ns.saturating_add(a.duration_ns));
+        if a.flags & ASYNC_LAST != 0 {
+            self.async_csds += 1;
+            if a.flags & ASYNC_EMPTY != 0 {
+                self.async_empty += 1;
+            }
+            if a.flags & ASYNC_TRUNCATED != 0 {
+                self.async_truncated += 1;
+            }
+        }
+        if a.flags & ASYNC_EMPTY == 0 {
+            self.cgroups
+                .entry(a.cgroup_id)
+                .or_insert_with(|| CgroupStats::new(a.ts_ns))
+                .add_async(a);
+        }
+        let cpu = a.cpu as usize;
+        if cpu < MAX_CPUS {
+            if cpu >= self.cpus.len() {
+                self.cpus.resize(cpu + 1, CpuStats::default());
+            }
+            self.cpus[cpu].add_async(a);
+        } else {
+            self.cpu_out_of_range += 1;
+        }
+    }
+
     /// A cgroup's name. A later record replaces an earlier one, except that a record without a
     /// path never replaces one with a path (the cgroup went away between two namings).
     pub fn add_cgroup(&mut self, rec: CgroupRecord) {
@@ -464,6 +642,8 @@ impl Aggregator {
                 unmatched_exit: o.unmatched_exit.max(l.unmatched_exit),
                 missed_exit: o.missed_exit.max(l.missed_exit),
                 cgroup_read: o.cgroup_read.max(l.cgroup_read),
+                csd_unmatched_exit: o.csd_unmatched_exit.max(l.csd_unmatched_exit),
+                csd_missed_exit: o.csd_missed_exit.max(l.csd_missed_exit),
             },
         });
     }
@@ -471,6 +651,7 @@ impl Aggregator {
     pub fn feed(&mut self, line: &CaptureLine) {
         match line {
             CaptureLine::Period(p) => self.add_period(p),
+            CaptureLine::AsyncUnthrottle(a) => self.add_async(a),
             CaptureLine::Cgroup(c) => self.add_cgroup(c.clone()),
             CaptureLine::Loss(l) => self.set_loss(*l),
             CaptureLine::End(e) => self.end = Some(e.clone()),
@@ -482,7 +663,27 @@ impl Aggregator {
         self.periods
     }
 
-    /// Every cgroup that had at least one callback, in no particular order.
+    /// Async-unthrottle events seen.
+    pub fn async_events(&self) -> u64 {
+        self.async_events
+    }
+
+    /// Whole async-unthrottle CSDs seen (their last events).
+    pub fn async_csds(&self) -> u64 {
+        self.async_csds
+    }
+
+    /// CSDs that found nothing to unthrottle.
+    pub fn async_empty(&self) -> u64 {
+        self.async_empty
+    }
+
+    /// OR of the async events' flags.
+    pub fn async_flags_seen(&self) -> u32 {
+        self.async_flags_seen
+    }
+
+    /// Every cgroup that had at least one callback or async event, in no particular order.
     pub fn cgroups(&self) -> impl Iterator<Item = CgroupView<'_>> + '_ {
         self.cgroups.iter().map(|(&id, stats)| CgroupView {
             id,
@@ -508,12 +709,12 @@ impl Aggregator {
         self.names.get(&id)
     }
 
-    /// CPUs that ran at least one period timer, ascending.
+    /// CPUs that ran at least one period timer or async-unthrottle CSD, ascending.
     pub fn cpus(&self) -> impl Iterator<Item = (u32, &CpuStats)> + '_ {
         self.cpus
             .iter()
             .enumerate()
-            .filter(|(_, c)| c.period_timers > 0)
+            .filter(|(_, c)| c.period_timers > 0 || c.async_csds > 0)
             .map(|(i, c)| (i as u32, c))
     }
 
@@ -558,6 +759,14 @@ impl Aggregator {
                 "{} callback(s) started while a frame was open: a callback's end was missed \
                  (its duration was not measured)",
                 self.reopened
+            ));
+        }
+        if self.async_truncated > 0 {
+            w.push(format!(
+                "{} async-unthrottle CSD(s) listed more than {} cfs_rqs: the rest are not \
+                 attributed",
+                self.async_truncated,
+                tracer_ebpf::MAX_LISTED
             ));
         }
         if self.cpu_out_of_range > 0 {
@@ -715,6 +924,7 @@ mod tests {
             periods: 1,
             lost: 5,
             command_status: None,
+            async_unthrottle: 0,
         }));
         assert_eq!(a.periods(), 1);
         assert_eq!(a.name(9).unwrap().path.as_deref(), Some("/x"));
@@ -768,6 +978,114 @@ mod tests {
         assert!(d.heap_bytes() <= 16 * 1024);
     }
 
+    fn async_ev(cg: u64, cpu: u32, csd_ts: u64, seg: u32, dur: u64, flags: u32) -> AsyncRecord {
+        AsyncRecord {
+            ts_ns: csd_ts + u64::from(seg) * 1_000,
+            cpu,
+            duration_ns: dur,
+            cgroup_id: cg,
+            csd_ts_ns: csd_ts,
+            csd_ns: 0,
+            segment: seg,
+            unthrottled: 1,
+            enqueued: 2,
+            runnable: 3,
+            flags,
+        }
+    }
+
+    #[test]
+    fn async_segments_go_to_their_cgroups_and_csds_to_their_cpus() {
+        use tracer_ebpf::{ASYNC_LAST, HOW_FRAME_FENTRY};
+        let probed = HOW_FRAME_FENTRY | HOW_UNTHROTTLE | HOW_ENQUEUE_ENTITY | HOW_RUNNABLE;
+        let mut a = Aggregator::new();
+        // The timer of cgroup 7 fires on CPU 0 ...
+        a.add_period(&period(7, 0, 0, 5_000));
+        // ... and CPU 1 unthrottles cgroups 7 and 8 in one CSD (two segments), then 7 again.
+        a.add_async(&async_ev(7, 1, 1_000, 0, 600, probed));
+        let mut last = async_ev(8, 1, 1_000, 1, 400, probed | ASYNC_LAST);
+        last.csd_ns = 1_000;
+        a.add_async(&last);
+        let mut second = async_ev(7, 1, 9_000, 0, 700, probed | ASYNC_LAST);
+        second.csd_ns = 700;
+        a.add_async(&second);
+        assert_eq!(
+            (a.async_events(), a.async_csds(), a.async_empty()),
+            (3, 2, 0)
+        );
+        let c7 = a.cgroup(7).unwrap();
+        assert_eq!(c7.stats.periods(), 1);
+        let s7 = c7.stats.asyncs().unwrap();
+        assert_eq!((s7.csds(), s7.unthrottled()), (2, 2));
+        assert_eq!((s7.enqueued(), s7.runnable()), (Some(4), Some(6)));
+        assert_eq!(
+            (
+                s7.per_csd_ns().count(),
+                s7.per_csd_ns().sum(),
+                s7.per_csd_ns().max()
+            ),
+            (2, 1_300, 700)
+        );
+        assert_eq!(s7.cpus().iter().collect::<Vec<_>>(), vec![1]);
+        // Seen only in a CSD: a cgroup with no callback of its own (its timer was elsewhere).
+        let c8 = a.cgroup(8).unwrap();
+        assert_eq!(c8.stats.periods(), 0);
+        assert_eq!(c8.stats.asyncs().unwrap().csds(), 1);
+        // CPU 1 ran no period timer but is listed, with whole-CSD time from the last events.
+        let cpus: Vec<_> = a.cpus().map(|(c, s)| (c, *s)).collect();
+        assert_eq!(cpus.len(), 2);
+        let (n, c1) = cpus[1];
+        assert_eq!(n, 1);
+        assert_eq!(c1.period_timers, 0);
+        assert_eq!(
+            (c1.async_csds, c1.async_ns, c1.max_async_ns),
+            (2, 1_700, 1_000)
+        );
+        assert_eq!(cpus[0].1.async_csds, 0);
+        assert!(a.cgroup(0).is_none());
+    }
+
+    #[test]
+    fn listed_and_empty_csds() {
+        use tracer_ebpf::{
+            ASYNC_EMPTY, ASYNC_LAST, ASYNC_SHARED, ASYNC_TRUNCATED, HOW_FRAME_TRACEPOINT,
+        };
+        let listed = HOW_FRAME_TRACEPOINT | ASYNC_LISTED | ASYNC_SHARED | HOW_RUNNABLE;
+        let mut a = Aggregator::new();
+        // One CSD listing two cgroups: each gets the whole (shared) CSD time, the CPU once.
+        a.add_async(&async_ev(7, 0, 100, 0, 900, listed));
+        let mut l = async_ev(8, 0, 100, 1, 900, listed | ASYNC_LAST | ASYNC_TRUNCATED);
+        l.csd_ns = 900;
+        a.add_async(&l);
+        // A CSD that found nothing: CPU time, no cgroup.
+        let mut e = async_ev(0, 0, 5_000, 0, 300, HOW_FRAME_TRACEPOINT | ASYNC_LISTED);
+        e.flags |= ASYNC_EMPTY | ASYNC_LAST;
+        e.unthrottled = 0;
+        e.csd_ns = 300;
+        a.add_async(&e);
+        // Listed counts are real without an unthrottle probe; no enqueue probe, no figure.
+        let s7 = a.cgroup(7).unwrap().stats.asyncs().unwrap().clone();
+        assert_eq!(
+            (s7.unthrottled(), s7.enqueued(), s7.runnable()),
+            (1, None, Some(3))
+        );
+        assert_eq!(s7.per_csd_ns().max(), 900);
+        assert!(s7.flags() & ASYNC_LISTED != 0);
+        assert!(a.cgroup(0).is_none(), "an empty CSD names no cgroup");
+        let (_, c0) = a.cpus().next().unwrap();
+        assert_eq!((c0.async_csds, c0.async_ns, c0.async_empty), (2, 1_200, 1));
+        assert_eq!((a.async_csds(), a.async_empty()), (2, 1));
+        assert!(
+            a.warnings()
+                .iter()
+                .any(|w| w.contains("listed more than 32"))
+        );
+        // Replayed like any other line.
+        let mut b = Aggregator::new();
+        b.feed(&CaptureLine::AsyncUnthrottle(l));
+        assert_eq!(b.async_events(), 1);
+    }
+
     /// 2,000 cgroups (the LKML scale figure) whose every histogram has grown to its cap: the
     /// worst case the bounds allow. Plus a realistic load for comparison.
     #[test]
@@ -784,6 +1102,11 @@ mod tests {
             worst.add_period(&p);
             p.duration_ns = 1;
             worst.add_period(&p);
+            // And async work on 6.3+: a CSD histogram grown to its cap, on a far CPU.
+            let mut e = async_ev(id, ((id + 1) % 4096) as u32, id, 0, CALLBACK_NS_CAP, all);
+            worst.add_async(&e);
+            e.duration_ns = 1;
+            worst.add_async(&e);
             // 384 CPUs, 1-4 ms distributions, a few hundred enqueues.
             let mut q = period(id, (id % 384) as u32, id, 4_000_000);
             q.flags = all;

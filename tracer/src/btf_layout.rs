@@ -20,7 +20,9 @@ pub enum BtfError {
         #[source]
         source: anyhow_free::BtfRsError,
     },
-    #[error("BTF in {path} has no `struct {name}`: is CONFIG_CFS_BANDWIDTH enabled in this kernel?")]
+    #[error(
+        "BTF in {path} has no `struct {name}`: is CONFIG_CFS_BANDWIDTH enabled in this kernel?"
+    )]
     NoStruct { path: PathBuf, name: &'static str },
 }
 
@@ -50,7 +52,8 @@ pub fn btf_path(explicit: Option<&Path>) -> Result<PathBuf, BtfError> {
     }
 }
 
-/// Read the offsets the programs need. `period_timer_fn` is filled in by the caller (kallsyms).
+/// Read the offsets the programs need. `period_timer_fn` and `csd_unthrottle_fn` are filled in
+/// by the caller (kallsyms).
 pub fn read_layout(path: &Path) -> Result<LayoutFacts, BtfError> {
     let btf = Btf::from_file(path).map_err(|e| BtfError::Parse {
         path: path.to_path_buf(),
@@ -75,6 +78,12 @@ pub fn read_layout(path: &Path) -> Result<LayoutFacts, BtfError> {
     let css_cgroup = off("cgroup_subsys_state", "cgroup");
     let cgroup_kn = off("cgroup", "kn");
     let kn_id = off("kernfs_node", "id");
+    // Async unthrottle (6.3+): absent before, which only disables that figure.
+    let rq_cfsb_csd = off("rq", "cfsb_csd");
+    let rq_cfsb_csd_list = off("rq", "cfsb_csd_list");
+    let cfs_rq_throttled_csd_list = off("cfs_rq", "throttled_csd_list");
+    let cfs_rq_tg = off("cfs_rq", "tg");
+    let cfs_rq_throttled = off("cfs_rq", "throttled");
     let tg_css_cgroup = if tg_css == OFFSET_UNAVAILABLE || css_cgroup == OFFSET_UNAVAILABLE {
         OFFSET_UNAVAILABLE
     } else {
@@ -108,6 +117,12 @@ pub fn read_layout(path: &Path) -> Result<LayoutFacts, BtfError> {
             cgroup_kn,
             kn_id,
             kn_id_mask,
+            csd_unthrottle_fn: 0,
+            rq_cfsb_csd,
+            rq_cfsb_csd_list,
+            cfs_rq_throttled_csd_list,
+            cfs_rq_tg,
+            cfs_rq_throttled,
         },
         missing,
         kn_id_is_union,
@@ -202,10 +217,28 @@ mod tests {
         ] {
             assert_ne!(v, OFFSET_UNAVAILABLE, "{name} missing: {:?}", facts.missing);
         }
-        assert!(!facts.kn_id_is_union, "6.x kernels have a u64 kernfs_node.id");
+        assert!(
+            !facts.kn_id_is_union,
+            "6.x kernels have a u64 kernfs_node.id"
+        );
         // css is the first member of task_group on every kernel in the matrix.
-        assert_eq!(l.tg_css_cgroup, 0, "css.cgroup sits at the start of task_group");
+        assert_eq!(
+            l.tg_css_cgroup, 0,
+            "css.cgroup sits at the start of task_group"
+        );
         assert!(has_func(p, "sched_cfs_period_timer"));
+        // The host is 6.3+: async unthrottle's fields are all there.
+        for (name, v) in [
+            ("rq.cfsb_csd", l.rq_cfsb_csd),
+            ("rq.cfsb_csd_list", l.rq_cfsb_csd_list),
+            ("cfs_rq.throttled_csd_list", l.cfs_rq_throttled_csd_list),
+            ("cfs_rq.tg", l.cfs_rq_tg),
+            ("cfs_rq.throttled", l.cfs_rq_throttled),
+        ] {
+            assert_ne!(v, OFFSET_UNAVAILABLE, "{name} missing: {:?}", facts.missing);
+        }
+        // cfsb_csd_list follows cfsb_csd in struct rq (a call_single_data_t is 32 bytes).
+        assert_eq!(l.rq_cfsb_csd_list, l.rq_cfsb_csd + 32, "{l:?}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The capture file: JSON Lines. First line is the header (`"schema":"cfstrace.capture/1"` and
-//! the host facts), then one line per period-timer callback, per cgroup naming, loss counters,
-//! and an end line. A truncated last line is reported and skipped, never fatal.
+//! the host facts), then one line per period-timer callback, per async-unthrottle CSD segment
+//! (6.3+), per cgroup naming, loss counters, and an end line. A truncated last line is reported and skipped, never fatal.
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
@@ -46,7 +46,8 @@ pub struct CaptureHeader {
     pub backend_requested: String,
     /// What the period-timer frame ended up using (`kprobe`, `fentry`, `tracepoint`).
     pub backend: String,
-    /// Probe name (`period_timer`, `distribute`, `unthrottle`, `enqueue`, `runnable`) -> status.
+    /// Probe name (`period_timer`, `distribute`, `unthrottle`, `async_unthrottle`, `enqueue`,
+    /// `runnable`) -> status.
     pub probes: BTreeMap<String, ProbeStatus>,
     #[serde(default)]
     pub cpu_hierarchy: Option<CpuHierarchy>,
@@ -120,6 +121,12 @@ pub struct LossRecord {
     pub missed_exit: u64,
     /// Timer -> cgroup reads that failed.
     pub cgroup_read: u64,
+    /// Async-unthrottle CSD closes without an open.
+    #[serde(default)]
+    pub csd_unmatched_exit: u64,
+    /// Async-unthrottle CSD opens while one was open (the earlier CSD's events are lost).
+    #[serde(default)]
+    pub csd_missed_exit: u64,
 }
 
 impl LossRecord {
@@ -139,6 +146,34 @@ pub struct EndRecord {
     pub lost: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command_status: Option<i32>,
+    /// Async-unthrottle lines written (0 in captures that predate them).
+    #[serde(default)]
+    pub async_unthrottle: u64,
+}
+
+/// One cgroup's share of an async-unthrottle CSD (mirrors `tracer_ebpf::AsyncEvent`; see
+/// there for segments, listed mode and the `ASYNC_*` flags). Absent from captures of kernels
+/// before 6.3 and of older cfstrace versions.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AsyncRecord {
+    /// Start of the segment (listed mode: of the CSD).
+    pub ts_ns: u64,
+    /// The CPU whose cfs_rqs the CSD unthrottled (not the period timer's).
+    pub cpu: u32,
+    /// The segment's time (listed mode, `ASYNC_SHARED`: the whole CSD's).
+    pub duration_ns: u64,
+    pub cgroup_id: u64,
+    /// Start of the CSD: the segments of one CSD share it.
+    pub csd_ts_ns: u64,
+    /// The whole CSD's time, on its last event (`ASYNC_LAST`); 0 on the others.
+    pub csd_ns: u64,
+    /// Index of the event within its CSD.
+    pub segment: u32,
+    pub unthrottled: u32,
+    pub enqueued: u32,
+    pub runnable: u32,
+    /// `tracer_ebpf::HOW_*` and `ASYNC_*` bits.
+    pub flags: u32,
 }
 
 /// Every line after the header.
@@ -146,6 +181,8 @@ pub struct EndRecord {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CaptureLine {
     Period(PeriodRecord),
+    /// `"kind":"async_unthrottle"`.
+    AsyncUnthrottle(AsyncRecord),
     Cgroup(CgroupRecord),
     Loss(LossRecord),
     End(EndRecord),
@@ -226,8 +263,10 @@ impl<W: Write> CaptureWriter<W> {
     pub fn write_line(&mut self, line: &CaptureLine) -> Result<(), CaptureError> {
         let mark = self.buf.len();
         if let CaptureLine::Period(p) = line {
-            // The hot line: formatted by hand, byte-identical to serde's output (tested).
+            // The hot lines: formatted by hand, byte-identical to serde's output (tested).
             encode_period(&mut self.buf, p);
+        } else if let CaptureLine::AsyncUnthrottle(a) = line {
+            encode_async(&mut self.buf, a);
         } else if let Err(e) = serde_json::to_writer(&mut self.buf, line) {
             // Never leave half a record in the file.
             self.buf.truncate(mark);
@@ -341,7 +380,7 @@ struct KindProbe {
     kind: Option<serde_json::Value>,
 }
 
-const KNOWN_KINDS: [&str; 4] = ["period", "cgroup", "loss", "end"];
+const KNOWN_KINDS: [&str; 5] = ["period", "async_unthrottle", "cgroup", "loss", "end"];
 /// What serde writes first for a period record; lets the hot path skip the tagged-enum
 /// machinery (which buffers every field) for the one kind that matters for speed.
 const PERIOD_PREFIX: &[u8] = br#"{"kind":"period","#;
@@ -361,6 +400,38 @@ const PERIOD_KEYS: [&[u8]; 12] = [
     b"quota_ns",
     b"flags",
 ];
+
+/// The async line's prefix and keys, as serde writes them (tested like the period's).
+const ASYNC_PREFIX: &[u8] = br#"{"kind":"async_unthrottle","#;
+const ASYNC_KEYS: [&[u8]; 11] = [
+    b"ts_ns",
+    b"cpu",
+    b"duration_ns",
+    b"cgroup_id",
+    b"csd_ts_ns",
+    b"csd_ns",
+    b"segment",
+    b"unthrottled",
+    b"enqueued",
+    b"runnable",
+    b"flags",
+];
+
+fn async_values(a: &AsyncRecord) -> [u64; 11] {
+    [
+        a.ts_ns,
+        u64::from(a.cpu),
+        a.duration_ns,
+        a.cgroup_id,
+        a.csd_ts_ns,
+        a.csd_ns,
+        u64::from(a.segment),
+        u64::from(a.unthrottled),
+        u64::from(a.enqueued),
+        u64::from(a.runnable),
+        u64::from(a.flags),
+    ]
+}
 
 fn period_values(p: &PeriodRecord) -> [u64; 12] {
     [
@@ -414,11 +485,11 @@ fn push_u64(buf: &mut Vec<u8>, mut v: u64) {
     buf.extend_from_slice(&tmp[i..]);
 }
 
-/// `{"kind":"period","ts_ns":…,…,"flags":…}` without serde's per-field dispatch: the writer
-/// has to keep up with millions of callbacks a second.
-fn encode_period(buf: &mut Vec<u8>, p: &PeriodRecord) {
-    buf.extend_from_slice(PERIOD_PREFIX);
-    for (i, (key, v)) in PERIOD_KEYS.iter().zip(period_values(p)).enumerate() {
+/// `{"kind":"<kind>","key":…,…}` without serde's per-field dispatch: the writer has to keep
+/// up with millions of callbacks a second.
+fn encode_fields(buf: &mut Vec<u8>, prefix: &[u8], keys: &[&[u8]], values: &[u64]) {
+    buf.extend_from_slice(prefix);
+    for (i, (key, &v)) in keys.iter().zip(values).enumerate() {
         if i > 0 {
             buf.push(b',');
         }
@@ -430,12 +501,24 @@ fn encode_period(buf: &mut Vec<u8>, p: &PeriodRecord) {
     buf.push(b'}');
 }
 
-/// Strict parser for exactly what `encode_period` writes (optional trailing newline). Anything
+fn encode_period(buf: &mut Vec<u8>, p: &PeriodRecord) {
+    encode_fields(buf, PERIOD_PREFIX, &PERIOD_KEYS, &period_values(p));
+}
+
+fn encode_async(buf: &mut Vec<u8>, a: &AsyncRecord) {
+    encode_fields(buf, ASYNC_PREFIX, &ASYNC_KEYS, &async_values(a));
+}
+
+/// Strict parser for exactly what `encode_fields` writes (optional trailing newline). Anything
 /// else returns None and goes to serde, so this only has to be right, not complete.
-fn decode_period(line: &[u8]) -> Option<PeriodRecord> {
-    let mut s = line.strip_prefix(PERIOD_PREFIX)?;
-    let mut v = [0u64; 12];
-    for (i, key) in PERIOD_KEYS.iter().enumerate() {
+fn decode_fields<const N: usize>(
+    line: &[u8],
+    prefix: &[u8],
+    keys: &[&[u8]; N],
+) -> Option<[u64; N]> {
+    let mut s = line.strip_prefix(prefix)?;
+    let mut v = [0u64; N];
+    for (i, key) in keys.iter().enumerate() {
         if i > 0 {
             s = s.strip_prefix(b",")?;
         }
@@ -459,6 +542,11 @@ fn decode_period(line: &[u8]) -> Option<PeriodRecord> {
     if !(s.is_empty() || s == b"\n" || s == b"\r\n") {
         return None;
     }
+    Some(v)
+}
+
+fn decode_period(line: &[u8]) -> Option<PeriodRecord> {
+    let v = decode_fields(line, PERIOD_PREFIX, &PERIOD_KEYS)?;
     let u32_at = |i: usize| u32::try_from(v[i]).ok();
     Some(PeriodRecord {
         ts_ns: v[0],
@@ -473,6 +561,24 @@ fn decode_period(line: &[u8]) -> Option<PeriodRecord> {
         period_ns: v[9],
         quota_ns: v[10],
         flags: u32_at(11)?,
+    })
+}
+
+fn decode_async(line: &[u8]) -> Option<AsyncRecord> {
+    let v = decode_fields(line, ASYNC_PREFIX, &ASYNC_KEYS)?;
+    let u32_at = |i: usize| u32::try_from(v[i]).ok();
+    Some(AsyncRecord {
+        ts_ns: v[0],
+        cpu: u32_at(1)?,
+        duration_ns: v[2],
+        cgroup_id: v[3],
+        csd_ts_ns: v[4],
+        csd_ns: v[5],
+        segment: u32_at(6)?,
+        unthrottled: u32_at(7)?,
+        enqueued: u32_at(8)?,
+        runnable: u32_at(9)?,
+        flags: u32_at(10)?,
     })
 }
 
@@ -636,6 +742,11 @@ impl<R: BufRead> CaptureReader<R> {
                 return Ok(Some(CaptureLine::Period(p)));
             }
         }
+        if self.buf.starts_with(ASYNC_PREFIX)
+            && let Some(a) = decode_async(&self.buf)
+        {
+            return Ok(Some(CaptureLine::AsyncUnthrottle(a)));
+        }
         match serde_json::from_slice::<CaptureLine>(&self.buf) {
             Ok(l) => Ok(Some(l)),
             Err(e) => match serde_json::from_slice::<KindProbe>(&self.buf) {
@@ -792,6 +903,19 @@ pub(crate) mod tests {
                 flags: 0x1ff,
                 ..Default::default()
             }),
+            CaptureLine::AsyncUnthrottle(AsyncRecord {
+                ts_ns: 15,
+                cpu: 1,
+                duration_ns: 800,
+                cgroup_id: 42,
+                csd_ts_ns: 14,
+                csd_ns: 900,
+                segment: 1,
+                unthrottled: 1,
+                enqueued: 3,
+                runnable: 2,
+                flags: tracer_ebpf::ASYNC_LAST,
+            }),
             CaptureLine::Loss(LossRecord {
                 ts_ns: 11,
                 ringbuf_full: 1,
@@ -804,6 +928,7 @@ pub(crate) mod tests {
                 periods: 1,
                 lost: 1,
                 command_status: None,
+                async_unthrottle: 1,
             }),
         ]
     }
@@ -827,11 +952,11 @@ pub(crate) mod tests {
     #[test]
     fn round_trip() {
         let bytes = encode(&lines());
-        assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 5);
+        assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 6);
         let (h, got, stats) = read(&bytes).unwrap();
         assert_eq!(h, header());
         assert_eq!(got, lines());
-        assert_eq!(stats.lines, 4);
+        assert_eq!(stats.lines, 5);
         assert!(stats.ended && !stats.truncated);
         assert!(stats.warnings.is_empty(), "{:?}", stats.warnings);
     }
@@ -942,12 +1067,73 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn hand_encoded_async_lines_match_serde() {
+        let recs = [
+            AsyncRecord::default(),
+            AsyncRecord {
+                ts_ns: u64::MAX,
+                cpu: u32::MAX,
+                duration_ns: 12_345,
+                cgroup_id: 4026531835,
+                csd_ts_ns: 99,
+                csd_ns: 0,
+                segment: 31,
+                unthrottled: u32::MAX,
+                enqueued: 7,
+                runnable: 0,
+                flags: 0xffff,
+            },
+        ];
+        for a in recs {
+            let mut mine = Vec::new();
+            encode_async(&mut mine, &a);
+            let serde = serde_json::to_vec(&CaptureLine::AsyncUnthrottle(a)).unwrap();
+            assert_eq!(
+                String::from_utf8(mine.clone()).unwrap(),
+                String::from_utf8(serde).unwrap()
+            );
+            assert_eq!(decode_async(&mine), Some(a));
+        }
+        // Another key order (another writer) goes through serde and still reads.
+        let mut bytes = encode(&[]);
+        bytes.extend_from_slice(
+            br#"{"cpu":1,"ts_ns":15,"duration_ns":800,"cgroup_id":42,"csd_ts_ns":14,"csd_ns":900,"segment":1,"unthrottled":1,"enqueued":3,"runnable":2,"flags":8192,"kind":"async_unthrottle"}"#,
+        );
+        bytes.push(b'\n');
+        let (_, got, _) = read(&bytes).unwrap();
+        assert_eq!(got, vec![lines()[2].clone()]);
+    }
+
+    /// A capture written before async unthrottle was traced: no async lines, and loss and end
+    /// lines without the fields added with it.
+    #[test]
+    fn captures_without_async_lines_still_read() {
+        let mut bytes = encode(&lines()[..2]);
+        bytes.extend_from_slice(
+            br#"{"kind":"loss","ts_ns":11,"ringbuf_full":1,"unmatched_exit":0,"missed_exit":0,"cgroup_read":0}"#,
+        );
+        bytes.push(b'\n');
+        bytes.extend_from_slice(
+            br#"{"kind":"end","ts_ns":12,"duration_ns":99,"reason":"duration","periods":1,"lost":1}"#,
+        );
+        bytes.push(b'\n');
+        let (_, got, stats) = read(&bytes).unwrap();
+        assert!(stats.warnings.is_empty(), "{:?}", stats.warnings);
+        assert_eq!(got.len(), 4);
+        assert_eq!(got[2], lines()[3]);
+        match &got[3] {
+            CaptureLine::End(e) => assert_eq!((e.periods, e.async_unthrottle), (1, 0)),
+            l => panic!("{l:?}"),
+        }
+    }
+
+    #[test]
     fn truncated_last_line_is_a_warning() {
-        let mut bytes = encode(&lines()[..3]);
-        let end = serde_json::to_vec(&lines()[3]).unwrap();
+        let mut bytes = encode(&lines()[..4]);
+        let end = serde_json::to_vec(&lines()[4]).unwrap();
         bytes.extend_from_slice(&end[..20]);
         let (_, got, stats) = read(&bytes).unwrap();
-        assert_eq!(got, lines()[..3].to_vec());
+        assert_eq!(got, lines()[..4].to_vec());
         assert!(stats.truncated && !stats.ended);
         assert_eq!(
             stats.warnings,
@@ -994,7 +1180,7 @@ pub(crate) mod tests {
         for _ in 0..3 {
             bytes.extend_from_slice(b"{\"kind\":\"irq_span\",\"x\":1}\n");
         }
-        bytes.extend_from_slice(&serde_json::to_vec(&lines()[3]).unwrap());
+        bytes.extend_from_slice(&serde_json::to_vec(&lines()[4]).unwrap());
         bytes.push(b'\n');
         let (_, got, stats) = read(&bytes).unwrap();
         assert_eq!(got.len(), 3);

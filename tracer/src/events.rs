@@ -1,78 +1,190 @@
 //! Decoding the kernel's ring-buffer records into capture records.
-use tracer_ebpf::PeriodEvent;
+use tracer_ebpf::{AsyncEvent, EVENT_ASYNC_UNTHROTTLE, EVENT_PERIOD, PeriodEvent};
 
-use crate::capture::PeriodRecord;
+use crate::capture::{AsyncRecord, PeriodRecord};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("ring buffer record of {got} bytes, expected {want} (object/binary mismatch)")]
     Size { got: usize, want: usize },
+    #[error("ring buffer record of unknown kind {0} (object/binary mismatch)")]
+    Kind(u32),
 }
 
-/// One ring-buffer record -> capture record. The buffer is only byte-aligned from our point of
-/// view, so read unaligned.
-pub fn decode(buf: &[u8]) -> Result<PeriodRecord, DecodeError> {
-    let want = core::mem::size_of::<PeriodEvent>();
+/// One ring-buffer record, by its leading `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Period(PeriodRecord),
+    Async(AsyncRecord),
+}
+
+impl Event {
+    pub fn cgroup_id(&self) -> u64 {
+        match self {
+            Event::Period(p) => p.cgroup_id,
+            Event::Async(a) => a.cgroup_id,
+        }
+    }
+}
+
+/// Read a `T` from the front of `buf`. The buffer is only byte-aligned from our point of view,
+/// so read unaligned.
+fn read<T: Copy>(buf: &[u8]) -> Result<T, DecodeError> {
+    let want = core::mem::size_of::<T>();
     if buf.len() < want {
         return Err(DecodeError::Size {
             got: buf.len(),
             want,
         });
     }
-    // SAFETY: length checked; PeriodEvent is repr(C) plain integers, any bit pattern is valid.
-    let e: PeriodEvent = unsafe { core::ptr::read_unaligned(buf.as_ptr().cast()) };
-    Ok(PeriodRecord {
-        ts_ns: e.start_ns,
-        cpu: e.cpu,
-        duration_ns: e.duration_ns,
-        cgroup_id: e.cgroup_id,
-        timer: e.timer,
-        loops: e.loops,
-        unthrottled: e.unthrottled,
-        enqueued: e.enqueued,
-        runnable: e.runnable,
-        period_ns: e.period_ns,
-        quota_ns: e.quota_ns,
-        flags: e.flags,
-    })
+    // SAFETY: length checked; only called with the repr(C) integer-only event types, for
+    // which any bit pattern is valid.
+    Ok(unsafe { core::ptr::read_unaligned(buf.as_ptr().cast()) })
+}
+
+/// One ring-buffer record -> capture record.
+pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
+    let kind: u32 = read(buf)?;
+    match kind {
+        EVENT_PERIOD => {
+            let e: PeriodEvent = read(buf)?;
+            Ok(Event::Period(PeriodRecord {
+                ts_ns: e.start_ns,
+                cpu: e.cpu,
+                duration_ns: e.duration_ns,
+                cgroup_id: e.cgroup_id,
+                timer: e.timer,
+                loops: e.loops,
+                unthrottled: e.unthrottled,
+                enqueued: e.enqueued,
+                runnable: e.runnable,
+                period_ns: e.period_ns,
+                quota_ns: e.quota_ns,
+                flags: e.flags,
+            }))
+        }
+        EVENT_ASYNC_UNTHROTTLE => {
+            let e: AsyncEvent = read(buf)?;
+            Ok(Event::Async(AsyncRecord {
+                ts_ns: e.start_ns,
+                cpu: e.cpu,
+                duration_ns: e.duration_ns,
+                cgroup_id: e.cgroup_id,
+                csd_ts_ns: e.csd_start_ns,
+                csd_ns: e.csd_ns,
+                segment: e.segment,
+                unthrottled: e.unthrottled,
+                enqueued: e.enqueued,
+                runnable: e.runnable,
+                flags: e.flags,
+            }))
+        }
+        k => Err(DecodeError::Kind(k)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn bytes_of<T>(e: &T) -> Vec<u8> {
+        // SAFETY: viewing a repr(C) POD as bytes.
+        let b = unsafe {
+            core::slice::from_raw_parts((e as *const T).cast::<u8>(), core::mem::size_of::<T>())
+        };
+        // Misalign on purpose.
+        let mut v = vec![0u8];
+        v.extend_from_slice(b);
+        v
+    }
+
     #[test]
-    fn decodes_a_record() {
+    fn decodes_a_period_record() {
         let e = PeriodEvent {
+            kind: EVENT_PERIOD,
+            cpu: 7,
             start_ns: 1,
             duration_ns: 2,
             cgroup_id: 3,
             timer: 4,
             period_ns: 5,
             quota_ns: u64::MAX,
-            cpu: 7,
             loops: 8,
             unthrottled: 9,
             enqueued: 10,
             runnable: 11,
             flags: 12,
+            _pad: 0,
         };
-        // SAFETY: viewing a repr(C) POD as bytes.
-        let bytes = unsafe {
-            core::slice::from_raw_parts(
-                (&e as *const PeriodEvent).cast::<u8>(),
-                core::mem::size_of::<PeriodEvent>(),
-            )
+        let v = bytes_of(&e);
+        let Event::Period(r) = decode(&v[1..]).unwrap() else {
+            panic!("not a period");
         };
-        // Misalign on purpose.
-        let mut v = vec![0u8];
-        v.extend_from_slice(bytes);
-        let r = decode(&v[1..]).unwrap();
         assert_eq!(
-            (r.ts_ns, r.duration_ns, r.cgroup_id, r.cpu, r.unthrottled, r.enqueued),
+            (
+                r.ts_ns,
+                r.duration_ns,
+                r.cgroup_id,
+                r.cpu,
+                r.unthrottled,
+                r.enqueued
+            ),
             (1, 2, 3, 7, 9, 10)
         );
+        assert_eq!((r.loops, r.runnable, r.flags), (8, 11, 12));
         assert_eq!(r.quota_ns, u64::MAX);
-        assert_eq!(decode(&v[..10]), Err(DecodeError::Size { got: 10, want: 72 }));
+        assert_eq!(
+            decode(&v[1..11]),
+            Err(DecodeError::Size { got: 10, want: 80 })
+        );
+        assert_eq!(decode(&v[1..3]), Err(DecodeError::Size { got: 2, want: 4 }));
+    }
+
+    #[test]
+    fn decodes_an_async_record() {
+        let e = AsyncEvent {
+            kind: EVENT_ASYNC_UNTHROTTLE,
+            cpu: 1,
+            start_ns: 100,
+            duration_ns: 20,
+            cgroup_id: 42,
+            csd_start_ns: 90,
+            csd_ns: 35,
+            unthrottled: 1,
+            enqueued: 4,
+            runnable: 3,
+            flags: tracer_ebpf::ASYNC_LAST,
+            segment: 2,
+            _pad: 0,
+        };
+        let v = bytes_of(&e);
+        let Event::Async(r) = decode(&v[1..]).unwrap() else {
+            panic!("not async");
+        };
+        assert_eq!(
+            r,
+            AsyncRecord {
+                ts_ns: 100,
+                cpu: 1,
+                duration_ns: 20,
+                cgroup_id: 42,
+                csd_ts_ns: 90,
+                csd_ns: 35,
+                segment: 2,
+                unthrottled: 1,
+                enqueued: 4,
+                runnable: 3,
+                flags: tracer_ebpf::ASYNC_LAST,
+            }
+        );
+        assert_eq!(Event::Async(r).cgroup_id(), 42);
+        // Cut short: a size error against its own kind's size.
+        assert_eq!(
+            decode(&v[1..40]),
+            Err(DecodeError::Size { got: 39, want: 72 })
+        );
+        let mut bad = v[1..].to_vec();
+        bad[..4].copy_from_slice(&9u32.to_ne_bytes());
+        assert_eq!(decode(&bad), Err(DecodeError::Kind(9)));
     }
 }

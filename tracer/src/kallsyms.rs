@@ -27,10 +27,11 @@ pub struct Symbols {
 impl Symbols {
     pub fn load(wanted: &[&str]) -> Result<Self, KallsymsError> {
         let path = "/proc/kallsyms";
-        let text = std::fs::read_to_string(Path::new(path)).map_err(|source| KallsymsError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(Path::new(path)).map_err(|source| KallsymsError::Read {
+                path: path.into(),
+                source,
+            })?;
         let s = Self::parse(&text, wanted);
         if !s.found.is_empty() && s.found.values().all(|(a, _)| *a == 0) {
             return Err(KallsymsError::Restricted { path: path.into() });
@@ -112,8 +113,14 @@ ffffffffc0001000 t enqueue_entity\t[some_module]
             ],
         );
         assert_eq!(s.addr("sched_cfs_period_timer"), Some(0xffffffff813b8bb0));
-        assert_eq!(s.symbol("sched_cfs_period_timer"), Some("sched_cfs_period_timer"));
-        assert_eq!(s.symbol("distribute_cfs_runtime"), Some("distribute_cfs_runtime.isra.0"));
+        assert_eq!(
+            s.symbol("sched_cfs_period_timer"),
+            Some("sched_cfs_period_timer")
+        );
+        assert_eq!(
+            s.symbol("distribute_cfs_runtime"),
+            Some("distribute_cfs_runtime.isra.0")
+        );
         assert!(s.addr("unthrottle_cfs_rq").is_some());
         // data symbol and module symbol do not count: enqueue_entity is inlined here.
         assert_eq!(s.addr("enqueue_entity"), None);

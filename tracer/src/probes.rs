@@ -1,6 +1,7 @@
 //! Load the embedded programs and attach them, choosing per probe the best attach style the
-//! running kernel offers (fentry, then kprobe, then the hrtimer tracepoints for the frame), and
-//! saying for each probe how it was attached or why not.
+//! running kernel offers (fentry, then kprobe, then tracepoints for the two frames: the
+//! period timer and the async-unthrottle CSD), and saying for each probe how it was attached
+//! or why not.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -8,8 +9,9 @@ use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::{FEntry, FExit, KProbe, RawTracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use tracer_ebpf::{
-    ATTACHED_SLOT, HOW_ENQUEUE_ENTITY, HOW_ENQUEUE_TASK_FAIR, HOW_LOOPS, HOW_RUNNABLE,
-    HOW_UNTHROTTLE, LOSS_CGROUP_READ, LOSS_MISSED_EXIT, LOSS_RINGBUF_FULL, LOSS_UNMATCHED_EXIT,
+    ATTACHED_ARMED, ATTACHED_SLOT, HOW_ENQUEUE_ENTITY, HOW_ENQUEUE_TASK_FAIR, HOW_LOOPS,
+    HOW_RUNNABLE, HOW_UNTHROTTLE, LOSS_CGROUP_READ, LOSS_CSD_MISSED_EXIT, LOSS_CSD_UNMATCHED_EXIT,
+    LOSS_MISSED_EXIT, LOSS_RINGBUF_FULL, LOSS_UNMATCHED_EXIT, OFFSET_UNAVAILABLE,
 };
 
 use crate::btf_layout::{self, BtfError, LayoutFacts};
@@ -23,6 +25,10 @@ pub const UNTHROTTLE_FN: &str = "unthrottle_cfs_rq";
 pub const ENQUEUE_ENTITY_FN: &str = "enqueue_entity";
 pub const ENQUEUE_TASK_FAIR_FN: &str = "enqueue_task_fair";
 pub const NR_RUNNING_TP: &str = "sched_update_nr_running_tp";
+/// The CSD that unthrottles a CPU's remote-queued cfs_rqs (6.3+, commit 8ad075c2eb1f).
+pub const CSD_UNTHROTTLE_FN: &str = "__cfsb_csd_unthrottle";
+pub const CSD_ENTRY_TP: &str = "csd_function_entry";
+pub const CSD_EXIT_TP: &str = "csd_function_exit";
 
 /// Probe names as they appear in the report's `probes` section.
 pub const PROBE_PERIOD_TIMER: &str = "period_timer";
@@ -30,6 +36,7 @@ pub const PROBE_DISTRIBUTE: &str = "distribute";
 pub const PROBE_UNTHROTTLE: &str = "unthrottle";
 pub const PROBE_ENQUEUE: &str = "enqueue";
 pub const PROBE_RUNNABLE: &str = "runnable";
+pub const PROBE_ASYNC_UNTHROTTLE: &str = "async_unthrottle";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backend {
@@ -69,7 +76,10 @@ pub enum ProbeError {
     #[error("loading the embedded eBPF object failed: {0}")]
     Load(String),
     #[error("cannot time the period-timer callback with --backend {backend}: {reasons}")]
-    NoFrame { backend: &'static str, reasons: String },
+    NoFrame {
+        backend: &'static str,
+        reasons: String,
+    },
     #[error("eBPF object is missing {0} (build mismatch)")]
     Missing(&'static str),
     #[error("map {name}: {source}")]
@@ -96,7 +106,14 @@ fn chain(e: &dyn std::error::Error) -> String {
     // Verifier logs are long; the first lines and the last say enough in a report.
     if s.len() > 600 {
         let head: String = s.chars().take(400).collect();
-        let tail: String = s.chars().rev().take(150).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: String = s
+            .chars()
+            .rev()
+            .take(150)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         s = format!("{head} ... {tail}");
     }
     humanize(&s.replace('\n', " "))
@@ -104,12 +121,17 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 /// Say what the common refusals mean instead of only quoting the syscall.
 fn humanize(s: &str) -> String {
-    let s = s.replace(" Verifier output: ", " ").trim_end_matches([' ', ';', '.']).to_string();
+    let s = s
+        .replace(" Verifier output: ", " ")
+        .trim_end_matches([' ', ';', '.'])
+        .to_string();
     if s.contains("kprobe/type") {
         return format!("this kernel has no kprobe PMU (built without CONFIG_KPROBES) [{s}]");
     }
     if s.contains("BPF_PROG_LOAD") && s.contains("Operation not permitted") {
-        return format!("the kernel refused the program (EPERM: BPF trampolines not permitted here) [{s}]");
+        return format!(
+            "the kernel refused the program (EPERM: BPF trampolines not permitted here) [{s}]"
+        );
     }
     s
 }
@@ -125,6 +147,8 @@ pub struct Tracer {
     pub probes: BTreeMap<String, ProbeStatus>,
     /// How the period-timer frame is timed: `fentry`, `kprobe` or `tracepoint`.
     pub frame_backend: &'static str,
+    /// How the async-unthrottle CSD frame is timed; None where it is not traced.
+    pub async_backend: Option<&'static str>,
     pub layout: LayoutFacts,
     /// HOW_* bits of the counting probes that are attached.
     pub attached_bits: u32,
@@ -159,9 +183,13 @@ impl Tracer {
             UNTHROTTLE_FN,
             ENQUEUE_ENTITY_FN,
             ENQUEUE_TASK_FAIR_FN,
+            CSD_UNTHROTTLE_FN,
         ])?;
-        let timer_addr = syms.addr(PERIOD_TIMER_FN).ok_or(ProbeError::NoPeriodTimer)?;
+        let timer_addr = syms
+            .addr(PERIOD_TIMER_FN)
+            .ok_or(ProbeError::NoPeriodTimer)?;
         layout.layout.period_timer_fn = timer_addr;
+        layout.layout.csd_unthrottle_fn = syms.addr(CSD_UNTHROTTLE_FN).unwrap_or(0);
 
         // fentry resolves its target in the *running* kernel's BTF; --btf only feeds offsets.
         let kernel_btf = Btf::from_sys_fs()
@@ -191,17 +219,20 @@ impl Tracer {
         if t.attach_runnable() {
             bits |= HOW_RUNNABLE;
         }
+        let async_backend = t.attach_async(opts.backend, bits & HOW_UNTHROTTLE != 0, &layout);
         let probes = t.probes;
 
         let mut attached: Array<&mut MapData, u32> = Array::try_from(
-            ebpf.map_mut("ATTACHED").ok_or(ProbeError::Missing("map ATTACHED"))?,
+            ebpf.map_mut("ATTACHED")
+                .ok_or(ProbeError::Missing("map ATTACHED"))?,
         )
         .map_err(|source| ProbeError::Map {
             name: "ATTACHED",
             source,
         })?;
+        // Last: arming lets frames open, now that every exit is live and the bits are final.
         attached
-            .set(ATTACHED_SLOT, bits, 0)
+            .set(ATTACHED_SLOT, bits | ATTACHED_ARMED, 0)
             .map_err(|source| ProbeError::Map {
                 name: "ATTACHED",
                 source,
@@ -211,6 +242,7 @@ impl Tracer {
             ebpf,
             probes,
             frame_backend,
+            async_backend,
             layout,
             attached_bits: bits,
         })
@@ -230,13 +262,20 @@ impl Tracer {
 
     /// Kernel-side loss counters summed over CPUs.
     pub fn losses(&self, ts_ns: u64) -> Result<LossRecord, ProbeError> {
-        let map = self.ebpf.map("LOSS").ok_or(ProbeError::Missing("map LOSS"))?;
+        let map = self
+            .ebpf
+            .map("LOSS")
+            .ok_or(ProbeError::Missing("map LOSS"))?;
         let arr: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map { name: "LOSS", source })?;
+            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
+                name: "LOSS",
+                source,
+            })?;
         let sum = |slot: u32| -> Result<u64, ProbeError> {
-            let v = arr
-                .get(&slot, 0)
-                .map_err(|source| ProbeError::Map { name: "LOSS", source })?;
+            let v = arr.get(&slot, 0).map_err(|source| ProbeError::Map {
+                name: "LOSS",
+                source,
+            })?;
             Ok(v.iter().sum())
         };
         Ok(LossRecord {
@@ -245,8 +284,61 @@ impl Tracer {
             unmatched_exit: sum(LOSS_UNMATCHED_EXIT)?,
             missed_exit: sum(LOSS_MISSED_EXIT)?,
             cgroup_read: sum(LOSS_CGROUP_READ)?,
+            csd_unmatched_exit: sum(LOSS_CSD_UNMATCHED_EXIT)?,
+            csd_missed_exit: sum(LOSS_CSD_MISSED_EXIT)?,
         })
     }
+}
+
+/// How the async events name their cgroups on this run, when it is not the full story
+/// (per-cgroup segments from a probe on `unthrottle_cfs_rq`).
+fn async_attribution_note(
+    style: &str,
+    probed: bool,
+    l: &tracer_ebpf::KernelLayout,
+) -> Option<String> {
+    let missing = |fields: &[(&str, u64)]| -> Vec<String> {
+        fields
+            .iter()
+            .filter(|(_, v)| *v == OFFSET_UNAVAILABLE)
+            .map(|(n, _)| n.to_string())
+            .collect()
+    };
+    let chain = [
+        ("cfs_rq.tg", l.cfs_rq_tg),
+        ("task_group.css.cgroup", l.tg_css_cgroup),
+        ("cgroup.kn", l.cgroup_kn),
+        ("kernfs_node.id", l.kn_id),
+    ];
+    if probed {
+        let m = missing(&chain);
+        return (!m.is_empty()).then(|| {
+            format!(
+                "the BTF lacks {}: CSD time and counts only, cgroups unresolved",
+                m.join(", ")
+            )
+        });
+    }
+    let mut fields = vec![
+        ("rq.cfsb_csd_list", l.rq_cfsb_csd_list),
+        ("cfs_rq.throttled_csd_list", l.cfs_rq_throttled_csd_list),
+    ];
+    if style == "tracepoint" {
+        fields.insert(0, ("rq.cfsb_csd", l.rq_cfsb_csd));
+    }
+    fields.extend(chain);
+    let m = missing(&fields);
+    if !m.is_empty() {
+        return Some(format!(
+            "{UNTHROTTLE_FN} is not probed and the BTF lacks {}: CSD time only, cgroups unresolved",
+            m.join(", ")
+        ));
+    }
+    Some(format!(
+        "{UNTHROTTLE_FN} is not probed here: cgroups are listed from rq->cfsb_csd_list at CSD \
+         entry (up to {} a CSD), and each CSD's time and runnable count are shared by its cgroups",
+        tracer_ebpf::MAX_LISTED
+    ))
 }
 
 struct Attacher<'a> {
@@ -257,65 +349,106 @@ struct Attacher<'a> {
     probes: BTreeMap<String, ProbeStatus>,
 }
 
+/// Where one program goes, by attach style.
+enum Hook<'s> {
+    /// kprobe or kretprobe (the program's section says which) on a symbol.
+    Kprobe(&'s str),
+    Fentry(&'s str),
+    Fexit(&'s str),
+    RawTp(&'s str),
+}
+
 impl Attacher<'_> {
-    fn kprobe(&mut self, prog: &str, symbol: &str) -> Result<(), String> {
-        let p: &mut KProbe = self
+    fn load(&mut self, prog: &str, hook: &Hook<'_>) -> Result<(), String> {
+        let btf = self.btf;
+        let p = self
             .ebpf
             .program_mut(prog)
-            .ok_or_else(|| format!("program {prog} missing from the object"))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| chain(&e))?;
-        p.load().map_err(|e| chain(&e))?;
-        p.attach(symbol, 0).map(|_| ()).map_err(|e| chain(&e))
+            .ok_or_else(|| format!("program {prog} missing from the object"))?;
+        let conv = |e: aya::programs::ProgramError| chain(&e);
+        let no_btf = || "no kernel BTF to resolve fentry/fexit targets".to_string();
+        match hook {
+            Hook::Kprobe(_) => <&mut KProbe>::try_from(p).map_err(conv)?.load(),
+            Hook::Fentry(f) => <&mut FEntry>::try_from(p)
+                .map_err(conv)?
+                .load(f, btf.ok_or_else(no_btf)?),
+            Hook::Fexit(f) => <&mut FExit>::try_from(p)
+                .map_err(conv)?
+                .load(f, btf.ok_or_else(no_btf)?),
+            Hook::RawTp(_) => <&mut RawTracePoint>::try_from(p).map_err(conv)?.load(),
+        }
+        .map_err(|e| chain(&e))
+    }
+
+    fn attach(&mut self, prog: &str, hook: &Hook<'_>) -> Result<(), String> {
+        let p = self
+            .ebpf
+            .program_mut(prog)
+            .ok_or_else(|| format!("program {prog} missing from the object"))?;
+        let conv = |e: aya::programs::ProgramError| chain(&e);
+        let r = match hook {
+            Hook::Kprobe(sym) => <&mut KProbe>::try_from(p)
+                .map_err(conv)?
+                .attach(*sym, 0)
+                .map(drop),
+            Hook::Fentry(_) => <&mut FEntry>::try_from(p).map_err(conv)?.attach().map(drop),
+            Hook::Fexit(_) => <&mut FExit>::try_from(p).map_err(conv)?.attach().map(drop),
+            Hook::RawTp(tp) => <&mut RawTracePoint>::try_from(p)
+                .map_err(conv)?
+                .attach(tp)
+                .map(drop),
+        };
+        r.map_err(|e| chain(&e))
+    }
+
+    fn load_attach(&mut self, prog: &str, hook: &Hook<'_>) -> Result<(), String> {
+        self.load(prog, hook)?;
+        self.attach(prog, hook)
+    }
+
+    fn kprobe(&mut self, prog: &str, symbol: &str) -> Result<(), String> {
+        self.load_attach(prog, &Hook::Kprobe(symbol))
     }
 
     fn fentry(&mut self, prog: &str, func: &str) -> Result<(), String> {
-        let btf = self
-            .btf
-            .ok_or_else(|| "no kernel BTF to resolve fentry targets".to_string())?;
-        let p: &mut FEntry = self
-            .ebpf
-            .program_mut(prog)
-            .ok_or_else(|| format!("program {prog} missing from the object"))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| chain(&e))?;
-        p.load(func, btf).map_err(|e| chain(&e))?;
-        p.attach().map(|_| ()).map_err(|e| chain(&e))
-    }
-
-    fn fexit(&mut self, prog: &str, func: &str) -> Result<(), String> {
-        let btf = self
-            .btf
-            .ok_or_else(|| "no kernel BTF to resolve fexit targets".to_string())?;
-        let p: &mut FExit = self
-            .ebpf
-            .program_mut(prog)
-            .ok_or_else(|| format!("program {prog} missing from the object"))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| chain(&e))?;
-        p.load(func, btf).map_err(|e| chain(&e))?;
-        p.attach().map(|_| ()).map_err(|e| chain(&e))
+        self.load_attach(prog, &Hook::Fentry(func))
     }
 
     fn raw_tp(&mut self, prog: &str, tp: &str) -> Result<(), String> {
-        let p: &mut RawTracePoint = self
-            .ebpf
-            .program_mut(prog)
-            .ok_or_else(|| format!("program {prog} missing from the object"))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| chain(&e))?;
-        p.load().map_err(|e| chain(&e))?;
-        p.attach(tp).map(|_| ()).map_err(|e| chain(&e))
+        self.load_attach(prog, &Hook::RawTp(tp))
     }
 
-    /// Detach a half-attached pair (entry attached, exit failed): an open without a close would
-    /// leave the counters running outside the callback.
+    /// A frame's entry/exit pair. Both are loaded (verified) first so that the exit and the
+    /// entry go live back to back, exit first: a frame opened before its exit is attached
+    /// would never close and would leave the counters running outside the function, while an
+    /// exit without an open only bumps a counter.
+    fn pair(&mut self, exit: (&str, Hook<'_>), entry: (&str, Hook<'_>)) -> Result<(), String> {
+        self.load(exit.0, &exit.1)?;
+        if let Err(e) = self.load(entry.0, &entry.1) {
+            self.unload(exit.0);
+            return Err(e);
+        }
+        if let Err(e) = self.attach(exit.0, &exit.1) {
+            self.unload(exit.0);
+            self.unload(entry.0);
+            return Err(e);
+        }
+        if let Err(e) = self.attach(entry.0, &entry.1) {
+            self.unload(exit.0);
+            self.unload(entry.0);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Unload (and so detach) one program of a pair that did not come up whole.
     fn unload(&mut self, prog: &str) {
         use aya::programs::Program;
         // Unloading detaches the program's links first.
         let _ = match self.ebpf.program_mut(prog) {
             Some(Program::KProbe(p)) => p.unload(),
             Some(Program::FEntry(p)) => p.unload(),
+            Some(Program::FExit(p)) => p.unload(),
             Some(Program::RawTracePoint(p)) => p.unload(),
             _ => Ok(()),
         };
@@ -325,12 +458,10 @@ impl Attacher<'_> {
         if !btf_layout::has_func(self.btf_file, PERIOD_TIMER_FN) {
             return Err(format!("{PERIOD_TIMER_FN} has no BTF description"));
         }
-        self.fentry("period_timer_fentry", PERIOD_TIMER_FN)?;
-        if let Err(e) = self.fexit("period_timer_fexit", PERIOD_TIMER_FN) {
-            self.unload("period_timer_fentry");
-            return Err(e);
-        }
-        Ok(())
+        self.pair(
+            ("period_timer_fexit", Hook::Fexit(PERIOD_TIMER_FN)),
+            ("period_timer_fentry", Hook::Fentry(PERIOD_TIMER_FN)),
+        )
     }
 
     fn try_kprobe_frame(&mut self) -> Result<(), String> {
@@ -339,21 +470,17 @@ impl Attacher<'_> {
             .symbol(PERIOD_TIMER_FN)
             .ok_or_else(|| format!("{PERIOD_TIMER_FN} is not a symbol"))?
             .to_string();
-        self.kprobe("period_timer_kprobe", &sym)?;
-        if let Err(e) = self.kprobe("period_timer_kretprobe", &sym) {
-            self.unload("period_timer_kprobe");
-            return Err(e);
-        }
-        Ok(())
+        self.pair(
+            ("period_timer_kretprobe", Hook::Kprobe(&sym)),
+            ("period_timer_kprobe", Hook::Kprobe(&sym)),
+        )
     }
 
     fn try_tracepoint_frame(&mut self) -> Result<(), String> {
-        self.raw_tp("hrtimer_expire_entry", "hrtimer_expire_entry")?;
-        if let Err(e) = self.raw_tp("hrtimer_expire_exit", "hrtimer_expire_exit") {
-            self.unload("hrtimer_expire_entry");
-            return Err(e);
-        }
-        Ok(())
+        self.pair(
+            ("hrtimer_expire_exit", Hook::RawTp("hrtimer_expire_exit")),
+            ("hrtimer_expire_entry", Hook::RawTp("hrtimer_expire_entry")),
+        )
     }
 
     fn attach_frame(&mut self, backend: Backend) -> Result<&'static str, ProbeError> {
@@ -396,6 +523,107 @@ impl Attacher<'_> {
         })
     }
 
+    fn try_fentry_csd(&mut self) -> Result<(), String> {
+        if !btf_layout::has_func(self.btf_file, CSD_UNTHROTTLE_FN) {
+            return Err(format!("{CSD_UNTHROTTLE_FN} has no BTF description"));
+        }
+        self.pair(
+            ("csd_unthrottle_fexit", Hook::Fexit(CSD_UNTHROTTLE_FN)),
+            ("csd_unthrottle_fentry", Hook::Fentry(CSD_UNTHROTTLE_FN)),
+        )
+    }
+
+    fn try_kprobe_csd(&mut self) -> Result<(), String> {
+        let sym = self
+            .syms
+            .symbol(CSD_UNTHROTTLE_FN)
+            .ok_or_else(|| format!("{CSD_UNTHROTTLE_FN} is not a symbol"))?
+            .to_string();
+        self.pair(
+            ("csd_unthrottle_kretprobe", Hook::Kprobe(&sym)),
+            ("csd_unthrottle_kprobe", Hook::Kprobe(&sym)),
+        )
+    }
+
+    fn try_tracepoint_csd(&mut self) -> Result<(), String> {
+        self.pair(
+            ("csd_function_exit", Hook::RawTp(CSD_EXIT_TP)),
+            ("csd_function_entry", Hook::RawTp(CSD_ENTRY_TP)),
+        )
+        .map_err(|e| format!("raw_tp {CSD_ENTRY_TP}/exit (6.3+): {e}"))
+    }
+
+    /// The async-unthrottle CSD frame, same style order as the period timer. Never fatal: a
+    /// kernel without it (pre-6.3) unthrottles everything inside the period timer, which the
+    /// period frame already measures. `probed`: `unthrottle_cfs_rq` is attached, so the
+    /// kernel side cuts each CSD into per-cgroup segments instead of listing its cfs_rqs.
+    fn attach_async(
+        &mut self,
+        backend: Backend,
+        probed: bool,
+        layout: &LayoutFacts,
+    ) -> Option<&'static str> {
+        let (style, st) = self.async_status(backend, probed, layout);
+        self.probes.insert(PROBE_ASYNC_UNTHROTTLE.into(), st);
+        style
+    }
+
+    fn async_status(
+        &mut self,
+        backend: Backend,
+        probed: bool,
+        layout: &LayoutFacts,
+    ) -> (Option<&'static str>, ProbeStatus) {
+        if self.syms.symbol(CSD_UNTHROTTLE_FN).is_none() {
+            return (
+                None,
+                not(format!(
+                    "{CSD_UNTHROTTLE_FN} is not in /proc/kallsyms: this kernel unthrottles remote \
+                     cfs_rqs inside the period timer (pre-6.3), which the period_timer probe measures"
+                )),
+            );
+        }
+        let order: &[&'static str] = match backend {
+            Backend::Auto => &["fentry", "kprobe", "tracepoint"],
+            Backend::Fentry => &["fentry"],
+            Backend::Kprobe => &["kprobe"],
+            Backend::Tracepoint => &["tracepoint"],
+        };
+        let mut reasons = Vec::new();
+        for &style in order {
+            let r = match style {
+                "fentry" => self.try_fentry_csd(),
+                "kprobe" => self.try_kprobe_csd(),
+                _ => self.try_tracepoint_csd(),
+            };
+            match r {
+                Ok(()) => {
+                    let (how, target) = match style {
+                        "tracepoint" => (
+                            "tracepoint",
+                            format!("{CSD_ENTRY_TP}/exit (raw_tp) filtered on {CSD_UNTHROTTLE_FN}"),
+                        ),
+                        s => (s, CSD_UNTHROTTLE_FN.to_string()),
+                    };
+                    let mut st = ok(how, &target);
+                    let mut notes = Vec::new();
+                    if !reasons.is_empty() {
+                        notes.push(format!("fell back: {}", reasons.join("; ")));
+                    }
+                    if let Some(n) = async_attribution_note(style, probed, &layout.layout) {
+                        notes.push(n);
+                    }
+                    if !notes.is_empty() {
+                        st.reason = Some(notes.join("; "));
+                    }
+                    return (Some(style), st);
+                }
+                Err(e) => reasons.push(format!("{style}: {e}")),
+            }
+        }
+        (None, not(reasons.join("; ")))
+    }
+
     /// A counting probe on `func`: fentry then kprobe (per the backend). Returns attached.
     fn attach_counter(&mut self, backend: Backend, probe: &str, func: &str, prog: &str) -> bool {
         let status = self.counter_status(backend, func, prog);
@@ -428,7 +656,11 @@ impl Attacher<'_> {
             };
             match r {
                 Ok(()) => {
-                    let target = if style == "kprobe" { symbol.clone() } else { func.to_string() };
+                    let target = if style == "kprobe" {
+                        symbol.clone()
+                    } else {
+                        func.to_string()
+                    };
                     let mut st = ok(style, &target);
                     if !reasons.is_empty() {
                         st.reason = Some(format!("fell back: {}", reasons.join("; ")));

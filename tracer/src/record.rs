@@ -16,7 +16,7 @@ use crate::capture::{
     CAPTURE_SCHEMA, CaptureHeader, CaptureLine, CaptureWriter, EndRecord, LossRecord,
 };
 use crate::cgroup_fs::{self, CgroupNamer};
-use crate::events;
+use crate::events::{self, Event};
 use crate::host;
 use crate::probes::{ProbeError, Tracer, TracerOptions};
 
@@ -84,6 +84,8 @@ pub struct Session {
     named: HashSet<u64>,
     pub header: CaptureHeader,
     pub periods: u64,
+    /// Async-unthrottle CSD events (6.3+ kernels).
+    pub async_events: u64,
     /// Records of the wrong size (never expected; counted, not silently dropped).
     pub decode_errors: u64,
 }
@@ -119,12 +121,13 @@ impl Session {
             named: HashSet::new(),
             header,
             periods: 0,
+            async_events: 0,
             decode_errors: 0,
         })
     }
 
     /// Wait up to `timeout` for events, then hand every capture line they make to `sink`:
-    /// a cgroup's naming line comes before its first period line.
+    /// a cgroup's naming line comes before its first period or async line.
     pub fn poll<E>(
         &mut self,
         timeout: Duration,
@@ -136,7 +139,13 @@ impl Session {
             revents: 0,
         };
         // SAFETY: one valid pollfd.
-        let r = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
+        let r = unsafe {
+            libc::poll(
+                &mut pfd,
+                1,
+                timeout.as_millis().min(i32::MAX as u128) as i32,
+            )
+        };
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
@@ -160,12 +169,22 @@ impl Session {
                 }
             };
             drop(item);
-            if rec.cgroup_id != 0 && self.named.insert(rec.cgroup_id) {
-                let c = self.namer.name(rec.cgroup_id);
+            let id = rec.cgroup_id();
+            if id != 0 && self.named.insert(id) {
+                let c = self.namer.name(id);
                 sink(&CaptureLine::Cgroup(c)).map_err(PollError::Sink)?;
             }
-            self.periods += 1;
-            sink(&CaptureLine::Period(rec)).map_err(PollError::Sink)?;
+            let line = match rec {
+                Event::Period(p) => {
+                    self.periods += 1;
+                    CaptureLine::Period(p)
+                }
+                Event::Async(a) => {
+                    self.async_events += 1;
+                    CaptureLine::AsyncUnthrottle(a)
+                }
+            };
+            sink(&line).map_err(PollError::Sink)?;
         }
         Ok(())
     }
@@ -199,6 +218,8 @@ pub struct RecordOptions {
 #[derive(Debug)]
 pub struct RecordOutcome {
     pub periods: u64,
+    /// Async-unthrottle CSD events recorded.
+    pub async_events: u64,
     pub lost: u64,
     pub reason: &'static str,
     pub command_status: Option<ExitStatus>,
@@ -219,26 +240,30 @@ pub fn record(opts: &RecordOptions, stop: &AtomicBool) -> Result<RecordOutcome, 
         path: path.clone(),
         source,
     };
-    let mut out = CaptureWriter::new(file, &session.header)
-        .map_err(cap_err)?;
+    let mut out = CaptureWriter::new(file, &session.header).map_err(cap_err)?;
     out.flush().map_err(cap_err)?;
 
-    let mut child: Option<Child> = match opts.command.split_first() {
-        Some((prog, args)) => Some(Command::new(prog).args(args).spawn().map_err(|source| {
-            RecordError::Spawn {
-                cmd: opts.command.join(" "),
-                source,
+    let mut child: Option<Child> =
+        match opts.command.split_first() {
+            Some((prog, args)) => {
+                Some(Command::new(prog).args(args).spawn().map_err(|source| {
+                    RecordError::Spawn {
+                        cmd: opts.command.join(" "),
+                        source,
+                    }
+                })?)
             }
-        })?),
-        None => None,
-    };
+            None => None,
+        };
 
     let started = Instant::now();
     let mut last_flush = Instant::now();
     let show_progress = opts.progress && io::stderr().is_terminal();
     let mut command_status = None;
     let reason = loop {
-        let r = session.poll(Duration::from_millis(100), &mut |l: &CaptureLine| out.write_line(l));
+        let r = session.poll(Duration::from_millis(100), &mut |l: &CaptureLine| {
+            out.write_line(l)
+        });
         match r {
             Ok(()) => {}
             Err(PollError::Poll(e)) => return Err(RecordError::Poll(e)),
@@ -251,9 +276,10 @@ pub fn record(opts: &RecordOptions, stop: &AtomicBool) -> Result<RecordOutcome, 
             last_flush = Instant::now();
             if show_progress {
                 eprint!(
-                    "\rcfstrace: {:>6.1}s  {} periods  {} lost ",
+                    "\rcfstrace: {:>6.1}s  {} periods  {} async  {} lost ",
                     started.elapsed().as_secs_f64(),
                     session.periods,
+                    session.async_events,
                     loss.lost()
                 );
             }
@@ -291,6 +317,7 @@ pub fn record(opts: &RecordOptions, stop: &AtomicBool) -> Result<RecordOutcome, 
         periods: session.periods,
         lost: loss.lost() + session.decode_errors,
         command_status: command_status.and_then(|s| s.code()),
+        async_unthrottle: session.async_events,
     }))
     .map_err(cap_err)?;
     out.flush().map_err(cap_err)?;
@@ -304,6 +331,7 @@ pub fn record(opts: &RecordOptions, stop: &AtomicBool) -> Result<RecordOutcome, 
     }
     Ok(RecordOutcome {
         periods: session.periods,
+        async_events: session.async_events,
         lost: loss.lost() + session.decode_errors,
         reason,
         command_status,

@@ -9,10 +9,13 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tracer_ebpf::{
-    HOW_ENQUEUE_ENTITY, HOW_ENQUEUE_TASK_FAIR, HOW_LOOPS, HOW_RUNNABLE, HOW_UNTHROTTLE,
+    ASYNC_LISTED, HOW_ENQUEUE_ENTITY, HOW_ENQUEUE_TASK_FAIR, HOW_LOOPS, HOW_RUNNABLE,
+    HOW_UNTHROTTLE,
 };
 
-use crate::aggregate::{Aggregator, CgroupView, Distribution, UNRESOLVED_ID, UNRESOLVED_NAME};
+use crate::aggregate::{
+    Aggregator, AsyncStats, CgroupView, Distribution, UNRESOLVED_ID, UNRESOLVED_NAME,
+};
 use crate::capture::{self, CaptureError, CaptureHeader, ProbeStatus, ProcessInfo};
 use crate::host::WatchdogFacts;
 use crate::workload::{Workload, WorkloadKind};
@@ -62,10 +65,23 @@ pub struct Events {
     pub unmatched_exit: u64,
     pub missed_exit: u64,
     pub cgroup_read: u64,
+    /// Async-unthrottle events (one per cgroup per CSD) in the report.
+    #[serde(default)]
+    pub async_unthrottle: u64,
+    /// Async-unthrottle CSDs (whole ones) in the report.
+    #[serde(default)]
+    pub async_csds: u64,
+    /// Of those, CSDs that found nothing left to unthrottle.
+    #[serde(default)]
+    pub async_empty: u64,
+    #[serde(default)]
+    pub csd_unmatched_exit: u64,
+    #[serde(default)]
+    pub csd_missed_exit: u64,
 }
 
 /// Whether a figure was measured on this run, how, or why not.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct Figure {
     pub available: bool,
     /// e.g. `kprobe unthrottle_cfs_rq`.
@@ -81,6 +97,9 @@ pub struct Figures {
     pub unthrottled: Figure,
     pub enqueued: Figure,
     pub runnable: Figure,
+    /// Work the period timer moved to CSDs on other CPUs (6.3+).
+    #[serde(default)]
+    pub async_unthrottle: Figure,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
@@ -138,6 +157,33 @@ pub struct CgroupReport {
     pub kernel_quota_us: Option<u64>,
     #[serde(default)]
     pub note: Option<String>,
+    /// Its cfs_rqs unthrottled asynchronously, in CSDs on their own CPUs (6.3+); None when
+    /// none were seen or the figure is unavailable.
+    #[serde(default)]
+    pub async_unthrottle: Option<AsyncReport>,
+}
+
+/// A cgroup's async-unthrottle work: what its period timer queued to other CPUs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct AsyncReport {
+    /// CSDs that unthrottled some of its cfs_rqs.
+    pub csds: u64,
+    /// cfs_rqs unthrottled by them in total.
+    pub unthrottled: u64,
+    /// Its time per CSD: its own segment, or with `attribution` "listed" the whole CSD's
+    /// (shared with the other cgroups of that CSD).
+    pub per_csd_ns: Option<Stats>,
+    /// CPUs that ran those CSDs.
+    pub cpus: Vec<u32>,
+    /// Sum of `per_csd_ns`.
+    pub total_ns: u64,
+    /// Entities enqueued in its segments (None without an enqueue probe).
+    pub enqueued: Option<u64>,
+    /// Tasks made runnable (listed: in the whole CSDs it took part in).
+    pub runnable: Option<u64>,
+    /// `segments` (a probe on unthrottle_cfs_rq split each CSD per cgroup) or `listed`
+    /// (cgroups read from rq->cfsb_csd_list at CSD entry; time and runnable shared).
+    pub attribution: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -157,6 +203,13 @@ pub struct CpuReport {
     /// Longest run of back-to-back callbacks (one interrupt serving several timers).
     #[serde(default)]
     pub max_chain_ns: u64,
+    /// Async-unthrottle CSDs run on this CPU, their total and longest time (IRQs off).
+    #[serde(default)]
+    pub async_csds: u64,
+    #[serde(default)]
+    pub async_ns: u64,
+    #[serde(default)]
+    pub max_async_ns: u64,
 }
 
 /// Probe names as the capture header lists them.
@@ -165,10 +218,12 @@ const PROBE_DISTRIBUTE: &str = "distribute";
 const PROBE_UNTHROTTLE: &str = "unthrottle";
 const PROBE_ENQUEUE: &str = "enqueue";
 const PROBE_RUNNABLE: &str = "runnable";
-const PROBE_ORDER: [&str; 5] = [
+const PROBE_ASYNC: &str = "async_unthrottle";
+const PROBE_ORDER: [&str; 6] = [
     PROBE_PERIOD_TIMER,
     PROBE_DISTRIBUTE,
     PROBE_UNTHROTTLE,
+    PROBE_ASYNC,
     PROBE_ENQUEUE,
     PROBE_RUNNABLE,
 ];
@@ -210,6 +265,40 @@ fn count_figure(
         }
         Some(_) => Some("probe attached, but no event carried its count".to_string()),
         None => Some(format!("the capture lists no {probe} probe")),
+    };
+    Figure {
+        available,
+        how,
+        reason,
+    }
+}
+
+/// Async unthrottle: measured when its CSD frame was attached (or, for a capture without the
+/// probe list, when events are there).
+fn async_figure(header: &CaptureHeader, agg: &Aggregator) -> Figure {
+    let status = header.probes.get(PROBE_ASYNC);
+    let events = agg.async_events();
+    let attached = status.is_some_and(|s| s.attached);
+    let available = attached || events > 0;
+    let how = status
+        .filter(|s| s.attached)
+        .and_then(probe_how)
+        .or_else(|| (events > 0).then(|| "__cfsb_csd_unthrottle".to_string()));
+    let reason = match status {
+        Some(s) if !s.attached => Some(
+            s.reason
+                .clone()
+                .unwrap_or_else(|| format!("the {PROBE_ASYNC} probe was not attached")),
+        ),
+        Some(s) if events == 0 => Some(match &s.reason {
+            Some(r) => format!("no CSD ran: every unthrottle happened on the timer's own CPU; {r}"),
+            None => "no CSD ran: every unthrottle happened on the timer's own CPU".to_string(),
+        }),
+        Some(s) => s.reason.clone(),
+        None if events > 0 => None,
+        None => Some(format!(
+            "the capture lists no {PROBE_ASYNC} probe (recorded by an older cfstrace)"
+        )),
     };
     Figure {
         available,
@@ -274,6 +363,7 @@ fn figures(header: &CaptureHeader, agg: &Aggregator) -> Figures {
             "sched_update_nr_running_tp",
             n,
         ),
+        async_unthrottle: async_figure(header, agg),
     }
 }
 
@@ -290,6 +380,24 @@ fn plain_workload() -> Workload {
         pod_uid: None,
         qos: None,
         unit: None,
+    }
+}
+
+fn async_report(a: &AsyncStats) -> AsyncReport {
+    let d = a.per_csd_ns();
+    AsyncReport {
+        csds: a.csds(),
+        unthrottled: a.unthrottled(),
+        per_csd_ns: (d.count() > 0).then(|| Stats::of(d)),
+        cpus: a.cpus().iter().collect(),
+        total_ns: d.sum(),
+        enqueued: a.enqueued(),
+        runnable: a.runnable(),
+        attribution: if a.flags() & ASYNC_LISTED != 0 {
+            "listed".to_string()
+        } else {
+            "segments".to_string()
+        },
     }
 }
 
@@ -355,6 +463,10 @@ fn cgroup_report(v: &CgroupView<'_>, figs: &Figures, thresh_s: Option<u64>) -> C
             .filter(|&q| q != u64::MAX && q > 0)
             .map(|q| q / 1_000),
         note: (!notes.is_empty()).then(|| notes.join("; ")),
+        async_unthrottle: s
+            .asyncs()
+            .filter(|_| figs.async_unthrottle.available)
+            .map(async_report),
     }
 }
 
@@ -450,6 +562,26 @@ fn culprit_reason(c: &CgroupReport, wd: &WatchdogFacts) -> String {
     if let Some(u) = &c.unthrottled_per_period {
         let _ = write!(r, ", {:.1} cfs_rqs unthrottled per period", u.mean);
     }
+    // The work 6.3+ moved off the timer's CPU: not in the callback time above.
+    if let Some(a) = c.async_unthrottle.as_ref().filter(|a| a.unthrottled > 0) {
+        let _ = write!(
+            r,
+            " + {} cfs_rq{} unthrottled asynchronously on {} CPU{}",
+            a.unthrottled,
+            if a.unthrottled == 1 { "" } else { "s" },
+            a.cpus.len(),
+            if a.cpus.len() == 1 { "" } else { "s" },
+        );
+        if let Some(p) = &a.per_csd_ns {
+            let _ = write!(
+                r,
+                " ({} CSD{}, worst {})",
+                a.csds,
+                if a.csds == 1 { "" } else { "s" },
+                human_ns(p.max)
+            );
+        }
+    }
     let _ = write!(r, "; {}", headroom_phrase(c.headroom_ns, wd));
     r
 }
@@ -497,6 +629,9 @@ pub fn build_report(
             timer_irq_ns: s.callback_ns,
             max_callback_ns: s.max_callback_ns,
             max_chain_ns: s.max_chain_ns,
+            async_csds: s.async_csds,
+            async_ns: s.async_ns,
+            max_async_ns: s.max_async_ns,
         })
         .collect();
 
@@ -509,6 +644,11 @@ pub fn build_report(
         unmatched_exit: loss.unmatched_exit,
         missed_exit: loss.missed_exit,
         cgroup_read: loss.cgroup_read,
+        async_unthrottle: agg.async_events(),
+        async_csds: agg.async_csds(),
+        async_empty: agg.async_empty(),
+        csd_unmatched_exit: loss.csd_unmatched_exit,
+        csd_missed_exit: loss.csd_missed_exit,
     };
 
     let mut all = warnings;
@@ -529,6 +669,12 @@ pub fn build_report(
         all.push(format!(
             "{} callback end(s) missed, {} end(s) without a start: a few durations are missing",
             events.missed_exit, events.unmatched_exit
+        ));
+    }
+    if events.csd_missed_exit > 0 || events.csd_unmatched_exit > 0 {
+        all.push(format!(
+            "{} async-unthrottle CSD end(s) missed (their events lost), {} end(s) without a start",
+            events.csd_missed_exit, events.csd_unmatched_exit
         ));
     }
     if let Some(e) = end.filter(|e| e.periods > agg.periods()) {
@@ -677,6 +823,18 @@ fn headroom_cell(h: Option<i64>) -> String {
 }
 
 /// The report as a terse terminal table (bcc `hardirqs` style).
+/// Probe reasons in the table are cut here; `--json` has them whole.
+const REASON_W: usize = 110;
+
+fn shorten(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        return s.to_string();
+    }
+    let mut t: String = s.chars().take(width - 1).collect();
+    t.push('…');
+    t
+}
+
 pub fn render_text(report: &Report, color: bool) -> String {
     let mut o = String::new();
     let wd = &report.watchdog;
@@ -735,14 +893,14 @@ pub fn render_text(report: &Report, color: bool) -> String {
     for (name, p) in probes {
         if p.attached {
             let how = probe_how(p).unwrap_or_else(|| "attached".to_string());
-            let _ = write!(o, "  {name:<13} {how}");
+            let _ = write!(o, "  {name:<16} {how}");
             if let Some(r) = &p.reason {
-                let _ = write!(o, "  ({r})");
+                let _ = write!(o, "  ({})", shorten(r, REASON_W));
             }
             o.push('\n');
         } else {
             let r = p.reason.as_deref().unwrap_or("not attached");
-            let _ = writeln!(o, "  {name:<13} -  unavailable: {r}");
+            let _ = writeln!(o, "  {name:<16} -  unavailable: {}", shorten(r, REASON_W));
         }
     }
 
@@ -759,11 +917,14 @@ pub fn render_text(report: &Report, color: bool) -> String {
         }
     }
 
+    // Where enqueue_* cannot be probed (tracepoint-only kernels) the tasks made runnable inside
+    // the callback are the closest figure: show them in that column, labelled as such.
+    let enq_is_runnable = !report.figures.enqueued.available && report.figures.runnable.available;
     if !report.cgroups.is_empty() {
         o.push('\n');
         let _ = writeln!(
             o,
-            "{} {} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11} {:>9}  COMM",
+            "{} {} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11} {:>7} {:>9}  COMM",
             pad("PATH", PATH_W),
             pad("WORKLOAD", WORKLOAD_W),
             "PERIODS",
@@ -771,7 +932,12 @@ pub fn render_text(report: &Report, color: bool) -> String {
             "p99",
             "max",
             "UNTHR/P",
-            "ENQ/P",
+            if enq_is_runnable {
+                "RUNNABLE/P"
+            } else {
+                "ENQ/P"
+            },
+            "ASYNC",
             "HEADROOM"
         );
         let culprit_id = report.culprit.as_ref().map(|c| c.cgroup.id);
@@ -783,13 +949,21 @@ pub fn render_text(report: &Report, color: bool) -> String {
             let hr = paint(&hr, RED, color && low_headroom(c.headroom_ns, wd.thresh_s));
             let comms = top_comms(&c.processes, 3).join(",");
             let row = format!(
-                "{path} {wl} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11} ",
+                "{path} {wl} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11} {:>7} ",
                 c.periods,
                 human_ns(c.callback_ns.p50),
                 human_ns(c.callback_ns.p99),
                 human_ns(c.callback_ns.max),
                 p50_max(&c.unthrottled_per_period),
-                p50_max(&c.enqueued_per_period),
+                p50_max(if enq_is_runnable {
+                    &c.runnable_per_period
+                } else {
+                    &c.enqueued_per_period
+                }),
+                // cfs_rqs unthrottled in CSDs on other CPUs (6.3+).
+                c.async_unthrottle
+                    .as_ref()
+                    .map_or_else(|| "-".to_string(), |a| a.unthrottled.to_string()),
             );
             let row = paint(&row, BOLD, color && culprit_id == Some(c.id));
             let _ = writeln!(
@@ -807,8 +981,9 @@ pub fn render_text(report: &Report, color: bool) -> String {
         }
     }
 
-    if !report.cpus.is_empty() {
-        let mut cpus: Vec<&CpuReport> = report.cpus.iter().collect();
+    if report.cpus.iter().any(|c| c.period_timers > 0) {
+        let mut cpus: Vec<&CpuReport> =
+            report.cpus.iter().filter(|c| c.period_timers > 0).collect();
         cpus.sort_by(|a, b| b.timer_irq_ns.cmp(&a.timer_irq_ns).then(a.cpu.cmp(&b.cpu)));
         let _ = write!(
             o,
@@ -839,6 +1014,32 @@ pub fn render_text(report: &Report, color: bool) -> String {
         }
     }
 
+    if report.events.async_csds > 0 {
+        let mut cpus: Vec<&CpuReport> = report.cpus.iter().filter(|c| c.async_csds > 0).collect();
+        cpus.sort_by(|a, b| b.async_ns.cmp(&a.async_ns).then(a.cpu.cmp(&b.cpu)));
+        let n = report.events.async_csds;
+        let _ = write!(
+            o,
+            "\nasync unthrottle (CSD, IRQs off) by CPU: {n} CSD{}",
+            if n == 1 { "" } else { "s" }
+        );
+        if report.events.async_empty > 0 {
+            let _ = write!(o, " ({} with nothing to do)", report.events.async_empty);
+        }
+        let _ = write!(o, ":");
+        for c in cpus.iter().take(TOP_CPUS) {
+            let _ = write!(
+                o,
+                "  cpu{} {} / {} (max {})",
+                c.cpu,
+                human_ns(c.async_ns),
+                c.async_csds,
+                human_ns(c.max_async_ns)
+            );
+        }
+        o.push('\n');
+    }
+
     if !report.warnings.is_empty() {
         o.push_str("\nwarnings:\n");
         for w in &report.warnings {
@@ -851,10 +1052,10 @@ pub fn render_text(report: &Report, color: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::{CgroupRecord, EndRecord, LossRecord, PeriodRecord};
+    use crate::capture::{AsyncRecord, CgroupRecord, EndRecord, LossRecord, PeriodRecord};
     use crate::host::HostFacts;
     use crate::workload::WorkloadKind;
-    use tracer_ebpf::{HOW_CGROUP, HOW_FRAME_TRACEPOINT, HOW_PERIOD};
+    use tracer_ebpf::{ASYNC_LAST, HOW_CGROUP, HOW_FRAME_TRACEPOINT, HOW_PERIOD};
 
     const YARN: &str = "/yarn/container_e06_1512098667219_988894_01_000020";
 
@@ -1245,6 +1446,166 @@ mod tests {
         assert_eq!(back, r);
     }
 
+    fn async_rec(cg: u64, cpu: u32, csd_ts: u64, dur: u64, flags: u32) -> AsyncRecord {
+        AsyncRecord {
+            ts_ns: csd_ts,
+            cpu,
+            duration_ns: dur,
+            cgroup_id: cg,
+            csd_ts_ns: csd_ts,
+            csd_ns: dur,
+            segment: 0,
+            unthrottled: 1,
+            enqueued: 0,
+            runnable: 2,
+            flags: flags | ASYNC_LAST,
+        }
+    }
+
+    /// The header of a tracepoint-only 6.3+ host: the CSD frame on the csd tracepoints, cgroups
+    /// listed from the rq's CSD list.
+    fn async_header() -> CaptureHeader {
+        let mut h = header();
+        h.probes.insert(
+            PROBE_ASYNC.into(),
+            status(
+                true,
+                "tracepoint",
+                "csd_function_entry/exit (raw_tp) filtered on __cfsb_csd_unthrottle",
+                Some("unthrottle_cfs_rq is not probed here: cgroups are listed"),
+            ),
+        );
+        h
+    }
+
+    fn async_agg() -> Aggregator {
+        let mut a = agg();
+        let listed = HOW_FRAME_TRACEPOINT | ASYNC_LISTED | HOW_RUNNABLE | HOW_CGROUP;
+        // The YARN container's cfs_rqs on CPUs 1 and 2 unthrottled in CSDs there.
+        for i in 0..10u64 {
+            a.add_async(&async_rec(
+                20,
+                1 + (i % 2) as u32,
+                1_000 + i * 100_000,
+                3_000 + i,
+                listed,
+            ));
+        }
+        a
+    }
+
+    #[test]
+    fn async_unthrottle_in_the_json() {
+        let r = build_report(&async_header(), &async_agg(), 8_000_000_000, vec![]);
+        let v = serde_json::to_value(&r).unwrap();
+        let f = &v["figures"]["async_unthrottle"];
+        assert_eq!(f["available"], true);
+        assert_eq!(
+            f["how"],
+            "tracepoint csd_function_entry/exit (raw_tp) filtered on __cfsb_csd_unthrottle"
+        );
+        assert_eq!(v["events"]["async_unthrottle"], 10);
+        assert_eq!(v["events"]["async_csds"], 10);
+        for k in ["async_empty", "csd_unmatched_exit", "csd_missed_exit"] {
+            assert!(v["events"][k].is_number(), "events.{k}");
+        }
+        let c = &v["cgroups"][0];
+        assert_eq!(c["id"], 20);
+        let a = &c["async_unthrottle"];
+        assert_eq!(a["csds"], 10);
+        assert_eq!(a["unthrottled"], 10);
+        assert_eq!(a["cpus"], serde_json::json!([1, 2]));
+        assert_eq!(a["total_ns"], (0..10).map(|i| 3_000 + i).sum::<u64>());
+        assert_eq!(a["attribution"], "listed");
+        assert_eq!(a["runnable"], 20);
+        assert!(a["enqueued"].is_null());
+        for k in ["count", "min", "p50", "p90", "p99", "max", "mean"] {
+            assert!(a["per_csd_ns"][k].is_number(), "per_csd_ns.{k}");
+        }
+        assert_eq!(a["per_csd_ns"]["max"], 3_009);
+        // Cgroups without async work say null.
+        assert!(v["cgroups"][2]["async_unthrottle"].is_null());
+        // Per CPU: the CSDs, also on CPUs whose timers did not fire.
+        let cpu2 = r.cpus.iter().find(|c| c.cpu == 2).unwrap();
+        assert_eq!((cpu2.async_csds, cpu2.max_async_ns), (5, 3_009));
+        for k in ["async_csds", "async_ns", "max_async_ns"] {
+            assert!(v["cpus"][0][k].is_number(), "cpus[].{k}");
+        }
+        let reason = v["culprit"]["reason"].as_str().unwrap();
+        assert!(
+            reason.contains(
+                "3.4 cfs_rqs unthrottled per period + 10 cfs_rqs unthrottled asynchronously \
+                 on 2 CPUs (10 CSDs, worst 3.01 us); watchdog headroom"
+            ),
+            "{reason}"
+        );
+        assert_eq!(v["culprit"]["async_unthrottle"]["csds"], 10);
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+        let t = render_text(&r, false);
+        assert!(t.contains("  ASYNC  HEADROOM"), "{t}");
+        assert!(
+            t.contains("async unthrottle (CSD, IRQs off) by CPU: 10 CSDs:  cpu2 15.0 us / 5 (max 3.01 us)  cpu1 "),
+            "{t}"
+        );
+        assert!(
+            t.contains("  async_unthrottle tracepoint csd_function_entry/exit"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn async_unthrottle_unavailable_or_absent() {
+        // Pre-6.3: the probe says why; no cgroup has the figure.
+        let mut h = header();
+        h.probes.insert(
+            PROBE_ASYNC.into(),
+            status(
+                false,
+                "",
+                "__cfsb_csd_unthrottle",
+                Some("__cfsb_csd_unthrottle is not in /proc/kallsyms: this kernel unthrottles remote cfs_rqs inside the period timer (pre-6.3)"),
+            ),
+        );
+        let r = build_report(&h, &agg(), 1, vec![]);
+        let f = &r.figures.async_unthrottle;
+        assert!(!f.available);
+        assert!(f.reason.as_deref().unwrap().contains("pre-6.3"), "{f:?}");
+        assert!(r.cgroups.iter().all(|c| c.async_unthrottle.is_none()));
+        assert!(!r.culprit.unwrap().reason.contains("asynchronously"));
+        // Attached, but every unthrottle stayed on the timer's CPU.
+        let r = build_report(&async_header(), &agg(), 1, vec![]);
+        assert!(r.figures.async_unthrottle.available);
+        assert!(
+            r.figures
+                .async_unthrottle
+                .reason
+                .as_deref()
+                .unwrap()
+                .starts_with("no CSD ran"),
+            "{:?}",
+            r.figures.async_unthrottle
+        );
+        // A capture from before this probe existed.
+        let r = build_report(&header(), &agg(), 1, vec![]);
+        let reason = r.figures.async_unthrottle.reason.clone().unwrap();
+        assert!(reason.contains("older cfstrace"), "{reason}");
+        // A report JSON from before the async fields still reads.
+        let mut v = serde_json::to_value(&r).unwrap();
+        v["figures"]
+            .as_object_mut()
+            .unwrap()
+            .remove("async_unthrottle");
+        v["events"].as_object_mut().unwrap().remove("async_csds");
+        v["cgroups"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("async_unthrottle");
+        v["cpus"][0].as_object_mut().unwrap().remove("async_ns");
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back.cgroups[0].async_unthrottle, None);
+    }
+
     #[test]
     fn text_names_the_culprit() {
         let r = build_report(&header(), &agg(), 8_000_000_000, vec![]);
@@ -1254,11 +1615,11 @@ mod tests {
         assert!(t.contains("…12098667219_988894 "), "{t}");
         assert!(t.contains("kernel 6.18.44"), "{t}");
         assert!(
-            t.contains("  period_timer  tracepoint hrtimer_expire_entry/exit\n"),
+            t.contains("  period_timer     tracepoint hrtimer_expire_entry/exit\n"),
             "{t}"
         );
         assert!(
-            t.contains("  enqueue       -  unavailable: kprobes are not available"),
+            t.contains("  enqueue          -  unavailable: kprobes are not available"),
             "{t}"
         );
         assert!(t.contains("systemd cron.service"), "{t}");
@@ -1328,6 +1689,7 @@ mod tests {
             periods: 1,
             lost: 0,
             command_status: None,
+            async_unthrottle: 0,
         }))
         .unwrap();
         w.flush().unwrap();
