@@ -15,5 +15,7 @@ fn main() -> anyhow::Result<()> {
         }],
         Toolchain::default(),
     )
-    .context("building the eBPF object (needs `cargo xtask setup`: nightly rust-src and bpf-linker)")
+    .context(
+        "building the eBPF object (needs `cargo xtask setup`: nightly rust-src and bpf-linker)",
+    )
 }

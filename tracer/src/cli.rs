@@ -142,7 +142,15 @@ mod tests {
     #[test]
     fn record_with_command() {
         let c = Cli::try_parse_from([
-            "cfstrace", "record", "-o", "x.jsonl", "--duration", "8s", "--", "sleep", "1",
+            "cfstrace",
+            "record",
+            "-o",
+            "x.jsonl",
+            "--duration",
+            "8s",
+            "--",
+            "sleep",
+            "1",
         ])
         .unwrap();
         match c.command {
@@ -155,6 +163,9 @@ mod tests {
             _ => panic!("not record"),
         }
         assert!(parse_duration("0s").is_err());
-        assert!(Cli::try_parse_from(["cfstrace", "record"]).is_err(), "-o is required");
+        assert!(
+            Cli::try_parse_from(["cfstrace", "record"]).is_err(),
+            "-o is required"
+        );
     }
 }

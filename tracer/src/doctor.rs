@@ -17,7 +17,11 @@ pub fn doctor(opts: &TracerOptions, attach_cycles: Option<u32>) -> Result<ExitCo
     match h.watchdog.thresh_s {
         Some(t) => println!(
             "watchdog    thresh {t} s, {}",
-            if h.watchdog.enabled { "enabled" } else { "disabled" }
+            if h.watchdog.enabled {
+                "enabled"
+            } else {
+                "disabled"
+            }
         ),
         None => println!("watchdog    /proc/sys/kernel/watchdog_thresh unreadable"),
     }
@@ -30,7 +34,10 @@ pub fn doctor(opts: &TracerOptions, attach_cycles: Option<u32>) -> Result<ExitCo
         }
     }
     match cgroup_fs::find_cpu_hierarchy() {
-        Ok(c) => println!("cgroups     cpu controller on cgroup v{} at {}", c.version, c.mount),
+        Ok(c) => println!(
+            "cgroups     cpu controller on cgroup v{} at {}",
+            c.version, c.mount
+        ),
         Err(e) => {
             println!("cgroups     NO: {e}");
             healthy = false;

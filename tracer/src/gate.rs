@@ -96,8 +96,14 @@ mod tests {
             judge(&report(Some(10), Some(-1)), 0.0),
             Verdict::Fail { .. }
         ));
-        assert!(matches!(judge(&report(None, Some(1)), 10.0), Verdict::Unknown { .. }));
-        assert!(matches!(judge(&report(Some(10), None), 10.0), Verdict::Unknown { .. }));
+        assert!(matches!(
+            judge(&report(None, Some(1)), 10.0),
+            Verdict::Unknown { .. }
+        ));
+        assert!(matches!(
+            judge(&report(Some(10), None), 10.0),
+            Verdict::Unknown { .. }
+        ));
         assert_eq!(parse_pct("10%"), Ok(10.0));
         assert!(parse_pct("120").is_err());
         assert!(parse_pct("x").is_err());

@@ -52,7 +52,8 @@ fn kernel_name(s: &str) -> String {
 
 /// Our program names (from the embedded object) and map names, as the kernel shows them.
 fn our_names() -> Result<(BTreeSet<String>, BTreeSet<String>), LeakCheckError> {
-    let obj = aya_obj::Object::parse(crate::EBPF_OBJECT).map_err(|e| LeakCheckError::List(e.to_string()))?;
+    let obj = aya_obj::Object::parse(crate::EBPF_OBJECT)
+        .map_err(|e| LeakCheckError::List(e.to_string()))?;
     let progs = obj.programs.keys().map(|n| kernel_name(n)).collect();
     let maps = obj.maps.keys().map(|n| kernel_name(n)).collect();
     Ok((progs, maps))

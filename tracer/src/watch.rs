@@ -61,7 +61,11 @@ pub fn watch(opts: &WatchOptions, stop: &AtomicBool) -> Result<(), RecordError> 
             )
         };
         // A closed pipe (`cfstrace watch | head`) ends the watch quietly.
-        if stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()).is_err() {
+        if stdout
+            .write_all(text.as_bytes())
+            .and_then(|_| stdout.flush())
+            .is_err()
+        {
             return Ok(());
         }
         if stop.load(Ordering::Relaxed) || opts.duration.is_some_and(|d| started.elapsed() >= d) {
