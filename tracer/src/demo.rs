@@ -92,8 +92,8 @@ pub fn demo(opts: &DemoOptions, stop: &AtomicBool) -> Result<report::Report> {
     let rec = rec.context("tracing the demo storm")?;
     stopped.context("removing the demo storm's cgroups")?;
     eprintln!(
-        "cfstrace demo: {} period-timer callbacks traced, {} lost; storm removed",
-        rec.periods, rec.lost
+        "cfstrace demo: {} period-timer callbacks and {} async unthrottles traced, {} lost; storm removed",
+        rec.periods, rec.async_events, rec.lost
     );
     let rep = report::report_from_capture(&path)?;
     if opts.json {

@@ -63,6 +63,7 @@ pub fn doctor(opts: &TracerOptions, attach_cycles: Option<u32>) -> Result<ExitCo
         probes::UNTHROTTLE_FN,
         probes::ENQUEUE_ENTITY_FN,
         probes::ENQUEUE_TASK_FAIR_FN,
+        probes::CSD_UNTHROTTLE_FN,
     ];
     match Symbols::load(&fns) {
         Ok(s) => {
@@ -85,7 +86,7 @@ pub fn doctor(opts: &TracerOptions, attach_cycles: Option<u32>) -> Result<ExitCo
                 for (name, st) in &t.probes {
                     if st.attached {
                         println!(
-                            "probe       {name:<13} {} {}{}",
+                            "probe       {name:<16} {} {}{}",
                             st.how.as_deref().unwrap_or("?"),
                             st.target.as_deref().unwrap_or(""),
                             st.reason
@@ -95,7 +96,7 @@ pub fn doctor(opts: &TracerOptions, attach_cycles: Option<u32>) -> Result<ExitCo
                         );
                     } else {
                         println!(
-                            "probe       {name:<13} unavailable: {}",
+                            "probe       {name:<16} unavailable: {}",
                             st.reason.as_deref().unwrap_or("?")
                         );
                     }

@@ -52,9 +52,10 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<ExitCode> {
             let out = record::record(&opts, stop)
                 .with_context(|| format!("recording to {}", output.display()))?;
             eprintln!(
-                "cfstrace: wrote {} ({} period-timer callbacks in {:.1}s, {} lost, stopped: {})",
+                "cfstrace: wrote {} ({} period-timer callbacks, {} async unthrottles in {:.1}s, {} lost, stopped: {})",
                 output.display(),
                 out.periods,
+                out.async_events,
                 out.duration.as_secs_f64(),
                 out.lost,
                 out.reason.replace('_', " ")

@@ -401,9 +401,11 @@ impl Attacher<'_> {
         r.map_err(|e| chain(&e))
     }
 
+    /// A program that loaded but could not attach is unloaded again: nothing idle stays in
+    /// the kernel of the node we are diagnosing.
     fn load_attach(&mut self, prog: &str, hook: &Hook<'_>) -> Result<(), String> {
         self.load(prog, hook)?;
-        self.attach(prog, hook)
+        self.attach(prog, hook).inspect_err(|_| self.unload(prog))
     }
 
     fn kprobe(&mut self, prog: &str, symbol: &str) -> Result<(), String> {
