@@ -133,6 +133,23 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<ExitCode> {
     }
 }
 
+/// The error and its causes on one line, without repeating a cause that a message already
+/// quotes (our thiserror messages embed their source).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let stop = match record::stop_flag() {
@@ -145,7 +162,7 @@ fn main() -> ExitCode {
     match run(cli, &stop) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("cfstrace: error: {e:#}");
+            eprintln!("cfstrace: error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
