@@ -7,6 +7,13 @@
 pub const EVENT_PERIOD: u32 = 1;
 /// `kind` of an [`AsyncEvent`].
 pub const EVENT_ASYNC_UNTHROTTLE: u32 = 2;
+/// `kind` of an [`IrqSpanEvent`].
+pub const EVENT_IRQ_SPAN: u32 = 3;
+
+/// Words of the per-period CPU bitmap: CPUs 0..`SPREAD_CPUS` get a bit; unthrottles on higher
+/// CPUs are counted in `spread_overflow` (a fixed size keeps the frame and event bounded).
+pub const SPREAD_WORDS: usize = 16;
+pub const SPREAD_CPUS: u32 = SPREAD_WORDS as u32 * 64;
 
 /// One `sched_cfs_period_timer` callback, emitted when its frame closes.
 #[repr(C)]
@@ -37,7 +44,36 @@ pub struct PeriodEvent {
     pub runnable: u32,
     /// `HOW_*` bits: how the frame was opened and which figures were counted.
     pub flags: u32,
+    /// Distinct CPUs whose cfs_rqs this callback unthrottled (bits set in `spread_mask`);
+    /// real only with `HOW_SPREAD`.
+    pub spread: u32,
+    /// Start of the timer-interrupt span this callback ran in (`HOW_IN_SPAN`), else 0.
+    pub span_start_ns: u64,
+    /// Unthrottles on CPUs >= `SPREAD_CPUS` (calls, not distinct CPUs).
+    pub spread_overflow: u32,
     pub _pad: u32,
+    /// Bit `c` set: the cfs_rq of CPU `c` (`cfs_rq->rq->cpu`) was unthrottled in the callback.
+    pub spread_mask: [u64; SPREAD_WORDS],
+}
+
+/// One timer interrupt (`hrtimer_interrupt`, or `local_timer_entry/exit` on x86) that ran at
+/// least one period-timer callback: the whole IRQs-off span around the callbacks, emitted when
+/// the span closes. Spans without a period timer are closed silently (no event).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IrqSpanEvent {
+    /// `EVENT_IRQ_SPAN`.
+    pub kind: u32,
+    pub cpu: u32,
+    pub start_ns: u64,
+    /// Entry to exit of the interrupt handler.
+    pub duration_ns: u64,
+    /// Sum of the period-timer callbacks' times inside the span.
+    pub timers_ns: u64,
+    /// Period-timer callbacks inside the span.
+    pub timers: u32,
+    /// `HOW_FRAME_*` (how the span was opened), `HOW_REOPENED`.
+    pub flags: u32,
 }
 
 /// One cgroup's share of an async-unthrottle CSD (`__cfsb_csd_unthrottle`, 6.3+): the work a
@@ -116,6 +152,12 @@ pub const ASYNC_EMPTY: u32 = 1 << 14;
 /// Async event: the list walk stopped at `MAX_LISTED` entries; the CSD had more.
 pub const ASYNC_TRUNCATED: u32 = 1 << 15;
 
+/// Period event: the callback closed inside an open timer-interrupt span (`span_start_ns`).
+pub const HOW_IN_SPAN: u32 = 1 << 16;
+/// Period event: `spread`/`spread_mask` are real (`unthrottle_cfs_rq` probed and the BTF gives
+/// `cfs_rq.rq` and `rq.cpu`).
+pub const HOW_SPREAD: u32 = 1 << 17;
+
 /// Most `rq->cfsb_csd_list` entries walked at CSD entry (a bounded loop for the verifier).
 pub const MAX_LISTED: u32 = 32;
 
@@ -157,6 +199,10 @@ pub struct KernelLayout {
     pub cfs_rq_tg: u64,
     /// offsetof(struct cfs_rq, throttled) (an int)
     pub cfs_rq_throttled: u64,
+    /// offsetof(struct cfs_rq, rq): the rq a cfs_rq belongs to (FAIR_GROUP_SCHED).
+    pub cfs_rq_rq: u64,
+    /// offsetof(struct rq, cpu) (an int; SMP kernels).
+    pub rq_cpu: u64,
 }
 
 pub const OFFSET_UNAVAILABLE: u64 = u64::MAX;
@@ -179,6 +225,8 @@ impl KernelLayout {
         cfs_rq_throttled_csd_list: OFFSET_UNAVAILABLE,
         cfs_rq_tg: OFFSET_UNAVAILABLE,
         cfs_rq_throttled: OFFSET_UNAVAILABLE,
+        cfs_rq_rq: OFFSET_UNAVAILABLE,
+        rq_cpu: OFFSET_UNAVAILABLE,
     };
 }
 
@@ -194,7 +242,11 @@ pub const LOSS_CGROUP_READ: u32 = 3;
 pub const LOSS_CSD_UNMATCHED_EXIT: u32 = 4;
 /// An async-unthrottle CSD open while one was open (its close was missed; its events are lost).
 pub const LOSS_CSD_MISSED_EXIT: u32 = 5;
-pub const LOSS_SLOTS: u32 = 6;
+/// A timer-interrupt span close without an open (after arming).
+pub const LOSS_SPAN_UNMATCHED_EXIT: u32 = 6;
+/// A timer-interrupt span open while one was open (its close was missed).
+pub const LOSS_SPAN_MISSED_EXIT: u32 = 7;
+pub const LOSS_SLOTS: u32 = 8;
 
 /// Index in the `ATTACHED` array map: userspace writes the `HOW_*` bits of the probes it
 /// attached, so every event says how its figures were obtained.
@@ -211,6 +263,7 @@ mod user {
     // SAFETY: repr(C), only integers, no implicit padding (checked by the size tests).
     unsafe impl aya::Pod for super::PeriodEvent {}
     unsafe impl aya::Pod for super::AsyncEvent {}
+    unsafe impl aya::Pod for super::IrqSpanEvent {}
     unsafe impl aya::Pod for super::KernelLayout {}
 }
 
@@ -221,9 +274,14 @@ mod tests {
 
     #[test]
     fn no_implicit_padding() {
-        assert_eq!(size_of::<PeriodEvent>(), 8 + 6 * 8 + 6 * 4);
+        assert_eq!(
+            size_of::<PeriodEvent>(),
+            8 + 6 * 8 + 6 * 4 + 8 + 2 * 4 + SPREAD_WORDS * 8
+        );
         assert_eq!(size_of::<AsyncEvent>(), 8 + 5 * 8 + 6 * 4);
-        assert_eq!(size_of::<KernelLayout>(), 16 * 8);
+        assert_eq!(size_of::<IrqSpanEvent>(), 8 + 3 * 8 + 2 * 4);
+        assert_eq!(size_of::<KernelLayout>(), 18 * 8);
+        assert_eq!(core::mem::offset_of!(IrqSpanEvent, kind), 0);
         // The reader dispatches on the leading kind.
         assert_eq!(core::mem::offset_of!(PeriodEvent, kind), 0);
         assert_eq!(core::mem::offset_of!(AsyncEvent, kind), 0);

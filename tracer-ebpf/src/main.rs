@@ -1,11 +1,13 @@
-//! Kernel side of cfstrace: per-CPU frames around each `sched_cfs_period_timer` callback and
-//! around each async-unthrottle CSD (`__cfsb_csd_unthrottle`, 6.3+).
+//! Kernel side of cfstrace: per-CPU frames around each `sched_cfs_period_timer` callback,
+//! around each async-unthrottle CSD (`__cfsb_csd_unthrottle`, 6.3+), and around each timer
+//! interrupt (`hrtimer_interrupt` or x86 `local_timer_entry/exit`), which holds the callbacks.
 //!
 //! Each frame is opened by one of three attach styles (kprobe, fentry, or tracepoints filtered
 //! on the function's address) and closed when the function returns. The counting probes
 //! (`distribute_cfs_runtime`, `unthrottle_cfs_rq`, `enqueue_*`, `sched_update_nr_running_tp`)
 //! sit on hot paths, so they do one per-CPU array lookup and return at once unless a frame is
-//! open.
+//! open. The timer-interrupt span runs on every timer interrupt of every CPU: its entry is one
+//! per-CPU lookup and a timestamp, its exit emits an event only if a period timer ran inside.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -24,11 +26,13 @@ mod programs {
     };
     use tracer_ebpf::{
         ASYNC_EMPTY, ASYNC_LAST, ASYNC_LISTED, ASYNC_SHARED, ASYNC_TRUNCATED, ATTACHED_ARMED,
-        ATTACHED_SLOT, AsyncEvent, EVENT_ASYNC_UNTHROTTLE, EVENT_PERIOD, HOW_CGROUP,
-        HOW_FRAME_FENTRY, HOW_FRAME_KPROBE, HOW_FRAME_TRACEPOINT, HOW_PERIOD, HOW_REOPENED,
-        HOW_UNTHROTTLE, KernelLayout, LOSS_CGROUP_READ, LOSS_CSD_MISSED_EXIT,
-        LOSS_CSD_UNMATCHED_EXIT, LOSS_MISSED_EXIT, LOSS_RINGBUF_FULL, LOSS_SLOTS,
+        ATTACHED_SLOT, AsyncEvent, EVENT_ASYNC_UNTHROTTLE, EVENT_IRQ_SPAN, EVENT_PERIOD,
+        HOW_CGROUP, HOW_FRAME_FENTRY, HOW_FRAME_KPROBE, HOW_FRAME_TRACEPOINT, HOW_IN_SPAN,
+        HOW_PERIOD, HOW_REOPENED, HOW_SPREAD, HOW_UNTHROTTLE, IrqSpanEvent, KernelLayout,
+        LOSS_CGROUP_READ, LOSS_CSD_MISSED_EXIT, LOSS_CSD_UNMATCHED_EXIT, LOSS_MISSED_EXIT,
+        LOSS_RINGBUF_FULL, LOSS_SLOTS, LOSS_SPAN_MISSED_EXIT, LOSS_SPAN_UNMATCHED_EXIT,
         LOSS_UNMATCHED_EXIT, MAX_LISTED, OFFSET_UNAVAILABLE, PeriodEvent, RINGBUF_BYTES,
+        SPREAD_CPUS, SPREAD_WORDS,
     };
 
     /// Written by userspace before load (from the running kernel's BTF and kallsyms).
@@ -38,6 +42,7 @@ mod programs {
     /// `Frames::open` bits.
     const OPEN_PERIOD: u32 = 1 << 0;
     const OPEN_CSD: u32 = 1 << 1;
+    const OPEN_SPAN: u32 = 1 << 2;
 
     /// The open period-timer callback of this CPU.
     #[repr(C)]
@@ -49,7 +54,19 @@ mod programs {
         enqueued: u32,
         runnable: u32,
         how: u32,
-        _pad: u32,
+        /// Unthrottles on CPUs beyond the bitmap.
+        spread_overflow: u32,
+        /// CPUs whose cfs_rqs were unthrottled (`cfs_rq->rq->cpu`).
+        spread_mask: [u64; SPREAD_WORDS],
+    }
+
+    /// The open timer interrupt of this CPU and the period timers that ran inside it.
+    #[repr(C)]
+    pub struct SpanFrame {
+        start_ns: u64,
+        timers_ns: u64,
+        timers: u32,
+        how: u32,
     }
 
     /// The open async-unthrottle CSD of this CPU and its current segment.
@@ -84,15 +101,17 @@ mod programs {
 
     const NONE_LISTED: u32 = u32::MAX;
 
-    /// Both frames in one per-CPU value, so a hot-path probe needs a single lookup and a
-    /// single load of `open` to know it has nothing to do. Hard IRQs do not nest and both
-    /// functions run with IRQs off, so at most one frame is open at a time on a CPU.
+    /// All frames in one per-CPU value, so a hot-path probe needs a single lookup and a
+    /// single load of `open` to know it has nothing to do. Hard IRQs do not nest and the
+    /// period timer and the CSD both run with IRQs off, so at most one of those two is open at
+    /// a time on a CPU; the period frame opens inside the timer-interrupt span that runs it.
     #[repr(C)]
     pub struct Frames {
         open: u32,
         _pad: u32,
         period: PeriodFrame,
         csd: CsdFrame,
+        span: SpanFrame,
     }
 
     #[map]
@@ -220,6 +239,10 @@ mod programs {
         f.enqueued = 0;
         f.runnable = 0;
         f.how = how;
+        f.spread_overflow = 0;
+        for w in f.spread_mask.iter_mut() {
+            *w = 0;
+        }
         fs.open |= OPEN_PERIOD;
         // Last, so the probe's own bookkeeping stays out of the measured span.
         f.start_ns = unsafe { bpf_ktime_get_ns() };
@@ -272,23 +295,131 @@ mod programs {
                 }
             }
         }
-        match EVENTS.reserve::<PeriodEvent>(0) {
+        let duration_ns = end.wrapping_sub(f.start_ns);
+        // The timer interrupt that runs this callback: its span learns what the timers took.
+        let mut span_start_ns = 0;
+        if fs.open & OPEN_SPAN != 0 {
+            fs.span.timers += 1;
+            fs.span.timers_ns = fs.span.timers_ns.wrapping_add(duration_ns);
+            span_start_ns = fs.span.start_ns;
+            flags |= HOW_IN_SPAN;
+        }
+        if flags & HOW_UNTHROTTLE != 0
+            && l.cfs_rq_rq != OFFSET_UNAVAILABLE
+            && l.rq_cpu != OFFSET_UNAVAILABLE
+        {
+            flags |= HOW_SPREAD;
+        }
+        let Some(mut slot) = EVENTS.reserve::<PeriodEvent>(0) else {
+            count_loss(LOSS_RINGBUF_FULL);
+            return;
+        };
+        // Field by field into the reserved slot: the event is too big to build on the stack.
+        let e = slot.as_mut_ptr();
+        unsafe {
+            (*e).kind = EVENT_PERIOD;
+            (*e).cpu = bpf_get_smp_processor_id();
+            (*e).start_ns = f.start_ns;
+            (*e).duration_ns = duration_ns;
+            (*e).cgroup_id = cgroup_id;
+            (*e).timer = f.timer;
+            (*e).period_ns = period_ns;
+            (*e).quota_ns = quota_ns;
+            (*e).loops = f.loops;
+            (*e).unthrottled = f.unthrottled;
+            (*e).enqueued = f.enqueued;
+            (*e).runnable = f.runnable;
+            (*e).flags = flags;
+            (*e).span_start_ns = span_start_ns;
+            (*e).spread_overflow = f.spread_overflow;
+            (*e)._pad = 0;
+            let mut spread: u32 = 0;
+            for i in 0..SPREAD_WORDS {
+                let w = f.spread_mask[i];
+                spread += w.count_ones();
+                (*e).spread_mask[i] = w;
+            }
+            (*e).spread = spread;
+        }
+        slot.submit(0);
+    }
+
+    /// `cfs_rq->rq->cpu` into the open period frame's CPU bitmap.
+    #[inline(always)]
+    fn period_mark_cpu(f: &mut PeriodFrame, cfs_rq: u64) {
+        let l = layout();
+        if l.cfs_rq_rq == OFFSET_UNAVAILABLE || l.rq_cpu == OFFSET_UNAVAILABLE || cfs_rq == 0 {
+            return;
+        }
+        let Some(rq) = read_u64(cfs_rq.wrapping_add(l.cfs_rq_rq)) else {
+            return;
+        };
+        if rq == 0 {
+            return;
+        }
+        let Some(cpu) = read_u32(rq.wrapping_add(l.rq_cpu)) else {
+            return;
+        };
+        if cpu >= SPREAD_CPUS {
+            f.spread_overflow += 1;
+            return;
+        }
+        if let Some(w) = f.spread_mask.get_mut((cpu / 64) as usize) {
+            *w |= 1u64 << (cpu % 64);
+        }
+    }
+
+    // ---- timer-interrupt span frame ----
+
+    /// Runs on every timer interrupt: one lookup, a few stores, a timestamp. Not gated on
+    /// arming (that would cost a second lookup): the exit is attached before the entry, so
+    /// every span opened here closes, and period frames, which only open once armed, are what
+    /// make a span worth an event.
+    #[inline(always)]
+    fn span_open(how: u32) {
+        let Some(fs) = frames() else {
+            return;
+        };
+        let mut how = how;
+        if fs.open & OPEN_SPAN != 0 {
+            count_loss(LOSS_SPAN_MISSED_EXIT);
+            how |= HOW_REOPENED;
+        }
+        fs.span.timers = 0;
+        fs.span.timers_ns = 0;
+        fs.span.how = how;
+        fs.open |= OPEN_SPAN;
+        fs.span.start_ns = unsafe { bpf_ktime_get_ns() };
+    }
+
+    #[inline(always)]
+    fn span_close() {
+        let end = unsafe { bpf_ktime_get_ns() };
+        let Some(fs) = frames() else {
+            return;
+        };
+        if fs.open & OPEN_SPAN == 0 {
+            // Entries attached before arming open spans, so after it every exit has one.
+            if armed() {
+                count_loss(LOSS_SPAN_UNMATCHED_EXIT);
+            }
+            return;
+        }
+        fs.open &= !OPEN_SPAN;
+        // The common case: an interrupt that ran no period timer costs nothing more.
+        if fs.span.timers == 0 {
+            return;
+        }
+        match EVENTS.reserve::<IrqSpanEvent>(0) {
             Some(mut slot) => {
-                slot.write(PeriodEvent {
-                    kind: EVENT_PERIOD,
+                slot.write(IrqSpanEvent {
+                    kind: EVENT_IRQ_SPAN,
                     cpu: unsafe { bpf_get_smp_processor_id() },
-                    start_ns: f.start_ns,
-                    duration_ns: end.wrapping_sub(f.start_ns),
-                    cgroup_id,
-                    timer: f.timer,
-                    period_ns,
-                    quota_ns,
-                    loops: f.loops,
-                    unthrottled: f.unthrottled,
-                    enqueued: f.enqueued,
-                    runnable: f.runnable,
-                    flags,
-                    _pad: 0,
+                    start_ns: fs.span.start_ns,
+                    duration_ns: end.wrapping_sub(fs.span.start_ns),
+                    timers_ns: fs.span.timers_ns,
+                    timers: fs.span.timers,
+                    flags: fs.span.how,
                 });
                 slot.submit(0);
             }
@@ -685,6 +816,36 @@ mod programs {
         0
     }
 
+    // ---- timer-interrupt span: kprobe / kretprobe on hrtimer_interrupt (the fallback) ----
+    // (No fentry/fexit: a trampoline on the timer interrupt only adds live patching of the
+    // hottest path; see `attach_irq_span` in the tracer.)
+
+    #[kprobe]
+    pub fn irq_span_kprobe(_ctx: ProbeContext) -> u32 {
+        span_open(HOW_FRAME_KPROBE);
+        0
+    }
+
+    #[kretprobe]
+    pub fn irq_span_kretprobe(_ctx: RetProbeContext) -> u32 {
+        span_close();
+        0
+    }
+
+    // ---- timer-interrupt span: x86 irq_vectors local_timer_entry/exit(int vector) ----
+
+    #[raw_tracepoint(tracepoint = "local_timer_entry")]
+    pub fn local_timer_entry(_ctx: RawTracePointContext) -> i32 {
+        span_open(HOW_FRAME_TRACEPOINT);
+        0
+    }
+
+    #[raw_tracepoint(tracepoint = "local_timer_exit")]
+    pub fn local_timer_exit(_ctx: RawTracePointContext) -> i32 {
+        span_close();
+        0
+    }
+
     // ---- counters: only inside an open frame ----
 
     #[inline(always)]
@@ -696,13 +857,16 @@ mod programs {
         }
     }
 
+    // A timer-interrupt span alone is no frame to count in: each counter names the frame.
+
     #[inline(always)]
     fn count_unthrottle(cfs_rq: u64) {
         if let Some(f) = open_frames() {
             if f.open & OPEN_CSD != 0 {
                 csd_segment(&mut f.csd, cfs_rq);
-            } else {
+            } else if f.open & OPEN_PERIOD != 0 {
                 f.period.unthrottled += 1;
+                period_mark_cpu(&mut f.period, cfs_rq);
             }
         }
     }
@@ -712,7 +876,7 @@ mod programs {
         if let Some(f) = open_frames() {
             if f.open & OPEN_CSD != 0 {
                 f.csd.seg_enqueued += 1;
-            } else {
+            } else if f.open & OPEN_PERIOD != 0 {
                 f.period.enqueued += 1;
             }
         }
@@ -763,7 +927,7 @@ mod programs {
             if change > 0 {
                 if f.open & OPEN_CSD != 0 {
                     f.csd.seg_runnable += change as u32;
-                } else {
+                } else if f.open & OPEN_PERIOD != 0 {
                     f.period.runnable += change as u32;
                 }
             }

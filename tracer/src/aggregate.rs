@@ -1,21 +1,26 @@
-//! Per-cgroup and per-CPU aggregation of period-timer callbacks and of the async-unthrottle
-//! CSDs (6.3+) that finish their work on other CPUs.
+//! Per-cgroup and per-CPU aggregation of period-timer callbacks, of the async-unthrottle
+//! CSDs (6.3+) that finish their work on other CPUs, and of the timer interrupts that run the
+//! callbacks (one interrupt can serve several cgroups' timers: one IRQs-off span).
 //!
 //! Memory is the constraint that shapes this module: a node can have thousands of cgroups with
 //! a quota, and `watch` keeps one state per cgroup for as long as it runs. Every histogram
 //! starts small and auto-resizes only up to what was actually recorded, with hard caps, so the
-//! worst case is bounded (about 20 KB a cgroup, see `memory_bound_for_2000_cgroups`) and the
-//! typical case is a few KB.
+//! worst case is bounded (about 25 KB a cgroup and 4 KB a CPU, see
+//! `memory_bound_for_2000_cgroups`) and the typical case is a few KB.
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use hdrhistogram::Histogram;
 use tracer_ebpf::{
     ASYNC_EMPTY, ASYNC_LAST, ASYNC_LISTED, ASYNC_TRUNCATED, HOW_ENQUEUE_ENTITY,
-    HOW_ENQUEUE_TASK_FAIR, HOW_LOOPS, HOW_PERIOD, HOW_REOPENED, HOW_RUNNABLE, HOW_UNTHROTTLE,
+    HOW_ENQUEUE_TASK_FAIR, HOW_IN_SPAN, HOW_LOOPS, HOW_PERIOD, HOW_REOPENED, HOW_RUNNABLE,
+    HOW_SPREAD, HOW_UNTHROTTLE, SPREAD_CPUS,
 };
 
-use crate::capture::{AsyncRecord, CaptureLine, CgroupRecord, EndRecord, LossRecord, PeriodRecord};
+use crate::capture::{
+    AsyncRecord, CaptureLine, CgroupRecord, CpuMask, EndRecord, IrqSpanRecord, LossRecord,
+    PeriodRecord, PeriodScaling,
+};
 
 /// Events whose timer could not be mapped to a cgroup carry id 0 and are kept under it.
 pub const UNRESOLVED_ID: u64 = 0;
@@ -197,6 +202,154 @@ impl CpuSet {
     }
 }
 
+/// `SpreadStats::sources` bits: how a period's CPUs were learnt.
+/// `unthrottle_cfs_rq` probed inside the callback, each cfs_rq's CPU read (`HOW_SPREAD`).
+pub const SPREAD_FROM_PROBE: u32 = 1 << 0;
+/// The CPUs of the async-unthrottle CSDs (6.3+) that unthrottled the cgroup after the callback.
+pub const SPREAD_FROM_CSD: u32 = 1 << 1;
+/// Without the probe: the timer's own CPU, when its callback made tasks runnable (on 6.3+
+/// the only cfs_rq a callback unthrottles itself is its own CPU's).
+pub const SPREAD_FROM_TIMER_CPU: u32 = 1 << 2;
+
+/// On how many distinct CPUs a cgroup's cfs_rqs were unthrottled, period by period: what
+/// `crash> runq -g` shows as one throttled group on every CPU. A period runs from one callback
+/// of its timer to the next; the CSDs in between belong to it.
+#[derive(Clone, Debug)]
+pub struct SpreadStats {
+    per_period: Distribution,
+    cpus: CpuSet,
+    /// The period in progress: its callback's start and the CPUs seen so far.
+    open: Option<(u64, CpuMask)>,
+    overflow: u64,
+    /// CSDs with no period of their own to go to (before the cgroup's first callback).
+    unplaced_csds: u64,
+    sources: u32,
+}
+
+impl SpreadStats {
+    fn new() -> Self {
+        SpreadStats {
+            // Exact below 256 CPUs (a count quantized to 1/16 would misreport "40 of 48").
+            per_period: Distribution::new(CALLBACK_SIGFIG, u64::from(SPREAD_CPUS)),
+            cpus: CpuSet::default(),
+            open: None,
+            overflow: 0,
+            unplaced_csds: 0,
+            sources: 0,
+        }
+    }
+
+    fn start_period(&mut self, p: &PeriodRecord) {
+        if let Some((_, m)) = self.open.take() {
+            self.per_period.record(u64::from(m.len()));
+        }
+        let mut m = CpuMask::default();
+        if p.flags & HOW_SPREAD != 0 {
+            self.sources |= SPREAD_FROM_PROBE;
+            m = p.spread_cpus;
+            self.overflow += u64::from(p.spread_overflow);
+        } else if p.flags & HOW_RUNNABLE != 0 && p.runnable > 0 && p.cpu < SPREAD_CPUS {
+            self.sources |= SPREAD_FROM_TIMER_CPU;
+            m.insert(p.cpu);
+        }
+        for c in m.iter() {
+            self.cpus.insert(c);
+        }
+        self.open = Some((p.ts_ns, m));
+    }
+
+    fn add_csd(&mut self, a: &AsyncRecord) {
+        self.sources |= SPREAD_FROM_CSD;
+        if a.cpu >= SPREAD_CPUS {
+            self.overflow += 1;
+            return;
+        }
+        self.cpus.insert(a.cpu);
+        match &mut self.open {
+            Some((ts, m)) if a.csd_ts_ns >= *ts => m.insert(a.cpu),
+            _ => self.unplaced_csds += 1,
+        }
+    }
+
+    /// Distinct CPUs per period, the period still in progress included.
+    pub fn per_period(&self) -> Distribution {
+        let mut d = self.per_period.clone();
+        if let Some((_, m)) = &self.open {
+            d.record(u64::from(m.len()));
+        }
+        d
+    }
+
+    /// Every CPU seen over the run.
+    pub fn cpus(&self) -> &CpuSet {
+        &self.cpus
+    }
+
+    /// Unthrottles on CPUs beyond the bitmap (not in the figures).
+    pub fn overflow(&self) -> u64 {
+        self.overflow
+    }
+
+    /// CSDs that came before any callback of the cgroup (counted in `cpus` only).
+    pub fn unplaced_csds(&self) -> u64 {
+        self.unplaced_csds
+    }
+
+    /// `SPREAD_FROM_*` bits.
+    pub fn sources(&self) -> u32 {
+        self.sources
+    }
+
+    fn heap_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.per_period.heap_bytes() + self.cpus.heap_bytes()
+    }
+}
+
+/// A change of `cfs_bandwidth.period` between two callbacks of one timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeriodChange {
+    /// The first callback with the new period.
+    pub ts_ns: u64,
+    pub cpu: u32,
+    pub from_ns: u64,
+    pub to_ns: u64,
+    pub from_quota_ns: u64,
+    pub to_quota_ns: u64,
+}
+
+/// Most period changes kept per cgroup (the rest are counted).
+pub const MAX_PERIOD_CHANGES: usize = 32;
+
+/// What the kernel's own lockup fix (2e8e19226398) watches for, per cgroup.
+#[derive(Clone, Debug, Default)]
+pub struct Precursors {
+    changes: Vec<PeriodChange>,
+    changes_dropped: u64,
+    over_period: u64,
+    multi_pass: u64,
+}
+
+impl Precursors {
+    pub fn changes(&self) -> &[PeriodChange] {
+        &self.changes
+    }
+
+    /// Changes beyond `MAX_PERIOD_CHANGES`.
+    pub fn changes_dropped(&self) -> u64 {
+        self.changes_dropped
+    }
+
+    /// Callbacks that took at least their own period.
+    pub fn over_period(&self) -> u64 {
+        self.over_period
+    }
+
+    /// Callbacks with more than one `distribute_cfs_runtime` pass.
+    pub fn multi_pass(&self) -> u64 {
+        self.multi_pass
+    }
+}
+
 /// One cgroup's async-unthrottle work: CSDs on the CPUs that hold its throttled cfs_rqs,
 /// queued by its period timer on another CPU (6.3+).
 #[derive(Clone, Debug)]
@@ -308,6 +461,25 @@ pub struct CgroupStats {
     last_ts_ns: u64,
     /// Boxed: most cgroups (and every one on a pre-6.3 kernel) have none.
     asyncs: Option<Box<AsyncStats>>,
+    /// The longest timer-interrupt span that ran one of its callbacks.
+    worst_span: Option<CgroupSpan>,
+    spread: Option<Box<SpreadStats>>,
+    /// Boxed: only cgroups whose timer showed a precursor have one.
+    precursors: Option<Box<Precursors>>,
+}
+
+/// A timer-interrupt span seen from one cgroup: the whole span and its own part of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CgroupSpan {
+    pub cpu: u32,
+    pub ts_ns: u64,
+    pub duration_ns: u64,
+    /// Period timers in the span (all cgroups) and their time.
+    pub timers: u32,
+    pub timers_ns: u64,
+    /// This cgroup's callbacks in the span and their time.
+    pub own_timers: u32,
+    pub own_ns: u64,
 }
 
 impl CgroupStats {
@@ -327,7 +499,39 @@ impl CgroupStats {
             first_ts_ns: ts,
             last_ts_ns: ts,
             asyncs: None,
+            worst_span: None,
+            spread: None,
+            precursors: None,
         }
+    }
+
+    /// Per-period CPU spread (None before its first callback or CSD).
+    pub fn spread(&self) -> Option<&SpreadStats> {
+        self.spread.as_deref()
+    }
+
+    /// Lockup precursors seen (None: none).
+    pub fn precursors(&self) -> Option<&Precursors> {
+        self.precursors.as_deref()
+    }
+
+    fn precursors_mut(&mut self) -> &mut Precursors {
+        self.precursors.get_or_insert_with(Default::default)
+    }
+
+    fn add_span(&mut self, s: CgroupSpan) {
+        if self
+            .worst_span
+            .is_none_or(|w| s.duration_ns > w.duration_ns)
+        {
+            self.worst_span = Some(s);
+        }
+    }
+
+    /// The longest timer-interrupt span that held one of its callbacks (None where spans are
+    /// not traced, or the span's line was lost).
+    pub fn worst_span(&self) -> Option<&CgroupSpan> {
+        self.worst_span.as_ref()
     }
 
     #[inline]
@@ -335,6 +539,11 @@ impl CgroupStats {
         self.asyncs
             .get_or_insert_with(|| Box::new(AsyncStats::new()))
             .add(a);
+        if a.cgroup_id != UNRESOLVED_ID {
+            self.spread
+                .get_or_insert_with(|| Box::new(SpreadStats::new()))
+                .add_csd(a);
+        }
         self.first_ts_ns = self.first_ts_ns.min(a.ts_ns);
         self.last_ts_ns = self.last_ts_ns.max(a.ts_ns);
     }
@@ -366,9 +575,40 @@ impl CgroupStats {
         }
         if p.flags & HOW_LOOPS != 0 {
             self.max_loops = Some(self.max_loops.unwrap_or(0).max(p.loops));
+            if p.loops > 1 {
+                self.precursors_mut().multi_pass += 1;
+            }
         }
         if (p.cpu as usize) < MAX_CPUS {
             self.cpus.insert(p.cpu);
+        }
+        if p.cgroup_id != UNRESOLVED_ID {
+            self.spread
+                .get_or_insert_with(|| Box::new(SpreadStats::new()))
+                .start_period(p);
+        }
+        if p.period_ns > 0 && p.duration_ns >= p.period_ns {
+            self.precursors_mut().over_period += 1;
+        }
+        // The period as the kernel had it, compared with this timer's previous callback.
+        if p.cgroup_id != UNRESOLVED_ID
+            && p.period_ns > 0
+            && let Some(old) = self.period_ns.filter(|&o| o > 0 && o != p.period_ns)
+        {
+            let change = PeriodChange {
+                ts_ns: p.ts_ns,
+                cpu: p.cpu,
+                from_ns: old,
+                to_ns: p.period_ns,
+                from_quota_ns: self.quota_ns.unwrap_or(0),
+                to_quota_ns: p.quota_ns,
+            };
+            let pr = self.precursors_mut();
+            if pr.changes.len() < MAX_PERIOD_CHANGES {
+                pr.changes.push(change);
+            } else {
+                pr.changes_dropped += 1;
+            }
         }
         if p.flags & HOW_PERIOD != 0 || p.period_ns != 0 {
             self.period_ns = Some(p.period_ns);
@@ -457,6 +697,11 @@ impl CgroupStats {
                 .sum::<usize>()
             + self.cpus.heap_bytes()
             + self.asyncs.as_ref().map_or(0, |a| a.heap_bytes())
+            + self.spread.as_ref().map_or(0, |s| s.heap_bytes())
+            + self.precursors.as_ref().map_or(0, |p| {
+                std::mem::size_of::<Precursors>()
+                    + p.changes.capacity() * std::mem::size_of::<PeriodChange>()
+            })
     }
 }
 
@@ -515,6 +760,77 @@ impl CpuStats {
     }
 }
 
+/// Per-CPU timer interrupts that ran period timers.
+#[derive(Clone, Debug)]
+pub struct SpanStats {
+    span_ns: Distribution,
+    timers_per_span: Distribution,
+    timers_ns: u64,
+    worst: IrqSpanRecord,
+}
+
+impl SpanStats {
+    fn new() -> Self {
+        SpanStats {
+            // Quantiles within 1/16 (min, max and mean exact): one per CPU on nodes of
+            // thousands of CPUs stays small.
+            span_ns: Distribution::csd(),
+            timers_per_span: Distribution::counts(),
+            timers_ns: 0,
+            worst: IrqSpanRecord::default(),
+        }
+    }
+
+    fn add(&mut self, x: &IrqSpanRecord) {
+        self.span_ns.record(x.duration_ns);
+        self.timers_per_span.record(u64::from(x.timers));
+        self.timers_ns = self.timers_ns.saturating_add(x.timers_ns);
+        if self.span_ns.count() == 1 || x.duration_ns > self.worst.duration_ns {
+            self.worst = *x;
+        }
+    }
+
+    /// Whole interrupt times (IRQs off).
+    pub fn span_ns(&self) -> &Distribution {
+        &self.span_ns
+    }
+
+    pub fn timers_per_span(&self) -> &Distribution {
+        &self.timers_per_span
+    }
+
+    /// Period-timer time inside the spans.
+    pub fn timers_ns(&self) -> u64 {
+        self.timers_ns
+    }
+
+    /// Share of the spans' time their period timers took (0..=1).
+    pub fn timer_share(&self) -> f64 {
+        let total = self.span_ns.sum();
+        if total == 0 {
+            0.0
+        } else {
+            (self.timers_ns as f64 / total as f64).min(1.0)
+        }
+    }
+
+    /// The longest span.
+    pub fn worst(&self) -> &IrqSpanRecord {
+        &self.worst
+    }
+}
+
+/// Most cgroups remembered for one open span (the rest go unattributed; see the warning).
+const PENDING_SPAN_CGROUPS: usize = 64;
+
+/// The callbacks of a span whose own line has not arrived yet: period lines come first.
+#[derive(Clone, Debug, Default)]
+struct PendingSpan {
+    ts_ns: u64,
+    /// (cgroup, its callbacks' time, its callbacks).
+    cgroups: Vec<(u64, u64, u32)>,
+}
+
 /// One cgroup as seen by the report: its stats and its name, if it was named.
 #[derive(Clone, Copy, Debug)]
 pub struct CgroupView<'a> {
@@ -554,7 +870,23 @@ pub struct Aggregator {
     async_empty: u64,
     async_truncated: u64,
     async_flags_seen: u32,
+    /// Per CPU, boxed: only CPUs whose interrupts ran period timers have one.
+    spans: Vec<Option<Box<SpanStats>>>,
+    pending_spans: Vec<PendingSpan>,
+    irq_spans: u64,
+    irq_span_flags_seen: u32,
+    /// Callbacks closed inside a traced span.
+    periods_in_span: u64,
+    pending_overflow: u64,
+    kmsgs: Vec<PeriodScaling>,
+    kmsgs_dropped: u64,
+    /// Periods (us) each cgroup's file showed when it was named: a naming line follows every
+    /// period change seen while recording, so a written period shows up here.
+    file_periods: IdMap<Vec<u64>>,
 }
+
+/// Most kernel "period too short" messages kept (the kernel rate-limits them anyway).
+pub const MAX_KMSGS: usize = 1024;
 
 impl Aggregator {
     pub fn new() -> Self {
@@ -571,6 +903,10 @@ impl Aggregator {
         self.last_end_ns = self.last_end_ns.max(p.ts_ns.saturating_add(p.duration_ns));
         if p.flags & HOW_REOPENED != 0 {
             self.reopened += 1;
+        }
+        if p.flags & HOW_IN_SPAN != 0 {
+            self.periods_in_span += 1;
+            self.note_in_span(p);
         }
         self.cgroups
             .entry(p.cgroup_id)
@@ -621,9 +957,138 @@ impl Aggregator {
         }
     }
 
+    /// Remember which cgroup a callback inside a not yet closed span belongs to.
+    fn note_in_span(&mut self, p: &PeriodRecord) {
+        let cpu = p.cpu as usize;
+        if cpu >= MAX_CPUS {
+            return;
+        }
+        if cpu >= self.pending_spans.len() {
+            self.pending_spans.resize(cpu + 1, PendingSpan::default());
+        }
+        let ps = &mut self.pending_spans[cpu];
+        if ps.ts_ns != p.span_ts_ns {
+            // A new span (the previous one's line was lost, or had no callbacks we saw).
+            ps.ts_ns = p.span_ts_ns;
+            ps.cgroups.clear();
+        }
+        if let Some(e) = ps.cgroups.iter_mut().find(|e| e.0 == p.cgroup_id) {
+            e.1 = e.1.saturating_add(p.duration_ns);
+            e.2 += 1;
+        } else if ps.cgroups.len() < PENDING_SPAN_CGROUPS {
+            ps.cgroups.push((p.cgroup_id, p.duration_ns, 1));
+        } else {
+            self.pending_overflow += 1;
+        }
+    }
+
+    /// One timer interrupt that ran period timers: per-CPU span figures, and each cgroup
+    /// whose callbacks it held learns the span.
+    pub fn add_irq_span(&mut self, x: &IrqSpanRecord) {
+        self.irq_spans += 1;
+        self.irq_span_flags_seen |= x.flags;
+        self.first_ts_ns = Some(self.first_ts_ns.map_or(x.ts_ns, |f| f.min(x.ts_ns)));
+        self.last_ts_ns = self.last_ts_ns.max(x.ts_ns);
+        self.last_end_ns = self.last_end_ns.max(x.ts_ns.saturating_add(x.duration_ns));
+        let cpu = x.cpu as usize;
+        if cpu >= MAX_CPUS {
+            self.cpu_out_of_range += 1;
+            return;
+        }
+        if cpu >= self.spans.len() {
+            self.spans.resize(cpu + 1, None);
+        }
+        self.spans[cpu]
+            .get_or_insert_with(|| Box::new(SpanStats::new()))
+            .add(x);
+        if cpu >= self.cpus.len() {
+            self.cpus.resize(cpu + 1, CpuStats::default());
+        }
+        let Some(ps) = self.pending_spans.get_mut(cpu) else {
+            return;
+        };
+        if ps.ts_ns != x.ts_ns {
+            return;
+        }
+        for &(id, own_ns, own_timers) in &ps.cgroups {
+            if let Some(c) = self.cgroups.get_mut(&id) {
+                c.add_span(CgroupSpan {
+                    cpu: x.cpu,
+                    ts_ns: x.ts_ns,
+                    duration_ns: x.duration_ns,
+                    timers: x.timers,
+                    timers_ns: x.timers_ns,
+                    own_timers,
+                    own_ns,
+                });
+            }
+        }
+        ps.cgroups.clear();
+        ps.ts_ns = 0;
+    }
+
+    /// A kernel "period too short" message.
+    pub fn add_kmsg(&mut self, k: PeriodScaling) {
+        if self.kmsgs.len() < MAX_KMSGS {
+            self.kmsgs.push(k);
+        } else {
+            self.kmsgs_dropped += 1;
+        }
+    }
+
+    /// Periods (us) the cgroup's cpu.max / cpu.cfs_period_us showed whenever it was named.
+    pub fn file_periods(&self, id: u64) -> &[u64] {
+        self.file_periods.get(&id).map_or(&[], Vec::as_slice)
+    }
+
+    /// The kernel's "period too short" messages seen while recording.
+    pub fn kmsgs(&self) -> &[PeriodScaling] {
+        &self.kmsgs
+    }
+
+    /// Messages beyond `MAX_KMSGS`.
+    pub fn kmsgs_dropped(&self) -> u64 {
+        self.kmsgs_dropped
+    }
+
+    /// Timer-interrupt spans seen (those that ran a period timer).
+    pub fn irq_spans(&self) -> u64 {
+        self.irq_spans
+    }
+
+    /// OR of the spans' flags (`HOW_FRAME_*`: how they were timed).
+    pub fn irq_span_flags_seen(&self) -> u32 {
+        self.irq_span_flags_seen
+    }
+
+    /// Callbacks that closed inside a traced span.
+    pub fn periods_in_span(&self) -> u64 {
+        self.periods_in_span
+    }
+
+    /// Span figures of one CPU, if its interrupts ran period timers.
+    pub fn cpu_spans(&self, cpu: u32) -> Option<&SpanStats> {
+        self.spans.get(cpu as usize).and_then(|s| s.as_deref())
+    }
+
+    /// The longest span of all CPUs.
+    pub fn worst_irq_span(&self) -> Option<&IrqSpanRecord> {
+        self.spans
+            .iter()
+            .flatten()
+            .map(|s| s.worst())
+            .max_by_key(|w| (w.duration_ns, std::cmp::Reverse(w.cpu)))
+    }
+
     /// A cgroup's name. A later record replaces an earlier one, except that a record without a
     /// path never replaces one with a path (the cgroup went away between two namings).
     pub fn add_cgroup(&mut self, rec: CgroupRecord) {
+        if let Some(p) = rec.period_us {
+            let v = self.file_periods.entry(rec.id).or_default();
+            if !v.contains(&p) && v.len() < 8 {
+                v.push(p);
+            }
+        }
         match self.names.get(&rec.id) {
             Some(old) if old.path.is_some() && rec.path.is_none() => {}
             _ => {
@@ -644,6 +1109,8 @@ impl Aggregator {
                 cgroup_read: o.cgroup_read.max(l.cgroup_read),
                 csd_unmatched_exit: o.csd_unmatched_exit.max(l.csd_unmatched_exit),
                 csd_missed_exit: o.csd_missed_exit.max(l.csd_missed_exit),
+                span_unmatched_exit: o.span_unmatched_exit.max(l.span_unmatched_exit),
+                span_missed_exit: o.span_missed_exit.max(l.span_missed_exit),
             },
         });
     }
@@ -652,6 +1119,8 @@ impl Aggregator {
         match line {
             CaptureLine::Period(p) => self.add_period(p),
             CaptureLine::AsyncUnthrottle(a) => self.add_async(a),
+            CaptureLine::IrqSpan(x) => self.add_irq_span(x),
+            CaptureLine::KmsgPeriodScaling(k) => self.add_kmsg(k.clone()),
             CaptureLine::Cgroup(c) => self.add_cgroup(c.clone()),
             CaptureLine::Loss(l) => self.set_loss(*l),
             CaptureLine::End(e) => self.end = Some(e.clone()),
@@ -714,7 +1183,9 @@ impl Aggregator {
         self.cpus
             .iter()
             .enumerate()
-            .filter(|(_, c)| c.period_timers > 0 || c.async_csds > 0)
+            .filter(|(i, c)| {
+                c.period_timers > 0 || c.async_csds > 0 || self.cpu_spans(*i as u32).is_some()
+            })
             .map(|(i, c)| (i as u32, c))
     }
 
@@ -769,6 +1240,13 @@ impl Aggregator {
                 tracer_ebpf::MAX_LISTED
             ));
         }
+        if self.pending_overflow > 0 {
+            w.push(format!(
+                "{} callback(s) shared a timer interrupt with more than {PENDING_SPAN_CGROUPS} \
+                 other cgroups: their cgroups do not learn that interrupt's span",
+                self.pending_overflow
+            ));
+        }
         if self.cpu_out_of_range > 0 {
             w.push(format!(
                 "{} event(s) named a CPU >= {MAX_CPUS}; left out of the per-CPU figures",
@@ -785,6 +1263,16 @@ impl Aggregator {
             .map(CgroupStats::approx_bytes)
             .sum::<usize>()
             + self.cpus.capacity() * std::mem::size_of::<CpuStats>()
+            + self
+                .spans
+                .iter()
+                .flatten()
+                .map(|s| {
+                    std::mem::size_of::<SpanStats>()
+                        + s.span_ns.heap_bytes()
+                        + s.timers_per_span.heap_bytes()
+                })
+                .sum::<usize>()
     }
 }
 
@@ -925,6 +1413,8 @@ mod tests {
             lost: 5,
             command_status: None,
             async_unthrottle: 0,
+            irq_spans: 0,
+            kmsg_period_scaling: 0,
         }));
         assert_eq!(a.periods(), 1);
         assert_eq!(a.name(9).unwrap().path.as_deref(), Some("/x"));
@@ -1107,6 +1597,14 @@ mod tests {
             worst.add_async(&e);
             e.duration_ns = 1;
             worst.add_async(&e);
+            // Every CPU of the bitmap in one period, and more period changes than are kept.
+            let mut sp = period(id, 0, id + 1, 5);
+            sp.flags = all | HOW_SPREAD;
+            sp.spread_cpus = CpuMask([u64::MAX; tracer_ebpf::SPREAD_WORDS]);
+            for k in 0..(MAX_PERIOD_CHANGES as u64 + 2) {
+                sp.period_ns = 1_000_000 + k % 2;
+                worst.add_period(&sp);
+            }
             // 384 CPUs, 1-4 ms distributions, a few hundred enqueues.
             let mut q = period(id, (id % 384) as u32, id, 4_000_000);
             q.flags = all;
@@ -1115,6 +1613,19 @@ mod tests {
             q.runnable = 500;
             typical.add_period(&q);
         }
+        // Timer interrupts on 4096 CPUs with histograms grown to their caps.
+        for cpu in 0..4096u32 {
+            for (d, t) in [(CALLBACK_NS_CAP, COUNT_CAP as u32), (1, 1)] {
+                worst.add_irq_span(&IrqSpanRecord {
+                    ts_ns: 1,
+                    cpu,
+                    duration_ns: d,
+                    timers: t,
+                    timers_ns: d,
+                    flags: 0,
+                });
+            }
+        }
         let w = worst.approx_bytes();
         let t = typical.approx_bytes();
         eprintln!(
@@ -1122,7 +1633,205 @@ mod tests {
             w / 1024,
             t / 1024
         );
-        assert!(w < 48 * 1024 * 1024, "worst case {w} bytes");
+        // About 25 KB a cgroup (spread and precursors included) plus under 4 KB a CPU for
+        // timer-interrupt spans.
+        assert!(w < 72 * 1024 * 1024, "worst case {w} bytes");
         assert!(t < 32 * 1024 * 1024, "typical {t} bytes");
+    }
+
+    fn in_span(mut p: PeriodRecord, span_ts: u64) -> PeriodRecord {
+        p.flags |= HOW_IN_SPAN;
+        p.span_ts_ns = span_ts;
+        p
+    }
+
+    fn span(cpu: u32, ts: u64, dur: u64, timers: u32, timers_ns: u64) -> IrqSpanRecord {
+        IrqSpanRecord {
+            ts_ns: ts,
+            cpu,
+            duration_ns: dur,
+            timers,
+            timers_ns,
+            flags: tracer_ebpf::HOW_FRAME_TRACEPOINT,
+        }
+    }
+
+    #[test]
+    fn spans_learn_their_callbacks() {
+        let mut a = Aggregator::new();
+        // One interrupt on CPU 2 runs cgroup 7's timer twice and cgroup 8's once.
+        a.add_period(&in_span(period(7, 2, 1_100, 300), 1_000));
+        a.add_period(&in_span(period(8, 2, 1_450, 100), 1_000));
+        a.add_period(&in_span(period(7, 2, 1_600, 200), 1_000));
+        a.add_irq_span(&span(2, 1_000, 1_000, 3, 600));
+        // A shorter one on CPU 2 with only cgroup 8.
+        a.add_period(&in_span(period(8, 2, 5_100, 50), 5_000));
+        a.add_irq_span(&span(2, 5_000, 400, 1, 50));
+        // A span whose callbacks were never seen (lost lines): per-CPU figures only.
+        a.add_irq_span(&span(3, 9_000, 2_000, 1, 1_500));
+        // A callback outside any traced span.
+        a.add_period(&period(9, 3, 20_000, 10));
+        assert_eq!((a.irq_spans(), a.periods_in_span(), a.periods()), (3, 4, 5));
+        let s2 = a.cpu_spans(2).unwrap();
+        assert_eq!((s2.span_ns().count(), s2.span_ns().max()), (2, 1_000));
+        assert_eq!(s2.timers_per_span().max(), 3);
+        assert_eq!(s2.timers_ns(), 650);
+        assert!((s2.timer_share() - 650.0 / 1_400.0).abs() < 1e-9);
+        assert_eq!(s2.worst().ts_ns, 1_000);
+        let w7 = *a.cgroup(7).unwrap().stats.worst_span().unwrap();
+        assert_eq!(
+            w7,
+            CgroupSpan {
+                cpu: 2,
+                ts_ns: 1_000,
+                duration_ns: 1_000,
+                timers: 3,
+                timers_ns: 600,
+                own_timers: 2,
+                own_ns: 500,
+            }
+        );
+        // Cgroup 8's worst is the long shared interrupt, not its own short one.
+        let w8 = a.cgroup(8).unwrap().stats.worst_span().copied().unwrap();
+        assert_eq!((w8.duration_ns, w8.own_ns, w8.own_timers), (1_000, 100, 1));
+        assert!(a.cgroup(9).unwrap().stats.worst_span().is_none());
+        assert_eq!(a.worst_irq_span().unwrap().cpu, 3);
+        // CPU 3 is listed for its span even though its callback is the only timer there.
+        assert_eq!(a.cpus().map(|(c, _)| c).collect::<Vec<_>>(), vec![2, 3]);
+        // Replayed like any line.
+        let mut b = Aggregator::new();
+        b.feed(&CaptureLine::IrqSpan(span(0, 1, 2, 1, 1)));
+        assert_eq!(b.irq_spans(), 1);
+    }
+
+    #[test]
+    fn a_new_span_forgets_an_unclosed_one() {
+        let mut a = Aggregator::new();
+        a.add_period(&in_span(period(7, 0, 110, 10), 100));
+        // The line of span 100 was lost; span 200 holds only cgroup 8.
+        a.add_period(&in_span(period(8, 0, 210, 10), 200));
+        a.add_irq_span(&span(0, 200, 50, 1, 10));
+        assert!(a.cgroup(7).unwrap().stats.worst_span().is_none());
+        assert_eq!(
+            a.cgroup(8).unwrap().stats.worst_span().unwrap().duration_ns,
+            50
+        );
+    }
+
+    #[test]
+    fn spread_per_period_from_the_probe_and_the_csds() {
+        use tracer_ebpf::{ASYNC_LAST, HOW_FRAME_FENTRY};
+        let mut a = Aggregator::new();
+        let mut p = period(7, 0, 1_000, 10);
+        p.flags = HOW_UNTHROTTLE | HOW_SPREAD;
+        p.spread_cpus = CpuMask::parse_list("0-2").unwrap();
+        a.add_period(&p);
+        // A CSD on CPU 5 after it belongs to that period; CPU 1 again adds nothing.
+        let seg = HOW_FRAME_FENTRY | HOW_UNTHROTTLE | ASYNC_LAST;
+        a.add_async(&async_ev(7, 5, 2_000, 0, 10, seg));
+        a.add_async(&async_ev(7, 1, 2_500, 0, 10, seg));
+        // Next period: only CPU 3, plus an overflow CPU from the kernel.
+        p.ts_ns = 10_000;
+        p.spread_cpus = CpuMask::parse_list("3").unwrap();
+        p.spread_overflow = 2;
+        a.add_period(&p);
+        let sp = a.cgroup(7).unwrap().stats.spread().unwrap().clone();
+        let d = sp.per_period();
+        assert_eq!((d.count(), d.max(), d.min()), (2, 4, 1));
+        assert_eq!(sp.cpus().iter().collect::<Vec<_>>(), vec![0, 1, 2, 3, 5]);
+        assert_eq!(sp.overflow(), 2);
+        assert_eq!(sp.sources(), SPREAD_FROM_PROBE | SPREAD_FROM_CSD);
+        // The open period is not counted twice when asked again.
+        assert_eq!(sp.per_period().count(), 2);
+        // A CSD before the cgroup's first callback has no period to go to.
+        a.add_async(&async_ev(9, 4, 50, 0, 10, seg));
+        let s9 = a.cgroup(9).unwrap().stats.spread().unwrap();
+        assert_eq!((s9.unplaced_csds(), s9.per_period().count()), (1, 0));
+        assert_eq!(s9.cpus().iter().collect::<Vec<_>>(), vec![4]);
+    }
+
+    #[test]
+    fn spread_without_the_probe_uses_the_timer_cpu() {
+        let mut a = Aggregator::new();
+        let mut p = period(7, 1, 1_000, 10);
+        p.flags = HOW_RUNNABLE;
+        p.runnable = 3;
+        a.add_period(&p);
+        p.ts_ns = 2_000;
+        p.runnable = 0;
+        a.add_period(&p);
+        let sp = a.cgroup(7).unwrap().stats.spread().unwrap().clone();
+        let d = sp.per_period();
+        assert_eq!((d.count(), d.min(), d.max()), (2, 0, 1));
+        assert_eq!(sp.sources(), SPREAD_FROM_TIMER_CPU);
+        // Unresolved callbacks have no spread.
+        a.add_period(&period(0, 0, 5, 1));
+        assert!(a.cgroup(0).unwrap().stats.spread().is_none());
+    }
+
+    #[test]
+    fn precursors_are_counted() {
+        let mut a = Aggregator::new();
+        let mut p = period(7, 0, 1_000, 500_000);
+        p.flags = HOW_PERIOD | HOW_LOOPS;
+        p.period_ns = 1_000_000;
+        p.quota_ns = 500_000;
+        p.loops = 1;
+        a.add_period(&p);
+        assert!(a.cgroup(7).unwrap().stats.precursors().is_none());
+        // Overran its period with 3 passes; then the kernel doubled the period.
+        p.ts_ns = 2_000;
+        p.duration_ns = 1_200_000;
+        p.loops = 3;
+        a.add_period(&p);
+        p.ts_ns = 3_000;
+        p.duration_ns = 10;
+        p.loops = 1;
+        p.period_ns = 2_000_000;
+        p.quota_ns = 1_000_000;
+        a.add_period(&p);
+        let pr = a.cgroup(7).unwrap().stats.precursors().unwrap().clone();
+        assert_eq!((pr.over_period(), pr.multi_pass()), (1, 1));
+        assert_eq!(
+            pr.changes(),
+            &[PeriodChange {
+                ts_ns: 3_000,
+                cpu: 0,
+                from_ns: 1_000_000,
+                to_ns: 2_000_000,
+                from_quota_ns: 500_000,
+                to_quota_ns: 1_000_000,
+            }]
+        );
+        // A callback without the period read is no change.
+        p.period_ns = 0;
+        a.add_period(&p);
+        assert_eq!(
+            a.cgroup(7)
+                .unwrap()
+                .stats
+                .precursors()
+                .unwrap()
+                .changes()
+                .len(),
+            1
+        );
+        // Messages and file periods are kept for the report.
+        a.feed(&CaptureLine::KmsgPeriodScaling(PeriodScaling {
+            ts_us: 3,
+            cpu: 0,
+            scaled_up: true,
+            period_us: 2_000,
+            quota_us: 1_000,
+        }));
+        assert_eq!(a.kmsgs().len(), 1);
+        let mut n = named(7, Some("/x"));
+        n.period_us = Some(1_000);
+        a.add_cgroup(n.clone());
+        n.period_us = Some(2_000);
+        a.add_cgroup(n.clone());
+        a.add_cgroup(n);
+        assert_eq!(a.file_periods(7), &[1_000, 2_000]);
+        assert!(a.file_periods(8).is_empty());
     }
 }

@@ -84,6 +84,9 @@ pub fn read_layout(path: &Path) -> Result<LayoutFacts, BtfError> {
     let cfs_rq_throttled_csd_list = off("cfs_rq", "throttled_csd_list");
     let cfs_rq_tg = off("cfs_rq", "tg");
     let cfs_rq_throttled = off("cfs_rq", "throttled");
+    // Per-period spread: the CPU of each unthrottled cfs_rq.
+    let cfs_rq_rq = off("cfs_rq", "rq");
+    let rq_cpu = off("rq", "cpu");
     let tg_css_cgroup = if tg_css == OFFSET_UNAVAILABLE || css_cgroup == OFFSET_UNAVAILABLE {
         OFFSET_UNAVAILABLE
     } else {
@@ -123,6 +126,8 @@ pub fn read_layout(path: &Path) -> Result<LayoutFacts, BtfError> {
             cfs_rq_throttled_csd_list,
             cfs_rq_tg,
             cfs_rq_throttled,
+            cfs_rq_rq,
+            rq_cpu,
         },
         missing,
         kn_id_is_union,
@@ -234,6 +239,8 @@ mod tests {
             ("cfs_rq.throttled_csd_list", l.cfs_rq_throttled_csd_list),
             ("cfs_rq.tg", l.cfs_rq_tg),
             ("cfs_rq.throttled", l.cfs_rq_throttled),
+            ("cfs_rq.rq", l.cfs_rq_rq),
+            ("rq.cpu", l.rq_cpu),
         ] {
             assert_ne!(v, OFFSET_UNAVAILABLE, "{name} missing: {:?}", facts.missing);
         }

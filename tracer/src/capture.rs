@@ -1,6 +1,8 @@
 //! The capture file: JSON Lines. First line is the header (`"schema":"cfstrace.capture/1"` and
 //! the host facts), then one line per period-timer callback, per async-unthrottle CSD segment
-//! (6.3+), per cgroup naming, loss counters, and an end line. A truncated last line is reported and skipped, never fatal.
+//! (6.3+), per timer interrupt that ran a period timer (`irq_span`), per kernel "period too
+//! short" message (`kmsg_period_scaling`), per cgroup naming, loss counters, and an end line.
+//! A truncated last line is reported and skipped, never fatal.
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
@@ -9,7 +11,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::host::HostFacts;
+pub use crate::kmsg::PeriodScaling;
 use crate::workload::Workload;
+use tracer_ebpf::SPREAD_WORDS;
 
 pub const CAPTURE_SCHEMA: &str = "cfstrace.capture/1";
 
@@ -46,8 +50,8 @@ pub struct CaptureHeader {
     pub backend_requested: String,
     /// What the period-timer frame ended up using (`kprobe`, `fentry`, `tracepoint`).
     pub backend: String,
-    /// Probe name (`period_timer`, `distribute`, `unthrottle`, `async_unthrottle`, `enqueue`,
-    /// `runnable`) -> status.
+    /// Probe name (`period_timer`, `irq_span`, `distribute`, `unthrottle`, `async_unthrottle`,
+    /// `enqueue`, `runnable`, and `kmsg`: the recorder's /dev/kmsg reader) -> status.
     pub probes: BTreeMap<String, ProbeStatus>,
     #[serde(default)]
     pub cpu_hierarchy: Option<CpuHierarchy>,
@@ -76,6 +80,137 @@ pub struct PeriodRecord {
     /// `u64::MAX` is no quota.
     pub quota_ns: u64,
     /// `tracer_ebpf::HOW_*` bits.
+    pub flags: u32,
+    /// Start of the timer-interrupt span (`irq_span` line on the same CPU with this `ts_ns`)
+    /// the callback ran in; 0 when not in a traced span (`HOW_IN_SPAN` unset).
+    #[serde(default)]
+    pub span_ts_ns: u64,
+    /// Distinct CPUs whose cfs_rqs the callback unthrottled (real with `HOW_SPREAD`).
+    #[serde(default)]
+    pub spread: u32,
+    /// Unthrottles on CPUs beyond the bitmap (calls, not CPUs).
+    #[serde(default)]
+    pub spread_overflow: u32,
+    /// Those CPUs as a kernel CPU list (`0-3,8`); absent when none.
+    #[serde(default, skip_serializing_if = "CpuMask::is_empty")]
+    pub spread_cpus: CpuMask,
+}
+
+/// A fixed-size CPU bitmap (CPUs 0..`tracer_ebpf::SPREAD_CPUS`), written as a kernel CPU list
+/// string. Fixed so period records stay `Copy` and allocation-free.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CpuMask(pub [u64; SPREAD_WORDS]);
+
+impl CpuMask {
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|&w| w == 0)
+    }
+
+    pub fn len(&self) -> u32 {
+        self.0.iter().map(|w| w.count_ones()).sum()
+    }
+
+    /// CPUs beyond the bitmap are ignored (the kernel counts them as overflow).
+    pub fn insert(&mut self, cpu: u32) {
+        if let Some(w) = self.0.get_mut(cpu as usize / 64) {
+            *w |= 1 << (cpu % 64);
+        }
+    }
+
+    pub fn contains(&self, cpu: u32) -> bool {
+        self.0
+            .get(cpu as usize / 64)
+            .is_some_and(|w| w & (1 << (cpu % 64)) != 0)
+    }
+
+    /// Ascending.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.0.iter().enumerate().flat_map(|(i, &w)| {
+            (0..64u32)
+                .filter(move |b| w & (1 << b) != 0)
+                .map(move |b| i as u32 * 64 + b)
+        })
+    }
+
+    /// `0-3,8,10-11`.
+    pub fn to_list(&self) -> String {
+        let mut out = String::new();
+        let mut run: Option<(u32, u32)> = None;
+        let flush = |out: &mut String, (a, b): (u32, u32)| {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            if a == b {
+                out.push_str(&a.to_string());
+            } else {
+                out.push_str(&format!("{a}-{b}"));
+            }
+        };
+        for c in self.iter() {
+            run = match run {
+                Some((a, b)) if b + 1 == c => Some((a, c)),
+                Some(r) => {
+                    flush(&mut out, r);
+                    Some((c, c))
+                }
+                None => Some((c, c)),
+            };
+        }
+        if let Some(r) = run {
+            flush(&mut out, r);
+        }
+        out
+    }
+
+    /// Parse a kernel CPU list; None on anything else or a CPU beyond the bitmap.
+    pub fn parse_list(s: &str) -> Option<CpuMask> {
+        let mut m = CpuMask::default();
+        if s.is_empty() {
+            return Some(m);
+        }
+        for part in s.split(',') {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
+            if b < a || b >= tracer_ebpf::SPREAD_CPUS {
+                return None;
+            }
+            for c in a..=b {
+                m.insert(c);
+            }
+        }
+        Some(m)
+    }
+}
+
+impl Serialize for CpuMask {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_list())
+    }
+}
+
+impl<'de> Deserialize<'de> for CpuMask {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        CpuMask::parse_list(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("bad CPU list {s:?}")))
+    }
+}
+
+/// One timer interrupt that ran at least one period-timer callback (mirrors
+/// `tracer_ebpf::IrqSpanEvent`). Its callbacks' period lines come before it and carry its
+/// `ts_ns` in their `span_ts_ns`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IrqSpanRecord {
+    /// Start of the interrupt.
+    pub ts_ns: u64,
+    pub cpu: u32,
+    /// The whole interrupt, IRQs off.
+    pub duration_ns: u64,
+    /// Period-timer callbacks inside it.
+    pub timers: u32,
+    /// Their summed time.
+    pub timers_ns: u64,
+    /// `HOW_FRAME_*` (how the span was timed), `HOW_REOPENED`.
     pub flags: u32,
 }
 
@@ -127,6 +262,12 @@ pub struct LossRecord {
     /// Async-unthrottle CSD opens while one was open (the earlier CSD's events are lost).
     #[serde(default)]
     pub csd_missed_exit: u64,
+    /// Timer-interrupt span closes without an open.
+    #[serde(default)]
+    pub span_unmatched_exit: u64,
+    /// Timer-interrupt span opens while one was open (a span's end was missed).
+    #[serde(default)]
+    pub span_missed_exit: u64,
 }
 
 impl LossRecord {
@@ -149,6 +290,12 @@ pub struct EndRecord {
     /// Async-unthrottle lines written (0 in captures that predate them).
     #[serde(default)]
     pub async_unthrottle: u64,
+    /// Timer-interrupt span lines written (0 in captures that predate them).
+    #[serde(default)]
+    pub irq_spans: u64,
+    /// Kernel "period too short" message lines written.
+    #[serde(default)]
+    pub kmsg_period_scaling: u64,
 }
 
 /// One cgroup's share of an async-unthrottle CSD (mirrors `tracer_ebpf::AsyncEvent`; see
@@ -183,6 +330,10 @@ pub enum CaptureLine {
     Period(PeriodRecord),
     /// `"kind":"async_unthrottle"`.
     AsyncUnthrottle(AsyncRecord),
+    /// `"kind":"irq_span"`.
+    IrqSpan(IrqSpanRecord),
+    /// `"kind":"kmsg_period_scaling"`: the kernel rescaled (or could not rescale) a period.
+    KmsgPeriodScaling(PeriodScaling),
     Cgroup(CgroupRecord),
     Loss(LossRecord),
     End(EndRecord),
@@ -267,6 +418,8 @@ impl<W: Write> CaptureWriter<W> {
             encode_period(&mut self.buf, p);
         } else if let CaptureLine::AsyncUnthrottle(a) = line {
             encode_async(&mut self.buf, a);
+        } else if let CaptureLine::IrqSpan(x) = line {
+            encode_span(&mut self.buf, x);
         } else if let Err(e) = serde_json::to_writer(&mut self.buf, line) {
             // Never leave half a record in the file.
             self.buf.truncate(mark);
@@ -380,13 +533,22 @@ struct KindProbe {
     kind: Option<serde_json::Value>,
 }
 
-const KNOWN_KINDS: [&str; 5] = ["period", "async_unthrottle", "cgroup", "loss", "end"];
+const KNOWN_KINDS: [&str; 7] = [
+    "period",
+    "async_unthrottle",
+    "irq_span",
+    "kmsg_period_scaling",
+    "cgroup",
+    "loss",
+    "end",
+];
 /// What serde writes first for a period record; lets the hot path skip the tagged-enum
 /// machinery (which buffers every field) for the one kind that matters for speed.
 const PERIOD_PREFIX: &[u8] = br#"{"kind":"period","#;
 
-/// The period record's keys in declaration order (what serde writes after the tag).
-const PERIOD_KEYS: [&[u8]; 12] = [
+/// The period record's numeric keys in declaration order (what serde writes after the tag);
+/// `spread_cpus`, a string, follows when not empty.
+const PERIOD_KEYS: [&[u8]; 15] = [
     b"ts_ns",
     b"cpu",
     b"duration_ns",
@@ -399,7 +561,33 @@ const PERIOD_KEYS: [&[u8]; 12] = [
     b"period_ns",
     b"quota_ns",
     b"flags",
+    b"span_ts_ns",
+    b"spread",
+    b"spread_overflow",
 ];
+const SPREAD_CPUS_KEY: &[u8] = br#","spread_cpus":""#;
+
+/// The irq_span line's prefix and keys, as serde writes them.
+const SPAN_PREFIX: &[u8] = br#"{"kind":"irq_span","#;
+const SPAN_KEYS: [&[u8]; 6] = [
+    b"ts_ns",
+    b"cpu",
+    b"duration_ns",
+    b"timers",
+    b"timers_ns",
+    b"flags",
+];
+
+fn span_values(x: &IrqSpanRecord) -> [u64; 6] {
+    [
+        x.ts_ns,
+        u64::from(x.cpu),
+        x.duration_ns,
+        u64::from(x.timers),
+        x.timers_ns,
+        u64::from(x.flags),
+    ]
+}
 
 /// The async line's prefix and keys, as serde writes them (tested like the period's).
 const ASYNC_PREFIX: &[u8] = br#"{"kind":"async_unthrottle","#;
@@ -433,7 +621,7 @@ fn async_values(a: &AsyncRecord) -> [u64; 11] {
     ]
 }
 
-fn period_values(p: &PeriodRecord) -> [u64; 12] {
+fn period_values(p: &PeriodRecord) -> [u64; 15] {
     [
         p.ts_ns,
         u64::from(p.cpu),
@@ -447,6 +635,9 @@ fn period_values(p: &PeriodRecord) -> [u64; 12] {
         p.period_ns,
         p.quota_ns,
         u64::from(p.flags),
+        p.span_ts_ns,
+        u64::from(p.spread),
+        u64::from(p.spread_overflow),
     ]
 }
 
@@ -488,6 +679,12 @@ fn push_u64(buf: &mut Vec<u8>, mut v: u64) {
 /// `{"kind":"<kind>","key":…,…}` without serde's per-field dispatch: the writer has to keep
 /// up with millions of callbacks a second.
 fn encode_fields(buf: &mut Vec<u8>, prefix: &[u8], keys: &[&[u8]], values: &[u64]) {
+    encode_numbers(buf, prefix, keys, values);
+    buf.push(b'}');
+}
+
+/// The numeric fields without the closing brace.
+fn encode_numbers(buf: &mut Vec<u8>, prefix: &[u8], keys: &[&[u8]], values: &[u64]) {
     buf.extend_from_slice(prefix);
     for (i, (key, &v)) in keys.iter().zip(values).enumerate() {
         if i > 0 {
@@ -498,11 +695,21 @@ fn encode_fields(buf: &mut Vec<u8>, prefix: &[u8], keys: &[&[u8]], values: &[u64
         buf.extend_from_slice(b"\":");
         push_u64(buf, v);
     }
-    buf.push(b'}');
 }
 
 fn encode_period(buf: &mut Vec<u8>, p: &PeriodRecord) {
-    encode_fields(buf, PERIOD_PREFIX, &PERIOD_KEYS, &period_values(p));
+    encode_numbers(buf, PERIOD_PREFIX, &PERIOD_KEYS, &period_values(p));
+    if !p.spread_cpus.is_empty() {
+        // A CPU list is digits, '-' and ',': nothing to escape.
+        buf.extend_from_slice(SPREAD_CPUS_KEY);
+        buf.extend_from_slice(p.spread_cpus.to_list().as_bytes());
+        buf.push(b'"');
+    }
+    buf.push(b'}');
+}
+
+fn encode_span(buf: &mut Vec<u8>, x: &IrqSpanRecord) {
+    encode_fields(buf, SPAN_PREFIX, &SPAN_KEYS, &span_values(x));
 }
 
 fn encode_async(buf: &mut Vec<u8>, a: &AsyncRecord) {
@@ -516,6 +723,23 @@ fn decode_fields<const N: usize>(
     prefix: &[u8],
     keys: &[&[u8]; N],
 ) -> Option<[u64; N]> {
+    let (v, s) = decode_numbers(line, prefix, keys)?;
+    end_of_object(s)?;
+    Some(v)
+}
+
+/// `}` and an optional newline, nothing else.
+fn end_of_object(s: &[u8]) -> Option<()> {
+    let s = s.strip_prefix(b"}")?;
+    (s.is_empty() || s == b"\n" || s == b"\r\n").then_some(())
+}
+
+/// The numeric fields; returns what follows them.
+fn decode_numbers<'a, const N: usize>(
+    line: &'a [u8],
+    prefix: &[u8],
+    keys: &[&[u8]; N],
+) -> Option<([u64; N], &'a [u8])> {
     let mut s = line.strip_prefix(prefix)?;
     let mut v = [0u64; N];
     for (i, key) in keys.iter().enumerate() {
@@ -538,15 +762,23 @@ fn decode_fields<const N: usize>(
         v[i] = n;
         s = &s[digits..];
     }
-    let s = s.strip_prefix(b"}")?;
-    if !(s.is_empty() || s == b"\n" || s == b"\r\n") {
-        return None;
-    }
-    Some(v)
+    Some((v, s))
 }
 
 fn decode_period(line: &[u8]) -> Option<PeriodRecord> {
-    let v = decode_fields(line, PERIOD_PREFIX, &PERIOD_KEYS)?;
+    let (v, mut rest) = decode_numbers(line, PERIOD_PREFIX, &PERIOD_KEYS)?;
+    let mut spread_cpus = CpuMask::default();
+    if let Some(tail) = rest.strip_prefix(SPREAD_CPUS_KEY) {
+        let n = tail.iter().position(|&b| b == b'"')?;
+        let list = std::str::from_utf8(&tail[..n]).ok()?;
+        // An empty list is never written: another writer, left to serde.
+        if list.is_empty() {
+            return None;
+        }
+        spread_cpus = CpuMask::parse_list(list)?;
+        rest = &tail[n + 1..];
+    }
+    end_of_object(rest)?;
     let u32_at = |i: usize| u32::try_from(v[i]).ok();
     Some(PeriodRecord {
         ts_ns: v[0],
@@ -561,6 +793,23 @@ fn decode_period(line: &[u8]) -> Option<PeriodRecord> {
         period_ns: v[9],
         quota_ns: v[10],
         flags: u32_at(11)?,
+        span_ts_ns: v[12],
+        spread: u32_at(13)?,
+        spread_overflow: u32_at(14)?,
+        spread_cpus,
+    })
+}
+
+fn decode_span(line: &[u8]) -> Option<IrqSpanRecord> {
+    let v = decode_fields(line, SPAN_PREFIX, &SPAN_KEYS)?;
+    let u32_at = |i: usize| u32::try_from(v[i]).ok();
+    Some(IrqSpanRecord {
+        ts_ns: v[0],
+        cpu: u32_at(1)?,
+        duration_ns: v[2],
+        timers: u32_at(3)?,
+        timers_ns: v[4],
+        flags: u32_at(5)?,
     })
 }
 
@@ -747,6 +996,11 @@ impl<R: BufRead> CaptureReader<R> {
         {
             return Ok(Some(CaptureLine::AsyncUnthrottle(a)));
         }
+        if self.buf.starts_with(SPAN_PREFIX)
+            && let Some(x) = decode_span(&self.buf)
+        {
+            return Ok(Some(CaptureLine::IrqSpan(x)));
+        }
         match serde_json::from_slice::<CaptureLine>(&self.buf) {
             Ok(l) => Ok(Some(l)),
             Err(e) => match serde_json::from_slice::<KindProbe>(&self.buf) {
@@ -929,6 +1183,8 @@ pub(crate) mod tests {
                 lost: 1,
                 command_status: None,
                 async_unthrottle: 1,
+                irq_spans: 1,
+                kmsg_period_scaling: 0,
             }),
         ]
     }
@@ -1038,6 +1294,14 @@ pub(crate) mod tests {
                 period_ns: 100_000_000,
                 quota_ns: u64::MAX,
                 flags: 0x7ff,
+                span_ts_ns: u64::MAX - 5,
+                spread: 7,
+                spread_overflow: 2,
+                spread_cpus: CpuMask::parse_list("0-3,5,64,1022-1023").unwrap(),
+            },
+            PeriodRecord {
+                spread_cpus: CpuMask::parse_list("47").unwrap(),
+                ..Default::default()
             },
         ];
         for p in recs {
@@ -1053,8 +1317,20 @@ pub(crate) mod tests {
             assert_eq!(decode_period(&mine), Some(p));
         }
         // Not exactly our shape: left to serde.
-        let ok = br#"{"kind":"period","ts_ns":1,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0}"#;
+        let ok = br#"{"kind":"period","ts_ns":1,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0,"span_ts_ns":0,"spread":0,"spread_overflow":0}"#;
         assert!(decode_period(ok).is_some());
+        let with_cpus = br#"{"kind":"period","ts_ns":1,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0,"span_ts_ns":0,"spread":2,"spread_overflow":0,"spread_cpus":"0-1"}"#;
+        assert_eq!(
+            decode_period(with_cpus).map(|p| p.spread_cpus.len()),
+            Some(2)
+        );
+        // An empty or bad list is not ours: serde decides.
+        for odd in [
+            br#"{"kind":"period","ts_ns":1,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0,"span_ts_ns":0,"spread":0,"spread_overflow":0,"spread_cpus":""}"#.as_slice(),
+            br#"{"kind":"period","ts_ns":1,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0,"span_ts_ns":0,"spread":0,"spread_overflow":0,"spread_cpus":"x"}"#,
+        ] {
+            assert_eq!(decode_period(odd), None);
+        }
         for bad in [
             br#"{"kind":"period","ts_ns":01,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0}"#.as_slice(),
             br#"{"kind":"period","ts_ns":1,"cpu":4294967296,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0}"#,
@@ -1063,6 +1339,95 @@ pub(crate) mod tests {
             br#"{"kind":"period","ts_ns":1,"cpu":0}"#,
         ] {
             assert_eq!(decode_period(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn cpu_lists() {
+        let m = CpuMask::parse_list("0-3,5,64,1022-1023").unwrap();
+        assert_eq!(m.len(), 8);
+        assert_eq!(m.to_list(), "0-3,5,64,1022-1023");
+        assert!(m.contains(64) && !m.contains(4));
+        assert_eq!(CpuMask::parse_list("").unwrap(), CpuMask::default());
+        assert_eq!(CpuMask::default().to_list(), "");
+        for bad in ["1024", "3-1", "a", "1,", "-1", "0-1024"] {
+            assert_eq!(CpuMask::parse_list(bad), None, "{bad}");
+        }
+        let mut m = CpuMask::default();
+        m.insert(5000); // beyond the bitmap: ignored
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn hand_encoded_span_lines_match_serde() {
+        for x in [
+            IrqSpanRecord::default(),
+            IrqSpanRecord {
+                ts_ns: u64::MAX,
+                cpu: 47,
+                duration_ns: 420_000,
+                timers: 3,
+                timers_ns: 310_000,
+                flags: tracer_ebpf::HOW_FRAME_FENTRY,
+            },
+        ] {
+            let mut mine = Vec::new();
+            encode_span(&mut mine, &x);
+            let serde = serde_json::to_vec(&CaptureLine::IrqSpan(x)).unwrap();
+            assert_eq!(
+                String::from_utf8(mine.clone()).unwrap(),
+                String::from_utf8(serde).unwrap()
+            );
+            assert_eq!(decode_span(&mine), Some(x));
+            // And through the reader.
+            let mut bytes = encode(&[]);
+            bytes.extend_from_slice(&mine);
+            bytes.push(b'\n');
+            let (_, got, stats) = read(&bytes).unwrap();
+            assert_eq!(got, vec![CaptureLine::IrqSpan(x)]);
+            assert!(stats.warnings.iter().all(|w| !w.contains("unknown kind")));
+        }
+    }
+
+    #[test]
+    fn kmsg_lines_round_trip() {
+        let k = PeriodScaling {
+            ts_us: 5,
+            cpu: 3,
+            scaled_up: true,
+            period_us: 4_000,
+            quota_us: 2_000,
+        };
+        let line = CaptureLine::KmsgPeriodScaling(k.clone());
+        let text = serde_json::to_string(&line).unwrap();
+        assert!(
+            text.starts_with(r#"{"kind":"kmsg_period_scaling","ts_us":5,"cpu":3,"#),
+            "{text}"
+        );
+        let mut bytes = encode(std::slice::from_ref(&line));
+        bytes.extend_from_slice(b"\n");
+        let (_, got, _) = read(&bytes).unwrap();
+        assert_eq!(got, vec![line]);
+    }
+
+    /// A period line written before spans and spread existed still reads, through serde.
+    #[test]
+    fn old_period_lines_still_read() {
+        let old = br#"{"kind":"period","ts_ns":1,"cpu":0,"duration_ns":5,"cgroup_id":7,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0}"#;
+        assert_eq!(decode_period(old), None);
+        let mut bytes = encode(&[]);
+        bytes.extend_from_slice(old);
+        bytes.push(b'\n');
+        let (_, got, _) = read(&bytes).unwrap();
+        match &got[0] {
+            CaptureLine::Period(p) => {
+                assert_eq!(
+                    (p.cgroup_id, p.duration_ns, p.span_ts_ns, p.spread),
+                    (7, 5, 0, 0)
+                );
+                assert!(p.spread_cpus.is_empty());
+            }
+            l => panic!("{l:?}"),
         }
     }
 
@@ -1178,7 +1543,7 @@ pub(crate) mod tests {
     fn unknown_kinds_are_skipped_with_one_warning() {
         let mut bytes = encode(&lines()[..2]);
         for _ in 0..3 {
-            bytes.extend_from_slice(b"{\"kind\":\"irq_span\",\"x\":1}\n");
+            bytes.extend_from_slice(b"{\"kind\":\"future_thing\",\"x\":1}\n");
         }
         bytes.extend_from_slice(&serde_json::to_vec(&lines()[4]).unwrap());
         bytes.push(b'\n');
@@ -1188,7 +1553,7 @@ pub(crate) mod tests {
         assert_eq!(
             stats.warnings,
             vec![
-                "skipped 3 line(s) of unknown kind \"irq_span\" (written by a newer cfstrace?)"
+                "skipped 3 line(s) of unknown kind \"future_thing\" (written by a newer cfstrace?)"
                     .to_string()
             ]
         );

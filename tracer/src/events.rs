@@ -1,7 +1,9 @@
 //! Decoding the kernel's ring-buffer records into capture records.
-use tracer_ebpf::{AsyncEvent, EVENT_ASYNC_UNTHROTTLE, EVENT_PERIOD, PeriodEvent};
+use tracer_ebpf::{
+    AsyncEvent, EVENT_ASYNC_UNTHROTTLE, EVENT_IRQ_SPAN, EVENT_PERIOD, IrqSpanEvent, PeriodEvent,
+};
 
-use crate::capture::{AsyncRecord, PeriodRecord};
+use crate::capture::{AsyncRecord, CpuMask, IrqSpanRecord, PeriodRecord};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -16,13 +18,16 @@ pub enum DecodeError {
 pub enum Event {
     Period(PeriodRecord),
     Async(AsyncRecord),
+    IrqSpan(IrqSpanRecord),
 }
 
 impl Event {
+    /// The cgroup the record names; 0 for none (spans name no cgroup).
     pub fn cgroup_id(&self) -> u64 {
         match self {
             Event::Period(p) => p.cgroup_id,
             Event::Async(a) => a.cgroup_id,
+            Event::IrqSpan(_) => 0,
         }
     }
 }
@@ -60,6 +65,21 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 runnable: e.runnable,
                 period_ns: e.period_ns,
                 quota_ns: e.quota_ns,
+                flags: e.flags,
+                span_ts_ns: e.span_start_ns,
+                spread: e.spread,
+                spread_overflow: e.spread_overflow,
+                spread_cpus: CpuMask(e.spread_mask),
+            }))
+        }
+        EVENT_IRQ_SPAN => {
+            let e: IrqSpanEvent = read(buf)?;
+            Ok(Event::IrqSpan(IrqSpanRecord {
+                ts_ns: e.start_ns,
+                cpu: e.cpu,
+                duration_ns: e.duration_ns,
+                timers: e.timers,
+                timers_ns: e.timers_ns,
                 flags: e.flags,
             }))
         }
@@ -114,7 +134,16 @@ mod tests {
             enqueued: 10,
             runnable: 11,
             flags: 12,
+            spread: 3,
+            span_start_ns: 13,
+            spread_overflow: 1,
             _pad: 0,
+            spread_mask: {
+                let mut m = [0u64; tracer_ebpf::SPREAD_WORDS];
+                m[0] = 0b1011;
+                m[15] = 1 << 63;
+                m
+            },
         };
         let v = bytes_of(&e);
         let Event::Period(r) = decode(&v[1..]).unwrap() else {
@@ -133,9 +162,14 @@ mod tests {
         );
         assert_eq!((r.loops, r.runnable, r.flags), (8, 11, 12));
         assert_eq!(r.quota_ns, u64::MAX);
+        assert_eq!((r.span_ts_ns, r.spread, r.spread_overflow), (13, 3, 1));
+        assert_eq!(r.spread_cpus.to_list(), "0-1,3,1023");
         assert_eq!(
             decode(&v[1..11]),
-            Err(DecodeError::Size { got: 10, want: 80 })
+            Err(DecodeError::Size {
+                got: 10,
+                want: core::mem::size_of::<PeriodEvent>()
+            })
         );
         assert_eq!(decode(&v[1..3]), Err(DecodeError::Size { got: 2, want: 4 }));
     }
@@ -186,5 +220,39 @@ mod tests {
         let mut bad = v[1..].to_vec();
         bad[..4].copy_from_slice(&9u32.to_ne_bytes());
         assert_eq!(decode(&bad), Err(DecodeError::Kind(9)));
+    }
+
+    #[test]
+    fn decodes_an_irq_span_record() {
+        let e = IrqSpanEvent {
+            kind: EVENT_IRQ_SPAN,
+            cpu: 5,
+            start_ns: 1_000,
+            duration_ns: 900,
+            timers_ns: 700,
+            timers: 2,
+            flags: tracer_ebpf::HOW_FRAME_TRACEPOINT,
+        };
+        let v = bytes_of(&e);
+        let ev = decode(&v[1..]).unwrap();
+        assert_eq!(ev.cgroup_id(), 0);
+        let Event::IrqSpan(r) = ev else {
+            panic!("not a span");
+        };
+        assert_eq!(
+            r,
+            IrqSpanRecord {
+                ts_ns: 1_000,
+                cpu: 5,
+                duration_ns: 900,
+                timers: 2,
+                timers_ns: 700,
+                flags: tracer_ebpf::HOW_FRAME_TRACEPOINT,
+            }
+        );
+        assert_eq!(
+            decode(&v[1..20]),
+            Err(DecodeError::Size { got: 19, want: 40 })
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Load the embedded programs and attach them, choosing per probe the best attach style the
-//! running kernel offers (fentry, then kprobe, then tracepoints for the two frames: the
-//! period timer and the async-unthrottle CSD), and saying for each probe how it was attached
-//! or why not.
+//! running kernel offers (fentry, then kprobe, then tracepoints for the three frames: the
+//! period timer, the async-unthrottle CSD and the timer-interrupt span), and saying for each
+//! probe how it was attached or why not.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -11,7 +11,8 @@ use aya::{Btf, Ebpf, EbpfLoader};
 use tracer_ebpf::{
     ATTACHED_ARMED, ATTACHED_SLOT, HOW_ENQUEUE_ENTITY, HOW_ENQUEUE_TASK_FAIR, HOW_LOOPS,
     HOW_RUNNABLE, HOW_UNTHROTTLE, LOSS_CGROUP_READ, LOSS_CSD_MISSED_EXIT, LOSS_CSD_UNMATCHED_EXIT,
-    LOSS_MISSED_EXIT, LOSS_RINGBUF_FULL, LOSS_UNMATCHED_EXIT, OFFSET_UNAVAILABLE,
+    LOSS_MISSED_EXIT, LOSS_RINGBUF_FULL, LOSS_SPAN_MISSED_EXIT, LOSS_SPAN_UNMATCHED_EXIT,
+    LOSS_UNMATCHED_EXIT, OFFSET_UNAVAILABLE,
 };
 
 use crate::btf_layout::{self, BtfError, LayoutFacts};
@@ -29,6 +30,11 @@ pub const NR_RUNNING_TP: &str = "sched_update_nr_running_tp";
 pub const CSD_UNTHROTTLE_FN: &str = "__cfsb_csd_unthrottle";
 pub const CSD_ENTRY_TP: &str = "csd_function_entry";
 pub const CSD_EXIT_TP: &str = "csd_function_exit";
+/// The timer interrupt's handler: its span holds every period-timer callback it runs.
+pub const HRTIMER_INTERRUPT_FN: &str = "hrtimer_interrupt";
+/// x86 `irq_vectors` tracepoints around the local APIC timer interrupt.
+pub const LOCAL_TIMER_ENTRY_TP: &str = "local_timer_entry";
+pub const LOCAL_TIMER_EXIT_TP: &str = "local_timer_exit";
 
 /// Probe names as they appear in the report's `probes` section.
 pub const PROBE_PERIOD_TIMER: &str = "period_timer";
@@ -37,6 +43,7 @@ pub const PROBE_UNTHROTTLE: &str = "unthrottle";
 pub const PROBE_ENQUEUE: &str = "enqueue";
 pub const PROBE_RUNNABLE: &str = "runnable";
 pub const PROBE_ASYNC_UNTHROTTLE: &str = "async_unthrottle";
+pub const PROBE_IRQ_SPAN: &str = "irq_span";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backend {
@@ -149,6 +156,8 @@ pub struct Tracer {
     pub frame_backend: &'static str,
     /// How the async-unthrottle CSD frame is timed; None where it is not traced.
     pub async_backend: Option<&'static str>,
+    /// How timer-interrupt spans are timed; None where they are not traced.
+    pub span_backend: Option<&'static str>,
     pub layout: LayoutFacts,
     /// HOW_* bits of the counting probes that are attached.
     pub attached_bits: u32,
@@ -184,6 +193,7 @@ impl Tracer {
             ENQUEUE_ENTITY_FN,
             ENQUEUE_TASK_FAIR_FN,
             CSD_UNTHROTTLE_FN,
+            HRTIMER_INTERRUPT_FN,
         ])?;
         let timer_addr = syms
             .addr(PERIOD_TIMER_FN)
@@ -208,6 +218,7 @@ impl Tracer {
             probes: BTreeMap::new(),
         };
         let frame_backend = t.attach_frame(opts.backend)?;
+        let span_backend = t.attach_irq_span(opts.backend);
         let mut bits = 0;
         if t.attach_counter(opts.backend, PROBE_DISTRIBUTE, DISTRIBUTE_FN, "distribute") {
             bits |= HOW_LOOPS;
@@ -243,6 +254,7 @@ impl Tracer {
             probes,
             frame_backend,
             async_backend,
+            span_backend,
             layout,
             attached_bits: bits,
         })
@@ -286,6 +298,8 @@ impl Tracer {
             cgroup_read: sum(LOSS_CGROUP_READ)?,
             csd_unmatched_exit: sum(LOSS_CSD_UNMATCHED_EXIT)?,
             csd_missed_exit: sum(LOSS_CSD_MISSED_EXIT)?,
+            span_unmatched_exit: sum(LOSS_SPAN_UNMATCHED_EXIT)?,
+            span_missed_exit: sum(LOSS_SPAN_MISSED_EXIT)?,
         })
     }
 }
@@ -624,6 +638,88 @@ impl Attacher<'_> {
             }
         }
         (None, not(reasons.join("; ")))
+    }
+
+    fn try_kprobe_span(&mut self) -> Result<(), String> {
+        let sym = self
+            .syms
+            .symbol(HRTIMER_INTERRUPT_FN)
+            .ok_or_else(|| format!("{HRTIMER_INTERRUPT_FN} is not a symbol"))?
+            .to_string();
+        self.pair(
+            ("irq_span_kretprobe", Hook::Kprobe(&sym)),
+            ("irq_span_kprobe", Hook::Kprobe(&sym)),
+        )
+    }
+
+    fn try_tracepoint_span(&mut self) -> Result<(), String> {
+        self.pair(
+            ("local_timer_exit", Hook::RawTp(LOCAL_TIMER_EXIT_TP)),
+            ("local_timer_entry", Hook::RawTp(LOCAL_TIMER_ENTRY_TP)),
+        )
+        .map_err(|e| format!("raw_tp {LOCAL_TIMER_ENTRY_TP}/exit (x86 irq_vectors): {e}"))
+    }
+
+    /// The timer-interrupt span frame. Never fatal: without it headroom falls back to the
+    /// worst single callback (and CSD).
+    ///
+    /// The x86 `local_timer_entry/exit` raw tracepoints come first, also under `auto`: they
+    /// bracket the whole timer interrupt (tick work included, in any timer mode), are the
+    /// cheapest hook, and attaching them flips two static keys once, where a probe on
+    /// `hrtimer_interrupt`'s ftrace site is re-patched on every ftrace change (each fentry
+    /// attach or detach elsewhere) while every CPU keeps running it. Under multi-threaded TCG
+    /// that re-patching hung Debian 6.1 guests within 20 attach/detach cycles (kprobe span +
+    /// fentry elsewhere, and fentry span alike; single-threaded TCG passed, so an emulation
+    /// race, but the patching of the hottest path is real); the tracepoints never did.
+    /// kprobe/kretprobe is the fallback (non-x86, or no such tracepoints). fentry/fexit is not
+    /// used here: a BPF trampoline on the timer interrupt buys nothing over the tracepoints
+    /// and adds exactly that patching; `--backend fentry` gets the tracepoints and says so.
+    fn attach_irq_span(&mut self, backend: Backend) -> Option<&'static str> {
+        let order: &[&'static str] = match backend {
+            Backend::Auto => &["tracepoint", "kprobe"],
+            Backend::Fentry | Backend::Tracepoint => &["tracepoint"],
+            Backend::Kprobe => &["kprobe"],
+        };
+        let mut notes = Vec::new();
+        if backend == Backend::Fentry {
+            notes.push(format!(
+                "--backend fentry: no BPF trampoline on {HRTIMER_INTERRUPT_FN} (the timer \
+                 interrupt), timed with the local_timer tracepoints instead"
+            ));
+        }
+        let mut failed = Vec::new();
+        for &style in order {
+            let r = match style {
+                "kprobe" => self.try_kprobe_span(),
+                _ => self.try_tracepoint_span(),
+            };
+            match r {
+                Ok(()) => {
+                    let target = match style {
+                        "tracepoint" => format!(
+                            "{LOCAL_TIMER_ENTRY_TP}/exit (raw_tp, irq_vectors): the whole local \
+                             APIC timer interrupt"
+                        ),
+                        _ => HRTIMER_INTERRUPT_FN.to_string(),
+                    };
+                    let mut st = ok(style, &target);
+                    if !failed.is_empty() {
+                        notes.push(format!("fell back: {}", failed.join("; ")));
+                    }
+                    if !notes.is_empty() {
+                        st.reason = Some(notes.join("; "));
+                    }
+                    self.probes.insert(PROBE_IRQ_SPAN.into(), st);
+                    return Some(style);
+                }
+                Err(e) => failed.push(format!("{style}: {e}")),
+            }
+        }
+        notes.extend(failed);
+        notes.push("headroom falls back to the worst single callback".into());
+        self.probes
+            .insert(PROBE_IRQ_SPAN.into(), not(notes.join("; ")));
+        None
     }
 
     /// A counting probe on `func`: fentry then kprobe (per the backend). Returns attached.

@@ -1,6 +1,6 @@
 //! A tracing session (programs attached, ring buffer drained, cgroups named as they appear) and
 //! `cfstrace record`, which writes it to a capture that stays valid whatever stops it.
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, IsTerminal as _};
 use std::os::fd::AsRawFd as _;
@@ -13,12 +13,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use aya::maps::{MapData, RingBuf};
 
 use crate::capture::{
-    CAPTURE_SCHEMA, CaptureHeader, CaptureLine, CaptureWriter, EndRecord, LossRecord,
+    CAPTURE_SCHEMA, CaptureHeader, CaptureLine, CaptureWriter, EndRecord, LossRecord, ProbeStatus,
 };
 use crate::cgroup_fs::{self, CgroupNamer};
 use crate::events::{self, Event};
 use crate::host;
+use crate::kmsg::KmsgWatch;
 use crate::probes::{ProbeError, Tracer, TracerOptions};
+use crate::report::PROBE_KMSG;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -82,12 +84,21 @@ pub struct Session {
     ring: RingBuf<MapData>,
     namer: CgroupNamer,
     named: HashSet<u64>,
+    /// Each cgroup's period in its last callback: a change re-names the cgroup, so the
+    /// capture records what its file says right after (a write shows there).
+    periods_seen: HashMap<u64, u64>,
+    /// The kernel's "period too short" messages; None if /dev/kmsg cannot be read.
+    kmsg: Option<KmsgWatch>,
     pub header: CaptureHeader,
     pub periods: u64,
     /// Async-unthrottle CSD events (6.3+ kernels).
     pub async_events: u64,
+    /// Timer-interrupt spans that ran a period timer.
+    pub irq_spans: u64,
     /// Records of the wrong size (never expected; counted, not silently dropped).
     pub decode_errors: u64,
+    /// Kernel "period too short" messages seen.
+    pub kmsg_messages: u64,
 }
 
 impl Session {
@@ -98,6 +109,32 @@ impl Session {
         let hierarchy = cgroup_fs::find_cpu_hierarchy()?;
         let mut tracer = Tracer::start(opts)?;
         let ring = tracer.take_events()?;
+        // Opened before the header so it can say whether the kernel's own word is heard.
+        let (kmsg, kmsg_status) = match KmsgWatch::open() {
+            Ok(k) => (
+                Some(k),
+                ProbeStatus {
+                    attached: true,
+                    how: Some("read".into()),
+                    target: Some("/dev/kmsg (\"cfs_period_timer[cpuN]: period too short\")".into()),
+                    reason: None,
+                },
+            ),
+            Err(e) => (
+                None,
+                ProbeStatus {
+                    attached: false,
+                    how: None,
+                    target: Some("/dev/kmsg".into()),
+                    reason: Some(format!(
+                        "cannot read /dev/kmsg ({e}): kernel period rescaling is judged from the \
+                         events alone"
+                    )),
+                },
+            ),
+        };
+        let mut probes = tracer.probes.clone();
+        probes.insert(PROBE_KMSG.into(), kmsg_status);
         let started_unix_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -108,7 +145,7 @@ impl Session {
             host: host::host_facts(),
             backend_requested: opts.backend.as_str().to_string(),
             backend: tracer.frame_backend.to_string(),
-            probes: tracer.probes.clone(),
+            probes,
             cpu_hierarchy: Some(hierarchy.clone()),
             started_unix_ns,
             started_mono_ns: monotonic_ns(),
@@ -119,10 +156,14 @@ impl Session {
             ring,
             namer: CgroupNamer::new(hierarchy),
             named: HashSet::new(),
+            periods_seen: HashMap::new(),
+            kmsg,
             header,
             periods: 0,
             async_events: 0,
+            irq_spans: 0,
             decode_errors: 0,
+            kmsg_messages: 0,
         })
     }
 
@@ -155,11 +196,18 @@ impl Session {
         self.drain(sink)
     }
 
-    /// Read everything the ring buffer holds now.
+    /// Read everything the ring buffer holds now, and the kernel messages logged since the
+    /// last call.
     pub fn drain<E>(
         &mut self,
         sink: &mut impl FnMut(&CaptureLine) -> Result<(), E>,
     ) -> Result<(), PollError<E>> {
+        if let Some(k) = self.kmsg.as_mut() {
+            for m in k.poll() {
+                self.kmsg_messages += 1;
+                sink(&CaptureLine::KmsgPeriodScaling(m)).map_err(PollError::Sink)?;
+            }
+        }
         while let Some(item) = self.ring.next() {
             let rec = match events::decode(&item) {
                 Ok(r) => r,
@@ -170,7 +218,15 @@ impl Session {
             };
             drop(item);
             let id = rec.cgroup_id();
-            if id != 0 && self.named.insert(id) {
+            let mut rename = false;
+            if let Event::Period(p) = &rec
+                && id != 0
+                && p.period_ns != 0
+            {
+                let old = self.periods_seen.insert(id, p.period_ns);
+                rename = old.is_some_and(|o| o != p.period_ns);
+            }
+            if id != 0 && (self.named.insert(id) || rename) {
                 let c = self.namer.name(id);
                 sink(&CaptureLine::Cgroup(c)).map_err(PollError::Sink)?;
             }
@@ -182,6 +238,10 @@ impl Session {
                 Event::Async(a) => {
                     self.async_events += 1;
                     CaptureLine::AsyncUnthrottle(a)
+                }
+                Event::IrqSpan(x) => {
+                    self.irq_spans += 1;
+                    CaptureLine::IrqSpan(x)
                 }
             };
             sink(&line).map_err(PollError::Sink)?;
@@ -318,6 +378,8 @@ pub fn record(opts: &RecordOptions, stop: &AtomicBool) -> Result<RecordOutcome, 
         lost: loss.lost() + session.decode_errors,
         command_status: command_status.and_then(|s| s.code()),
         async_unthrottle: session.async_events,
+        irq_spans: session.irq_spans,
+        kmsg_period_scaling: session.kmsg_messages,
     }))
     .map_err(cap_err)?;
     out.flush().map_err(cap_err)?;

@@ -3,20 +3,21 @@
 //! Built from an [`Aggregator`] (a replayed capture or a `watch` interval) and the capture
 //! header's facts. The question it answers: which cgroup's period timer holds IRQs off the
 //! longest, and how much of the hard-lockup watchdog's headroom is left.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tracer_ebpf::{
-    ASYNC_LISTED, HOW_ENQUEUE_ENTITY, HOW_ENQUEUE_TASK_FAIR, HOW_LOOPS, HOW_RUNNABLE,
+    ASYNC_LISTED, HOW_ENQUEUE_ENTITY, HOW_ENQUEUE_TASK_FAIR, HOW_LOOPS, HOW_RUNNABLE, HOW_SPREAD,
     HOW_UNTHROTTLE,
 };
 
 use crate::aggregate::{
-    Aggregator, AsyncStats, CgroupView, Distribution, UNRESOLVED_ID, UNRESOLVED_NAME,
+    Aggregator, AsyncStats, CgroupSpan, CgroupView, Distribution, PeriodChange, SPREAD_FROM_CSD,
+    SPREAD_FROM_PROBE, SPREAD_FROM_TIMER_CPU, SpreadStats, UNRESOLVED_ID, UNRESOLVED_NAME,
 };
-use crate::capture::{self, CaptureError, CaptureHeader, ProbeStatus, ProcessInfo};
+use crate::capture::{self, CaptureError, CaptureHeader, PeriodScaling, ProbeStatus, ProcessInfo};
 use crate::host::WatchdogFacts;
 use crate::workload::{Workload, WorkloadKind};
 
@@ -48,8 +49,20 @@ pub struct Report {
     pub cgroups: Vec<CgroupReport>,
     /// CPUs that ran at least one period timer, ascending.
     pub cpus: Vec<CpuReport>,
-    /// Node: watchdog_thresh - the worst single callback. None without callbacks or thresh.
+    /// Node: watchdog_thresh - the worst IRQs-off span seen: a timer interrupt that ran period
+    /// timers where those are traced, else the worst single callback; the worst async CSD
+    /// counts too (`headroom_basis` says which). None without callbacks or thresh.
     pub headroom_ns: Option<i64>,
+    /// What `headroom_ns` is measured from: `irq_span`, `period_callback` or `async_csd`.
+    #[serde(default)]
+    pub headroom_basis: Option<String>,
+    /// The worst IRQs-off span behind `headroom_ns`.
+    #[serde(default)]
+    pub worst_irqs_off: Option<WorstIrqsOff>,
+    /// Lockup precursors over all cgroups (kernel period rescaling, callbacks over their
+    /// period, several distribute passes, the kernel's own messages).
+    #[serde(default)]
+    pub precursors: Option<NodePrecursors>,
     pub culprit: Option<Culprit>,
     #[serde(default)]
     pub warnings: Vec<String>,
@@ -78,6 +91,16 @@ pub struct Events {
     pub csd_unmatched_exit: u64,
     #[serde(default)]
     pub csd_missed_exit: u64,
+    /// Timer interrupts that ran at least one period timer (the others are not recorded).
+    #[serde(default)]
+    pub irq_spans: u64,
+    /// Callbacks that ran inside a traced timer-interrupt span.
+    #[serde(default)]
+    pub periods_in_span: u64,
+    #[serde(default)]
+    pub span_unmatched_exit: u64,
+    #[serde(default)]
+    pub span_missed_exit: u64,
 }
 
 /// Whether a figure was measured on this run, how, or why not.
@@ -100,6 +123,15 @@ pub struct Figures {
     /// Work the period timer moved to CSDs on other CPUs (6.3+).
     #[serde(default)]
     pub async_unthrottle: Figure,
+    /// Whole timer-interrupt spans around the callbacks.
+    #[serde(default)]
+    pub irq_span: Figure,
+    /// Per-period CPU spread (`cgroups[].spread`).
+    #[serde(default)]
+    pub spread: Figure,
+    /// The kernel's "period too short" messages (/dev/kmsg).
+    #[serde(default)]
+    pub kernel_messages: Figure,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
@@ -147,8 +179,15 @@ pub struct CgroupReport {
     pub max_loops: Option<u32>,
     /// CPUs its period timer fired on.
     pub cpus: Vec<u32>,
-    /// watchdog_thresh - its worst callback.
+    /// watchdog_thresh - the longest timer-interrupt span that ran one of its callbacks, or
+    /// its worst callback where spans are not traced (`headroom_basis`).
     pub headroom_ns: Option<i64>,
+    /// `irq_span` or `period_callback`.
+    #[serde(default)]
+    pub headroom_basis: Option<String>,
+    /// The longest timer-interrupt span that ran one of its callbacks, and its share of it.
+    #[serde(default)]
+    pub worst_irq_span: Option<SpanShare>,
     /// `cfs_bandwidth.period` as the kernel had it (it rescales a too-short period itself).
     #[serde(default)]
     pub kernel_period_us: Option<u64>,
@@ -161,6 +200,91 @@ pub struct CgroupReport {
     /// none were seen or the figure is unavailable.
     #[serde(default)]
     pub async_unthrottle: Option<AsyncReport>,
+    /// On how many CPUs its cfs_rqs were unthrottled per period; None when unavailable
+    /// (`figures.spread` says why) or it had no callback.
+    #[serde(default)]
+    pub spread: Option<SpreadReport>,
+    /// Lockup precursors of its timer; None for a cgroup without callbacks.
+    #[serde(default)]
+    pub precursors: Option<PrecursorReport>,
+}
+
+/// A cgroup's throttling spread, the way `crash> runq -g` would have shown it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SpreadReport {
+    /// Distinct CPUs whose cfs_rqs were unthrottled, per period (callback to next callback).
+    pub per_period: Stats,
+    /// Every such CPU over the run, ascending.
+    pub cpus: Vec<u32>,
+    /// `cpus.len()`.
+    pub ncpus: u32,
+    /// e.g. `throttled on 46 of 48 CPUs in one period (typically 40; 47 over the run)`.
+    pub summary: String,
+    /// What the CPUs come from: `unthrottle_cfs_rq` (the callback's own unthrottles, each
+    /// cfs_rq's CPU read), `async_csd` (the CPUs of the CSDs that unthrottled it later, 6.3+),
+    /// `timer_cpu` (the timer's CPU when its callback made tasks runnable).
+    pub sources: Vec<String>,
+    /// Unthrottles on CPUs beyond the 1024-CPU bitmap (not in the figures).
+    #[serde(default)]
+    pub overflow: u64,
+}
+
+/// What the kernel's own lockup fix (2e8e19226398) reacts to, for one cgroup's timer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct PrecursorReport {
+    /// `cfs_bandwidth.period` changes between two callbacks.
+    pub period_changes: Vec<PeriodChangeReport>,
+    /// Changes not listed (beyond the per-cgroup cap).
+    #[serde(default)]
+    pub period_changes_dropped: u64,
+    /// Callbacks that took at least their own period.
+    pub callbacks_over_period: u64,
+    /// Callbacks with more than one `distribute_cfs_runtime` pass (None where the loop count
+    /// is unavailable).
+    pub multi_pass_callbacks: Option<u64>,
+    /// The kernel's "period too short" messages attributed to this cgroup.
+    pub kernel_messages: Vec<PeriodScaling>,
+}
+
+impl PrecursorReport {
+    pub fn any(&self) -> bool {
+        !self.period_changes.is_empty()
+            || self.callbacks_over_period > 0
+            || self.multi_pass_callbacks.is_some_and(|n| n > 0)
+            || !self.kernel_messages.is_empty()
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PeriodChangeReport {
+    /// The first callback with the new period.
+    pub ts_ns: u64,
+    pub cpu: u32,
+    pub from_us: u64,
+    pub to_us: u64,
+    pub from_quota_us: Option<u64>,
+    pub to_quota_us: Option<u64>,
+    /// `kernel` (a "period too short, scaling up" message with this new period), `write`
+    /// (no such message; the cgroup file shows the new period), `unknown`.
+    pub by: String,
+    /// Why `by` says what it says.
+    pub evidence: String,
+}
+
+/// Node-level precursor summary.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct NodePrecursors {
+    pub period_changes: u64,
+    pub period_changes_by_kernel: u64,
+    pub period_changes_by_write: u64,
+    pub callbacks_over_period: u64,
+    pub multi_pass_callbacks: Option<u64>,
+    /// Every "period too short" message seen while recording.
+    pub kernel_messages: u64,
+    /// Messages no cgroup could be matched to.
+    pub unattributed_messages: Vec<PeriodScaling>,
+    /// Cgroups with at least one precursor, worst first.
+    pub cgroups: Vec<u64>,
 }
 
 /// A cgroup's async-unthrottle work: what its period timer queued to other CPUs.
@@ -186,6 +310,49 @@ pub struct AsyncReport {
     pub attribution: String,
 }
 
+/// A timer-interrupt span and one cgroup's part of it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpanShare {
+    pub cpu: u32,
+    pub ts_ns: u64,
+    /// The whole interrupt (IRQs off).
+    pub duration_ns: u64,
+    /// Period timers in it (all cgroups) and their time.
+    pub period_timers: u32,
+    pub period_timers_ns: u64,
+    /// This cgroup's callbacks in it and their time.
+    pub own_timers: u32,
+    pub own_ns: u64,
+}
+
+impl From<&CgroupSpan> for SpanShare {
+    fn from(s: &CgroupSpan) -> Self {
+        SpanShare {
+            cpu: s.cpu,
+            ts_ns: s.ts_ns,
+            duration_ns: s.duration_ns,
+            period_timers: s.timers,
+            period_timers_ns: s.timers_ns,
+            own_timers: s.own_timers,
+            own_ns: s.own_ns,
+        }
+    }
+}
+
+/// The worst IRQs-off span of the run (node or CPU).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct WorstIrqsOff {
+    /// `irq_span`, `period_callback` or `async_csd`.
+    pub basis: String,
+    pub cpu: u32,
+    pub duration_ns: u64,
+    /// For an `irq_span`: the period timers in it and their time.
+    #[serde(default)]
+    pub period_timers: Option<u32>,
+    #[serde(default)]
+    pub period_timers_ns: Option<u64>,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Culprit {
     #[serde(flatten)]
@@ -193,7 +360,7 @@ pub struct Culprit {
     pub reason: String,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct CpuReport {
     pub cpu: u32,
     pub period_timers: u64,
@@ -210,6 +377,28 @@ pub struct CpuReport {
     pub async_ns: u64,
     #[serde(default)]
     pub max_async_ns: u64,
+    /// Timer interrupts on this CPU that ran period timers.
+    #[serde(default)]
+    pub irq_spans: u64,
+    /// Their whole times (IRQs off); null where spans are not traced or none ran a timer.
+    #[serde(default)]
+    pub irq_span_ns: Option<Stats>,
+    #[serde(default)]
+    pub max_irq_span_ns: Option<u64>,
+    /// That longest interrupt: when, and the period timers in it (`timers`, `timers_ns`).
+    #[serde(default)]
+    pub worst_irq_span: Option<crate::capture::IrqSpanRecord>,
+    /// Period timers per such interrupt.
+    #[serde(default)]
+    pub period_timers_per_span: Option<Stats>,
+    /// Share of those interrupts' time the period timers took (0..1).
+    #[serde(default)]
+    pub period_timer_share: Option<f64>,
+    /// watchdog_thresh - the worst IRQs-off span on this CPU (`headroom_basis`).
+    #[serde(default)]
+    pub headroom_ns: Option<i64>,
+    #[serde(default)]
+    pub headroom_basis: Option<String>,
 }
 
 /// Probe names as the capture header lists them.
@@ -219,13 +408,18 @@ const PROBE_UNTHROTTLE: &str = "unthrottle";
 const PROBE_ENQUEUE: &str = "enqueue";
 const PROBE_RUNNABLE: &str = "runnable";
 const PROBE_ASYNC: &str = "async_unthrottle";
-const PROBE_ORDER: [&str; 6] = [
+const PROBE_IRQ_SPAN: &str = "irq_span";
+/// Not a BPF probe: the recorder's reader of /dev/kmsg, listed with the probes.
+pub const PROBE_KMSG: &str = "kmsg";
+const PROBE_ORDER: [&str; 8] = [
     PROBE_PERIOD_TIMER,
+    PROBE_IRQ_SPAN,
     PROBE_DISTRIBUTE,
     PROBE_UNTHROTTLE,
     PROBE_ASYNC,
     PROBE_ENQUEUE,
     PROBE_RUNNABLE,
+    PROBE_KMSG,
 ];
 
 fn probe_how(p: &ProbeStatus) -> Option<String> {
@@ -307,6 +501,124 @@ fn async_figure(header: &CaptureHeader, agg: &Aggregator) -> Figure {
     }
 }
 
+/// Timer-interrupt spans: measured when their frame was attached (or spans are in the capture).
+fn irq_span_figure(header: &CaptureHeader, agg: &Aggregator) -> Figure {
+    let status = header.probes.get(PROBE_IRQ_SPAN);
+    let spans = agg.irq_spans();
+    let attached = status.is_some_and(|s| s.attached);
+    let how = status
+        .filter(|s| s.attached)
+        .and_then(probe_how)
+        .or_else(|| (spans > 0).then(|| "hrtimer_interrupt".to_string()));
+    let reason = match status {
+        Some(s) if !s.attached => Some(
+            s.reason
+                .clone()
+                .unwrap_or_else(|| format!("the {PROBE_IRQ_SPAN} probe was not attached")),
+        ),
+        Some(_) if spans == 0 && agg.periods() > 0 => Some(
+            "attached, but no period-timer callback ran inside a traced timer interrupt \
+             (a low-resolution timer mode runs hrtimers from the tick, outside \
+             hrtimer_interrupt)"
+                .to_string(),
+        ),
+        Some(s) => s.reason.clone(),
+        None if spans > 0 => None,
+        None => Some(format!(
+            "the capture lists no {PROBE_IRQ_SPAN} probe (recorded by an older cfstrace)"
+        )),
+    };
+    Figure {
+        available: attached || spans > 0,
+        how,
+        reason,
+    }
+}
+
+/// Per-period spread: exact where the callback's unthrottles are probed (plus the CSDs that
+/// finish its work on 6.3+), partial where only the CSDs are seen.
+fn spread_figure(header: &CaptureHeader, agg: &Aggregator, async_fig: &Figure) -> Figure {
+    let flags = agg.flags_seen();
+    let csds = async_fig.available;
+    if flags & HOW_SPREAD != 0 {
+        return Figure {
+            available: true,
+            how: Some(format!(
+                "unthrottle_cfs_rq inside the callback (cfs_rq->rq->cpu){}",
+                if csds {
+                    " + the CPUs of the async-unthrottle CSDs until its next callback"
+                } else {
+                    ""
+                }
+            )),
+            reason: None,
+        };
+    }
+    let unthr = header.probes.get(PROBE_UNTHROTTLE);
+    let why_no_probe = if flags & HOW_UNTHROTTLE != 0 {
+        "unthrottle_cfs_rq is probed but the BTF lacks cfs_rq.rq or rq.cpu".to_string()
+    } else {
+        match unthr {
+            Some(s) if !s.attached => format!(
+                "unthrottle_cfs_rq is not probed ({})",
+                s.reason.as_deref().unwrap_or("not attached")
+            ),
+            Some(_) => "unthrottle_cfs_rq is probed but no callback carried the CPUs".to_string(),
+            None => "the capture lists no unthrottle probe".to_string(),
+        }
+    };
+    if csds {
+        return Figure {
+            available: true,
+            how: Some(
+                "the CPUs of the async-unthrottle CSDs until the timer's next callback + the \
+                 timer's own CPU when its callback made tasks runnable"
+                    .to_string(),
+            ),
+            reason: Some(format!(
+                "{why_no_probe}: the figure covers the remote CPUs the CSDs reached (listed \
+                 mode: up to {} cfs_rqs a CSD) and the timer's CPU, not cfs_rqs the callback \
+                 unthrottled elsewhere",
+                tracer_ebpf::MAX_LISTED
+            )),
+        };
+    }
+    Figure {
+        available: false,
+        how: None,
+        reason: Some(format!(
+            "{why_no_probe}, and no async-unthrottle CSD frame: on which CPUs cgroups were \
+             throttled is not known"
+        )),
+    }
+}
+
+fn kmsg_figure(header: &CaptureHeader, agg: &Aggregator) -> Figure {
+    match header.probes.get(PROBE_KMSG) {
+        Some(s) if s.attached => Figure {
+            available: true,
+            how: probe_how(s),
+            reason: s.reason.clone(),
+        },
+        Some(s) => Figure {
+            available: !agg.kmsgs().is_empty(),
+            how: None,
+            reason: Some(
+                s.reason
+                    .clone()
+                    .unwrap_or_else(|| "/dev/kmsg was not read".to_string()),
+            ),
+        },
+        None => Figure {
+            available: !agg.kmsgs().is_empty(),
+            how: None,
+            reason: Some(
+                "the capture lists no kmsg reader (recorded by an older cfstrace)".to_string(),
+            ),
+        },
+    }
+}
+
 fn figures(header: &CaptureHeader, agg: &Aggregator) -> Figures {
     let flags = agg.flags_seen();
     let n = agg.periods();
@@ -364,7 +676,58 @@ fn figures(header: &CaptureHeader, agg: &Aggregator) -> Figures {
             n,
         ),
         async_unthrottle: async_figure(header, agg),
+        irq_span: irq_span_figure(header, agg),
+        spread: Figure::default(),
+        kernel_messages: kmsg_figure(header, agg),
     }
+}
+
+pub const BASIS_SPAN: &str = "irq_span";
+pub const BASIS_CALLBACK: &str = "period_callback";
+pub const BASIS_CSD: &str = "async_csd";
+
+/// The worst of (basis, cpu, ns, span) candidates; on a tie the earlier basis wins (a span
+/// contains its callbacks, so it is the truer figure).
+fn worst_of(cands: impl IntoIterator<Item = WorstIrqsOff>) -> Option<WorstIrqsOff> {
+    let rank = |b: &str| match b {
+        BASIS_SPAN => 0,
+        BASIS_CALLBACK => 1,
+        _ => 2,
+    };
+    cands
+        .into_iter()
+        .filter(|w| w.duration_ns > 0)
+        .min_by_key(|w| (std::cmp::Reverse(w.duration_ns), rank(&w.basis), w.cpu))
+}
+
+/// One CPU's IRQs-off candidates: its worst span, callback and CSD.
+fn cpu_candidates(agg: &Aggregator, cpu: u32, s: &crate::aggregate::CpuStats) -> Vec<WorstIrqsOff> {
+    let mut v = Vec::with_capacity(3);
+    if let Some(sp) = agg.cpu_spans(cpu) {
+        let w = sp.worst();
+        v.push(WorstIrqsOff {
+            basis: BASIS_SPAN.into(),
+            cpu,
+            duration_ns: w.duration_ns,
+            period_timers: Some(w.timers),
+            period_timers_ns: Some(w.timers_ns),
+        });
+    }
+    v.push(WorstIrqsOff {
+        basis: BASIS_CALLBACK.into(),
+        cpu,
+        duration_ns: s.max_callback_ns,
+        period_timers: None,
+        period_timers_ns: None,
+    });
+    v.push(WorstIrqsOff {
+        basis: BASIS_CSD.into(),
+        cpu,
+        duration_ns: s.max_async_ns,
+        period_timers: None,
+        period_timers_ns: None,
+    });
+    v
 }
 
 fn headroom(thresh_s: Option<u64>, worst_ns: u64) -> Option<i64> {
@@ -401,7 +764,197 @@ fn async_report(a: &AsyncStats) -> AsyncReport {
     }
 }
 
-fn cgroup_report(v: &CgroupView<'_>, figs: &Figures, thresh_s: Option<u64>) -> CgroupReport {
+/// How far a kernel message may be from the period change it explains: it is logged in the
+/// callback that scales, the new period shows in the next callback, and /dev/kmsg's clock
+/// (local_clock) and the events' (CLOCK_MONOTONIC) may differ a little.
+const KMSG_WINDOW_NS: u64 = 5_000_000_000;
+
+/// Which kernel messages explain which period changes, and which cgroups they concern.
+#[derive(Default)]
+struct KmsgMatch {
+    /// (cgroup, index of the change) -> index of the message.
+    changes: HashMap<(u64, usize), usize>,
+    /// cgroup -> indexes of its messages.
+    by_cgroup: HashMap<u64, Vec<usize>>,
+    unattributed: Vec<usize>,
+}
+
+fn match_kmsgs(agg: &Aggregator) -> KmsgMatch {
+    let mut km = KmsgMatch::default();
+    for (i, m) in agg.kmsgs().iter().enumerate() {
+        let m_ts = m.ts_us.saturating_mul(1_000);
+        let new_ns = m.period_us.saturating_mul(1_000);
+        // A change to exactly this period, nearest in time and not explained yet.
+        let mut best: Option<(u64, u64, usize)> = None;
+        if m.scaled_up {
+            for v in agg.cgroups().filter(|v| v.id != UNRESOLVED_ID) {
+                let Some(pr) = v.stats.precursors() else {
+                    continue;
+                };
+                for (j, c) in pr.changes().iter().enumerate() {
+                    let d = c.ts_ns.abs_diff(m_ts);
+                    if c.to_ns == new_ns
+                        && d <= KMSG_WINDOW_NS
+                        && !km.changes.contains_key(&(v.id, j))
+                        && best.is_none_or(|b| (d, v.id) < (b.0, b.1))
+                    {
+                        best = Some((d, v.id, j));
+                    }
+                }
+            }
+        }
+        if let Some((_, id, j)) = best {
+            km.changes.insert((id, j), i);
+            km.by_cgroup.entry(id).or_default().push(i);
+            continue;
+        }
+        // Otherwise (it could not scale, or the change predates the recording): a timer on
+        // that CPU whose period is the message's; the busiest if several.
+        let owner = agg
+            .cgroups()
+            .filter(|v| {
+                v.id != UNRESOLVED_ID
+                    && v.stats.period_ns() == Some(new_ns)
+                    && v.stats.cpus().contains(m.cpu)
+            })
+            .max_by_key(|v| (v.stats.total_callback_ns(), std::cmp::Reverse(v.id)))
+            .map(|v| v.id);
+        match owner {
+            Some(id) => km.by_cgroup.entry(id).or_default().push(i),
+            None => km.unattributed.push(i),
+        }
+    }
+    km
+}
+
+/// Everything a cgroup's report needs besides its own stats.
+struct Ctx<'a> {
+    figs: &'a Figures,
+    thresh_s: Option<u64>,
+    ncpus: u32,
+    agg: &'a Aggregator,
+    km: &'a KmsgMatch,
+    kmsg_read: bool,
+}
+
+fn spread_report(sp: &SpreadStats, ncpus: u32) -> SpreadReport {
+    let d = sp.per_period();
+    let st = Stats::of(&d);
+    let union = sp.cpus().len() as u32;
+    let mut sources = Vec::new();
+    for (bit, name) in [
+        (SPREAD_FROM_PROBE, "unthrottle_cfs_rq"),
+        (SPREAD_FROM_CSD, "async_csd"),
+        (SPREAD_FROM_TIMER_CPU, "timer_cpu"),
+    ] {
+        if sp.sources() & bit != 0 {
+            sources.push(name.to_string());
+        }
+    }
+    SpreadReport {
+        per_period: st,
+        cpus: sp.cpus().iter().collect(),
+        ncpus: union,
+        summary: format!(
+            "throttled on {} of {ncpus} CPUs in one period (typically {}; {union} over the run)",
+            st.max, st.p50
+        ),
+        sources,
+        overflow: sp.overflow(),
+    }
+}
+
+fn change_report(
+    v: &CgroupView<'_>,
+    j: usize,
+    c: &PeriodChange,
+    ctx: &Ctx<'_>,
+) -> PeriodChangeReport {
+    let us = |ns: u64| ns / 1_000;
+    let quota = |q: u64| (q != u64::MAX && q > 0).then_some(q / 1_000);
+    let (by, evidence) = match ctx.km.changes.get(&(v.id, j)) {
+        Some(&i) => {
+            let m = &ctx.agg.kmsgs()[i];
+            (
+                "kernel",
+                format!(
+                    "kernel message at {} on cpu{}: period too short, scaling up (new \
+                     cfs_period_us = {}, cfs_quota_us = {})",
+                    human_ns(m.ts_us.saturating_mul(1_000)),
+                    m.cpu,
+                    m.period_us,
+                    m.quota_us
+                ),
+            )
+        }
+        None => {
+            let base = if ctx.kmsg_read {
+                "no kernel \"period too short\" message with this period"
+            } else {
+                "/dev/kmsg was not read"
+            };
+            let doubled = c.to_ns == c.from_ns.saturating_mul(2)
+                && quota(c.from_quota_ns).is_some()
+                && c.to_quota_ns == c.from_quota_ns.saturating_mul(2);
+            let dbl = if doubled {
+                " (period and quota both doubled, as the kernel's own fix does: its message may \
+                 have been rate-limited)"
+            } else {
+                ""
+            };
+            if ctx.agg.file_periods(v.id).contains(&us(c.to_ns)) {
+                (
+                    "write",
+                    format!("{base}; the cgroup file shows the new period{dbl}"),
+                )
+            } else {
+                (
+                    "unknown",
+                    format!("{base}; the cgroup file was not seen with the new period{dbl}"),
+                )
+            }
+        }
+    };
+    PeriodChangeReport {
+        ts_ns: c.ts_ns,
+        cpu: c.cpu,
+        from_us: us(c.from_ns),
+        to_us: us(c.to_ns),
+        from_quota_us: quota(c.from_quota_ns),
+        to_quota_us: quota(c.to_quota_ns),
+        by: by.to_string(),
+        evidence,
+    }
+}
+
+fn precursor_report(v: &CgroupView<'_>, ctx: &Ctx<'_>) -> Option<PrecursorReport> {
+    if v.stats.periods() == 0 {
+        return None;
+    }
+    let mut r = PrecursorReport {
+        multi_pass_callbacks: ctx.figs.loops.available.then_some(0),
+        ..Default::default()
+    };
+    if let Some(pr) = v.stats.precursors() {
+        r.period_changes = pr
+            .changes()
+            .iter()
+            .enumerate()
+            .map(|(j, c)| change_report(v, j, c, ctx))
+            .collect();
+        r.period_changes_dropped = pr.changes_dropped();
+        r.callbacks_over_period = pr.over_period();
+        r.multi_pass_callbacks = ctx.figs.loops.available.then_some(pr.multi_pass());
+    }
+    if let Some(ix) = ctx.km.by_cgroup.get(&v.id) {
+        r.kernel_messages = ix.iter().map(|&i| ctx.agg.kmsgs()[i].clone()).collect();
+    }
+    Some(r)
+}
+
+fn cgroup_report(v: &CgroupView<'_>, ctx: &Ctx<'_>) -> CgroupReport {
+    let figs = ctx.figs;
+    let thresh_s = ctx.thresh_s;
     let s = v.stats;
     let cb = s.callback_ns();
     let mut notes: Vec<String> = Vec::new();
@@ -441,6 +994,12 @@ fn cgroup_report(v: &CgroupView<'_>, figs: &Figures, thresh_s: Option<u64>) -> C
     }
     let counted = |avail: bool, d: Option<&Distribution>| d.filter(|_| avail).map(Stats::of);
     let rec = v.record;
+    // The span that held its callback is the IRQs-off time the watchdog saw; a callback
+    // outside any recorded span still counts on its own.
+    let cgroup_worst = match s.worst_span() {
+        Some(w) if w.duration_ns >= cb.max() => (w.duration_ns, BASIS_SPAN),
+        _ => (cb.max(), BASIS_CALLBACK),
+    };
     CgroupReport {
         id: v.id,
         path: rec.and_then(|r| r.path.clone()),
@@ -456,7 +1015,9 @@ fn cgroup_report(v: &CgroupView<'_>, figs: &Figures, thresh_s: Option<u64>) -> C
         runnable_per_period: counted(figs.runnable.available, s.runnable()),
         max_loops: s.max_loops().filter(|_| figs.loops.available),
         cpus: s.cpus().iter().collect(),
-        headroom_ns: headroom(thresh_s, cb.max()),
+        headroom_ns: headroom(thresh_s, cgroup_worst.0),
+        headroom_basis: (s.periods() > 0).then(|| cgroup_worst.1.to_string()),
+        worst_irq_span: s.worst_span().map(SpanShare::from),
         kernel_period_us: s.period_ns().filter(|&p| p > 0).map(|p| p / 1_000),
         kernel_quota_us: s
             .quota_ns()
@@ -467,6 +1028,11 @@ fn cgroup_report(v: &CgroupView<'_>, figs: &Figures, thresh_s: Option<u64>) -> C
             .asyncs()
             .filter(|_| figs.async_unthrottle.available)
             .map(async_report),
+        spread: s
+            .spread()
+            .filter(|_| figs.spread.available && s.periods() > 0)
+            .map(|sp| spread_report(sp, ctx.ncpus)),
+        precursors: precursor_report(v, ctx),
     }
 }
 
@@ -582,8 +1148,107 @@ fn culprit_reason(c: &CgroupReport, wd: &WatchdogFacts) -> String {
             );
         }
     }
+    // What `runq -g` on a vmcore would have shown.
+    if let Some(sp) = c.spread.as_ref().filter(|sp| sp.per_period.max > 0) {
+        let _ = write!(r, "; {}", sp.summary);
+    }
+    if let Some(w) = &c.worst_irq_span {
+        let _ = write!(
+            r,
+            "; its timers took {} of the worst {} timer-interrupt span on cpu{} ({} period \
+             timer{} in it)",
+            human_ns(w.own_ns),
+            human_ns(w.duration_ns),
+            w.cpu,
+            w.period_timers,
+            if w.period_timers == 1 { "" } else { "s" },
+        );
+    }
+    if let Some(p) = c.precursors.as_ref().filter(|p| p.any()) {
+        let _ = write!(r, "; lockup precursors: {}", precursor_phrase(p));
+    }
     let _ = write!(r, "; {}", headroom_phrase(c.headroom_ns, wd));
     r
+}
+
+/// `period changed 2x by the kernel (1.00 ms -> 4.00 ms), 3 callbacks >= their period, ...`.
+fn precursor_phrase(p: &PrecursorReport) -> String {
+    let plural = |n: u64, one: &str, many: &str| {
+        if n == 1 {
+            format!("1 {one}")
+        } else {
+            format!("{n} {many}")
+        }
+    };
+    let mut parts = Vec::new();
+    if let (Some(first), Some(last)) = (p.period_changes.first(), p.period_changes.last()) {
+        let n = p.period_changes.len() as u64 + p.period_changes_dropped;
+        let kernel = p.period_changes.iter().filter(|c| c.by == "kernel").count();
+        let by = match kernel {
+            0 => String::new(),
+            k if k == p.period_changes.len() => " by the kernel".to_string(),
+            k => format!(" ({k} by the kernel)"),
+        };
+        parts.push(format!(
+            "period changed {}{by} ({} -> {})",
+            plural(n, "time", "times"),
+            human_ns(first.from_us.saturating_mul(1_000)),
+            human_ns(last.to_us.saturating_mul(1_000))
+        ));
+    }
+    if p.callbacks_over_period > 0 {
+        parts.push(format!(
+            "{} at least their period",
+            plural(p.callbacks_over_period, "callback", "callbacks")
+        ));
+    }
+    if let Some(n) = p.multi_pass_callbacks.filter(|&n| n > 0) {
+        parts.push(format!(
+            "{} with several distribute passes",
+            plural(n, "callback", "callbacks")
+        ));
+    }
+    if !p.kernel_messages.is_empty() {
+        parts.push(format!(
+            "{} \"period too short\"",
+            plural(
+                p.kernel_messages.len() as u64,
+                "kernel message",
+                "kernel messages"
+            )
+        ));
+    }
+    parts.join(", ")
+}
+
+fn node_precursors(cgroups: &[CgroupReport], agg: &Aggregator, km: &KmsgMatch) -> NodePrecursors {
+    let mut n = NodePrecursors {
+        kernel_messages: agg.kmsgs().len() as u64 + agg.kmsgs_dropped(),
+        unattributed_messages: km
+            .unattributed
+            .iter()
+            .map(|&i| agg.kmsgs()[i].clone())
+            .collect(),
+        ..Default::default()
+    };
+    for c in cgroups {
+        let Some(p) = &c.precursors else {
+            continue;
+        };
+        n.period_changes += p.period_changes.len() as u64 + p.period_changes_dropped;
+        n.period_changes_by_kernel +=
+            p.period_changes.iter().filter(|x| x.by == "kernel").count() as u64;
+        n.period_changes_by_write +=
+            p.period_changes.iter().filter(|x| x.by == "write").count() as u64;
+        n.callbacks_over_period += p.callbacks_over_period;
+        if let Some(m) = p.multi_pass_callbacks {
+            *n.multi_pass_callbacks.get_or_insert(0) += m;
+        }
+        if p.any() {
+            n.cgroups.push(c.id);
+        }
+    }
+    n
 }
 
 /// Assemble the report. `duration_ns` is the recording's length; `warnings` are the capture's.
@@ -595,12 +1260,19 @@ pub fn build_report(
 ) -> Report {
     let host = &header.host;
     let thresh = host.watchdog.thresh_s;
-    let figs = figures(header, agg);
+    let mut figs = figures(header, agg);
+    figs.spread = spread_figure(header, agg, &figs.async_unthrottle);
 
-    let mut cgroups: Vec<CgroupReport> = agg
-        .cgroups()
-        .map(|v| cgroup_report(&v, &figs, thresh))
-        .collect();
+    let km = match_kmsgs(agg);
+    let ctx = Ctx {
+        figs: &figs,
+        thresh_s: thresh,
+        ncpus: host.ncpus,
+        agg,
+        km: &km,
+        kmsg_read: header.probes.get(PROBE_KMSG).is_some_and(|p| p.attached),
+    };
+    let mut cgroups: Vec<CgroupReport> = agg.cgroups().map(|v| cgroup_report(&v, &ctx)).collect();
     cgroups.sort_by(|a, b| {
         b.total_callback_ns
             .cmp(&a.total_callback_ns)
@@ -617,23 +1289,39 @@ pub fn build_report(
             reason: culprit_reason(c, &host.watchdog),
             cgroup: c.clone(),
         });
+    let precursors = Some(node_precursors(&cgroups, agg, &km));
 
-    let worst = cgroups.iter().map(|c| c.callback_ns.max).max();
-    let headroom_ns = worst.and_then(|w| headroom(thresh, w));
-
-    let cpus = agg
+    let cpus: Vec<CpuReport> = agg
         .cpus()
-        .map(|(cpu, s)| CpuReport {
-            cpu,
-            period_timers: s.period_timers,
-            timer_irq_ns: s.callback_ns,
-            max_callback_ns: s.max_callback_ns,
-            max_chain_ns: s.max_chain_ns,
-            async_csds: s.async_csds,
-            async_ns: s.async_ns,
-            max_async_ns: s.max_async_ns,
+        .map(|(cpu, s)| {
+            let spans = agg.cpu_spans(cpu);
+            let worst = worst_of(cpu_candidates(agg, cpu, s));
+            CpuReport {
+                cpu,
+                period_timers: s.period_timers,
+                timer_irq_ns: s.callback_ns,
+                max_callback_ns: s.max_callback_ns,
+                max_chain_ns: s.max_chain_ns,
+                async_csds: s.async_csds,
+                async_ns: s.async_ns,
+                max_async_ns: s.max_async_ns,
+                irq_spans: spans.map_or(0, |x| x.span_ns().count()),
+                irq_span_ns: spans.map(|x| Stats::of(x.span_ns())),
+                max_irq_span_ns: spans.map(|x| x.span_ns().max()),
+                worst_irq_span: spans.map(|x| *x.worst()),
+                period_timers_per_span: spans.map(|x| Stats::of(x.timers_per_span())),
+                period_timer_share: spans.map(|x| x.timer_share()),
+                headroom_ns: worst.as_ref().and_then(|w| headroom(thresh, w.duration_ns)),
+                headroom_basis: worst.map(|w| w.basis),
+            }
         })
         .collect();
+    // Node: the worst of every CPU's worst.
+    let worst_irqs_off = worst_of(agg.cpus().flat_map(|(cpu, s)| cpu_candidates(agg, cpu, s)));
+    let headroom_ns = worst_irqs_off
+        .as_ref()
+        .and_then(|w| headroom(thresh, w.duration_ns));
+    let headroom_basis = worst_irqs_off.as_ref().map(|w| w.basis.clone());
 
     let loss = agg.loss().copied().unwrap_or_default();
     let end = agg.end();
@@ -649,6 +1337,10 @@ pub fn build_report(
         async_empty: agg.async_empty(),
         csd_unmatched_exit: loss.csd_unmatched_exit,
         csd_missed_exit: loss.csd_missed_exit,
+        irq_spans: agg.irq_spans(),
+        periods_in_span: agg.periods_in_span(),
+        span_unmatched_exit: loss.span_unmatched_exit,
+        span_missed_exit: loss.span_missed_exit,
     };
 
     let mut all = warnings;
@@ -675,6 +1367,21 @@ pub fn build_report(
         all.push(format!(
             "{} async-unthrottle CSD end(s) missed (their events lost), {} end(s) without a start",
             events.csd_missed_exit, events.csd_unmatched_exit
+        ));
+    }
+    if events.span_missed_exit > 0 || events.span_unmatched_exit > 0 {
+        all.push(format!(
+            "{} timer-interrupt span end(s) missed, {} end(s) without a start: a few spans are \
+             missing",
+            events.span_missed_exit, events.span_unmatched_exit
+        ));
+    }
+    if figs.irq_span.available && agg.irq_spans() > 0 && agg.periods_in_span() < agg.periods() {
+        all.push(format!(
+            "{} of {} callbacks ran outside a traced timer interrupt: their own time stands in \
+             for the interrupt's",
+            agg.periods() - agg.periods_in_span(),
+            agg.periods()
         ));
     }
     if let Some(e) = end.filter(|e| e.periods > agg.periods()) {
@@ -716,6 +1423,9 @@ pub fn build_report(
         cgroups,
         cpus,
         headroom_ns,
+        headroom_basis,
+        worst_irqs_off,
+        precursors,
         culprit,
         warnings,
     }
@@ -864,16 +1574,35 @@ pub fn render_text(report: &Report, color: bool) -> String {
                 RED,
                 color && low_headroom(Some(h), wd.thresh_s),
             );
-            let worst = report
-                .cgroups
-                .iter()
-                .map(|c| c.callback_ns.max)
-                .max()
-                .unwrap_or(0);
-            format!(
-                "  node headroom {cell} (worst callback {})",
-                human_ns(worst)
-            )
+            let worst = match &report.worst_irqs_off {
+                Some(w) if w.basis == BASIS_SPAN => format!(
+                    "worst timer interrupt {} on cpu{}: {} period timer{} took {}",
+                    human_ns(w.duration_ns),
+                    w.cpu,
+                    w.period_timers.unwrap_or(0),
+                    if w.period_timers == Some(1) { "" } else { "s" },
+                    human_ns(w.period_timers_ns.unwrap_or(0))
+                ),
+                Some(w) if w.basis == BASIS_CSD => format!(
+                    "worst async-unthrottle CSD {} on cpu{}",
+                    human_ns(w.duration_ns),
+                    w.cpu
+                ),
+                Some(w) => format!("worst callback {} on cpu{}", human_ns(w.duration_ns), w.cpu),
+                // A report from before `worst_irqs_off`.
+                None => format!(
+                    "worst callback {}",
+                    human_ns(
+                        report
+                            .cgroups
+                            .iter()
+                            .map(|c| c.callback_ns.max)
+                            .max()
+                            .unwrap_or(0)
+                    )
+                ),
+            };
+            format!("  node headroom {cell} ({worst})")
         }
         None => String::new(),
     };
@@ -924,7 +1653,7 @@ pub fn render_text(report: &Report, color: bool) -> String {
         o.push('\n');
         let _ = writeln!(
             o,
-            "{} {} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11} {:>7} {:>9}  COMM",
+            "{} {} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11} {:>8} {:>7} {:>9}  COMM",
             pad("PATH", PATH_W),
             pad("WORKLOAD", WORKLOAD_W),
             "PERIODS",
@@ -937,6 +1666,7 @@ pub fn render_text(report: &Report, color: bool) -> String {
             } else {
                 "ENQ/P"
             },
+            "CPUS/P",
             "ASYNC",
             "HEADROOM"
         );
@@ -949,7 +1679,7 @@ pub fn render_text(report: &Report, color: bool) -> String {
             let hr = paint(&hr, RED, color && low_headroom(c.headroom_ns, wd.thresh_s));
             let comms = top_comms(&c.processes, 3).join(",");
             let row = format!(
-                "{path} {wl} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11} {:>7} ",
+                "{path} {wl} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11} {:>8} {:>7} ",
                 c.periods,
                 human_ns(c.callback_ns.p50),
                 human_ns(c.callback_ns.p99),
@@ -960,6 +1690,8 @@ pub fn render_text(report: &Report, color: bool) -> String {
                 } else {
                     &c.enqueued_per_period
                 }),
+                // Distinct CPUs it was unthrottled on per period (p50/max).
+                p50_max(&c.spread.as_ref().map(|sp| sp.per_period)),
                 // cfs_rqs unthrottled in CSDs on other CPUs (6.3+).
                 c.async_unthrottle
                     .as_ref()
@@ -977,6 +1709,57 @@ pub fn render_text(report: &Report, color: bool) -> String {
                 o,
                 "... {} more cgroups (--json for all)",
                 report.cgroups.len() - TOP_CGROUPS
+            );
+        }
+    }
+
+    if let Some(np) = report.precursors.as_ref().filter(|np| {
+        np.period_changes > 0
+            || np.callbacks_over_period > 0
+            || np.multi_pass_callbacks.is_some_and(|n| n > 0)
+            || np.kernel_messages > 0
+    }) {
+        let _ = writeln!(
+            o,
+            "\nLOCKUP PRECURSORS: {} period change(s) ({} by the kernel, {} written), {} \
+             callback(s) at least their period, {} with several distribute passes, {} kernel \
+             \"period too short\" message(s)",
+            np.period_changes,
+            np.period_changes_by_kernel,
+            np.period_changes_by_write,
+            np.callbacks_over_period,
+            np.multi_pass_callbacks
+                .map_or_else(|| "n/a".to_string(), |n| n.to_string()),
+            np.kernel_messages
+        );
+        for c in report
+            .cgroups
+            .iter()
+            .filter(|c| c.precursors.as_ref().is_some_and(PrecursorReport::any))
+            .take(TOP_CPUS)
+        {
+            if let Some(p) = &c.precursors {
+                let _ = writeln!(
+                    o,
+                    "  {}: {}",
+                    ellipsize_middle(&display_path(c), PATH_W + WORKLOAD_W),
+                    precursor_phrase(p)
+                );
+            }
+        }
+        for m in &np.unattributed_messages {
+            let _ = writeln!(
+                o,
+                "  (no cgroup matched) cpu{}: period too short, {} (cfs_period_us = {}, \
+                 cfs_quota_us = {})",
+                m.cpu,
+                if m.scaled_up {
+                    "scaled up"
+                } else {
+                    "cannot scale up"
+                },
+                m.period_us,
+                m.quota_us
             );
         }
     }
@@ -1012,6 +1795,32 @@ pub fn render_text(report: &Report, color: bool) -> String {
                 c.cpu
             );
         }
+    }
+
+    if report.cpus.iter().any(|c| c.irq_spans > 0) {
+        let mut cpus: Vec<&CpuReport> = report.cpus.iter().filter(|c| c.irq_spans > 0).collect();
+        cpus.sort_by(|a, b| {
+            b.max_irq_span_ns
+                .cmp(&a.max_irq_span_ns)
+                .then(a.cpu.cmp(&b.cpu))
+        });
+        let _ = write!(
+            o,
+            "\ntimer interrupts that ran period timers, by CPU (worst span, p50, timers/span, \
+             timer share):"
+        );
+        for c in cpus.iter().take(TOP_CPUS) {
+            let _ = write!(
+                o,
+                "  cpu{} {} p50 {} {:.1}/span {:.0}%",
+                c.cpu,
+                human_ns(c.max_irq_span_ns.unwrap_or(0)),
+                human_ns(c.irq_span_ns.map_or(0, |s| s.p50)),
+                c.period_timers_per_span.map_or(0.0, |s| s.mean),
+                c.period_timer_share.unwrap_or(0.0) * 100.0
+            );
+        }
+        o.push('\n');
     }
 
     if report.events.async_csds > 0 {
@@ -1378,8 +2187,46 @@ mod tests {
             "headroom_ns",
             "culprit",
             "warnings",
+            "headroom_basis",
+            "worst_irqs_off",
+            "precursors",
         ] {
             assert!(v.get(k).is_some(), "missing {k}");
+        }
+        for k in ["irq_span", "spread", "kernel_messages"] {
+            assert!(v["figures"][k]["available"].is_boolean(), "figures.{k}");
+        }
+        for k in [
+            "irq_spans",
+            "periods_in_span",
+            "span_unmatched_exit",
+            "span_missed_exit",
+        ] {
+            assert!(v["events"][k].is_number(), "events.{k}");
+        }
+        for k in [
+            "irq_span_ns",
+            "max_irq_span_ns",
+            "period_timers_per_span",
+            "period_timer_share",
+            "headroom_ns",
+            "headroom_basis",
+        ] {
+            assert!(v["cpus"][0].get(k).is_some(), "cpus[].{k}");
+        }
+        for k in ["headroom_basis", "worst_irq_span", "spread", "precursors"] {
+            assert!(v["cgroups"][0].get(k).is_some(), "cgroups[].{k}");
+        }
+        for k in [
+            "period_changes",
+            "callbacks_over_period",
+            "multi_pass_callbacks",
+            "kernel_messages",
+        ] {
+            assert!(
+                v["cgroups"][0]["precursors"].get(k).is_some(),
+                "precursors.{k}"
+            );
         }
         assert_eq!(v["schema"], "cfstrace.report/1");
         assert_eq!(v["ncpus"], 48);
@@ -1690,6 +2537,8 @@ mod tests {
             lost: 0,
             command_status: None,
             async_unthrottle: 0,
+            irq_spans: 0,
+            kmsg_period_scaling: 0,
         }))
         .unwrap();
         w.flush().unwrap();
@@ -1716,5 +2565,375 @@ mod tests {
             r.duration_s
         );
         assert!(r.warnings.iter().any(|w| w.contains("no end line")));
+    }
+
+    fn irq_header() -> CaptureHeader {
+        let mut h = header();
+        h.probes.insert(
+            PROBE_IRQ_SPAN.into(),
+            status(
+                true,
+                "tracepoint",
+                "local_timer_entry/exit (raw_tp, irq_vectors)",
+                None,
+            ),
+        );
+        h
+    }
+
+    fn in_span(mut p: PeriodRecord, span_ts: u64) -> PeriodRecord {
+        p.flags |= tracer_ebpf::HOW_IN_SPAN;
+        p.span_ts_ns = span_ts;
+        p
+    }
+
+    /// `agg()` plus one timer interrupt on cpu3 that ran the YARN container's worst callback
+    /// and cron's.
+    fn span_agg() -> Aggregator {
+        let mut a = agg();
+        a.add_period(&in_span(
+            rec(20, 3, 20_000_000_100, 310_000, 48),
+            20_000_000_000,
+        ));
+        a.add_period(&in_span(
+            rec(30, 3, 20_000_320_000, 2_000, 1),
+            20_000_000_000,
+        ));
+        a.add_irq_span(&crate::capture::IrqSpanRecord {
+            ts_ns: 20_000_000_000,
+            cpu: 3,
+            duration_ns: 500_000,
+            timers: 2,
+            timers_ns: 312_000,
+            flags: HOW_FRAME_TRACEPOINT,
+        });
+        a
+    }
+
+    #[test]
+    fn irq_spans_set_the_headroom() {
+        let r = build_report(&irq_header(), &span_agg(), 8_000_000_000, vec![]);
+        assert_eq!(r.headroom_ns, Some(10_000_000_000 - 500_000));
+        assert_eq!(r.headroom_basis.as_deref(), Some(BASIS_SPAN));
+        let w = r.worst_irqs_off.clone().unwrap();
+        assert_eq!(
+            (w.cpu, w.duration_ns, w.period_timers, w.period_timers_ns),
+            (3, 500_000, Some(2), Some(312_000))
+        );
+        assert!(r.figures.irq_span.available);
+        assert_eq!(r.events.irq_spans, 1);
+        assert_eq!(r.events.periods_in_span, 2);
+        let cpu3 = r.cpus.iter().find(|c| c.cpu == 3).unwrap();
+        assert_eq!(cpu3.max_irq_span_ns, Some(500_000));
+        assert_eq!(
+            cpu3.worst_irq_span.map(|w| (w.ts_ns, w.timers)),
+            Some((20_000_000_000, 2))
+        );
+        assert_eq!(cpu3.irq_span_ns.unwrap().count, 1);
+        assert_eq!(cpu3.period_timers_per_span.unwrap().max, 2);
+        assert!((cpu3.period_timer_share.unwrap() - 0.624).abs() < 1e-9);
+        assert_eq!(cpu3.headroom_ns, Some(10_000_000_000 - 500_000));
+        assert_eq!(cpu3.headroom_basis.as_deref(), Some(BASIS_SPAN));
+        // A CPU without spans: its worst callback.
+        let cpu2 = r.cpus.iter().find(|c| c.cpu == 2).unwrap();
+        assert_eq!(cpu2.irq_span_ns, None);
+        assert_eq!(cpu2.headroom_basis.as_deref(), Some(BASIS_CALLBACK));
+        assert_eq!(cpu2.headroom_ns, Some(10_000_000_000 - 400_000));
+        let c = r.culprit.as_ref().unwrap();
+        assert_eq!(c.cgroup.id, 20);
+        assert_eq!(c.cgroup.headroom_ns, Some(10_000_000_000 - 500_000));
+        assert_eq!(c.cgroup.headroom_basis.as_deref(), Some(BASIS_SPAN));
+        let ws = c.cgroup.worst_irq_span.unwrap();
+        assert_eq!(
+            (ws.own_ns, ws.own_timers, ws.period_timers),
+            (310_000, 1, 2)
+        );
+        assert!(
+            c.reason.contains(
+                "its timers took 310 us of the worst 500 us timer-interrupt span on cpu3 \
+                 (2 period timers in it); watchdog headroom 9.9995 s of 10 s"
+            ),
+            "{}",
+            c.reason
+        );
+        // cron's own headroom is the span it shared, not its 2 us callback.
+        let cron = r.cgroups.iter().find(|c| c.id == 30).unwrap();
+        assert_eq!(cron.headroom_ns, Some(10_000_000_000 - 500_000));
+        let t = render_text(&r, false);
+        assert!(
+            t.contains("node headroom 9.9995 s (worst timer interrupt 500 us on cpu3: 2 period timers took 312 us)"),
+            "{t}"
+        );
+        assert!(t.contains("  cpu3 500 us p50 500 us 2.0/span 62%"), "{t}");
+        assert!(
+            t.contains("  irq_span         tracepoint local_timer_entry/exit"),
+            "{t}"
+        );
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["headroom_basis"], "irq_span");
+        assert_eq!(
+            v["cpus"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["irq_spans"] == 1)
+                .count(),
+            1
+        );
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn headroom_basis_without_spans() {
+        // No span probe in the capture: the worst callback (the unresolved one, cpu2).
+        let r = build_report(&header(), &agg(), 1, vec![]);
+        assert_eq!(r.headroom_basis.as_deref(), Some(BASIS_CALLBACK));
+        assert_eq!(r.worst_irqs_off.as_ref().unwrap().cpu, 2);
+        assert!(!r.figures.irq_span.available);
+        assert!(
+            r.figures
+                .irq_span
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("older cfstrace"),
+            "{:?}",
+            r.figures.irq_span
+        );
+        assert!(r.cgroups.iter().all(|c| c.worst_irq_span.is_none()));
+        assert_eq!(r.cgroups[0].headroom_basis.as_deref(), Some(BASIS_CALLBACK));
+        // A CSD longer than any callback: the node's headroom is the CSD's.
+        let mut a = async_agg();
+        let mut big = async_rec(20, 5, 99_000, 450_000, HOW_FRAME_TRACEPOINT);
+        big.csd_ns = 450_000;
+        a.add_async(&big);
+        let r = build_report(&async_header(), &a, 1, vec![]);
+        assert_eq!(r.headroom_basis.as_deref(), Some(BASIS_CSD));
+        assert_eq!(r.headroom_ns, Some(10_000_000_000 - 450_000));
+        assert!(render_text(&r, false).contains("(worst async-unthrottle CSD 450 us on cpu5)"));
+        // Attached, but no callback ran inside a traced interrupt.
+        let r = build_report(&irq_header(), &agg(), 1, vec![]);
+        assert!(r.figures.irq_span.available);
+        assert!(
+            r.figures
+                .irq_span
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("low-resolution"),
+            "{:?}",
+            r.figures.irq_span
+        );
+        // A report JSON from before spans still reads.
+        let mut v = serde_json::to_value(&r).unwrap();
+        for k in ["headroom_basis", "worst_irqs_off", "precursors"] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        v["cpus"][0].as_object_mut().unwrap().remove("irq_span_ns");
+        v["cgroups"][0].as_object_mut().unwrap().remove("spread");
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back.headroom_basis, None);
+    }
+
+    #[test]
+    fn spread_like_runq_g() {
+        let mut a = Aggregator::new();
+        a.add_cgroup(yarn_record());
+        // 48 CPUs; the container was throttled on 46 of them in its worst period.
+        for (i, list) in ["0-45", "0-39", "2-41", "0-39,47"].iter().enumerate() {
+            let mut p = rec(20, 3, i as u64 * 100_000_000, 200_000, 46);
+            p.flags |= HOW_SPREAD;
+            p.spread_cpus = crate::capture::CpuMask::parse_list(list).unwrap();
+            a.add_period(&p);
+        }
+        let r = build_report(&header(), &a, 1, vec![]);
+        assert!(r.figures.spread.available);
+        assert_eq!(
+            r.figures.spread.how.as_deref(),
+            Some("unthrottle_cfs_rq inside the callback (cfs_rq->rq->cpu)")
+        );
+        let sp = r.cgroups[0].spread.clone().unwrap();
+        assert_eq!(
+            (sp.per_period.max, sp.per_period.min, sp.per_period.count),
+            (46, 40, 4)
+        );
+        assert_eq!(sp.ncpus, 47);
+        assert_eq!(sp.cpus.len(), 47);
+        assert_eq!(sp.sources, vec!["unthrottle_cfs_rq".to_string()]);
+        assert_eq!(
+            sp.summary,
+            "throttled on 46 of 48 CPUs in one period (typically 40; 47 over the run)"
+        );
+        let reason = &r.culprit.as_ref().unwrap().reason;
+        assert!(
+            reason.contains("; throttled on 46 of 48 CPUs in one period"),
+            "{reason}"
+        );
+        let v = serde_json::to_value(&r).unwrap();
+        for k in ["per_period", "cpus", "ncpus", "summary", "sources"] {
+            assert!(v["cgroups"][0]["spread"].get(k).is_some(), "spread.{k}");
+        }
+        assert!(
+            render_text(&r, false).contains("   40/46 "),
+            "{}",
+            render_text(&r, false)
+        );
+
+        // The probe counted but the BTF gave no CPUs, and no CSD frame: unavailable, said why.
+        let r = build_report(&header(), &agg(), 1, vec![]);
+        assert!(!r.figures.spread.available);
+        assert!(
+            r.figures
+                .spread
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("lacks cfs_rq.rq or rq.cpu"),
+            "{:?}",
+            r.figures.spread
+        );
+        assert!(r.cgroups.iter().all(|c| c.spread.is_none()));
+        // Tracepoint-only 6.3+: the CSDs' CPUs, with the caveat.
+        let r = build_report(&async_header(), &async_agg(), 1, vec![]);
+        assert!(r.figures.spread.available);
+        assert!(
+            r.figures
+                .spread
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("covers the remote CPUs")
+        );
+        let sp = r.cgroups[0].spread.clone().unwrap();
+        assert_eq!(sp.sources, vec!["async_csd".to_string()]);
+        assert_eq!(sp.cpus, vec![1, 2]);
+    }
+
+    #[test]
+    fn precursors_say_who_changed_the_period() {
+        let mut h = header();
+        h.probes
+            .insert(PROBE_KMSG.into(), status(true, "read", "/dev/kmsg", None));
+        let mut a = Aggregator::new();
+        a.add_cgroup(yarn_record());
+        let mut cron = other_record();
+        cron.period_us = Some(50_000);
+        a.add_cgroup(cron);
+        let mk = |cg, ts, dur, period_ns: u64, quota_ns| {
+            let mut p = rec(cg, 1, ts, dur, 1);
+            p.period_ns = period_ns;
+            p.quota_ns = quota_ns;
+            p
+        };
+        // YARN: a callback overruns its 1 ms period, the kernel doubles it (and says so).
+        a.add_period(&mk(20, 1_000_000_000, 1_500_000, 1_000_000, 500_000));
+        a.add_period(&mk(20, 1_010_000_000, 50_000, 2_000_000, 1_000_000));
+        a.add_kmsg(PeriodScaling {
+            ts_us: 1_002_000,
+            cpu: 1,
+            scaled_up: true,
+            period_us: 2_000,
+            quota_us: 1_000,
+        });
+        // cron: someone wrote 50 ms; then 70 ms, which its file never showed.
+        a.add_period(&mk(30, 1_000_000_000, 2_000, 100_000_000, 20_000_000));
+        a.add_period(&mk(30, 2_000_000_000, 2_000, 50_000_000, 10_000_000));
+        a.add_period(&mk(30, 3_000_000_000, 2_000, 70_000_000, 10_000_000));
+        // A message about a timer nobody saw.
+        a.add_kmsg(PeriodScaling {
+            ts_us: 9,
+            cpu: 7,
+            scaled_up: false,
+            period_us: 1_000_000,
+            quota_us: 1,
+        });
+        let r = build_report(&h, &a, 1, vec![]);
+        assert!(r.figures.kernel_messages.available);
+        let y = r.cgroups.iter().find(|c| c.id == 20).unwrap();
+        let p = y.precursors.clone().unwrap();
+        assert_eq!(p.callbacks_over_period, 1);
+        assert_eq!(
+            p.multi_pass_callbacks, None,
+            "loops are unavailable in this header"
+        );
+        assert_eq!(p.period_changes.len(), 1);
+        let c = &p.period_changes[0];
+        assert_eq!(
+            (
+                c.from_us,
+                c.to_us,
+                c.from_quota_us,
+                c.to_quota_us,
+                c.by.as_str()
+            ),
+            (1_000, 2_000, Some(500), Some(1_000), "kernel")
+        );
+        assert!(
+            c.evidence.contains("scaling up (new cfs_period_us = 2000"),
+            "{}",
+            c.evidence
+        );
+        assert_eq!(p.kernel_messages.len(), 1);
+        let cr = r.cgroups.iter().find(|c| c.id == 30).unwrap();
+        let pc = &cr.precursors.as_ref().unwrap().period_changes;
+        assert_eq!(
+            pc.iter().map(|c| c.by.as_str()).collect::<Vec<_>>(),
+            vec!["write", "unknown"]
+        );
+        assert!(
+            pc[0]
+                .evidence
+                .contains("the cgroup file shows the new period")
+        );
+        let np = r.precursors.clone().unwrap();
+        assert_eq!(
+            (
+                np.period_changes,
+                np.period_changes_by_kernel,
+                np.period_changes_by_write,
+                np.callbacks_over_period,
+                np.kernel_messages
+            ),
+            (3, 1, 1, 1, 2)
+        );
+        assert_eq!(np.unattributed_messages.len(), 1);
+        assert_eq!(np.cgroups.len(), 2);
+        let reason = &r.culprit.as_ref().unwrap().reason;
+        assert!(
+            reason.contains(
+                "lockup precursors: period changed 1 time by the kernel (1.00 ms -> 2.00 ms), \
+                 1 callback at least their period, 1 kernel message \"period too short\""
+            ),
+            "{reason}"
+        );
+        let t = render_text(&r, false);
+        assert!(
+            t.contains("LOCKUP PRECURSORS: 3 period change(s) (1 by the kernel, 1 written)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("(no cgroup matched) cpu7: period too short, cannot scale up"),
+            "{t}"
+        );
+        // Without a kmsg reader nothing is "kernel", and the evidence says why.
+        let r = build_report(&header(), &a, 1, vec![]);
+        assert!(!r.figures.kernel_messages.available || !a.kmsgs().is_empty());
+        let y = r.cgroups.iter().find(|c| c.id == 20).unwrap();
+        let c = &y.precursors.as_ref().unwrap().period_changes[0];
+        // The capture holds messages even so (an older header): they still match.
+        assert_eq!(c.by, "kernel");
+        let mut b = Aggregator::new();
+        b.add_period(&mk(20, 1, 10, 1_000_000, 500_000));
+        b.add_period(&mk(20, 2, 10, 2_000_000, 1_000_000));
+        let r = build_report(&header(), &b, 1, vec![]);
+        let c = &r.cgroups[0].precursors.as_ref().unwrap().period_changes[0];
+        assert_eq!(c.by, "unknown");
+        assert!(
+            c.evidence.starts_with("/dev/kmsg was not read"),
+            "{}",
+            c.evidence
+        );
+        assert!(c.evidence.contains("both doubled"), "{}", c.evidence);
     }
 }
