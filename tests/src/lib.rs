@@ -3,6 +3,10 @@
 //! `Drop` even when an assertion fails, and run the built cfstrace binary with a time limit.
 //!
 //! Deliberately independent of the tracer crate: these tests check the binary from outside.
+//! [`expect`] is the oracle both the host test and the VM matrix (`cargo xtask vm`) check reports
+//! against.
+
+pub mod expect;
 
 use std::fs;
 use std::io;

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use cfstrace_tests::expect::{self, Culprit, Doctor, Facts, Floors};
 use cfstrace_tests::{
     APPLICATION, CONTAINER, CgroupTree, Run, cfstrace_bin, cpu_hierarchy, is_root,
     kprobes_available, run_with_timeout,
@@ -18,6 +19,19 @@ use serde_json::Value;
 
 const PERIOD_US: u64 = 10_000;
 const QUOTA_US: u64 = 2_000;
+/// `cfstrace doctor --attach-cycles`: the same count the VM matrix uses.
+const ATTACH_CYCLES: u32 = 20;
+/// The host's per-period floors. Only `runnable` (and async unthrottle) exist on this
+/// tracepoint-only host, and with a 2 ms quota many periods have nothing to wake: the host test
+/// asks for the figures to be there and non-zero somewhere, the VM matrix (5 ms quota) for means.
+const HOST_FLOORS: Floors = Floors {
+    unthrottled_mean: 0.0,
+    unthrottled_total_mean: 0.0,
+    enqueued_mean: 0.0,
+    runnable_mean: 0.0,
+    max_loops: 1.0,
+    async_per_period: 0.0,
+};
 
 struct Storm {
     dir: PathBuf,
@@ -86,6 +100,8 @@ fn run_storm() -> Result<Storm, String> {
         Duration::from_secs(60),
     )?;
     drop(tree);
+    // For `cargo xtask test`'s matrix table (the host's row).
+    let _ = fs::write(dir.join("report.json"), &report.stdout);
     Ok(Storm {
         dir,
         capture,
@@ -186,6 +202,77 @@ fn storm_names_the_yarn_container() {
     assert!(
         headroom > 0.0 && headroom < 10e9,
         "headroom_ns {headroom}; {ctx}"
+    );
+}
+
+/// The same oracle as the VM matrix: each probe attached exactly as this kernel allows (read from
+/// kallsyms, ftrace and the kprobe PMU, not from cfstrace), or unattached with a reason; each
+/// figure available exactly where its probe is.
+#[test]
+fn host_reports_what_this_kernel_can_measure() {
+    require_root();
+    let s = storm();
+    assert!(
+        s.record.status.success(),
+        "record failed: {}",
+        s.record.describe()
+    );
+    let r = report_json(&s.report);
+    let facts = Facts::host();
+    let path = format!("hadoop-yarn/{CONTAINER}");
+    let culprit = Culprit {
+        path_suffix: &path,
+        kind: "yarn",
+        application: APPLICATION,
+    };
+    let v = expect::check_report(&facts, "auto", &r, &culprit, &HOST_FLOORS);
+    for n in &v.notes {
+        eprintln!("note: {n}");
+    }
+    assert!(
+        v.failures.is_empty(),
+        "{} check(s) failed on this host ({facts:?}):\n  - {}\nreport:\n{}",
+        v.failures.len(),
+        v.failures.join("\n  - "),
+        serde_json::to_string_pretty(&r).unwrap()
+    );
+    if at(&r, "/figures/runnable/available") == true {
+        assert!(
+            num(&r, "/culprit/runnable_per_period/max") >= 1.0,
+            "runnable is available but the culprit never woke a task: {}",
+            at(&r, "/culprit/runnable_per_period")
+        );
+    }
+}
+
+/// `cfstrace doctor --attach-cycles 20`: attach and detach 20 times, nothing left behind, and
+/// what it attaches agrees with the storm's report. Runs after the storm (never beside a
+/// recording tracer, whose objects the leak count would see).
+#[test]
+fn doctor_attach_cycles_leave_nothing_behind() {
+    require_root();
+    let s = storm();
+    let dir = scratch("cfstrace-hosttest-doctor");
+    let cycles = ATTACH_CYCLES.to_string();
+    let run = run_with_timeout(
+        &cfstrace_bin(),
+        &["doctor", "--attach-cycles", &cycles],
+        &dir,
+        Duration::from_secs(240),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let d = Doctor::parse(&run.stdout);
+    let report = serde_json::from_str::<Value>(&s.report.stdout).ok();
+    let bad = d.check(
+        run.status.code().unwrap_or(-1).into(),
+        ATTACH_CYCLES,
+        report.as_ref(),
+    );
+    assert!(
+        bad.is_empty(),
+        "doctor:\n  - {}\n{}",
+        bad.join("\n  - "),
+        run.describe()
     );
 }
 

@@ -3,8 +3,8 @@
 //! ```text
 //! cargo xtask setup                      install what is missing (apt packages, nightly rust-src, bpf-linker)
 //! cargo xtask demo [-- ARGS...]          build cfstrace and run `cfstrace demo ARGS...` as root
-//! cargo xtask vm [--kernel SUITE]...     boot Debian cloud kernels, run cfstrace in them, check the report
-//! cargo xtask test                       fmt, clippy, build, cargo test, then the bookworm VM
+//! cargo xtask vm [--kernel SUITE...]     boot Debian cloud kernels, run cfstrace in them per backend, check
+//! cargo xtask test                       fmt, clippy, build, cargo test (host test), the kernel matrix
 //! ```
 
 mod cmd;
@@ -44,9 +44,10 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Boot Debian cloud kernels under qemu and check cfstrace's report in each.
+    /// Boot Debian cloud kernels under qemu (default: bullseye bookworm trixie sid) and check what
+    /// cfstrace measures in each, per backend (default: auto kprobe fentry tracepoint).
     Vm(vm::VmArgs),
-    /// Run every check CI runs: fmt, clippy, build, cargo test (host test), bookworm VM.
+    /// Run every check CI runs: fmt, clippy, build, cargo test (host test), the kernel matrix.
     Test,
 }
 
