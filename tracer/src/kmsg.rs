@@ -24,9 +24,18 @@ pub struct PeriodScaling {
 }
 
 /// Parse one /dev/kmsg record (`prio,seq,ts_us,flags;text`); None if it is not ours.
+///
+/// Only the kernel's own records count: `prio` is `facility * 8 + level` and the kernel
+/// facility is 0, which a process writing to /dev/kmsg cannot use (the kernel turns it into
+/// LOG_USER), so no user can forge a lockup precursor into a report.
 pub fn parse_record(rec: &str) -> Option<PeriodScaling> {
     let (prefix, text) = rec.split_once(';')?;
-    let ts_us = prefix.split(',').nth(2)?.parse().ok()?;
+    let mut fields = prefix.split(',');
+    let prio: u32 = fields.next()?.parse().ok()?;
+    if prio >> 3 != 0 {
+        return None;
+    }
+    let ts_us = fields.nth(1)?.parse().ok()?;
     let text = text.lines().next()?;
     let rest = text.split("cfs_period_timer[cpu").nth(1)?;
     let (cpu, rest) = rest.split_once(']')?;
@@ -126,6 +135,13 @@ mod tests {
         assert_eq!((p.cpu, p.period_us), (47, 1_000_000));
         assert_eq!(parse_record("6,3,7,-;eth0: link up"), None);
         assert_eq!(parse_record("garbage"), None);
+    }
+
+    #[test]
+    fn ignores_records_written_by_processes() {
+        // `echo ... > /dev/kmsg` is logged with facility LOG_USER (prio 8 + level = 12 here).
+        let forged = "12,9,10,-;cfs_period_timer[cpu0]: period too short, scaling up (new cfs_period_us = 4000, cfs_quota_us = 2000)";
+        assert_eq!(parse_record(forged), None);
     }
 
     #[test]
