@@ -376,3 +376,87 @@ mod tests {
         assert_eq!(v2, [PathBuf::from("/sys/fs/cgroup/my dir")]);
     }
 }
+
+// -------------------------------------------------------------------------------------------
+// Churn: cgroups made and removed while a record runs (tests/tests/churn.rs)
+
+/// Start one busy loop (`sh -c 'while :; do :; done'`) and move it into `cgroup`. The caller owns
+/// the child (kill and reap it); on a failed move the child is killed here.
+pub fn spawn_busy_in(cgroup: &Path) -> Result<Child, String> {
+    let mut child = Command::new("sh")
+        .args(["-c", "while :; do :; done"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawning sh: {e}"))?;
+    if let Err(e) = write(&cgroup.join("cgroup.procs"), &child.id().to_string()) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
+    Ok(child)
+}
+
+/// Remove an empty cgroup directory, retrying (up to `limit`) while the kernel still counts
+/// tasks that were just reaped. A directory already gone is fine.
+pub fn remove_cgroup(dir: &Path, limit: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("rmdir {}: {e}", dir.display()));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// `nr_throttled` from a cgroup's cpu.stat (the same key on v1 and v2).
+pub fn nr_throttled(cgroup: &Path) -> Option<u64> {
+    fs::read_to_string(cgroup.join("cpu.stat"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("nr_throttled ")?.trim().parse().ok())
+}
+
+/// A `kB` figure of a live process's /proc/PID/status (`VmHWM`, `VmRSS`, `RssAnon`...); None
+/// once it has exited (a zombie has no memory left to report).
+pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    parse_status_kib(
+        &fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
+        key,
+    )
+}
+
+/// The `key:` line of /proc/PID/status text, in KiB.
+pub fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod churn_helper_tests {
+    use super::*;
+
+    #[test]
+    fn status_lines() {
+        let status = "Name:\tcfstrace\nVmPeak:\t  123456 kB\nVmHWM:\t   20480 kB\nVmRSS:\t 1000 kB\n\
+                      RssAnon:\t 800 kB\n";
+        assert_eq!(parse_status_kib(status, "VmHWM"), Some(20480));
+        assert_eq!(parse_status_kib(status, "RssAnon"), Some(800));
+        assert_eq!(parse_status_kib(status, "Rss"), None);
+        assert_eq!(
+            parse_status_kib("Name:\tzombie\nState:\tZ (zombie)\n", "VmHWM"),
+            None
+        );
+        assert!(status_kib(std::process::id(), "VmHWM").is_some_and(|k| k > 0));
+    }
+}

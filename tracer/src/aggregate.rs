@@ -1308,6 +1308,7 @@ mod tests {
             period_us: None,
             quota_us: None,
             note: None,
+            parents: None,
         }
     }
 

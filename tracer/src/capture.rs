@@ -225,6 +225,23 @@ pub struct ProcessInfo {
     pub cpu_ticks: u64,
 }
 
+/// One ancestor of a named cgroup, with its own CFS quota: nested quotas each have their own
+/// period timer, so the chain says which limits sit above a throttled cgroup.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ParentRecord {
+    /// Path relative to the cpu hierarchy's root.
+    pub path: String,
+    /// Its cgroup id (directory inode) when it could be read.
+    #[serde(default)]
+    pub id: Option<u64>,
+    /// Its period when it has a quota of its own (None: no quota, or unreadable).
+    #[serde(default)]
+    pub period_us: Option<u64>,
+    /// Its quota (None: no quota — `max` / -1 — or unreadable).
+    #[serde(default)]
+    pub quota_us: Option<u64>,
+}
+
 /// A cgroup's name, resolved while recording so a cgroup deleted before `report` keeps it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct CgroupRecord {
@@ -242,6 +259,11 @@ pub struct CgroupRecord {
     /// Why naming was partial, if it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Its ancestors, nearest first, up to (excluding) the hierarchy's root, at most
+    /// `cgroup_fs::MAX_PARENTS`; resolved at naming time. Empty for a top-level cgroup; None
+    /// when not resolved (the cgroup was gone, or an older capture).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parents: Option<Vec<ParentRecord>>,
 }
 
 /// Cumulative loss counters (kernel-side LOSS map summed over CPUs, plus userspace drops).
@@ -1147,6 +1169,12 @@ pub(crate) mod tests {
                 period_us: Some(100_000),
                 quota_us: None,
                 note: None,
+                parents: Some(vec![ParentRecord {
+                    path: "/a".into(),
+                    id: Some(41),
+                    period_us: Some(100_000),
+                    quota_us: Some(20_000),
+                }]),
             }),
             CaptureLine::Period(PeriodRecord {
                 ts_ns: 10,
@@ -1429,6 +1457,41 @@ pub(crate) mod tests {
             }
             l => panic!("{l:?}"),
         }
+    }
+
+    /// A cgroup line written before `parents` existed still reads (parents unknown), and a
+    /// record without parents writes no key.
+    #[test]
+    fn cgroup_lines_without_parents_still_read() {
+        let old = br#"{"kind":"cgroup","id":9,"path":"/a/b","workload":{"kind":"cgroup"},"processes":[],"period_us":100000,"quota_us":20000}"#;
+        let mut bytes = encode(&[]);
+        bytes.extend_from_slice(old);
+        bytes.push(b'\n');
+        let (_, got, _) = read(&bytes).unwrap();
+        let CaptureLine::Cgroup(c) = &got[0] else {
+            panic!("{:?}", got[0]);
+        };
+        assert_eq!(
+            (c.id, c.path.as_deref(), c.parents.as_ref()),
+            (9, Some("/a/b"), None)
+        );
+        let text = serde_json::to_string(&got[0]).unwrap();
+        assert!(!text.contains("parents"), "{text}");
+        // A chain round-trips, nearest first, a parent without a quota as nulls.
+        let mut c = c.clone();
+        c.parents = Some(vec![ParentRecord {
+            path: "/a".into(),
+            id: Some(8),
+            period_us: None,
+            quota_us: None,
+        }]);
+        let text = serde_json::to_string(&CaptureLine::Cgroup(c.clone())).unwrap();
+        assert!(
+            text.contains(r#""parents":[{"path":"/a","id":8,"period_us":null,"quota_us":null}]"#),
+            "{text}"
+        );
+        let back: CaptureLine = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, CaptureLine::Cgroup(c));
     }
 
     #[test]

@@ -17,6 +17,9 @@ Examples:
   See it work on this machine (makes throttled cgroups, traces them, cleans up):
     sudo cfstrace demo
 
+Headroom below --highlight-under PCT % of watchdog_thresh (default 10) is highlighted in
+`watch` and `report`; --fail-under PCT (record, report) turns it into exit status 3.
+
 Exit status: 0 success; 1 error (message on stderr); 2 bad usage; 3 headroom below
 --fail-under. `record -- CMD` exits with CMD's status when CMD ran to completion (unless the
 --fail-under gate fails, which wins).";
@@ -75,6 +78,10 @@ pub enum Commands {
         /// Exit with status 3 if the watchdog's headroom fell below PCT % of watchdog_thresh.
         #[arg(long, value_name = "PCT", value_parser = crate::gate::parse_pct)]
         fail_under: Option<f64>,
+        /// Highlight (and flag in the JSON's `headroom_alert`) headroom below PCT % of
+        /// watchdog_thresh.
+        #[arg(long, value_name = "PCT", default_value = "10", value_parser = crate::gate::parse_pct)]
+        highlight_under: f64,
     },
     /// Trace live and print the figures every interval until Ctrl-C.
     Watch {
@@ -87,6 +94,10 @@ pub enum Commands {
         /// One JSON report per interval (JSON Lines) instead of the table.
         #[arg(long)]
         json: bool,
+        /// Highlight (and flag in the JSON's `headroom_alert`) headroom below PCT % of
+        /// watchdog_thresh.
+        #[arg(long, value_name = "PCT", default_value = "10", value_parser = crate::gate::parse_pct)]
+        highlight_under: f64,
         #[command(flatten)]
         trace: TraceArgs,
     },
@@ -163,6 +174,38 @@ mod tests {
             _ => panic!("not record"),
         }
         assert!(parse_duration("0s").is_err());
+        for (args, want) in [
+            (&["cfstrace", "report", "x.jsonl"][..], 10.0),
+            (
+                &["cfstrace", "report", "x.jsonl", "--highlight-under", "25%"][..],
+                25.0,
+            ),
+        ] {
+            match Cli::try_parse_from(args).unwrap().command {
+                Commands::Report {
+                    highlight_under, ..
+                } => assert_eq!(highlight_under, want),
+                _ => panic!("not report"),
+            }
+        }
+        match Cli::try_parse_from(["cfstrace", "watch", "--highlight-under", "0"])
+            .unwrap()
+            .command
+        {
+            Commands::Watch {
+                highlight_under, ..
+            } => assert_eq!(highlight_under, 0.0),
+            _ => panic!("not watch"),
+        }
+        match Cli::try_parse_from(["cfstrace", "watch"]).unwrap().command {
+            Commands::Watch {
+                highlight_under, ..
+            } => assert_eq!(highlight_under, crate::report::DEFAULT_HIGHLIGHT_PCT),
+            _ => panic!("not watch"),
+        }
+        assert!(
+            Cli::try_parse_from(["cfstrace", "report", "x", "--highlight-under", "101"]).is_err()
+        );
         assert!(
             Cli::try_parse_from(["cfstrace", "record"]).is_err(),
             "-o is required"

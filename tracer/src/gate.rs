@@ -16,23 +16,25 @@ pub enum Verdict {
     Unknown { why: String },
 }
 
-/// Judge the node's headroom (worst IRQs-off span against `watchdog_thresh`).
-pub fn judge(report: &Report, fail_under_pct: f64) -> Verdict {
+/// The node's headroom (watchdog_thresh - the worst IRQs-off span) as a percentage of
+/// watchdog_thresh: the one figure both `--fail-under` and `--highlight-under` judge. Err says
+/// why it cannot be judged.
+pub fn headroom_pct(report: &Report) -> Result<f64, String> {
     let Some(thresh_s) = report.watchdog.thresh_s.filter(|t| *t > 0) else {
-        return Verdict::Unknown {
-            why: "watchdog_thresh unknown or 0 (watchdog off)".into(),
-        };
+        return Err("watchdog_thresh unknown or 0 (watchdog off)".into());
     };
     let Some(headroom) = report.headroom_ns else {
-        return Verdict::Unknown {
-            why: "no period-timer callback was seen".into(),
-        };
+        return Err("no period-timer callback was seen".into());
     };
-    let pct = headroom as f64 * 100.0 / (thresh_s as f64 * 1e9);
-    if pct < fail_under_pct {
-        Verdict::Fail { headroom_pct: pct }
-    } else {
-        Verdict::Pass { headroom_pct: pct }
+    Ok(headroom as f64 * 100.0 / (thresh_s as f64 * 1e9))
+}
+
+/// Judge the node's headroom (worst IRQs-off span against `watchdog_thresh`).
+pub fn judge(report: &Report, fail_under_pct: f64) -> Verdict {
+    match headroom_pct(report) {
+        Err(why) => Verdict::Unknown { why },
+        Ok(pct) if pct < fail_under_pct => Verdict::Fail { headroom_pct: pct },
+        Ok(pct) => Verdict::Pass { headroom_pct: pct },
     }
 }
 
@@ -104,6 +106,8 @@ mod tests {
             judge(&report(Some(10), None), 10.0),
             Verdict::Unknown { .. }
         ));
+        assert_eq!(headroom_pct(&report(Some(10), Some(500_000_000))), Ok(5.0));
+        assert!(headroom_pct(&report(Some(0), Some(1))).is_err());
         assert_eq!(parse_pct("10%"), Ok(10.0));
         assert!(parse_pct("120").is_err());
         assert!(parse_pct("x").is_err());

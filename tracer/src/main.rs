@@ -79,8 +79,10 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<ExitCode> {
             file,
             json,
             fail_under,
+            highlight_under,
         } => {
-            let rep = report::report_from_capture(&file)?;
+            let mut rep = report::report_from_capture(&file)?;
+            rep.set_highlight_under(highlight_under);
             if json {
                 println!("{}", serde_json::to_string_pretty(&rep)?);
             } else {
@@ -99,6 +101,7 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<ExitCode> {
             interval,
             duration,
             json,
+            highlight_under,
             trace,
         } => {
             let opts = watch::WatchOptions {
@@ -106,6 +109,7 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<ExitCode> {
                 interval,
                 duration,
                 json,
+                highlight_under,
             };
             watch::watch(&opts, stop)?;
             Ok(ExitCode::SUCCESS)

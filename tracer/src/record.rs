@@ -290,12 +290,13 @@ pub struct RecordOutcome {
 /// flushed every second and finished with loss and end lines on every one of those paths.
 pub fn record(opts: &RecordOptions, stop: &AtomicBool) -> Result<RecordOutcome, RecordError> {
     let command = (!opts.command.is_empty()).then(|| opts.command.clone());
-    let mut session = Session::start(&opts.tracer, command)?;
     let path = opts.output.clone();
+    // Before attaching: an unwritable output fails fast, without touching the kernel.
     let file = File::create(&path).map_err(|source| RecordError::Create {
         path: path.clone(),
         source,
     })?;
+    let mut session = Session::start(&opts.tracer, command)?;
     let cap_err = |source| RecordError::Capture {
         path: path.clone(),
         source,

@@ -17,11 +17,16 @@ use crate::aggregate::{
     Aggregator, AsyncStats, CgroupSpan, CgroupView, Distribution, PeriodChange, SPREAD_FROM_CSD,
     SPREAD_FROM_PROBE, SPREAD_FROM_TIMER_CPU, SpreadStats, UNRESOLVED_ID, UNRESOLVED_NAME,
 };
-use crate::capture::{self, CaptureError, CaptureHeader, PeriodScaling, ProbeStatus, ProcessInfo};
+use crate::capture::{
+    self, CaptureError, CaptureHeader, ParentRecord, PeriodScaling, ProbeStatus, ProcessInfo,
+};
 use crate::host::WatchdogFacts;
 use crate::workload::{Workload, WorkloadKind};
 
 pub const REPORT_SCHEMA: &str = "cfstrace.report/1";
+
+/// `--highlight-under` when not given: headroom under 10 % of watchdog_thresh is highlighted.
+pub const DEFAULT_HIGHLIGHT_PCT: f64 = 10.0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -59,6 +64,10 @@ pub struct Report {
     /// The worst IRQs-off span behind `headroom_ns`.
     #[serde(default)]
     pub worst_irqs_off: Option<WorstIrqsOff>,
+    /// The node's headroom against the highlight threshold (`--highlight-under`, default 10 %
+    /// of watchdog_thresh). None only in a report from before it existed.
+    #[serde(default)]
+    pub headroom_alert: Option<HeadroomAlert>,
     /// Lockup precursors over all cgroups (kernel period rescaling, callbacks over their
     /// period, several distribute passes, the kernel's own messages).
     #[serde(default)]
@@ -66,6 +75,55 @@ pub struct Report {
     pub culprit: Option<Culprit>,
     #[serde(default)]
     pub warnings: Vec<String>,
+}
+
+/// Whether the node's headroom fell below the highlight threshold.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct HeadroomAlert {
+    /// The threshold, % of watchdog_thresh (`--highlight-under`).
+    pub under_pct: f64,
+    /// `headroom_ns` as % of watchdog_thresh (to 6 decimals): the figure `--fail-under` judges.
+    /// None when it cannot be judged (`reason`).
+    pub headroom_pct: Option<f64>,
+    /// The headroom is below `under_pct`.
+    pub alert: bool,
+    /// Why `headroom_pct` is None.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Judge the report's node headroom against `under_pct` % of watchdog_thresh, with the same
+/// figure `--fail-under` uses ([`crate::gate::headroom_pct`]).
+pub fn headroom_alert(report: &Report, under_pct: f64) -> HeadroomAlert {
+    match crate::gate::headroom_pct(report) {
+        Ok(pct) => HeadroomAlert {
+            under_pct,
+            headroom_pct: Some((pct * 1e6).round() / 1e6),
+            alert: pct < under_pct,
+            reason: None,
+        },
+        Err(why) => HeadroomAlert {
+            under_pct,
+            headroom_pct: None,
+            alert: false,
+            reason: Some(why),
+        },
+    }
+}
+
+impl Report {
+    /// Highlight headroom under `under_pct` % of watchdog_thresh (`--highlight-under`): sets
+    /// `headroom_alert`, which the text rendering follows too.
+    pub fn set_highlight_under(&mut self, under_pct: f64) {
+        self.headroom_alert = Some(headroom_alert(self, under_pct));
+    }
+
+    /// The highlight threshold in effect (% of watchdog_thresh).
+    pub fn highlight_under(&self) -> f64 {
+        self.headroom_alert
+            .as_ref()
+            .map_or(DEFAULT_HIGHLIGHT_PCT, |a| a.under_pct)
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -170,6 +228,11 @@ pub struct CgroupReport {
     pub period_us: Option<u64>,
     /// None: no quota, or not named.
     pub quota_us: Option<u64>,
+    /// Its ancestors, nearest first, up to (excluding) the hierarchy's root, each with its own
+    /// `period_us`/`quota_us` (null: no quota). Empty for a top-level cgroup; null when not
+    /// resolved (never named, or an older capture).
+    #[serde(default)]
+    pub parents: Option<Vec<ParentRecord>>,
     pub periods: u64,
     pub total_callback_ns: u64,
     pub callback_ns: Stats,
@@ -1007,6 +1070,7 @@ fn cgroup_report(v: &CgroupView<'_>, ctx: &Ctx<'_>) -> CgroupReport {
         processes: rec.map(|r| r.processes.clone()).unwrap_or_default(),
         period_us: rec.and_then(|r| r.period_us),
         quota_us: rec.and_then(|r| r.quota_us),
+        parents: rec.and_then(|r| r.parents.clone()),
         periods: s.periods(),
         total_callback_ns: s.total_callback_ns(),
         callback_ns: Stats::of(cb),
@@ -1407,7 +1471,7 @@ pub fn build_report(
         }
     }
 
-    Report {
+    let mut report = Report {
         schema: REPORT_SCHEMA.to_string(),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         hostname: host.hostname.clone(),
@@ -1425,10 +1489,13 @@ pub fn build_report(
         headroom_ns,
         headroom_basis,
         worst_irqs_off,
+        headroom_alert: None,
         precursors,
         culprit,
         warnings,
-    }
+    };
+    report.set_highlight_under(DEFAULT_HIGHLIGHT_PCT);
+    report
 }
 
 /// Replay a capture and build its report. The duration is the end line's, else the span of
@@ -1474,6 +1541,7 @@ pub fn human_ns(ns: u64) -> String {
 
 const BOLD: &str = "\x1b[1m";
 const RED: &str = "\x1b[31m";
+const BOLD_RED: &str = "\x1b[1;31m";
 const RESET: &str = "\x1b[0m";
 const TOP_CGROUPS: usize = 20;
 const TOP_CPUS: usize = 8;
@@ -1517,11 +1585,49 @@ fn p50_max(s: &Option<Stats>) -> String {
         .map_or_else(|| "-".to_string(), |s| format!("{}/{}", s.p50, s.max))
 }
 
-fn low_headroom(h: Option<i64>, thresh_s: Option<u64>) -> bool {
+/// Headroom `h` under `under_pct` % of watchdog_thresh (the highlight, in red).
+fn low_headroom(h: Option<i64>, thresh_s: Option<u64>, under_pct: f64) -> bool {
     match (h, thresh_s) {
-        (Some(h), Some(t)) => (h as f64) < t as f64 * 1e9 * 0.10,
+        (Some(h), Some(t)) if t > 0 => (h as f64) * 100.0 < t as f64 * 1e9 * under_pct,
         _ => false,
     }
+}
+
+/// `20ms`, `1.5ms`, `500us`: a cgroup setting in microseconds.
+fn us_short(us: u64) -> String {
+    if us >= 1_000 && us.is_multiple_of(1_000) {
+        format!("{}ms", us / 1_000)
+    } else if us >= 1_000 {
+        let s = format!("{:.3}", us as f64 / 1e3);
+        format!("{}ms", s.trim_end_matches('0').trim_end_matches('.'))
+    } else {
+        format!("{us}us")
+    }
+}
+
+/// The parent chain as one line: `under /a/b <- /a (quota 20ms/100ms) <- /`; a chain cut at
+/// MAX_PARENTS shows `<- …` before the root.
+pub fn parents_phrase(parents: &[ParentRecord]) -> String {
+    let mut s = String::from("under ");
+    for p in parents {
+        s.push_str(&ellipsize_middle(&p.path, PATH_W));
+        match (p.quota_us, p.period_us) {
+            (Some(q), Some(per)) => {
+                let _ = write!(s, " (quota {}/{})", us_short(q), us_short(per));
+            }
+            (Some(q), None) => {
+                let _ = write!(s, " (quota {})", us_short(q));
+            }
+            _ => {}
+        }
+        s.push_str(" <- ");
+    }
+    let top_level = |p: &ParentRecord| p.path.trim_matches('/').split('/').count() <= 1;
+    if parents.last().is_some_and(|p| !top_level(p)) {
+        s.push_str("… <- ");
+    }
+    s.push('/');
+    s
 }
 
 fn headroom_cell(h: Option<i64>) -> String {
@@ -1572,7 +1678,7 @@ pub fn render_text(report: &Report, color: bool) -> String {
             let cell = paint(
                 &headroom_cell(Some(h)).replace('s', " s"),
                 RED,
-                color && low_headroom(Some(h), wd.thresh_s),
+                color && low_headroom(Some(h), wd.thresh_s, report.highlight_under()),
             );
             let worst = match &report.worst_irqs_off {
                 Some(w) if w.basis == BASIS_SPAN => format!(
@@ -1611,6 +1717,15 @@ pub fn render_text(report: &Report, color: bool) -> String {
         "watchdog {}  thresh {thresh}{node}",
         if wd.enabled { "enabled" } else { "DISABLED" }
     );
+    if let Some(a) = report.headroom_alert.as_ref().filter(|a| a.alert) {
+        let line = format!(
+            "!! HEADROOM ALERT: node headroom {:.4}% of watchdog_thresh ({thresh}) is below {}% \
+             (--highlight-under)",
+            a.headroom_pct.unwrap_or(0.0),
+            a.under_pct
+        );
+        let _ = writeln!(o, "{}", paint(&line, BOLD_RED, color));
+    }
     // Pipeline order (the frame first), then anything a newer recorder added.
     let mut probes: Vec<(&String, &ProbeStatus)> = report.probes.iter().collect();
     probes.sort_by_key(|(name, _)| {
@@ -1676,7 +1791,11 @@ pub fn render_text(report: &Report, color: bool) -> String {
             let wl = workload_label(&c.workload).unwrap_or_else(|| "-".to_string());
             let wl = pad(&ellipsize_middle(&wl, WORKLOAD_W), WORKLOAD_W);
             let hr = format!("{:>9}", headroom_cell(c.headroom_ns));
-            let hr = paint(&hr, RED, color && low_headroom(c.headroom_ns, wd.thresh_s));
+            let hr = paint(
+                &hr,
+                RED,
+                color && low_headroom(c.headroom_ns, wd.thresh_s, report.highlight_under()),
+            );
             let comms = top_comms(&c.processes, 3).join(",");
             let row = format!(
                 "{path} {wl} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11} {:>8} {:>7} ",
@@ -1703,6 +1822,10 @@ pub fn render_text(report: &Report, color: bool) -> String {
                 "{row}{hr}  {}",
                 if comms.is_empty() { "-" } else { &comms }
             );
+            // Nested quotas: the limits above it, each with its own period timer.
+            if let Some(parents) = c.parents.as_ref().filter(|p| !p.is_empty()) {
+                let _ = writeln!(o, "  {}", parents_phrase(parents));
+            }
         }
         if report.cgroups.len() > TOP_CGROUPS {
             let _ = writeln!(
@@ -1962,6 +2085,12 @@ mod tests {
             period_us: Some(100_000),
             quota_us: Some(20_000),
             note: None,
+            parents: Some(vec![ParentRecord {
+                path: "/yarn".into(),
+                id: Some(19),
+                period_us: Some(100_000),
+                quota_us: Some(50_000),
+            }]),
         }
     }
 
@@ -1981,6 +2110,12 @@ mod tests {
             period_us: Some(100_000),
             quota_us: None,
             note: None,
+            parents: Some(vec![ParentRecord {
+                path: "/system.slice".into(),
+                id: Some(29),
+                period_us: None,
+                quota_us: None,
+            }]),
         }
     }
 
@@ -2190,8 +2325,12 @@ mod tests {
             "headroom_basis",
             "worst_irqs_off",
             "precursors",
+            "headroom_alert",
         ] {
             assert!(v.get(k).is_some(), "missing {k}");
+        }
+        for k in ["under_pct", "headroom_pct", "alert"] {
+            assert!(v["headroom_alert"].get(k).is_some(), "headroom_alert.{k}");
         }
         for k in ["irq_span", "spread", "kernel_messages"] {
             assert!(v["figures"][k]["available"].is_boolean(), "figures.{k}");
@@ -2214,7 +2353,13 @@ mod tests {
         ] {
             assert!(v["cpus"][0].get(k).is_some(), "cpus[].{k}");
         }
-        for k in ["headroom_basis", "worst_irq_span", "spread", "precursors"] {
+        for k in [
+            "headroom_basis",
+            "worst_irq_span",
+            "spread",
+            "precursors",
+            "parents",
+        ] {
             assert!(v["cgroups"][0].get(k).is_some(), "cgroups[].{k}");
         }
         for k in [
@@ -2493,6 +2638,147 @@ mod tests {
                 .reason
                 .ends_with("watchdog headroom 0.5 s of 10 s")
         );
+    }
+
+    #[test]
+    fn parents_in_the_json_and_the_text() {
+        let r = build_report(&header(), &agg(), 8_000_000_000, vec![]);
+        let v = serde_json::to_value(&r).unwrap();
+        let c = &v["cgroups"][0];
+        assert_eq!(c["path"], YARN);
+        assert_eq!(
+            c["parents"],
+            serde_json::json!([{"path": "/yarn", "id": 19, "period_us": 100_000, "quota_us": 50_000}])
+        );
+        let cron = v["cgroups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == 30)
+            .unwrap();
+        assert_eq!(cron["parents"][0]["path"], "/system.slice");
+        assert!(cron["parents"][0]["quota_us"].is_null());
+        assert!(cron["parents"][0]["period_us"].is_null());
+        // Never named: unknown, not "top level".
+        let unresolved = v["cgroups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == 0)
+            .unwrap();
+        assert!(unresolved["parents"].is_null());
+        let t = render_text(&r, false);
+        assert!(
+            t.contains("\n  under /yarn (quota 50ms/100ms) <- /\n"),
+            "{t}"
+        );
+        assert!(t.contains("\n  under /system.slice <- /\n"), "{t}");
+        // A report from before `parents` and `headroom_alert` still reads.
+        let mut old = v.clone();
+        old.as_object_mut().unwrap().remove("headroom_alert");
+        for c in old["cgroups"].as_array_mut().unwrap() {
+            c.as_object_mut().unwrap().remove("parents");
+        }
+        old["culprit"].as_object_mut().unwrap().remove("parents");
+        let back: Report = serde_json::from_value(old).unwrap();
+        assert!(back.cgroups.iter().all(|c| c.parents.is_none()));
+        assert_eq!(back.headroom_alert, None);
+        assert_eq!(back.highlight_under(), DEFAULT_HIGHLIGHT_PCT);
+    }
+
+    #[test]
+    fn parent_phrases() {
+        let p = |path: &str, q: Option<(u64, u64)>| ParentRecord {
+            path: path.into(),
+            id: None,
+            period_us: q.map(|q| q.1),
+            quota_us: q.map(|q| q.0),
+        };
+        assert_eq!(parents_phrase(&[]), "under /");
+        assert_eq!(
+            parents_phrase(&[p("/a", Some((20_000, 100_000)))]),
+            "under /a (quota 20ms/100ms) <- /"
+        );
+        assert_eq!(
+            parents_phrase(&[p("/a/b", None), p("/a", Some((1_500, 10_000)))]),
+            "under /a/b <- /a (quota 1.5ms/10ms) <- /"
+        );
+        // Cut at MAX_PARENTS: the farthest kept is not top level.
+        assert_eq!(
+            parents_phrase(&[p("/x/y/z", Some((500, 1_000))), p("/x/y", None)]),
+            "under /x/y/z (quota 500us/1ms) <- /x/y <- … <- /"
+        );
+        assert_eq!(us_short(100_000), "100ms");
+        assert_eq!(us_short(2_250), "2.25ms");
+        assert_eq!(us_short(999), "999us");
+    }
+
+    #[test]
+    fn highlight_threshold() {
+        // Node headroom 10 s - the 400 us worst callback: 99.996 %.
+        let mut r = build_report(&header(), &agg(), 8_000_000_000, vec![]);
+        let a = r.headroom_alert.clone().expect("always judged");
+        assert_eq!(a.under_pct, DEFAULT_HIGHLIGHT_PCT);
+        assert_eq!(a.headroom_pct, Some(99.996));
+        assert!(!a.alert);
+        assert_eq!(a.reason, None);
+        let t = render_text(&r, true);
+        assert!(!t.contains("HEADROOM ALERT"), "{t}");
+        assert!(!t.contains(RED), "{t}");
+        // Headroom is always below 100 % of the threshold.
+        r.set_highlight_under(100.0);
+        let a = r.headroom_alert.clone().unwrap();
+        assert!(a.alert);
+        assert_eq!(a.under_pct, 100.0);
+        assert_eq!(
+            a.headroom_pct.unwrap(),
+            crate::gate::headroom_pct(&r).unwrap()
+        );
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["headroom_alert"]["alert"], true);
+        assert_eq!(v["headroom_alert"]["under_pct"], 100.0);
+        assert_eq!(v["headroom_alert"]["headroom_pct"], 99.996);
+        let plain = render_text(&r, false);
+        assert!(
+            plain.contains(
+                "\n!! HEADROOM ALERT: node headroom 99.9960% of watchdog_thresh (10 s) is below \
+                 100% (--highlight-under)\n"
+            ),
+            "{plain}"
+        );
+        assert!(!plain.contains('\x1b'), "{plain}");
+        let colored = render_text(&r, true);
+        assert!(colored.contains("\x1b[1;31m!! HEADROOM ALERT"), "{colored}");
+        // The node and per-cgroup headroom cells turn red at the same threshold.
+        assert!(
+            colored.contains(&format!("{RED}9.9996 s{RESET}")),
+            "{colored}"
+        );
+        // 0 %: never (headroom is never negative percent here).
+        r.set_highlight_under(0.0);
+        assert!(!r.headroom_alert.as_ref().unwrap().alert);
+        assert!(!render_text(&r, true).contains("HEADROOM ALERT"));
+        // Consistent with --fail-under at the same percentage.
+        for pct in [0.0, 50.0, 99.99, 99.996, 99.997, 100.0] {
+            r.set_highlight_under(pct);
+            let alert = r.headroom_alert.as_ref().unwrap().alert;
+            let fails = matches!(
+                crate::gate::judge(&r, pct),
+                crate::gate::Verdict::Fail { .. }
+            );
+            assert_eq!(alert, fails, "{pct}");
+        }
+        // Unknown threshold: no alert, and why.
+        let mut h = header();
+        h.host.watchdog.thresh_s = None;
+        let r = build_report(&h, &agg(), 8_000_000_000, vec![]);
+        let a = r.headroom_alert.unwrap();
+        assert_eq!((a.alert, a.headroom_pct), (false, None));
+        assert!(a.reason.unwrap().contains("watchdog_thresh"));
+        // No callbacks: the same.
+        let r = build_report(&header(), &Aggregator::new(), 1, vec![]);
+        let a = r.headroom_alert.unwrap();
+        assert_eq!((a.alert, a.headroom_pct), (false, None));
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub struct WatchOptions {
     pub duration: Option<Duration>,
     /// One JSON report per interval instead of the table.
     pub json: bool,
+    /// Highlight headroom below this % of watchdog_thresh (`--highlight-under`).
+    pub highlight_under: f64,
 }
 
 pub fn watch(opts: &WatchOptions, stop: &AtomicBool) -> Result<(), RecordError> {
@@ -45,12 +47,13 @@ pub fn watch(opts: &WatchOptions, stop: &AtomicBool) -> Result<(), RecordError> 
             }
         }
         agg.set_loss(session.losses()?);
-        let rep = report::build_report(
+        let mut rep = report::build_report(
             &session.header,
             &agg,
             window.elapsed().as_nanos() as u64,
             Vec::new(),
         );
+        rep.set_highlight_under(opts.highlight_under);
         let text = if opts.json {
             serde_json::to_string(&rep).unwrap_or_default() + "\n"
         } else {
