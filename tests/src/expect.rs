@@ -20,27 +20,34 @@ pub const UNTHROTTLE_FN: &str = "unthrottle_cfs_rq";
 pub const ENQUEUE_ENTITY_FN: &str = "enqueue_entity";
 pub const ENQUEUE_TASK_FAIR_FN: &str = "enqueue_task_fair";
 pub const CSD_UNTHROTTLE_FN: &str = "__cfsb_csd_unthrottle";
+/// The timer interrupt's handler (the `irq_span` probe's kprobe target).
+pub const HRTIMER_INTERRUPT_FN: &str = "hrtimer_interrupt";
 /// Functions whose presence decides the probes.
-pub const FUNCTIONS: [&str; 6] = [
+pub const FUNCTIONS: [&str; 7] = [
     PERIOD_TIMER_FN,
     DISTRIBUTE_FN,
     UNTHROTTLE_FN,
     ENQUEUE_ENTITY_FN,
     ENQUEUE_TASK_FAIR_FN,
     CSD_UNTHROTTLE_FN,
+    HRTIMER_INTERRUPT_FN,
 ];
 /// Raw tracepoints cfstrace can use (present when kallsyms has `__traceiter_<name>`, 5.10+, or
 /// `__bpf_trace_<name>`; events of a class have only the class's `__bpf_trace_`).
 pub const HRTIMER_TP: &str = "hrtimer_expire_entry";
 pub const NR_RUNNING_TP: &str = "sched_update_nr_running_tp";
 pub const CSD_TP: &str = "csd_function_entry";
-pub const RAW_TPS: [&str; 3] = [HRTIMER_TP, NR_RUNNING_TP, CSD_TP];
+/// x86 `irq_vectors` tracepoint at the start of the local APIC timer interrupt (its class is
+/// `x86_irq_vector`, so only `__traceiter_local_timer_entry` names it).
+pub const LOCAL_TIMER_TP: &str = "local_timer_entry";
+pub const RAW_TPS: [&str; 4] = [HRTIMER_TP, NR_RUNNING_TP, CSD_TP, LOCAL_TIMER_TP];
 /// Kernel functions BPF trampolines (fentry/fexit) attach through.
 pub const DIRECT_CALL_FNS: [&str; 2] = ["register_ftrace_direct", "register_ftrace_direct_multi"];
 
 /// The report's probes, in the order tables print them.
-pub const PROBES: [&str; 6] = [
+pub const PROBES: [&str; 7] = [
     "period_timer",
+    "irq_span",
     "distribute",
     "unthrottle",
     "enqueue",
@@ -48,10 +55,13 @@ pub const PROBES: [&str; 6] = [
     "async_unthrottle",
 ];
 /// Figure -> the probe that provides it.
-pub const FIGURES: [(&str, &str); 6] = [
+pub const FIGURES: [(&str, &str); 8] = [
     ("callback_ns", "period_timer"),
+    ("irq_span", "irq_span"),
     ("loops", "distribute"),
     ("unthrottled", "unthrottle"),
+    // Every kernel in the matrix has cfs_rq.h_nr_running (< 6.14) or h_nr_queued (6.14+).
+    ("queued", "unthrottle"),
     ("enqueued", "enqueue"),
     ("runnable", "runnable"),
     ("async_unthrottle", "async_unthrottle"),
@@ -158,6 +168,23 @@ impl Facts {
         }
     }
 
+    /// (major, minor) of the release, e.g. (6, 12) for `6.12.117+deb13-cloud-amd64`.
+    pub fn version(&self) -> Option<(u32, u32)> {
+        let mut it = self.release.split(|c: char| !c.is_ascii_digit());
+        let major = it.next()?.parse().ok()?;
+        let minor = it.next()?.parse().ok()?;
+        Some((major, minor))
+    }
+
+    /// Whether the kernel gives each cgroup's period timer a random phase (upstream
+    /// 41abdba93747, 6.4: "sched: Interleave cfs bandwidth timers ..."; `init_cfs_bandwidth`
+    /// sets the timer's first expiry to a random time below the period). Before it the first
+    /// expiry is 0, and `hrtimer_forward_now` keeps every timer of one period on the same
+    /// multiples of it: timers of the same period expire together.
+    pub fn interleaved_period_timers(&self) -> bool {
+        self.version().is_some_and(|v| v >= (6, 4))
+    }
+
     /// The function the `enqueue` probe counts on this kernel.
     pub fn enqueue_fn(&self) -> &'static str {
         if self.symbols.contains(ENQUEUE_ENTITY_FN) {
@@ -188,6 +215,17 @@ impl Facts {
                     Err(format!("{func} is not in kallsyms"))
                 } else {
                     Ok(())
+                }
+            }
+            // The timer-interrupt span: the x86 local_timer tracepoints bracket the whole
+            // interrupt, no function filter.
+            "tracepoint" if func == HRTIMER_INTERRUPT_FN => {
+                if self.raw_tps.contains(LOCAL_TIMER_TP) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "no raw tracepoint {LOCAL_TIMER_TP} (x86 irq_vectors)"
+                    ))
                 }
             }
             // The period timer's and the CSD's tracepoint frames filter on the function's address.
@@ -269,6 +307,12 @@ pub struct Want {
 fn order(backend: &str, probe: &str) -> &'static [&'static str] {
     match (probe, backend) {
         ("runnable", _) => &["raw_tp"],
+        // The timer interrupt: the local_timer tracepoints first, also under auto (cheapest,
+        // the whole interrupt, no live patching of its entry); kprobe on hrtimer_interrupt
+        // where they are missing; never a trampoline (`--backend fentry` gets the tracepoints).
+        ("irq_span", "auto") => &["tracepoint", "kprobe"],
+        ("irq_span", "kprobe") => &["kprobe"],
+        ("irq_span", "fentry" | "tracepoint") => &["tracepoint"],
         ("period_timer" | "async_unthrottle", "auto") => &["fentry", "kprobe", "tracepoint"],
         ("period_timer" | "async_unthrottle", "kprobe") => &["kprobe"],
         ("period_timer" | "async_unthrottle", "fentry") => &["fentry"],
@@ -289,6 +333,7 @@ pub fn probe_fn(facts: &Facts, probe: &str) -> &'static str {
         "enqueue" => facts.enqueue_fn(),
         "runnable" => NR_RUNNING_TP,
         "async_unthrottle" => CSD_UNTHROTTLE_FN,
+        "irq_span" => HRTIMER_INTERRUPT_FN,
         _ => "?",
     }
 }
@@ -318,6 +363,7 @@ pub fn want(facts: &Facts, backend: &str, probe: &str, reason: Option<&str>) -> 
             Ok(()) => {
                 let target = match s {
                     "tracepoint" if probe == "async_unthrottle" => CSD_TP.to_string(),
+                    "tracepoint" if probe == "irq_span" => LOCAL_TIMER_TP.to_string(),
                     "tracepoint" => HRTIMER_TP.to_string(),
                     _ => func.to_string(),
                 };
@@ -425,6 +471,23 @@ pub fn check_report(
     floors: &Floors,
 ) -> Verdict {
     let mut v = Verdict::default();
+    let available = check_attach(facts, backend, r, &mut v);
+    v.failures.extend(consistency(r));
+
+    // The culprit: the container, named, with the figures this style can measure.
+    check_culprit(facts, r, culprit, floors, &available, &mut v);
+    v
+}
+
+/// The probes and figures of a report: each probe attached exactly as the facts allow (or
+/// unattached with a reason), each figure available exactly where its probe is. Returns
+/// figure -> available.
+pub fn check_attach(
+    facts: &Facts,
+    backend: &str,
+    r: &Value,
+    v: &mut Verdict,
+) -> BTreeMap<&'static str, bool> {
     v.need(text(r, "/schema") == Some("cfstrace.report/1"), || {
         format!("schema is {}", show(at(r, "/schema")))
     });
@@ -435,7 +498,7 @@ pub fn check_report(
     }
 
     // Probes: each attached exactly as the facts allow, or unattached with a reason.
-    let mut attached: BTreeMap<&str, bool> = BTreeMap::new();
+    let mut attached: BTreeMap<&'static str, bool> = BTreeMap::new();
     for probe in PROBES {
         let Some(st) = probe_state(r, probe) else {
             if probe == "async_unthrottle" {
@@ -501,7 +564,7 @@ pub fn check_report(
     });
 
     // Figures: available exactly where their probe is attached; otherwise a reason.
-    let mut available: BTreeMap<&str, bool> = BTreeMap::new();
+    let mut available: BTreeMap<&'static str, bool> = BTreeMap::new();
     for (fig, probe) in FIGURES {
         let Some(f) = r.pointer(&format!("/figures/{fig}")) else {
             if fig == "async_unthrottle" {
@@ -530,10 +593,20 @@ pub fn check_report(
         }
     }
 
-    // The culprit: the container, named, with the figures this style can measure.
+    available
+}
+
+fn check_culprit(
+    facts: &Facts,
+    r: &Value,
+    culprit: &Culprit,
+    floors: &Floors,
+    available: &BTreeMap<&'static str, bool>,
+    v: &mut Verdict,
+) {
     let Some(c) = at(r, "/culprit") else {
         v.failures.push("culprit is null".into());
-        return v;
+        return;
     };
     let path = text(c, "/path").unwrap_or("");
     v.need(path.ends_with(culprit.path_suffix), || {
@@ -582,6 +655,9 @@ pub fn check_report(
         ),
         ("enqueued", "enqueued_per_period", floors.enqueued_mean),
         ("runnable", "runnable_per_period", floors.runnable_mean),
+        // Present wherever available; no floor: with 6.18's task-based throttle the tasks wait
+        // off the cfs_rq, so h_nr_queued at unthrottle can be 0.
+        ("queued", "queued_per_period", 0.0),
     ] {
         match available.get(fig) {
             Some(true) => {
@@ -650,6 +726,765 @@ pub fn check_report(
                 .into()
         }),
         _ => {}
+    }
+}
+
+/// Headroom bases a report can name (`headroom_basis`).
+pub const BASIS_SPAN: &str = "irq_span";
+pub const BASIS_CALLBACK: &str = "period_callback";
+pub const BASIS_CSD: &str = "async_csd";
+
+fn int(v: &Value, pointer: &str) -> Option<i64> {
+    at(v, pointer).and_then(Value::as_i64)
+}
+
+/// `watchdog.thresh_s` in ns.
+fn thresh_ns(r: &Value) -> Option<i64> {
+    int(r, "/watchdog/thresh_s").map(|t| t.saturating_mul(1_000_000_000))
+}
+
+/// The report's internal arithmetic, whatever the kernel and backend: every timer-interrupt
+/// span figure holds its period timers (`timers_ns <= duration_ns`, at least one timer), the
+/// per-CPU span figures agree with each other, each headroom is `watchdog_thresh` minus the
+/// IRQs-off figure its `headroom_basis` names and that figure is the worst of the CPU's (the
+/// node's: of every CPU's), and each cgroup's spread fits its CPUs. Returns what is wrong.
+pub fn consistency(r: &Value) -> Vec<String> {
+    let mut bad = Vec::new();
+    let mut need = |ok: bool, what: String| {
+        if !ok {
+            bad.push(what);
+        }
+    };
+    let thresh = thresh_ns(r);
+    let ncpus = int(r, "/ncpus").unwrap_or(0);
+    let no_cpus = Vec::new();
+    let cpus = at(r, "/cpus").and_then(Value::as_array).unwrap_or(&no_cpus);
+    let mut spans_total = 0;
+    // (headroom, worst figure) of every CPU that has one.
+    let mut cpu_worst: Vec<(Option<i64>, i64)> = Vec::new();
+    for c in cpus {
+        let cpu = int(c, "/cpu").unwrap_or(-1);
+        let spans = int(c, "/irq_spans").unwrap_or(0);
+        spans_total += spans;
+        let max_span = int(c, "/max_irq_span_ns");
+        let worst_timers = match at(c, "/worst_irq_span") {
+            Some(w) => {
+                let d = int(w, "/duration_ns").unwrap_or(-1);
+                let tn = int(w, "/timers_ns").unwrap_or(-1);
+                let t = int(w, "/timers").unwrap_or(0);
+                need(
+                    t >= 1 && (0..=d).contains(&tn),
+                    format!(
+                        "cpus[{cpu}].worst_irq_span {w}: want timers >= 1 and timers_ns <= duration_ns"
+                    ),
+                );
+                need(
+                    max_span == Some(d) && int(w, "/cpu") == Some(cpu) && spans > 0,
+                    format!(
+                        "cpus[{cpu}].worst_irq_span {w} disagrees with max_irq_span_ns {} / irq_spans {spans}",
+                        show(at(c, "/max_irq_span_ns"))
+                    ),
+                );
+                Some(t)
+            }
+            None => {
+                need(
+                    spans == 0 && max_span.is_none(),
+                    format!(
+                        "cpus[{cpu}] has irq_spans {spans} and max_irq_span_ns {} but no worst_irq_span",
+                        show(at(c, "/max_irq_span_ns"))
+                    ),
+                );
+                None
+            }
+        };
+        if let Some(s) = at(c, "/irq_span_ns") {
+            need(
+                int(s, "/count") == Some(spans) && int(s, "/max") == max_span,
+                format!(
+                    "cpus[{cpu}].irq_span_ns {s} disagrees with irq_spans {spans} / max_irq_span_ns {max_span:?}"
+                ),
+            );
+        }
+        if let Some(s) = at(c, "/period_timers_per_span") {
+            need(
+                int(s, "/count") == Some(spans)
+                    && int(s, "/min").is_some_and(|m| m >= 1)
+                    && worst_timers.is_none_or(|t| int(s, "/max").is_some_and(|m| m >= t)),
+                format!(
+                    "cpus[{cpu}].period_timers_per_span {s}: want count {spans}, min >= 1, max >= the worst span's timers {worst_timers:?}"
+                ),
+            );
+        }
+        if let Some(sh) = num(c, "/period_timer_share") {
+            need(
+                (0.0..=1.0).contains(&sh),
+                format!("cpus[{cpu}].period_timer_share {sh} is not within 0..1"),
+            );
+        }
+        // Headroom: thresh - the figure its basis names, which is the CPU's worst.
+        let figure = |basis: &str| match basis {
+            BASIS_SPAN => max_span,
+            BASIS_CALLBACK => int(c, "/max_callback_ns"),
+            BASIS_CSD => int(c, "/max_async_ns"),
+            _ => None,
+        };
+        let worst = [BASIS_SPAN, BASIS_CALLBACK, BASIS_CSD]
+            .iter()
+            .filter_map(|b| figure(b))
+            .max()
+            .unwrap_or(0);
+        let h = int(c, "/headroom_ns");
+        match text(c, "/headroom_basis") {
+            Some(b) => {
+                let f = figure(b);
+                need(
+                    f == Some(worst) && worst > 0,
+                    format!(
+                        "cpus[{cpu}].headroom_basis {b:?} names {f:?} ns, but the CPU's worst \
+                         IRQs-off figure is {worst} ns (spans {max_span:?}, callback {}, CSD {})",
+                        show(at(c, "/max_callback_ns")),
+                        show(at(c, "/max_async_ns"))
+                    ),
+                );
+                if let Some(t) = thresh {
+                    need(
+                        h == Some(t - worst),
+                        format!(
+                            "cpus[{cpu}].headroom_ns is {h:?}, want watchdog_thresh {t} - {b} {worst} = {}",
+                            t - worst
+                        ),
+                    );
+                }
+                cpu_worst.push((h, worst));
+            }
+            None => need(
+                worst == 0 && h.is_none(),
+                format!(
+                    "cpus[{cpu}] has no headroom_basis (headroom {h:?}, worst figure {worst} ns)"
+                ),
+            ),
+        }
+    }
+
+    // The node.
+    need(
+        int(r, "/events/irq_spans").unwrap_or(0) == spans_total,
+        format!(
+            "events.irq_spans is {}, the CPUs' irq_spans add up to {spans_total}",
+            show(at(r, "/events/irq_spans"))
+        ),
+    );
+    need(
+        int(r, "/events/periods_in_span").unwrap_or(0) <= int(r, "/events/periods").unwrap_or(0),
+        format!(
+            "events.periods_in_span {} > events.periods {}",
+            show(at(r, "/events/periods_in_span")),
+            show(at(r, "/events/periods"))
+        ),
+    );
+    let node_worst = cpu_worst.iter().map(|w| w.1).max();
+    let node_h = int(r, "/headroom_ns");
+    match (text(r, "/headroom_basis"), node_worst) {
+        (Some(b), Some(worst)) => {
+            let w = at(r, "/worst_irqs_off");
+            let wd = w.and_then(|w| int(w, "/duration_ns"));
+            need(
+                w.and_then(|w| text(w, "/basis")) == Some(b) && wd == Some(worst),
+                format!(
+                    "worst_irqs_off {} (headroom_basis {b:?}) is not the worst CPU figure {worst} ns",
+                    show(w)
+                ),
+            );
+            if b == BASIS_SPAN
+                && let Some(w) = w
+            {
+                let tn = int(w, "/period_timers_ns").unwrap_or(-1);
+                need(
+                    int(w, "/period_timers").is_some_and(|t| t >= 1) && (0..=worst).contains(&tn),
+                    format!(
+                        "worst_irqs_off {w}: want period_timers >= 1 and period_timers_ns <= duration_ns"
+                    ),
+                );
+            }
+            if let Some(t) = thresh {
+                need(
+                    node_h == Some(t - worst),
+                    format!(
+                        "headroom_ns is {node_h:?}, want watchdog_thresh {t} - {b} {worst} = {}",
+                        t - worst
+                    ),
+                );
+                let min_cpu = cpu_worst.iter().filter_map(|w| w.0).min();
+                need(
+                    node_h == min_cpu,
+                    format!("headroom_ns {node_h:?} is not the lowest CPU headroom {min_cpu:?}"),
+                );
+            }
+        }
+        (None, None) => need(
+            node_h.is_none(),
+            format!("headroom_ns {node_h:?} without a headroom_basis"),
+        ),
+        (b, w) => need(
+            false,
+            format!("headroom_basis {b:?} but the CPUs' worst IRQs-off figure is {w:?}"),
+        ),
+    }
+
+    // Cgroups: their worst span holds their callbacks; headroom from it or the callback;
+    // the spread fits.
+    let no_cgroups = Vec::new();
+    let cgroups = at(r, "/cgroups")
+        .and_then(Value::as_array)
+        .unwrap_or(&no_cgroups);
+    for g in cgroups {
+        let name = text(g, "/path")
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("cgroup {}", show(at(g, "/id"))));
+        let periods = int(g, "/periods").unwrap_or(0);
+        let cb_max = int(g, "/callback_ns/max").unwrap_or(0);
+        let ws = at(g, "/worst_irq_span");
+        if let Some(ws) = ws {
+            let d = int(ws, "/duration_ns").unwrap_or(-1);
+            let pt = int(ws, "/period_timers").unwrap_or(0);
+            let ptn = int(ws, "/period_timers_ns").unwrap_or(-1);
+            let ot = int(ws, "/own_timers").unwrap_or(0);
+            let on = int(ws, "/own_ns").unwrap_or(-1);
+            need(
+                1 <= ot && ot <= pt && 0 <= on && on <= ptn && ptn <= d,
+                format!(
+                    "{name}: worst_irq_span {ws}: want 1 <= own_timers <= period_timers and \
+                     own_ns <= period_timers_ns <= duration_ns"
+                ),
+            );
+            let cpu = int(ws, "/cpu");
+            let cpu_max = cpus
+                .iter()
+                .find(|c| int(c, "/cpu") == cpu)
+                .and_then(|c| int(c, "/max_irq_span_ns"));
+            need(
+                cpu_max.is_some_and(|m| m >= d),
+                format!(
+                    "{name}: worst_irq_span of {d} ns on cpu {cpu:?}, but that CPU's longest span is {cpu_max:?}"
+                ),
+            );
+        }
+        let h = int(g, "/headroom_ns");
+        let basis = text(g, "/headroom_basis");
+        let figure = match basis {
+            Some(BASIS_SPAN) => ws.and_then(|w| int(w, "/duration_ns")),
+            Some(BASIS_CALLBACK) => Some(cb_max),
+            _ => None,
+        };
+        match (basis, figure) {
+            (Some(b), Some(f)) => {
+                let span = ws.and_then(|w| int(w, "/duration_ns"));
+                let right_basis = match b {
+                    BASIS_SPAN => f >= cb_max,
+                    _ => span.is_none_or(|s| s < cb_max),
+                };
+                need(
+                    right_basis,
+                    format!(
+                        "{name}: headroom_basis {b:?}, but its worst span is {span:?} ns and its \
+                         worst callback {cb_max} ns"
+                    ),
+                );
+                if let Some(t) = thresh {
+                    need(
+                        h == Some(t - f),
+                        format!(
+                            "{name}: headroom_ns is {h:?}, want watchdog_thresh {t} - {b} {f} = {}",
+                            t - f
+                        ),
+                    );
+                }
+            }
+            (None, _) => need(
+                periods == 0,
+                format!("{name}: {periods} periods but no headroom_basis"),
+            ),
+            (Some(b), None) => need(
+                false,
+                format!("{name}: headroom_basis {b:?} without the figure it names"),
+            ),
+        }
+        if let Some(sp) = at(g, "/spread") {
+            let list: Vec<i64> = at(sp, "/cpus")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_i64).collect())
+                .unwrap_or_default();
+            let n = int(sp, "/ncpus").unwrap_or(-1);
+            let max = int(sp, "/per_period/max").unwrap_or(-1);
+            let count = int(sp, "/per_period/count").unwrap_or(-1);
+            need(
+                n == list.len() as i64
+                    && list.windows(2).all(|w| w[0] < w[1])
+                    && list.iter().all(|&c| (0..ncpus).contains(&c)),
+                format!(
+                    "{name}: spread.cpus {list:?} / ncpus {n}: want an ascending list of CPUs \
+                     below {ncpus}, ncpus its length"
+                ),
+            );
+            need(
+                (0..=n).contains(&max) && max <= ncpus,
+                format!(
+                    "{name}: spread.per_period.max {max} exceeds its CPUs ({n}) or the node's ({ncpus})"
+                ),
+            );
+            need(
+                count == periods,
+                format!("{name}: spread.per_period.count {count}, want one per period ({periods})"),
+            );
+        }
+    }
+    bad
+}
+
+/// One `irq_span` line of a capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanLine {
+    pub cpu: u32,
+    pub ts_ns: u64,
+    pub duration_ns: u64,
+    pub timers: u64,
+    pub timers_ns: u64,
+}
+
+/// What a capture's event lines add up to, gathered apart from the report: the `irq_span`
+/// lines as they are, and the `period` lines per timer-interrupt span (the VM guest reduces
+/// its capture to this with awk, [`CaptureDigest::from_capture`] does the same here).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaptureDigest {
+    pub spans: Vec<SpanLine>,
+    /// (cpu, span_ts_ns) -> (callbacks, their summed duration_ns, distinct cgroups);
+    /// span_ts_ns 0 holds the callbacks outside any traced span.
+    pub by_span: BTreeMap<(u32, u64), (u64, u64, u64)>,
+    /// cgroup id -> callbacks.
+    pub per_cgroup: BTreeMap<u64, u64>,
+    /// Lines that were neither (console noise).
+    pub garbled: Vec<String>,
+}
+
+fn span_line(v: &Value) -> Option<SpanLine> {
+    let u = |k: &str| v.get(k).and_then(Value::as_u64);
+    Some(SpanLine {
+        cpu: u32::try_from(u("cpu")?).ok()?,
+        ts_ns: u("ts_ns")?,
+        duration_ns: u("duration_ns")?,
+        timers: u("timers")?,
+        timers_ns: u("timers_ns")?,
+    })
+}
+
+impl CaptureDigest {
+    /// The guest's digest: `{"kind":"irq_span",...}` lines, `P <cpu> <span_ts_ns> <callbacks>
+    /// <sum of duration_ns> <distinct cgroups>` and `G <cgroup id> <callbacks>` lines.
+    pub fn parse<S: AsRef<str>>(lines: &[S]) -> CaptureDigest {
+        let mut d = CaptureDigest::default();
+        for l in lines {
+            let l = l.as_ref().trim();
+            if l.is_empty() {
+                continue;
+            }
+            let ok = if l.starts_with('{') {
+                serde_json::from_str::<Value>(l)
+                    .ok()
+                    .filter(|v| v.get("kind").and_then(Value::as_str) == Some("irq_span"))
+                    .and_then(|v| span_line(&v))
+                    .map(|s| d.spans.push(s))
+                    .is_some()
+            } else {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                let n = |i: usize| w.get(i).and_then(|x| x.parse::<u64>().ok());
+                match (w.first().copied(), w.len()) {
+                    (Some("P"), 6) => match (n(1), n(2), n(3), n(4), n(5)) {
+                        (Some(cpu), Some(ts), Some(c), Some(s), Some(g)) => {
+                            d.by_span.insert((cpu as u32, ts), (c, s, g));
+                            true
+                        }
+                        _ => false,
+                    },
+                    (Some("G"), 3) => match (n(1), n(2)) {
+                        (Some(id), Some(c)) => {
+                            d.per_cgroup.insert(id, c);
+                            true
+                        }
+                        _ => false,
+                    },
+                    _ => false,
+                }
+            };
+            if !ok {
+                d.garbled.push(l.to_string());
+            }
+        }
+        d
+    }
+
+    /// The same digest from a capture (JSON Lines) read here.
+    pub fn from_capture(text: &str) -> CaptureDigest {
+        let mut d = CaptureDigest::default();
+        let mut seen: BTreeSet<(u32, u64, u64)> = BTreeSet::new();
+        for l in text.lines() {
+            let Ok(v) = serde_json::from_str::<Value>(l) else {
+                continue;
+            };
+            match v.get("kind").and_then(Value::as_str) {
+                Some("irq_span") => match span_line(&v) {
+                    Some(s) => d.spans.push(s),
+                    None => d.garbled.push(l.to_string()),
+                },
+                Some("period") => {
+                    let u = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+                    let (cpu, ts, id) = (u("cpu") as u32, u("span_ts_ns"), u("cgroup_id"));
+                    let e = d.by_span.entry((cpu, ts)).or_default();
+                    e.0 += 1;
+                    e.1 += u("duration_ns");
+                    if seen.insert((cpu, ts, id)) {
+                        e.2 += 1;
+                    }
+                    *d.per_cgroup.entry(id).or_default() += 1;
+                }
+                _ => {}
+            }
+        }
+        d
+    }
+
+    /// Callbacks in the capture.
+    pub fn periods(&self) -> u64 {
+        self.by_span.values().map(|e| e.0).sum()
+    }
+
+    /// Callbacks inside a traced span.
+    pub fn periods_in_span(&self) -> u64 {
+        self.by_span
+            .iter()
+            .filter(|(k, _)| k.1 != 0)
+            .map(|(_, e)| e.0)
+            .sum()
+    }
+}
+
+/// A report against the capture it was built from: callbacks in all and per cgroup, spans per
+/// CPU, the longest span and its timers, and (when the kernel side lost nothing) each span's
+/// `timers` / `timers_ns` against the callback lines that name it.
+pub fn check_capture(r: &Value, d: &CaptureDigest) -> Verdict {
+    let mut v = Verdict::default();
+    if !d.garbled.is_empty() {
+        v.failures.push(format!(
+            "{} capture digest line(s) unreadable, e.g. {:?}",
+            d.garbled.len(),
+            d.garbled[0]
+        ));
+    }
+    let periods = int(r, "/events/periods").unwrap_or(-1);
+    v.need(periods == d.periods() as i64, || {
+        format!(
+            "events.periods is {periods}, the capture has {} callbacks",
+            d.periods()
+        )
+    });
+    let in_span = int(r, "/events/periods_in_span").unwrap_or(-1);
+    v.need(in_span == d.periods_in_span() as i64, || {
+        format!(
+            "events.periods_in_span is {in_span}, the capture has {} callbacks inside spans",
+            d.periods_in_span()
+        )
+    });
+    let no_cgroups = Vec::new();
+    let cgroups = at(r, "/cgroups")
+        .and_then(Value::as_array)
+        .unwrap_or(&no_cgroups);
+    let mut wrong = Vec::new();
+    for (&id, &n) in &d.per_cgroup {
+        let got = cgroups
+            .iter()
+            .find(|g| g.get("id").and_then(Value::as_u64) == Some(id))
+            .and_then(|g| int(g, "/periods"));
+        if got != Some(n as i64) {
+            wrong.push(format!("cgroup {id}: report {got:?}, capture {n}"));
+        }
+    }
+    v.need(wrong.is_empty(), || {
+        format!(
+            "callbacks per cgroup differ from the capture for {} cgroup(s): {}",
+            wrong.len(),
+            wrong.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+        )
+    });
+
+    // Spans per CPU.
+    v.need(
+        int(r, "/events/irq_spans") == Some(d.spans.len() as i64),
+        || {
+            format!(
+                "events.irq_spans is {}, the capture has {} irq_span lines",
+                show(at(r, "/events/irq_spans")),
+                d.spans.len()
+            )
+        },
+    );
+    let mut by_cpu: BTreeMap<u32, Vec<&SpanLine>> = BTreeMap::new();
+    for s in &d.spans {
+        by_cpu.entry(s.cpu).or_default().push(s);
+        v.need(s.timers >= 1 && s.timers_ns <= s.duration_ns, || {
+            format!("capture span {s:?}: want timers >= 1 and timers_ns <= duration_ns")
+        });
+    }
+    let no_cpus = Vec::new();
+    let cpus = at(r, "/cpus").and_then(Value::as_array).unwrap_or(&no_cpus);
+    for c in cpus {
+        let cpu = int(c, "/cpu").unwrap_or(-1);
+        let lines = u32::try_from(cpu)
+            .ok()
+            .and_then(|k| by_cpu.get(&k))
+            .cloned()
+            .unwrap_or_default();
+        let spans = int(c, "/irq_spans").unwrap_or(0);
+        v.need(spans == lines.len() as i64, || {
+            format!(
+                "cpus[{cpu}].irq_spans is {spans}, the capture has {} irq_span lines on it",
+                lines.len()
+            )
+        });
+        let Some(longest) = lines.iter().map(|s| s.duration_ns).max() else {
+            continue;
+        };
+        v.need(int(c, "/max_irq_span_ns") == Some(longest as i64), || {
+            format!(
+                "cpus[{cpu}].max_irq_span_ns is {}, the capture's longest span there is {longest}",
+                show(at(c, "/max_irq_span_ns"))
+            )
+        });
+        let w = at(c, "/worst_irq_span");
+        let matches = w.is_some_and(|w| {
+            lines.iter().any(|s| {
+                s.duration_ns == longest
+                    && int(w, "/ts_ns") == Some(s.ts_ns as i64)
+                    && int(w, "/duration_ns") == Some(s.duration_ns as i64)
+                    && int(w, "/timers") == Some(s.timers as i64)
+                    && int(w, "/timers_ns") == Some(s.timers_ns as i64)
+            })
+        });
+        v.need(matches, || {
+            format!(
+                "cpus[{cpu}].worst_irq_span {} is not the capture's longest span there ({:?})",
+                show(w),
+                lines.iter().find(|s| s.duration_ns == longest)
+            )
+        });
+        let most = lines.iter().map(|s| s.timers).max().unwrap_or(0);
+        v.need(
+            int(c, "/period_timers_per_span/max") == Some(most as i64),
+            || {
+                format!(
+                    "cpus[{cpu}].period_timers_per_span.max is {}, the capture's spans there hold up to {most}",
+                    show(at(c, "/period_timers_per_span/max"))
+                )
+            },
+        );
+    }
+    for cpu in by_cpu.keys() {
+        v.need(
+            cpus.iter().any(|c| int(c, "/cpu") == Some(i64::from(*cpu))),
+            || format!("the capture has spans on cpu {cpu}, the report no such CPU"),
+        );
+    }
+
+    // Each span against the callbacks that name it: exact unless the kernel side lost events.
+    let lost = int(r, "/events/lost").unwrap_or(0)
+        + int(r, "/events/ringbuf_full").unwrap_or(0)
+        + int(r, "/events/missed_exit").unwrap_or(0)
+        + int(r, "/events/span_missed_exit").unwrap_or(0);
+    if lost > 0 {
+        v.notes.push(format!(
+            "{lost} event(s) lost or frames missed: spans not matched to their callbacks"
+        ));
+    } else {
+        let mut off = Vec::new();
+        for s in &d.spans {
+            let got = d
+                .by_span
+                .get(&(s.cpu, s.ts_ns))
+                .copied()
+                .unwrap_or_default();
+            if (got.0, got.1) != (s.timers, s.timers_ns) {
+                off.push(format!(
+                    "cpu {} span at {}: {} timers / {} ns, its callback lines {} / {} ns",
+                    s.cpu, s.ts_ns, s.timers, s.timers_ns, got.0, got.1
+                ));
+            }
+        }
+        v.need(off.is_empty(), || {
+            format!(
+                "{} of {} spans disagree with the callbacks that ran in them: {}",
+                off.len(),
+                d.spans.len(),
+                off.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+            )
+        });
+    }
+    v
+}
+
+/// Period timers the worst timer interrupt of the co-firing storm must hold where timers of
+/// one period expire together (before 6.4; 120 cgroups, all started on one CPU, gave 97-115
+/// in every interrupt on 6.1).
+pub const COFIRE_MIN_TIMERS: u64 = 10;
+/// Where the kernel interleaves them (6.4+): timers whose random phases fall close together
+/// still share an interrupt (on 7.2 under TCG, 120 cgroups: mostly 1-4 a span, up to 42).
+pub const COFIRE_MIN_TIMERS_INTERLEAVED: u64 = 2;
+
+/// How many period timers the co-firing storm's worst interrupt must hold on this kernel.
+pub fn cofire_min_timers(facts: &Facts) -> u64 {
+    if facts.interleaved_period_timers() {
+        COFIRE_MIN_TIMERS_INTERLEAVED
+    } else {
+        COFIRE_MIN_TIMERS
+    }
+}
+
+/// The co-firing storm: `cgroups` cgroups under `/<parent>/` with the same period, started
+/// together. Their timers must share timer interrupts (at least [`cofire_min_timers`] in the
+/// worst span of some CPU, of as many distinct cgroups), every one of the cgroups' timers must
+/// have run, the report's figures must follow its own arithmetic ([`consistency`]) and its
+/// capture ([`check_capture`]), and the irq_span probe must be attached as the facts say.
+pub fn check_cofire(
+    facts: &Facts,
+    r: &Value,
+    d: &CaptureDigest,
+    parent: &str,
+    cgroups: usize,
+) -> Verdict {
+    let mut v = Verdict::default();
+    let min_timers = cofire_min_timers(facts);
+    if facts.interleaved_period_timers() {
+        v.notes.push(format!(
+            "{} interleaves period timers (random phase per cgroup, 6.4+): they share an \
+             interrupt only where their phases meet; want >= {min_timers} in one",
+            facts.release
+        ));
+    }
+    let available = check_attach(facts, "auto", r, &mut v);
+    v.need(available.get("irq_span") == Some(&true), || {
+        format!(
+            "figures.irq_span is not available: {}",
+            show(at(r, "/figures/irq_span"))
+        )
+    });
+    v.failures.extend(consistency(r));
+    let cap = check_capture(r, d);
+    v.failures.extend(cap.failures);
+    v.notes.extend(cap.notes);
+
+    let prefix = format!("/{parent}/");
+    let no_cgroups = Vec::new();
+    let all = at(r, "/cgroups")
+        .and_then(Value::as_array)
+        .unwrap_or(&no_cgroups);
+    let ours: Vec<&Value> = all
+        .iter()
+        .filter(|g| text(g, "/path").is_some_and(|p| p.starts_with(&prefix)))
+        .collect();
+    let ran = ours
+        .iter()
+        .filter(|g| int(g, "/periods").is_some_and(|p| p > 0))
+        .count();
+    v.need(ran >= cgroups, || {
+        format!(
+            "{ran} of the {cgroups} cgroups under {prefix} have period-timer callbacks in the \
+             report ({} listed)",
+            ours.len()
+        )
+    });
+    let periods: Vec<i64> = ours.iter().filter_map(|g| int(g, "/periods")).collect();
+    let min_periods = periods.iter().copied().min().unwrap_or(0);
+    let max_periods = periods.iter().copied().max().unwrap_or(0);
+    v.notes.push(format!(
+        "{ran} cgroups ran their timers, {min_periods}-{max_periods} callbacks each"
+    ));
+
+    // Many timers in one interrupt, from as many cgroups.
+    let no_cpus = Vec::new();
+    let cpus = at(r, "/cpus").and_then(Value::as_array).unwrap_or(&no_cpus);
+    let worst_timers = cpus
+        .iter()
+        .filter_map(|c| int(c, "/worst_irq_span/timers"))
+        .max()
+        .unwrap_or(0);
+    let most_per_span = cpus
+        .iter()
+        .filter_map(|c| int(c, "/period_timers_per_span/max"))
+        .max()
+        .unwrap_or(0);
+    v.need(
+        worst_timers >= min_timers as i64 && most_per_span >= min_timers as i64,
+        || {
+            format!(
+                "the co-firing timers did not share interrupts: the CPUs' worst spans hold at \
+                 most {worst_timers} period timers and period_timers_per_span.max is at most \
+                 {most_per_span}, want >= {min_timers} on {}",
+                facts.release
+            )
+        },
+    );
+    let most_cgroups = d
+        .by_span
+        .iter()
+        .filter(|(k, _)| k.1 != 0)
+        .map(|(_, e)| e.2)
+        .max();
+    v.need(most_cgroups.is_some_and(|m| m >= min_timers), || {
+        format!(
+            "the capture's spans hold callbacks of at most {most_cgroups:?} distinct cgroups, \
+             want >= {min_timers}"
+        )
+    });
+    // Every callback ran in a span here (x86, hrtimers from the local APIC timer): then each
+    // cgroup knows the longest span that held one of its callbacks.
+    let periods_all = int(r, "/events/periods").unwrap_or(0);
+    if int(r, "/events/periods_in_span") == Some(periods_all) {
+        let without: Vec<&str> = ours
+            .iter()
+            .filter(|g| {
+                int(g, "/periods").is_some_and(|p| p > 0) && at(g, "/worst_irq_span").is_none()
+            })
+            .filter_map(|g| text(g, "/path"))
+            .collect();
+        v.need(without.is_empty(), || {
+            let said = at(r, "/warnings")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .find(|w| w.contains("timer interrupt with more than"))
+                .map(|w| format!(" (the report warns: {w:?})"))
+                .unwrap_or_default();
+            format!(
+                "{} cgroup(s) ran every callback inside a traced span but have no \
+                 worst_irq_span, so their headroom comes from a single callback, e.g. {:?}{said}",
+                without.len(),
+                without.iter().take(3).collect::<Vec<_>>()
+            )
+        });
+    } else {
+        v.failures.push(format!(
+            "only {} of {periods_all} callbacks ran inside a traced timer interrupt",
+            show(at(r, "/events/periods_in_span"))
+        ));
+    }
+    // Spread where the figure exists.
+    if at(r, "/figures/spread/available") == Some(&Value::Bool(true)) {
+        let without = ours
+            .iter()
+            .filter(|g| int(g, "/periods").is_some_and(|p| p > 0) && at(g, "/spread").is_none())
+            .count();
+        v.need(without == 0, || {
+            format!("{without} cgroup(s) have callbacks but no spread although figures.spread is available")
+        });
     }
     v
 }
@@ -837,37 +1672,68 @@ mod tests {
         assert_eq!(want(&f, "kprobe", "runnable", Some(enoent)).style, None);
     }
 
+    const T: i64 = 10_000_000_000;
+
     fn report() -> Value {
+        let culprit = serde_json::json!({
+            "id": 7,
+            "path": "/storm/x/c1",
+            "workload": {"kind": "yarn", "application": "app1"},
+            "processes": [{"pid": 1, "comm": "sh"}],
+            "periods": 800,
+            "callback_ns": {"count": 800, "max": 5000},
+            "unthrottled_per_period": {"p50": 1, "mean": 1.0},
+            "enqueued_per_period": {"p50": 3, "mean": 1.6},
+            "queued_per_period": {"p50": 3, "mean": 1.6},
+            "runnable_per_period": {"p50": 3, "mean": 1.1},
+            "max_loops": 1,
+            "headroom_ns": T - 9000,
+            "headroom_basis": "irq_span",
+            "worst_irq_span": {"cpu": 0, "ts_ns": 100, "duration_ns": 9000, "period_timers": 2,
+                               "period_timers_ns": 7000, "own_timers": 1, "own_ns": 5000},
+            "spread": {"per_period": {"count": 800, "min": 0, "max": 2}, "cpus": [0, 1], "ncpus": 2}
+        });
         serde_json::json!({
             "schema": "cfstrace.report/1",
             "backend": "fentry",
             "backend_requested": "auto",
+            "ncpus": 2,
+            "watchdog": {"thresh_s": 10},
             "probes": {
                 "period_timer": {"attached": true, "how": "fentry", "target": "sched_cfs_period_timer"},
+                "irq_span": {"attached": true, "how": "tracepoint", "target": "local_timer_entry/exit (raw_tp, irq_vectors)"},
                 "distribute": {"attached": true, "how": "fentry", "target": "distribute_cfs_runtime"},
                 "unthrottle": {"attached": true, "how": "fentry", "target": "unthrottle_cfs_rq"},
                 "enqueue": {"attached": true, "how": "fentry", "target": "enqueue_task_fair"},
                 "runnable": {"attached": true, "how": "raw_tp", "target": "sched_update_nr_running_tp"}
             },
-            "events": {"periods": 800},
+            "events": {"periods": 800, "irq_spans": 3, "periods_in_span": 800},
             "figures": {
                 "callback_ns": {"available": true},
+                "irq_span": {"available": true},
                 "loops": {"available": true},
                 "unthrottled": {"available": true},
+                "queued": {"available": true},
                 "enqueued": {"available": true},
                 "runnable": {"available": true}
             },
-            "culprit": {
-                "path": "/storm/x/c1",
-                "workload": {"kind": "yarn", "application": "app1"},
-                "processes": [{"pid": 1, "comm": "sh"}],
-                "periods": 800,
-                "callback_ns": {"count": 800, "max": 5000},
-                "unthrottled_per_period": {"p50": 1, "mean": 1.0},
-                "enqueued_per_period": {"p50": 3, "mean": 1.6},
-                "runnable_per_period": {"p50": 3, "mean": 1.1},
-                "max_loops": 1
-            }
+            "cpus": [
+                {"cpu": 0, "period_timers": 800, "max_callback_ns": 5000, "max_async_ns": 0,
+                 "irq_spans": 3, "irq_span_ns": {"count": 3, "min": 6000, "max": 9000},
+                 "max_irq_span_ns": 9000,
+                 "worst_irq_span": {"cpu": 0, "ts_ns": 100, "duration_ns": 9000, "timers": 2,
+                                    "timers_ns": 7000, "flags": 4},
+                 "period_timers_per_span": {"count": 3, "min": 1, "max": 2},
+                 "period_timer_share": 0.5, "headroom_ns": T - 9000, "headroom_basis": "irq_span"},
+                {"cpu": 1, "period_timers": 0, "max_callback_ns": 0, "max_async_ns": 4000,
+                 "irq_spans": 0, "headroom_ns": T - 4000, "headroom_basis": "async_csd"}
+            ],
+            "headroom_ns": T - 9000,
+            "headroom_basis": "irq_span",
+            "worst_irqs_off": {"basis": "irq_span", "cpu": 0, "duration_ns": 9000,
+                               "period_timers": 2, "period_timers_ns": 7000},
+            "cgroups": [culprit.clone()],
+            "culprit": culprit
         })
     }
 
@@ -923,6 +1789,119 @@ mod tests {
         // distribute style; enqueued p50; runnable unavailable vs attached, without a reason,
         // and runnable_per_period set although unavailable.
         assert_eq!(v.failures.len(), 5, "{:#?}", v.failures);
+    }
+
+    #[test]
+    fn irq_span_styles() {
+        let f = facts_7x();
+        let w = want(&f, "auto", "irq_span", None);
+        assert_eq!(
+            (w.style, w.target.as_str()),
+            (Some("tracepoint"), LOCAL_TIMER_TP)
+        );
+        let w = want(&f, "kprobe", "irq_span", None);
+        assert_eq!(
+            (w.style, w.target.as_str()),
+            (Some("kprobe"), HRTIMER_INTERRUPT_FN)
+        );
+        assert_eq!(
+            want(&f, "fentry", "irq_span", None).style,
+            Some("tracepoint")
+        );
+        assert_eq!(
+            want(&f, "tracepoint", "irq_span", None).style,
+            Some("tracepoint")
+        );
+        // No kprobe PMU (the CI host): the tracepoints, and nothing for --backend kprobe.
+        let h = host_618();
+        assert_eq!(want(&h, "auto", "irq_span", None).style, Some("tracepoint"));
+        assert_eq!(want(&h, "kprobe", "irq_span", None).style, None);
+        // Not x86: kprobe under auto, nothing for the tracepoint backend.
+        let mut arm = f.clone();
+        arm.raw_tps.remove(LOCAL_TIMER_TP);
+        assert_eq!(want(&arm, "auto", "irq_span", None).style, Some("kprobe"));
+        assert_eq!(want(&arm, "tracepoint", "irq_span", None).style, None);
+    }
+
+    #[test]
+    fn period_timers_interleave_from_6_4() {
+        let mut f = facts_7x();
+        assert_eq!(f.version(), Some((7, 2)));
+        assert!(f.interleaved_period_timers());
+        for (rel, inter) in [
+            ("6.12.117+deb13-cloud-amd64", true),
+            ("6.4.0", true),
+            ("6.1.0-50-cloud-amd64", false),
+            ("5.10.0-32-cloud-amd64", false),
+            ("4.18.0-80.5.1.el8_0.x86_64", false),
+        ] {
+            f.release = rel.into();
+            assert_eq!(f.interleaved_period_timers(), inter, "{rel}");
+        }
+        assert_eq!(cofire_min_timers(&f), COFIRE_MIN_TIMERS);
+    }
+
+    #[test]
+    fn consistent_report_passes() {
+        assert_eq!(consistency(&report()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn inconsistent_figures_fail() {
+        let cases: [(&str, Value); 7] = [
+            ("/cpus/0/headroom_ns", (T - 9001).into()),
+            ("/cpus/0/worst_irq_span/timers_ns", 9500.into()),
+            ("/cpus/1/headroom_basis", "period_callback".into()),
+            ("/headroom_ns", (T - 4000).into()),
+            ("/cgroups/0/worst_irq_span/own_ns", 8000.into()),
+            ("/cgroups/0/spread/per_period/max", 3.into()),
+            ("/cgroups/0/spread/per_period/count", 799.into()),
+        ];
+        for (ptr, val) in cases {
+            let mut r = report();
+            *r.pointer_mut(ptr).unwrap() = val;
+            let bad = consistency(&r);
+            assert!(!bad.is_empty(), "{ptr} changed, consistency still passes");
+        }
+        // A cgroup whose span is shorter than its worst callback takes the callback.
+        let mut r = report();
+        r["cgroups"][0]["callback_ns"]["max"] = 9500.into();
+        assert_eq!(consistency(&r).len(), 1, "{:?}", consistency(&r));
+    }
+
+    #[test]
+    fn capture_digest_parses_and_matches() {
+        let capture = r#"{"schema":"cfstrace.capture/1"}
+{"kind":"period","ts_ns":110,"cpu":0,"duration_ns":3000,"cgroup_id":7,"span_ts_ns":100}
+{"kind":"period","ts_ns":120,"cpu":0,"duration_ns":4000,"cgroup_id":8,"span_ts_ns":100}
+{"kind":"irq_span","ts_ns":100,"cpu":0,"duration_ns":9000,"timers":2,"timers_ns":7000,"flags":4}
+{"kind":"period","ts_ns":510,"cpu":0,"duration_ns":1000,"cgroup_id":7,"span_ts_ns":0}
+"#;
+        let d = CaptureDigest::from_capture(capture);
+        // What the guest's awk prints for the same capture.
+        let guest = CaptureDigest::parse(&[
+            r#"{"kind":"irq_span","ts_ns":100,"cpu":0,"duration_ns":9000,"timers":2,"timers_ns":7000,"flags":4}"#,
+            "P 0 100 2 7000 2",
+            "P 0 0 1 1000 1",
+            "G 7 2",
+            "G 8 1",
+        ]);
+        assert_eq!(d, guest);
+        assert_eq!((d.periods(), d.periods_in_span()), (3, 2));
+        let r = serde_json::json!({
+            "events": {"periods": 3, "periods_in_span": 2, "irq_spans": 1, "lost": 0},
+            "cgroups": [{"id": 7, "periods": 2}, {"id": 8, "periods": 1}],
+            "cpus": [{"cpu": 0, "irq_spans": 1, "max_irq_span_ns": 9000,
+                      "worst_irq_span": {"ts_ns": 100, "duration_ns": 9000, "timers": 2, "timers_ns": 7000},
+                      "period_timers_per_span": {"max": 2}}]
+        });
+        let v = check_capture(&r, &d);
+        assert!(v.failures.is_empty(), "{:?}", v.failures);
+        // A span whose timers disagree with its callback lines, and a garbled line.
+        let mut g = guest.clone();
+        g.by_span.insert((0, 100), (1, 3000, 1));
+        g.garbled.push("P 0 [   12.5] x".into());
+        assert_eq!(check_capture(&r, &g).failures.len(), 4);
     }
 
     #[test]

@@ -245,6 +245,109 @@ fn host_reports_what_this_kernel_can_measure() {
     }
 }
 
+/// The interrupt frame's tracepoint path: on this x86 host (no kprobes) the timer-interrupt
+/// span is timed with the `irq_vectors:local_timer_entry/exit` raw tracepoints; every CPU that
+/// ran a period timer saw it inside such spans, and its headroom is measured from the worst of
+/// them. The spans and callbacks also match the capture line for line.
+#[test]
+fn irq_spans_via_the_local_timer_tracepoints() {
+    require_root();
+    let s = storm();
+    assert!(
+        s.record.status.success(),
+        "record failed: {}",
+        s.record.describe()
+    );
+    let r = report_json(&s.report);
+    let pretty = serde_json::to_string_pretty(&r).unwrap();
+    let ctx = format!("report:\n{pretty}");
+
+    // The oracle's view of this kernel: the local_timer tracepoints exist (x86).
+    let facts = Facts::host();
+    let st =
+        expect::probe_state(&r, "irq_span").unwrap_or_else(|| panic!("no probes.irq_span; {ctx}"));
+    let w = expect::want(&facts, "auto", "irq_span", st.reason.as_deref());
+    assert_eq!(
+        w.style,
+        Some("tracepoint"),
+        "this host should offer the {} tracepoint ({:?})",
+        expect::LOCAL_TIMER_TP,
+        w.why_not
+    );
+    assert!(
+        st.attached
+            && st.how.as_deref() == Some("tracepoint")
+            && st
+                .target
+                .as_deref()
+                .is_some_and(|t| t.contains(expect::LOCAL_TIMER_TP)),
+        "probes.irq_span is {st:?}, want attached via tracepoint on {}; {ctx}",
+        expect::LOCAL_TIMER_TP
+    );
+    assert_eq!(at(&r, "/figures/irq_span/available"), true, "{ctx}");
+    assert!(
+        num(&r, "/events/irq_spans") > 0.0 && num(&r, "/events/periods_in_span") > 0.0,
+        "no callback ran inside a traced timer interrupt; {ctx}"
+    );
+
+    let cpus = at(&r, "/cpus").as_array().cloned().unwrap_or_default();
+    let with_timers: Vec<&Value> = cpus
+        .iter()
+        .filter(|c| at(c, "/period_timers").as_u64().unwrap_or(0) > 0)
+        .collect();
+    assert!(!with_timers.is_empty(), "no CPU ran a period timer; {ctx}");
+    for c in with_timers {
+        let cpu = at(c, "/cpu");
+        assert!(
+            num(c, "/irq_spans") > 0.0,
+            "cpu {cpu} ran period timers but no timer-interrupt span: {c}"
+        );
+        let w = at(c, "/worst_irq_span");
+        assert!(
+            num(w, "/timers") >= 1.0 && num(w, "/timers_ns") <= num(w, "/duration_ns"),
+            "cpu {cpu}: worst_irq_span {w} should hold at least one period timer, and their \
+             time no more than the span's"
+        );
+        assert_eq!(
+            num(w, "/duration_ns"),
+            num(c, "/max_irq_span_ns"),
+            "cpu {cpu}: {c}"
+        );
+        assert_eq!(
+            at(c, "/headroom_basis"),
+            "irq_span",
+            "cpu {cpu}: headroom should come from its worst timer interrupt (which holds its \
+             callbacks): {c}"
+        );
+        assert_eq!(
+            num(c, "/headroom_ns"),
+            num(&r, "/watchdog/thresh_s") * 1e9 - num(w, "/duration_ns"),
+            "cpu {cpu}: headroom_ns is not watchdog_thresh - the worst span: {c}"
+        );
+    }
+    let bad = expect::consistency(&r);
+    assert!(
+        bad.is_empty(),
+        "the report's own figures disagree:\n  - {}\n{ctx}",
+        bad.join("\n  - ")
+    );
+
+    // The report against the capture it was built from.
+    let capture =
+        fs::read_to_string(&s.capture).unwrap_or_else(|e| panic!("{}: {e}", s.capture.display()));
+    let digest = expect::CaptureDigest::from_capture(&capture);
+    let v = expect::check_capture(&r, &digest);
+    for n in &v.notes {
+        eprintln!("note: {n}");
+    }
+    assert!(
+        v.failures.is_empty(),
+        "report vs capture {}:\n  - {}",
+        s.capture.display(),
+        v.failures.join("\n  - ")
+    );
+}
+
 /// `cfstrace doctor --attach-cycles 20`: attach and detach 20 times, nothing left behind, and
 /// what it attaches agrees with the storm's report. Runs after the storm (never beside a
 /// recording tracer, whose objects the leak count would see).

@@ -51,7 +51,10 @@ pub struct PeriodEvent {
     pub span_start_ns: u64,
     /// Unthrottles on CPUs >= `SPREAD_CPUS` (calls, not distinct CPUs).
     pub spread_overflow: u32,
-    pub _pad: u32,
+    /// Tasks queued under the cfs_rqs it unthrottled, read at each unthrottle
+    /// (`cfs_rq.h_nr_queued`, `h_nr_running` before 6.14): the tasks released back to the
+    /// runqueues. Real only with `HOW_QUEUED`.
+    pub queued: u32,
     /// Bit `c` set: the cfs_rq of CPU `c` (`cfs_rq->rq->cpu`) was unthrottled in the callback.
     pub spread_mask: [u64; SPREAD_WORDS],
 }
@@ -157,6 +160,9 @@ pub const HOW_IN_SPAN: u32 = 1 << 16;
 /// Period event: `spread`/`spread_mask` are real (`unthrottle_cfs_rq` probed and the BTF gives
 /// `cfs_rq.rq` and `rq.cpu`).
 pub const HOW_SPREAD: u32 = 1 << 17;
+/// Period event: `queued` is real (`unthrottle_cfs_rq` probed and the BTF gives
+/// `cfs_rq.h_nr_queued` or `h_nr_running`).
+pub const HOW_QUEUED: u32 = 1 << 18;
 
 /// Most `rq->cfsb_csd_list` entries walked at CSD entry (a bounded loop for the verifier).
 pub const MAX_LISTED: u32 = 32;
@@ -203,6 +209,8 @@ pub struct KernelLayout {
     pub cfs_rq_rq: u64,
     /// offsetof(struct rq, cpu) (an int; SMP kernels).
     pub rq_cpu: u64,
+    /// offsetof(struct cfs_rq, h_nr_queued), or `h_nr_running` before 6.14 (an unsigned int).
+    pub cfs_rq_h_nr_queued: u64,
 }
 
 pub const OFFSET_UNAVAILABLE: u64 = u64::MAX;
@@ -227,6 +235,7 @@ impl KernelLayout {
         cfs_rq_throttled: OFFSET_UNAVAILABLE,
         cfs_rq_rq: OFFSET_UNAVAILABLE,
         rq_cpu: OFFSET_UNAVAILABLE,
+        cfs_rq_h_nr_queued: OFFSET_UNAVAILABLE,
     };
 }
 
@@ -280,7 +289,7 @@ mod tests {
         );
         assert_eq!(size_of::<AsyncEvent>(), 8 + 5 * 8 + 6 * 4);
         assert_eq!(size_of::<IrqSpanEvent>(), 8 + 3 * 8 + 2 * 4);
-        assert_eq!(size_of::<KernelLayout>(), 18 * 8);
+        assert_eq!(size_of::<KernelLayout>(), 19 * 8);
         assert_eq!(core::mem::offset_of!(IrqSpanEvent, kind), 0);
         // The reader dispatches on the leading kind.
         assert_eq!(core::mem::offset_of!(PeriodEvent, kind), 0);

@@ -28,11 +28,11 @@ mod programs {
         ASYNC_EMPTY, ASYNC_LAST, ASYNC_LISTED, ASYNC_SHARED, ASYNC_TRUNCATED, ATTACHED_ARMED,
         ATTACHED_SLOT, AsyncEvent, EVENT_ASYNC_UNTHROTTLE, EVENT_IRQ_SPAN, EVENT_PERIOD,
         HOW_CGROUP, HOW_FRAME_FENTRY, HOW_FRAME_KPROBE, HOW_FRAME_TRACEPOINT, HOW_IN_SPAN,
-        HOW_PERIOD, HOW_REOPENED, HOW_SPREAD, HOW_UNTHROTTLE, IrqSpanEvent, KernelLayout,
-        LOSS_CGROUP_READ, LOSS_CSD_MISSED_EXIT, LOSS_CSD_UNMATCHED_EXIT, LOSS_MISSED_EXIT,
-        LOSS_RINGBUF_FULL, LOSS_SLOTS, LOSS_SPAN_MISSED_EXIT, LOSS_SPAN_UNMATCHED_EXIT,
-        LOSS_UNMATCHED_EXIT, MAX_LISTED, OFFSET_UNAVAILABLE, PeriodEvent, RINGBUF_BYTES,
-        SPREAD_CPUS, SPREAD_WORDS,
+        HOW_PERIOD, HOW_QUEUED, HOW_REOPENED, HOW_SPREAD, HOW_UNTHROTTLE, IrqSpanEvent,
+        KernelLayout, LOSS_CGROUP_READ, LOSS_CSD_MISSED_EXIT, LOSS_CSD_UNMATCHED_EXIT,
+        LOSS_MISSED_EXIT, LOSS_RINGBUF_FULL, LOSS_SLOTS, LOSS_SPAN_MISSED_EXIT,
+        LOSS_SPAN_UNMATCHED_EXIT, LOSS_UNMATCHED_EXIT, MAX_LISTED, OFFSET_UNAVAILABLE, PeriodEvent,
+        RINGBUF_BYTES, SPREAD_CPUS, SPREAD_WORDS,
     };
 
     /// Written by userspace before load (from the running kernel's BTF and kallsyms).
@@ -56,6 +56,9 @@ mod programs {
         how: u32,
         /// Unthrottles on CPUs beyond the bitmap.
         spread_overflow: u32,
+        /// Tasks queued under the unthrottled cfs_rqs (`h_nr_queued` at each unthrottle).
+        queued: u32,
+        _pad: u32,
         /// CPUs whose cfs_rqs were unthrottled (`cfs_rq->rq->cpu`).
         spread_mask: [u64; SPREAD_WORDS],
     }
@@ -240,6 +243,7 @@ mod programs {
         f.runnable = 0;
         f.how = how;
         f.spread_overflow = 0;
+        f.queued = 0;
         for w in f.spread_mask.iter_mut() {
             *w = 0;
         }
@@ -310,6 +314,9 @@ mod programs {
         {
             flags |= HOW_SPREAD;
         }
+        if flags & HOW_UNTHROTTLE != 0 && l.cfs_rq_h_nr_queued != OFFSET_UNAVAILABLE {
+            flags |= HOW_QUEUED;
+        }
         let Some(mut slot) = EVENTS.reserve::<PeriodEvent>(0) else {
             count_loss(LOSS_RINGBUF_FULL);
             return;
@@ -332,7 +339,7 @@ mod programs {
             (*e).flags = flags;
             (*e).span_start_ns = span_start_ns;
             (*e).spread_overflow = f.spread_overflow;
-            (*e)._pad = 0;
+            (*e).queued = f.queued;
             let mut spread: u32 = 0;
             for i in 0..SPREAD_WORDS {
                 let w = f.spread_mask[i];
@@ -342,6 +349,19 @@ mod programs {
             (*e).spread = spread;
         }
         slot.submit(0);
+    }
+
+    /// The tasks this unthrottle releases: `cfs_rq->h_nr_queued` (or `h_nr_running`), read
+    /// before the function moves them back onto the runqueue.
+    #[inline(always)]
+    fn period_add_queued(f: &mut PeriodFrame, cfs_rq: u64) {
+        let off = layout().cfs_rq_h_nr_queued;
+        if off == OFFSET_UNAVAILABLE || cfs_rq == 0 {
+            return;
+        }
+        if let Some(n) = read_u32(cfs_rq.wrapping_add(off)) {
+            f.queued = f.queued.saturating_add(n);
+        }
     }
 
     /// `cfs_rq->rq->cpu` into the open period frame's CPU bitmap.
@@ -867,6 +887,7 @@ mod programs {
             } else if f.open & OPEN_PERIOD != 0 {
                 f.period.unthrottled += 1;
                 period_mark_cpu(&mut f.period, cfs_rq);
+                period_add_queued(&mut f.period, cfs_rq);
             }
         }
     }

@@ -13,8 +13,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 use hdrhistogram::Histogram;
 use tracer_ebpf::{
     ASYNC_EMPTY, ASYNC_LAST, ASYNC_LISTED, ASYNC_TRUNCATED, HOW_ENQUEUE_ENTITY,
-    HOW_ENQUEUE_TASK_FAIR, HOW_IN_SPAN, HOW_LOOPS, HOW_PERIOD, HOW_REOPENED, HOW_RUNNABLE,
-    HOW_SPREAD, HOW_UNTHROTTLE, SPREAD_CPUS,
+    HOW_ENQUEUE_TASK_FAIR, HOW_IN_SPAN, HOW_LOOPS, HOW_PERIOD, HOW_QUEUED, HOW_REOPENED,
+    HOW_RUNNABLE, HOW_SPREAD, HOW_UNTHROTTLE, SPREAD_CPUS,
 };
 
 use crate::capture::{
@@ -449,6 +449,8 @@ pub struct CgroupStats {
     callback_ns: Distribution,
     unthrottled: Option<Distribution>,
     enqueued: Option<Distribution>,
+    /// Tasks queued under the cfs_rqs unthrottled per period (`HOW_QUEUED`).
+    queued: Option<Distribution>,
     runnable: Option<Distribution>,
     max_loops: Option<u32>,
     cpus: CpuSet,
@@ -488,6 +490,7 @@ impl CgroupStats {
             callback_ns: Distribution::callback(),
             unthrottled: None,
             enqueued: None,
+            queued: None,
             runnable: None,
             max_loops: None,
             cpus: CpuSet::default(),
@@ -573,6 +576,11 @@ impl CgroupStats {
                 .get_or_insert_with(Distribution::counts)
                 .record(u64::from(p.runnable));
         }
+        if p.flags & HOW_QUEUED != 0 {
+            self.queued
+                .get_or_insert_with(Distribution::counts)
+                .record(u64::from(p.queued));
+        }
         if p.flags & HOW_LOOPS != 0 {
             self.max_loops = Some(self.max_loops.unwrap_or(0).max(p.loops));
             if p.loops > 1 {
@@ -644,6 +652,11 @@ impl CgroupStats {
         self.enqueued.as_ref()
     }
 
+    /// Tasks queued under the cfs_rqs unthrottled, per period.
+    pub fn queued(&self) -> Option<&Distribution> {
+        self.queued.as_ref()
+    }
+
     pub fn runnable(&self) -> Option<&Distribution> {
         self.runnable.as_ref()
     }
@@ -691,10 +704,15 @@ impl CgroupStats {
     pub fn approx_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
             + self.callback_ns.heap_bytes()
-            + [&self.unthrottled, &self.enqueued, &self.runnable]
-                .iter()
-                .filter_map(|d| d.as_ref().map(Distribution::heap_bytes))
-                .sum::<usize>()
+            + [
+                &self.unthrottled,
+                &self.enqueued,
+                &self.runnable,
+                &self.queued,
+            ]
+            .iter()
+            .filter_map(|d| d.as_ref().map(Distribution::heap_bytes))
+            .sum::<usize>()
             + self.cpus.heap_bytes()
             + self.asyncs.as_ref().map_or(0, |a| a.heap_bytes())
             + self.spread.as_ref().map_or(0, |s| s.heap_bytes())
@@ -821,14 +839,16 @@ impl SpanStats {
 }
 
 /// Most cgroups remembered for one open span (the rest go unattributed; see the warning).
-const PENDING_SPAN_CGROUPS: usize = 64;
+/// Before 6.4 every timer of one period expires together, so one interrupt can hold as many
+/// period timers as there are throttled cgroups: the cap is only a memory bound.
+const PENDING_SPAN_CGROUPS: usize = 1 << 16;
 
 /// The callbacks of a span whose own line has not arrived yet: period lines come first.
 #[derive(Clone, Debug, Default)]
 struct PendingSpan {
     ts_ns: u64,
-    /// (cgroup, its callbacks' time, its callbacks).
-    cgroups: Vec<(u64, u64, u32)>,
+    /// cgroup -> (its callbacks' time, its callbacks).
+    cgroups: HashMap<u64, (u64, u32)>,
 }
 
 /// One cgroup as seen by the report: its stats and its name, if it was named.
@@ -972,11 +992,11 @@ impl Aggregator {
             ps.ts_ns = p.span_ts_ns;
             ps.cgroups.clear();
         }
-        if let Some(e) = ps.cgroups.iter_mut().find(|e| e.0 == p.cgroup_id) {
-            e.1 = e.1.saturating_add(p.duration_ns);
-            e.2 += 1;
+        if let Some(e) = ps.cgroups.get_mut(&p.cgroup_id) {
+            e.0 = e.0.saturating_add(p.duration_ns);
+            e.1 += 1;
         } else if ps.cgroups.len() < PENDING_SPAN_CGROUPS {
-            ps.cgroups.push((p.cgroup_id, p.duration_ns, 1));
+            ps.cgroups.insert(p.cgroup_id, (p.duration_ns, 1));
         } else {
             self.pending_overflow += 1;
         }
@@ -1010,7 +1030,7 @@ impl Aggregator {
         if ps.ts_ns != x.ts_ns {
             return;
         }
-        for &(id, own_ns, own_timers) in &ps.cgroups {
+        for (&id, &(own_ns, own_timers)) in &ps.cgroups {
             if let Some(c) = self.cgroups.get_mut(&id) {
                 c.add_span(CgroupSpan {
                     cpu: x.cpu,

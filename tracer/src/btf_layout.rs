@@ -41,6 +41,8 @@ pub struct LayoutFacts {
     pub missing: Vec<String>,
     /// `kernfs_node.id` is the pre-5.5 union rather than a plain u64.
     pub kn_id_is_union: bool,
+    /// Which of `cfs_rq.h_nr_queued` (6.14+) / `h_nr_running` gives the queued tasks.
+    pub h_nr_field: Option<&'static str>,
     pub source: PathBuf,
 }
 
@@ -87,6 +89,17 @@ pub fn read_layout(path: &Path) -> Result<LayoutFacts, BtfError> {
     // Per-period spread: the CPU of each unthrottled cfs_rq.
     let cfs_rq_rq = off("cfs_rq", "rq");
     let rq_cpu = off("rq", "cpu");
+    // Renamed in 6.14 (h_nr_running -> h_nr_queued): by name, whichever this kernel has.
+    let (cfs_rq_h_nr_queued, h_nr_field) = match member_offset(&btf, "cfs_rq", "h_nr_queued") {
+        Some(o) => (o, Some("h_nr_queued")),
+        None => match member_offset(&btf, "cfs_rq", "h_nr_running") {
+            Some(o) => (o, Some("h_nr_running")),
+            None => {
+                missing.push("cfs_rq.h_nr_queued (or h_nr_running)".into());
+                (OFFSET_UNAVAILABLE, None)
+            }
+        },
+    };
     let tg_css_cgroup = if tg_css == OFFSET_UNAVAILABLE || css_cgroup == OFFSET_UNAVAILABLE {
         OFFSET_UNAVAILABLE
     } else {
@@ -128,9 +141,11 @@ pub fn read_layout(path: &Path) -> Result<LayoutFacts, BtfError> {
             cfs_rq_throttled,
             cfs_rq_rq,
             rq_cpu,
+            cfs_rq_h_nr_queued,
         },
         missing,
         kn_id_is_union,
+        h_nr_field,
         source: path.to_path_buf(),
     })
 }
@@ -225,6 +240,16 @@ mod tests {
         assert!(
             !facts.kn_id_is_union,
             "6.x kernels have a u64 kernfs_node.id"
+        );
+        // 6.14 renamed h_nr_running: the host (6.18) has only the new name.
+        assert_eq!(facts.h_nr_field, Some("h_nr_queued"));
+        assert_eq!(
+            Some(l.cfs_rq_h_nr_queued),
+            member_offset(&Btf::from_file(p).unwrap(), "cfs_rq", "h_nr_queued")
+        );
+        assert_eq!(
+            member_offset(&Btf::from_file(p).unwrap(), "cfs_rq", "h_nr_running"),
+            None
         );
         // css is the first member of task_group on every kernel in the matrix.
         assert_eq!(

@@ -91,6 +91,9 @@ pub struct PeriodRecord {
     /// Unthrottles on CPUs beyond the bitmap (calls, not CPUs).
     #[serde(default)]
     pub spread_overflow: u32,
+    /// Tasks queued under the cfs_rqs it unthrottled (real with `HOW_QUEUED`).
+    #[serde(default)]
+    pub queued: u32,
     /// Those CPUs as a kernel CPU list (`0-3,8`); absent when none.
     #[serde(default, skip_serializing_if = "CpuMask::is_empty")]
     pub spread_cpus: CpuMask,
@@ -307,6 +310,7 @@ pub struct EndRecord {
     pub reason: String,
     pub periods: u64,
     pub lost: u64,
+    /// `record -- CMD`: CMD's exit status as a shell gives it (128 + N when signal N killed it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command_status: Option<i32>,
     /// Async-unthrottle lines written (0 in captures that predate them).
@@ -570,7 +574,7 @@ const PERIOD_PREFIX: &[u8] = br#"{"kind":"period","#;
 
 /// The period record's numeric keys in declaration order (what serde writes after the tag);
 /// `spread_cpus`, a string, follows when not empty.
-const PERIOD_KEYS: [&[u8]; 15] = [
+const PERIOD_KEYS: [&[u8]; 16] = [
     b"ts_ns",
     b"cpu",
     b"duration_ns",
@@ -586,6 +590,7 @@ const PERIOD_KEYS: [&[u8]; 15] = [
     b"span_ts_ns",
     b"spread",
     b"spread_overflow",
+    b"queued",
 ];
 const SPREAD_CPUS_KEY: &[u8] = br#","spread_cpus":""#;
 
@@ -643,7 +648,7 @@ fn async_values(a: &AsyncRecord) -> [u64; 11] {
     ]
 }
 
-fn period_values(p: &PeriodRecord) -> [u64; 15] {
+fn period_values(p: &PeriodRecord) -> [u64; 16] {
     [
         p.ts_ns,
         u64::from(p.cpu),
@@ -660,6 +665,7 @@ fn period_values(p: &PeriodRecord) -> [u64; 15] {
         p.span_ts_ns,
         u64::from(p.spread),
         u64::from(p.spread_overflow),
+        u64::from(p.queued),
     ]
 }
 
@@ -818,6 +824,7 @@ fn decode_period(line: &[u8]) -> Option<PeriodRecord> {
         span_ts_ns: v[12],
         spread: u32_at(13)?,
         spread_overflow: u32_at(14)?,
+        queued: u32_at(15)?,
         spread_cpus,
     })
 }
@@ -1325,6 +1332,7 @@ pub(crate) mod tests {
                 span_ts_ns: u64::MAX - 5,
                 spread: 7,
                 spread_overflow: 2,
+                queued: 4_000_000,
                 spread_cpus: CpuMask::parse_list("0-3,5,64,1022-1023").unwrap(),
             },
             PeriodRecord {
@@ -1345,17 +1353,17 @@ pub(crate) mod tests {
             assert_eq!(decode_period(&mine), Some(p));
         }
         // Not exactly our shape: left to serde.
-        let ok = br#"{"kind":"period","ts_ns":1,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0,"span_ts_ns":0,"spread":0,"spread_overflow":0}"#;
+        let ok = br#"{"kind":"period","ts_ns":1,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0,"span_ts_ns":0,"spread":0,"spread_overflow":0,"queued":0}"#;
         assert!(decode_period(ok).is_some());
-        let with_cpus = br#"{"kind":"period","ts_ns":1,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0,"span_ts_ns":0,"spread":2,"spread_overflow":0,"spread_cpus":"0-1"}"#;
+        let with_cpus = br#"{"kind":"period","ts_ns":1,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0,"span_ts_ns":0,"spread":2,"spread_overflow":0,"queued":0,"spread_cpus":"0-1"}"#;
         assert_eq!(
             decode_period(with_cpus).map(|p| p.spread_cpus.len()),
             Some(2)
         );
         // An empty or bad list is not ours: serde decides.
         for odd in [
-            br#"{"kind":"period","ts_ns":1,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0,"span_ts_ns":0,"spread":0,"spread_overflow":0,"spread_cpus":""}"#.as_slice(),
-            br#"{"kind":"period","ts_ns":1,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0,"span_ts_ns":0,"spread":0,"spread_overflow":0,"spread_cpus":"x"}"#,
+            br#"{"kind":"period","ts_ns":1,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0,"span_ts_ns":0,"spread":0,"spread_overflow":0,"queued":0,"spread_cpus":""}"#.as_slice(),
+            br#"{"kind":"period","ts_ns":1,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0,"span_ts_ns":0,"spread":0,"spread_overflow":0,"queued":0,"spread_cpus":"x"}"#,
         ] {
             assert_eq!(decode_period(odd), None);
         }

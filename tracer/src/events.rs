@@ -69,6 +69,7 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 span_ts_ns: e.span_start_ns,
                 spread: e.spread,
                 spread_overflow: e.spread_overflow,
+                queued: e.queued,
                 spread_cpus: CpuMask(e.spread_mask),
             }))
         }
@@ -137,7 +138,7 @@ mod tests {
             spread: 3,
             span_start_ns: 13,
             spread_overflow: 1,
-            _pad: 0,
+            queued: 14,
             spread_mask: {
                 let mut m = [0u64; tracer_ebpf::SPREAD_WORDS];
                 m[0] = 0b1011;
@@ -163,6 +164,7 @@ mod tests {
         assert_eq!((r.loops, r.runnable, r.flags), (8, 11, 12));
         assert_eq!(r.quota_ns, u64::MAX);
         assert_eq!((r.span_ts_ns, r.spread, r.spread_overflow), (13, 3, 1));
+        assert_eq!(r.queued, 14);
         assert_eq!(r.spread_cpus.to_list(), "0-1,3,1023");
         assert_eq!(
             decode(&v[1..11]),

@@ -9,8 +9,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tracer_ebpf::{
-    ASYNC_LISTED, HOW_ENQUEUE_ENTITY, HOW_ENQUEUE_TASK_FAIR, HOW_LOOPS, HOW_RUNNABLE, HOW_SPREAD,
-    HOW_UNTHROTTLE,
+    ASYNC_LISTED, HOW_ENQUEUE_ENTITY, HOW_ENQUEUE_TASK_FAIR, HOW_LOOPS, HOW_QUEUED, HOW_RUNNABLE,
+    HOW_SPREAD, HOW_UNTHROTTLE,
 };
 
 use crate::aggregate::{
@@ -178,6 +178,10 @@ pub struct Figures {
     pub unthrottled: Figure,
     pub enqueued: Figure,
     pub runnable: Figure,
+    /// Tasks queued under the cfs_rqs each period unthrottled: `cfs_rq.h_nr_queued`
+    /// (`h_nr_running` before 6.14) read at each `unthrottle_cfs_rq`.
+    #[serde(default)]
+    pub queued: Figure,
     /// Work the period timer moved to CSDs on other CPUs (6.3+).
     #[serde(default)]
     pub async_unthrottle: Figure,
@@ -238,6 +242,9 @@ pub struct CgroupReport {
     pub callback_ns: Stats,
     pub unthrottled_per_period: Option<Stats>,
     pub enqueued_per_period: Option<Stats>,
+    /// Tasks queued under the cfs_rqs it unthrottled, per period (`figures.queued`).
+    #[serde(default)]
+    pub queued_per_period: Option<Stats>,
     pub runnable_per_period: Option<Stats>,
     pub max_loops: Option<u32>,
     /// CPUs its period timer fired on.
@@ -530,6 +537,39 @@ fn count_figure(
     }
 }
 
+/// Tasks released per period: the unthrottle probe plus a BTF field (renamed in 6.14, so
+/// found by name, never by version).
+fn queued_figure(header: &CaptureHeader, flags: u32, periods: u64) -> Figure {
+    if flags & HOW_QUEUED != 0 {
+        return Figure {
+            available: true,
+            how: Some("cfs_rq.h_nr_queued (h_nr_running before 6.14) at unthrottle_cfs_rq".into()),
+            reason: None,
+        };
+    }
+    let unthrottle = count_figure(
+        header,
+        flags,
+        HOW_UNTHROTTLE,
+        PROBE_UNTHROTTLE,
+        "unthrottle_cfs_rq",
+        periods,
+    );
+    let reason = if unthrottle.available {
+        "the kernel's BTF has neither cfs_rq.h_nr_queued nor cfs_rq.h_nr_running".to_string()
+    } else {
+        format!(
+            "needs the unthrottle probe: {}",
+            unthrottle.reason.unwrap_or_default()
+        )
+    };
+    Figure {
+        available: false,
+        how: None,
+        reason: Some(reason),
+    }
+}
+
 /// Async unthrottle: measured when its CSD frame was attached (or, for a capture without the
 /// probe list, when events are there).
 fn async_figure(header: &CaptureHeader, agg: &Aggregator) -> Figure {
@@ -738,6 +778,7 @@ fn figures(header: &CaptureHeader, agg: &Aggregator) -> Figures {
             "sched_update_nr_running_tp",
             n,
         ),
+        queued: queued_figure(header, flags, n),
         async_unthrottle: async_figure(header, agg),
         irq_span: irq_span_figure(header, agg),
         spread: Figure::default(),
@@ -1076,6 +1117,7 @@ fn cgroup_report(v: &CgroupView<'_>, ctx: &Ctx<'_>) -> CgroupReport {
         callback_ns: Stats::of(cb),
         unthrottled_per_period: counted(figs.unthrottled.available, s.unthrottled()),
         enqueued_per_period: counted(figs.enqueued.available, s.enqueued()),
+        queued_per_period: counted(figs.queued.available, s.queued()),
         runnable_per_period: counted(figs.runnable.available, s.runnable()),
         max_loops: s.max_loops().filter(|_| figs.loops.available),
         cpus: s.cpus().iter().collect(),

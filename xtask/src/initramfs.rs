@@ -33,6 +33,18 @@ pub const M_RC: &str = "@@CFSTRACE-RC ";
 pub const M_DONE: &str = "@@CFSTRACE-DONE@@";
 /// `@@CFSTRACE-POKES n@@`: text-poke stress rounds done so far.
 pub const M_POKES: &str = "@@CFSTRACE-POKES ";
+/// Between these (`... cofire@@`): the co-firing run's capture digest: its `irq_span` lines
+/// verbatim, `P <cpu> <span_ts_ns> <callbacks> <sum of duration_ns> <distinct cgroups>` per
+/// timer-interrupt span (span_ts_ns 0: callbacks outside any span) and `G <cgroup id>
+/// <callbacks>` per cgroup, reduced from the `period` lines by awk in the guest
+/// (`cfstrace_tests::expect::CaptureDigest`).
+pub const M_CAPTURE_BEGIN: &str = "@@CFSTRACE-CAPTURE-BEGIN ";
+pub const M_CAPTURE_END: &str = "@@CFSTRACE-CAPTURE-END ";
+
+/// The co-firing run's name in the RUN/RECORD/REPORT/RC markers.
+pub const COFIRE_RUN: &str = "cofire";
+/// The parent of the co-firing cgroups (under the cgroup2 root): `cofire/c0` .. `cofire/cN-1`.
+pub const COFIRE_PARENT: &str = "cofire";
 
 const BUSYBOX: &str = "/bin/busybox";
 
@@ -260,7 +272,11 @@ pub fn build(cfstrace: Option<&Path>) -> Result<Archive> {
 ///   without cfstrace (a tracepoint's static key and the ftrace site of sched_cfs_period_timer
 ///   switched on and off), to tell kernel/emulator text-patching trouble from ours;
 /// - `cfstrace.cpumax=QUOTA,PERIOD` (default 5000,10000) is the container's cpu.max;
-/// - `cfstrace.busy=N` (default 4) busy loops run in the container.
+/// - `cfstrace.busy=N` (default 4) busy loops run in the container;
+/// - `cfstrace.cofire=N` (default 0: none): after the backends, the co-firing storm: the YARN
+///   loops stop, N cgroups under `cofire/` get one busy loop each and then, in one tight loop,
+///   the same cpu.max (`cfstrace.cofiremax=QUOTA,PERIOD`, default 1000,100000), and
+///   `cfstrace record --backend auto` + `report --json` run, plus the capture digest.
 pub fn init_script() -> String {
     let functions = cfstrace_tests::expect::FUNCTIONS.join("|");
     let direct = cfstrace_tests::expect::DIRECT_CALL_FNS.join("|");
@@ -288,6 +304,8 @@ BUSY=4
 CYCLES=20
 DURATION=8s
 POKES=200
+COFIRE=0
+COFIREMAX="1000 100000"
 for w in $(cat /proc/cmdline); do
   case "$w" in
     cfstrace.backends=*) BACKENDS="$(echo "${{w#cfstrace.backends=}}" | tr , ' ')" ;;
@@ -297,6 +315,8 @@ for w in $(cat /proc/cmdline); do
     cfstrace.cycles=*) CYCLES="${{w#cfstrace.cycles=}}" ;;
     cfstrace.duration=*) DURATION="${{w#cfstrace.duration=}}" ;;
     cfstrace.pokes=*) POKES="${{w#cfstrace.pokes=}}" ;;
+    cfstrace.cofire=*) COFIRE="${{w#cfstrace.cofire=}}" ;;
+    cfstrace.cofiremax=*) COFIREMAX="$(echo "${{w#cfstrace.cofiremax=}}" | tr , ' ')" ;;
   esac
 done
 
@@ -383,6 +403,69 @@ for B in $BACKENDS; do
   rm -f /tmp/cap.jsonl /tmp/report.json /tmp/report.err
 done
 kill -9 $PIDS 2>/dev/null
+
+# Co-firing: many cgroups with the same period. A period timer is (re)armed with
+# hrtimer_forward_now() from its previous expiry (0 when the cgroup is created), so every
+# timer of one period expires at the same multiples of it on CLOCK_MONOTONIC, and all those
+# pinned to one CPU run back to back in one timer interrupt. The loops go in first (the parent's
+# cpu.weight 1 keeps this shell and the recorder ahead of them), then the quotas are written
+# together: every timer starts now, on this CPU. A timer stays armed while its cgroup is
+# throttled or asked for runtime in the last period: a 1 ms quota is overrun to the next 4 ms
+# tick, so each loop runs about a tick and stays throttled for a few periods, 120 of them
+# need about 1.2 of the 2 CPUs, and every timer keeps running.
+if [ "$COFIRE" -gt 0 ]; then
+  sleep 1
+  echo "{M_RUN}{COFIRE_RUN}@@"
+  CF=/sys/fs/cgroup/{COFIRE_PARENT}
+  mkdir -p "$CF"
+  echo 1 > "$CF/cpu.weight"
+  echo +cpu > "$CF/cgroup.subtree_control"
+  CPIDS=
+  i=0
+  while [ $i -lt "$COFIRE" ]; do
+    mkdir "$CF/c$i"
+    sh -c 'while :; do :; done' &
+    echo $! > "$CF/c$i/cgroup.procs"
+    CPIDS="$CPIDS $!"
+    i=$((i + 1))
+  done
+  i=0
+  while [ $i -lt "$COFIRE" ]; do
+    echo "$COFIREMAX" > "$CF/c$i/cpu.max"
+    i=$((i + 1))
+  done
+  sleep 1
+  echo "cfstrace-vm: cofire: $COFIRE cgroups, cpu.max=$(cat "$CF/c0/cpu.max"), $(cat "$CF"/c*/cgroup.procs | wc -l) loops"
+  echo "{M_RECORD}{COFIRE_RUN}@@"
+  cfstrace record --duration "$DURATION" -o /tmp/cap.jsonl --backend auto
+  rc=$?
+  cfstrace report /tmp/cap.jsonl --json > /tmp/report.json 2> /tmp/report.err
+  rrc=$?
+  echo "{M_BEGIN}{COFIRE_RUN}@@"
+  cat /tmp/report.json
+  echo
+  echo "{M_END}{COFIRE_RUN}@@"
+  cat /tmp/report.err
+  echo "{M_CAPTURE_BEGIN}{COFIRE_RUN}@@"
+  awk '
+    function v(k,  i, s) {{
+      i = index($0, "\"" k "\":"); if (i == 0) return "0"
+      s = substr($0, i + length(k) + 3); match(s, /^[0-9]+/); return substr(s, 1, RLENGTH)
+    }}
+    index($0, "{{\"kind\":\"irq_span\",") == 1 {{ print; next }}
+    index($0, "{{\"kind\":\"period\",") == 1 {{
+      key = v("cpu") " " v("span_ts_ns"); id = v("cgroup_id")
+      n[key]++; d[key] += v("duration_ns"); g[id]++
+      if (!((key " " id) in seen)) {{ seen[key " " id] = 1; c[key]++ }}
+    }}
+    END {{
+      for (k in n) printf "P %s %d %.0f %d\n", k, n[k], d[k], c[k]
+      for (k in g) printf "G %s %d\n", k, g[k]
+    }}' /tmp/cap.jsonl
+  echo "{M_CAPTURE_END}{COFIRE_RUN}@@"
+  echo "{M_RC}{COFIRE_RUN} record=$rc report=$rrc@@"
+  kill -9 $CPIDS 2>/dev/null
+fi
 finish
 "#
     )
@@ -411,6 +494,47 @@ mod tests {
     #[test]
     fn cgroup_is_the_incident_container() {
         assert!(CGROUP.ends_with(&format!("/{}", cfstrace_tests::CONTAINER)));
+    }
+
+    /// The guest's capture digest (awk, as generated into /init) says what the oracle's own
+    /// reading of the capture says.
+    #[test]
+    fn capture_digest_awk_matches_the_oracle() {
+        let script = init_script();
+        let start = script.find("  awk '\n").expect("awk in /init") + "  awk '".len();
+        let end = script[start..].find("' /tmp/cap.jsonl").expect("awk's end") + start;
+        let program = &script[start..end];
+        let capture = "{\"schema\":\"cfstrace.capture/1\",\"host\":{\"cpu\":9}}\n\
+            {\"kind\":\"period\",\"ts_ns\":28726123227697,\"cpu\":1,\"duration_ns\":7411,\"cgroup_id\":8291,\"timer\":18446612686530656520,\"flags\":66436,\"span_ts_ns\":28726123226685,\"spread\":0,\"spread_cpus\":\"0-1\"}\n\
+            {\"kind\":\"period\",\"ts_ns\":28726123237697,\"cpu\":1,\"duration_ns\":2000,\"cgroup_id\":8292,\"span_ts_ns\":28726123226685}\n\
+            {\"kind\":\"period\",\"ts_ns\":28726123247697,\"cpu\":1,\"duration_ns\":1000,\"cgroup_id\":8292,\"span_ts_ns\":28726123226685}\n\
+            {\"kind\":\"irq_span\",\"ts_ns\":28726123226685,\"cpu\":1,\"duration_ns\":20751,\"timers\":3,\"timers_ns\":10411,\"flags\":4}\n\
+            {\"kind\":\"period\",\"ts_ns\":5,\"cpu\":0,\"duration_ns\":100,\"cgroup_id\":8291,\"span_ts_ns\":0}\n";
+        let dir = tempdir();
+        let cap = dir.join("cap.jsonl");
+        fs::write(&cap, capture).unwrap();
+        let out = Command::new(BUSYBOX)
+            .args(["awk", program])
+            .arg(&cap)
+            .output()
+            .expect("busybox awk");
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let guest = cfstrace_tests::expect::CaptureDigest::parse(&lines);
+        assert!(guest.garbled.is_empty(), "{text}");
+        assert_eq!(
+            guest,
+            cfstrace_tests::expect::CaptureDigest::from_capture(capture)
+        );
+        assert_eq!(guest.by_span[&(1, 28726123226685)], (3, 10411, 2));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    fn tempdir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("cfstrace-awk-{}", std::process::id()));
+        fs::create_dir_all(&d).unwrap();
+        d
     }
 
     #[test]

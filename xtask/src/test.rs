@@ -1,6 +1,7 @@
 //! `cargo xtask test`: everything CI checks, in order: setup, fmt, clippy, build, cargo test (unit
 //! tests and the host end-to-end test: the 6.18 host's row of the matrix, tracepoints only), then
-//! the kernel matrix (`cargo xtask vm`: 4 Debian kernels x 4 backends). Only a setup or build
+//! the kernel matrix (`cargo xtask vm`: 4 Debian kernels x 4 backends, and per kernel the
+//! co-firing storm of 120 cgroups with backend auto). Only a setup or build
 //! failure stops it early. The last line is `N passed, M failed` over the steps and the
 //! kernel x backend runs (CI reads it).
 
@@ -122,7 +123,8 @@ pub fn run() -> Result<ExitCode> {
         ..VmArgs::default()
     };
     println!(
-        "\n==> vm: the kernel matrix under qemu: {} x backends {}, one boot per kernel",
+        "\n==> vm: the kernel matrix under qemu: {} x backends {}, then {} co-firing cgroups \
+         (backend auto), one boot per kernel",
         args.kernels
             .iter()
             .map(|k| k.name())
@@ -132,7 +134,8 @@ pub fn run() -> Result<ExitCode> {
             .iter()
             .map(|b| b.name())
             .collect::<Vec<_>>()
-            .join(" ")
+            .join(" "),
+        args.cofire
     );
     let start = Instant::now();
     match vm::run(&args) {

@@ -8,8 +8,12 @@
 //! against what the facts say that style can truly measure on that kernel
 //! (`cfstrace_tests::expect`). A kernel problem before cfstrace first runs is a boot flake (the
 //! boot is retried once); one after it fails the run it happened in, with the console excerpt, and
-//! the backends not run yet get a fresh boot. One line per kernel x backend (`ok:`/`FAIL:`), then
-//! the matrix table.
+//! the backends not run yet get a fresh boot. Then, where `auto` is among the backends, the
+//! co-firing storm (`--cofire N`, default 120): N cgroups with the same period whose timers
+//! expire together and run back to back in one timer interrupt; its report is checked for
+//! interrupt spans holding many period timers, against its own headroom and spread arithmetic,
+//! and against a digest of its capture (`expect::check_cofire`). One line per kernel x backend
+//! and per co-firing run (`ok:`/`FAIL:`), then the matrix table and the co-firing table.
 //!
 //! Why single-threaded TCG (`-accel tcg,thread=single`; KVM does not work on the nested-virt CI
 //! host): with qemu 7.2's multi-threaded TCG, the guest kernel's own live text patching (int3 +
@@ -40,8 +44,8 @@ use serde_json::Value;
 
 use crate::cmd;
 use crate::initramfs::{
-    self, M_BEGIN, M_DOCTOR_BEGIN, M_DOCTOR_END, M_DONE, M_END, M_FACT, M_INIT, M_POKES, M_RC,
-    M_RECORD, M_RUN,
+    self, COFIRE_PARENT, COFIRE_RUN, M_BEGIN, M_CAPTURE_BEGIN, M_CAPTURE_END, M_DOCTOR_BEGIN,
+    M_DOCTOR_END, M_DONE, M_END, M_FACT, M_INIT, M_POKES, M_RC, M_RECORD, M_RUN,
 };
 use crate::kernels::{self, Kernel};
 use crate::setup;
@@ -96,6 +100,29 @@ pub const ALL_BACKENDS: [Backend; 4] = [
     Backend::Fentry,
     Backend::Tracepoint,
 ];
+
+/// One run in a boot: a backend's doctor + record, or the co-firing storm.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Job {
+    Backend(Backend),
+    Cofire,
+}
+
+impl Job {
+    fn name(self) -> &'static str {
+        match self {
+            Job::Backend(b) => b.name(),
+            Job::Cofire => COFIRE_RUN,
+        }
+    }
+
+    fn from_name(s: &str) -> Option<Job> {
+        if s == COFIRE_RUN {
+            return Some(Job::Cofire);
+        }
+        Backend::from_name(s).map(Job::Backend)
+    }
+}
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Accel {
@@ -157,12 +184,25 @@ pub struct VmArgs {
     /// Busy loops in the container.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub busy: u32,
+    /// Cgroups in the co-firing storm, run once per kernel after the backends, with the auto
+    /// backend (only when `auto` is among them); 0 skips it.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_COFIRE)]
+    pub cofire: u32,
+    /// The co-firing cgroups' cpu.max, as QUOTA,PERIOD in microseconds (the same for all).
+    #[arg(long, value_name = "QUOTA,PERIOD", default_value = DEFAULT_COFIRE_CPU_MAX)]
+    pub cofire_cpu_max: String,
     /// Use this cfstrace binary instead of building target/release/cfstrace.
     #[arg(long, value_name = "PATH")]
     pub cfstrace: Option<PathBuf>,
 }
 
 const DEFAULT_CPU_MAX: &str = "5000,10000";
+/// 120 cgroups: past the issue's "100+", on 2 vCPUs under TCG (about 1.2 CPUs of busy loops
+/// between their throttles, one interrupt of 120 callbacks every period).
+const DEFAULT_COFIRE: u32 = 120;
+/// The kernel's default period (100 ms) and its smallest quota (1 ms): every loop overruns it
+/// to the next tick and stays throttled for a few periods, so every timer stays armed.
+const DEFAULT_COFIRE_CPU_MAX: &str = "1000,100000";
 
 impl Default for VmArgs {
     fn default() -> Self {
@@ -181,6 +221,8 @@ impl Default for VmArgs {
             duration: "8s".into(),
             cpu_max: DEFAULT_CPU_MAX.into(),
             busy: 4,
+            cofire: DEFAULT_COFIRE,
+            cofire_cpu_max: DEFAULT_COFIRE_CPU_MAX.into(),
             cfstrace: None,
         }
     }
@@ -201,6 +243,17 @@ impl VmArgs {
         } else {
             self.backends.clone()
         }
+    }
+
+    /// The runs of one kernel, in boot order: the backends, then the co-firing storm.
+    fn jobs(&self) -> Vec<Job> {
+        let backends = self.backends();
+        let cofire = self.cofire > 0 && backends.contains(&Backend::Auto);
+        let mut jobs: Vec<Job> = backends.into_iter().map(Job::Backend).collect();
+        if cofire {
+            jobs.push(Job::Cofire);
+        }
+        jobs
     }
 }
 
@@ -239,6 +292,40 @@ pub struct Outcome {
     pub row: Option<Row>,
     /// Loud notes for the end of the run (retries after suspected emulation flakes, skips).
     pub warnings: Vec<String>,
+    /// The co-firing run's figures, when it produced a report.
+    pub cofire: Option<CofireRow>,
+}
+
+/// What the co-firing storm showed on one kernel: a line of the second table.
+#[derive(Debug, Clone)]
+pub struct CofireRow {
+    pub kernel: String,
+    /// Cgroups under cofire/ whose timers ran / cgroups made.
+    pub ran: usize,
+    pub cgroups: u32,
+    /// Timer interrupts that ran period timers.
+    pub spans: i64,
+    /// The most period timers in one interrupt, and of how many distinct cgroups.
+    pub max_timers: i64,
+    pub max_cgroups: u64,
+    /// The longest interrupt (its CPU, duration, its period timers and their time).
+    pub worst: String,
+    /// Node headroom and what it is measured from.
+    pub headroom: String,
+}
+
+/// The co-firing results as a markdown table.
+pub fn cofire_table(rows: &[CofireRow]) -> String {
+    let mut out = String::from(
+        "| kernel | cgroups with callbacks | timer interrupts with period timers | most timers in one interrupt (cgroups) | longest interrupt | node headroom |\n|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} of {} | {} | {} ({}) | {} | {} |\n",
+            r.kernel, r.ran, r.cgroups, r.spans, r.max_timers, r.max_cgroups, r.worst, r.headroom
+        ));
+    }
+    out
 }
 
 /// What a run attached and measured: one line of the matrix table.
@@ -349,18 +436,28 @@ pub fn print_summary(outcomes: &[Outcome], extra_rows: &[Row]) -> usize {
     if !rows.is_empty() {
         println!("\nmatrix (from this run's reports):\n\n{}", table(&rows));
     }
+    let cofire: Vec<CofireRow> = outcomes.iter().filter_map(|o| o.cofire.clone()).collect();
+    if !cofire.is_empty() {
+        println!(
+            "co-firing period timers (backend auto):\n\n{}",
+            cofire_table(&cofire)
+        );
+    }
     outcomes.iter().filter(|o| !o.passed).count()
 }
 
 /// Run every requested kernel x backend; an error is returned only for problems before any boot
 /// (setup, build); per-kernel problems become failed outcomes.
 pub fn run(args: &VmArgs) -> Result<Vec<Outcome>> {
-    let valid_cpu_max = args
-        .cpu_max
-        .split_once(',')
-        .is_some_and(|(q, p)| q.parse::<u64>().is_ok() && p.parse::<u64>().is_ok());
-    if !valid_cpu_max {
+    let valid = |s: &str| {
+        s.split_once(',')
+            .is_some_and(|(q, p)| q.parse::<u64>().is_ok() && p.parse::<u64>().is_ok())
+    };
+    if !valid(&args.cpu_max) {
         bail!("--cpu-max wants QUOTA,PERIOD in microseconds, e.g. 5000,10000");
+    }
+    if !valid(&args.cofire_cpu_max) {
+        bail!("--cofire-cpu-max wants QUOTA,PERIOD in microseconds, e.g. 1000,100000");
     }
     setup::ensure(true)?;
     let no_cfstrace = args.facts || args.poke_stress.is_some();
@@ -743,6 +840,9 @@ struct GuestRun {
     /// Line indexes of the DOCTOR-END and RECORD markers (for timing).
     doctor_end: Option<usize>,
     record_start: Option<usize>,
+    /// The capture digest (co-firing run), and whether its end marker came.
+    capture: Vec<String>,
+    capture_done: bool,
 }
 
 #[derive(Debug, Default)]
@@ -760,6 +860,7 @@ fn analyze(lines: &[String]) -> Console {
     let mut c = Console::default();
     let mut in_report = false;
     let mut in_doctor = false;
+    let mut in_capture = false;
     let mut report_lines: Vec<&str> = Vec::new();
     for (i, l) in lines.iter().enumerate() {
         if l.contains(M_INIT) {
@@ -784,6 +885,7 @@ fn analyze(lines: &[String]) -> Console {
             });
             in_report = false;
             in_doctor = false;
+            in_capture = false;
             continue;
         }
         if kernel_problem(l).is_some() {
@@ -841,6 +943,22 @@ fn analyze(lines: &[String]) -> Console {
         if marker(l, M_END).is_some() {
             in_report = false;
             run.report = Some(parse_report(&report_lines));
+            continue;
+        }
+        if marker(l, M_CAPTURE_BEGIN).is_some() {
+            in_capture = true;
+            continue;
+        }
+        if marker(l, M_CAPTURE_END).is_some() {
+            in_capture = false;
+            run.capture_done = true;
+            continue;
+        }
+        if in_capture {
+            // Kernel messages are console noise here.
+            if kernel_message(l).is_none() {
+                run.capture.push(l.clone());
+            }
             continue;
         }
         if in_report {
@@ -933,13 +1051,19 @@ fn default_jobs() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Per-boot limit: boot + facts + per backend doctor (20 attach cycles) and an 8 s record.
-fn boot_timeout(args: &VmArgs, backends: usize, kvm: bool) -> Duration {
+/// Per-boot limit: boot + facts + per backend doctor (20 attach cycles) and an 8 s record,
+/// plus the co-firing storm (setting up its cgroups, record, report, digest).
+fn boot_timeout(args: &VmArgs, backends: usize, cofire: bool, kvm: bool) -> Duration {
     if let Some(t) = args.timeout {
         return Duration::from_secs(t);
     }
     let per = if kvm { 120 } else { 360 };
-    Duration::from_secs(60 + per * backends as u64)
+    let storm = match (cofire, kvm) {
+        (false, _) => 0,
+        (true, true) => 120,
+        (true, false) => 300,
+    };
+    Duration::from_secs(60 + per * backends as u64 + storm)
 }
 
 /// A guest silent this long is hung (doctor's 20 attach cycles print nothing for up to ~3 min
@@ -950,18 +1074,24 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(300);
 /// backends that did not run get a fresh boot.
 fn run_kernel(kernel: &Kernel, initrd: &Path, args: &VmArgs) -> Vec<Outcome> {
     let dir = kernels::suite_dir(&kernel.suite);
-    let label = |b: &str| format!("{} {} backend={b}", kernel.suite, kernel.release);
-    let mut pending: Vec<Backend> = args.backends();
+    let label = |j: Job| match j {
+        Job::Backend(b) => format!("{} {} backend={}", kernel.suite, kernel.release, b.name()),
+        Job::Cofire => format!(
+            "{} {} cofire ({} cgroups, backend auto)",
+            kernel.suite, kernel.release, args.cofire
+        ),
+    };
+    let mut pending: Vec<Job> = args.jobs();
     let mut outcomes = Vec::new();
     let mut boot_retry_used = false;
-    let mut flake_retried: Vec<Backend> = Vec::new();
+    let mut flake_retried: Vec<Job> = Vec::new();
     let mut warnings: Vec<String> = Vec::new();
     let max_boots = pending.len() + 2;
     let mut boots = 0;
     while !pending.is_empty() {
         if boots == max_boots {
-            for b in pending.drain(..) {
-                let l = label(b.name());
+            for j in pending.drain(..) {
+                let l = label(j);
                 println!("FAIL: {l}: not run: the guest kept breaking ({boots} boots)");
                 outcomes.push(fail(l));
             }
@@ -969,14 +1099,24 @@ fn run_kernel(kernel: &Kernel, initrd: &Path, args: &VmArgs) -> Vec<Outcome> {
         }
         boots += 1;
         let log = dir.join(format!("console-{boots}.log"));
-        let names: Vec<&str> = pending.iter().map(|b| b.name()).collect();
+        let names: Vec<&str> = pending.iter().map(|j| j.name()).collect();
+        let backends: Vec<&str> = pending
+            .iter()
+            .filter_map(|j| match j {
+                Job::Backend(b) => Some(b.name()),
+                Job::Cofire => None,
+            })
+            .collect();
+        let cofire = pending.contains(&Job::Cofire);
         let extra = format!(
-            "cfstrace.backends={} cfstrace.cycles={} cfstrace.duration={} cfstrace.cpumax={} cfstrace.busy={}",
-            names.join(","),
+            "cfstrace.backends={} cfstrace.cycles={} cfstrace.duration={} cfstrace.cpumax={} cfstrace.busy={} cfstrace.cofire={} cfstrace.cofiremax={}",
+            backends.join(","),
             args.cycles,
             args.duration,
             args.cpu_max,
-            args.busy
+            args.busy,
+            if cofire { args.cofire } else { 0 },
+            args.cofire_cpu_max
         );
         let kvm = KVM_WORKS.get().copied().unwrap_or(false);
         let b = match boot(
@@ -984,13 +1124,13 @@ fn run_kernel(kernel: &Kernel, initrd: &Path, args: &VmArgs) -> Vec<Outcome> {
             initrd,
             &extra,
             &log,
-            boot_timeout(args, pending.len(), kvm),
+            boot_timeout(args, backends.len(), cofire, kvm),
             args,
         ) {
             Ok(b) => b,
             Err(e) => {
-                for bk in pending.drain(..) {
-                    let l = label(bk.name());
+                for j in pending.drain(..) {
+                    let l = label(j);
                     println!("FAIL: {l}: {e:#}");
                     outcomes.push(fail(l));
                 }
@@ -1036,8 +1176,8 @@ fn run_kernel(kernel: &Kernel, initrd: &Path, args: &VmArgs) -> Vec<Outcome> {
                 warnings.push(w);
                 continue;
             }
-            for bk in pending.drain(..) {
-                let l = label(bk.name());
+            for j in pending.drain(..) {
+                let l = label(j);
                 println!(
                     "FAIL: {l}: {why} ({timing}; console: {}):\n{ex}",
                     log.display()
@@ -1049,39 +1189,48 @@ fn run_kernel(kernel: &Kernel, initrd: &Path, args: &VmArgs) -> Vec<Outcome> {
 
         let facts = Facts::from_map(&con.facts);
         for run in &con.runs {
-            let Some(backend) = Backend::from_name(&run.backend) else {
+            let Some(job) = Job::from_name(&run.backend) else {
                 continue;
             };
-            let Some(pos) = pending.iter().position(|p| *p == backend) else {
+            let Some(pos) = pending.iter().position(|p| *p == job) else {
                 continue;
             };
             pending.remove(pos);
-            let l = label(backend.name());
+            let l = label(job);
             let t = |i: Option<usize>| i.map_or(b.total, |i| b.times[i]);
             let elapsed = t(run.end).saturating_sub(t(Some(run.start)));
             let doctor_took = t(run.doctor_end).saturating_sub(t(Some(run.start)));
             let record_took = t(run.end).saturating_sub(t(run.record_start));
-            let ctx = format!(
-                "{timing}, run {} (doctor {}{}, record+report {}); console: {}",
-                secs(elapsed),
-                secs(doctor_took),
-                run.doctor_cpu.as_deref().map_or(String::new(), |c| {
-                    let mut w = c.split(',').skip(1);
-                    format!(
-                        ": user {}s sys {}s",
-                        w.next().unwrap_or("?"),
-                        w.next().unwrap_or("?")
-                    )
-                }),
-                secs(record_took),
-                log.display()
-            );
+            let ctx = if job == Job::Cofire {
+                format!(
+                    "{timing}, run {} (record+report+digest {}); console: {}",
+                    secs(elapsed),
+                    secs(record_took),
+                    log.display()
+                )
+            } else {
+                format!(
+                    "{timing}, run {} (doctor {}{}, record+report {}); console: {}",
+                    secs(elapsed),
+                    secs(doctor_took),
+                    run.doctor_cpu.as_deref().map_or(String::new(), |c| {
+                        let mut w = c.split(',').skip(1);
+                        format!(
+                            ": user {}s sys {}s",
+                            w.next().unwrap_or("?"),
+                            w.next().unwrap_or("?")
+                        )
+                    }),
+                    secs(record_took),
+                    log.display()
+                )
+            };
             // A suspected emulation flake after cfstrace attached: retry once, loudly.
             if let Some(p) = run.problem
                 && let Some(what) = emulation_suspect(&b.lines, p)
-                && !flake_retried.contains(&backend)
+                && !flake_retried.contains(&job)
             {
-                flake_retried.push(backend);
+                flake_retried.push(job);
                 let kept = dir.join(format!("console-{boots}.int3.log"));
                 let _ = fs::copy(&log, &kept);
                 let w = format!(
@@ -1091,12 +1240,17 @@ fn run_kernel(kernel: &Kernel, initrd: &Path, args: &VmArgs) -> Vec<Outcome> {
                 );
                 println!("\n!!!! RETRY: {w}\n{}", excerpt(&b.lines, Some(p), 25));
                 warnings.push(w);
-                pending.insert(0, backend);
+                pending.insert(0, job);
                 continue;
             }
-            let mut o = evaluate(kernel, &facts, backend, run, &b, &ctx, &dir, args);
+            let mut o = match job {
+                Job::Backend(backend) => {
+                    evaluate(kernel, &facts, backend, run, &b, &ctx, &dir, args)
+                }
+                Job::Cofire => evaluate_cofire(kernel, &facts, run, &b, &ctx, &dir, args),
+            };
             o.label = l;
-            if flake_retried.contains(&backend) {
+            if flake_retried.contains(&job) {
                 o.warnings.push(format!(
                     "{}: {} after a retry (see above)",
                     o.label,
@@ -1118,6 +1272,7 @@ fn fail(label: String) -> Outcome {
         passed: false,
         row: None,
         warnings: Vec::new(),
+        cofire: None,
     }
 }
 
@@ -1266,6 +1421,7 @@ fn evaluate(
                 passed: true,
                 row,
                 warnings: Vec::new(),
+                cofire: None,
             }
         }
         Err(e) => {
@@ -1275,8 +1431,184 @@ fn evaluate(
                 passed: false,
                 row,
                 warnings: Vec::new(),
+                cofire: None,
             }
         }
+    }
+}
+
+/// The co-firing run: many cgroups' period timers sharing timer interrupts
+/// (`expect::check_cofire`).
+fn evaluate_cofire(
+    kernel: &Kernel,
+    facts: &Facts,
+    run: &GuestRun,
+    b: &Boot,
+    ctx: &str,
+    dir: &Path,
+    args: &VmArgs,
+) -> Outcome {
+    let label = format!("{} {} cofire", kernel.suite, kernel.release);
+    let report_path = dir.join(format!("report-{COFIRE_RUN}.json"));
+    let digest_path = dir.join(format!("capture-{COFIRE_RUN}.txt"));
+    let report = match &run.report {
+        Some(Ok(v)) => Some(v.clone()),
+        _ => None,
+    };
+    if let Some(r) = &report {
+        let _ = fs::write(
+            &report_path,
+            serde_json::to_string_pretty(r).unwrap_or_default(),
+        );
+    }
+    let _ = fs::write(&digest_path, run.capture.join("\n"));
+    let mut row = None;
+    let res = (|| -> Result<String> {
+        if let Some(i) = run.problem {
+            bail!(
+                "kernel problem \"{}\" during the co-firing storm ({ctx}):\n{}",
+                kernel_problem(&b.lines[i]).unwrap_or("?"),
+                excerpt(&b.lines, Some(i), 40)
+            );
+        }
+        let Some(rc) = run.rc else {
+            bail!(
+                "the guest stopped during the co-firing storm{} ({ctx}):\n{}",
+                if b.silent {
+                    " (hung: no output for 300s)"
+                } else if b.timed_out {
+                    " (timeout)"
+                } else {
+                    ""
+                },
+                excerpt(&b.lines, None, 40)
+            );
+        };
+        let report = match &run.report {
+            Some(Ok(v)) => v,
+            Some(Err(e)) => bail!(
+                "{e}; record={} report={} ({ctx}):\n{}",
+                rc.0,
+                rc.1,
+                excerpt(&b.lines, None, 40)
+            ),
+            None => bail!("no report markers ({ctx})"),
+        };
+        let mut bad = Vec::new();
+        if rc != (0, 0) {
+            bad.push(format!(
+                "exit statuses record={} report={}, want 0 and 0",
+                rc.0, rc.1
+            ));
+        }
+        if !run.capture_done {
+            bad.push("no end marker after the capture digest".into());
+        }
+        let digest = expect::CaptureDigest::parse(&run.capture);
+        let verdict =
+            expect::check_cofire(facts, report, &digest, COFIRE_PARENT, args.cofire as usize);
+        row = Some(cofire_row(kernel, report, &digest, args));
+        bad.extend(verdict.failures);
+        if !bad.is_empty() {
+            bail!(
+                "{} check(s) failed ({ctx}; report: {}, capture digest: {}):\n{}",
+                bad.len(),
+                report_path.display(),
+                digest_path.display(),
+                bad.iter()
+                    .map(|b| format!("    - {b}\n"))
+                    .collect::<String>(),
+            );
+        }
+        let r = row.as_ref().expect("set above");
+        Ok(format!(
+            "{} of {} cgroups' timers ran, {} timer interrupts with period timers, up to {} \
+             timers ({} cgroups) in one; longest {}; headroom {} [{ctx}]\n    note: {}",
+            r.ran,
+            r.cgroups,
+            r.spans,
+            r.max_timers,
+            r.max_cgroups,
+            r.worst,
+            r.headroom,
+            verdict.notes.join("\n    note: ")
+        ))
+    })();
+    let passed = res.is_ok();
+    match res {
+        Ok(detail) => println!("ok: {label}: {detail}"),
+        Err(e) => println!("FAIL: {label}: {e:#}"),
+    }
+    Outcome {
+        label,
+        passed,
+        row: None,
+        warnings: Vec::new(),
+        cofire: row,
+    }
+}
+
+fn cofire_row(kernel: &Kernel, r: &Value, d: &expect::CaptureDigest, args: &VmArgs) -> CofireRow {
+    let int = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_i64);
+    let prefix = format!("/{COFIRE_PARENT}/");
+    let ran = r
+        .pointer("/cgroups")
+        .and_then(Value::as_array)
+        .map_or(0, |a| {
+            a.iter()
+                .filter(|g| {
+                    g.get("path")
+                        .and_then(Value::as_str)
+                        .is_some_and(|p| p.starts_with(&prefix))
+                        && int(g, "/periods").is_some_and(|p| p > 0)
+                })
+                .count()
+        });
+    let no_cpus = Vec::new();
+    let cpus = r
+        .pointer("/cpus")
+        .and_then(Value::as_array)
+        .unwrap_or(&no_cpus);
+    let worst = cpus
+        .iter()
+        .filter_map(|c| c.pointer("/worst_irq_span").filter(|w| !w.is_null()))
+        .max_by_key(|w| int(w, "/duration_ns").unwrap_or(0));
+    let ms = |ns: i64| format!("{:.2} ms", ns as f64 / 1e6);
+    let worst = worst.map_or("-".to_string(), |w| {
+        format!(
+            "{} on cpu{}: {} timers took {}",
+            ms(int(w, "/duration_ns").unwrap_or(0)),
+            int(w, "/cpu").unwrap_or(-1),
+            int(w, "/timers").unwrap_or(0),
+            ms(int(w, "/timers_ns").unwrap_or(0))
+        )
+    });
+    let headroom = match (
+        int(r, "/headroom_ns"),
+        r.pointer("/headroom_basis").and_then(Value::as_str),
+    ) {
+        (Some(h), Some(b)) => format!("{:.4} s ({b})", h as f64 / 1e9),
+        _ => "-".into(),
+    };
+    CofireRow {
+        kernel: kernel_label(kernel),
+        ran,
+        cgroups: args.cofire,
+        spans: int(r, "/events/irq_spans").unwrap_or(0),
+        max_timers: cpus
+            .iter()
+            .filter_map(|c| int(c, "/period_timers_per_span/max"))
+            .max()
+            .unwrap_or(0),
+        max_cgroups: d
+            .by_span
+            .iter()
+            .filter(|(k, _)| k.1 != 0)
+            .map(|(_, e)| e.2)
+            .max()
+            .unwrap_or(0),
+        worst,
+        headroom,
     }
 }
 
@@ -1341,7 +1673,7 @@ fn facts_only(kernel: &Kernel, initrd: &Path, args: &VmArgs) -> Outcome {
                 initrd,
                 "cfstrace.mode=facts",
                 &log,
-                boot_timeout(args, 0, false),
+                boot_timeout(args, 0, false, false),
                 args,
             )?;
             let con = analyze(&b.lines);
@@ -1450,6 +1782,7 @@ fn finish_simple(label: String, res: Result<String>) -> Outcome {
                 passed: true,
                 row: None,
                 warnings: Vec::new(),
+                cofire: None,
             }
         }
         Err(e) => {
@@ -1523,6 +1856,39 @@ mod tests {
     }
 
     #[test]
+    fn cofire_run_and_its_digest() {
+        let l = lines(
+            "@@CFSTRACE-INIT@@ 6.1\n@@CFSTRACE-RUN cofire@@\n@@CFSTRACE-RECORD cofire@@\n\
+             @@CFSTRACE-REPORT-BEGIN cofire@@\n{\"schema\":\"cfstrace.report/1\"}\n\
+             @@CFSTRACE-REPORT-END cofire@@\n@@CFSTRACE-CAPTURE-BEGIN cofire@@\n\
+             {\"kind\":\"irq_span\",\"ts_ns\":100,\"cpu\":0,\"duration_ns\":9,\"timers\":2,\"timers_ns\":5}\n\
+             [   12.000000] hrtimer: interrupt took 3000000 ns\n\
+             P 0 100 2 5 2\nG 7 1\nG 8 1\n@@CFSTRACE-CAPTURE-END cofire@@\n\
+             @@CFSTRACE-RC cofire record=0 report=0@@\n@@CFSTRACE-DONE@@\n",
+        );
+        let con = analyze(&l);
+        assert_eq!(con.runs.len(), 1);
+        let r = &con.runs[0];
+        assert_eq!(Job::from_name(&r.backend), Some(Job::Cofire));
+        assert!(r.capture_done && r.report.as_ref().is_some_and(|r| r.is_ok()));
+        assert_eq!(r.rc, Some((0, 0)));
+        let d = expect::CaptureDigest::parse(&r.capture);
+        assert!(d.garbled.is_empty(), "{:?}", d.garbled);
+        assert_eq!((d.spans.len(), d.periods(), d.periods_in_span()), (1, 2, 2));
+    }
+
+    #[test]
+    fn cofire_runs_after_auto_only() {
+        let mut a = VmArgs::default();
+        assert_eq!(a.jobs().last(), Some(&Job::Cofire));
+        a.backends = vec![Backend::Kprobe];
+        assert!(!a.jobs().contains(&Job::Cofire));
+        a.backends = vec![Backend::Auto];
+        a.cofire = 0;
+        assert_eq!(a.jobs(), [Job::Backend(Backend::Auto)]);
+    }
+
+    #[test]
     fn early_problem_is_a_boot_flake() {
         let early = analyze(&lines(
             "[    1.000000] Oops: 0000 [#1] SMP\n@@CFSTRACE-INIT@@ x\n",
@@ -1536,17 +1902,18 @@ mod tests {
         let r = serde_json::json!({
             "probes": {
                 "period_timer": {"attached": true, "how": "tracepoint", "target": "hrtimer_expire_entry/exit"},
+                "irq_span": {"attached": true, "how": "tracepoint", "target": "local_timer_entry/exit"},
                 "enqueue": {"attached": true, "how": "kprobe", "target": "enqueue_task_fair"},
                 "distribute": {"attached": false, "reason": "no"}
             },
-            "figures": {"callback_ns": {"available": true}, "loops": {"available": false}}
+            "figures": {"callback_ns": {"available": true}, "irq_span": {"available": true}, "loops": {"available": false}}
         });
         let row = Row::from_report("7.2 (sid)", "auto", &r);
         let t = table(&[row]);
         let last = t.lines().last().unwrap();
         assert_eq!(
             last,
-            "| 7.2 (sid) | auto | tracepoint | - | n/a | kprobe (enqueue_task_fair) | n/a | n/a | callback_ns |"
+            "| 7.2 (sid) | auto | tracepoint | tracepoint | - | n/a | kprobe (enqueue_task_fair) | n/a | n/a | callback_ns, irq_span |"
         );
     }
 }
