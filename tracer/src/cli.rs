@@ -8,21 +8,35 @@ use crate::probes::Backend;
 
 const EXAMPLES: &str = "\
 Examples:
-  Live, on a suspect node:
-    sudo cfstrace watch                      # figures every second until Ctrl-C
-  Capture during a reproduction, then read it anywhere:
-    sudo cfstrace record --duration 60s -o storm.jsonl
-    sudo cfstrace record -o repro.jsonl -- ./run-repro.sh
-    cfstrace report storm.jsonl              # table;  --json for the cfstrace.report/1 document
+  Live, on a suspect node (the SRE at 3 a.m.):
+    sudo cfstrace watch                        # top cgroups, headroom, histogram; Ctrl-C stops
+    sudo cfstrace record -d 10m -o node.jsonl  # keep the evidence...
+    cfstrace report node.jsonl --svg node.svg  # ...read it anywhere, and plot it
+  Around a reproduction (the kernel engineer):
+    sudo cfstrace repro -- ./repro.sh          # record while it runs, then the report
+    sudo cfstrace repro -d 5m --fail-under 50 -- stress-ng --cpu 64 --timeout 4m
+    sudo cfstrace record -o run.jsonl -- ./repro.sh --scale 10
   See it work on this machine (makes throttled cgroups, traces them, cleans up):
     sudo cfstrace demo
+  Check the kernel first:
+    sudo cfstrace doctor
 
-Headroom below --highlight-under PCT % of watchdog_thresh (default 10) is highlighted in
-`watch` and `report`; --fail-under PCT (record, report) turns it into exit status 3.
+Around a command (`record -- CMD`, `repro -- CMD`): tracing starts before CMD and stops when it
+exits. CMD runs in its own process group with stdin from /dev/null when stdin is a terminal.
+Ctrl-C (or SIGTERM) is forwarded to CMD's process group; cfstrace keeps recording until CMD exits
+(a second Ctrl-C, or 5 s, sends SIGKILL). At --duration, CMD's process group gets SIGTERM (SIGKILL
+5 s later) and cfstrace exits 124, as timeout(1) does. The capture is complete either way.
 
-Exit status: 0 success; 1 error (message on stderr); 2 bad usage; 3 headroom below
---fail-under. `record -- CMD` exits with CMD's status when CMD ran to completion (unless the
---fail-under gate fails, which wins).";
+Headroom below --highlight-under PCT % of watchdog_thresh (default 10) is highlighted in `watch`,
+`report` and `repro`; --fail-under PCT (record, report, repro) turns it into exit status 3.
+
+Exit status:
+  0    success
+  1    error (message on stderr), e.g. no permission to trace, CMD not found
+  2    bad usage
+  3    headroom below --fail-under (wins over CMD's status)
+  N    record/repro -- CMD: CMD's exit status; 128+S when signal S killed it (130 Ctrl-C)
+  124  record/repro -- CMD: --duration ran out and CMD was stopped";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -51,12 +65,26 @@ pub struct TraceArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum Commands {
-    /// Trace and write a capture file (JSON Lines, cfstrace.capture/1).
+    /// Trace and write a capture file (JSON Lines, cfstrace.capture/1), optionally while a
+    /// command runs.
+    #[command(
+        long_about = "Trace and write a capture file (JSON Lines, cfstrace.capture/1) for `cfstrace report`.\n\n\
+Without CMD it records until --duration or Ctrl-C. With `-- CMD ARGS...` it starts CMD once the \
+probes are attached, records while CMD runs, stops when CMD exits and exits with CMD's status. \
+On a terminal, stderr shows elapsed time, callbacks, async unthrottles and lost events.",
+        after_help = "Examples:\n  sudo cfstrace record -d 60s -o node.jsonl\n  \
+sudo cfstrace record -o repro.jsonl -- ./repro.sh --scale 10\n  \
+sudo cfstrace record -d 5m -o run.jsonl -- stress-ng --cpu 64   # CMD stopped at 5 min, exit 124\n\n\
+Exit status: 0 ok (without CMD); CMD's status (128+N if signal N killed it); 124 when --duration \
+stopped CMD; 3 headroom below --fail-under; 1 error (CMD not found: no capture is written); 2 usage."
+    )]
     Record {
-        /// Stop after this long (e.g. 8s, 2m). Default: until Ctrl-C or until CMD exits.
+        /// Stop after this long (e.g. 8s, 2m). Default: until Ctrl-C, or until CMD exits.
+        /// With CMD still running then, CMD's process group gets SIGTERM (SIGKILL 5 s later)
+        /// and the exit status is 124, as timeout(1).
         #[arg(long, short = 'd', value_parser = parse_duration)]
         duration: Option<Duration>,
-        /// Capture file to write.
+        /// Capture file to write (replaced if it exists).
         #[arg(long, short = 'o', value_name = "FILE")]
         output: PathBuf,
         #[command(flatten)]
@@ -64,13 +92,19 @@ pub enum Commands {
         /// Exit with status 3 if the watchdog's headroom fell below PCT % of watchdog_thresh.
         #[arg(long, value_name = "PCT", value_parser = crate::gate::parse_pct)]
         fail_under: Option<f64>,
-        /// Command to run while recording; recording stops when it exits.
+        /// Command (after `--`) to run while recording: recording stops when it exits and
+        /// cfstrace exits with its status. Ctrl-C is forwarded to it.
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
     },
-    /// Read a capture and print the report (table, or --json).
+    /// Read a capture and print the report (table, or --json); --svg also draws it.
+    #[command(after_help = "Examples:\n  cfstrace report node.jsonl\n  \
+cfstrace report node.jsonl --json | jq .culprit\n  \
+cfstrace report node.jsonl --svg node.svg       # open node.svg in a browser\n  \
+cfstrace report node.jsonl --fail-under 50      # exit 3 when headroom < 50 %\n\n\
+Exit status: 0 ok; 3 headroom below --fail-under; 1 error (unreadable capture); 2 usage.")]
     Report {
-        /// Capture file written by `cfstrace record`.
+        /// Capture file written by `cfstrace record` (or `repro`).
         file: PathBuf,
         /// Print the cfstrace.report/1 JSON document instead of the table.
         #[arg(long)]
@@ -82,8 +116,57 @@ pub enum Commands {
         /// watchdog_thresh.
         #[arg(long, value_name = "PCT", default_value = "10", value_parser = crate::gate::parse_pct)]
         highlight_under: f64,
+        /// Also draw the capture as an SVG (opens in any browser): callback time over time for
+        /// the top 5 cgroups and the worst timer-interrupt spans, log scale, lines at each
+        /// cgroup's period and at watchdog_thresh, the culprit marked; and the callback-time
+        /// histogram. The table or JSON is printed as usual.
+        #[arg(long, value_name = "OUT.svg")]
+        svg: Option<PathBuf>,
     },
-    /// Trace live and print the figures every interval until Ctrl-C.
+    /// Run a reproduction command, record while it runs, then print the report.
+    #[command(
+        long_about = "Run a reproduction command (after `--`), record while it runs, then print the report \
+(table, or --json) and exit with the command's status.\n\n\
+The capture is kept: -o FILE, by default cfstrace-repro-<UTC time>.jsonl in the current directory \
+(its name is printed on stderr), for `cfstrace report` later. CMD is started, stopped and forwarded \
+Ctrl-C exactly as by `record -- CMD`.",
+        after_help = "Examples:\n  sudo cfstrace repro -- ./repro.sh\n  \
+sudo cfstrace repro -d 5m --svg repro.svg -- stress-ng --cpu 64 --timeout 4m\n  \
+sudo cfstrace repro --json --fail-under 50 -- ./repro.sh > report.json   # a CI gate\n\n\
+Exit status: CMD's status (128+N if signal N killed it); 124 when --duration stopped CMD; 3 headroom \
+below --fail-under (wins); 1 error (CMD not found: no capture is written); 2 usage."
+    )]
+    Repro {
+        /// Stop after this long even if CMD still runs: CMD's process group gets SIGTERM
+        /// (SIGKILL 5 s later), the report is printed, exit status 124. Default: until CMD exits.
+        #[arg(long, short = 'd', value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Capture file to write. Default: cfstrace-repro-<UTC time>.jsonl in the current
+        /// directory.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Print the cfstrace.report/1 JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Exit with status 3 if the watchdog's headroom fell below PCT % of watchdog_thresh
+        /// (instead of CMD's status).
+        #[arg(long, value_name = "PCT", value_parser = crate::gate::parse_pct)]
+        fail_under: Option<f64>,
+        /// Highlight (and flag in the JSON's `headroom_alert`) headroom below PCT % of
+        /// watchdog_thresh.
+        #[arg(long, value_name = "PCT", default_value = "10", value_parser = crate::gate::parse_pct)]
+        highlight_under: f64,
+        /// Also draw the capture as an SVG (see `cfstrace report --help`).
+        #[arg(long, value_name = "OUT.svg")]
+        svg: Option<PathBuf>,
+        #[command(flatten)]
+        trace: TraceArgs,
+        /// The reproduction command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Trace live: a full-screen view on a terminal (plain tables otherwise, or --json),
+    /// refreshed every interval until Ctrl-C; optionally a Prometheus /metrics endpoint.
     Watch {
         /// Length of each interval (e.g. 1s, 500ms).
         #[arg(long, short = 'i', default_value = "1s", value_parser = parse_duration)]
@@ -91,13 +174,34 @@ pub enum Commands {
         /// Stop after this long. Default: until Ctrl-C.
         #[arg(long, short = 'd', value_parser = parse_duration)]
         duration: Option<Duration>,
-        /// One JSON report per interval (JSON Lines) instead of the table.
+        /// One JSON report per interval (JSON Lines, the report's field names) instead of the
+        /// view. --cgroup and --top cut its `cgroups` the same way; node figures stay node-wide.
         #[arg(long)]
         json: bool,
         /// Highlight (and flag in the JSON's `headroom_alert`) headroom below PCT % of
         /// watchdog_thresh.
         #[arg(long, value_name = "PCT", default_value = "10", value_parser = crate::gate::parse_pct)]
         highlight_under: f64,
+        /// Show only cgroups whose path matches REGEX (e.g. 'kubepods', '^/yarn/'). Headroom,
+        /// events and the per-CPU figures still cover the whole node.
+        #[arg(long, value_name = "REGEX", value_parser = parse_regex)]
+        cgroup: Option<regex::Regex>,
+        /// Show the N cgroups with the most IRQs-off time in the interval.
+        #[arg(long, value_name = "N", default_value_t = crate::watch::DEFAULT_TOP,
+              value_parser = clap::builder::TypedValueParser::map(
+                  clap::value_parser!(u64).range(1..=10_000), |n| n as usize))]
+        top: usize,
+        /// Serve Prometheus metrics (text format 0.0.4) at http://ADDR/metrics: `:9090` or
+        /// `9090` listen on 127.0.0.1 only, `0.0.0.0:9090` on every interface. Histograms and
+        /// counters are cumulative since start. Default: off.
+        #[arg(long, value_name = "ADDR", value_parser = crate::prometheus::parse_listen_addr)]
+        prometheus: Option<std::net::SocketAddr>,
+        /// Cgroups with their own Prometheus series; later or quieter ones (and those --cgroup
+        /// does not match) are summed into one cgroup="other" series.
+        #[arg(long, value_name = "N", default_value_t = crate::prometheus::DEFAULT_MAX_CGROUPS,
+              value_parser = clap::builder::TypedValueParser::map(
+                  clap::value_parser!(u64).range(1..=100_000), |n| n as usize))]
+        max_cgroups: usize,
         #[command(flatten)]
         trace: TraceArgs,
     },
@@ -130,6 +234,10 @@ pub enum Commands {
         #[arg(long, default_value = "spin")]
         comm: String,
     },
+}
+
+pub fn parse_regex(s: &str) -> Result<regex::Regex, String> {
+    regex::Regex::new(s).map_err(|e| e.to_string())
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -210,5 +318,32 @@ mod tests {
             Cli::try_parse_from(["cfstrace", "record"]).is_err(),
             "-o is required"
         );
+        match Cli::try_parse_from(["cfstrace", "repro", "-d", "2s", "--", "sh", "-c", "exit 3"])
+            .unwrap()
+            .command
+        {
+            Commands::Repro {
+                duration,
+                output,
+                command,
+                ..
+            } => {
+                assert_eq!(duration, Some(Duration::from_secs(2)));
+                assert_eq!(output, None);
+                assert_eq!(command, vec!["sh", "-c", "exit 3"]);
+            }
+            _ => panic!("not repro"),
+        }
+        assert!(
+            Cli::try_parse_from(["cfstrace", "repro"]).is_err(),
+            "repro needs CMD"
+        );
+        match Cli::try_parse_from(["cfstrace", "report", "x", "--svg", "x.svg"])
+            .unwrap()
+            .command
+        {
+            Commands::Report { svg, .. } => assert_eq!(svg, Some(PathBuf::from("x.svg"))),
+            _ => panic!("not report"),
+        }
     }
 }

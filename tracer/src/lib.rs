@@ -15,11 +15,15 @@ pub mod host;
 pub mod kallsyms;
 pub mod kmsg;
 pub mod leak_check;
+pub mod live_view;
 pub mod privileges;
 pub mod probes;
+pub mod prometheus;
 pub mod record;
 pub mod report;
+pub mod repro;
 pub mod storm;
+pub mod svg;
 pub mod watch;
 pub mod workload;
 

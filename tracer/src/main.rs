@@ -6,7 +6,7 @@ use clap::Parser as _;
 
 use cfstrace::cli::{Cli, Commands, TraceArgs};
 use cfstrace::probes::TracerOptions;
-use cfstrace::{demo, doctor, gate, record, report, storm, watch};
+use cfstrace::{demo, doctor, gate, record, report, repro, storm, watch};
 
 fn tracer_options(t: &TraceArgs) -> TracerOptions {
     TracerOptions {
@@ -66,30 +66,17 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<ExitCode> {
                     return Ok(ExitCode::from(gate::EXIT_HEADROOM));
                 }
             }
-            if let Some(status) = out.command_status {
-                // Like a shell: the command's code, or 128 + the signal that killed it.
-                let code = status.code().unwrap_or_else(|| {
-                    128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(1)
-                });
-                return Ok(ExitCode::from(code.clamp(0, 255) as u8));
-            }
-            Ok(ExitCode::SUCCESS)
+            // CMD's status like a shell (128 + N for signal N), or 124 when --duration stopped it.
+            Ok(ExitCode::from(out.exit_code.unwrap_or(0)))
         }
         Commands::Report {
             file,
             json,
             fail_under,
             highlight_under,
+            svg,
         } => {
-            let mut rep = report::report_from_capture(&file)?;
-            rep.set_highlight_under(highlight_under);
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rep)?);
-            } else {
-                let color = std::io::IsTerminal::is_terminal(&std::io::stdout())
-                    && std::env::var_os("NO_COLOR").is_none();
-                print!("{}", report::render_text(&rep, color));
-            }
+            let rep = print_report(&file, json, highlight_under, svg.as_deref())?;
             if let Some(pct) = fail_under
                 && !gate_passes(&rep, pct)
             {
@@ -102,6 +89,10 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<ExitCode> {
             duration,
             json,
             highlight_under,
+            cgroup,
+            top,
+            prometheus,
+            max_cgroups,
             trace,
         } => {
             let opts = watch::WatchOptions {
@@ -110,9 +101,60 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<ExitCode> {
                 duration,
                 json,
                 highlight_under,
+                cgroup,
+                top,
+                prometheus,
+                max_cgroups,
             };
             watch::watch(&opts, stop)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Commands::Repro {
+            duration,
+            output,
+            json,
+            fail_under,
+            highlight_under,
+            svg,
+            trace,
+            command,
+        } => {
+            if let Some(prog) = command.first() {
+                record::resolve_command(prog)?;
+            }
+            let output =
+                output.unwrap_or_else(|| repro::default_capture_name(std::time::SystemTime::now()));
+            eprintln!(
+                "cfstrace: recording to {} while `{}` runs",
+                output.display(),
+                command.join(" ")
+            );
+            let opts = record::RecordOptions {
+                tracer: tracer_options(&trace),
+                duration,
+                output: output.clone(),
+                command,
+                progress: true,
+            };
+            let out = record::record(&opts, stop)
+                .with_context(|| format!("recording to {}", output.display()))?;
+            eprintln!(
+                "cfstrace: capture kept in {} ({} callbacks in {:.1}s, {} lost, stopped: {}); \
+                 read it again with `cfstrace report {}`",
+                output.display(),
+                out.periods,
+                out.duration.as_secs_f64(),
+                out.lost,
+                out.reason.replace('_', " "),
+                output.display()
+            );
+            let rep = print_report(&output, json, highlight_under, svg.as_deref())?;
+            if let Some(pct) = fail_under
+                && !gate_passes(&rep, pct)
+            {
+                return Ok(ExitCode::from(gate::EXIT_HEADROOM));
+            }
+            Ok(ExitCode::from(out.exit_code.unwrap_or(0)))
         }
         Commands::Doctor {
             trace,
@@ -135,6 +177,35 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<ExitCode> {
         }
         Commands::Spin { comm } => storm::spin_worker(&comm),
     }
+}
+
+/// Read a capture, print its report (JSON or table) on stdout, and draw it to `svg` if asked.
+fn print_report(
+    file: &std::path::Path,
+    json: bool,
+    highlight_under: f64,
+    svg: Option<&std::path::Path>,
+) -> Result<report::Report> {
+    let (mut rep, plot) = match svg {
+        Some(_) => {
+            let (r, p) = cfstrace::svg::report_with_plot(file)?;
+            (r, Some(p))
+        }
+        None => (report::report_from_capture(file)?, None),
+    };
+    rep.set_highlight_under(highlight_under);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rep)?);
+    } else {
+        let color = std::io::IsTerminal::is_terminal(&std::io::stdout())
+            && std::env::var_os("NO_COLOR").is_none();
+        print!("{}", report::render_text(&rep, color));
+    }
+    if let (Some(out), Some(plot)) = (svg, plot) {
+        cfstrace::svg::write_svg(&rep, &plot, out)?;
+        eprintln!("cfstrace: wrote plot {}", out.display());
+    }
+    Ok(rep)
 }
 
 /// The error and its causes on one line, without repeating a cause that a message already

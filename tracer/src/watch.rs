@@ -1,14 +1,31 @@
-//! `cfstrace watch`: the report's figures for each interval, until Ctrl-C.
+//! `cfstrace watch`: the report's figures for each interval, until Ctrl-C (or `--duration`).
+//!
+//! Three outputs, one per interval: the live view (stdout a terminal), the plain table (stdout
+//! not a terminal) or one JSON report a line (`--json`). `--cgroup REGEX` and `--top N` choose
+//! the cgroups all three show (the report's `cgroups`, busiest first); the node-wide figures
+//! (headroom, events, losses, per-CPU, culprit) always cover every cgroup. Every figure is the
+//! interval's own, loss counters included. `--prometheus ADDR` serves /metrics alongside any of
+//! them, cumulative over the run (see [`crate::prometheus`]).
 use std::collections::HashMap;
 use std::io::{self, IsTerminal as _, Write as _};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::aggregate::Aggregator;
-use crate::capture::{CaptureLine, CgroupRecord};
+use anyhow::Context as _;
+use regex::Regex;
+
+use crate::aggregate::{Aggregator, UNRESOLVED_ID, UNRESOLVED_NAME};
+use crate::capture::{CaptureLine, CgroupRecord, LossRecord};
+use crate::live_view::{self, Frame, HIST_BINS, TerminalGuard};
 use crate::probes::TracerOptions;
+use crate::prometheus::{self, Metrics};
 use crate::record::{PollError, RecordError, Session};
-use crate::report;
+use crate::report::{self, CgroupReport, Report};
+
+/// `--top` when not given.
+pub const DEFAULT_TOP: usize = 10;
 
 pub struct WatchOptions {
     pub tracer: TracerOptions,
@@ -19,34 +36,125 @@ pub struct WatchOptions {
     pub json: bool,
     /// Highlight headroom below this % of watchdog_thresh (`--highlight-under`).
     pub highlight_under: f64,
+    /// Only cgroups whose path matches (`--cgroup`).
+    pub cgroup: Option<Regex>,
+    /// At most this many cgroups (`--top`).
+    pub top: usize,
+    /// Serve /metrics here (`--prometheus`).
+    pub prometheus: Option<SocketAddr>,
+    /// Cgroups with their own Prometheus series (`--max-cgroups`).
+    pub max_cgroups: usize,
 }
 
-pub fn watch(opts: &WatchOptions, stop: &AtomicBool) -> Result<(), RecordError> {
+/// The counters' growth since `earlier` (the session's counters are cumulative).
+pub fn loss_since(now: &LossRecord, earlier: &LossRecord) -> LossRecord {
+    LossRecord {
+        ts_ns: now.ts_ns,
+        ringbuf_full: now.ringbuf_full.saturating_sub(earlier.ringbuf_full),
+        unmatched_exit: now.unmatched_exit.saturating_sub(earlier.unmatched_exit),
+        missed_exit: now.missed_exit.saturating_sub(earlier.missed_exit),
+        cgroup_read: now.cgroup_read.saturating_sub(earlier.cgroup_read),
+        csd_unmatched_exit: now
+            .csd_unmatched_exit
+            .saturating_sub(earlier.csd_unmatched_exit),
+        csd_missed_exit: now.csd_missed_exit.saturating_sub(earlier.csd_missed_exit),
+        span_unmatched_exit: now
+            .span_unmatched_exit
+            .saturating_sub(earlier.span_unmatched_exit),
+        span_missed_exit: now
+            .span_missed_exit
+            .saturating_sub(earlier.span_missed_exit),
+    }
+}
+
+/// The path `--cgroup` is matched against (and shown): the cgroup's path, `(unresolved)`, or
+/// `(cgroup <id>)` when it was never named.
+pub fn cgroup_key(c: &CgroupReport) -> String {
+    match &c.path {
+        Some(p) => p.clone(),
+        None if c.id == UNRESOLVED_ID => UNRESOLVED_NAME.to_string(),
+        None => format!("(cgroup {})", c.id),
+    }
+}
+
+/// Keep the cgroups `--cgroup` matches, then the first `top` of them (the report keeps them
+/// busiest first). Returns how many there were before.
+pub fn select_cgroups(rep: &mut Report, filter: Option<&Regex>, top: usize) -> usize {
+    let before = rep.cgroups.len();
+    if let Some(re) = filter {
+        rep.cgroups.retain(|c| re.is_match(&cgroup_key(c)));
+    }
+    rep.cgroups.truncate(top);
+    before
+}
+
+enum Output {
+    Live(TerminalGuard),
+    Plain { color: bool },
+    Json,
+}
+
+pub fn watch(opts: &WatchOptions, stop: &AtomicBool) -> anyhow::Result<()> {
     let mut session = Session::start(&opts.tracer, None)?;
-    // Names outlive intervals: a cgroup named once is named in every later table.
+    let mut metrics = opts
+        .prometheus
+        .map(|_| Metrics::new(opts.max_cgroups, opts.cgroup.clone()));
+    let snapshot: prometheus::Snapshot = Arc::new(Mutex::new(Arc::new(String::new())));
+    if let (Some(addr), Some(m)) = (opts.prometheus, metrics.as_ref()) {
+        *snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(m.render());
+        let bound = prometheus::serve(addr, Arc::clone(&snapshot))
+            .with_context(|| format!("cannot serve Prometheus metrics on {addr}"))?;
+        eprintln!("cfstrace: serving Prometheus metrics on http://{bound}/metrics");
+    }
+    let tty = io::stdout().is_terminal();
+    let color = tty && std::env::var_os("NO_COLOR").is_none();
+    let output = if opts.json {
+        Output::Json
+    } else if tty {
+        Output::Live(TerminalGuard::enter().context("setting up the terminal")?)
+    } else {
+        Output::Plain { color }
+    };
+    // Names outlive intervals: a cgroup named once is named in every later interval.
     let mut names: HashMap<u64, CgroupRecord> = HashMap::new();
-    let color = io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let mut prev_loss = LossRecord::default();
+    let mut last_frame: Vec<String> = Vec::new();
     let started = Instant::now();
-    let mut stdout = io::stdout().lock();
     loop {
         let mut agg = Aggregator::new();
         for c in names.values() {
             agg.add_cgroup(c.clone());
         }
+        let mut hist: HashMap<u64, [u64; HIST_BINS]> = HashMap::new();
         let window = Instant::now();
-        while window.elapsed() < opts.interval && !stop.load(Ordering::Relaxed) {
+        let end = opts.duration.map_or(opts.interval, |d| {
+            opts.interval.min(d.saturating_sub(started.elapsed()))
+        });
+        while window.elapsed() < end && !stop.load(Ordering::Relaxed) {
             let r = session.poll(Duration::from_millis(100), &mut |l: &CaptureLine| {
-                if let CaptureLine::Cgroup(c) = l {
-                    names.insert(c.id, c.clone());
+                match l {
+                    CaptureLine::Cgroup(c) => {
+                        names.insert(c.id, c.clone());
+                    }
+                    CaptureLine::Period(p) => {
+                        hist.entry(p.cgroup_id).or_insert([0; HIST_BINS])
+                            [live_view::hist_bin(p.duration_ns)] += 1;
+                    }
+                    _ => {}
                 }
                 agg.feed(l);
+                if let Some(m) = metrics.as_mut() {
+                    m.feed(l);
+                }
                 Ok::<(), ()>(())
             });
             if let Err(PollError::Poll(e)) = r {
-                return Err(RecordError::Poll(e));
+                return Err(RecordError::Poll(e).into());
             }
         }
-        agg.set_loss(session.losses()?);
+        let loss = session.losses().map_err(RecordError::from)?;
+        agg.set_loss(loss_since(&loss, &prev_loss));
+        prev_loss = loss;
         let mut rep = report::build_report(
             &session.header,
             &agg,
@@ -54,25 +162,163 @@ pub fn watch(opts: &WatchOptions, stop: &AtomicBool) -> Result<(), RecordError> 
             Vec::new(),
         );
         rep.set_highlight_under(opts.highlight_under);
-        let text = if opts.json {
-            serde_json::to_string(&rep).unwrap_or_default() + "\n"
-        } else {
-            format!(
+        if let Some(m) = metrics.as_mut() {
+            m.end_interval(&rep, loss);
+            *snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(m.render());
+        }
+        let total = select_cgroups(&mut rep, opts.cgroup.as_ref(), opts.top);
+        let written = match &output {
+            Output::Live(guard) => {
+                let (w, h) = live_view::terminal_size();
+                let frame = Frame {
+                    report: &rep,
+                    total_cgroups: total,
+                    hist: &hist,
+                    elapsed: started.elapsed(),
+                    interval: opts.interval,
+                    filter: opts.cgroup.as_ref().map(Regex::as_str),
+                };
+                last_frame = live_view::render_frame(&frame, w, h, color);
+                guard.draw(&last_frame)
+            }
+            Output::Plain { color } => write_out(&format!(
                 "--- {:.0}s ---\n{}\n",
                 started.elapsed().as_secs_f64(),
-                report::render_text(&rep, color)
-            )
+                report::render_text(&rep, *color)
+            )),
+            Output::Json => write_out(&(serde_json::to_string(&rep)? + "\n")),
         };
         // A closed pipe (`cfstrace watch | head`) ends the watch quietly.
-        if stdout
-            .write_all(text.as_bytes())
-            .and_then(|_| stdout.flush())
-            .is_err()
-        {
+        if written.is_err() {
             return Ok(());
         }
         if stop.load(Ordering::Relaxed) || opts.duration.is_some_and(|d| started.elapsed() >= d) {
-            return Ok(());
+            break;
         }
+    }
+    // Leave the view, then keep its last frame on the normal screen.
+    if let Output::Live(guard) = output {
+        drop(guard);
+        let _ = write_out(&(last_frame.join("\n") + "\n"));
+    }
+    Ok(())
+}
+
+fn write_out(s: &str) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(s.as_bytes())?;
+    out.flush()
+}
+
+/// A capture header for unit tests of the watch outputs.
+#[cfg(test)]
+pub(crate) fn test_header() -> crate::capture::CaptureHeader {
+    use crate::capture::{CAPTURE_SCHEMA, CaptureHeader, ProbeStatus};
+    use crate::host::{HostFacts, WatchdogFacts};
+    let mut probes = std::collections::BTreeMap::new();
+    probes.insert(
+        "period_timer".to_string(),
+        ProbeStatus {
+            attached: true,
+            how: Some("tracepoint".into()),
+            target: Some("hrtimer_expire_entry/exit".into()),
+            reason: None,
+        },
+    );
+    CaptureHeader {
+        schema: CAPTURE_SCHEMA.into(),
+        tool_version: "0.1.0".into(),
+        host: HostFacts {
+            hostname: "node7".into(),
+            kernel: "6.18.44".into(),
+            ncpus: 48,
+            watchdog: WatchdogFacts {
+                thresh_s: Some(10),
+                enabled: true,
+                nmi_watchdog: None,
+                hardlockup_panic: Some(true),
+            },
+        },
+        backend_requested: "auto".into(),
+        backend: "tracepoint".into(),
+        probes,
+        cpu_hierarchy: None,
+        started_unix_ns: 0,
+        started_mono_ns: 0,
+        command: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::PeriodRecord;
+
+    #[test]
+    fn losses_are_per_interval() {
+        let a = LossRecord {
+            ringbuf_full: 5,
+            missed_exit: 2,
+            ..Default::default()
+        };
+        let b = LossRecord {
+            ringbuf_full: 12,
+            missed_exit: 2,
+            span_missed_exit: 1,
+            ..Default::default()
+        };
+        let d = loss_since(&b, &a);
+        assert_eq!(
+            (d.ringbuf_full, d.missed_exit, d.span_missed_exit),
+            (7, 0, 1)
+        );
+        // Counters never go backwards into a huge number.
+        assert_eq!(loss_since(&a, &b).ringbuf_full, 0);
+        // And the interval's report says what was lost in it.
+        let mut agg = Aggregator::new();
+        agg.set_loss(d);
+        let r = report::build_report(&test_header(), &agg, 1, vec![]);
+        assert_eq!(r.events.lost, 7);
+    }
+
+    #[test]
+    fn cgroup_filter_then_top() {
+        let mut agg = Aggregator::new();
+        for (id, path, dur) in [
+            (1, "/kubepods/a", 5_000),
+            (2, "/system.slice/b.service", 9_000),
+            (3, "/kubepods/c", 7_000),
+            (4, "/kubepods/d", 1_000),
+        ] {
+            agg.add_cgroup(CgroupRecord {
+                id,
+                path: Some(path.into()),
+                workload: crate::workload::classify(path),
+                processes: vec![],
+                period_us: None,
+                quota_us: None,
+                note: None,
+                parents: None,
+            });
+            agg.add_period(&PeriodRecord {
+                cgroup_id: id,
+                duration_ns: dur,
+                ts_ns: id * 1000,
+                ..Default::default()
+            });
+        }
+        let base = report::build_report(&test_header(), &agg, 1, vec![]);
+        let mut r = base.clone();
+        assert_eq!(select_cgroups(&mut r, None, 2), 4);
+        let ids: Vec<u64> = r.cgroups.iter().map(|c| c.id).collect();
+        assert_eq!(ids, [2, 3]);
+        let mut r = base.clone();
+        let re = Regex::new("^/kubepods/").unwrap();
+        select_cgroups(&mut r, Some(&re), 2);
+        let ids: Vec<u64> = r.cgroups.iter().map(|c| c.id).collect();
+        assert_eq!(ids, [3, 1], "filter first, then the busiest two");
+        // Node-wide figures are untouched.
+        assert_eq!(r.events, base.events);
+        assert_eq!(r.culprit, base.culprit);
     }
 }

@@ -10,7 +10,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::cmd::{self, output, privileged, run};
 
-/// Debian packages the build and the VM tests need.
+/// Debian packages the build and the tests need (python3-prometheus-client: the independent
+/// parser tests/tests/prometheus.rs checks `watch --prometheus`'s /metrics with).
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -19,6 +20,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    "python3-prometheus-client",
+    // rsvg-convert: the independent renderer tests/tests/svg.rs draws `report --svg` with.
+    "librsvg2-bin",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -1,0 +1,438 @@
+//! `cfstrace watch --prometheus` on this host, during a real throttling storm whose busiest
+//! cgroup is named with a double quote, a backslash and a newline. /metrics is scraped several
+//! times and parsed by an independent parser (the `prometheus_client` Python package, apt
+//! `python3-prometheus-client`): histogram buckets cumulative and monotone with `+Inf` ==
+//! `_count`, series cumulative from one scrape to the next, the hostile path back exactly, no
+//! line swallowed or injected, and `--max-cgroups 1` folding the rest into `cgroup="other"`.
+//!
+//! Needs root (cgroups, BPF) and python3 with prometheus_client. Never skips. Runs a real
+//! throttling storm: wrap the run in `flock /tmp/cfstrace-host.lock` where other storms may run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cfstrace_tests::{CgroupTree, cfstrace_bin, cpu_hierarchy, is_root};
+use serde_json::Value;
+
+/// A leaf name no label value can carry unescaped. Linux refuses a newline in a cgroup name
+/// (cgroup_mkdir: EINVAL, v1 and v2 alike), so when mkdir says so the name keeps the quote
+/// and the backslashes (`\n` included, a backslash then `n`); the unit tests of
+/// tracer/src/prometheus.rs cover a real newline.
+const HOSTILE_NL: &str = "ev\"il\\na\nme";
+const HOSTILE: &str = "ev\"il\\na\\nme";
+
+/// The families cfstrace exports (as the parser names them: counters without `_total`).
+const FAMILIES: &[(&str, &str)] = &[
+    ("cfstrace_callback_seconds", "histogram"),
+    ("cfstrace_unthrottled_per_period", "histogram"),
+    ("cfstrace_irq_span_seconds", "histogram"),
+    ("cfstrace_watchdog_thresh_seconds", "gauge"),
+    ("cfstrace_headroom_seconds", "gauge"),
+    ("cfstrace_headroom_min_seconds", "gauge"),
+    ("cfstrace_cpu_headroom_seconds", "gauge"),
+    ("cfstrace_events", "counter"),
+    ("cfstrace_lost_events", "counter"),
+];
+
+const CGROUP_LABELS: &[&str] = &[
+    "cgroup",
+    "kind",
+    "application",
+    "container",
+    "pod_uid",
+    "unit",
+];
+
+const PARSE: &str = r#"
+import json, math, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = []
+for f in text_string_to_metric_families(open(sys.argv[1], encoding="utf-8").read()):
+    out.append({"name": f.name, "type": f.type, "samples": [
+        {"name": s.name, "labels": s.labels, "value": repr(float(s.value))} for s in f.samples]})
+print(json.dumps(out))
+"#;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = cfstrace_tests::workspace_root()
+        .join("target/tmp")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+struct Watcher {
+    child: Child,
+    stderr: PathBuf,
+    addr: String,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `cfstrace watch --prometheus 127.0.0.1:0 ...` and read the address it serves on.
+fn start(dir: &std::path::Path, tag: &str, extra: &[&str]) -> Watcher {
+    let stderr = dir.join(format!("{tag}.stderr"));
+    let stdout = dir.join(format!("{tag}.stdout"));
+    let child = Command::new(cfstrace_bin())
+        .args(["watch", "--prometheus", "127.0.0.1:0", "--interval", "1s"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&stdout).unwrap())
+        .stderr(fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("starting cfstrace");
+    let mut w = Watcher {
+        child,
+        stderr,
+        addr: String::new(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let err = fs::read_to_string(&w.stderr).unwrap_or_default();
+        if let Some(rest) = err.split("serving Prometheus metrics on http://").nth(1) {
+            w.addr = rest.split("/metrics").next().unwrap().to_string();
+            return w;
+        }
+        if let Ok(Some(s)) = w.child.try_wait() {
+            panic!("cfstrace watch exited {s} before serving:\n{err}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no metrics address on stderr:\n{err}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// GET /metrics with a bare HTTP/1.1 client: (content type, body).
+fn scrape(addr: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8(raw).expect("the exposition is UTF-8");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let ctype = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Type: "))
+        .unwrap_or("")
+        .to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .expect("Content-Length")
+        .parse()
+        .unwrap();
+    assert_eq!(len, body.len(), "Content-Length");
+    (ctype, body.to_string())
+}
+
+/// One sample as the independent parser read it.
+#[derive(Debug, Clone)]
+struct Sample {
+    family: String,
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// The system interpreter the apt package installs into (a pyenv or venv `python3` earlier on
+/// PATH would not see it), else whatever `python3` is.
+fn python() -> &'static str {
+    if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+fn parse(dir: &std::path::Path, body: &str) -> Vec<Sample> {
+    let file = dir.join("scrape.txt");
+    fs::write(&file, body).unwrap();
+    let out = Command::new(python())
+        .args(["-c", PARSE])
+        .arg(&file)
+        .output()
+        .expect("python3 (apt-get install python3-prometheus-client, or cargo xtask setup)");
+    assert!(
+        out.status.success(),
+        "the Prometheus parser rejected /metrics: {}\n--- body ---\n{body}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let families: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut samples = Vec::new();
+    for f in families.as_array().unwrap() {
+        let (name, ty) = (f["name"].as_str().unwrap(), f["type"].as_str().unwrap());
+        assert!(
+            FAMILIES.contains(&(name, ty)),
+            "unexpected family {name} ({ty})\n--- body ---\n{body}"
+        );
+        for s in f["samples"].as_array().unwrap() {
+            samples.push(Sample {
+                family: name.to_string(),
+                name: s["name"].as_str().unwrap().to_string(),
+                labels: serde_json::from_value(s["labels"].clone()).unwrap(),
+                value: s["value"].as_str().unwrap().parse().unwrap(),
+            });
+        }
+    }
+    // Every sample line of the text is one parsed sample: none swallowed, none injected.
+    let lines = body
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .count();
+    assert_eq!(lines, samples.len(), "--- body ---\n{body}");
+    samples
+}
+
+/// A histogram series: its labels without `le`.
+type SeriesKey = BTreeMap<String, String>;
+
+#[derive(Debug, Default, Clone)]
+struct HistSeries {
+    buckets: Vec<(f64, f64)>,
+    sum: Option<f64>,
+    count: Option<f64>,
+}
+
+/// Check every histogram's shape; returns them by family and series.
+fn histograms(samples: &[Sample]) -> BTreeMap<String, BTreeMap<SeriesKey, HistSeries>> {
+    let mut out: BTreeMap<String, BTreeMap<SeriesKey, HistSeries>> = BTreeMap::new();
+    for s in samples {
+        let Some(&(_, "histogram")) = FAMILIES.iter().find(|(n, _)| *n == s.family) else {
+            continue;
+        };
+        let mut key = s.labels.clone();
+        let le = key.remove("le");
+        let h = out
+            .entry(s.family.clone())
+            .or_default()
+            .entry(key)
+            .or_default();
+        match s.name.strip_prefix(&s.family) {
+            Some("_bucket") => {
+                let le = le.expect("a bucket without le");
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap()
+                };
+                h.buckets.push((le, s.value));
+            }
+            Some("_sum") => h.sum = Some(s.value),
+            Some("_count") => h.count = Some(s.value),
+            _ => panic!("unexpected sample {} in {}", s.name, s.family),
+        }
+    }
+    for (family, series) in &out {
+        let mut nbuckets = BTreeSet::new();
+        for (labels, h) in series {
+            let what = format!("{family}{labels:?}");
+            assert!(h.buckets.len() >= 2, "{what}: {:?}", h.buckets);
+            assert!(
+                h.buckets.windows(2).all(|w| w[0].0 < w[1].0),
+                "{what}: le not increasing {:?}",
+                h.buckets
+            );
+            assert!(
+                h.buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+                "{what}: buckets not cumulative {:?}",
+                h.buckets
+            );
+            let (last_le, last) = *h.buckets.last().unwrap();
+            assert!(last_le.is_infinite(), "{what}: no +Inf bucket");
+            assert_eq!(Some(last), h.count, "{what}: +Inf != _count");
+            assert!(h.sum.is_some_and(|s| s >= 0.0), "{what}: no _sum");
+            nbuckets.insert(h.buckets.len());
+            if family != "cfstrace_irq_span_seconds" {
+                let keys: Vec<&str> = labels.keys().map(String::as_str).collect();
+                let mut want = CGROUP_LABELS.to_vec();
+                want.sort();
+                assert_eq!(keys, want, "{what}: label names");
+            } else {
+                assert!(labels.keys().eq(["cpu"]), "{what}");
+            }
+        }
+        assert_eq!(nbuckets.len(), 1, "{family}: bucket layouts differ");
+    }
+    out
+}
+
+fn value(samples: &[Sample], name: &str, label: (&str, &str)) -> f64 {
+    samples
+        .iter()
+        .find(|s| s.name == name && s.labels.get(label.0).map(String::as_str) == Some(label.1))
+        .unwrap_or_else(|| panic!("no {name}{{{}={:?}}}", label.0, label.1))
+        .value
+}
+
+fn callback_counts(samples: &[Sample]) -> BTreeMap<String, f64> {
+    samples
+        .iter()
+        .filter(|s| s.name == "cfstrace_callback_seconds_count")
+        .map(|s| (s.labels["cgroup"].clone(), s.value))
+        .collect()
+}
+
+#[test]
+fn metrics_parse_escape_accumulate_and_fold() {
+    assert!(
+        is_root(),
+        "this test throttles real cgroups and attaches BPF programs: run it as root"
+    );
+    let hierarchy = cpu_hierarchy().expect("no cgroup hierarchy with the cpu controller");
+    let dir = scratch("cfstrace-prometheus");
+    let top = format!("cfstrace-prom-{}", std::process::id());
+    let mut tree = CgroupTree::new(hierarchy, &top).unwrap();
+    // The hostile cgroup is the busiest (the tighter quota on more workers), so it is ranked
+    // first for the one slot of --max-cgroups 1.
+    let evil = match tree.add(HOSTILE_NL, 5_000, 1_000) {
+        Ok(d) => d,
+        Err(e) if e.contains("Invalid argument") => {
+            eprintln!("this kernel refuses a newline in a cgroup name ({e}): using {HOSTILE:?}");
+            tree.add(HOSTILE, 5_000, 1_000).unwrap()
+        }
+        Err(e) => panic!("{e}"),
+    };
+    tree.busy(&evil, 3).unwrap();
+    let plain = tree.add("plain", 20_000, 2_000).unwrap();
+    tree.busy(&plain, 1).unwrap();
+    let evil_path = tree.cgroup_path(&evil);
+    let plain_path = tree.cgroup_path(&plain);
+    assert!(evil_path.contains('"') && evil_path.contains("\\n"));
+
+    // 1. Every cgroup of the tree has its own series.
+    let w = start(&dir, "all", &["--duration", "12s", "--cgroup", &top]);
+    let mut previous: Option<BTreeMap<String, f64>> = None;
+    let mut grew = false;
+    std::thread::sleep(Duration::from_millis(2500));
+    for _ in 0..4 {
+        let (ctype, body) = scrape(&w.addr);
+        assert_eq!(ctype, "text/plain; version=0.0.4; charset=utf-8");
+        let samples = parse(&dir, &body);
+        let hists = histograms(&samples);
+        let cb = &hists["cfstrace_callback_seconds"];
+        assert!(hists.contains_key("cfstrace_irq_span_seconds"), "{body}");
+        let cgroups: BTreeSet<&str> = cb.keys().map(|k| k["cgroup"].as_str()).collect();
+        // Only the tree's cgroups, and `other` for whatever else on this host had callbacks.
+        for c in &cgroups {
+            assert!(
+                *c == evil_path || *c == plain_path || *c == "other",
+                "unexpected series cgroup={c:?}\n{body}"
+            );
+        }
+        assert!(
+            cgroups.contains(evil_path.as_str()),
+            "hostile path not back exactly:\n{body}"
+        );
+        assert!(cgroups.contains(plain_path.as_str()), "{body}");
+        // Every callback is in exactly one series.
+        let counts = callback_counts(&samples);
+        let total: f64 = counts.values().sum();
+        assert_eq!(
+            total,
+            value(
+                &samples,
+                "cfstrace_events_total",
+                ("kind", "period_callback")
+            ),
+            "{body}"
+        );
+        assert!(counts[&evil_path] > 0.0);
+        let thresh = samples
+            .iter()
+            .find(|s| s.name == "cfstrace_watchdog_thresh_seconds")
+            .map(|s| s.value);
+        if let Some(t) = thresh {
+            let h = samples
+                .iter()
+                .find(|s| s.name == "cfstrace_headroom_seconds")
+                .expect("node headroom gauge")
+                .value;
+            assert!(h > 0.0 && h <= t, "headroom {h} of {t}");
+            assert!(
+                samples
+                    .iter()
+                    .any(|s| s.name == "cfstrace_cpu_headroom_seconds")
+            );
+        }
+        assert!(
+            samples
+                .iter()
+                .any(|s| s.name == "cfstrace_lost_events_total")
+        );
+        // Cumulative over the run: no series goes down between scrapes.
+        if let Some(prev) = &previous {
+            for (c, n) in prev {
+                let now = counts.get(c).copied().unwrap_or(0.0);
+                assert!(now >= *n, "{c:?}: _count went from {n} to {now}");
+                grew |= now > *n;
+            }
+        }
+        previous = Some(counts);
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    assert!(grew, "the counts never grew between scrapes");
+    drop(w);
+
+    // 2. --max-cgroups 1: the busiest cgroup keeps a series, the rest are `other`.
+    let w = start(&dir, "folded", &["--duration", "8s", "--max-cgroups", "1"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut previous_other = 0.0;
+    for _ in 0..3 {
+        let (_, body) = scrape(&w.addr);
+        let samples = parse(&dir, &body);
+        let hists = histograms(&samples);
+        let cb = &hists["cfstrace_callback_seconds"];
+        assert_eq!(cb.len(), 2, "one cgroup and other:\n{body}");
+        let counts = callback_counts(&samples);
+        assert!(counts.contains_key("other"), "{body}");
+        assert!(
+            counts.contains_key(evil_path.as_str()),
+            "the busiest cgroup keeps its series:\n{body}"
+        );
+        assert!(!counts.contains_key(plain_path.as_str()), "{body}");
+        let other = counts["other"];
+        assert!(
+            other > 0.0 && other >= previous_other,
+            "other: {previous_other} -> {other}"
+        );
+        previous_other = other;
+        let other_labels = cb.keys().find(|k| k["cgroup"] == "other").unwrap();
+        assert!(
+            other_labels
+                .iter()
+                .all(|(k, v)| k == "cgroup" || v.is_empty()),
+            "{other_labels:?}"
+        );
+        let total: f64 = counts.values().sum();
+        assert_eq!(
+            total,
+            value(
+                &samples,
+                "cfstrace_events_total",
+                ("kind", "period_callback")
+            )
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    drop(w);
+    drop(tree);
+}

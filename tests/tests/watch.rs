@@ -1,0 +1,385 @@
+//! `cfstrace watch` on this host, during a real throttling storm, in its three outputs: the live
+//! view under a pseudo-terminal (the cgroup, block-character histograms, colours unless
+//! NO_COLOR, and the terminal given back at the end and on Ctrl-C), plain lines without a
+//! terminal, and `--json` (one report a line, every line parsed).
+//!
+//! Needs root (cgroups, BPF). Never skips. Runs a real throttling storm: wrap the run in
+//! `flock /tmp/cfstrace-host.lock` where other storms may run.
+
+use std::fs;
+use std::io::Read as _;
+use std::os::fd::{FromRawFd as _, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use cfstrace_tests::{CgroupTree, cfstrace_bin, cpu_hierarchy, is_root, run_with_timeout};
+use serde_json::Value;
+
+/// One storm at a time: the tests of this file run one after the other.
+static STORM: Mutex<()> = Mutex::new(());
+
+const ENTER_ALT: &str = "\x1b[?1049h";
+const LEAVE_ALT: &str = "\x1b[?1049l";
+const HIDE_CURSOR: &str = "\x1b[?25l";
+const SHOW_CURSOR: &str = "\x1b[?25h";
+const BLOCKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = cfstrace_tests::workspace_root()
+        .join("target/tmp")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A throttled cgroup `<top>/svc` (2 ms every 10 ms) with two busy loops; returns the tree
+/// (dropping it cleans up) and the path cfstrace shows.
+fn storm(name: &str) -> (CgroupTree, String) {
+    assert!(
+        is_root(),
+        "this test throttles real cgroups and attaches BPF programs: run it as root"
+    );
+    let hierarchy = cpu_hierarchy().expect("no cgroup hierarchy with the cpu controller");
+    let mut tree = CgroupTree::new(hierarchy, &format!("{name}-{}", std::process::id())).unwrap();
+    let leaf = tree.add("svc", 10_000, 2_000).unwrap();
+    tree.busy(&leaf, 2).unwrap();
+    let path = tree.cgroup_path(&leaf);
+    (tree, path)
+}
+
+/// Run `bin args` with stdin, stdout and stderr on a new pseudo-terminal of `cols` x `rows`;
+/// optionally send SIGINT after `interrupt`. Returns the status and everything it wrote.
+fn run_in_pty(
+    bin: &Path,
+    args: &[&str],
+    no_color: bool,
+    interrupt: Option<Duration>,
+    limit: Duration,
+) -> (ExitStatus, String) {
+    let (mut master, mut slave) = (-1, -1);
+    let ws = libc::winsize {
+        ws_row: 50,
+        ws_col: 200,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: out-pointers to two ints and a valid winsize; no name buffer, default termios.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &ws,
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: openpty returned two fresh descriptors we now own.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .env("TERM", "xterm-256color")
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave));
+    if no_color {
+        cmd.env("NO_COLOR", "1");
+    } else {
+        cmd.env_remove("NO_COLOR");
+    }
+    let mut child = cmd.spawn().expect("starting cfstrace");
+    // The command holds the only copies of the slave now: when it exits, reads end (EIO).
+    drop(cmd);
+    let reader = std::thread::spawn(move || {
+        let mut f = fs::File::from(master);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        out
+    });
+    let start = Instant::now();
+    let mut interrupted = false;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if let Some(after) = interrupt
+            && !interrupted
+            && start.elapsed() >= after
+        {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            interrupted = true;
+        }
+        if start.elapsed() >= limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`cfstrace {}` did not finish in {limit:?}", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = reader.join().unwrap();
+    (status, String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Escape sequences made readable for assertion messages.
+fn visible(s: &str) -> String {
+    let tail: String = s
+        .chars()
+        .rev()
+        .take(3000)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    tail.replace('\x1b', "<ESC>")
+}
+
+/// SGR sequences (`ESC [ ... m`) other than the plain reset.
+fn colour_codes(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("\x1b[") {
+        let after = &rest[i + 2..];
+        let end = after
+            .find(|c: char| c.is_ascii_alphabetic())
+            .unwrap_or(after.len());
+        let params = &after[..end];
+        if after[end..].starts_with('m') && params != "0" && !params.is_empty() {
+            out.push(params.to_string());
+        }
+        rest = &after[end..];
+    }
+    out
+}
+
+fn assert_restored(out: &str) {
+    let enter = out
+        .rfind(ENTER_ALT)
+        .unwrap_or_else(|| panic!("never entered the alternate screen:\n{}", visible(out)));
+    let leave = out.rfind(LEAVE_ALT).unwrap_or(0);
+    assert!(
+        leave > enter,
+        "the alternate screen was not left at the end:\n{}",
+        visible(out)
+    );
+    assert!(out.contains(HIDE_CURSOR), "{}", visible(out));
+    assert!(
+        out.rfind(SHOW_CURSOR).unwrap_or(0) > out.rfind(HIDE_CURSOR).unwrap(),
+        "the cursor was not shown again:\n{}",
+        visible(out)
+    );
+}
+
+#[test]
+fn live_view_under_a_pseudo_terminal() {
+    let _one = STORM.lock().unwrap_or_else(|e| e.into_inner());
+    let bin = cfstrace_bin();
+    let (tree, path) = storm("cfstrace-watch-pty");
+    let name = tree.top.file_name().unwrap().to_str().unwrap().to_string();
+
+    // Ends by itself (--duration): the view, then the terminal given back.
+    let (status, out) = run_in_pty(
+        &bin,
+        &[
+            "watch",
+            "--interval",
+            "1s",
+            "--duration",
+            "4s",
+            "--cgroup",
+            &name,
+        ],
+        false,
+        None,
+        Duration::from_secs(90),
+    );
+    assert!(status.success(), "exit {status}:\n{}", visible(&out));
+    assert_restored(&out);
+    let enter = out.find(ENTER_ALT).unwrap();
+    let view = &out[enter..out.rfind(LEAVE_ALT).unwrap()];
+    assert!(
+        view.contains(&path),
+        "the cgroup is not in the view:\n{}",
+        visible(&out)
+    );
+    assert!(
+        view.chars().any(|c| BLOCKS.contains(&c)),
+        "no block characters in the view:\n{}",
+        visible(&out)
+    );
+    for want in [
+        "headroom now",
+        "watchdog_thresh",
+        "CB p50",
+        "UNTHR/P",
+        "cpu0",
+    ] {
+        assert!(
+            view.contains(want),
+            "no {want:?} in the view:\n{}",
+            visible(&out)
+        );
+    }
+    assert!(
+        !colour_codes(view).is_empty(),
+        "a terminal without NO_COLOR gets colours:\n{}",
+        visible(&out)
+    );
+    // Several frames (one an interval), each redrawn from the top.
+    assert!(view.matches("\x1b[H").count() >= 3, "{}", visible(&out));
+    // The last frame stays on the normal screen.
+    let after = &out[out.rfind(LEAVE_ALT).unwrap()..];
+    assert!(after.contains(&path), "{}", visible(&out));
+
+    // Ctrl-C (SIGINT) and NO_COLOR: ends cleanly, terminal given back, no colour at all.
+    let (status, out) = run_in_pty(
+        &bin,
+        &["watch", "--cgroup", &name],
+        true,
+        Some(Duration::from_millis(3500)),
+        Duration::from_secs(90),
+    );
+    assert!(
+        status.success(),
+        "exit {status} after Ctrl-C:\n{}",
+        visible(&out)
+    );
+    assert_restored(&out);
+    assert!(out.contains(&path), "{}", visible(&out));
+    assert_eq!(
+        colour_codes(&out),
+        Vec::<String>::new(),
+        "NO_COLOR is set:\n{}",
+        visible(&out)
+    );
+    drop(tree);
+}
+
+#[test]
+fn plain_lines_without_a_terminal() {
+    let _one = STORM.lock().unwrap_or_else(|e| e.into_inner());
+    let bin = cfstrace_bin();
+    let (tree, path) = storm("cfstrace-watch-plain");
+    let name = tree.top.file_name().unwrap().to_str().unwrap().to_string();
+    let dir = scratch("cfstrace-watch-plain");
+    let run = run_with_timeout(
+        &bin,
+        &[
+            "watch",
+            "--interval",
+            "1s",
+            "--duration",
+            "3s",
+            "--cgroup",
+            &name,
+        ],
+        &dir,
+        Duration::from_secs(90),
+    )
+    .unwrap();
+    assert!(run.status.success(), "{}", run.describe());
+    assert!(
+        !run.stdout.contains('\x1b'),
+        "escape sequences in a pipe:\n{}",
+        run.describe()
+    );
+    let intervals = run.stdout.lines().filter(|l| l.starts_with("--- ")).count();
+    assert!(
+        (2..=4).contains(&intervals),
+        "{intervals} intervals:\n{}",
+        run.describe()
+    );
+    assert!(run.stdout.contains(&path), "{}", run.describe());
+    assert!(run.stdout.contains("CULPRIT"), "{}", run.describe());
+    drop(tree);
+}
+
+#[test]
+fn json_lines_one_report_an_interval() {
+    let _one = STORM.lock().unwrap_or_else(|e| e.into_inner());
+    let bin = cfstrace_bin();
+    let (tree, path) = storm("cfstrace-watch-json");
+    let name = tree.top.file_name().unwrap().to_str().unwrap().to_string();
+    let dir = scratch("cfstrace-watch-json");
+    let run = run_with_timeout(
+        &bin,
+        &[
+            "watch",
+            "--json",
+            "--interval",
+            "1s",
+            "--duration",
+            "4s",
+            "--top",
+            "1",
+            "--cgroup",
+            &name,
+        ],
+        &dir,
+        Duration::from_secs(90),
+    )
+    .unwrap();
+    assert!(run.status.success(), "{}", run.describe());
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(
+        (3..=5).contains(&lines.len()),
+        "{} lines:\n{}",
+        lines.len(),
+        run.describe()
+    );
+    let mut seen = 0;
+    for l in &lines {
+        let v: Value = serde_json::from_str(l)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{}", run.describe()));
+        assert_eq!(v["schema"], "cfstrace.report/1");
+        for key in [
+            "kernel",
+            "ncpus",
+            "backend",
+            "probes",
+            "watchdog",
+            "duration_s",
+            "events",
+            "figures",
+            "cgroups",
+            "cpus",
+            "headroom_ns",
+            "headroom_alert",
+            "culprit",
+        ] {
+            assert!(v.get(key).is_some(), "no {key:?} in {l}");
+        }
+        assert!(v["events"]["lost"].is_u64());
+        let d = v["duration_s"].as_f64().unwrap();
+        assert!(
+            d > 0.0 && d < 2.0,
+            "an interval's own duration, not the run's: {d}"
+        );
+        let cgroups = v["cgroups"].as_array().unwrap();
+        assert!(cgroups.len() <= 1, "--top 1: {l}");
+        for c in cgroups {
+            let p = c["path"].as_str().unwrap_or("");
+            assert!(p.contains(&name), "--cgroup {name} let {p} through");
+            if p == path {
+                seen += 1;
+                assert!(c["periods"].as_u64().unwrap() > 0);
+                assert!(c["callback_ns"]["p99"].is_u64());
+            }
+        }
+    }
+    assert!(
+        seen >= 2,
+        "the throttled cgroup in {seen} intervals:\n{}",
+        run.describe()
+    );
+    drop(tree);
+}

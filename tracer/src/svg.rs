@@ -1,0 +1,702 @@
+//! `cfstrace report FILE --svg OUT.svg`: the capture as a picture.
+//!
+//! Upper panel: each top cgroup's period-timer callback time (IRQs off) over the run, and the
+//! worst timer-interrupt span of the busiest CPUs, on a log scale, with a dashed line at each
+//! plotted cgroup's period, a red line at the hard-lockup watchdog's threshold, and the culprit
+//! marked at its worst callback. Lower panel: the callback-time histogram (log buckets), all
+//! callbacks and the culprit's.
+//!
+//! The series are gathered in the same pass over the capture as the report, per time bucket
+//! (the bucket's maximum, at the time it happened), with a bounded number of buckets per series:
+//! an hour of capture makes an SVG of the same size as ten seconds.
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use crate::aggregate::{Aggregator, UNRESOLVED_ID};
+use crate::capture::{CaptureLine, CaptureReader};
+use crate::report::{self, CgroupReport, Report, ReportError, human_ns};
+
+/// Points kept per series at most (each the maximum of its time bucket).
+pub const MAX_POINTS: usize = 300;
+/// Cgroups plotted: the top ones by IRQs-off time (the culprit always among them).
+pub const TOP_CGROUPS: usize = 5;
+/// CPUs whose worst interrupt span is plotted.
+pub const TOP_CPUS: usize = 3;
+/// Histogram buckets per decade of callback time.
+pub const BUCKETS_PER_DECADE: f64 = 5.0;
+/// Picture size, pixels.
+pub const WIDTH: u32 = 1280;
+pub const HEIGHT: u32 = 960;
+
+/// A time series kept as per-bucket maxima with bounded memory: when there are more than
+/// `cap` buckets, the bucket width doubles and neighbouring buckets merge (keeping the larger).
+/// Each bucket remembers when its maximum happened, so the plotted point sits at the real time
+/// of the worst value and the series' overall maximum is never lost.
+#[derive(Debug, Clone)]
+pub struct MaxSeries {
+    width_ns: u64,
+    cap: usize,
+    /// bucket index -> (time, value) of the bucket's maximum.
+    buckets: BTreeMap<u64, (u64, u64)>,
+}
+
+impl MaxSeries {
+    pub fn new(cap: usize) -> MaxSeries {
+        MaxSeries {
+            width_ns: 1_000_000,
+            cap: cap.max(2),
+            buckets: BTreeMap::new(),
+        }
+    }
+
+    /// `t_ns`: time since the start of the recording.
+    pub fn add(&mut self, t_ns: u64, v: u64) {
+        let e = self
+            .buckets
+            .entry(t_ns / self.width_ns)
+            .or_insert((t_ns, v));
+        if v > e.1 {
+            *e = (t_ns, v);
+        }
+        while self.buckets.len() > self.cap {
+            self.width_ns *= 2;
+            let mut merged: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+            for (k, (t, v)) in std::mem::take(&mut self.buckets) {
+                let e = merged.entry(k / 2).or_insert((t, v));
+                if v > e.1 {
+                    *e = (t, v);
+                }
+            }
+            self.buckets = merged;
+        }
+    }
+
+    /// (time, value) of each bucket's maximum, in time order.
+    pub fn points(&self) -> Vec<(u64, u64)> {
+        self.buckets.values().copied().collect()
+    }
+
+    /// The worst (time, value) of the whole series.
+    pub fn max(&self) -> Option<(u64, u64)> {
+        self.buckets
+            .values()
+            .copied()
+            .reduce(|a, b| if b.1 > a.1 { b } else { a })
+    }
+
+    pub fn bucket_width_ns(&self) -> u64 {
+        self.width_ns
+    }
+}
+
+/// Histogram bucket of a callback time: `BUCKETS_PER_DECADE` per decade of nanoseconds.
+pub fn hist_bucket(ns: u64) -> i32 {
+    ((ns.max(1) as f64).log10() * BUCKETS_PER_DECADE).floor() as i32
+}
+
+/// [lo, hi) nanoseconds of a histogram bucket.
+pub fn hist_bounds(bucket: i32) -> (f64, f64) {
+    (
+        10f64.powf(bucket as f64 / BUCKETS_PER_DECADE),
+        10f64.powf((bucket + 1) as f64 / BUCKETS_PER_DECADE),
+    )
+}
+
+#[derive(Debug, Clone)]
+struct CgroupSeries {
+    callbacks: MaxSeries,
+    hist: BTreeMap<i32, u64>,
+}
+
+/// What the picture needs from a capture, gathered line by line.
+#[derive(Debug, Clone)]
+pub struct PlotData {
+    origin_ns: u64,
+    cgroups: HashMap<u64, CgroupSeries>,
+    spans: BTreeMap<u32, MaxSeries>,
+    hist_all: BTreeMap<i32, u64>,
+    last_ns: u64,
+}
+
+impl PlotData {
+    /// `origin_ns`: the recording's start (the header's `started_mono_ns`, same clock as the
+    /// events' timestamps).
+    pub fn new(origin_ns: u64) -> PlotData {
+        PlotData {
+            origin_ns,
+            cgroups: HashMap::new(),
+            spans: BTreeMap::new(),
+            hist_all: BTreeMap::new(),
+            last_ns: 0,
+        }
+    }
+
+    pub fn feed(&mut self, line: &CaptureLine) {
+        match line {
+            CaptureLine::Period(p) => {
+                let t = p.ts_ns.saturating_sub(self.origin_ns);
+                self.last_ns = self.last_ns.max(t + p.duration_ns);
+                let s = self
+                    .cgroups
+                    .entry(p.cgroup_id)
+                    .or_insert_with(|| CgroupSeries {
+                        callbacks: MaxSeries::new(MAX_POINTS),
+                        hist: BTreeMap::new(),
+                    });
+                s.callbacks.add(t, p.duration_ns);
+                let b = hist_bucket(p.duration_ns);
+                *s.hist.entry(b).or_default() += 1;
+                *self.hist_all.entry(b).or_default() += 1;
+            }
+            CaptureLine::IrqSpan(x) => {
+                let t = x.ts_ns.saturating_sub(self.origin_ns);
+                self.last_ns = self.last_ns.max(t + x.duration_ns);
+                self.spans
+                    .entry(x.cpu)
+                    .or_insert_with(|| MaxSeries::new(MAX_POINTS))
+                    .add(t, x.duration_ns);
+            }
+            _ => {}
+        }
+    }
+
+    /// A cgroup's callback-time series (time since start, ns).
+    pub fn cgroup_points(&self, id: u64) -> Vec<(u64, u64)> {
+        self.cgroups
+            .get(&id)
+            .map(|s| s.callbacks.points())
+            .unwrap_or_default()
+    }
+
+    /// The CPUs with the worst interrupt spans, worst first.
+    pub fn top_cpus(&self, n: usize) -> Vec<u32> {
+        let mut v: Vec<(u32, u64)> = self
+            .spans
+            .iter()
+            .filter_map(|(c, s)| s.max().map(|m| (*c, m.1)))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.into_iter().take(n).map(|(c, _)| c).collect()
+    }
+}
+
+/// Read a capture once and give both its report and its plot data.
+pub fn report_with_plot(path: &Path) -> Result<(Report, PlotData), ReportError> {
+    let name = path.display().to_string();
+    let f = File::open(path).map_err(|source| crate::capture::CaptureError::Io {
+        path: name.clone(),
+        source,
+    })?;
+    let reader = CaptureReader::new(BufReader::with_capacity(1 << 20, f), &name)?;
+    let mut plot = PlotData::new(reader.header().started_mono_ns);
+    let mut agg = Aggregator::new();
+    let (header, stats) = crate::capture::replay_reader(reader, &mut |l| {
+        agg.feed(l);
+        plot.feed(l);
+    })?;
+    let duration_ns = agg.end().map_or_else(|| agg.span_ns(), |e| e.duration_ns);
+    Ok((
+        report::build_report(&header, &agg, duration_ns, stats.warnings),
+        plot,
+    ))
+}
+
+/// The cgroups to plot: the top `n` by IRQs-off time (the report's order), only those with
+/// callbacks, the culprit always included (in place of the last when it is not in the top).
+pub fn select_cgroups(rep: &Report, n: usize) -> Vec<&CgroupReport> {
+    let mut v: Vec<&CgroupReport> = rep.cgroups.iter().filter(|c| c.periods > 0).collect();
+    v.sort_by_key(|c| std::cmp::Reverse(c.total_callback_ns));
+    v.truncate(n);
+    if let Some(cul) = &rep.culprit
+        && n > 0
+        && !v.iter().any(|c| c.id == cul.cgroup.id)
+    {
+        v.pop();
+        v.push(&cul.cgroup);
+    }
+    v
+}
+
+/// Log-scale y range (ns) covering every value and line: a decade-aligned floor below the
+/// smallest, and room above the largest.
+pub fn y_range(values: impl IntoIterator<Item = f64>) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::INFINITY, 0f64);
+    for v in values.into_iter().filter(|v| *v > 0.0 && v.is_finite()) {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    if hi <= 0.0 {
+        return (1e3, 1e10);
+    }
+    let lo = 10f64.powf(lo.log10().floor()).max(1.0);
+    let hi = 10f64.powf((hi * 1.5).log10().ceil());
+    if hi <= lo { (lo, lo * 10.0) } else { (lo, hi) }
+}
+
+/// A label safe in any SVG: no control characters (XML refuses them), not too long.
+pub fn label(s: &str, max: usize) -> String {
+    let clean: String = s
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if clean.chars().count() <= max {
+        return clean;
+    }
+    let tail: String = clean
+        .chars()
+        .rev()
+        .take(max.saturating_sub(1))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("…{tail}")
+}
+
+fn cgroup_name(c: &CgroupReport) -> String {
+    label(
+        c.path.as_deref().unwrap_or(if c.id == UNRESOLVED_ID {
+            "(unresolved)"
+        } else {
+            "(unnamed)"
+        }),
+        60,
+    )
+}
+
+const PALETTE: [RGBColor; 5] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+];
+const CULPRIT: RGBColor = RGBColor(0xd6, 0x27, 0x28);
+const SPAN: [RGBColor; 3] = [
+    RGBColor(0x55, 0x55, 0x55),
+    RGBColor(0x88, 0x88, 0x88),
+    RGBColor(0xaa, 0xaa, 0xaa),
+];
+
+fn s(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+type DrawResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Render the report and its series as an SVG document.
+pub fn render(rep: &Report, plot: &PlotData) -> Result<String, String> {
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (WIDTH, HEIGHT)).into_drawing_area();
+        draw(rep, plot, &root).map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}
+
+/// Write the SVG to `path`.
+pub fn write_svg(rep: &Report, plot: &PlotData, path: &Path) -> anyhow::Result<()> {
+    let svg = render(rep, plot).map_err(|e| anyhow::anyhow!("drawing the plot: {e}"))?;
+    std::fs::write(path, svg)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    Ok(())
+}
+
+fn draw(rep: &Report, plot: &PlotData, root: &DrawingArea<SVGBackend, Shift>) -> DrawResult<()> {
+    root.fill(&WHITE)?;
+    let thresh_ns = rep
+        .watchdog
+        .thresh_s
+        .filter(|t| *t > 0)
+        .map(|t| t as f64 * 1e9);
+    let title = format!(
+        "cfstrace: {} ({}, {} CPUs), {:.1} s, {} period-timer callbacks, watchdog_thresh {}",
+        label(&rep.hostname, 40),
+        label(&rep.kernel, 40),
+        rep.ncpus,
+        rep.duration_s,
+        rep.events.periods,
+        rep.watchdog
+            .thresh_s
+            .map_or("unknown".to_string(), |t| format!("{t} s")),
+    );
+    let root = root.titled(&title, ("sans-serif", 20))?;
+    let (upper, lower) = root.split_vertically(600);
+
+    let chosen = select_cgroups(rep, TOP_CGROUPS);
+    let culprit_id = rep.culprit.as_ref().map(|c| c.cgroup.id);
+    let cpus = plot.top_cpus(TOP_CPUS);
+    let x_max = s(plot.last_ns.max((rep.duration_s * 1e9) as u64)).max(1e-3);
+
+    let mut yvals: Vec<f64> = Vec::new();
+    for c in &chosen {
+        yvals.extend(plot.cgroup_points(c.id).iter().map(|p| p.1 as f64));
+        if let Some(p) = c.kernel_period_us.or(c.period_us) {
+            yvals.push(p as f64 * 1e3);
+        }
+    }
+    for cpu in &cpus {
+        yvals.extend(plot.spans[cpu].points().iter().map(|p| p.1 as f64));
+    }
+    yvals.extend(thresh_ns);
+    let (ylo, yhi) = y_range(yvals);
+
+    let mut chart = ChartBuilder::on(&upper)
+        .margin(12)
+        .margin_right(36)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .caption(
+            "Callback time (IRQs off) over time, top cgroups; worst timer-interrupt span per CPU",
+            ("sans-serif", 17),
+        )
+        .build_cartesian_2d(0f64..x_max, (ylo..yhi).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since the recording started")
+        .y_desc("time with IRQs off (log)")
+        .y_label_formatter(&|v| human_ns(*v as u64))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()?;
+
+    // The watchdog's threshold: a callback (or interrupt) this long is a hard-lockup panic.
+    if let Some(t) = thresh_ns {
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, t), (x_max, t)],
+                CULPRIT.stroke_width(3),
+            ))?
+            .label(format!(
+                "watchdog_thresh {} (hard-lockup panic at this IRQs-off time)",
+                human_ns(t as u64)
+            ))
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], CULPRIT.stroke_width(3)));
+        chart.draw_series(std::iter::once(Text::new(
+            format!("watchdog_thresh {}", human_ns(t as u64)),
+            (x_max * 0.01, t / 1.6),
+            ("sans-serif", 14).into_font().color(&CULPRIT),
+        )))?;
+    }
+
+    for (i, c) in chosen.iter().enumerate() {
+        let is_culprit = Some(c.id) == culprit_id;
+        let color = if is_culprit {
+            CULPRIT
+        } else {
+            PALETTE[i % PALETTE.len()]
+        };
+        let pts: Vec<(f64, f64)> = plot
+            .cgroup_points(c.id)
+            .into_iter()
+            .map(|(t, v)| (s(t), v as f64))
+            .collect();
+        let name = cgroup_name(c);
+        let legend = format!(
+            "{}{name}: {} callbacks, p99 {}, max {}",
+            if is_culprit { "CULPRIT " } else { "" },
+            c.periods,
+            human_ns(c.callback_ns.p99),
+            human_ns(c.callback_ns.max),
+        );
+        chart
+            .draw_series(LineSeries::new(
+                pts.iter().copied(),
+                color.stroke_width(if is_culprit { 2 } else { 1 }),
+            ))?
+            .label(legend)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart.draw_series(pts.iter().map(|p| Circle::new(*p, 2, color.filled())))?;
+        if let Some(p) = c.kernel_period_us.or(c.period_us) {
+            let y = p as f64 * 1e3;
+            chart.draw_series(DashedLineSeries::new(
+                [(0.0, y), (x_max, y)],
+                8,
+                6,
+                color.stroke_width(1),
+            ))?;
+            chart.draw_series(std::iter::once(Text::new(
+                format!("period {} ({})", human_ns(p * 1000), label(&name, 30)),
+                (x_max * 0.72, y * 1.9),
+                ("sans-serif", 12).into_font().color(&color),
+            )))?;
+        }
+        if is_culprit && let Some((t, v)) = plot.cgroups.get(&c.id).and_then(|s| s.callbacks.max())
+        {
+            let at = (s(t), v as f64);
+            chart.draw_series([
+                Cross::new(at, 10, CULPRIT.stroke_width(3)).into_dyn(),
+                Circle::new(at, 12, CULPRIT.stroke_width(2)).into_dyn(),
+            ])?;
+            chart.draw_series(std::iter::once(Text::new(
+                format!("culprit worst callback {} ({name})", human_ns(v)),
+                (at.0.min(x_max * 0.6), at.1 * 2.2),
+                ("sans-serif", 14).into_font().color(&CULPRIT),
+            )))?;
+        }
+    }
+
+    for (i, cpu) in cpus.iter().enumerate() {
+        let color = SPAN[i % SPAN.len()];
+        let pts: Vec<(f64, f64)> = plot.spans[cpu]
+            .points()
+            .into_iter()
+            .map(|(t, v)| (s(t), v as f64))
+            .collect();
+        let worst = plot.spans[cpu].max().map_or(0, |m| m.1);
+        chart
+            .draw_series(DashedLineSeries::new(pts, 4, 3, color.stroke_width(1)))?
+            .label(format!(
+                "timer-interrupt span, CPU {cpu} (worst {})",
+                human_ns(worst)
+            ))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(1)));
+    }
+    if chosen.is_empty() {
+        chart.draw_series(std::iter::once(Text::new(
+            "no period-timer callback in this capture",
+            (x_max * 0.3, (ylo * yhi).sqrt()),
+            ("sans-serif", 20),
+        )))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()?;
+
+    draw_histogram(rep, plot, culprit_id, &lower)?;
+    Ok(())
+}
+
+fn draw_histogram(
+    rep: &Report,
+    plot: &PlotData,
+    culprit_id: Option<u64>,
+    area: &DrawingArea<SVGBackend, Shift>,
+) -> DrawResult<()> {
+    let all = &plot.hist_all;
+    let (bmin, bmax) = match (all.keys().next(), all.keys().next_back()) {
+        (Some(a), Some(b)) => (*a, *b),
+        _ => (hist_bucket(1_000), hist_bucket(10_000_000)),
+    };
+    let xlo = hist_bounds(bmin - 1).0;
+    let xhi = hist_bounds(bmax + 1).1;
+    let cmax = all.values().copied().max().unwrap_or(1).max(1) as f64;
+    let mut chart = ChartBuilder::on(area)
+        .margin(12)
+        .margin_right(36)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .caption(
+            "Callback-time histogram (log buckets, 5 per decade)",
+            ("sans-serif", 17),
+        )
+        .build_cartesian_2d((xlo..xhi).log_scale(), (0.8f64..cmax * 2.0).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("callback time (IRQs off, log)")
+        .x_labels(8)
+        .y_desc("callbacks (log)")
+        .x_label_formatter(&|v| human_ns(*v as u64))
+        .y_label_formatter(&|v| format!("{}", *v as u64))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()?;
+    let grey = RGBColor(0xb0, 0xb0, 0xb0);
+    chart
+        .draw_series(all.iter().map(|(b, n)| {
+            let (lo, hi) = hist_bounds(*b);
+            Rectangle::new([(lo, 0.8), (hi, *n as f64)], grey.filled())
+        }))?
+        .label(format!("all callbacks ({})", rep.events.periods))
+        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], grey.filled()));
+    if let Some(id) = culprit_id
+        && let Some(cs) = plot.cgroups.get(&id)
+    {
+        let name = rep
+            .culprit
+            .as_ref()
+            .map(|c| cgroup_name(&c.cgroup))
+            .unwrap_or_default();
+        let n: u64 = cs.hist.values().sum();
+        chart
+            .draw_series(cs.hist.iter().map(|(b, n)| {
+                let (lo, hi) = hist_bounds(*b);
+                // Narrower, inside the grey bar, so both stay visible.
+                let w = (hi / lo).powf(0.2);
+                Rectangle::new(
+                    [(lo * w, 0.8), (hi / w, *n as f64)],
+                    CULPRIT.mix(0.8).filled(),
+                )
+            }))?
+            .label(format!("CULPRIT {name} ({n})"))
+            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], CULPRIT.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_series_is_bounded_and_keeps_the_worst() {
+        let mut m = MaxSeries::new(100);
+        // An hour of 100 ms periods, one spike.
+        let mut worst = (0, 0);
+        for i in 0..36_000u64 {
+            let t = i * 100_000_000;
+            let v = if i == 12_345 {
+                9_000_000
+            } else {
+                1_000 + (i % 97)
+            };
+            if v > worst.1 {
+                worst = (t, v);
+            }
+            m.add(t, v);
+        }
+        let pts = m.points();
+        assert!(pts.len() <= 100 && pts.len() >= 50, "{}", pts.len());
+        assert_eq!(m.max(), Some(worst));
+        assert!(pts.contains(&worst));
+        assert!(pts.windows(2).all(|w| w[0].0 < w[1].0), "time order");
+        assert!(m.bucket_width_ns() >= 3_600_000_000_000 / 100);
+    }
+
+    #[test]
+    fn max_series_short_run_keeps_every_point() {
+        let mut m = MaxSeries::new(300);
+        for i in 0..10u64 {
+            m.add(i * 100_000_000, i);
+        }
+        assert_eq!(m.points().len(), 10);
+        // Same bucket: the larger wins, with its own time.
+        m.add(100_000_001, 50);
+        assert_eq!(m.points()[1], (100_000_001, 50));
+    }
+
+    #[test]
+    fn histogram_buckets() {
+        assert_eq!(hist_bucket(1), 0);
+        assert_eq!(hist_bucket(0), 0);
+        assert_eq!(hist_bucket(1_000), 15);
+        assert_eq!(hist_bucket(999), 14);
+        let (lo, hi) = hist_bounds(hist_bucket(12_345));
+        assert!(lo <= 12_345.0 && 12_345.0 < hi);
+        assert!((hi / lo - 10f64.powf(0.2)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn y_range_is_log_friendly() {
+        assert_eq!(y_range([]), (1e3, 1e10));
+        let (lo, hi) = y_range([2_500.0, 10e9, 0.0]);
+        assert_eq!(lo, 1e3);
+        assert!(hi >= 10e9 * 1.5, "{hi}");
+        let (lo, hi) = y_range([5.0]);
+        assert!(lo <= 5.0 && hi > 5.0);
+    }
+
+    #[test]
+    fn labels_are_safe() {
+        assert_eq!(label("a\nb\"<", 10), "a?b\"<");
+        let l = label(&"x".repeat(100), 20);
+        assert_eq!(l.chars().count(), 20);
+        assert!(l.starts_with('…'));
+    }
+
+    /// A report and plot data from capture lines: cgroup `id` has `n` callbacks of `ns` each.
+    fn fixture(cgroups: &[(u64, u64, u64)], spans: bool) -> (Report, PlotData) {
+        let header = crate::capture::tests::header();
+        let mut agg = Aggregator::new();
+        let mut plot = PlotData::new(header.started_mono_ns);
+        let mut lines = Vec::new();
+        for &(id, n, ns) in cgroups {
+            let c: crate::capture::CgroupRecord = serde_json::from_value(serde_json::json!({
+                "id": id, "path": format!("/kubepods/cg{id}"), "workload": {"kind": "cgroup"},
+                "processes": [], "period_us": 100_000, "quota_us": 1_000,
+            }))
+            .unwrap_or_else(|e| panic!("{e}"));
+            lines.push(CaptureLine::Cgroup(c));
+            for i in 0..n {
+                lines.push(CaptureLine::Period(crate::capture::PeriodRecord {
+                    ts_ns: header.started_mono_ns + i * 100_000_000 + id,
+                    cpu: (id % 4) as u32,
+                    duration_ns: ns + i,
+                    cgroup_id: id,
+                    period_ns: 100_000_000,
+                    quota_ns: 1_000_000,
+                    ..Default::default()
+                }));
+            }
+        }
+        if spans {
+            for i in 0..50u64 {
+                lines.push(CaptureLine::IrqSpan(crate::capture::IrqSpanRecord {
+                    ts_ns: header.started_mono_ns + i * 10_000_000,
+                    cpu: 3,
+                    duration_ns: 20_000 + i,
+                    timers: 1,
+                    timers_ns: 10_000,
+                    flags: 0,
+                }));
+            }
+        }
+        for l in &lines {
+            agg.feed(l);
+            plot.feed(l);
+        }
+        let dur = agg.span_ns();
+        (report::build_report(&header, &agg, dur, vec![]), plot)
+    }
+
+    #[test]
+    fn series_selection_takes_the_top_and_the_culprit() {
+        let cgs: Vec<(u64, u64, u64)> = (1..=8).map(|i| (i, 10, 1_000 * i)).collect();
+        let (mut rep, _) = fixture(&cgs, false);
+        let ids: Vec<u64> = select_cgroups(&rep, 5).iter().map(|c| c.id).collect();
+        assert_eq!(ids, vec![8, 7, 6, 5, 4]);
+        // A culprit outside the top still gets plotted.
+        let one = rep.cgroups.iter().find(|c| c.id == 1).cloned();
+        if let (Some(cul), Some(c)) = (rep.culprit.as_mut(), one) {
+            cul.cgroup = c;
+        }
+        let ids: Vec<u64> = select_cgroups(&rep, 5).iter().map(|c| c.id).collect();
+        assert_eq!(ids, vec![8, 7, 6, 5, 1]);
+        assert!(select_cgroups(&rep, 0).is_empty());
+    }
+
+    #[test]
+    fn renders_an_svg_with_its_series() {
+        let (rep, plot) = fixture(&[(7, 40, 50_000), (9, 40, 5_000)], true);
+        let svg = render(&rep, &plot).unwrap_or_else(|e| panic!("{e}"));
+        assert!(svg.starts_with("<svg"), "{}", &svg[..50]);
+        for want in [
+            "watchdog_thresh 10.0 s",
+            "timer-interrupt span, CPU 3",
+            "CULPRIT /kubepods/cg7",
+            "/kubepods/cg9",
+            "culprit worst callback",
+            "period 100 ms",
+        ] {
+            assert!(svg.contains(want), "{want} missing");
+        }
+        let (rep, plot) = fixture(&[], false);
+        let svg = render(&rep, &plot).unwrap_or_else(|e| panic!("{e}"));
+        assert!(svg.contains("no period-timer callback"));
+    }
+}
