@@ -47,6 +47,23 @@ pub fn cfstrace_bin() -> PathBuf {
     bin
 }
 
+/// A fresh, empty scratch directory `<tmpdir>/<name>` (integration tests pass
+/// `env!("CARGO_TARGET_TMPDIR")`).
+pub fn scratch(tmpdir: &str, name: &str) -> PathBuf {
+    let dir = PathBuf::from(tmpdir).join(name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    dir
+}
+
+/// Fail (never skip) a test that needs root: it creates cgroups and loads BPF programs.
+pub fn require_root(test: &str) {
+    assert!(
+        is_root(),
+        "{test} needs root (it creates cgroups and loads BPF programs); run it as root"
+    );
+}
+
 /// Whether this kernel can do kprobes (tracefs kprobe_events or the kprobe PMU).
 pub fn kprobes_available() -> bool {
     Path::new("/sys/bus/event_source/devices/kprobe").exists()

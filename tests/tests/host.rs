@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use cfstrace_tests::expect::{self, Culprit, Doctor, Facts, Floors};
 use cfstrace_tests::{
-    APPLICATION, CONTAINER, CgroupTree, Run, cfstrace_bin, cpu_hierarchy, is_root,
-    kprobes_available, run_with_timeout,
+    APPLICATION, CONTAINER, CgroupTree, Run, cfstrace_bin, cpu_hierarchy, kprobes_available,
+    run_with_timeout,
 };
 use serde_json::Value;
 
@@ -42,21 +42,6 @@ struct Storm {
     report: Run,
 }
 
-fn require_root() {
-    assert!(
-        is_root(),
-        "host test needs root (it creates cgroups and loads BPF programs); run as root"
-    );
-}
-
-/// A fresh scratch dir under target/tmp.
-fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-    dir
-}
-
 fn storm() -> &'static Storm {
     static STORM: OnceLock<Result<Storm, String>> = OnceLock::new();
     // Panics outside the once-init, so a missing binary is reported plainly by every test.
@@ -73,7 +58,7 @@ fn run_storm() -> Result<Storm, String> {
         "no cgroup hierarchy with the cpu controller (neither a v1 cgroup mount with cpu nor \
          cgroup2 with cpu in cgroup.controllers)",
     )?;
-    let dir = scratch("cfstrace-hosttest");
+    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "cfstrace-hosttest");
     let capture = dir.join("cap.jsonl");
     let top_name = format!("cfstrace-hosttest-{}", std::process::id());
 
@@ -129,7 +114,7 @@ fn num(v: &Value, pointer: &str) -> f64 {
 
 #[test]
 fn storm_names_the_yarn_container() {
-    require_root();
+    cfstrace_tests::require_root("the host test");
     let s = storm();
     assert!(
         s.record.status.success(),
@@ -210,7 +195,7 @@ fn storm_names_the_yarn_container() {
 /// figure available exactly where its probe is.
 #[test]
 fn host_reports_what_this_kernel_can_measure() {
-    require_root();
+    cfstrace_tests::require_root("the host test");
     let s = storm();
     assert!(
         s.record.status.success(),
@@ -251,7 +236,7 @@ fn host_reports_what_this_kernel_can_measure() {
 /// them. The spans and callbacks also match the capture line for line.
 #[test]
 fn irq_spans_via_the_local_timer_tracepoints() {
-    require_root();
+    cfstrace_tests::require_root("the host test");
     let s = storm();
     assert!(
         s.record.status.success(),
@@ -353,9 +338,9 @@ fn irq_spans_via_the_local_timer_tracepoints() {
 /// recording tracer, whose objects the leak count would see).
 #[test]
 fn doctor_attach_cycles_leave_nothing_behind() {
-    require_root();
+    cfstrace_tests::require_root("the host test");
     let s = storm();
-    let dir = scratch("cfstrace-hosttest-doctor");
+    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "cfstrace-hosttest-doctor");
     let cycles = ATTACH_CYCLES.to_string();
     let run = run_with_timeout(
         &cfstrace_bin(),
@@ -381,7 +366,7 @@ fn doctor_attach_cycles_leave_nothing_behind() {
 
 #[test]
 fn report_survives_a_truncated_last_line() {
-    require_root();
+    cfstrace_tests::require_root("the host test");
     let s = storm();
     assert!(
         s.record.status.success(),
@@ -417,7 +402,7 @@ fn report_survives_a_truncated_last_line() {
 
 #[test]
 fn report_of_a_missing_file_names_it() {
-    let dir = scratch("cfstrace-hosttest-missing");
+    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "cfstrace-hosttest-missing");
     let run = run_with_timeout(
         &cfstrace_bin(),
         &["report", "/nonexistent", "--json"],

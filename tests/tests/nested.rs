@@ -11,9 +11,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use cfstrace_tests::{
-    CgroupTree, Run, Version, cfstrace_bin, cpu_hierarchy, is_root, run_with_timeout,
-};
+use cfstrace_tests::{CgroupTree, Run, Version, cfstrace_bin, cpu_hierarchy, run_with_timeout};
 use serde_json::Value;
 
 /// The parent: 20 ms period, 10 ms quota (half a CPU for the whole subtree).
@@ -34,21 +32,6 @@ struct Nested {
     report: Run,
 }
 
-fn require_root() {
-    assert!(
-        is_root(),
-        "the nested-quota test needs root (it creates cgroups and loads BPF programs); run it \
-         as root"
-    );
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-    dir
-}
-
 /// One storm per test binary, shared by the tests (two storms would fight for the CPUs).
 fn nested() -> &'static Nested {
     static RUN: OnceLock<Result<Nested, String>> = OnceLock::new();
@@ -62,7 +45,7 @@ fn nested() -> &'static Nested {
 fn run_nested() -> Result<Nested, String> {
     let bin = cfstrace_bin();
     let hierarchy = cpu_hierarchy().ok_or("no cgroup hierarchy with the cpu controller")?;
-    let dir = scratch("cfstrace-nested");
+    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "cfstrace-nested");
     let capture = dir.join("cap.jsonl");
     let capture = capture
         .to_str()
@@ -166,7 +149,7 @@ fn assert_own_timer(c: &Value, path: &str, period_us: u64, quota_us: u64, ctx: &
 
 #[test]
 fn parent_and_child_quotas_each_have_their_own_timer_and_chain() {
-    require_root();
+    cfstrace_tests::require_root("the nested test");
     let n = nested();
     assert!(n.record.status.success(), "{}", n.record.describe());
     assert!(n.report.status.success(), "{}", n.report.describe());
@@ -242,7 +225,7 @@ fn report_args(n: &Nested, extra: &[&str]) -> Run {
 
 #[test]
 fn highlight_under_flags_the_alert_like_fail_under() {
-    require_root();
+    cfstrace_tests::require_root("the nested test");
     let n = nested();
     assert!(n.record.status.success(), "{}", n.record.describe());
 

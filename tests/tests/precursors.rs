@@ -5,7 +5,6 @@
 //! Needs root and a cpu hierarchy; it fails, never skips, without them.
 
 use std::fs;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use cfstrace_tests::{CgroupTree, cfstrace_bin, cpu_hierarchy, is_root, run_with_timeout};
@@ -16,15 +15,6 @@ const QUOTA_US: u64 = 2_000;
 const NEW_PERIOD_US: u64 = 20_000;
 const NEW_QUOTA_US: u64 = 4_000;
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = cfstrace_tests::workspace_root()
-        .join("target/tmp")
-        .join(format!("{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[test]
 fn period_written_mid_record_is_a_write_and_forged_kmsg_is_ignored() {
     assert!(
@@ -33,7 +23,7 @@ fn period_written_mid_record_is_a_write_and_forged_kmsg_is_ignored() {
     );
     let bin = cfstrace_bin();
     let hierarchy = cpu_hierarchy().expect("no cgroup hierarchy with the cpu controller");
-    let dir = scratch("cfstrace-precursors");
+    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "cfstrace-precursors");
     let mut tree = CgroupTree::new(
         hierarchy,
         &format!("cfstrace-precursors-{}", std::process::id()),

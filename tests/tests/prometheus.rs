@@ -58,15 +58,6 @@ for f in text_string_to_metric_families(open(sys.argv[1], encoding="utf-8").read
 print(json.dumps(out))
 "#;
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = cfstrace_tests::workspace_root()
-        .join("target/tmp")
-        .join(format!("{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 struct Watcher {
     child: Child,
     stderr: PathBuf,
@@ -298,7 +289,7 @@ fn metrics_parse_escape_accumulate_and_fold() {
         "this test throttles real cgroups and attaches BPF programs: run it as root"
     );
     let hierarchy = cpu_hierarchy().expect("no cgroup hierarchy with the cpu controller");
-    let dir = scratch("cfstrace-prometheus");
+    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "cfstrace-prometheus");
     let top = format!("cfstrace-prom-{}", std::process::id());
     let mut tree = CgroupTree::new(hierarchy, &top).unwrap();
     // The hostile cgroup is the busiest (the tighter quota on more workers), so it is ranked

@@ -7,18 +7,11 @@
 //! Needs root (BPF). Never skips. Runs no throttling storm of its own.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cfstrace_tests::{Run, cfstrace_bin, is_root, run_with_timeout};
 use serde_json::Value;
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-    dir
-}
 
 fn cfstrace(dir: &Path, args: &[&str]) -> (Run, Duration) {
     assert!(is_root(), "this test needs root (BPF); it never skips");
@@ -43,7 +36,7 @@ fn end_line(cap: &Path) -> Value {
 
 #[test]
 fn record_stops_when_cmd_exits_with_its_status() {
-    let dir = scratch("record_cmd_exit");
+    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "record_cmd_exit");
     let cap = dir.join("c.jsonl");
     let (run, took) = cfstrace(
         &dir,
@@ -78,7 +71,7 @@ fn record_stops_when_cmd_exits_with_its_status() {
 
 #[test]
 fn record_cmd_killed_by_a_signal_is_128_plus_n() {
-    let dir = scratch("record_cmd_signal");
+    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "record_cmd_signal");
     let cap = dir.join("c.jsonl");
     let (run, _) = cfstrace(
         &dir,
@@ -100,7 +93,7 @@ fn record_cmd_killed_by_a_signal_is_128_plus_n() {
 
 #[test]
 fn duration_stops_cmd_and_exits_124() {
-    let dir = scratch("record_cmd_duration");
+    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "record_cmd_duration");
     let cap = dir.join("c.jsonl");
     let marker = dir.join("child-still-running");
     // A child of CMD's too: the whole process group is stopped, not only CMD.
@@ -147,7 +140,7 @@ fn duration_stops_cmd_and_exits_124() {
 
 #[test]
 fn repro_prints_the_report_and_returns_cmd_status() {
-    let dir = scratch("repro_cmd");
+    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "repro_cmd");
     let cap = dir.join("r.jsonl");
     let (run, _) = cfstrace(
         &dir,
@@ -173,7 +166,7 @@ fn repro_prints_the_report_and_returns_cmd_status() {
     assert_eq!(end_line(&cap)["command_status"], 3);
 
     // Without -o: cfstrace-repro-<time>.jsonl in the current directory; a table on stdout.
-    let cwd = scratch("repro_cmd_default");
+    let cwd = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "repro_cmd_default");
     let start = Instant::now();
     let run = std::process::Command::new(cfstrace_bin())
         .args(["repro", "--", "true"])
@@ -198,7 +191,7 @@ fn repro_prints_the_report_and_returns_cmd_status() {
 
 #[test]
 fn missing_command_is_a_clear_error_and_no_capture() {
-    let dir = scratch("record_cmd_missing");
+    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "record_cmd_missing");
     for sub in ["record", "repro"] {
         let cap = dir.join(format!("{sub}.jsonl"));
         let (run, _) = cfstrace(
@@ -225,7 +218,7 @@ fn missing_command_is_a_clear_error_and_no_capture() {
 #[test]
 fn ctrl_c_is_forwarded_to_cmd_and_the_capture_ends_cleanly() {
     assert!(is_root(), "this test needs root (BPF); it never skips");
-    let dir = scratch("record_cmd_sigint");
+    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "record_cmd_sigint");
     let cap = dir.join("c.jsonl");
     let ready = dir.join("ready");
     // CMD says when its trap is set; on SIGINT it exits 5.

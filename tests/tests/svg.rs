@@ -9,7 +9,7 @@
 //! `flock /tmp/cfstrace-host.lock` where other storms may run.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -38,14 +38,6 @@ fn xml(s: &str) -> String {
         .replace('\'', "&apos;")
 }
 
-/// A fresh scratch dir under target/tmp.
-fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-    dir
-}
-
 #[test]
 fn report_svg_of_a_real_storm_renders_with_its_series() {
     assert!(
@@ -58,7 +50,7 @@ fn report_svg_of_a_real_storm_renders_with_its_series() {
         "rsvg-convert missing: `cargo xtask setup` installs librsvg2-bin ({rsvg:?})"
     );
     let bin = cfstrace_bin();
-    let dir = scratch("svg");
+    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "svg");
     let hier = cpu_hierarchy().expect("no cgroup hierarchy with the cpu controller");
     let mut tree =
         CgroupTree::new(hier, &format!("cfstrace-svg-{}", std::process::id())).expect("cgroup");

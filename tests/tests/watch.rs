@@ -9,7 +9,7 @@
 use std::fs;
 use std::io::Read as _;
 use std::os::fd::{FromRawFd as _, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -25,15 +25,6 @@ const LEAVE_ALT: &str = "\x1b[?1049l";
 const HIDE_CURSOR: &str = "\x1b[?25l";
 const SHOW_CURSOR: &str = "\x1b[?25h";
 const BLOCKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = cfstrace_tests::workspace_root()
-        .join("target/tmp")
-        .join(format!("{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// A throttled cgroup `<top>/svc` (2 ms every 10 ms) with two busy loops; returns the tree
 /// (dropping it cleans up) and the path cfstrace shows.
@@ -270,7 +261,7 @@ fn plain_lines_without_a_terminal() {
     let bin = cfstrace_bin();
     let (tree, path) = storm("cfstrace-watch-plain");
     let name = tree.top.file_name().unwrap().to_str().unwrap().to_string();
-    let dir = scratch("cfstrace-watch-plain");
+    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "cfstrace-watch-plain");
     let run = run_with_timeout(
         &bin,
         &[
@@ -309,7 +300,7 @@ fn json_lines_one_report_an_interval() {
     let bin = cfstrace_bin();
     let (tree, path) = storm("cfstrace-watch-json");
     let name = tree.top.file_name().unwrap().to_str().unwrap().to_string();
-    let dir = scratch("cfstrace-watch-json");
+    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "cfstrace-watch-json");
     let run = run_with_timeout(
         &bin,
         &[
