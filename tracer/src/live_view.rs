@@ -487,7 +487,12 @@ mod tests {
                 ..Default::default()
             }));
         }
-        let mut r = report::build_report(&crate::watch::test_header(), &agg, 1_000_000_000, vec![]);
+        let mut r = report::build_report(
+            &crate::capture::tests::header(),
+            &agg,
+            1_000_000_000,
+            vec![],
+        );
         r.set_highlight_under(under_pct);
         r
     }

@@ -689,7 +689,7 @@ mod tests {
     }
 
     fn empty_report() -> Report {
-        let header = crate::watch::test_header();
+        let header = crate::capture::tests::header();
         crate::report::build_report(&header, &crate::aggregate::Aggregator::new(), 0, vec![])
     }
 

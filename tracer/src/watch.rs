@@ -210,45 +210,6 @@ fn write_out(s: &str) -> io::Result<()> {
     out.flush()
 }
 
-/// A capture header for unit tests of the watch outputs.
-#[cfg(test)]
-pub(crate) fn test_header() -> crate::capture::CaptureHeader {
-    use crate::capture::{CAPTURE_SCHEMA, CaptureHeader, ProbeStatus};
-    use crate::host::{HostFacts, WatchdogFacts};
-    let mut probes = std::collections::BTreeMap::new();
-    probes.insert(
-        "period_timer".to_string(),
-        ProbeStatus {
-            attached: true,
-            how: Some("tracepoint".into()),
-            target: Some("hrtimer_expire_entry/exit".into()),
-            reason: None,
-        },
-    );
-    CaptureHeader {
-        schema: CAPTURE_SCHEMA.into(),
-        tool_version: "0.1.0".into(),
-        host: HostFacts {
-            hostname: "node7".into(),
-            kernel: "6.18.44".into(),
-            ncpus: 48,
-            watchdog: WatchdogFacts {
-                thresh_s: Some(10),
-                enabled: true,
-                nmi_watchdog: None,
-                hardlockup_panic: Some(true),
-            },
-        },
-        backend_requested: "auto".into(),
-        backend: "tracepoint".into(),
-        probes,
-        cpu_hierarchy: None,
-        started_unix_ns: 0,
-        started_mono_ns: 0,
-        command: None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,7 +238,7 @@ mod tests {
         // And the interval's report says what was lost in it.
         let mut agg = Aggregator::new();
         agg.set_loss(d);
-        let r = report::build_report(&test_header(), &agg, 1, vec![]);
+        let r = report::build_report(&crate::capture::tests::header(), &agg, 1, vec![]);
         assert_eq!(r.events.lost, 7);
     }
 
@@ -307,7 +268,7 @@ mod tests {
                 ..Default::default()
             });
         }
-        let base = report::build_report(&test_header(), &agg, 1, vec![]);
+        let base = report::build_report(&crate::capture::tests::header(), &agg, 1, vec![]);
         let mut r = base.clone();
         assert_eq!(select_cgroups(&mut r, None, 2), 4);
         let ids: Vec<u64> = r.cgroups.iter().map(|c| c.id).collect();
