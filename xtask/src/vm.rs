@@ -1276,6 +1276,32 @@ fn fail(label: String) -> Outcome {
     }
 }
 
+impl GuestRun {
+    /// The run's report JSON, or why there is none (with the console's tail).
+    fn parsed_report(&self, rc: (i64, i64), ctx: &str, lines: &[String]) -> Result<&Value> {
+        match &self.report {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(e)) => bail!(
+                "{e}; record={} report={} ({ctx}):\n{}",
+                rc.0,
+                rc.1,
+                excerpt(lines, None, 40)
+            ),
+            None => bail!("no report markers ({ctx})"),
+        }
+    }
+
+    /// A failure line unless record and report both exited 0.
+    fn exit_problem(rc: (i64, i64)) -> Option<String> {
+        (rc != (0, 0)).then(|| {
+            format!(
+                "exit statuses record={} report={}, want 0 and 0",
+                rc.0, rc.1
+            )
+        })
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn evaluate(
     kernel: &Kernel,
@@ -1364,23 +1390,8 @@ fn evaluate(
                 rc.0
             ));
         }
-        let report = match &run.report {
-            Some(Ok(v)) => v,
-            Some(Err(e)) => bail!(
-                "{e}; record={} report={} ({ctx}):\n{}",
-                rc.0,
-                rc.1,
-                excerpt(&b.lines, None, 40)
-            ),
-            None => bail!("no report markers ({ctx})"),
-        };
-        let mut bad = Vec::new();
-        if rc != (0, 0) {
-            bad.push(format!(
-                "exit statuses record={} report={}, want 0 and 0",
-                rc.0, rc.1
-            ));
-        }
+        let report = run.parsed_report(rc, ctx, &b.lines)?;
+        let mut bad: Vec<String> = GuestRun::exit_problem(rc).into_iter().collect();
         let verdict = expect::check_report(facts, backend.name(), report, &CULPRIT, &FLOORS);
         bad.extend(verdict.failures);
         let doctor_rc = run.doctor_rc.unwrap_or(-1);
@@ -1484,23 +1495,8 @@ fn evaluate_cofire(
                 excerpt(&b.lines, None, 40)
             );
         };
-        let report = match &run.report {
-            Some(Ok(v)) => v,
-            Some(Err(e)) => bail!(
-                "{e}; record={} report={} ({ctx}):\n{}",
-                rc.0,
-                rc.1,
-                excerpt(&b.lines, None, 40)
-            ),
-            None => bail!("no report markers ({ctx})"),
-        };
-        let mut bad = Vec::new();
-        if rc != (0, 0) {
-            bad.push(format!(
-                "exit statuses record={} report={}, want 0 and 0",
-                rc.0, rc.1
-            ));
-        }
+        let report = run.parsed_report(rc, ctx, &b.lines)?;
+        let mut bad: Vec<String> = GuestRun::exit_problem(rc).into_iter().collect();
         if !run.capture_done {
             bad.push("no end marker after the capture digest".into());
         }
