@@ -13,7 +13,7 @@ use std::sync::Once;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::report::{self, CgroupReport, CpuReport, Report, Stats};
+use crate::report::{self, CgroupReport, CpuReport, Report, Stats, pad, paint};
 
 /// Alternate screen on, cursor hidden, cleared.
 pub const ENTER: &str = "\x1b[?1049h\x1b[?25l\x1b[H\x1b[2J";
@@ -233,21 +233,6 @@ pub fn fit(s: &str, width: usize) -> String {
         out.push(c);
         visible += 1;
     }
-    out
-}
-
-fn paint(s: &str, code: &str, color: bool) -> String {
-    if color {
-        format!("{code}{s}{RESET}")
-    } else {
-        s.to_string()
-    }
-}
-
-fn pad(s: &str, width: usize) -> String {
-    let n = s.chars().count();
-    let mut out = s.to_string();
-    out.extend(std::iter::repeat_n(' ', width.saturating_sub(n)));
     out
 }
 

@@ -1607,14 +1607,15 @@ pub fn ellipsize_middle(s: &str, width: usize) -> String {
 }
 
 /// Left-align to `width` chars (not bytes: paths may hold the ellipsis).
-fn pad(s: &str, width: usize) -> String {
+pub(crate) fn pad(s: &str, width: usize) -> String {
     let n = s.chars().count();
     let mut out = s.to_string();
     out.extend(std::iter::repeat_n(' ', width.saturating_sub(n)));
     out
 }
 
-fn paint(s: &str, code: &str, color: bool) -> String {
+/// `s` in the ANSI attributes `code`, only when `color`.
+pub(crate) fn paint(s: &str, code: &str, color: bool) -> String {
     if color {
         format!("{code}{s}{RESET}")
     } else {
