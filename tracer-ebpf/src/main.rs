@@ -17,105 +17,36 @@ fn main() {}
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
+        bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
         helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
-        macros::{fentry, fexit, kprobe, kretprobe, map, raw_tracepoint},
-        maps::{Array, PerCpuArray, RingBuf},
+        macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, raw_tracepoint},
+        maps::{Array, HashMap, PerCpuArray, RingBuf},
         programs::{
-            FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext,
+            BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RawTracePointContext,
+            RetProbeContext,
         },
     };
     use tracer_ebpf::{
         ASYNC_EMPTY, ASYNC_LAST, ASYNC_LISTED, ASYNC_SHARED, ASYNC_TRUNCATED, ATTACHED_ARMED,
-        ATTACHED_SLOT, AsyncEvent, EVENT_ASYNC_UNTHROTTLE, EVENT_IRQ_SPAN, EVENT_PERIOD,
-        HOW_CGROUP, HOW_FRAME_FENTRY, HOW_FRAME_KPROBE, HOW_FRAME_TRACEPOINT, HOW_IN_SPAN,
-        HOW_PERIOD, HOW_QUEUED, HOW_REOPENED, HOW_SPREAD, HOW_UNTHROTTLE, IrqSpanEvent,
-        KernelLayout, LOSS_CGROUP_READ, LOSS_CSD_MISSED_EXIT, LOSS_CSD_UNMATCHED_EXIT,
-        LOSS_MISSED_EXIT, LOSS_RINGBUF_FULL, LOSS_SLOTS, LOSS_SPAN_MISSED_EXIT,
-        LOSS_SPAN_UNMATCHED_EXIT, LOSS_UNMATCHED_EXIT, MAX_LISTED, OFFSET_UNAVAILABLE, PeriodEvent,
-        RINGBUF_BYTES, SPREAD_CPUS, SPREAD_WORDS,
+        ATTACHED_SLOT, AsyncEvent, CGROUP_CACHE, CgroupCacheEntry, CsdFrame,
+        EVENT_ASYNC_UNTHROTTLE, EVENT_IRQ_SPAN, EVENT_PERIOD, Frames, HOW_CGROUP, HOW_FRAME_FENTRY,
+        HOW_FRAME_KPROBE, HOW_FRAME_TRACEPOINT, HOW_IN_SPAN, HOW_LOOPS, HOW_PERIOD, HOW_QUEUED,
+        HOW_REOPENED, HOW_SPREAD, HOW_UNTHROTTLE, IrqSpanEvent, KernelLayout, LOSS_CGROUP_READ,
+        LOSS_CSD_MISSED_EXIT, LOSS_CSD_UNMATCHED_EXIT, LOSS_MISSED_EXIT, LOSS_RINGBUF_FULL,
+        LOSS_SLOTS, LOSS_SPAN_MISSED_EXIT, LOSS_SPAN_UNMATCHED_EXIT, LOSS_UNMATCHED_EXIT,
+        LOSS_UNSENT_FULL, MAX_LISTED, NONE_LISTED, OFFSET_UNAVAILABLE, OPEN_CSD, OPEN_PERIOD,
+        OPEN_SPAN, PeriodEvent, PeriodEventNarrow, PeriodEventWide, PeriodFrame, QUERY_EVERY,
+        RINGBUF_BYTES, RingConfig, RingState, SPREAD_CPUS, SPREAD_WORDS, UNSENT_MAX_CGROUPS,
+        UnsentPeriods, fine_bucket, log2_bucket,
     };
 
     /// Written by userspace before load (from the running kernel's BTF and kallsyms).
     #[unsafe(no_mangle)]
     static LAYOUT: KernelLayout = KernelLayout::UNAVAILABLE;
 
-    /// `Frames::open` bits.
-    const OPEN_PERIOD: u32 = 1 << 0;
-    const OPEN_CSD: u32 = 1 << 1;
-    const OPEN_SPAN: u32 = 1 << 2;
-
-    /// The open period-timer callback of this CPU.
-    #[repr(C)]
-    pub struct PeriodFrame {
-        start_ns: u64,
-        timer: u64,
-        loops: u32,
-        unthrottled: u32,
-        enqueued: u32,
-        runnable: u32,
-        how: u32,
-        /// Unthrottles on CPUs beyond the bitmap.
-        spread_overflow: u32,
-        /// Tasks queued under the unthrottled cfs_rqs (`h_nr_queued` at each unthrottle).
-        queued: u32,
-        _pad: u32,
-        /// CPUs whose cfs_rqs were unthrottled (`cfs_rq->rq->cpu`).
-        spread_mask: [u64; SPREAD_WORDS],
-    }
-
-    /// The open timer interrupt of this CPU and the period timers that ran inside it.
-    #[repr(C)]
-    pub struct SpanFrame {
-        start_ns: u64,
-        timers_ns: u64,
-        timers: u32,
-        how: u32,
-    }
-
-    /// The open async-unthrottle CSD of this CPU and its current segment.
-    #[repr(C)]
-    pub struct CsdFrame {
-        start_ns: u64,
-        /// What the exit must match: `&rq->cfsb_csd` for the tracepoints (0 otherwise).
-        csd: u64,
-        seg_start_ns: u64,
-        seg_cgroup: u64,
-        seg_unthrottled: u32,
-        seg_enqueued: u32,
-        seg_runnable: u32,
-        /// Events emitted so far for this CSD.
-        segment: u32,
-        how: u32,
-        /// HOW_CGROUP if the current segment's cgroup was read.
-        seg_flags: u32,
-        /// A probed `unthrottle_cfs_rq` has started a segment (probe mode).
-        seg_open: u32,
-        /// `__cfsb_csd_unthrottle` calls made inside the period timer (the timer's own work,
-        /// counted there) that have not returned yet.
-        nested: u32,
-        /// Listed mode: entries walked at entry, and the index of the last still-throttled
-        /// one (`NONE_LISTED` if none).
-        listed_n: u32,
-        listed_last: u32,
-        /// Listed mode: the cfs_rqs on the list at entry, by position; 0 for those no longer
-        /// throttled (the CSD skips them too).
-        listed: [u64; MAX_LISTED as usize],
-    }
-
-    const NONE_LISTED: u32 = u32::MAX;
-
-    /// All frames in one per-CPU value, so a hot-path probe needs a single lookup and a
-    /// single load of `open` to know it has nothing to do. Hard IRQs do not nest and the
-    /// period timer and the CSD both run with IRQs off, so at most one of those two is open at
-    /// a time on a CPU; the period frame opens inside the timer-interrupt span that runs it.
-    #[repr(C)]
-    pub struct Frames {
-        open: u32,
-        _pad: u32,
-        period: PeriodFrame,
-        csd: CsdFrame,
-        span: SpanFrame,
-    }
+    /// Written by userspace before load (from the ring buffer's size).
+    #[unsafe(no_mangle)]
+    static RING: RingConfig = RingConfig::DEFAULT;
 
     #[map]
     static FRAME: PerCpuArray<Frames> = PerCpuArray::with_max_entries(1, 0);
@@ -128,6 +59,35 @@ mod programs {
 
     #[map]
     static ATTACHED: Array<u32> = Array::with_max_entries(1, 0);
+
+    /// Per-cgroup sums of the callbacks whose events were lost.
+    #[map]
+    static UNSENT_PERIODS: HashMap<u64, UnsentPeriods> =
+        HashMap::with_max_entries(UNSENT_MAX_CGROUPS, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+    static ZERO_UNSENT: UnsentPeriods = UnsentPeriods::ZERO;
+
+    /// Submit flags: no wakeup, unless the unread data has passed the threshold, which wakes
+    /// the reader once per CPU per crossing (a reader that keeps up never sees one). Only every
+    /// `QUERY_EVERY`th record of a CPU looks at the fill level.
+    #[inline(always)]
+    fn submit_flags(r: &mut RingState) -> u64 {
+        if r.until_query > 0 {
+            r.until_query -= 1;
+            return BPF_RB_NO_WAKEUP as u64;
+        }
+        r.until_query = QUERY_EVERY - 1;
+        let at = unsafe { core::ptr::read_volatile(&RING.wake_at_bytes) };
+        if EVENTS.query(BPF_RB_AVAIL_DATA as u64) < at {
+            r.woke = 0;
+            return BPF_RB_NO_WAKEUP as u64;
+        }
+        if r.woke != 0 {
+            return BPF_RB_NO_WAKEUP as u64;
+        }
+        r.woke = 1;
+        BPF_RB_FORCE_WAKEUP as u64
+    }
 
     #[inline(always)]
     fn layout() -> &'static KernelLayout {
@@ -202,13 +162,34 @@ mod programs {
         Some(read_u64(kn.wrapping_add(l.kn_id))? & l.kn_id_mask)
     }
 
-    /// cfs_bandwidth -> container_of task_group -> cgroup id.
+    /// The period timer's cgroup id through this CPU's cache: a hit costs one read (the
+    /// task_group's css serial number, which a freed and reused task_group does not keep)
+    /// instead of the three of the css -> cgroup -> kernfs chain.
     #[inline(always)]
-    fn cgroup_of_cfs_b(cfs_b: u64, l: &KernelLayout) -> Option<u64> {
+    fn cgroup_of_timer(
+        cache: &mut [CgroupCacheEntry; CGROUP_CACHE],
+        timer: u64,
+        cfs_b: u64,
+        l: &KernelLayout,
+    ) -> Option<u64> {
         if l.tg_cfs_bandwidth == OFFSET_UNAVAILABLE {
             return None;
         }
-        cgroup_of_tg(cfs_b.wrapping_sub(l.tg_cfs_bandwidth), l)
+        let tg = cfs_b.wrapping_sub(l.tg_cfs_bandwidth);
+        if l.tg_css_serial_nr == OFFSET_UNAVAILABLE {
+            return cgroup_of_tg(tg, l);
+        }
+        let serial = read_u64(tg.wrapping_add(l.tg_css_serial_nr)).unwrap_or(0);
+        let i = (((timer >> 6) ^ (timer >> 16)) as usize) & (CGROUP_CACHE - 1);
+        let e = cache.get_mut(i)?;
+        if serial != 0 && e.timer == timer && e.serial == serial {
+            return Some(e.cgroup_id);
+        }
+        let id = cgroup_of_tg(tg, l)?;
+        e.timer = timer;
+        e.serial = serial;
+        e.cgroup_id = id;
+        Some(id)
     }
 
     /// cfs_rq -> tg -> cgroup id.
@@ -244,8 +225,14 @@ mod programs {
         f.how = how;
         f.spread_overflow = 0;
         f.queued = 0;
-        for w in f.spread_mask.iter_mut() {
-            *w = 0;
+        // Only the words the last callback used are dirty (most machines: word 0 only).
+        if f.spread_wide != 0 {
+            for w in f.spread_mask.iter_mut() {
+                *w = 0;
+            }
+            f.spread_wide = 0;
+        } else {
+            f.spread_mask[0] = 0;
         }
         fs.open |= OPEN_PERIOD;
         // Last, so the probe's own bookkeeping stays out of the measured span.
@@ -253,7 +240,7 @@ mod programs {
     }
 
     #[inline(always)]
-    fn period_close(timer_check: Option<u64>) {
+    fn period_close() {
         let end = unsafe { bpf_ktime_get_ns() };
         let Some(fs) = frames() else {
             return;
@@ -265,13 +252,14 @@ mod programs {
             }
             return;
         }
+        period_emit(fs, end);
+    }
+
+    /// Close this CPU's open period frame at `end` and emit its event. The caller has checked
+    /// that the frame is open (and, for the tracepoint, that it is this timer's).
+    #[inline(always)]
+    fn period_emit(fs: &mut Frames, end: u64) {
         let f = &mut fs.period;
-        if let Some(t) = timer_check {
-            // Tracepoint exit fires for every hrtimer: only ours closes the frame.
-            if t != f.timer {
-                return;
-            }
-        }
         fs.open &= !OPEN_PERIOD;
         fs.csd.nested = 0;
         let l = layout();
@@ -281,7 +269,7 @@ mod programs {
         let mut quota_ns = 0;
         if l.cfsb_period_timer != OFFSET_UNAVAILABLE {
             let cfs_b = f.timer.wrapping_sub(l.cfsb_period_timer);
-            match cgroup_of_cfs_b(cfs_b, l) {
+            match cgroup_of_timer(&mut fs.cgroups, f.timer, cfs_b, l) {
                 Some(id) => {
                     cgroup_id = id;
                     flags |= HOW_CGROUP;
@@ -289,10 +277,23 @@ mod programs {
                 None => count_loss(LOSS_CGROUP_READ),
             }
             if l.cfsb_period != OFFSET_UNAVAILABLE && l.cfsb_quota != OFFSET_UNAVAILABLE {
-                if let (Some(p), Some(q)) = (
-                    read_u64(cfs_b.wrapping_add(l.cfsb_period)),
-                    read_u64(cfs_b.wrapping_add(l.cfsb_quota)),
-                ) {
+                // One read where quota follows period (every kernel in the matrix), else two.
+                let pq = if l.cfsb_quota == l.cfsb_period + 8 {
+                    unsafe {
+                        bpf_probe_read_kernel(cfs_b.wrapping_add(l.cfsb_period) as *const [u64; 2])
+                    }
+                    .ok()
+                    .map(|v| (v[0], v[1]))
+                } else {
+                    match (
+                        read_u64(cfs_b.wrapping_add(l.cfsb_period)),
+                        read_u64(cfs_b.wrapping_add(l.cfsb_quota)),
+                    ) {
+                        (Some(p), Some(q)) => Some((p, q)),
+                        _ => None,
+                    }
+                };
+                if let Some((p, q)) = pq {
                     period_ns = p;
                     quota_ns = q;
                     flags |= HOW_PERIOD;
@@ -317,38 +318,119 @@ mod programs {
         if flags & HOW_UNTHROTTLE != 0 && l.cfs_rq_h_nr_queued != OFFSET_UNAVAILABLE {
             flags |= HOW_QUEUED;
         }
-        let Some(mut slot) = EVENTS.reserve::<PeriodEvent>(0) else {
-            count_loss(LOSS_RINGBUF_FULL);
-            return;
+        let cpu = unsafe { bpf_get_smp_processor_id() };
+        let head = PeriodEvent {
+            kind: EVENT_PERIOD,
+            cpu,
+            start_ns: f.start_ns,
+            duration_ns,
+            cgroup_id,
+            timer: f.timer,
+            period_ns,
+            quota_ns,
+            span_start_ns,
+            loops: f.loops,
+            unthrottled: f.unthrottled,
+            enqueued: f.enqueued,
+            runnable: f.runnable,
+            flags,
+            spread_overflow: f.spread_overflow,
+            queued: f.queued,
+            spread_words: 1,
         };
-        // Field by field into the reserved slot: the event is too big to build on the stack.
+        // Most callbacks unthrottle cfs_rqs of CPUs 0-63 only: their record carries one word
+        // of the bitmap.
+        let sent = if f.spread_wide == 0 {
+            emit_period_narrow(&mut fs.ring, &head, f.spread_mask[0])
+        } else {
+            emit_period_wide(&mut fs.ring, &head, &f.spread_mask)
+        };
+        if !sent {
+            count_loss(LOSS_RINGBUF_FULL);
+            add_unsent(&head);
+        }
+    }
+
+    #[inline(always)]
+    fn emit_period_narrow(ring: &mut RingState, head: &PeriodEvent, word: u64) -> bool {
+        let Some(mut slot) = EVENTS.reserve::<PeriodEventNarrow>(0) else {
+            return false;
+        };
+        slot.write(PeriodEventNarrow {
+            head: *head,
+            spread_mask: [word],
+        });
+        slot.submit(submit_flags(ring));
+        true
+    }
+
+    #[inline(always)]
+    fn emit_period_wide(
+        ring: &mut RingState,
+        head: &PeriodEvent,
+        mask: &[u64; SPREAD_WORDS],
+    ) -> bool {
+        let Some(mut slot) = EVENTS.reserve::<PeriodEventWide>(0) else {
+            return false;
+        };
+        // Field by field into the reserved slot: the wide record is too big for the stack.
         let e = slot.as_mut_ptr();
         unsafe {
-            (*e).kind = EVENT_PERIOD;
-            (*e).cpu = bpf_get_smp_processor_id();
-            (*e).start_ns = f.start_ns;
-            (*e).duration_ns = duration_ns;
-            (*e).cgroup_id = cgroup_id;
-            (*e).timer = f.timer;
-            (*e).period_ns = period_ns;
-            (*e).quota_ns = quota_ns;
-            (*e).loops = f.loops;
-            (*e).unthrottled = f.unthrottled;
-            (*e).enqueued = f.enqueued;
-            (*e).runnable = f.runnable;
-            (*e).flags = flags;
-            (*e).span_start_ns = span_start_ns;
-            (*e).spread_overflow = f.spread_overflow;
-            (*e).queued = f.queued;
-            let mut spread: u32 = 0;
+            (*e).head = *head;
+            (*e).head.spread_words = SPREAD_WORDS as u32;
             for i in 0..SPREAD_WORDS {
-                let w = f.spread_mask[i];
-                spread += w.count_ones();
-                (*e).spread_mask[i] = w;
+                (*e).spread_mask[i] = mask[i];
             }
-            (*e).spread = spread;
         }
-        slot.submit(0);
+        slot.submit(submit_flags(ring));
+        true
+    }
+
+    /// A callback whose event was lost, into its cgroup's unsent sums. A cgroup's period timer
+    /// runs on one CPU at a time, so its entry has one writer and plain adds are exact.
+    #[inline(always)]
+    fn add_unsent(e: &PeriodEvent) {
+        let id = e.cgroup_id;
+        let t = match UNSENT_PERIODS.get_ptr_mut(id) {
+            Some(t) => t,
+            None => {
+                // From a zeroed global, not the stack (the frame is already large). NOEXIST:
+                // another CPU may have just added it (then the lookup finds it).
+                let _ = UNSENT_PERIODS.insert(id, &ZERO_UNSENT, BPF_NOEXIST as u64);
+                match UNSENT_PERIODS.get_ptr_mut(id) {
+                    Some(t) => t,
+                    None => {
+                        count_loss(LOSS_UNSENT_FULL);
+                        return;
+                    }
+                }
+            }
+        };
+        let t = unsafe { &mut *t };
+        t.periods += 1;
+        t.callback_ns_sum = t.callback_ns_sum.wrapping_add(e.duration_ns);
+        if e.duration_ns > t.callback_ns_max {
+            t.callback_ns_max = e.duration_ns;
+        }
+        if let Some(b) = t.callback_hist.get_mut(log2_bucket(e.duration_ns)) {
+            *b += 1;
+        }
+        t.unthrottled_sum += u64::from(e.unthrottled);
+        t.enqueued_sum += u64::from(e.enqueued);
+        if e.unthrottled > t.max_unthrottled {
+            t.max_unthrottled = e.unthrottled;
+        }
+        if e.period_ns != 0 && e.duration_ns >= e.period_ns {
+            t.over_period += 1;
+        }
+        if e.flags & HOW_LOOPS != 0 {
+            if e.loops > 1 {
+                t.multi_pass += 1;
+            }
+            if e.loops > t.max_loops {
+                t.max_loops = e.loops;
+            }
+        }
     }
 
     /// The tasks this unthrottle releases: `cfs_rq->h_nr_queued` (or `h_nr_running`), read
@@ -383,6 +465,9 @@ mod programs {
         if cpu >= SPREAD_CPUS {
             f.spread_overflow += 1;
             return;
+        }
+        if cpu >= 64 {
+            f.spread_wide = 1;
         }
         if let Some(w) = f.spread_mask.get_mut((cpu / 64) as usize) {
             *w |= 1u64 << (cpu % 64);
@@ -426,9 +511,31 @@ mod programs {
             return;
         }
         fs.open &= !OPEN_SPAN;
+        let duration_ns = end.wrapping_sub(fs.span.start_ns);
+        let t = &mut fs.span.totals;
+        t.all += 1;
+        t.all_ns = t.all_ns.wrapping_add(duration_ns);
+        if duration_ns > t.all_max_ns {
+            t.all_max_ns = duration_ns;
+        }
+        if let Some(b) = t.all_hist.get_mut(fine_bucket(duration_ns)) {
+            *b += 1;
+        }
         // The common case: an interrupt that ran no period timer costs nothing more.
         if fs.span.timers == 0 {
             return;
+        }
+        t.spans += 1;
+        t.spans_ns = t.spans_ns.wrapping_add(duration_ns);
+        t.timers += u64::from(fs.span.timers);
+        if duration_ns > t.worst_ns {
+            t.worst_ns = duration_ns;
+            t.worst_start_ns = fs.span.start_ns;
+            t.worst_timers = fs.span.timers;
+            t.worst_timers_ns = fs.span.timers_ns;
+        }
+        if fs.span.timers > t.max_timers {
+            t.max_timers = fs.span.timers;
         }
         match EVENTS.reserve::<IrqSpanEvent>(0) {
             Some(mut slot) => {
@@ -436,12 +543,12 @@ mod programs {
                     kind: EVENT_IRQ_SPAN,
                     cpu: unsafe { bpf_get_smp_processor_id() },
                     start_ns: fs.span.start_ns,
-                    duration_ns: end.wrapping_sub(fs.span.start_ns),
+                    duration_ns,
                     timers_ns: fs.span.timers_ns,
                     timers: fs.span.timers,
                     flags: fs.span.how,
                 });
-                slot.submit(0);
+                slot.submit(submit_flags(&mut fs.ring));
             }
             None => count_loss(LOSS_RINGBUF_FULL),
         }
@@ -450,11 +557,11 @@ mod programs {
     // ---- async-unthrottle CSD frame ----
 
     #[inline(always)]
-    fn emit_async(e: AsyncEvent) {
+    fn emit_async(ring: &mut RingState, e: AsyncEvent) {
         match EVENTS.reserve::<AsyncEvent>(0) {
             Some(mut slot) => {
                 slot.write(e);
-                slot.submit(0);
+                slot.submit(submit_flags(ring));
             }
             None => count_loss(LOSS_RINGBUF_FULL),
         }
@@ -559,24 +666,27 @@ mod programs {
     /// A probed `unthrottle_cfs_rq` inside the CSD: close the running segment (if a cgroup
     /// owns it) and start the next one, owned by this cfs_rq's cgroup.
     #[inline(always)]
-    fn csd_segment(c: &mut CsdFrame, cfs_rq: u64) {
+    fn csd_segment(c: &mut CsdFrame, ring: &mut RingState, cfs_rq: u64) {
         let now = unsafe { bpf_ktime_get_ns() };
         if c.seg_open != 0 {
-            emit_async(AsyncEvent {
-                kind: EVENT_ASYNC_UNTHROTTLE,
-                cpu: unsafe { bpf_get_smp_processor_id() },
-                start_ns: c.seg_start_ns,
-                duration_ns: now.wrapping_sub(c.seg_start_ns),
-                cgroup_id: c.seg_cgroup,
-                csd_start_ns: c.start_ns,
-                csd_ns: 0,
-                unthrottled: c.seg_unthrottled,
-                enqueued: c.seg_enqueued,
-                runnable: c.seg_runnable,
-                flags: c.how | c.seg_flags | attached_bits(),
-                segment: c.segment,
-                _pad: 0,
-            });
+            emit_async(
+                ring,
+                AsyncEvent {
+                    kind: EVENT_ASYNC_UNTHROTTLE,
+                    cpu: unsafe { bpf_get_smp_processor_id() },
+                    start_ns: c.seg_start_ns,
+                    duration_ns: now.wrapping_sub(c.seg_start_ns),
+                    cgroup_id: c.seg_cgroup,
+                    csd_start_ns: c.start_ns,
+                    csd_ns: 0,
+                    unthrottled: c.seg_unthrottled,
+                    enqueued: c.seg_enqueued,
+                    runnable: c.seg_runnable,
+                    flags: c.how | c.seg_flags | attached_bits(),
+                    segment: c.segment,
+                    _pad: 0,
+                },
+            );
             c.segment += 1;
             c.seg_start_ns = now;
             c.seg_enqueued = 0;
@@ -618,6 +728,7 @@ mod programs {
             return;
         }
         let c = &mut fs.csd;
+        let ring = &mut fs.ring;
         if let Some(csd) = csd_check {
             if csd != c.csd {
                 return;
@@ -663,21 +774,24 @@ mod programs {
                     ev_flags |= ASYNC_LAST;
                     csd_part = csd_ns;
                 }
-                emit_async(AsyncEvent {
-                    kind: EVENT_ASYNC_UNTHROTTLE,
-                    cpu,
-                    start_ns: c.start_ns,
-                    duration_ns: csd_ns,
-                    cgroup_id: id,
-                    csd_start_ns: c.start_ns,
-                    csd_ns: csd_part,
-                    unthrottled: 1,
-                    enqueued: c.seg_enqueued,
-                    runnable: c.seg_runnable,
-                    flags: ev_flags,
-                    segment: seg,
-                    _pad: 0,
-                });
+                emit_async(
+                    ring,
+                    AsyncEvent {
+                        kind: EVENT_ASYNC_UNTHROTTLE,
+                        cpu,
+                        start_ns: c.start_ns,
+                        duration_ns: csd_ns,
+                        cgroup_id: id,
+                        csd_start_ns: c.start_ns,
+                        csd_ns: csd_part,
+                        unthrottled: 1,
+                        enqueued: c.seg_enqueued,
+                        runnable: c.seg_runnable,
+                        flags: ev_flags,
+                        segment: seg,
+                        _pad: 0,
+                    },
+                );
                 seg += 1;
             }
             return;
@@ -695,21 +809,24 @@ mod programs {
         } else {
             (0, ASYNC_EMPTY | (c.seg_flags & ASYNC_TRUNCATED))
         };
-        emit_async(AsyncEvent {
-            kind: EVENT_ASYNC_UNTHROTTLE,
-            cpu,
-            start_ns: c.seg_start_ns,
-            duration_ns: end.wrapping_sub(c.seg_start_ns),
-            cgroup_id,
-            csd_start_ns: c.start_ns,
-            csd_ns,
-            unthrottled: c.seg_unthrottled,
-            enqueued: c.seg_enqueued,
-            runnable: c.seg_runnable,
-            flags: flags | seg_bits | ASYNC_LAST,
-            segment: c.segment,
-            _pad: 0,
-        });
+        emit_async(
+            ring,
+            AsyncEvent {
+                kind: EVENT_ASYNC_UNTHROTTLE,
+                cpu,
+                start_ns: c.seg_start_ns,
+                duration_ns: end.wrapping_sub(c.seg_start_ns),
+                cgroup_id,
+                csd_start_ns: c.start_ns,
+                csd_ns,
+                unthrottled: c.seg_unthrottled,
+                enqueued: c.seg_enqueued,
+                runnable: c.seg_runnable,
+                flags: flags | seg_bits | ASYNC_LAST,
+                segment: c.segment,
+                _pad: 0,
+            },
+        );
     }
 
     // ---- period-timer frame: kprobe / kretprobe ----
@@ -723,7 +840,7 @@ mod programs {
 
     #[kretprobe]
     pub fn period_timer_kretprobe(_ctx: RetProbeContext) -> u32 {
-        period_close(None);
+        period_close();
         0
     }
 
@@ -738,7 +855,7 @@ mod programs {
 
     #[fexit(function = "sched_cfs_period_timer")]
     pub fn period_timer_fexit(_ctx: FExitContext) -> u32 {
-        period_close(None);
+        period_close();
         0
     }
 
@@ -757,13 +874,32 @@ mod programs {
         0
     }
 
+    /// The same filter as a BTF tracepoint (5.5+, preferred): the verifier knows `timer` is a
+    /// `struct hrtimer` and the offset is a constant of the frozen `.rodata`, so
+    /// `timer->function` is a plain load instead of a `bpf_probe_read_kernel` call on every
+    /// hrtimer of every CPU.
+    #[btf_tracepoint(function = "hrtimer_expire_entry")]
+    pub fn hrtimer_expire_entry_btf(ctx: BtfTracePointContext) -> i32 {
+        let timer: u64 = ctx.arg(0);
+        let l = layout();
+        if l.period_timer_fn == 0 || l.hrtimer_function == OFFSET_UNAVAILABLE || timer == 0 {
+            return 0;
+        }
+        let function = unsafe { *(timer.wrapping_add(l.hrtimer_function) as *const u64) };
+        if function == l.period_timer_fn {
+            period_open(timer, HOW_FRAME_TRACEPOINT);
+        }
+        0
+    }
+
     #[raw_tracepoint(tracepoint = "hrtimer_expire_exit")]
     pub fn hrtimer_expire_exit(ctx: RawTracePointContext) -> i32 {
         let timer: u64 = ctx.arg(0);
         // Cheap test first: most hrtimers expire with no frame open.
         if let Some(f) = open_frames() {
             if f.open & OPEN_PERIOD != 0 && f.period.timer == timer {
-                period_close(Some(timer));
+                let end = unsafe { bpf_ktime_get_ns() };
+                period_emit(f, end);
             }
         }
         0
@@ -883,7 +1019,7 @@ mod programs {
     fn count_unthrottle(cfs_rq: u64) {
         if let Some(f) = open_frames() {
             if f.open & OPEN_CSD != 0 {
-                csd_segment(&mut f.csd, cfs_rq);
+                csd_segment(&mut f.csd, &mut f.ring, cfs_rq);
             } else if f.open & OPEN_PERIOD != 0 {
                 f.period.unthrottled += 1;
                 period_mark_cpu(&mut f.period, cfs_rq);

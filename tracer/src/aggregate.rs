@@ -18,8 +18,8 @@ use tracer_ebpf::{
 };
 
 use crate::capture::{
-    AsyncRecord, CaptureLine, CgroupRecord, CpuMask, EndRecord, IrqSpanRecord, LossRecord,
-    PeriodRecord, PeriodScaling,
+    AsyncRecord, CaptureLine, CgroupRecord, CpuMask, CpuTotalsRecord, EndRecord, IrqSpanRecord,
+    LossRecord, PeriodRecord, PeriodScaling, UnsentPeriodsRecord,
 };
 
 /// Events whose timer could not be mapped to a cgroup carry id 0 and are kept under it.
@@ -121,6 +121,34 @@ impl Distribution {
         self.max = self.max.max(v);
     }
 
+    /// Values known only as in-kernel sums (callbacks whose events were lost): the exact
+    /// count, sum and max, and their log2 buckets (`tracer_ebpf::log2_bucket`), each recorded
+    /// at its bucket's geometric middle, so quantiles are approximate only where events were
+    /// lost.
+    fn absorb_log2(&mut self, count: u64, sum: u64, max: u64, buckets: &[(u32, u64)]) {
+        if count == 0 {
+            return;
+        }
+        let mut low_seen = u64::MAX;
+        for &(b, n) in buckets {
+            if n == 0 {
+                continue;
+            }
+            let (low, high) = log2_bounds(b);
+            low_seen = low_seen.min(low);
+            let mid = (((low as f64) * (high as f64)).sqrt() as u64).clamp(low, max.max(low));
+            let v = mid.min(self.cap);
+            let n32 = u32::try_from(n).unwrap_or(u32::MAX);
+            if self.hist.record_n(v, n32).is_err() {
+                self.hist.saturating_record(v);
+            }
+        }
+        self.count += count;
+        self.sum = self.sum.saturating_add(sum);
+        self.min = self.min.min(low_seen);
+        self.max = self.max.max(max);
+    }
+
     pub fn count(&self) -> u64 {
         self.count
     }
@@ -158,6 +186,15 @@ impl Distribution {
     /// Approximate heap bytes held by the histogram.
     pub fn heap_bytes(&self) -> usize {
         self.hist.distinct_values() * std::mem::size_of::<u32>()
+    }
+}
+
+/// The value range `[low, high)` of log2 bucket `b` (`tracer_ebpf::log2_bucket`).
+pub fn log2_bounds(b: u32) -> (u64, u64) {
+    match b {
+        0 => (0, 1),
+        b if b >= 64 => (1 << 63, u64::MAX),
+        b => (1 << (b - 1), 1 << b),
     }
 }
 
@@ -557,6 +594,22 @@ impl CgroupStats {
     }
 
     #[inline]
+    /// Callbacks whose events were lost, from the kernel's sums (a delta between two of its
+    /// cumulative lines): counts, time and worst stay exact.
+    fn add_unsent(&mut self, d: &UnsentDelta) {
+        self.callback_ns
+            .absorb_log2(d.periods, d.callback_ns_sum, d.callback_ns_max, &d.buckets);
+        if d.over_period > 0 {
+            self.precursors_mut().over_period += d.over_period;
+        }
+        if d.multi_pass > 0 {
+            self.precursors_mut().multi_pass += d.multi_pass;
+        }
+        if d.max_loops > 0 {
+            self.max_loops = Some(self.max_loops.unwrap_or(0).max(d.max_loops));
+        }
+    }
+
     fn add(&mut self, p: &PeriodRecord) {
         self.callback_ns.record(p.duration_ns);
         // A figure is only real when the event says its probe counted it; a zero from a
@@ -785,6 +838,9 @@ pub struct SpanStats {
     timers_per_span: Distribution,
     timers_ns: u64,
     worst: IrqSpanRecord,
+    /// The kernel's own worst span of this CPU, when it is longer than every span whose event
+    /// arrived (that event was lost).
+    kernel_worst: Option<IrqSpanRecord>,
 }
 
 impl SpanStats {
@@ -796,6 +852,7 @@ impl SpanStats {
             timers_per_span: Distribution::counts(),
             timers_ns: 0,
             worst: IrqSpanRecord::default(),
+            kernel_worst: None,
         }
     }
 
@@ -832,9 +889,12 @@ impl SpanStats {
         }
     }
 
-    /// The longest span.
+    /// The longest span: of the events, or the kernel's own when its event was lost.
     pub fn worst(&self) -> &IrqSpanRecord {
-        &self.worst
+        match &self.kernel_worst {
+            Some(k) if k.duration_ns > self.worst.duration_ns => k,
+            _ => &self.worst,
+        }
     }
 }
 
@@ -903,6 +963,49 @@ pub struct Aggregator {
     /// Periods (us) each cgroup's file showed when it was named: a naming line follows every
     /// period change seen while recording, so a written period shows up here.
     file_periods: IdMap<Vec<u64>>,
+    /// The kernel's own sums, the last line of each cgroup and CPU.
+    unsent_cgroups: IdMap<UnsentPeriodsRecord>,
+    kernel_cpus: std::collections::BTreeMap<u32, CpuTotalsRecord>,
+    /// Callbacks known only from the kernel's sums (their events were lost).
+    unsent_periods: u64,
+}
+
+/// What one `unsent_periods` line adds to the one before it for the same cgroup.
+struct UnsentDelta {
+    periods: u64,
+    callback_ns_sum: u64,
+    callback_ns_max: u64,
+    over_period: u64,
+    multi_pass: u64,
+    max_loops: u32,
+    buckets: Vec<(u32, u64)>,
+}
+
+impl UnsentDelta {
+    fn between(prev: Option<&UnsentPeriodsRecord>, now: &UnsentPeriodsRecord) -> Self {
+        let zero = UnsentPeriodsRecord::default();
+        let prev = prev.unwrap_or(&zero);
+        let before = |b: u32| {
+            prev.callback_log2
+                .iter()
+                .find(|(pb, _)| *pb == b)
+                .map_or(0, |(_, n)| u64::from(*n))
+        };
+        UnsentDelta {
+            periods: now.periods.saturating_sub(prev.periods),
+            callback_ns_sum: now.callback_ns_sum.saturating_sub(prev.callback_ns_sum),
+            callback_ns_max: now.callback_ns_max,
+            over_period: now.over_period.saturating_sub(prev.over_period),
+            multi_pass: now.multi_pass.saturating_sub(prev.multi_pass),
+            max_loops: now.max_loops,
+            buckets: now
+                .callback_log2
+                .iter()
+                .map(|&(b, n)| (b, u64::from(n).saturating_sub(before(b))))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+        }
+    }
 }
 
 /// Most kernel "period too short" messages kept (the kernel rate-limits them anyway).
@@ -1131,6 +1234,7 @@ impl Aggregator {
                 csd_missed_exit: o.csd_missed_exit.max(l.csd_missed_exit),
                 span_unmatched_exit: o.span_unmatched_exit.max(l.span_unmatched_exit),
                 span_missed_exit: o.span_missed_exit.max(l.span_missed_exit),
+                unsent_full: o.unsent_full.max(l.unsent_full),
             },
         });
     }
@@ -1143,8 +1247,72 @@ impl Aggregator {
             CaptureLine::KmsgPeriodScaling(k) => self.add_kmsg(k.clone()),
             CaptureLine::Cgroup(c) => self.add_cgroup(c.clone()),
             CaptureLine::Loss(l) => self.set_loss(*l),
+            CaptureLine::UnsentPeriods(t) => self.add_unsent(t),
+            CaptureLine::CpuTotals(t) => self.add_cpu_totals(t),
             CaptureLine::End(e) => self.end = Some(e.clone()),
         }
+    }
+
+    /// The kernel's sums of a cgroup's callbacks whose events were lost (cumulative: each line
+    /// adds what it has beyond the cgroup's previous one).
+    pub fn add_unsent(&mut self, t: &UnsentPeriodsRecord) {
+        let d = UnsentDelta::between(self.unsent_cgroups.get(&t.id), t);
+        self.unsent_cgroups.insert(t.id, t.clone());
+        if d.periods == 0 {
+            return;
+        }
+        self.unsent_periods += d.periods;
+        self.cgroups
+            .entry(t.id)
+            .or_insert_with(|| CgroupStats::new(t.ts_ns))
+            .add_unsent(&d);
+    }
+
+    /// A CPU's timer interrupts as the kernel summed them: its worst span counts even when
+    /// that span's event was lost.
+    pub fn add_cpu_totals(&mut self, t: &CpuTotalsRecord) {
+        self.kernel_cpus.insert(t.cpu, t.clone());
+        let cpu = t.cpu as usize;
+        if t.spans == 0 || cpu >= MAX_CPUS {
+            return;
+        }
+        if cpu >= self.spans.len() {
+            self.spans.resize(cpu + 1, None);
+        }
+        if cpu >= self.cpus.len() {
+            self.cpus.resize(cpu + 1, CpuStats::default());
+        }
+        let s = self.spans[cpu].get_or_insert_with(|| Box::new(SpanStats::new()));
+        if t.worst_ns > s.worst().duration_ns {
+            s.kernel_worst = Some(IrqSpanRecord {
+                ts_ns: t.worst_ts_ns,
+                cpu: t.cpu,
+                duration_ns: t.worst_ns,
+                timers: t.worst_timers,
+                timers_ns: t.worst_timers_ns,
+                flags: 0,
+            });
+        }
+    }
+
+    /// Callbacks known only from the kernel's sums: their events were lost.
+    pub fn unsent_periods(&self) -> u64 {
+        self.unsent_periods
+    }
+
+    /// A cgroup's callbacks whose events were lost, as the kernel summed them.
+    pub fn unsent(&self, id: u64) -> Option<&UnsentPeriodsRecord> {
+        self.unsent_cgroups.get(&id)
+    }
+
+    /// Every cgroup whose lost callbacks the kernel summed.
+    pub fn unsent_cgroups(&self) -> impl Iterator<Item = &UnsentPeriodsRecord> + '_ {
+        self.unsent_cgroups.values()
+    }
+
+    /// Each CPU's timer interrupts as the kernel summed them, by CPU.
+    pub fn kernel_cpus(&self) -> &std::collections::BTreeMap<u32, CpuTotalsRecord> {
+        &self.kernel_cpus
     }
 
     /// Period-timer callbacks seen.
@@ -1300,6 +1468,102 @@ impl Aggregator {
 mod tests {
     use super::*;
     use crate::workload::{Workload, WorkloadKind};
+
+    /// Lost callbacks come back from the kernel's cumulative sums: each line adds only what it
+    /// has beyond the cgroup's previous one, counts and sums exactly, quantiles from buckets.
+    #[test]
+    fn unsent_callbacks_count_exactly() {
+        let mut agg = Aggregator::new();
+        for i in 0..10 {
+            agg.add_period(&period(7, 0, 1_000 + i, 2_000));
+        }
+        let b = |v: u64| tracer_ebpf::log2_bucket(v) as u32;
+        let first = UnsentPeriodsRecord {
+            ts_ns: 5_000,
+            id: 7,
+            periods: 4,
+            callback_ns_sum: 4 * 3_000,
+            callback_ns_max: 3_000,
+            over_period: 1,
+            callback_log2: vec![(b(3_000), 4)],
+            ..Default::default()
+        };
+        agg.feed(&CaptureLine::UnsentPeriods(first.clone()));
+        // The same line again (a later write with nothing new) adds nothing.
+        agg.feed(&CaptureLine::UnsentPeriods(first.clone()));
+        let later = UnsentPeriodsRecord {
+            ts_ns: 9_000,
+            periods: 6,
+            callback_ns_sum: 4 * 3_000 + 2 * 900_000,
+            callback_ns_max: 900_000,
+            callback_log2: vec![(b(3_000), 4), (b(900_000), 2)],
+            ..first
+        };
+        agg.feed(&CaptureLine::UnsentPeriods(later));
+        let v = agg.cgroup(7).expect("cgroup 7");
+        let cb = v.stats.callback_ns();
+        assert_eq!(cb.count(), 16);
+        assert_eq!(v.stats.periods(), 16);
+        assert_eq!(cb.sum(), 10 * 2_000 + 4 * 3_000 + 2 * 900_000);
+        assert_eq!(
+            cb.max(),
+            900_000,
+            "the worst callback was one whose event was lost"
+        );
+        assert_eq!(cb.min(), 2_000);
+        // The two slow ones land in their bucket: p99 within it.
+        let p99 = cb.quantile(0.99);
+        assert!((1 << 19..=900_000).contains(&p99), "{p99}");
+        assert_eq!(agg.unsent_periods(), 6);
+        assert_eq!(agg.periods(), 10, "decoded callbacks stay what was decoded");
+        assert_eq!(v.stats.precursors().map(Precursors::over_period), Some(1));
+        // A cgroup that lost every event still appears.
+        agg.feed(&CaptureLine::UnsentPeriods(UnsentPeriodsRecord {
+            id: 8,
+            periods: 3,
+            callback_ns_sum: 3_000,
+            callback_ns_max: 1_500,
+            callback_log2: vec![(b(500), 2), (b(1_500), 1)],
+            ..Default::default()
+        }));
+        let v = agg.cgroup(8).expect("cgroup 8");
+        assert_eq!((v.stats.periods(), v.stats.total_callback_ns()), (3, 3_000));
+    }
+
+    /// The kernel's worst span of a CPU replaces the events' when it is longer (its event
+    /// was lost), and never a longer one that arrived.
+    #[test]
+    fn kernel_worst_span_counts_when_its_event_was_lost() {
+        let mut agg = Aggregator::new();
+        agg.add_irq_span(&IrqSpanRecord {
+            ts_ns: 100,
+            cpu: 1,
+            duration_ns: 40_000,
+            timers: 3,
+            timers_ns: 30_000,
+            flags: 0,
+        });
+        let totals = |worst_ns| CpuTotalsRecord {
+            cpu: 1,
+            spans: 2,
+            worst_ns,
+            worst_ts_ns: 500,
+            worst_timers: 9,
+            worst_timers_ns: 70_000,
+            ..Default::default()
+        };
+        agg.feed(&CaptureLine::CpuTotals(totals(20_000)));
+        assert_eq!(
+            agg.cpu_spans(1).map(|s| s.worst().duration_ns),
+            Some(40_000)
+        );
+        agg.feed(&CaptureLine::CpuTotals(totals(90_000)));
+        let w = agg.cpu_spans(1).map(|s| *s.worst()).expect("spans of cpu1");
+        assert_eq!((w.duration_ns, w.timers, w.ts_ns), (90_000, 9, 500));
+        assert_eq!(agg.worst_irq_span().map(|w| w.duration_ns), Some(90_000));
+        // Only the events' spans are counted: the lost one is not invented.
+        assert_eq!(agg.cpu_spans(1).map(|s| s.span_ns().count()), Some(1));
+    }
 
     fn period(cg: u64, cpu: u32, ts: u64, dur: u64) -> PeriodRecord {
         PeriodRecord {

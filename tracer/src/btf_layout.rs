@@ -14,6 +14,12 @@ pub enum BtfError {
         "no kernel BTF at {SYSFS_VMLINUX_BTF} (the kernel needs CONFIG_DEBUG_INFO_BTF=y); pass --btf FILE with this kernel's BTF (e.g. extracted from its vmlinux with `pahole --btf_encode_detached`)"
     )]
     Missing,
+    #[error("cannot read BTF from {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot parse BTF from {path}: {source}")]
     Parse {
         path: PathBuf,
@@ -54,16 +60,57 @@ pub fn btf_path(explicit: Option<&Path>) -> Result<PathBuf, BtfError> {
     }
 }
 
-/// Read the offsets the programs need. `period_timer_fn` and `csd_unthrottle_fn` are filled in
-/// by the caller (kallsyms).
-pub fn read_layout(path: &Path) -> Result<LayoutFacts, BtfError> {
-    let btf = Btf::from_file(path).map_err(|e| BtfError::Parse {
-        path: path.to_path_buf(),
-        source: anyhow_free::BtfRsError(format!("{e:#}")),
-    })?;
+/// The kernel's BTF, read into memory once and parsed once per run: btf-rs answers the
+/// offset and function questions, and the same bytes feed aya's loader (see [`KernelBtf::bytes`]).
+/// Reading it whole matters: btf-rs over a file seeks for every type it resolves (about
+/// 380,000 lseek calls for one run), and every parse of vmlinux costs tens of MB and ms.
+pub struct KernelBtf {
+    btf: Btf,
+    bytes: Vec<u8>,
+    pub path: PathBuf,
+}
+
+impl KernelBtf {
+    pub fn read(path: &Path) -> Result<Self, BtfError> {
+        let bytes = std::fs::read(path).map_err(|source| BtfError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let btf = Btf::from_bytes(&bytes).map_err(|e| BtfError::Parse {
+            path: path.to_path_buf(),
+            source: anyhow_free::BtfRsError(format!("{e:#}")),
+        })?;
+        Ok(Self {
+            btf,
+            bytes,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The raw BTF, for aya (which parses it into its own form for fentry targets).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Whether a function is described in BTF (fentry needs that).
+    pub fn has_func(&self, func: &str) -> bool {
+        self.btf
+            .resolve_types_by_name(func)
+            .map(|v| v.iter().any(|t| matches!(t, Type::Func(_))))
+            .unwrap_or(false)
+    }
+
+    /// Read the offsets the programs need. `period_timer_fn` and `csd_unthrottle_fn` are
+    /// filled in by the caller (kallsyms).
+    pub fn layout(&self) -> Result<LayoutFacts, BtfError> {
+        read_layout(&self.btf, &self.path)
+    }
+}
+
+fn read_layout(btf: &Btf, path: &Path) -> Result<LayoutFacts, BtfError> {
     let mut missing = Vec::new();
     let mut off = |s: &'static str, f: &str| -> u64 {
-        match member_offset(&btf, s, f) {
+        match member_offset(btf, s, f) {
             Some(o) => o,
             None => {
                 missing.push(format!("{s}.{f}"));
@@ -78,6 +125,9 @@ pub fn read_layout(path: &Path) -> Result<LayoutFacts, BtfError> {
     let tg_cfs_bandwidth = off("task_group", "cfs_bandwidth");
     let tg_css = off("task_group", "css");
     let css_cgroup = off("cgroup_subsys_state", "cgroup");
+    // Validates the programs' per-CPU timer -> cgroup cache; without it every callback reads
+    // the whole chain.
+    let css_serial_nr = off("cgroup_subsys_state", "serial_nr");
     let cgroup_kn = off("cgroup", "kn");
     let kn_id = off("kernfs_node", "id");
     // Async unthrottle (6.3+): absent before, which only disables that figure.
@@ -90,9 +140,9 @@ pub fn read_layout(path: &Path) -> Result<LayoutFacts, BtfError> {
     let cfs_rq_rq = off("cfs_rq", "rq");
     let rq_cpu = off("rq", "cpu");
     // Renamed in 6.14 (h_nr_running -> h_nr_queued): by name, whichever this kernel has.
-    let (cfs_rq_h_nr_queued, h_nr_field) = match member_offset(&btf, "cfs_rq", "h_nr_queued") {
+    let (cfs_rq_h_nr_queued, h_nr_field) = match member_offset(btf, "cfs_rq", "h_nr_queued") {
         Some(o) => (o, Some("h_nr_queued")),
-        None => match member_offset(&btf, "cfs_rq", "h_nr_running") {
+        None => match member_offset(btf, "cfs_rq", "h_nr_running") {
             Some(o) => (o, Some("h_nr_running")),
             None => {
                 missing.push("cfs_rq.h_nr_queued (or h_nr_running)".into());
@@ -105,6 +155,12 @@ pub fn read_layout(path: &Path) -> Result<LayoutFacts, BtfError> {
     } else {
         tg_css + css_cgroup
     };
+    let tg_css_serial_nr = if tg_css == OFFSET_UNAVAILABLE || css_serial_nr == OFFSET_UNAVAILABLE {
+        OFFSET_UNAVAILABLE
+    } else {
+        tg_css + css_serial_nr
+    };
+
     if cfsb_period_timer == OFFSET_UNAVAILABLE && tg_cfs_bandwidth == OFFSET_UNAVAILABLE {
         return Err(BtfError::NoStruct {
             path: path.to_path_buf(),
@@ -113,7 +169,7 @@ pub fn read_layout(path: &Path) -> Result<LayoutFacts, BtfError> {
     }
     // Before 5.5 `kernfs_node.id` was `union kernfs_node_id { struct { u32 ino, generation }; u64 id; }`:
     // the directory's inode number is the low half.
-    let kn_id_is_union = member_type(&btf, "kernfs_node", "id")
+    let kn_id_is_union = member_type(btf, "kernfs_node", "id")
         .map(|t| matches!(t, Type::Union(_)))
         .unwrap_or(false);
     let kn_id_mask = if kn_id_is_union {
@@ -142,6 +198,7 @@ pub fn read_layout(path: &Path) -> Result<LayoutFacts, BtfError> {
             cfs_rq_rq,
             rq_cpu,
             cfs_rq_h_nr_queued,
+            tg_css_serial_nr,
         },
         missing,
         kn_id_is_union,
@@ -206,16 +263,6 @@ fn peel(btf: &Btf, mut t: Type) -> Type {
     t
 }
 
-/// Whether a function is described in BTF (fentry needs that).
-pub fn has_func(path: &Path, func: &str) -> bool {
-    let Ok(btf) = Btf::from_file(path) else {
-        return false;
-    };
-    btf.resolve_types_by_name(func)
-        .map(|v| v.iter().any(|t| matches!(t, Type::Func(_))))
-        .unwrap_or(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,13 +272,15 @@ mod tests {
     fn host_btf_gives_the_cgroup_chain() {
         let p = Path::new(SYSFS_VMLINUX_BTF);
         assert!(p.exists(), "host has no {SYSFS_VMLINUX_BTF}");
-        let facts = read_layout(p).expect("layout");
+        let kbtf = KernelBtf::read(p).expect("BTF");
+        let facts = kbtf.layout().expect("layout");
         let l = facts.layout;
         for (name, v) in [
             ("hrtimer.function", l.hrtimer_function),
             ("cfs_bandwidth.period_timer", l.cfsb_period_timer),
             ("task_group.cfs_bandwidth", l.tg_cfs_bandwidth),
             ("task_group.css+css.cgroup", l.tg_css_cgroup),
+            ("task_group.css+css.serial_nr", l.tg_css_serial_nr),
             ("cgroup.kn", l.cgroup_kn),
             ("kernfs_node.id", l.kn_id),
         ] {
@@ -245,18 +294,16 @@ mod tests {
         assert_eq!(facts.h_nr_field, Some("h_nr_queued"));
         assert_eq!(
             Some(l.cfs_rq_h_nr_queued),
-            member_offset(&Btf::from_file(p).unwrap(), "cfs_rq", "h_nr_queued")
+            member_offset(&kbtf.btf, "cfs_rq", "h_nr_queued")
         );
-        assert_eq!(
-            member_offset(&Btf::from_file(p).unwrap(), "cfs_rq", "h_nr_running"),
-            None
-        );
+        assert_eq!(member_offset(&kbtf.btf, "cfs_rq", "h_nr_running"), None);
         // css is the first member of task_group on every kernel in the matrix.
         assert_eq!(
             l.tg_css_cgroup, 0,
             "css.cgroup sits at the start of task_group"
         );
-        assert!(has_func(p, "sched_cfs_period_timer"));
+        assert!(kbtf.has_func("sched_cfs_period_timer"));
+        assert!(!kbtf.has_func("task_group"), "a struct is not a function");
         // The host is 6.3+: async unthrottle's fields are all there.
         for (name, v) in [
             ("rq.cfsb_csd", l.rq_cfsb_csd),
@@ -275,7 +322,13 @@ mod tests {
 
     #[test]
     fn missing_file_is_a_clear_error() {
-        let e = read_layout(Path::new("/nonexistent/btf")).unwrap_err();
+        let e = KernelBtf::read(Path::new("/nonexistent/btf"))
+            .err()
+            .expect("an error");
         assert!(e.to_string().contains("/nonexistent/btf"), "{e}");
+        let junk = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(junk.path(), b"not BTF at all").expect("write");
+        let e = KernelBtf::read(junk.path()).err().expect("an error");
+        assert!(e.to_string().contains("cannot parse BTF"), "{e}");
     }
 }

@@ -293,6 +293,10 @@ pub struct LossRecord {
     /// Timer-interrupt span opens while one was open (a span's end was missed).
     #[serde(default)]
     pub span_missed_exit: u64,
+    /// Lost callbacks the kernel's unsent-sums map had no room for either (counted nowhere
+    /// else: the report's figures are short by these).
+    #[serde(default)]
+    pub unsent_full: u64,
 }
 
 impl LossRecord {
@@ -349,6 +353,57 @@ pub struct AsyncRecord {
     pub flags: u32,
 }
 
+/// `"kind":"unsent_periods"`: one cgroup's period-timer callbacks whose events the ring buffer
+/// had no room for, as the kernel summed them, cumulative since attach (mirrors
+/// `tracer_ebpf::UnsentPeriods`). Added to the callbacks decoded, they keep the report's counts,
+/// times and worst callback exact when events are lost. Written about every 10 s and at the
+/// end, for the cgroups whose sums changed (none while the ring buffer keeps up); the last
+/// line of a cgroup holds its sums.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct UnsentPeriodsRecord {
+    pub ts_ns: u64,
+    pub id: u64,
+    pub periods: u64,
+    pub callback_ns_sum: u64,
+    pub callback_ns_max: u64,
+    pub unthrottled_sum: u64,
+    pub enqueued_sum: u64,
+    pub over_period: u64,
+    pub multi_pass: u64,
+    pub max_loops: u32,
+    pub max_unthrottled: u32,
+    /// Callback time as `[bucket, count]` pairs of non-empty log2 buckets
+    /// (`tracer_ebpf::log2_bucket`: bucket b holds 2^(b-1) <= ns < 2^b).
+    pub callback_log2: Vec<(u32, u32)>,
+}
+
+/// `"kind":"cpu_totals"`: one CPU's timer interrupts as the kernel summed them, cumulative
+/// since attach (mirrors `tracer_ebpf::SpanTotals`): every interrupt (the node's baseline and
+/// the tracer's own-cost accounting) and those that ran period timers, with the worst one,
+/// exact when events are lost. Written about every 10 s and at the end.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct CpuTotalsRecord {
+    pub ts_ns: u64,
+    pub cpu: u32,
+    /// Every timer interrupt: count, time, longest.
+    pub interrupts: u64,
+    pub interrupts_ns: u64,
+    pub interrupt_max_ns: u64,
+    /// Interrupts that ran period timers: count, time, period timers run.
+    pub spans: u64,
+    pub spans_ns: u64,
+    pub timers: u64,
+    /// The longest of them: its time, start, period timers and their time.
+    pub worst_ns: u64,
+    pub worst_ts_ns: u64,
+    pub worst_timers: u32,
+    pub worst_timers_ns: u64,
+    pub max_timers: u32,
+    /// Every interrupt's time as `[bucket, count]` pairs of non-empty log-linear buckets
+    /// (`tracer_ebpf::fine_bucket`: 16 a power of two from 1 us to 1 s).
+    pub interrupt_hist: Vec<(u32, u32)>,
+}
+
 /// Every line after the header.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -362,6 +417,10 @@ pub enum CaptureLine {
     KmsgPeriodScaling(PeriodScaling),
     Cgroup(CgroupRecord),
     Loss(LossRecord),
+    /// `"kind":"unsent_periods"`.
+    UnsentPeriods(UnsentPeriodsRecord),
+    /// `"kind":"cpu_totals"`.
+    CpuTotals(CpuTotalsRecord),
     End(EndRecord),
 }
 
@@ -559,7 +618,9 @@ struct KindProbe {
     kind: Option<serde_json::Value>,
 }
 
-const KNOWN_KINDS: [&str; 7] = [
+const KNOWN_KINDS: [&str; 9] = [
+    "unsent_periods",
+    "cpu_totals",
     "period",
     "async_unthrottle",
     "irq_span",

@@ -61,6 +61,16 @@ pub struct TraceArgs {
     /// Kernel BTF to read structure offsets from, when /sys/kernel/btf/vmlinux is missing.
     #[arg(long, value_name = "FILE")]
     pub btf: Option<PathBuf>,
+    /// Attach only these probe families (comma-separated): the least overhead for a
+    /// production node, e.g. `--probes period_timer,irq_span`. The report says which were
+    /// left out by request. Default: all of them.
+    #[arg(long, value_name = "LIST", value_enum, value_delimiter = ',')]
+    pub probes: Option<Vec<crate::probes::ProbeFamily>>,
+    /// Run the reader at this SCHED_FIFO priority so it keeps up on a node saturated by the
+    /// storm it watches (as `perf record -r`); 0 runs it as a normal task.
+    #[arg(long, value_name = "N", default_value_t = crate::probes::DEFAULT_RT_PRIORITY,
+          value_parser = clap::value_parser!(u8).range(0..=99))]
+    pub rt_priority: u8,
 }
 
 #[derive(Subcommand, Debug)]

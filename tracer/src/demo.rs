@@ -79,6 +79,8 @@ pub fn demo(opts: &DemoOptions, stop: &AtomicBool) -> Result<report::Report> {
             tracer: TracerOptions {
                 backend: opts.tracer.backend,
                 btf: opts.tracer.btf.clone(),
+                probes: opts.tracer.probes.clone(),
+                rt_priority: opts.tracer.rt_priority,
             },
             duration: Some(opts.duration),
             output: path.clone(),

@@ -43,7 +43,10 @@ pub fn doctor(opts: &TracerOptions, attach_cycles: Option<u32>) -> Result<ExitCo
             healthy = false;
         }
     }
-    match btf_layout::btf_path(opts.btf.as_deref()).and_then(|p| btf_layout::read_layout(&p)) {
+    match btf_layout::btf_path(opts.btf.as_deref())
+        .and_then(|p| btf_layout::KernelBtf::read(&p))
+        .and_then(|b| b.layout())
+    {
         Ok(l) => {
             println!("btf         {}", l.source.display());
             if l.missing.is_empty() {

@@ -1,6 +1,7 @@
 //! Decoding the kernel's ring-buffer records into capture records.
 use tracer_ebpf::{
     AsyncEvent, EVENT_ASYNC_UNTHROTTLE, EVENT_IRQ_SPAN, EVENT_PERIOD, IrqSpanEvent, PeriodEvent,
+    SPREAD_WORDS,
 };
 
 use crate::capture::{AsyncRecord, CpuMask, IrqSpanRecord, PeriodRecord};
@@ -11,6 +12,10 @@ pub enum DecodeError {
     Size { got: usize, want: usize },
     #[error("ring buffer record of unknown kind {0} (object/binary mismatch)")]
     Kind(u32),
+    #[error(
+        "period record with {0} bitmap words, expected 1 or {SPREAD_WORDS} (object/binary mismatch)"
+    )]
+    SpreadWords(u32),
 }
 
 /// One ring-buffer record, by its leading `kind`.
@@ -53,6 +58,24 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
     match kind {
         EVENT_PERIOD => {
             let e: PeriodEvent = read(buf)?;
+            let words = e.spread_words as usize;
+            if words != 1 && words != SPREAD_WORDS {
+                return Err(DecodeError::SpreadWords(e.spread_words));
+            }
+            let head = core::mem::size_of::<PeriodEvent>();
+            let want = head + words * 8;
+            if buf.len() < want {
+                return Err(DecodeError::Size {
+                    got: buf.len(),
+                    want,
+                });
+            }
+            let mut mask = [0u64; SPREAD_WORDS];
+            for (i, w) in mask.iter_mut().take(words).enumerate() {
+                let at = head + i * 8;
+                *w = read(&buf[at..])?;
+            }
+            let spread_cpus = CpuMask(mask);
             Ok(Event::Period(PeriodRecord {
                 ts_ns: e.start_ns,
                 cpu: e.cpu,
@@ -67,10 +90,10 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 quota_ns: e.quota_ns,
                 flags: e.flags,
                 span_ts_ns: e.span_start_ns,
-                spread: e.spread,
+                spread: spread_cpus.len(),
                 spread_overflow: e.spread_overflow,
                 queued: e.queued,
-                spread_cpus: CpuMask(e.spread_mask),
+                spread_cpus,
             }))
         }
         EVENT_IRQ_SPAN => {
@@ -119,9 +142,8 @@ mod tests {
         v
     }
 
-    #[test]
-    fn decodes_a_period_record() {
-        let e = PeriodEvent {
+    fn period_head() -> PeriodEvent {
+        PeriodEvent {
             kind: EVENT_PERIOD,
             cpu: 7,
             start_ns: 1,
@@ -130,21 +152,23 @@ mod tests {
             timer: 4,
             period_ns: 5,
             quota_ns: u64::MAX,
+            span_start_ns: 13,
             loops: 8,
             unthrottled: 9,
             enqueued: 10,
             runnable: 11,
             flags: 12,
-            spread: 3,
-            span_start_ns: 13,
             spread_overflow: 1,
             queued: 14,
-            spread_mask: {
-                let mut m = [0u64; tracer_ebpf::SPREAD_WORDS];
-                m[0] = 0b1011;
-                m[15] = 1 << 63;
-                m
-            },
+            spread_words: 1,
+        }
+    }
+
+    #[test]
+    fn decodes_a_narrow_period_record() {
+        let e = tracer_ebpf::PeriodEventNarrow {
+            head: period_head(),
+            spread_mask: [0b1011],
         };
         let v = bytes_of(&e);
         let Event::Period(r) = decode(&v[1..]).unwrap() else {
@@ -165,15 +189,49 @@ mod tests {
         assert_eq!(r.quota_ns, u64::MAX);
         assert_eq!((r.span_ts_ns, r.spread, r.spread_overflow), (13, 3, 1));
         assert_eq!(r.queued, 14);
-        assert_eq!(r.spread_cpus.to_list(), "0-1,3,1023");
+        assert_eq!(r.spread_cpus.to_list(), "0-1,3");
+        // The head alone is not a whole record.
+        let head = core::mem::size_of::<PeriodEvent>();
+        assert_eq!(
+            decode(&v[1..1 + head]),
+            Err(DecodeError::Size {
+                got: head,
+                want: head + 8
+            })
+        );
         assert_eq!(
             decode(&v[1..11]),
             Err(DecodeError::Size {
                 got: 10,
-                want: core::mem::size_of::<PeriodEvent>()
+                want: head
             })
         );
         assert_eq!(decode(&v[1..3]), Err(DecodeError::Size { got: 2, want: 4 }));
+    }
+
+    #[test]
+    fn decodes_a_wide_period_record() {
+        let mut mask = [0u64; SPREAD_WORDS];
+        mask[0] = 0b1011;
+        mask[15] = 1 << 63;
+        let e = tracer_ebpf::PeriodEventWide {
+            head: PeriodEvent {
+                spread_words: SPREAD_WORDS as u32,
+                ..period_head()
+            },
+            spread_mask: mask,
+        };
+        let v = bytes_of(&e);
+        let Event::Period(r) = decode(&v[1..]).unwrap() else {
+            panic!("not a period");
+        };
+        assert_eq!(r.spread_cpus.to_list(), "0-1,3,1023");
+        assert_eq!(r.spread, 4);
+        // A bitmap length the programs never write is a mismatch, not a guess.
+        let mut bad = v[1..].to_vec();
+        let at = core::mem::offset_of!(PeriodEvent, spread_words);
+        bad[at..at + 4].copy_from_slice(&3u32.to_ne_bytes());
+        assert_eq!(decode(&bad), Err(DecodeError::SpreadWords(3)));
     }
 
     #[test]

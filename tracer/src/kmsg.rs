@@ -69,6 +69,12 @@ pub struct KmsgWatch {
     buf: Vec<u8>,
 }
 
+impl std::os::fd::AsRawFd for KmsgWatch {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
 impl KmsgWatch {
     pub fn open() -> io::Result<Self> {
         let file = std::fs::OpenOptions::new()

@@ -130,14 +130,7 @@ mod tests {
     fn attach_cycles_leave_nothing_behind() {
         let (p, _) = our_names().unwrap();
         assert!(p.contains("period_timer_kp"), "{p:?}");
-        let r = attach_cycles(
-            &TracerOptions {
-                backend: Backend::Auto,
-                btf: None,
-            },
-            3,
-        )
-        .unwrap();
+        let r = attach_cycles(&TracerOptions::new(Backend::Auto, None), 3).unwrap();
         assert!(r.saw_ours(), "{r:?}");
         assert!(!r.leaked(), "{r:?}");
     }

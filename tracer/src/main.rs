@@ -5,14 +5,20 @@ use anyhow::{Context as _, Result};
 use clap::Parser as _;
 
 use cfstrace::cli::{Cli, Commands, TraceArgs};
-use cfstrace::probes::TracerOptions;
+use cfstrace::probes::{ProbeSet, TracerOptions};
 use cfstrace::{demo, doctor, gate, record, report, repro, storm, watch};
 
-fn tracer_options(t: &TraceArgs) -> TracerOptions {
-    TracerOptions {
+fn tracer_options(t: &TraceArgs) -> Result<TracerOptions> {
+    let probes = match &t.probes {
+        Some(list) => ProbeSet::requested(list).map_err(|e| anyhow::anyhow!(e))?,
+        None => ProbeSet::default(),
+    };
+    Ok(TracerOptions {
         backend: t.backend,
         btf: t.btf.clone(),
-    }
+        probes,
+        rt_priority: t.rt_priority,
+    })
 }
 
 /// Say the gate's verdict on stderr; false when it fails.
@@ -43,7 +49,7 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<ExitCode> {
             command,
         } => {
             let opts = record::RecordOptions {
-                tracer: tracer_options(&trace),
+                tracer: tracer_options(&trace)?,
                 duration,
                 output: output.clone(),
                 command,
@@ -96,7 +102,7 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<ExitCode> {
             trace,
         } => {
             let opts = watch::WatchOptions {
-                tracer: tracer_options(&trace),
+                tracer: tracer_options(&trace)?,
                 interval,
                 duration,
                 json,
@@ -130,7 +136,7 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<ExitCode> {
                 command.join(" ")
             );
             let opts = record::RecordOptions {
-                tracer: tracer_options(&trace),
+                tracer: tracer_options(&trace)?,
                 duration,
                 output: output.clone(),
                 command,
@@ -159,7 +165,7 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<ExitCode> {
         Commands::Doctor {
             trace,
             attach_cycles,
-        } => doctor::doctor(&tracer_options(&trace), attach_cycles),
+        } => doctor::doctor(&tracer_options(&trace)?, attach_cycles),
         Commands::Demo {
             duration,
             output,
@@ -167,7 +173,7 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<ExitCode> {
             trace,
         } => {
             let opts = demo::DemoOptions {
-                tracer: tracer_options(&trace),
+                tracer: tracer_options(&trace)?,
                 duration,
                 output,
                 json,

@@ -5,17 +5,18 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
-use aya::programs::{FEntry, FExit, KProbe, RawTracePoint};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::{BtfTracePoint, FEntry, FExit, KProbe, RawTracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use tracer_ebpf::{
-    ATTACHED_ARMED, ATTACHED_SLOT, HOW_ENQUEUE_ENTITY, HOW_ENQUEUE_TASK_FAIR, HOW_LOOPS,
+    ATTACHED_ARMED, ATTACHED_SLOT, Frames, HOW_ENQUEUE_ENTITY, HOW_ENQUEUE_TASK_FAIR, HOW_LOOPS,
     HOW_RUNNABLE, HOW_UNTHROTTLE, LOSS_CGROUP_READ, LOSS_CSD_MISSED_EXIT, LOSS_CSD_UNMATCHED_EXIT,
     LOSS_MISSED_EXIT, LOSS_RINGBUF_FULL, LOSS_SPAN_MISSED_EXIT, LOSS_SPAN_UNMATCHED_EXIT,
-    LOSS_UNMATCHED_EXIT, OFFSET_UNAVAILABLE,
+    LOSS_UNMATCHED_EXIT, LOSS_UNSENT_FULL, OFFSET_UNAVAILABLE, RingConfig, SpanTotals,
+    UnsentPeriods,
 };
 
-use crate::btf_layout::{self, BtfError, LayoutFacts};
+use crate::btf_layout::{self, BtfError, KernelBtf, LayoutFacts};
 use crate::capture::{LossRecord, ProbeStatus};
 use crate::kallsyms::{KallsymsError, Symbols};
 use crate::privileges::{self, PrivilegeError};
@@ -44,6 +45,123 @@ pub const PROBE_ENQUEUE: &str = "enqueue";
 pub const PROBE_RUNNABLE: &str = "runnable";
 pub const PROBE_ASYNC_UNTHROTTLE: &str = "async_unthrottle";
 pub const PROBE_IRQ_SPAN: &str = "irq_span";
+
+/// The probe families `--probes` chooses from, named as in the report's `probes` section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum ProbeFamily {
+    /// The period-timer callback's frame: its IRQs-off time, CPU, cgroup, period and quota.
+    PeriodTimer,
+    /// The timer interrupt around the callbacks (the watchdog's headroom).
+    IrqSpan,
+    /// `distribute_cfs_runtime` passes per callback (needs period_timer).
+    Distribute,
+    /// cfs_rqs unthrottled per callback, their CPUs and queued tasks (needs period_timer).
+    Unthrottle,
+    /// Entities enqueued per callback (needs period_timer).
+    Enqueue,
+    /// Tasks made runnable per callback (needs period_timer).
+    Runnable,
+    /// The async-unthrottle CSD of 6.3+ kernels.
+    AsyncUnthrottle,
+}
+
+impl ProbeFamily {
+    pub const ALL: [ProbeFamily; 7] = [
+        ProbeFamily::PeriodTimer,
+        ProbeFamily::IrqSpan,
+        ProbeFamily::Distribute,
+        ProbeFamily::Unthrottle,
+        ProbeFamily::Enqueue,
+        ProbeFamily::Runnable,
+        ProbeFamily::AsyncUnthrottle,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeFamily::PeriodTimer => PROBE_PERIOD_TIMER,
+            ProbeFamily::IrqSpan => PROBE_IRQ_SPAN,
+            ProbeFamily::Distribute => PROBE_DISTRIBUTE,
+            ProbeFamily::Unthrottle => PROBE_UNTHROTTLE,
+            ProbeFamily::Enqueue => PROBE_ENQUEUE,
+            ProbeFamily::Runnable => PROBE_RUNNABLE,
+            ProbeFamily::AsyncUnthrottle => PROBE_ASYNC_UNTHROTTLE,
+        }
+    }
+
+    /// The counting probes count inside the period-timer frame: without it they count nothing.
+    fn needs_period_timer(self) -> bool {
+        matches!(
+            self,
+            ProbeFamily::Distribute
+                | ProbeFamily::Unthrottle
+                | ProbeFamily::Enqueue
+                | ProbeFamily::Runnable
+        )
+    }
+}
+
+/// Which probe families to attach (`--probes`); every one by default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeSet {
+    chosen: Vec<ProbeFamily>,
+    /// Given by the user (then the families left out say so).
+    requested: bool,
+}
+
+impl Default for ProbeSet {
+    fn default() -> Self {
+        Self {
+            chosen: ProbeFamily::ALL.to_vec(),
+            requested: false,
+        }
+    }
+}
+
+impl ProbeSet {
+    /// `--probes LIST`: a counting probe without the period-timer frame counts nothing, so
+    /// asking for one alone is an error rather than a silent empty figure.
+    pub fn requested(list: &[ProbeFamily]) -> Result<Self, String> {
+        if list.is_empty() {
+            return Err("--probes needs at least one probe family".into());
+        }
+        if !list.contains(&ProbeFamily::PeriodTimer)
+            && let Some(p) = list.iter().find(|p| p.needs_period_timer())
+        {
+            return Err(format!(
+                "--probes {}: it counts inside the period-timer callback; add period_timer",
+                p.as_str()
+            ));
+        }
+        let mut chosen = list.to_vec();
+        chosen.sort();
+        chosen.dedup();
+        Ok(Self {
+            chosen,
+            requested: true,
+        })
+    }
+
+    pub fn has(&self, p: ProbeFamily) -> bool {
+        self.chosen.contains(&p)
+    }
+
+    /// The report line of a family left out by `--probes`.
+    fn left_out(&self) -> String {
+        format!(
+            "left out by request (--probes {})",
+            self.chosen
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.requested
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backend {
@@ -146,6 +264,39 @@ fn humanize(s: &str) -> String {
 pub struct TracerOptions {
     pub backend: Backend,
     pub btf: Option<PathBuf>,
+    pub probes: ProbeSet,
+    /// SCHED_FIFO priority of the reader (0: a normal task).
+    pub rt_priority: u8,
+}
+
+/// The reader's default real-time priority: the lowest, above every normal task (the storm's
+/// busy loops) and below the kernel's own RT threads.
+pub const DEFAULT_RT_PRIORITY: u8 = 1;
+
+impl TracerOptions {
+    pub fn new(backend: Backend, btf: Option<PathBuf>) -> Self {
+        Self {
+            backend,
+            btf,
+            probes: ProbeSet::default(),
+            rt_priority: DEFAULT_RT_PRIORITY,
+        }
+    }
+}
+
+/// Ring-buffer bytes per CPU: with the reader draining every [`crate::record::DRAIN_INTERVAL`]
+/// and woken at half full, a buffer this size per CPU holds well over a second of a co-firing
+/// storm's events per CPU.
+pub const RINGBUF_BYTES_PER_CPU: u64 = 128 << 10;
+pub const RINGBUF_MIN_BYTES: u64 = 4 << 20;
+pub const RINGBUF_MAX_BYTES: u64 = 64 << 20;
+
+/// The ring buffer's size for `ncpus` CPUs: a power of two (the kernel's rule) between 4 and
+/// 64 MiB.
+pub fn ringbuf_bytes(ncpus: u32) -> u64 {
+    (u64::from(ncpus.max(1)) * RINGBUF_BYTES_PER_CPU)
+        .next_power_of_two()
+        .clamp(RINGBUF_MIN_BYTES, RINGBUF_MAX_BYTES)
 }
 
 /// Loaded and attached programs. Dropping it detaches everything.
@@ -161,6 +312,8 @@ pub struct Tracer {
     pub layout: LayoutFacts,
     /// HOW_* bits of the counting probes that are attached.
     pub attached_bits: u32,
+    /// The ring buffer's size.
+    pub ringbuf_bytes: u64,
 }
 
 fn ok(how: &str, target: &str) -> ProbeStatus {
@@ -185,7 +338,9 @@ impl Tracer {
     pub fn start(opts: &TracerOptions) -> Result<Tracer, ProbeError> {
         privileges::check()?;
         let btf_file = btf_layout::btf_path(opts.btf.as_deref())?;
-        let mut layout = btf_layout::read_layout(&btf_file)?;
+        // Read and parsed once for the offsets and the fentry checks.
+        let kbtf = KernelBtf::read(&btf_file)?;
+        let mut layout = kbtf.layout()?;
         let syms = Symbols::load(&[
             PERIOD_TIMER_FN,
             DISTRIBUTE_FN,
@@ -202,35 +357,89 @@ impl Tracer {
         layout.layout.csd_unthrottle_fn = syms.addr(CSD_UNTHROTTLE_FN).unwrap_or(0);
 
         // fentry resolves its target in the *running* kernel's BTF; --btf only feeds offsets.
-        let kernel_btf = Btf::from_sys_fs()
-            .or_else(|_| Btf::parse_file(&btf_file, aya::Endianness::default()))
-            .ok();
+        // aya parses the bytes already in memory when they are the running kernel's, and is
+        // handed the result so its loader does not parse vmlinux again.
+        let kernel_btf = if btf_file == Path::new(btf_layout::SYSFS_VMLINUX_BTF) {
+            Btf::parse(kbtf.bytes(), aya::Endianness::default()).ok()
+        } else {
+            Btf::from_sys_fs()
+                .or_else(|_| Btf::parse(kbtf.bytes(), aya::Endianness::default()))
+                .ok()
+        };
+        let ncpus = aya::util::nr_cpus().map(|n| n as u32).unwrap_or(1);
+        let ringbuf_bytes = ringbuf_bytes(ncpus);
+        let ring = RingConfig {
+            wake_at_bytes: ringbuf_bytes / 2,
+        };
         let mut ebpf = EbpfLoader::new()
+            .btf(kernel_btf.as_ref())
             .override_global("LAYOUT", &layout.layout, true)
+            .override_global("RING", &ring, true)
+            .map_max_entries("EVENTS", ringbuf_bytes as u32)
             .load(crate::EBPF_OBJECT)
             .map_err(|e| ProbeError::Load(chain(&e)))?;
 
         let mut t = Attacher {
             ebpf: &mut ebpf,
             btf: kernel_btf.as_ref(),
-            btf_file: &btf_file,
+            kbtf: &kbtf,
             syms: &syms,
             probes: BTreeMap::new(),
         };
-        let frame_backend = t.attach_frame(opts.backend)?;
-        let span_backend = t.attach_irq_span(opts.backend);
+        let set = &opts.probes;
+        let left_out = set.left_out();
+        let skip = |t: &mut Attacher<'_>, p: ProbeFamily| {
+            t.probes.insert(p.as_str().into(), not(left_out.clone()));
+        };
+        let frame_backend = if set.has(ProbeFamily::PeriodTimer) {
+            t.attach_frame(opts.backend)?
+        } else {
+            skip(&mut t, ProbeFamily::PeriodTimer);
+            "none"
+        };
+        let span_backend = if set.has(ProbeFamily::IrqSpan) {
+            t.attach_irq_span(opts.backend)
+        } else {
+            skip(&mut t, ProbeFamily::IrqSpan);
+            None
+        };
         let mut bits = 0;
-        if t.attach_counter(opts.backend, PROBE_DISTRIBUTE, DISTRIBUTE_FN, "distribute") {
-            bits |= HOW_LOOPS;
+        for (family, func, prog, bit) in [
+            (
+                ProbeFamily::Distribute,
+                DISTRIBUTE_FN,
+                "distribute",
+                HOW_LOOPS,
+            ),
+            (
+                ProbeFamily::Unthrottle,
+                UNTHROTTLE_FN,
+                "unthrottle",
+                HOW_UNTHROTTLE,
+            ),
+        ] {
+            if !set.has(family) {
+                skip(&mut t, family);
+            } else if t.attach_counter(opts.backend, family.as_str(), func, prog) {
+                bits |= bit;
+            }
         }
-        if t.attach_counter(opts.backend, PROBE_UNTHROTTLE, UNTHROTTLE_FN, "unthrottle") {
-            bits |= HOW_UNTHROTTLE;
+        if set.has(ProbeFamily::Enqueue) {
+            bits |= t.attach_enqueue(opts.backend);
+        } else {
+            skip(&mut t, ProbeFamily::Enqueue);
         }
-        bits |= t.attach_enqueue(opts.backend);
-        if t.attach_runnable() {
+        if !set.has(ProbeFamily::Runnable) {
+            skip(&mut t, ProbeFamily::Runnable);
+        } else if t.attach_runnable() {
             bits |= HOW_RUNNABLE;
         }
-        let async_backend = t.attach_async(opts.backend, bits & HOW_UNTHROTTLE != 0, &layout);
+        let async_backend = if set.has(ProbeFamily::AsyncUnthrottle) {
+            t.attach_async(opts.backend, bits & HOW_UNTHROTTLE != 0, &layout)
+        } else {
+            skip(&mut t, ProbeFamily::AsyncUnthrottle);
+            None
+        };
         let probes = t.probes;
 
         let mut attached: Array<&mut MapData, u32> = Array::try_from(
@@ -257,7 +466,41 @@ impl Tracer {
             span_backend,
             layout,
             attached_bits: bits,
+            ringbuf_bytes,
         })
+    }
+
+    /// Every cgroup's callbacks whose events were lost, as the kernel summed them (cumulative).
+    pub fn unsent_periods(&self) -> Result<Vec<(u64, UnsentPeriods)>, ProbeError> {
+        let map = self
+            .ebpf
+            .map("UNSENT_PERIODS")
+            .ok_or(ProbeError::Missing("map UNSENT_PERIODS"))?;
+        let m: BpfHashMap<&MapData, u64, UnsentPeriods> =
+            BpfHashMap::try_from(map).map_err(|source| ProbeError::Map {
+                name: "UNSENT_PERIODS",
+                source,
+            })?;
+        // An entry added or removed during the walk is skipped, never an error.
+        Ok(m.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Every CPU's in-kernel timer-interrupt totals (cumulative since attach), by CPU.
+    pub fn span_totals(&self) -> Result<Vec<SpanTotals>, ProbeError> {
+        let map = self
+            .ebpf
+            .map("FRAME")
+            .ok_or(ProbeError::Missing("map FRAME"))?;
+        let arr: PerCpuArray<&MapData, Frames> =
+            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
+                name: "FRAME",
+                source,
+            })?;
+        let v = arr.get(&0, 0).map_err(|source| ProbeError::Map {
+            name: "FRAME",
+            source,
+        })?;
+        Ok(v.iter().map(|f| f.span.totals).collect())
     }
 
     /// The ring buffer of period events (can be taken once).
@@ -300,6 +543,7 @@ impl Tracer {
             csd_missed_exit: sum(LOSS_CSD_MISSED_EXIT)?,
             span_unmatched_exit: sum(LOSS_SPAN_UNMATCHED_EXIT)?,
             span_missed_exit: sum(LOSS_SPAN_MISSED_EXIT)?,
+            unsent_full: sum(LOSS_UNSENT_FULL)?,
         })
     }
 }
@@ -358,7 +602,7 @@ fn async_attribution_note(
 struct Attacher<'a> {
     ebpf: &'a mut Ebpf,
     btf: Option<&'a Btf>,
-    btf_file: &'a Path,
+    kbtf: &'a KernelBtf,
     syms: &'a Symbols,
     probes: BTreeMap<String, ProbeStatus>,
 }
@@ -370,6 +614,8 @@ enum Hook<'s> {
     Fentry(&'s str),
     Fexit(&'s str),
     RawTp(&'s str),
+    /// A BTF-typed raw tracepoint (`tp_btf`, 5.5+): its pointer arguments can be read directly.
+    BtfTp(&'s str),
 }
 
 impl Attacher<'_> {
@@ -390,6 +636,9 @@ impl Attacher<'_> {
                 .map_err(conv)?
                 .load(f, btf.ok_or_else(no_btf)?),
             Hook::RawTp(_) => <&mut RawTracePoint>::try_from(p).map_err(conv)?.load(),
+            Hook::BtfTp(tp) => <&mut BtfTracePoint>::try_from(p)
+                .map_err(conv)?
+                .load(tp, btf.ok_or_else(no_btf)?),
         }
         .map_err(|e| chain(&e))
     }
@@ -410,6 +659,10 @@ impl Attacher<'_> {
             Hook::RawTp(tp) => <&mut RawTracePoint>::try_from(p)
                 .map_err(conv)?
                 .attach(tp)
+                .map(drop),
+            Hook::BtfTp(_) => <&mut BtfTracePoint>::try_from(p)
+                .map_err(conv)?
+                .attach()
                 .map(drop),
         };
         r.map_err(|e| chain(&e))
@@ -466,12 +719,13 @@ impl Attacher<'_> {
             Some(Program::FEntry(p)) => p.unload(),
             Some(Program::FExit(p)) => p.unload(),
             Some(Program::RawTracePoint(p)) => p.unload(),
+            Some(Program::BtfTracePoint(p)) => p.unload(),
             _ => Ok(()),
         };
     }
 
     fn try_fentry_frame(&mut self) -> Result<(), String> {
-        if !btf_layout::has_func(self.btf_file, PERIOD_TIMER_FN) {
+        if !self.kbtf.has_func(PERIOD_TIMER_FN) {
             return Err(format!("{PERIOD_TIMER_FN} has no BTF description"));
         }
         self.pair(
@@ -492,11 +746,25 @@ impl Attacher<'_> {
         )
     }
 
-    fn try_tracepoint_frame(&mut self) -> Result<(), String> {
-        self.pair(
+    /// The entry as a BTF tracepoint where the kernel offers one (a direct load of
+    /// `timer->function` on every hrtimer), else a raw tracepoint. Returns the entry's style.
+    fn try_tracepoint_frame(&mut self) -> Result<&'static str, String> {
+        let exit = ("hrtimer_expire_exit", Hook::RawTp("hrtimer_expire_exit"));
+        let btf = self.pair(
             ("hrtimer_expire_exit", Hook::RawTp("hrtimer_expire_exit")),
+            (
+                "hrtimer_expire_entry_btf",
+                Hook::BtfTp("hrtimer_expire_entry"),
+            ),
+        );
+        if btf.is_ok() {
+            return Ok("tp_btf");
+        }
+        self.pair(
+            exit,
             ("hrtimer_expire_entry", Hook::RawTp("hrtimer_expire_entry")),
         )
+        .map(|()| "raw_tp")
     }
 
     fn attach_frame(&mut self, backend: Backend) -> Result<&'static str, ProbeError> {
@@ -509,17 +777,19 @@ impl Attacher<'_> {
         let mut reasons = Vec::new();
         for &style in order {
             let r = match style {
-                "fentry" => self.try_fentry_frame(),
-                "kprobe" => self.try_kprobe_frame(),
+                "fentry" => self.try_fentry_frame().map(|()| ""),
+                "kprobe" => self.try_kprobe_frame().map(|()| ""),
                 _ => self.try_tracepoint_frame(),
             };
             match r {
-                Ok(()) => {
+                Ok(entry) => {
                     let (how, target) = match style {
                         "tracepoint" => (
                             "tracepoint",
-                            "hrtimer_expire_entry/exit (raw_tp) filtered on sched_cfs_period_timer"
-                                .to_string(),
+                            format!(
+                                "hrtimer_expire_entry/exit ({entry}/raw_tp) filtered on \
+                                 sched_cfs_period_timer"
+                            ),
                         ),
                         s => (s, PERIOD_TIMER_FN.to_string()),
                     };
@@ -540,7 +810,7 @@ impl Attacher<'_> {
     }
 
     fn try_fentry_csd(&mut self) -> Result<(), String> {
-        if !btf_layout::has_func(self.btf_file, CSD_UNTHROTTLE_FN) {
+        if !self.kbtf.has_func(CSD_UNTHROTTLE_FN) {
             return Err(format!("{CSD_UNTHROTTLE_FN} has no BTF description"));
         }
         self.pair(
@@ -807,5 +1077,43 @@ impl Attacher<'_> {
         let attached = st.attached;
         self.probes.insert(PROBE_RUNNABLE.into(), st);
         attached
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_sets() {
+        let all = ProbeSet::default();
+        assert!(ProbeFamily::ALL.iter().all(|&p| all.has(p)));
+        assert!(!all.is_requested());
+        let min = ProbeSet::requested(&[ProbeFamily::IrqSpan, ProbeFamily::PeriodTimer]).unwrap();
+        assert!(min.has(ProbeFamily::PeriodTimer) && min.has(ProbeFamily::IrqSpan));
+        assert!(!min.has(ProbeFamily::Unthrottle));
+        assert_eq!(
+            min.left_out(),
+            "left out by request (--probes period_timer,irq_span)"
+        );
+        // The P2 baseline: the span alone.
+        assert!(ProbeSet::requested(&[ProbeFamily::IrqSpan]).is_ok());
+        // A counter without the frame it counts in is refused, not silently empty.
+        let e = ProbeSet::requested(&[ProbeFamily::IrqSpan, ProbeFamily::Enqueue]).unwrap_err();
+        assert!(e.contains("enqueue") && e.contains("period_timer"), "{e}");
+        assert!(ProbeSet::requested(&[]).is_err());
+    }
+
+    #[test]
+    fn ring_buffer_follows_the_cpu_count() {
+        assert_eq!(ringbuf_bytes(1), 4 << 20);
+        assert_eq!(ringbuf_bytes(8), 4 << 20);
+        assert_eq!(ringbuf_bytes(64), 8 << 20);
+        assert_eq!(ringbuf_bytes(100), 16 << 20);
+        assert_eq!(ringbuf_bytes(384), 64 << 20);
+        assert_eq!(ringbuf_bytes(10_000), 64 << 20);
+        for n in [1, 3, 48, 100, 384] {
+            assert!(ringbuf_bytes(n).is_power_of_two());
+        }
     }
 }

@@ -389,7 +389,11 @@ impl Metrics {
                     .observe(x.duration_ns);
             }
             CaptureLine::AsyncUnthrottle(_) => self.async_events += 1,
-            CaptureLine::KmsgPeriodScaling(_) | CaptureLine::Loss(_) | CaptureLine::End(_) => {}
+            CaptureLine::KmsgPeriodScaling(_)
+            | CaptureLine::Loss(_)
+            | CaptureLine::UnsentPeriods(_)
+            | CaptureLine::CpuTotals(_)
+            | CaptureLine::End(_) => {}
         }
     }
 

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use aya::maps::{MapData, RingBuf};
 
 use crate::capture::{
-    CAPTURE_SCHEMA, CaptureHeader, CaptureLine, CaptureWriter, EndRecord, LossRecord, ProbeStatus,
+    CAPTURE_SCHEMA, CaptureHeader, CaptureLine, CaptureWriter, CpuTotalsRecord, EndRecord,
+    LossRecord, ProbeStatus, UnsentPeriodsRecord,
 };
 use crate::cgroup_fs::{self, CgroupNamer};
 use crate::events::{self, Event};
@@ -49,6 +50,8 @@ pub enum RecordError {
     },
     #[error("waiting for ring buffer events: {0}")]
     Poll(io::Error),
+    #[error("reading the kernel's totals: {0}")]
+    Totals(ProbeError),
     #[error("cannot run `{cmd}`: {why}")]
     NoCommand { cmd: String, why: String },
     #[error("cannot start `{cmd}`: {source}")]
@@ -159,10 +162,118 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
+/// How often the reader drains the ring buffer on its own. The programs submit without waking
+/// it (see `tracer_ebpf::RingConfig`), so this, not the event rate, sets how often it runs; a
+/// buffer filling faster than this wakes it at half full.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+/// How often `record` writes the kernel's totals (and at the end).
+pub const TOTALS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The reader's wait: epoll, edge-triggered, over the ring buffer and /dev/kmsg. Edge-triggered
+/// so that data already in the ring buffer does not make every wait return at once: the wait
+/// ends at the timeout, at a real wakeup (the buffer past its threshold), or at a new kernel
+/// message.
+struct Waiter {
+    epoll: std::os::fd::OwnedFd,
+}
+
+const WAKE_RING: u64 = 1;
+const WAKE_KMSG: u64 = 2;
+
+impl Waiter {
+    fn new(ring: i32, kmsg: Option<i32>) -> io::Result<Self> {
+        // SAFETY: plain syscall; the fd is owned below.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd we own.
+        let epoll = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+        let w = Waiter { epoll };
+        w.add(ring, WAKE_RING)?;
+        if let Some(k) = kmsg {
+            w.add(k, WAKE_KMSG)?;
+        }
+        Ok(w)
+    }
+
+    fn add(&self, fd: i32, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+            u64: token,
+        };
+        // SAFETY: valid epoll fd and event.
+        let r = unsafe {
+            libc::epoll_ctl(
+                std::os::fd::AsRawFd::as_raw_fd(&self.epoll),
+                libc::EPOLL_CTL_ADD,
+                fd,
+                &mut ev,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Wait up to `timeout`; true when /dev/kmsg has news.
+    fn wait(&self, timeout: Duration) -> io::Result<bool> {
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 2];
+        // SAFETY: valid epoll fd and buffer.
+        let n = unsafe {
+            libc::epoll_wait(
+                std::os::fd::AsRawFd::as_raw_fd(&self.epoll),
+                evs.as_mut_ptr(),
+                evs.len() as i32,
+                timeout.as_millis().min(i32::MAX as u128) as i32,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            // A signal (Ctrl-C) ends the wait early; the caller checks its flag.
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(evs[..n as usize].iter().any(|e| e.u64 == WAKE_KMSG))
+    }
+}
+
+/// Make the reader a SCHED_FIFO task at `prio` (0: leave it alone), so that a node saturated
+/// by the very storm it watches still lets it drain (as `perf record -r`). Children (CMD, the
+/// storm's workers) start as normal tasks again (SCHED_RESET_ON_FORK). Returns a warning when
+/// the kernel refuses (no CAP_SYS_NICE, or an RT group without RT runtime).
+pub fn raise_priority(prio: u8) -> Option<String> {
+    if prio == 0 {
+        return None;
+    }
+    let param = libc::sched_param {
+        sched_priority: i32::from(prio),
+    };
+    // SAFETY: plain syscall on ourselves with a valid param.
+    let r = unsafe {
+        libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param)
+    };
+    (r != 0).then(|| {
+        format!(
+            "cannot run the reader at real-time priority {prio} ({}); it runs as a normal task \
+             and may fall behind on a saturated node (--rt-priority 0 silences this)",
+            io::Error::last_os_error()
+        )
+    })
+}
+
 /// Attached programs plus everything needed to turn their events into capture lines.
 pub struct Session {
     tracer: Tracer,
     ring: RingBuf<MapData>,
+    waiter: Waiter,
+    /// Each cgroup's callback count in the last totals written, and each CPU's interrupt count.
+    totals_written: HashMap<u64, u64>,
+    cpu_totals_written: Vec<u64>,
     namer: CgroupNamer,
     named: HashSet<u64>,
     /// Each cgroup's period in its last callback: a change re-names the cgroup, so the
@@ -190,6 +301,9 @@ impl Session {
         let hierarchy = cgroup_fs::find_cpu_hierarchy()?;
         let mut tracer = Tracer::start(opts)?;
         let ring = tracer.take_events()?;
+        if let Some(w) = raise_priority(opts.rt_priority) {
+            eprintln!("cfstrace: warning: {w}");
+        }
         // Opened before the header so it can say whether the kernel's own word is heard.
         let (kmsg, kmsg_status) = match KmsgWatch::open() {
             Ok(k) => (
@@ -232,9 +346,17 @@ impl Session {
             started_mono_ns: monotonic_ns(),
             command,
         };
+        let waiter = Waiter::new(
+            ring.as_raw_fd(),
+            kmsg.as_ref().map(|k: &KmsgWatch| k.as_raw_fd()),
+        )
+        .map_err(RecordError::Poll)?;
         Ok(Session {
             tracer,
             ring,
+            waiter,
+            totals_written: HashMap::new(),
+            cpu_totals_written: Vec::new(),
             namer: CgroupNamer::new(hierarchy),
             named: HashSet::new(),
             periods_seen: HashMap::new(),
@@ -248,38 +370,22 @@ impl Session {
         })
     }
 
-    /// Wait up to `timeout` for events, then hand every capture line they make to `sink`:
-    /// a cgroup's naming line comes before its first period or async line.
+    /// Wait up to `timeout` (at most [`DRAIN_INTERVAL`] is the caller's rule), then hand
+    /// every capture line the ring buffer and /dev/kmsg hold to `sink`: a cgroup's naming line
+    /// comes before its first period or async line.
     pub fn poll<E>(
         &mut self,
         timeout: Duration,
         sink: &mut impl FnMut(&CaptureLine) -> Result<(), E>,
     ) -> Result<(), PollError<E>> {
-        let mut pfd = libc::pollfd {
-            fd: self.ring.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let r = unsafe {
-            libc::poll(
-                &mut pfd,
-                1,
-                timeout.as_millis().min(i32::MAX as u128) as i32,
-            )
-        };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(PollError::Poll(e));
-            }
+        let kmsg = self.waiter.wait(timeout).map_err(PollError::Poll)?;
+        if kmsg {
+            self.read_kmsg(sink)?;
         }
-        self.drain(sink)
+        self.drain_ring(sink)
     }
 
-    /// Read everything the ring buffer holds now, and the kernel messages logged since the
-    /// last call.
-    pub fn drain<E>(
+    fn read_kmsg<E>(
         &mut self,
         sink: &mut impl FnMut(&CaptureLine) -> Result<(), E>,
     ) -> Result<(), PollError<E>> {
@@ -289,6 +395,80 @@ impl Session {
                 sink(&CaptureLine::KmsgPeriodScaling(m)).map_err(PollError::Sink)?;
             }
         }
+        Ok(())
+    }
+
+    /// The kernel's totals that changed since the last call, as capture lines.
+    pub fn totals<E>(
+        &mut self,
+        sink: &mut impl FnMut(&CaptureLine) -> Result<(), E>,
+    ) -> Result<(), PollError<E>> {
+        let ts_ns = monotonic_ns();
+        let mut cgroups = self.tracer.unsent_periods().map_err(PollError::Totals)?;
+        cgroups.sort_unstable_by_key(|(id, _)| *id);
+        for (id, t) in cgroups {
+            if self.totals_written.get(&id) == Some(&t.periods) {
+                continue;
+            }
+            self.totals_written.insert(id, t.periods);
+            sink(&CaptureLine::UnsentPeriods(UnsentPeriodsRecord {
+                ts_ns,
+                id,
+                periods: t.periods,
+                callback_ns_sum: t.callback_ns_sum,
+                callback_ns_max: t.callback_ns_max,
+                unthrottled_sum: t.unthrottled_sum,
+                enqueued_sum: t.enqueued_sum,
+                over_period: t.over_period,
+                multi_pass: t.multi_pass,
+                max_loops: t.max_loops,
+                max_unthrottled: t.max_unthrottled,
+                callback_log2: nonzero_buckets(&t.callback_hist),
+            }))
+            .map_err(PollError::Sink)?;
+        }
+        let cpus = self.tracer.span_totals().map_err(PollError::Totals)?;
+        self.cpu_totals_written.resize(cpus.len(), 0);
+        for (cpu, t) in cpus.iter().enumerate() {
+            if t.all == 0 || self.cpu_totals_written[cpu] == t.all {
+                continue;
+            }
+            self.cpu_totals_written[cpu] = t.all;
+            sink(&CaptureLine::CpuTotals(CpuTotalsRecord {
+                ts_ns,
+                cpu: cpu as u32,
+                interrupts: t.all,
+                interrupts_ns: t.all_ns,
+                interrupt_max_ns: t.all_max_ns,
+                spans: t.spans,
+                spans_ns: t.spans_ns,
+                timers: t.timers,
+                worst_ns: t.worst_ns,
+                worst_ts_ns: t.worst_start_ns,
+                worst_timers: t.worst_timers,
+                worst_timers_ns: t.worst_timers_ns,
+                max_timers: t.max_timers,
+                interrupt_hist: nonzero_buckets(&t.all_hist),
+            }))
+            .map_err(PollError::Sink)?;
+        }
+        Ok(())
+    }
+
+    /// Read everything the ring buffer holds now, and the kernel messages logged since the
+    /// last call.
+    pub fn drain<E>(
+        &mut self,
+        sink: &mut impl FnMut(&CaptureLine) -> Result<(), E>,
+    ) -> Result<(), PollError<E>> {
+        self.read_kmsg(sink)?;
+        self.drain_ring(sink)
+    }
+
+    fn drain_ring<E>(
+        &mut self,
+        sink: &mut impl FnMut(&CaptureLine) -> Result<(), E>,
+    ) -> Result<(), PollError<E>> {
         while let Some(item) = self.ring.next() {
             let rec = match events::decode(&item) {
                 Ok(r) => r,
@@ -339,9 +519,19 @@ impl Session {
     }
 }
 
+/// `[bucket, count]` of the non-empty buckets of an in-kernel histogram.
+fn nonzero_buckets(h: &[u32]) -> Vec<(u32, u32)> {
+    h.iter()
+        .enumerate()
+        .filter(|(_, n)| **n != 0)
+        .map(|(b, n)| (b as u32, *n))
+        .collect()
+}
+
 #[derive(Debug)]
 pub enum PollError<E> {
     Poll(io::Error),
+    Totals(ProbeError),
     Sink(E),
 }
 
@@ -427,6 +617,7 @@ pub fn record(opts: &RecordOptions, stop: &AtomicBool) -> Result<RecordOutcome, 
 
     let started = Instant::now();
     let mut last_flush = Instant::now();
+    let mut last_totals = Instant::now();
     let mut last_progress: Option<Instant> = None;
     let mut lost_now = 0;
     let show_progress = opts.progress && io::stderr().is_terminal();
@@ -440,13 +631,13 @@ pub fn record(opts: &RecordOptions, stop: &AtomicBool) -> Result<RecordOutcome, 
         }
     };
     let reason = loop {
-        let r = session.poll(Duration::from_millis(100), &mut |l: &CaptureLine| {
-            out.write_line(l)
-        });
-        match r {
-            Ok(()) => {}
-            Err(PollError::Poll(e)) => return Err(RecordError::Poll(e)),
-            Err(PollError::Sink(e)) => return Err(cap_err(e)),
+        let r = session.poll(DRAIN_INTERVAL, &mut |l: &CaptureLine| out.write_line(l));
+        r.map_err(|e| poll_error(e, &cap_err))?;
+        if last_totals.elapsed() >= TOTALS_INTERVAL {
+            last_totals = Instant::now();
+            session
+                .totals(&mut |l: &CaptureLine| out.write_line(l))
+                .map_err(|e| poll_error(e, &cap_err))?;
         }
         if last_flush.elapsed() >= Duration::from_secs(1) {
             let loss = session.losses()?;
@@ -542,10 +733,10 @@ pub fn record(opts: &RecordOptions, stop: &AtomicBool) -> Result<RecordOutcome, 
     // Events still in flight: the ring buffer is drained once more after the loop.
     session
         .drain(&mut |l: &CaptureLine| out.write_line(l))
-        .map_err(|e| match e {
-            PollError::Poll(e) => RecordError::Poll(e),
-            PollError::Sink(e) => cap_err(e),
-        })?;
+        .map_err(|e| poll_error(e, &cap_err))?;
+    session
+        .totals(&mut |l: &CaptureLine| out.write_line(l))
+        .map_err(|e| poll_error(e, &cap_err))?;
     let loss = session.losses()?;
     out.write_line(&CaptureLine::Loss(loss)).map_err(cap_err)?;
     let elapsed = started.elapsed();
@@ -571,6 +762,17 @@ pub fn record(opts: &RecordOptions, stop: &AtomicBool) -> Result<RecordOutcome, 
         exit_code: command_exit_code(reason, command_status),
         duration: elapsed,
     })
+}
+
+fn poll_error(
+    e: PollError<crate::capture::CaptureError>,
+    cap_err: &impl Fn(crate::capture::CaptureError) -> RecordError,
+) -> RecordError {
+    match e {
+        PollError::Poll(e) => RecordError::Poll(e),
+        PollError::Totals(e) => RecordError::Totals(e),
+        PollError::Sink(e) => cap_err(e),
+    }
 }
 
 /// Make sure what was written is on disk (a capture taken before a crash must survive it).

@@ -21,7 +21,7 @@ use crate::capture::{CaptureLine, CgroupRecord, LossRecord};
 use crate::live_view::{self, Frame, HIST_BINS, TerminalGuard};
 use crate::probes::TracerOptions;
 use crate::prometheus::{self, Metrics};
-use crate::record::{PollError, RecordError, Session};
+use crate::record::{DRAIN_INTERVAL, PollError, RecordError, Session};
 use crate::report::{self, CgroupReport, Report};
 
 /// `--top` when not given.
@@ -64,6 +64,7 @@ pub fn loss_since(now: &LossRecord, earlier: &LossRecord) -> LossRecord {
         span_missed_exit: now
             .span_missed_exit
             .saturating_sub(earlier.span_missed_exit),
+        unsent_full: now.unsent_full.saturating_sub(earlier.unsent_full),
     }
 }
 
@@ -131,7 +132,8 @@ pub fn watch(opts: &WatchOptions, stop: &AtomicBool) -> anyhow::Result<()> {
             opts.interval.min(d.saturating_sub(started.elapsed()))
         });
         while window.elapsed() < end && !stop.load(Ordering::Relaxed) {
-            let r = session.poll(Duration::from_millis(100), &mut |l: &CaptureLine| {
+            let left = end.saturating_sub(window.elapsed());
+            let r = session.poll(left.min(DRAIN_INTERVAL), &mut |l: &CaptureLine| {
                 match l {
                     CaptureLine::Cgroup(c) => {
                         names.insert(c.id, c.clone());
@@ -148,8 +150,10 @@ pub fn watch(opts: &WatchOptions, stop: &AtomicBool) -> anyhow::Result<()> {
                 }
                 Ok::<(), ()>(())
             });
-            if let Err(PollError::Poll(e)) = r {
-                return Err(RecordError::Poll(e).into());
+            match r {
+                Err(PollError::Poll(e)) => return Err(RecordError::Poll(e).into()),
+                Err(PollError::Totals(e)) => return Err(RecordError::Totals(e).into()),
+                _ => {}
             }
         }
         let loss = session.losses().map_err(RecordError::from)?;
