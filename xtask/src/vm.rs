@@ -268,7 +268,8 @@ impl VmArgs {
 ///
 /// The medians are not robust: on 6.12+ half the periods unthrottle nothing in the callback
 /// (p50 0 seen for runnable with the tracepoint backend). The floors sit at about half of the
-/// lowest mean seen: a broken probe counts 0, a slow host does not halve these.
+/// lowest mean seen: a broken probe counts 0, a slow host does not halve these (they count per
+/// callback, and the guest's clock is the host's: see `expect::Floors`).
 pub const FLOORS: Floors = Floors {
     unthrottled_mean: 0.25,
     unthrottled_total_mean: 0.5,
@@ -308,7 +309,8 @@ pub struct CofireRow {
     /// The most period timers in one interrupt, and of how many distinct cgroups.
     pub max_timers: i64,
     pub max_cgroups: u64,
-    /// The longest interrupt (its CPU, duration, its period timers and their time).
+    /// The longest interrupt (its CPU, duration, its period timers and their time). Shown, not
+    /// judged: which interrupt is longest is up to the emulation (`expect::check_cofire`).
     pub worst: String,
     /// Node headroom and what it is measured from.
     pub headroom: String,
@@ -556,7 +558,8 @@ pub fn run(args: &VmArgs) -> Result<Vec<Outcome>> {
 /// The accelerator actually used (decided on the first boot: KVM, else TCG).
 static KVM_WORKS: OnceLock<bool> = OnceLock::new();
 /// A KVM guest that has not reached /init by then is stuck (seen under nested virtualisation,
-/// where TCG reaches /init in about 4 s): kill it and use TCG.
+/// where TCG reaches /init in about 4 s): kill it and use TCG. Wall time, and no verdict: it
+/// only chooses the accelerator (a slow KVM boot costs a TCG boot, never a failure).
 const KVM_INIT_DEADLINE: Duration = Duration::from_secs(20);
 
 struct Boot {
@@ -565,14 +568,107 @@ struct Boot {
     times: Vec<Duration>,
     accel: &'static str,
     timed_out: bool,
-    /// Killed for printing nothing for SILENCE_LIMIT.
+    /// Killed for printing nothing for SILENCE_LIMIT of emulation.
     silent: bool,
+    /// When killed: (progress in all, progress and wall time since the last line).
+    killed_at: Option<(Duration, Duration, Duration)>,
     /// KVM guest killed for not reaching /init within KVM_INIT_DEADLINE.
     kvm_hung: bool,
     exit: Option<std::process::ExitStatus>,
     stderr: String,
     t_init: Option<Duration>,
     total: Duration,
+}
+
+/// A guest's progress, what its time limits count: qemu's CPU time (all its threads), at most
+/// the wall time since qemu started. The guest keeps its vCPUs busy from boot to power-off
+/// (the storm's loops), so without contention this is the wall time; on a loaded host (the
+/// 2-core CI machine building beside two guests) single-threaded TCG gets a fraction of a core
+/// and the guest's work (doctor's attach cycles, BTF, the verifier, text patching) takes that
+/// much longer in wall time, but not in this. A guest hung with its CPUs spinning still burns
+/// CPU and hits the limits; one hung idle is caught by the wall backstop ([`WALL_BACKSTOP`]).
+/// Without /proc the wall time, as before.
+struct GuestClock {
+    pid: u32,
+    start: Instant,
+}
+
+impl GuestClock {
+    fn progress(&self) -> Duration {
+        let wall = self.start.elapsed();
+        cpu_time(self.pid).map_or(wall, |c| c.min(wall))
+    }
+}
+
+/// A process's CPU time, user + system, over all its threads (`/proc/PID/stat` fields 14, 15).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_time(&stat, clock_ticks())
+}
+
+/// utime + stime of a `/proc/PID/stat` line, in `ticks` per second.
+fn stat_cpu_time(stat: &str, ticks: u64) -> Option<Duration> {
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses, the last ')' ends it;
+    // after it, field 3 (state) is index 0, utime (14) index 11, stime (15) index 12.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let t = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(t.saturating_mul(1000) / ticks.max(1)))
+}
+
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as u64 } else { 100 }
+}
+
+/// A guest whose limit in progress is not reached after this many times that limit in wall
+/// time is killed anyway (a guest hung idle burns no CPU and would never reach it).
+const WALL_BACKSTOP: u32 = 4;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Limit {
+    Timeout,
+    Silent,
+}
+
+/// The limit a guest has reached, if any: `ran` and `quiet` are its progress ([`GuestClock`])
+/// in all and since its last line, `ran_wall` and `quiet_wall` the same in wall time.
+fn limit_hit(
+    ran: Duration,
+    ran_wall: Duration,
+    quiet: Duration,
+    quiet_wall: Duration,
+    timeout: Duration,
+) -> Option<Limit> {
+    if ran >= timeout || ran_wall >= timeout * WALL_BACKSTOP {
+        Some(Limit::Timeout)
+    } else if quiet >= SILENCE_LIMIT || quiet_wall >= SILENCE_LIMIT * WALL_BACKSTOP {
+        Some(Limit::Silent)
+    } else {
+        None
+    }
+}
+
+/// How long to wait for a line before looking at the limits again: progress is never faster
+/// than the wall clock, so the wall time left to the nearest limit is at most this.
+fn next_check(
+    ran: Duration,
+    ran_wall: Duration,
+    quiet: Duration,
+    quiet_wall: Duration,
+    timeout: Duration,
+) -> Duration {
+    [
+        timeout.saturating_sub(ran),
+        (timeout * WALL_BACKSTOP).saturating_sub(ran_wall),
+        SILENCE_LIMIT.saturating_sub(quiet),
+        (SILENCE_LIMIT * WALL_BACKSTOP).saturating_sub(quiet_wall),
+    ]
+    .into_iter()
+    .min()
+    .unwrap_or_default()
+    .max(Duration::from_millis(100))
 }
 
 fn kvm_usable() -> bool {
@@ -701,23 +797,31 @@ fn boot_once(
         accel,
         timed_out: false,
         silent: false,
+        killed_at: None,
         kvm_hung: false,
         exit: None,
         stderr: String::new(),
         t_init: None,
         total: Duration::ZERO,
     };
-    let mut last_line = Instant::now();
+    let clock = GuestClock {
+        pid: child.id(),
+        start,
+    };
+    // The last line: when (wall) and at what progress.
+    let mut last_line = (Instant::now(), Duration::ZERO);
     loop {
-        let left = timeout
-            .saturating_sub(start.elapsed())
-            .min(SILENCE_LIMIT.saturating_sub(last_line.elapsed()));
-        if left.is_zero() {
+        let ran = clock.progress();
+        let quiet = ran.saturating_sub(last_line.1);
+        let (ran_wall, quiet_wall) = (start.elapsed(), last_line.0.elapsed());
+        if let Some(hit) = limit_hit(ran, ran_wall, quiet, quiet_wall, timeout) {
             b.timed_out = true;
-            b.silent = last_line.elapsed() >= SILENCE_LIMIT;
+            b.silent = hit == Limit::Silent;
+            b.killed_at = Some((ran, quiet, quiet_wall));
             let _ = child.kill();
             break;
         }
+        let left = next_check(ran, ran_wall, quiet, quiet_wall, timeout);
         let wait = if kvm && b.t_init.is_none() && args.accel == Accel::Auto {
             let to_deadline = KVM_INIT_DEADLINE.saturating_sub(start.elapsed());
             if to_deadline.is_zero() {
@@ -731,7 +835,7 @@ fn boot_once(
         };
         match rx.recv_timeout(wait) {
             Ok(line) => {
-                last_line = Instant::now();
+                last_line = (Instant::now(), clock.progress());
                 let _ = writeln!(logf, "{line}");
                 if b.t_init.is_none() && line.contains(M_INIT) {
                     b.t_init = Some(start.elapsed());
@@ -757,14 +861,21 @@ fn boot_once(
         let _ = writeln!(logf, "--- qemu stderr ---\n{}", b.stderr.trim_end());
     }
     if b.timed_out {
+        let (ran, quiet, quiet_wall) = b.killed_at.unwrap_or_default();
         let _ = writeln!(
             logf,
-            "--- killed after {}s ({}) ---",
+            "--- killed after {}s, {}s of emulation ({}) ---",
             b.total.as_secs(),
+            ran.as_secs(),
             if b.silent {
-                format!("silent for {}s", SILENCE_LIMIT.as_secs())
+                format!(
+                    "silent for {}s, {}s of emulation; limit {}s of emulation",
+                    quiet_wall.as_secs(),
+                    quiet.as_secs(),
+                    SILENCE_LIMIT.as_secs()
+                )
             } else {
-                format!("timeout {}s", timeout.as_secs())
+                format!("timeout {}s of emulation", timeout.as_secs())
             }
         );
     }
@@ -1052,7 +1163,9 @@ fn default_jobs() -> usize {
 }
 
 /// Per-boot limit: boot + facts + per backend doctor (20 attach cycles) and an 8 s record,
-/// plus the co-firing storm (setting up its cgroups, record, report, digest).
+/// plus the co-firing storm (setting up its cgroups, record, report, digest). Like
+/// [`SILENCE_LIMIT`], counted in the guest's progress ([`GuestClock`]), so a host busy with
+/// other work slows the guest without failing it.
 fn boot_timeout(args: &VmArgs, backends: usize, cofire: bool, kvm: bool) -> Duration {
     if let Some(t) = args.timeout {
         return Duration::from_secs(t);
@@ -1067,7 +1180,9 @@ fn boot_timeout(args: &VmArgs, backends: usize, cofire: bool, kvm: bool) -> Dura
 }
 
 /// A guest silent this long is hung (doctor's 20 attach cycles print nothing for up to ~3 min
-/// under TCG on the 7.x kernel; the recorder prints every second).
+/// under TCG on the 7.x kernel; the recorder prints every second). Counted in the guest's
+/// progress ([`GuestClock`]: qemu's CPU time), not wall time: on a loaded host those 3 minutes
+/// of emulation take longer, and a wall-clock limit would call a slow guest hung.
 const SILENCE_LIMIT: Duration = Duration::from_secs(300);
 
 /// Boot `kernel` as often as needed to run every backend: one boot normally; after a crash the
@@ -1358,7 +1473,7 @@ fn evaluate(
             bail!(
                 "the guest stopped during {stage}{} ({ctx}):\n{}",
                 if b.silent {
-                    " (hung: no output for 300s)"
+                    " (hung: no output for 300s of emulation)"
                 } else if b.timed_out {
                     " (timeout)"
                 } else {
@@ -1486,7 +1601,7 @@ fn evaluate_cofire(
             bail!(
                 "the guest stopped during the co-firing storm{} ({ctx}):\n{}",
                 if b.silent {
-                    " (hung: no output for 300s)"
+                    " (hung: no output for 300s of emulation)"
                 } else if b.timed_out {
                     " (timeout)"
                 } else {
@@ -1891,6 +2006,62 @@ mod tests {
         ));
         assert_eq!(early.early_problem, Some(0));
         assert!(early.runs.is_empty());
+    }
+
+    #[test]
+    fn limits_count_the_guests_progress() {
+        let s = Duration::from_secs;
+        let timeout = s(1800);
+        // A guest on a loaded host: 20 min of wall time, 7 min of emulation, 4 min of wall
+        // silence (doctor's attach cycles) that were 90 s of emulation: not hung, not late.
+        assert_eq!(limit_hit(s(420), s(1200), s(90), s(240), timeout), None);
+        // The same silence at full speed is still within SILENCE_LIMIT; past it, hung.
+        assert_eq!(limit_hit(s(420), s(420), s(299), s(299), timeout), None);
+        assert_eq!(
+            limit_hit(s(420), s(420), s(300), s(300), timeout),
+            Some(Limit::Silent)
+        );
+        // Out of time in emulation, or (hung idle, no CPU) in WALL_BACKSTOP x the wall time.
+        assert_eq!(
+            limit_hit(s(1800), s(1900), s(1), s(1), timeout),
+            Some(Limit::Timeout)
+        );
+        assert_eq!(
+            limit_hit(s(100), s(4 * 1800), s(1), s(1), timeout),
+            Some(Limit::Timeout)
+        );
+        assert_eq!(
+            limit_hit(s(100), s(1300), s(10), s(1200), timeout),
+            Some(Limit::Silent)
+        );
+        // The next look comes no later than the nearest limit could be reached.
+        assert_eq!(next_check(s(100), s(100), s(10), s(10), timeout), s(290));
+        assert_eq!(
+            next_check(s(1799), s(1799), s(0), s(0), timeout),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            next_check(s(1800), s(1800), s(0), s(0), timeout),
+            Duration::from_millis(100)
+        );
+    }
+
+    #[test]
+    fn cpu_time_from_proc_stat() {
+        let stat = "4242 (qemu-system-x86) (x) S 1 4242 4242 0 -1 4194560 9 0 0 0 \
+                    1500 250 0 0 20 0 5 0 123 456 789";
+        assert_eq!(
+            stat_cpu_time(stat, 100),
+            Some(Duration::from_millis(17_500))
+        );
+        assert_eq!(stat_cpu_time("garbage", 100), None);
+        // This process: some CPU time, never more than it has lived.
+        assert!(cpu_time(std::process::id()).is_some(), "/proc/self/stat");
+        let clock = GuestClock {
+            pid: std::process::id(),
+            start: Instant::now(),
+        };
+        assert!(clock.progress() <= clock.start.elapsed());
     }
 
     #[test]
