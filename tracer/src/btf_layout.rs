@@ -60,36 +60,48 @@ pub fn btf_path(explicit: Option<&Path>) -> Result<PathBuf, BtfError> {
     }
 }
 
-/// The kernel's BTF, read into memory once and parsed once per run: btf-rs answers the
-/// offset and function questions, and the same bytes feed aya's loader (see [`KernelBtf::bytes`]).
-/// Reading it whole matters: btf-rs over a file seeks for every type it resolves (about
-/// 380,000 lseek calls for one run), and every parse of vmlinux costs tens of MB and ms.
+/// The kernel's BTF, read once and parsed once per run. The bytes go into an anonymous memory
+/// file (memfd) that btf-rs maps lazily (its cached backend parses every type up front: about
+/// 40 MB for a 6.x vmlinux) and aya parses once for fentry targets (see [`KernelBtf::bytes`]).
+/// Before, vmlinux was parsed up to four times, and btf-rs over the file seeked for every type
+/// it resolved (about 380,000 lseek calls a run).
 pub struct KernelBtf {
     btf: Btf,
-    bytes: Vec<u8>,
+    map: memmap2::Mmap,
+    /// Keeps the memory file alive (btf-rs maps it through its own descriptor).
+    _memfd: std::fs::File,
     pub path: PathBuf,
 }
 
 impl KernelBtf {
     pub fn read(path: &Path) -> Result<Self, BtfError> {
-        let bytes = std::fs::read(path).map_err(|source| BtfError::Read {
+        let read_err = |source| BtfError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
-        let btf = Btf::from_bytes(&bytes).map_err(|e| BtfError::Parse {
-            path: path.to_path_buf(),
-            source: anyhow_free::BtfRsError(format!("{e:#}")),
+        };
+        let bytes = std::fs::read(path).map_err(read_err)?;
+        let memfd = memory_file(&bytes).map_err(read_err)?;
+        drop(bytes);
+        // SAFETY: the memory file is ours alone and never written again while mapped.
+        let map = unsafe { memmap2::Mmap::map(&memfd) }.map_err(read_err)?;
+        let fd_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&memfd));
+        let btf = Btf::from_file_with_backend(&fd_path, btf_rs::Backend::Mmap).map_err(|e| {
+            BtfError::Parse {
+                path: path.to_path_buf(),
+                source: anyhow_free::BtfRsError(format!("{e:#}")),
+            }
         })?;
         Ok(Self {
             btf,
-            bytes,
+            map,
+            _memfd: memfd,
             path: path.to_path_buf(),
         })
     }
 
     /// The raw BTF, for aya (which parses it into its own form for fentry targets).
     pub fn bytes(&self) -> &[u8] {
-        &self.bytes
+        &self.map
     }
 
     /// Whether a function is described in BTF (fentry needs that).
@@ -105,6 +117,19 @@ impl KernelBtf {
     pub fn layout(&self) -> Result<LayoutFacts, BtfError> {
         read_layout(&self.btf, &self.path)
     }
+}
+
+/// An anonymous in-memory file holding `bytes`.
+fn memory_file(bytes: &[u8]) -> std::io::Result<std::fs::File> {
+    // SAFETY: a valid NUL-terminated name; the fd is owned by the File below.
+    let fd = unsafe { libc::memfd_create(c"cfstrace-btf".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    std::io::Write::write_all(&mut f, bytes)?;
+    Ok(f)
 }
 
 fn read_layout(btf: &Btf, path: &Path) -> Result<LayoutFacts, BtfError> {

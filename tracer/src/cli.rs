@@ -71,6 +71,11 @@ pub struct TraceArgs {
     #[arg(long, value_name = "N", default_value_t = crate::probes::DEFAULT_RT_PRIORITY,
           value_parser = clap::value_parser!(u8).range(0..=99))]
     pub rt_priority: u8,
+    /// Size of the ring buffer (e.g. 256K, 16M; a power of two of at least 4K). Default: 128K
+    /// per CPU, between 4M and 64M. Callbacks whose events do not fit are still counted, from
+    /// the kernel's own sums; the report says how many.
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
+    pub ring_buffer: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -258,10 +263,52 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `--ring-buffer`: bytes with an optional K or M (binary) suffix; the kernel wants a power
+/// of two of whole pages.
+pub fn parse_ring_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, ""),
+    };
+    let mul: u64 = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        _ => return Err(format!("unknown unit {unit:?} (examples: 256K, 16M)")),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 256K, 16M)"))?;
+    let bytes = n
+        .checked_mul(mul)
+        .filter(|b| *b <= 1 << 30)
+        .ok_or_else(|| "at most 1G".to_string())?;
+    if bytes < 4096 || !bytes.is_power_of_two() {
+        return Err(format!(
+            "{bytes} bytes: the ring buffer must be a power of two of at least 4K"
+        ));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn ring_sizes() {
+        assert_eq!(parse_ring_size("4096"), Ok(4096));
+        assert_eq!(parse_ring_size("256K"), Ok(256 << 10));
+        assert_eq!(parse_ring_size("16m"), Ok(16 << 20));
+        assert_eq!(parse_ring_size("16MiB"), Ok(16 << 20));
+        assert!(parse_ring_size("3000").is_err(), "not a power of two");
+        assert!(parse_ring_size("2K").is_err(), "below a page");
+        assert!(parse_ring_size("4G").is_err());
+        assert!(parse_ring_size("12X").is_err());
+        assert!(parse_ring_size("").is_err());
+    }
 
     #[test]
     fn cli_is_consistent() {

@@ -81,6 +81,7 @@ pub fn demo(opts: &DemoOptions, stop: &AtomicBool) -> Result<report::Report> {
                 btf: opts.tracer.btf.clone(),
                 probes: opts.tracer.probes.clone(),
                 rt_priority: opts.tracer.rt_priority,
+                ring_buffer: opts.tracer.ring_buffer,
             },
             duration: Some(opts.duration),
             output: path.clone(),

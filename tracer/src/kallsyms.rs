@@ -27,12 +27,19 @@ pub struct Symbols {
 impl Symbols {
     pub fn load(wanted: &[&str]) -> Result<Self, KallsymsError> {
         let path = "/proc/kallsyms";
-        let text =
-            std::fs::read_to_string(Path::new(path)).map_err(|source| KallsymsError::Read {
-                path: path.into(),
-                source,
-            })?;
-        let s = Self::parse(&text, wanted);
+        let read_err = |source| KallsymsError::Read {
+            path: path.into(),
+            source,
+        };
+        let file = std::fs::File::open(Path::new(path)).map_err(read_err)?;
+        // Streamed line by line: the file is several MB and only a handful of lines matter.
+        let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+        let mut s = Self::default();
+        let mut line = String::new();
+        while std::io::BufRead::read_line(&mut reader, &mut line).map_err(read_err)? > 0 {
+            s.add_line(&line, wanted);
+            line.clear();
+        }
         if !s.found.is_empty() && s.found.values().all(|(a, _)| *a == 0) {
             return Err(KallsymsError::Restricted { path: path.into() });
         }
@@ -42,37 +49,42 @@ impl Symbols {
     /// Pure parser. An exact name wins over a compiler-suffixed clone (`name.isra.0`,
     /// `name.constprop.0`): kprobes attach to the real symbol name, which is the suffixed one.
     pub fn parse(text: &str, wanted: &[&str]) -> Self {
-        let mut found: HashMap<String, (u64, String)> = HashMap::new();
+        let mut s = Self::default();
         for line in text.lines() {
-            let mut it = line.split_ascii_whitespace();
-            let (Some(addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
-                continue;
-            };
-            // Only text symbols; modules (4th column) cannot hold these scheduler functions.
-            if !matches!(kind, "t" | "T") || it.next().is_some() {
-                continue;
-            }
-            // `.cold` parts are split-off slow paths, not function entries.
-            if name.ends_with(".cold") {
-                continue;
-            }
-            let base = name.split('.').next().unwrap_or(name);
-            if !wanted.contains(&base) {
-                continue;
-            }
-            let Ok(addr) = u64::from_str_radix(addr, 16) else {
-                continue;
-            };
-            let exact = base == name;
-            match found.get(base) {
-                Some((_, prev)) if prev == base => {} // exact already found
-                Some(_) if !exact => {}
-                _ => {
-                    found.insert(base.to_string(), (addr, name.to_string()));
-                }
+            s.add_line(line, wanted);
+        }
+        s
+    }
+
+    fn add_line(&mut self, line: &str, wanted: &[&str]) {
+        let mut it = line.split_ascii_whitespace();
+        let (Some(addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
+            return;
+        };
+        // Only text symbols; modules (4th column) cannot hold these scheduler functions.
+        if !matches!(kind, "t" | "T") || it.next().is_some() {
+            return;
+        }
+        // `.cold` parts are split-off slow paths, not function entries.
+        if name.ends_with(".cold") {
+            return;
+        }
+        let base = name.split('.').next().unwrap_or(name);
+        if !wanted.contains(&base) {
+            return;
+        }
+        let Ok(addr) = u64::from_str_radix(addr, 16) else {
+            return;
+        };
+        let exact = base == name;
+        match self.found.get(base) {
+            Some((_, prev)) if prev == base => {} // exact already found
+            Some(_) if !exact => {}
+            _ => {
+                self.found
+                    .insert(base.to_string(), (addr, name.to_string()));
             }
         }
-        Self { found }
     }
 
     /// Address of the function, if it exists as a symbol.

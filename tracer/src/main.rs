@@ -18,6 +18,7 @@ fn tracer_options(t: &TraceArgs) -> Result<TracerOptions> {
         btf: t.btf.clone(),
         probes,
         rt_priority: t.rt_priority,
+        ring_buffer: t.ring_buffer,
     })
 }
 

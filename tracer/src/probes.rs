@@ -267,6 +267,8 @@ pub struct TracerOptions {
     pub probes: ProbeSet,
     /// SCHED_FIFO priority of the reader (0: a normal task).
     pub rt_priority: u8,
+    /// Ring-buffer bytes; None: [`ringbuf_bytes`] of the CPU count.
+    pub ring_buffer: Option<u64>,
 }
 
 /// The reader's default real-time priority: the lowest, above every normal task (the storm's
@@ -280,6 +282,7 @@ impl TracerOptions {
             btf,
             probes: ProbeSet::default(),
             rt_priority: DEFAULT_RT_PRIORITY,
+            ring_buffer: None,
         }
     }
 }
@@ -367,7 +370,7 @@ impl Tracer {
                 .ok()
         };
         let ncpus = aya::util::nr_cpus().map(|n| n as u32).unwrap_or(1);
-        let ringbuf_bytes = ringbuf_bytes(ncpus);
+        let ringbuf_bytes = opts.ring_buffer.unwrap_or_else(|| ringbuf_bytes(ncpus));
         let ring = RingConfig {
             wake_at_bytes: ringbuf_bytes / 2,
         };

@@ -159,6 +159,13 @@ pub struct Events {
     pub span_unmatched_exit: u64,
     #[serde(default)]
     pub span_missed_exit: u64,
+    /// Callbacks whose events were lost but which the kernel's own sums count (included in
+    /// each cgroup's `periods`, `callback_ns` count/mean/max and IRQs-off total).
+    #[serde(default)]
+    pub periods_unsent: u64,
+    /// Lost callbacks the kernel's sums had no room for either.
+    #[serde(default)]
+    pub unsent_full: u64,
 }
 
 /// Whether a figure was measured on this run, how, or why not.
@@ -1447,14 +1454,31 @@ pub fn build_report(
         periods_in_span: agg.periods_in_span(),
         span_unmatched_exit: loss.span_unmatched_exit,
         span_missed_exit: loss.span_missed_exit,
+        periods_unsent: agg.unsent_periods(),
+        unsent_full: loss.unsent_full,
     };
 
     let mut all = warnings;
     all.extend(agg.warnings());
-    if events.lost > 0 {
+    if events.lost > 0 && events.periods_unsent > 0 {
+        all.push(format!(
+            "{} event(s) lost (ring buffer full); {} were period-timer callbacks, counted back \
+             from the kernel's own sums: callback counts, IRQs-off totals, each cgroup's worst \
+             callback and each CPU's worst span stay exact, their quantiles are approximate \
+             (log2 buckets), the other per-period figures undercount",
+            events.lost, events.periods_unsent
+        ));
+    } else if events.lost > 0 {
         all.push(format!(
             "{} event(s) lost (ring buffer full): the figures undercount",
             events.lost
+        ));
+    }
+    if events.unsent_full > 0 {
+        all.push(format!(
+            "{} lost callback(s) could not be summed in the kernel either (its map was full): \
+             the callback counts undercount by that much",
+            events.unsent_full
         ));
     }
     if events.cgroup_read > 0 {
