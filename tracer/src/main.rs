@@ -10,7 +10,12 @@ use cfstrace::{demo, doctor, gate, record, report, repro, storm, watch};
 
 fn tracer_options(t: &TraceArgs) -> Result<TracerOptions> {
     let probes = match &t.probes {
-        Some(list) => ProbeSet::requested(list).map_err(|e| anyhow::anyhow!(e))?,
+        // A bad combination is bad usage (exit 2), like any other argument error.
+        Some(list) => ProbeSet::requested(list).unwrap_or_else(|e| {
+            <Cli as clap::CommandFactory>::command()
+                .error(clap::error::ErrorKind::ArgumentConflict, e)
+                .exit()
+        }),
         None => ProbeSet::default(),
     };
     Ok(TracerOptions {
