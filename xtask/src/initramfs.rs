@@ -40,6 +40,10 @@ pub const M_POKES: &str = "@@CFSTRACE-POKES ";
 /// (`cfstrace_tests::expect::CaptureDigest`).
 pub const M_CAPTURE_BEGIN: &str = "@@CFSTRACE-CAPTURE-BEGIN ";
 pub const M_CAPTURE_END: &str = "@@CFSTRACE-CAPTURE-END ";
+/// Between these (`... <backend>@@`): a backend run's whole capture, verbatim (only with
+/// `cfstrace.savecap=1`, for `cargo xtask vm --save-captures`).
+pub const M_CAPFILE_BEGIN: &str = "@@CFSTRACE-CAPFILE-BEGIN ";
+pub const M_CAPFILE_END: &str = "@@CFSTRACE-CAPFILE-END ";
 
 /// The co-firing run's name in the RUN/RECORD/REPORT/RC markers.
 pub const COFIRE_RUN: &str = "cofire";
@@ -306,6 +310,7 @@ DURATION=8s
 POKES=200
 COFIRE=0
 COFIREMAX="1000 100000"
+SAVECAP=0
 for w in $(cat /proc/cmdline); do
   case "$w" in
     cfstrace.backends=*) BACKENDS="$(echo "${{w#cfstrace.backends=}}" | tr , ' ')" ;;
@@ -317,6 +322,7 @@ for w in $(cat /proc/cmdline); do
     cfstrace.pokes=*) POKES="${{w#cfstrace.pokes=}}" ;;
     cfstrace.cofire=*) COFIRE="${{w#cfstrace.cofire=}}" ;;
     cfstrace.cofiremax=*) COFIREMAX="$(echo "${{w#cfstrace.cofiremax=}}" | tr , ' ')" ;;
+    cfstrace.savecap=*) SAVECAP="${{w#cfstrace.savecap=}}" ;;
   esac
 done
 
@@ -399,6 +405,11 @@ for B in $BACKENDS; do
   echo
   echo "{M_END}$B@@"
   cat /tmp/report.err
+  if [ "$SAVECAP" = 1 ]; then
+    echo "{M_CAPFILE_BEGIN}$B@@"
+    cat /tmp/cap.jsonl
+    echo "{M_CAPFILE_END}$B@@"
+  fi
   echo "{M_RC}$B record=$rc report=$rrc@@"
   rm -f /tmp/cap.jsonl /tmp/report.json /tmp/report.err
 done

@@ -44,8 +44,9 @@ use serde_json::Value;
 
 use crate::cmd;
 use crate::initramfs::{
-    self, COFIRE_PARENT, COFIRE_RUN, M_BEGIN, M_CAPTURE_BEGIN, M_CAPTURE_END, M_DOCTOR_BEGIN,
-    M_DOCTOR_END, M_DONE, M_END, M_FACT, M_INIT, M_POKES, M_RC, M_RECORD, M_RUN,
+    self, COFIRE_PARENT, COFIRE_RUN, M_BEGIN, M_CAPFILE_BEGIN, M_CAPFILE_END, M_CAPTURE_BEGIN,
+    M_CAPTURE_END, M_DOCTOR_BEGIN, M_DOCTOR_END, M_DONE, M_END, M_FACT, M_INIT, M_POKES, M_RC,
+    M_RECORD, M_RUN,
 };
 use crate::kernels::{self, Kernel};
 use crate::setup;
@@ -194,6 +195,10 @@ pub struct VmArgs {
     /// Use this cfstrace binary instead of building target/release/cfstrace.
     #[arg(long, value_name = "PATH")]
     pub cfstrace: Option<PathBuf>,
+    /// Also save each backend run's whole capture as DIR/<suite>-<release>-<backend>.jsonl
+    /// (printed on the console by the guest: keep --duration short).
+    #[arg(long, value_name = "DIR")]
+    pub save_captures: Option<PathBuf>,
 }
 
 const DEFAULT_CPU_MAX: &str = "5000,10000";
@@ -224,6 +229,7 @@ impl Default for VmArgs {
             cofire: DEFAULT_COFIRE,
             cofire_cpu_max: DEFAULT_COFIRE_CPU_MAX.into(),
             cfstrace: None,
+            save_captures: None,
         }
     }
 }
@@ -954,6 +960,9 @@ struct GuestRun {
     /// The capture digest (co-firing run), and whether its end marker came.
     capture: Vec<String>,
     capture_done: bool,
+    /// The whole capture (`--save-captures`), when its end marker came.
+    capture_file: Vec<String>,
+    capture_file_done: bool,
 }
 
 #[derive(Debug, Default)]
@@ -972,6 +981,7 @@ fn analyze(lines: &[String]) -> Console {
     let mut in_report = false;
     let mut in_doctor = false;
     let mut in_capture = false;
+    let mut in_capfile = false;
     let mut report_lines: Vec<&str> = Vec::new();
     for (i, l) in lines.iter().enumerate() {
         if l.contains(M_INIT) {
@@ -997,6 +1007,7 @@ fn analyze(lines: &[String]) -> Console {
             in_report = false;
             in_doctor = false;
             in_capture = false;
+            in_capfile = false;
             continue;
         }
         if kernel_problem(l).is_some() {
@@ -1063,6 +1074,21 @@ fn analyze(lines: &[String]) -> Console {
         if marker(l, M_CAPTURE_END).is_some() {
             in_capture = false;
             run.capture_done = true;
+            continue;
+        }
+        if marker(l, M_CAPFILE_BEGIN).is_some() {
+            in_capfile = true;
+            continue;
+        }
+        if marker(l, M_CAPFILE_END).is_some() {
+            in_capfile = false;
+            run.capture_file_done = true;
+            continue;
+        }
+        if in_capfile {
+            if kernel_message(l).is_none() {
+                run.capture_file.push(l.clone());
+            }
             continue;
         }
         if in_capture {
@@ -1224,14 +1250,15 @@ fn run_kernel(kernel: &Kernel, initrd: &Path, args: &VmArgs) -> Vec<Outcome> {
             .collect();
         let cofire = pending.contains(&Job::Cofire);
         let extra = format!(
-            "cfstrace.backends={} cfstrace.cycles={} cfstrace.duration={} cfstrace.cpumax={} cfstrace.busy={} cfstrace.cofire={} cfstrace.cofiremax={}",
+            "cfstrace.backends={} cfstrace.cycles={} cfstrace.duration={} cfstrace.cpumax={} cfstrace.busy={} cfstrace.cofire={} cfstrace.cofiremax={} cfstrace.savecap={}",
             backends.join(","),
             args.cycles,
             args.duration,
             args.cpu_max,
             args.busy,
             if cofire { args.cofire } else { 0 },
-            args.cofire_cpu_max
+            args.cofire_cpu_max,
+            u8::from(args.save_captures.is_some())
         );
         let kvm = KVM_WORKS.get().copied().unwrap_or(false);
         let b = match boot(
@@ -1303,6 +1330,9 @@ fn run_kernel(kernel: &Kernel, initrd: &Path, args: &VmArgs) -> Vec<Outcome> {
         }
 
         let facts = Facts::from_map(&con.facts);
+        if let Some(out) = &args.save_captures {
+            save_captures(out, kernel, &con.runs);
+        }
         for run in &con.runs {
             let Some(job) = Job::from_name(&run.backend) else {
                 continue;
@@ -1379,6 +1409,26 @@ fn run_kernel(kernel: &Kernel, initrd: &Path, args: &VmArgs) -> Vec<Outcome> {
         first.warnings.extend(warnings);
     }
     outcomes
+}
+
+/// `--save-captures`: each run's capture as the guest printed it, whole ones only.
+fn save_captures(out: &Path, kernel: &Kernel, runs: &[GuestRun]) {
+    if let Err(e) = fs::create_dir_all(out) {
+        println!("warning: cannot create {}: {e}", out.display());
+        return;
+    }
+    for run in runs.iter().filter(|r| r.capture_file_done) {
+        let path = out.join(format!(
+            "{}-{}-{}.jsonl",
+            kernel.suite, kernel.release, run.backend
+        ));
+        let mut text = run.capture_file.join("\n");
+        text.push('\n');
+        match fs::write(&path, text) {
+            Ok(()) => println!("saved capture {}", path.display()),
+            Err(e) => println!("warning: cannot write {}: {e}", path.display()),
+        }
+    }
 }
 
 fn fail(label: String) -> Outcome {
