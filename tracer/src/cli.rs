@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::probes::Backend;
+use crate::bpf::loader::Backend;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -65,10 +65,10 @@ pub struct TraceArgs {
     /// production node, e.g. `--probes period_timer,irq_span`. The report says which were
     /// left out by request. Default: all of them.
     #[arg(long, value_name = "LIST", value_enum, value_delimiter = ',')]
-    pub probes: Option<Vec<crate::probes::ProbeFamily>>,
+    pub probes: Option<Vec<crate::bpf::loader::ProbeFamily>>,
     /// Run the reader at this SCHED_FIFO priority so it keeps up on a node saturated by the
     /// storm it watches (as `perf record -r`); 0 runs it as a normal task.
-    #[arg(long, value_name = "N", default_value_t = crate::probes::DEFAULT_RT_PRIORITY,
+    #[arg(long, value_name = "N", default_value_t = crate::bpf::loader::DEFAULT_RT_PRIORITY,
           value_parser = clap::value_parser!(u8).range(0..=99))]
     pub rt_priority: u8,
     /// Size of the ring buffer (e.g. 256K, 16M; a power of two of at least 4K). Default: 128K
@@ -105,7 +105,7 @@ stopped CMD; 3 headroom below --fail-under; 1 error (CMD not found: no capture i
         #[command(flatten)]
         trace: TraceArgs,
         /// Exit with status 3 if the watchdog's headroom fell below PCT % of watchdog_thresh.
-        #[arg(long, value_name = "PCT", value_parser = crate::gate::parse_pct)]
+        #[arg(long, value_name = "PCT", value_parser = crate::analysis::headroom::parse_pct)]
         fail_under: Option<f64>,
         /// Command (after `--`) to run while recording: recording stops when it exits and
         /// cfstrace exits with its status. Ctrl-C is forwarded to it.
@@ -125,11 +125,11 @@ Exit status: 0 ok; 3 headroom below --fail-under; 1 error (unreadable capture); 
         #[arg(long)]
         json: bool,
         /// Exit with status 3 if the watchdog's headroom fell below PCT % of watchdog_thresh.
-        #[arg(long, value_name = "PCT", value_parser = crate::gate::parse_pct)]
+        #[arg(long, value_name = "PCT", value_parser = crate::analysis::headroom::parse_pct)]
         fail_under: Option<f64>,
         /// Highlight (and flag in the JSON's `headroom_alert`) headroom below PCT % of
         /// watchdog_thresh.
-        #[arg(long, value_name = "PCT", default_value = "10", value_parser = crate::gate::parse_pct)]
+        #[arg(long, value_name = "PCT", default_value = "10", value_parser = crate::analysis::headroom::parse_pct)]
         highlight_under: f64,
         /// Also draw the capture as an SVG (opens in any browser): callback time over time for
         /// the top 5 cgroups and the worst timer-interrupt spans, log scale, lines at each
@@ -165,11 +165,11 @@ below --fail-under (wins); 1 error (CMD not found: no capture is written); 2 usa
         json: bool,
         /// Exit with status 3 if the watchdog's headroom fell below PCT % of watchdog_thresh
         /// (instead of CMD's status).
-        #[arg(long, value_name = "PCT", value_parser = crate::gate::parse_pct)]
+        #[arg(long, value_name = "PCT", value_parser = crate::analysis::headroom::parse_pct)]
         fail_under: Option<f64>,
         /// Highlight (and flag in the JSON's `headroom_alert`) headroom below PCT % of
         /// watchdog_thresh.
-        #[arg(long, value_name = "PCT", default_value = "10", value_parser = crate::gate::parse_pct)]
+        #[arg(long, value_name = "PCT", default_value = "10", value_parser = crate::analysis::headroom::parse_pct)]
         highlight_under: f64,
         /// Also draw the capture as an SVG (see `cfstrace report --help`).
         #[arg(long, value_name = "OUT.svg")]
@@ -195,25 +195,25 @@ below --fail-under (wins); 1 error (CMD not found: no capture is written); 2 usa
         json: bool,
         /// Highlight (and flag in the JSON's `headroom_alert`) headroom below PCT % of
         /// watchdog_thresh.
-        #[arg(long, value_name = "PCT", default_value = "10", value_parser = crate::gate::parse_pct)]
+        #[arg(long, value_name = "PCT", default_value = "10", value_parser = crate::analysis::headroom::parse_pct)]
         highlight_under: f64,
         /// Show only cgroups whose path matches REGEX (e.g. 'kubepods', '^/yarn/'). Headroom,
         /// events and the per-CPU figures still cover the whole node.
         #[arg(long, value_name = "REGEX", value_parser = parse_regex)]
         cgroup: Option<regex::Regex>,
         /// Show the N cgroups with the most IRQs-off time in the interval.
-        #[arg(long, value_name = "N", default_value_t = crate::watch::DEFAULT_TOP,
+        #[arg(long, value_name = "N", default_value_t = crate::commands::watch::DEFAULT_TOP,
               value_parser = clap::builder::TypedValueParser::map(
                   clap::value_parser!(u64).range(1..=10_000), |n| n as usize))]
         top: usize,
         /// Serve Prometheus metrics (text format 0.0.4) at http://ADDR/metrics: `:9090` or
         /// `9090` listen on 127.0.0.1 only, `0.0.0.0:9090` on every interface. Histograms and
         /// counters are cumulative since start. Default: off.
-        #[arg(long, value_name = "ADDR", value_parser = crate::prometheus::parse_listen_addr)]
+        #[arg(long, value_name = "ADDR", value_parser = crate::render::prometheus::parse_listen_addr)]
         prometheus: Option<std::net::SocketAddr>,
         /// Cgroups with their own Prometheus series; later or quieter ones (and those --cgroup
         /// does not match) are summed into one cgroup="other" series.
-        #[arg(long, value_name = "N", default_value_t = crate::prometheus::DEFAULT_MAX_CGROUPS,
+        #[arg(long, value_name = "N", default_value_t = crate::render::prometheus::DEFAULT_MAX_CGROUPS,
               value_parser = clap::builder::TypedValueParser::map(
                   clap::value_parser!(u64).range(1..=100_000), |n| n as usize))]
         max_cgroups: usize,

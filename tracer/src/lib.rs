@@ -1,31 +1,18 @@
-//! cfstrace userspace: attach the period-timer programs, read their events, name cgroups,
-//! aggregate and report. Pure logic (naming, aggregation, report) lives in modules that do not
-//! touch BPF so it is unit-tested on its own.
+//! cfstrace userspace. Data flows one way: kernel event -> session -> analysis -> report ->
+//! render; `commands` drive them. A room never imports one later in that flow, only `bpf`
+//! touches aya, and `render` knows nothing of the kernel. Pure logic (naming, aggregation,
+//! report) is unit-tested apart from BPF.
 
-pub mod aggregate;
-pub mod btf_layout;
+pub mod analysis;
+pub mod bpf;
 pub mod capture;
-pub mod cgroup_fs;
+pub mod cgroups;
 pub mod cli;
-pub mod demo;
-pub mod doctor;
-pub mod events;
-pub mod gate;
-pub mod host;
-pub mod kallsyms;
-pub mod kmsg;
-pub mod leak_check;
-pub mod live_view;
-pub mod privileges;
-pub mod probes;
-pub mod prometheus;
-pub mod record;
+pub mod commands;
+pub mod model;
+pub mod render;
 pub mod report;
-pub mod repro;
-pub mod storm;
-pub mod svg;
-pub mod watch;
-pub mod workload;
+pub mod session;
 
 /// The program's object, built by aya-build from tracer-ebpf and embedded so the one binary
 /// is all a user copies to a node.

@@ -4,9 +4,13 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
 
+use cfstrace::analysis::headroom as gate;
+use cfstrace::bpf::loader::{ProbeSet, TracerOptions};
+use cfstrace::cgroups::storm;
 use cfstrace::cli::{Cli, Commands, TraceArgs};
-use cfstrace::probes::{ProbeSet, TracerOptions};
-use cfstrace::{demo, doctor, gate, record, report, repro, storm, watch};
+use cfstrace::commands::{demo, doctor, repro, watch};
+use cfstrace::report;
+use cfstrace::session as record;
 
 fn tracer_options(t: &TraceArgs) -> Result<TracerOptions> {
     let probes = match &t.probes {
@@ -200,7 +204,7 @@ fn print_report(
 ) -> Result<report::Report> {
     let (mut rep, plot) = match svg {
         Some(_) => {
-            let (r, p) = cfstrace::svg::report_with_plot(file)?;
+            let (r, p) = cfstrace::render::svg::report_with_plot(file)?;
             (r, Some(p))
         }
         None => (report::report_from_capture(file)?, None),
@@ -214,7 +218,7 @@ fn print_report(
         print!("{}", report::render_text(&rep, color));
     }
     if let (Some(out), Some(plot)) = (svg, plot) {
-        cfstrace::svg::write_svg(&rep, &plot, out)?;
+        cfstrace::render::svg::write_svg(&rep, &plot, out)?;
         eprintln!("cfstrace: wrote plot {}", out.display());
     }
     Ok(rep)

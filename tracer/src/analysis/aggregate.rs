@@ -1467,7 +1467,7 @@ impl Aggregator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::{Workload, WorkloadKind};
+    use crate::model::workload::{Workload, WorkloadKind};
 
     /// Lost callbacks come back from the kernel's cumulative sums: each line adds only what it
     /// has beyond the cgroup's previous one, counts and sums exactly, quantiles from buckets.

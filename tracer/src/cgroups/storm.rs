@@ -570,8 +570,8 @@ pub fn spin_worker(comm: &str) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroup_fs::{self, CgroupNamer};
-    use crate::workload::{WorkloadKind, classify};
+    use crate::cgroups::{self, CgroupNamer};
+    use crate::model::workload::{WorkloadKind, classify};
     use std::time::Instant;
 
     fn busy_loop() -> WorkerCommand {
@@ -595,7 +595,7 @@ mod tests {
     }
 
     fn hierarchy() -> CpuHierarchy {
-        cgroup_fs::find_cpu_hierarchy().expect("this host mounts the cpu controller")
+        cgroups::find_cpu_hierarchy().expect("this host mounts the cpu controller")
     }
 
     #[test]
@@ -717,7 +717,7 @@ mod tests {
             );
         }
         let mut namer = CgroupNamer::new(h.clone());
-        let rec = namer.name(cgroup_fs::id_of_path(&h, &expected_path).unwrap());
+        let rec = namer.name(cgroups::id_of_path(&h, &expected_path).unwrap());
         assert_eq!((rec.period_us, rec.quota_us), (Some(10_000), Some(2_000)));
         assert_eq!(rec.workload.kind, WorkloadKind::Yarn);
 

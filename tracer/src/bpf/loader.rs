@@ -16,10 +16,10 @@ use tracer_ebpf::{
     UnsentPeriods,
 };
 
-use crate::btf_layout::{self, BtfError, KernelBtf, LayoutFacts};
+use crate::bpf::btf::{self, BtfError, KernelBtf, LayoutFacts};
+use crate::bpf::kallsyms::{KallsymsError, Symbols};
+use crate::bpf::privileges::{self, PrivilegeError};
 use crate::capture::{LossRecord, ProbeStatus};
-use crate::kallsyms::{KallsymsError, Symbols};
-use crate::privileges::{self, PrivilegeError};
 
 pub const PERIOD_TIMER_FN: &str = "sched_cfs_period_timer";
 pub const DISTRIBUTE_FN: &str = "distribute_cfs_runtime";
@@ -287,7 +287,7 @@ impl TracerOptions {
     }
 }
 
-/// Ring-buffer bytes per CPU: with the reader draining every [`crate::record::DRAIN_INTERVAL`]
+/// Ring-buffer bytes per CPU: with the reader draining every [`crate::session::DRAIN_INTERVAL`]
 /// and woken at half full, a buffer this size per CPU holds well over a second of a co-firing
 /// storm's events per CPU.
 pub const RINGBUF_BYTES_PER_CPU: u64 = 128 << 10;
@@ -340,7 +340,7 @@ fn not(reason: String) -> ProbeStatus {
 impl Tracer {
     pub fn start(opts: &TracerOptions) -> Result<Tracer, ProbeError> {
         privileges::check()?;
-        let btf_file = btf_layout::btf_path(opts.btf.as_deref())?;
+        let btf_file = btf::btf_path(opts.btf.as_deref())?;
         // Read and parsed once for the offsets and the fentry checks.
         let kbtf = KernelBtf::read(&btf_file)?;
         let mut layout = kbtf.layout()?;
@@ -362,7 +362,7 @@ impl Tracer {
         // fentry resolves its target in the *running* kernel's BTF; --btf only feeds offsets.
         // aya parses the bytes already in memory when they are the running kernel's, and is
         // handed the result so its loader does not parse vmlinux again.
-        let kernel_btf = if btf_file == Path::new(btf_layout::SYSFS_VMLINUX_BTF) {
+        let kernel_btf = if btf_file == Path::new(btf::SYSFS_VMLINUX_BTF) {
             Btf::parse(kbtf.bytes(), aya::Endianness::default()).ok()
         } else {
             Btf::from_sys_fs()

@@ -10,9 +10,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::host::HostFacts;
-pub use crate::kmsg::PeriodScaling;
-use crate::workload::Workload;
+use crate::model::host::HostFacts;
+use crate::model::workload::Workload;
+pub use crate::session::kmsg::PeriodScaling;
 use tracer_ebpf::SPREAD_WORDS;
 
 pub const CAPTURE_SCHEMA: &str = "cfstrace.capture/1";
@@ -263,7 +263,7 @@ pub struct CgroupRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
     /// Its ancestors, nearest first, up to (excluding) the hierarchy's root, at most
-    /// `cgroup_fs::MAX_PARENTS`; resolved at naming time. Empty for a top-level cgroup; None
+    /// `cgroups::MAX_PARENTS`; resolved at naming time. Empty for a top-level cgroup; None
     /// when not resolved (the cgroup was gone, or an older capture).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parents: Option<Vec<ParentRecord>>,
@@ -1174,8 +1174,8 @@ pub fn read_capture(path: &Path) -> Result<Capture, CaptureError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::host::WatchdogFacts;
-    use crate::workload::WorkloadKind;
+    use crate::model::host::WatchdogFacts;
+    use crate::model::workload::WorkloadKind;
 
     pub(crate) fn header() -> CaptureHeader {
         let mut probes = BTreeMap::new();

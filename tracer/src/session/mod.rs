@@ -1,5 +1,8 @@
 //! A tracing session (programs attached, ring buffer drained, cgroups named as they appear) and
 //! `cfstrace record`, which writes it to a capture that stays valid whatever stops it.
+pub mod decode;
+pub mod kmsg;
+
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, IsTerminal as _};
@@ -13,23 +16,23 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aya::maps::{MapData, RingBuf};
 
+use crate::bpf::loader::{ProbeError, Tracer, TracerOptions};
 use crate::capture::{
     CAPTURE_SCHEMA, CaptureHeader, CaptureLine, CaptureWriter, CpuTotalsRecord, EndRecord,
     LossRecord, ProbeStatus, UnsentPeriodsRecord,
 };
-use crate::cgroup_fs::{self, CgroupNamer};
-use crate::events::{self, Event};
-use crate::host;
-use crate::kmsg::KmsgWatch;
-use crate::probes::{ProbeError, Tracer, TracerOptions};
+use crate::cgroups::{self, CgroupNamer};
+use crate::model::host;
 use crate::report::PROBE_KMSG;
+use decode::Event;
+use kmsg::KmsgWatch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     #[error(transparent)]
     Probe(#[from] ProbeError),
     #[error(transparent)]
-    Cgroup(#[from] cgroup_fs::CgroupFsError),
+    Cgroup(#[from] cgroups::CgroupFsError),
     #[error("cannot create capture {path}: {source}")]
     Create {
         path: PathBuf,
@@ -298,7 +301,7 @@ impl Session {
         opts: &TracerOptions,
         command: Option<Vec<String>>,
     ) -> Result<Session, RecordError> {
-        let hierarchy = cgroup_fs::find_cpu_hierarchy()?;
+        let hierarchy = cgroups::find_cpu_hierarchy()?;
         let mut tracer = Tracer::start(opts)?;
         let ring = tracer.take_events()?;
         if let Some(w) = raise_priority(opts.rt_priority) {
@@ -470,7 +473,7 @@ impl Session {
         sink: &mut impl FnMut(&CaptureLine) -> Result<(), E>,
     ) -> Result<(), PollError<E>> {
         while let Some(item) = self.ring.next() {
-            let rec = match events::decode(&item) {
+            let rec = match decode::decode(&item) {
                 Ok(r) => r,
                 Err(_) => {
                     self.decode_errors += 1;

@@ -2,6 +2,8 @@
 //! period timer's cgroup id (the kernfs node id, which is the inode number of the cgroup's
 //! directory in that mount, on v1 and v2) to its path, and read its bandwidth settings and
 //! busiest processes.
+pub mod storm;
+
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io;
@@ -11,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::capture::{CgroupRecord, CpuHierarchy, ParentRecord, ProcessInfo};
-use crate::workload;
+use crate::model::workload;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupFsError {
@@ -693,7 +695,7 @@ impl CgroupNamer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::WorkloadKind;
+    use crate::model::workload::WorkloadKind;
     use std::process::{Child, Command};
 
     const HOST_MOUNTINFO: &str = "\

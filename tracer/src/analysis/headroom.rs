@@ -55,7 +55,7 @@ mod tests {
 
     fn report(thresh: Option<u64>, headroom_ns: Option<i64>) -> Report {
         use crate::capture::{CAPTURE_SCHEMA, CaptureHeader};
-        use crate::host::{HostFacts, WatchdogFacts};
+        use crate::model::host::{HostFacts, WatchdogFacts};
         let header = CaptureHeader {
             schema: CAPTURE_SCHEMA.into(),
             tool_version: "t".into(),
@@ -78,7 +78,7 @@ mod tests {
             started_mono_ns: 0,
             command: None,
         };
-        let agg = crate::aggregate::Aggregator::new();
+        let agg = crate::analysis::aggregate::Aggregator::new();
         let mut r = crate::report::build_report(&header, &agg, 1, Vec::new());
         r.headroom_ns = headroom_ns;
         r

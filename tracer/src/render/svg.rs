@@ -17,7 +17,7 @@ use std::path::Path;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::aggregate::{Aggregator, UNRESOLVED_ID};
+use crate::analysis::aggregate::{Aggregator, UNRESOLVED_ID};
 use crate::capture::{CaptureLine, CaptureReader};
 use crate::report::{self, CgroupReport, Report, ReportError, human_ns};
 

@@ -3,7 +3,7 @@
 //! behind: a tracer run on a production node must leave the kernel as it found it.
 use std::collections::BTreeSet;
 
-use crate::probes::{ProbeError, Tracer, TracerOptions};
+use crate::bpf::loader::{ProbeError, Tracer, TracerOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeakCheckError {
@@ -123,7 +123,7 @@ pub fn attach_cycles(opts: &TracerOptions, cycles: u32) -> Result<LeakReport, Le
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probes::Backend;
+    use crate::bpf::loader::Backend;
 
     /// Real kernel: our objects are visible while attached and gone after.
     #[test]

@@ -5,7 +5,7 @@
 //! the cgroups all three show (the report's `cgroups`, busiest first); the node-wide figures
 //! (headroom, events, losses, per-CPU, culprit) always cover every cgroup. Every figure is the
 //! interval's own, loss counters included. `--prometheus ADDR` serves /metrics alongside any of
-//! them, cumulative over the run (see [`crate::prometheus`]).
+//! them, cumulative over the run (see [`crate::render::prometheus`]).
 use std::collections::HashMap;
 use std::io::{self, IsTerminal as _, Write as _};
 use std::net::SocketAddr;
@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use regex::Regex;
 
-use crate::aggregate::{Aggregator, UNRESOLVED_ID, UNRESOLVED_NAME};
+use crate::analysis::aggregate::{Aggregator, UNRESOLVED_ID, UNRESOLVED_NAME};
+use crate::bpf::loader::TracerOptions;
 use crate::capture::{CaptureLine, CgroupRecord, LossRecord};
-use crate::live_view::{self, Frame, HIST_BINS, TerminalGuard};
-use crate::probes::TracerOptions;
-use crate::prometheus::{self, Metrics};
-use crate::record::{DRAIN_INTERVAL, PollError, RecordError, Session};
+use crate::render::live::{self, Frame, HIST_BINS, TerminalGuard};
+use crate::render::prometheus::{self, Metrics};
 use crate::report::{self, CgroupReport, Report};
+use crate::session::{DRAIN_INTERVAL, PollError, RecordError, Session};
 
 /// `--top` when not given.
 pub const DEFAULT_TOP: usize = 10;
@@ -140,7 +140,7 @@ pub fn watch(opts: &WatchOptions, stop: &AtomicBool) -> anyhow::Result<()> {
                     }
                     CaptureLine::Period(p) => {
                         hist.entry(p.cgroup_id).or_insert([0; HIST_BINS])
-                            [live_view::hist_bin(p.duration_ns)] += 1;
+                            [live::hist_bin(p.duration_ns)] += 1;
                     }
                     _ => {}
                 }
@@ -173,7 +173,7 @@ pub fn watch(opts: &WatchOptions, stop: &AtomicBool) -> anyhow::Result<()> {
         let total = select_cgroups(&mut rep, opts.cgroup.as_ref(), opts.top);
         let written = match &output {
             Output::Live(guard) => {
-                let (w, h) = live_view::terminal_size();
+                let (w, h) = live::terminal_size();
                 let frame = Frame {
                     report: &rep,
                     total_cgroups: total,
@@ -182,7 +182,7 @@ pub fn watch(opts: &WatchOptions, stop: &AtomicBool) -> anyhow::Result<()> {
                     interval: opts.interval,
                     filter: opts.cgroup.as_ref().map(Regex::as_str),
                 };
-                last_frame = live_view::render_frame(&frame, w, h, color);
+                last_frame = live::render_frame(&frame, w, h, color);
                 guard.draw(&last_frame)
             }
             Output::Plain { color } => write_out(&format!(
@@ -258,7 +258,7 @@ mod tests {
             agg.add_cgroup(CgroupRecord {
                 id,
                 path: Some(path.into()),
-                workload: crate::workload::classify(path),
+                workload: crate::model::workload::classify(path),
                 processes: vec![],
                 period_us: None,
                 quota_us: None,

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 
-use crate::cgroup_fs;
-use crate::host;
-use crate::probes::TracerOptions;
-use crate::record::{self, RecordOptions};
+use crate::bpf::loader::TracerOptions;
+use crate::cgroups;
+use crate::cgroups::storm::{self, Storm};
+use crate::model::host;
 use crate::report;
-use crate::storm::{self, Storm};
+use crate::session::{self as record, RecordOptions};
 
 pub struct DemoOptions {
     pub tracer: TracerOptions,
@@ -33,8 +33,8 @@ impl Drop for TempCapture {
 }
 
 pub fn demo(opts: &DemoOptions, stop: &AtomicBool) -> Result<report::Report> {
-    crate::privileges::check()?;
-    let hierarchy = cgroup_fs::find_cpu_hierarchy()?;
+    crate::bpf::privileges::check()?;
+    let hierarchy = cgroups::find_cpu_hierarchy()?;
     let facts = host::host_facts();
     let spec = storm::demo_spec(facts.ncpus);
     let (stale, stale_errors) = storm::remove_stale(&hierarchy, storm::DEMO_PREFIX);

@@ -13,15 +13,15 @@ use tracer_ebpf::{
     HOW_SPREAD, HOW_UNTHROTTLE,
 };
 
-use crate::aggregate::{
+use crate::analysis::aggregate::{
     Aggregator, AsyncStats, CgroupSpan, CgroupView, Distribution, PeriodChange, SPREAD_FROM_CSD,
     SPREAD_FROM_PROBE, SPREAD_FROM_TIMER_CPU, SpreadStats, UNRESOLVED_ID, UNRESOLVED_NAME,
 };
 use crate::capture::{
     self, CaptureError, CaptureHeader, ParentRecord, PeriodScaling, ProbeStatus, ProcessInfo,
 };
-use crate::host::WatchdogFacts;
-use crate::workload::{Workload, WorkloadKind};
+use crate::model::host::WatchdogFacts;
+use crate::model::workload::{Workload, WorkloadKind};
 
 pub const REPORT_SCHEMA: &str = "cfstrace.report/1";
 
@@ -93,9 +93,9 @@ pub struct HeadroomAlert {
 }
 
 /// Judge the report's node headroom against `under_pct` % of watchdog_thresh, with the same
-/// figure `--fail-under` uses ([`crate::gate::headroom_pct`]).
+/// figure `--fail-under` uses ([`crate::analysis::headroom::headroom_pct`]).
 pub fn headroom_alert(report: &Report, under_pct: f64) -> HeadroomAlert {
-    match crate::gate::headroom_pct(report) {
+    match crate::analysis::headroom::headroom_pct(report) {
         Ok(pct) => HeadroomAlert {
             under_pct,
             headroom_pct: Some((pct * 1e6).round() / 1e6),
@@ -812,7 +812,11 @@ fn worst_of(cands: impl IntoIterator<Item = WorstIrqsOff>) -> Option<WorstIrqsOf
 }
 
 /// One CPU's IRQs-off candidates: its worst span, callback and CSD.
-fn cpu_candidates(agg: &Aggregator, cpu: u32, s: &crate::aggregate::CpuStats) -> Vec<WorstIrqsOff> {
+fn cpu_candidates(
+    agg: &Aggregator,
+    cpu: u32,
+    s: &crate::analysis::aggregate::CpuStats,
+) -> Vec<WorstIrqsOff> {
     let mut v = Vec::with_capacity(3);
     if let Some(sp) = agg.cpu_spans(cpu) {
         let w = sp.worst();
@@ -2052,8 +2056,8 @@ pub fn render_text(report: &Report, color: bool) -> String {
 mod tests {
     use super::*;
     use crate::capture::{AsyncRecord, CgroupRecord, EndRecord, LossRecord, PeriodRecord};
-    use crate::host::HostFacts;
-    use crate::workload::WorkloadKind;
+    use crate::model::host::HostFacts;
+    use crate::model::workload::WorkloadKind;
     use tracer_ebpf::{ASYNC_LAST, HOW_CGROUP, HOW_FRAME_TRACEPOINT, HOW_PERIOD};
 
     const YARN: &str = "/yarn/container_e06_1512098667219_988894_01_000020";
@@ -2799,7 +2803,7 @@ mod tests {
         assert_eq!(a.under_pct, 100.0);
         assert_eq!(
             a.headroom_pct.unwrap(),
-            crate::gate::headroom_pct(&r).unwrap()
+            crate::analysis::headroom::headroom_pct(&r).unwrap()
         );
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["headroom_alert"]["alert"], true);
@@ -2830,8 +2834,8 @@ mod tests {
             r.set_highlight_under(pct);
             let alert = r.headroom_alert.as_ref().unwrap().alert;
             let fails = matches!(
-                crate::gate::judge(&r, pct),
-                crate::gate::Verdict::Fail { .. }
+                crate::analysis::headroom::judge(&r, pct),
+                crate::analysis::headroom::Verdict::Fail { .. }
             );
             assert_eq!(alert, fails, "{pct}");
         }

@@ -21,10 +21,10 @@ use std::time::Duration;
 use regex::Regex;
 use tracer_ebpf::HOW_UNTHROTTLE;
 
-use crate::aggregate::{UNRESOLVED_ID, UNRESOLVED_NAME};
+use crate::analysis::aggregate::{UNRESOLVED_ID, UNRESOLVED_NAME};
 use crate::capture::{CaptureLine, CgroupRecord, LossRecord, PeriodRecord};
+use crate::model::workload::{Workload, WorkloadKind, classify};
 use crate::report::Report;
-use crate::workload::{Workload, WorkloadKind, classify};
 
 /// The content type of the text format this module writes.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -694,7 +694,12 @@ mod tests {
 
     fn empty_report() -> Report {
         let header = crate::capture::tests::header();
-        crate::report::build_report(&header, &crate::aggregate::Aggregator::new(), 0, vec![])
+        crate::report::build_report(
+            &header,
+            &crate::analysis::aggregate::Aggregator::new(),
+            0,
+            vec![],
+        )
     }
 
     #[test]

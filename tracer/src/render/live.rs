@@ -282,8 +282,8 @@ fn row_label(c: &CgroupReport) -> String {
 fn display_path(c: &CgroupReport) -> String {
     match &c.path {
         Some(p) => p.replace('\n', "\\n"),
-        None if c.id == crate::aggregate::UNRESOLVED_ID => {
-            crate::aggregate::UNRESOLVED_NAME.to_string()
+        None if c.id == crate::analysis::aggregate::UNRESOLVED_ID => {
+            crate::analysis::aggregate::UNRESOLVED_NAME.to_string()
         }
         None => format!("(cgroup {})", c.id),
     }
@@ -444,7 +444,7 @@ pub fn render_frame(f: &Frame<'_>, width: usize, height: usize, color: bool) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::Aggregator;
+    use crate::analysis::aggregate::Aggregator;
     use crate::capture::{CaptureLine, CgroupRecord, PeriodRecord};
 
     fn report(under_pct: f64, durations: &[u64]) -> Report {
@@ -452,7 +452,7 @@ mod tests {
         agg.feed(&CaptureLine::Cgroup(CgroupRecord {
             id: 42,
             path: Some("/yarn/container_e06_1512098667219_988894_01_000020".into()),
-            workload: crate::workload::classify(
+            workload: crate::model::workload::classify(
                 "/yarn/container_e06_1512098667219_988894_01_000020",
             ),
             processes: Vec::new(),

@@ -3,13 +3,13 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use crate::btf_layout;
-use crate::cgroup_fs;
-use crate::host;
-use crate::kallsyms::Symbols;
-use crate::leak_check;
-use crate::privileges;
-use crate::probes::{self, Tracer, TracerOptions};
+use crate::bpf::btf;
+use crate::bpf::kallsyms::Symbols;
+use crate::bpf::leak_check;
+use crate::bpf::loader::{self as probes, Tracer, TracerOptions};
+use crate::bpf::privileges;
+use crate::cgroups;
+use crate::model::host;
 
 pub fn doctor(opts: &TracerOptions, attach_cycles: Option<u32>) -> Result<ExitCode> {
     let h = host::host_facts();
@@ -33,7 +33,7 @@ pub fn doctor(opts: &TracerOptions, attach_cycles: Option<u32>) -> Result<ExitCo
             healthy = false;
         }
     }
-    match cgroup_fs::find_cpu_hierarchy() {
+    match cgroups::find_cpu_hierarchy() {
         Ok(c) => println!(
             "cgroups     cpu controller on cgroup v{} at {}",
             c.version, c.mount
@@ -43,8 +43,8 @@ pub fn doctor(opts: &TracerOptions, attach_cycles: Option<u32>) -> Result<ExitCo
             healthy = false;
         }
     }
-    match btf_layout::btf_path(opts.btf.as_deref())
-        .and_then(|p| btf_layout::KernelBtf::read(&p))
+    match btf::btf_path(opts.btf.as_deref())
+        .and_then(|p| btf::KernelBtf::read(&p))
         .and_then(|b| b.layout())
     {
         Ok(l) => {

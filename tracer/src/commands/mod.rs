@@ -1,0 +1,5 @@
+//! One file per subcommand: each drives the rooms below it.
+pub mod demo;
+pub mod doctor;
+pub mod repro;
+pub mod watch;
