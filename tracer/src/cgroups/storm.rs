@@ -810,7 +810,11 @@ mod tests {
                 "--exact",
                 "--ignored",
                 "--test-threads=1",
-                "storm::tests::spin_entry",
+                // libtest names tests by their path without the crate.
+                &format!(
+                    "{}::spin_entry",
+                    module_path!().split_once("::").map_or("", |(_, m)| m)
+                ),
                 &format!("{SPIN_MARKER}{}", WorkerCommand::COMM_PLACEHOLDER),
             ]
             .map(String::from)
