@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::bpf::loader::Backend;
+use crate::bpf::loader::{ProbeSet, TracerOptions};
+use crate::model::probe::{Backend, Probe};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -65,7 +66,7 @@ pub struct TraceArgs {
     /// production node, e.g. `--probes period_timer,irq_span`. The report says which were
     /// left out by request. Default: all of them.
     #[arg(long, value_name = "LIST", value_enum, value_delimiter = ',')]
-    pub probes: Option<Vec<crate::bpf::loader::ProbeFamily>>,
+    pub probes: Option<Vec<Probe>>,
     /// Run the reader at this SCHED_FIFO priority so it keeps up on a node saturated by the
     /// storm it watches (as `perf record -r`); 0 runs it as a normal task.
     #[arg(long, value_name = "N", default_value_t = crate::bpf::loader::DEFAULT_RT_PRIORITY,
@@ -76,6 +77,28 @@ pub struct TraceArgs {
     /// the kernel's own sums; the report says how many.
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
     pub ring_buffer: Option<u64>,
+}
+
+impl TraceArgs {
+    /// The tracer's options; a `--probes` list the tracer cannot honour is bad usage (exit 2),
+    /// like any other argument error.
+    pub fn options(&self) -> TracerOptions {
+        let probes = match &self.probes {
+            Some(list) => ProbeSet::requested(list).unwrap_or_else(|e| {
+                <Cli as clap::CommandFactory>::command()
+                    .error(clap::error::ErrorKind::ArgumentConflict, e)
+                    .exit()
+            }),
+            None => ProbeSet::default(),
+        };
+        TracerOptions {
+            backend: self.backend,
+            btf: self.btf.clone(),
+            probes,
+            rt_priority: self.rt_priority,
+            ring_buffer: self.ring_buffer,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -93,51 +116,14 @@ sudo cfstrace record -d 5m -o run.jsonl -- stress-ng --cpu 64   # CMD stopped at
 Exit status: 0 ok (without CMD); CMD's status (128+N if signal N killed it); 124 when --duration \
 stopped CMD; 3 headroom below --fail-under; 1 error (CMD not found: no capture is written); 2 usage."
     )]
-    Record {
-        /// Stop after this long (e.g. 8s, 2m). Default: until Ctrl-C, or until CMD exits.
-        /// With CMD still running then, CMD's process group gets SIGTERM (SIGKILL 5 s later)
-        /// and the exit status is 124, as timeout(1).
-        #[arg(long, short = 'd', value_parser = parse_duration)]
-        duration: Option<Duration>,
-        /// Capture file to write (replaced if it exists).
-        #[arg(long, short = 'o', value_name = "FILE")]
-        output: PathBuf,
-        #[command(flatten)]
-        trace: TraceArgs,
-        /// Exit with status 3 if the watchdog's headroom fell below PCT % of watchdog_thresh.
-        #[arg(long, value_name = "PCT", value_parser = crate::analysis::headroom::parse_pct)]
-        fail_under: Option<f64>,
-        /// Command (after `--`) to run while recording: recording stops when it exits and
-        /// cfstrace exits with its status. Ctrl-C is forwarded to it.
-        #[arg(last = true, value_name = "CMD")]
-        command: Vec<String>,
-    },
+    Record(RecordArgs),
     /// Read a capture and print the report (table, or --json); --svg also draws it.
     #[command(after_help = "Examples:\n  cfstrace report node.jsonl\n  \
 cfstrace report node.jsonl --json | jq .culprit\n  \
 cfstrace report node.jsonl --svg node.svg       # open node.svg in a browser\n  \
 cfstrace report node.jsonl --fail-under 50      # exit 3 when headroom < 50 %\n\n\
 Exit status: 0 ok; 3 headroom below --fail-under; 1 error (unreadable capture); 2 usage.")]
-    Report {
-        /// Capture file written by `cfstrace record` (or `repro`).
-        file: PathBuf,
-        /// Print the cfstrace.report/1 JSON document instead of the table.
-        #[arg(long)]
-        json: bool,
-        /// Exit with status 3 if the watchdog's headroom fell below PCT % of watchdog_thresh.
-        #[arg(long, value_name = "PCT", value_parser = crate::analysis::headroom::parse_pct)]
-        fail_under: Option<f64>,
-        /// Highlight (and flag in the JSON's `headroom_alert`) headroom below PCT % of
-        /// watchdog_thresh.
-        #[arg(long, value_name = "PCT", default_value = "10", value_parser = crate::analysis::headroom::parse_pct)]
-        highlight_under: f64,
-        /// Also draw the capture as an SVG (opens in any browser): callback time over time for
-        /// the top 5 cgroups and the worst timer-interrupt spans, log scale, lines at each
-        /// cgroup's period and at watchdog_thresh, the culprit marked; and the callback-time
-        /// histogram. The table or JSON is printed as usual.
-        #[arg(long, value_name = "OUT.svg")]
-        svg: Option<PathBuf>,
-    },
+    Report(ReportArgs),
     /// Run a reproduction command, record while it runs, then print the report.
     #[command(
         long_about = "Run a reproduction command (after `--`), record while it runs, then print the report \
@@ -151,104 +137,167 @@ sudo cfstrace repro --json --fail-under 50 -- ./repro.sh > report.json   # a CI 
 Exit status: CMD's status (128+N if signal N killed it); 124 when --duration stopped CMD; 3 headroom \
 below --fail-under (wins); 1 error (CMD not found: no capture is written); 2 usage."
     )]
-    Repro {
-        /// Stop after this long even if CMD still runs: CMD's process group gets SIGTERM
-        /// (SIGKILL 5 s later), the report is printed, exit status 124. Default: until CMD exits.
-        #[arg(long, short = 'd', value_parser = parse_duration)]
-        duration: Option<Duration>,
-        /// Capture file to write. Default: cfstrace-repro-<UTC time>.jsonl in the current
-        /// directory.
-        #[arg(long, short = 'o', value_name = "FILE")]
-        output: Option<PathBuf>,
-        /// Print the cfstrace.report/1 JSON document instead of the table.
-        #[arg(long)]
-        json: bool,
-        /// Exit with status 3 if the watchdog's headroom fell below PCT % of watchdog_thresh
-        /// (instead of CMD's status).
-        #[arg(long, value_name = "PCT", value_parser = crate::analysis::headroom::parse_pct)]
-        fail_under: Option<f64>,
-        /// Highlight (and flag in the JSON's `headroom_alert`) headroom below PCT % of
-        /// watchdog_thresh.
-        #[arg(long, value_name = "PCT", default_value = "10", value_parser = crate::analysis::headroom::parse_pct)]
-        highlight_under: f64,
-        /// Also draw the capture as an SVG (see `cfstrace report --help`).
-        #[arg(long, value_name = "OUT.svg")]
-        svg: Option<PathBuf>,
-        #[command(flatten)]
-        trace: TraceArgs,
-        /// The reproduction command and its arguments, after `--`.
-        #[arg(last = true, required = true, value_name = "CMD")]
-        command: Vec<String>,
-    },
+    Repro(ReproArgs),
     /// Trace live: a full-screen view on a terminal (plain tables otherwise, or --json),
     /// refreshed every interval until Ctrl-C; optionally a Prometheus /metrics endpoint.
-    Watch {
-        /// Length of each interval (e.g. 1s, 500ms).
-        #[arg(long, short = 'i', default_value = "1s", value_parser = parse_duration)]
-        interval: Duration,
-        /// Stop after this long. Default: until Ctrl-C.
-        #[arg(long, short = 'd', value_parser = parse_duration)]
-        duration: Option<Duration>,
-        /// One JSON report per interval (JSON Lines, the report's field names) instead of the
-        /// view. --cgroup and --top cut its `cgroups` the same way; node figures stay node-wide.
-        #[arg(long)]
-        json: bool,
-        /// Highlight (and flag in the JSON's `headroom_alert`) headroom below PCT % of
-        /// watchdog_thresh.
-        #[arg(long, value_name = "PCT", default_value = "10", value_parser = crate::analysis::headroom::parse_pct)]
-        highlight_under: f64,
-        /// Show only cgroups whose path matches REGEX (e.g. 'kubepods', '^/yarn/'). Headroom,
-        /// events and the per-CPU figures still cover the whole node.
-        #[arg(long, value_name = "REGEX", value_parser = parse_regex)]
-        cgroup: Option<regex::Regex>,
-        /// Show the N cgroups with the most IRQs-off time in the interval.
-        #[arg(long, value_name = "N", default_value_t = crate::commands::watch::DEFAULT_TOP,
-              value_parser = clap::builder::TypedValueParser::map(
-                  clap::value_parser!(u64).range(1..=10_000), |n| n as usize))]
-        top: usize,
-        /// Serve Prometheus metrics (text format 0.0.4) at http://ADDR/metrics: `:9090` or
-        /// `9090` listen on 127.0.0.1 only, `0.0.0.0:9090` on every interface. Histograms and
-        /// counters are cumulative since start. Default: off.
-        #[arg(long, value_name = "ADDR", value_parser = crate::render::prometheus::parse_listen_addr)]
-        prometheus: Option<std::net::SocketAddr>,
-        /// Cgroups with their own Prometheus series; later or quieter ones (and those --cgroup
-        /// does not match) are summed into one cgroup="other" series.
-        #[arg(long, value_name = "N", default_value_t = crate::render::prometheus::DEFAULT_MAX_CGROUPS,
-              value_parser = clap::builder::TypedValueParser::map(
-                  clap::value_parser!(u64).range(1..=100_000), |n| n as usize))]
-        max_cgroups: usize,
-        #[command(flatten)]
-        trace: TraceArgs,
-    },
+    Watch(WatchArgs),
     /// Check what this kernel offers: privileges, BTF offsets, symbols, and each probe's attach.
-    Doctor {
-        #[command(flatten)]
-        trace: TraceArgs,
-        /// Also attach and detach N times and check that no BPF program, map or link is left
-        /// behind (counted through the bpf syscalls). Exit status 1 on a leak.
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
-        attach_cycles: Option<u32>,
-    },
+    Doctor(DoctorArgs),
     /// Run a built-in throttling storm on this machine, trace it, print the report, clean up.
-    Demo {
-        /// How long to trace the storm.
-        #[arg(long, short = 'd', default_value = "8s", value_parser = parse_duration)]
-        duration: Duration,
-        /// Keep the capture here (default: a temporary file, removed afterwards).
-        #[arg(long, short = 'o', value_name = "FILE")]
-        output: Option<PathBuf>,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        trace: TraceArgs,
-    },
+    Demo(DemoArgs),
     /// Busy-loop worker of the demo storm (internal).
     #[command(name = "__spin", hide = true)]
-    Spin {
-        #[arg(long, default_value = "spin")]
-        comm: String,
-    },
+    Spin(SpinArgs),
+}
+
+
+/// How a report is shown (`report`, `repro`).
+#[derive(Args, Debug, Clone)]
+pub struct ShowArgs {
+    /// Print the cfstrace.report/1 JSON document instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Highlight (and flag in the JSON's `headroom_alert`) headroom below PCT % of
+    /// watchdog_thresh.
+    #[arg(long, value_name = "PCT", default_value = "10", value_parser = crate::analysis::headroom::parse_pct)]
+    pub highlight_under: f64,
+    /// Also draw the capture as an SVG (opens in any browser): callback time over time for
+    /// the top 5 cgroups and the worst timer-interrupt spans, log scale, lines at each
+    /// cgroup's period and at watchdog_thresh, the culprit marked; and the callback-time
+    /// histogram. The table or JSON is printed as usual.
+    #[arg(long, value_name = "OUT.svg")]
+    pub svg: Option<PathBuf>,
+}
+
+/// The headroom gate (`record`, `report`, `repro`).
+#[derive(Args, Debug, Clone, Copy)]
+pub struct GateArgs {
+    /// Exit with status 3 if the watchdog's headroom fell below PCT % of watchdog_thresh
+    /// (this wins over CMD's status).
+    #[arg(long, value_name = "PCT", value_parser = crate::analysis::headroom::parse_pct)]
+    pub fail_under: Option<f64>,
+}
+
+#[derive(Args, Debug)]
+pub struct RecordArgs {
+    /// Stop after this long (e.g. 8s, 2m). Default: until Ctrl-C, or until CMD exits.
+    /// With CMD still running then, CMD's process group gets SIGTERM (SIGKILL 5 s later)
+    /// and the exit status is 124, as timeout(1).
+    #[arg(long, short = 'd', value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Capture file to write (replaced if it exists).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    #[command(flatten)]
+    pub gate: GateArgs,
+    /// Command (after `--`) to run while recording: recording stops when it exits and
+    /// cfstrace exits with its status. Ctrl-C is forwarded to it.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Capture file written by `cfstrace record` (or `repro`).
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub show: ShowArgs,
+    #[command(flatten)]
+    pub gate: GateArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ReproArgs {
+    /// Stop after this long even if CMD still runs: CMD's process group gets SIGTERM
+    /// (SIGKILL 5 s later), the report is printed, exit status 124. Default: until CMD exits.
+    #[arg(long, short = 'd', value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Capture file to write. Default: cfstrace-repro-<UTC time>.jsonl in the current
+    /// directory.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub show: ShowArgs,
+    #[command(flatten)]
+    pub gate: GateArgs,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// The reproduction command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// Length of each interval (e.g. 1s, 500ms).
+    #[arg(long, short = 'i', default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Stop after this long. Default: until Ctrl-C.
+    #[arg(long, short = 'd', value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// One JSON report per interval (JSON Lines, the report's field names) instead of the
+    /// view. --cgroup and --top cut its `cgroups` the same way; node figures stay node-wide.
+    #[arg(long)]
+    pub json: bool,
+    /// Highlight (and flag in the JSON's `headroom_alert`) headroom below PCT % of
+    /// watchdog_thresh.
+    #[arg(long, value_name = "PCT", default_value = "10", value_parser = crate::analysis::headroom::parse_pct)]
+    pub highlight_under: f64,
+    /// Show only cgroups whose path matches REGEX (e.g. 'kubepods', '^/yarn/'). Headroom,
+    /// events and the per-CPU figures still cover the whole node.
+    #[arg(long, value_name = "REGEX", value_parser = parse_regex)]
+    pub cgroup: Option<regex::Regex>,
+    /// Show the N cgroups with the most IRQs-off time in the interval.
+    #[arg(long, value_name = "N", default_value_t = crate::commands::watch::DEFAULT_TOP,
+          value_parser = clap::builder::TypedValueParser::map(
+              clap::value_parser!(u64).range(1..=10_000), |n| n as usize))]
+    pub top: usize,
+    /// Serve Prometheus metrics (text format 0.0.4) at http://ADDR/metrics: `:9090` or
+    /// `9090` listen on 127.0.0.1 only, `0.0.0.0:9090` on every interface. Histograms and
+    /// counters are cumulative since start. Default: off.
+    #[arg(long, value_name = "ADDR", value_parser = crate::render::prometheus::parse_listen_addr)]
+    pub prometheus: Option<std::net::SocketAddr>,
+    /// Cgroups with their own Prometheus series; later or quieter ones (and those --cgroup
+    /// does not match) are summed into one cgroup="other" series.
+    #[arg(long, value_name = "N", default_value_t = crate::render::prometheus::DEFAULT_MAX_CGROUPS,
+          value_parser = clap::builder::TypedValueParser::map(
+              clap::value_parser!(u64).range(1..=100_000), |n| n as usize))]
+    pub max_cgroups: usize,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// Also attach and detach N times and check that no BPF program, map or link is left
+    /// behind (counted through the bpf syscalls). Exit status 1 on a leak.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub attach_cycles: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// How long to trace the storm.
+    #[arg(long, short = 'd', default_value = "8s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Keep the capture here (default: a temporary file, removed afterwards).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct SpinArgs {
+    #[arg(long, default_value = "spin")]
+    pub comm: String,
 }
 
 pub fn parse_regex(s: &str) -> Result<regex::Regex, String> {
@@ -330,11 +379,9 @@ mod tests {
         ])
         .unwrap();
         match c.command {
-            Commands::Record {
-                duration, command, ..
-            } => {
-                assert_eq!(duration, Some(Duration::from_secs(8)));
-                assert_eq!(command, vec!["sleep", "1"]);
+            Commands::Record(a) => {
+                assert_eq!(a.duration, Some(Duration::from_secs(8)));
+                assert_eq!(a.command, vec!["sleep", "1"]);
             }
             _ => panic!("not record"),
         }
@@ -347,9 +394,7 @@ mod tests {
             ),
         ] {
             match Cli::try_parse_from(args).unwrap().command {
-                Commands::Report {
-                    highlight_under, ..
-                } => assert_eq!(highlight_under, want),
+                Commands::Report(a) => assert_eq!(a.show.highlight_under, want),
                 _ => panic!("not report"),
             }
         }
@@ -357,15 +402,13 @@ mod tests {
             .unwrap()
             .command
         {
-            Commands::Watch {
-                highlight_under, ..
-            } => assert_eq!(highlight_under, 0.0),
+            Commands::Watch(a) => assert_eq!(a.highlight_under, 0.0),
             _ => panic!("not watch"),
         }
         match Cli::try_parse_from(["cfstrace", "watch"]).unwrap().command {
-            Commands::Watch {
-                highlight_under, ..
-            } => assert_eq!(highlight_under, crate::report::DEFAULT_HIGHLIGHT_PCT),
+            Commands::Watch(a) => {
+                assert_eq!(a.highlight_under, crate::report::DEFAULT_HIGHLIGHT_PCT)
+            }
             _ => panic!("not watch"),
         }
         assert!(
@@ -379,15 +422,10 @@ mod tests {
             .unwrap()
             .command
         {
-            Commands::Repro {
-                duration,
-                output,
-                command,
-                ..
-            } => {
-                assert_eq!(duration, Some(Duration::from_secs(2)));
-                assert_eq!(output, None);
-                assert_eq!(command, vec!["sh", "-c", "exit 3"]);
+            Commands::Repro(a) => {
+                assert_eq!(a.duration, Some(Duration::from_secs(2)));
+                assert_eq!(a.output, None);
+                assert_eq!(a.command, vec!["sh", "-c", "exit 3"]);
             }
             _ => panic!("not repro"),
         }
@@ -399,7 +437,7 @@ mod tests {
             .unwrap()
             .command
         {
-            Commands::Report { svg, .. } => assert_eq!(svg, Some(PathBuf::from("x.svg"))),
+            Commands::Report(a) => assert_eq!(a.show.svg, Some(PathBuf::from("x.svg"))),
             _ => panic!("not report"),
         }
     }

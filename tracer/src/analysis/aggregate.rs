@@ -17,8 +17,9 @@ use tracer_ebpf::{
     HOW_RUNNABLE, HOW_SPREAD, HOW_UNTHROTTLE, SPREAD_CPUS,
 };
 
+use crate::model::cpuset::CpuSet;
 use crate::capture::{
-    AsyncRecord, CaptureLine, CgroupRecord, CpuMask, CpuTotalsRecord, EndRecord, IrqSpanRecord,
+    AsyncRecord, CaptureLine, CgroupRecord, CpuTotalsRecord, EndRecord, IrqSpanRecord,
     LossRecord, PeriodRecord, PeriodScaling, UnsentPeriodsRecord,
 };
 
@@ -28,7 +29,7 @@ pub const UNRESOLVED_NAME: &str = "(unresolved)";
 
 /// Highest CPU number tracked (x86_64's largest NR_CPUS). Events from higher CPUs are counted
 /// but not given a per-CPU slot, so a corrupt `cpu` cannot make us allocate gigabytes.
-pub const MAX_CPUS: usize = 8192;
+pub const MAX_CPUS: usize = crate::model::cpuset::MAX_CPUS as usize;
 
 /// Callback durations above this (~68.7 s, beyond the largest `watchdog_thresh` of 60 s) are
 /// clamped in the histogram; the exact max is kept separately.
@@ -198,47 +199,6 @@ pub fn log2_bounds(b: u32) -> (u64, u64) {
     }
 }
 
-/// CPUs a cgroup's timer fired on: a bitset grown on demand.
-#[derive(Clone, Debug, Default)]
-pub struct CpuSet(Vec<u64>);
-
-impl CpuSet {
-    fn insert(&mut self, cpu: u32) {
-        let (w, b) = (cpu as usize / 64, cpu % 64);
-        if w >= self.0.len() {
-            self.0.resize(w + 1, 0);
-        }
-        self.0[w] |= 1 << b;
-    }
-
-    pub fn contains(&self, cpu: u32) -> bool {
-        self.0
-            .get(cpu as usize / 64)
-            .is_some_and(|w| w & (1 << (cpu % 64)) != 0)
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.iter().map(|w| w.count_ones() as usize).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.iter().all(|&w| w == 0)
-    }
-
-    /// Ascending.
-    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
-        self.0.iter().enumerate().flat_map(|(i, &w)| {
-            (0..64u32)
-                .filter(move |b| w & (1 << b) != 0)
-                .map(move |b| i as u32 * 64 + b)
-        })
-    }
-
-    fn heap_bytes(&self) -> usize {
-        self.0.capacity() * 8
-    }
-}
-
 /// `SpreadStats::sources` bits: how a period's CPUs were learnt.
 /// `unthrottle_cfs_rq` probed inside the callback, each cfs_rq's CPU read (`HOW_SPREAD`).
 pub const SPREAD_FROM_PROBE: u32 = 1 << 0;
@@ -256,7 +216,7 @@ pub struct SpreadStats {
     per_period: Distribution,
     cpus: CpuSet,
     /// The period in progress: its callback's start and the CPUs seen so far.
-    open: Option<(u64, CpuMask)>,
+    open: Option<(u64, CpuSet)>,
     overflow: u64,
     /// CSDs with no period of their own to go to (before the cgroup's first callback).
     unplaced_csds: u64,
@@ -280,18 +240,16 @@ impl SpreadStats {
         if let Some((_, m)) = self.open.take() {
             self.per_period.record(u64::from(m.len()));
         }
-        let mut m = CpuMask::default();
+        let mut m = CpuSet::default();
         if p.flags & HOW_SPREAD != 0 {
             self.sources |= SPREAD_FROM_PROBE;
-            m = p.spread_cpus;
+            m = p.spread_cpus.clone();
             self.overflow += u64::from(p.spread_overflow);
         } else if p.flags & HOW_RUNNABLE != 0 && p.runnable > 0 && p.cpu < SPREAD_CPUS {
             self.sources |= SPREAD_FROM_TIMER_CPU;
             m.insert(p.cpu);
         }
-        for c in m.iter() {
-            self.cpus.insert(c);
-        }
+        self.cpus.union_with(&m);
         self.open = Some((p.ts_ns, m));
     }
 
@@ -303,7 +261,9 @@ impl SpreadStats {
         }
         self.cpus.insert(a.cpu);
         match &mut self.open {
-            Some((ts, m)) if a.csd_ts_ns >= *ts => m.insert(a.cpu),
+            Some((ts, m)) if a.csd_ts_ns >= *ts => {
+                m.insert(a.cpu);
+            }
             _ => self.unplaced_csds += 1,
         }
     }
@@ -1693,7 +1653,7 @@ mod tests {
         a.feed(&CaptureLine::End(EndRecord {
             ts_ns: 10,
             duration_ns: 1_000,
-            reason: "duration".into(),
+            reason: crate::model::probe::StopReason::Duration,
             periods: 1,
             lost: 5,
             command_status: None,
@@ -1885,7 +1845,7 @@ mod tests {
             // Every CPU of the bitmap in one period, and more period changes than are kept.
             let mut sp = period(id, 0, id + 1, 5);
             sp.flags = all | HOW_SPREAD;
-            sp.spread_cpus = CpuMask([u64::MAX; tracer_ebpf::SPREAD_WORDS]);
+            sp.spread_cpus = CpuSet::from_words(&[u64::MAX; tracer_ebpf::SPREAD_WORDS]);
             for k in 0..(MAX_PERIOD_CHANGES as u64 + 2) {
                 sp.period_ns = 1_000_000 + k % 2;
                 worst.add_period(&sp);
@@ -2009,7 +1969,7 @@ mod tests {
         let mut a = Aggregator::new();
         let mut p = period(7, 0, 1_000, 10);
         p.flags = HOW_UNTHROTTLE | HOW_SPREAD;
-        p.spread_cpus = CpuMask::parse_list("0-2").unwrap();
+        p.spread_cpus = CpuSet::parse_list("0-2").unwrap();
         a.add_period(&p);
         // A CSD on CPU 5 after it belongs to that period; CPU 1 again adds nothing.
         let seg = HOW_FRAME_FENTRY | HOW_UNTHROTTLE | ASYNC_LAST;
@@ -2017,7 +1977,7 @@ mod tests {
         a.add_async(&async_ev(7, 1, 2_500, 0, 10, seg));
         // Next period: only CPU 3, plus an overflow CPU from the kernel.
         p.ts_ns = 10_000;
-        p.spread_cpus = CpuMask::parse_list("3").unwrap();
+        p.spread_cpus = CpuSet::parse_list("3").unwrap();
         p.spread_overflow = 2;
         a.add_period(&p);
         let sp = a.cgroup(7).unwrap().stats.spread().unwrap().clone();

@@ -123,7 +123,7 @@ pub fn attach_cycles(opts: &TracerOptions, cycles: u32) -> Result<LeakReport, Le
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bpf::loader::Backend;
+    use crate::model::probe::Backend;
 
     /// Real kernel: our objects are visible while attached and gone after.
     #[test]

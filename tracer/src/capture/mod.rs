@@ -8,421 +8,11 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::model::host::HostFacts;
-use crate::model::workload::Workload;
-pub use crate::session::kmsg::PeriodScaling;
-use tracer_ebpf::SPREAD_WORDS;
-
-pub const CAPTURE_SCHEMA: &str = "cfstrace.capture/1";
-
-/// How one probe was attached, or why not.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct ProbeStatus {
-    pub attached: bool,
-    /// `kprobe`, `fentry`, `tracepoint` (with the tracepoint's name in `target`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub how: Option<String>,
-    /// The kernel function or tracepoint it sits on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
-    /// Why it is not attached (or degraded), in words a person can act on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-/// Where the cpu controller's hierarchy is mounted.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct CpuHierarchy {
-    /// 1 for a cgroup v1 `cpu` mount, 2 for cgroup2.
-    pub version: u8,
-    pub mount: String,
-}
-
-/// First line of a capture.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct CaptureHeader {
-    pub schema: String,
-    pub tool_version: String,
-    pub host: HostFacts,
-    /// Backend asked for (`auto`, `kprobe`, `fentry`, `tracepoint`).
-    pub backend_requested: String,
-    /// What the period-timer frame ended up using (`kprobe`, `fentry`, `tracepoint`).
-    pub backend: String,
-    /// Probe name (`period_timer`, `irq_span`, `distribute`, `unthrottle`, `async_unthrottle`,
-    /// `enqueue`, `runnable`, and `kmsg`: the recorder's /dev/kmsg reader) -> status.
-    pub probes: BTreeMap<String, ProbeStatus>,
-    #[serde(default)]
-    pub cpu_hierarchy: Option<CpuHierarchy>,
-    /// Wall clock at start, and CLOCK_MONOTONIC at the same instant (the events' clock).
-    pub started_unix_ns: u64,
-    pub started_mono_ns: u64,
-    /// The command recorded around (`record -- CMD`), if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub command: Option<Vec<String>>,
-}
-
-/// One period-timer callback (mirrors `tracer_ebpf::PeriodEvent`).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct PeriodRecord {
-    pub ts_ns: u64,
-    pub cpu: u32,
-    pub duration_ns: u64,
-    pub cgroup_id: u64,
-    pub timer: u64,
-    pub loops: u32,
-    pub unthrottled: u32,
-    pub enqueued: u32,
-    pub runnable: u32,
-    /// 0 when the kernel layout does not give it.
-    pub period_ns: u64,
-    /// `u64::MAX` is no quota.
-    pub quota_ns: u64,
-    /// `tracer_ebpf::HOW_*` bits.
-    pub flags: u32,
-    /// Start of the timer-interrupt span (`irq_span` line on the same CPU with this `ts_ns`)
-    /// the callback ran in; 0 when not in a traced span (`HOW_IN_SPAN` unset).
-    #[serde(default)]
-    pub span_ts_ns: u64,
-    /// Distinct CPUs whose cfs_rqs the callback unthrottled (real with `HOW_SPREAD`).
-    #[serde(default)]
-    pub spread: u32,
-    /// Unthrottles on CPUs beyond the bitmap (calls, not CPUs).
-    #[serde(default)]
-    pub spread_overflow: u32,
-    /// Tasks queued under the cfs_rqs it unthrottled (real with `HOW_QUEUED`).
-    #[serde(default)]
-    pub queued: u32,
-    /// Those CPUs as a kernel CPU list (`0-3,8`); absent when none.
-    #[serde(default, skip_serializing_if = "CpuMask::is_empty")]
-    pub spread_cpus: CpuMask,
-}
-
-/// A fixed-size CPU bitmap (CPUs 0..`tracer_ebpf::SPREAD_CPUS`), written as a kernel CPU list
-/// string. Fixed so period records stay `Copy` and allocation-free.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct CpuMask(pub [u64; SPREAD_WORDS]);
-
-impl CpuMask {
-    pub fn is_empty(&self) -> bool {
-        self.0.iter().all(|&w| w == 0)
-    }
-
-    pub fn len(&self) -> u32 {
-        self.0.iter().map(|w| w.count_ones()).sum()
-    }
-
-    /// CPUs beyond the bitmap are ignored (the kernel counts them as overflow).
-    pub fn insert(&mut self, cpu: u32) {
-        if let Some(w) = self.0.get_mut(cpu as usize / 64) {
-            *w |= 1 << (cpu % 64);
-        }
-    }
-
-    pub fn contains(&self, cpu: u32) -> bool {
-        self.0
-            .get(cpu as usize / 64)
-            .is_some_and(|w| w & (1 << (cpu % 64)) != 0)
-    }
-
-    /// Ascending.
-    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
-        self.0.iter().enumerate().flat_map(|(i, &w)| {
-            (0..64u32)
-                .filter(move |b| w & (1 << b) != 0)
-                .map(move |b| i as u32 * 64 + b)
-        })
-    }
-
-    /// `0-3,8,10-11`.
-    pub fn to_list(&self) -> String {
-        let mut out = String::new();
-        let mut run: Option<(u32, u32)> = None;
-        let flush = |out: &mut String, (a, b): (u32, u32)| {
-            if !out.is_empty() {
-                out.push(',');
-            }
-            if a == b {
-                out.push_str(&a.to_string());
-            } else {
-                out.push_str(&format!("{a}-{b}"));
-            }
-        };
-        for c in self.iter() {
-            run = match run {
-                Some((a, b)) if b + 1 == c => Some((a, c)),
-                Some(r) => {
-                    flush(&mut out, r);
-                    Some((c, c))
-                }
-                None => Some((c, c)),
-            };
-        }
-        if let Some(r) = run {
-            flush(&mut out, r);
-        }
-        out
-    }
-
-    /// Parse a kernel CPU list; None on anything else or a CPU beyond the bitmap.
-    pub fn parse_list(s: &str) -> Option<CpuMask> {
-        let mut m = CpuMask::default();
-        if s.is_empty() {
-            return Some(m);
-        }
-        for part in s.split(',') {
-            let (a, b) = part.split_once('-').unwrap_or((part, part));
-            let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
-            if b < a || b >= tracer_ebpf::SPREAD_CPUS {
-                return None;
-            }
-            for c in a..=b {
-                m.insert(c);
-            }
-        }
-        Some(m)
-    }
-}
-
-impl Serialize for CpuMask {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_list())
-    }
-}
-
-impl<'de> Deserialize<'de> for CpuMask {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        CpuMask::parse_list(&s)
-            .ok_or_else(|| serde::de::Error::custom(format!("bad CPU list {s:?}")))
-    }
-}
-
-/// One timer interrupt that ran at least one period-timer callback (mirrors
-/// `tracer_ebpf::IrqSpanEvent`). Its callbacks' period lines come before it and carry its
-/// `ts_ns` in their `span_ts_ns`.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct IrqSpanRecord {
-    /// Start of the interrupt.
-    pub ts_ns: u64,
-    pub cpu: u32,
-    /// The whole interrupt, IRQs off.
-    pub duration_ns: u64,
-    /// Period-timer callbacks inside it.
-    pub timers: u32,
-    /// Their summed time.
-    pub timers_ns: u64,
-    /// `HOW_FRAME_*` (how the span was timed), `HOW_REOPENED`.
-    pub flags: u32,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct ProcessInfo {
-    pub pid: u32,
-    pub comm: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cmdline: Option<String>,
-    /// utime + stime in clock ticks when named (how busy it is).
-    #[serde(default)]
-    pub cpu_ticks: u64,
-}
-
-/// One ancestor of a named cgroup, with its own CFS quota: nested quotas each have their own
-/// period timer, so the chain says which limits sit above a throttled cgroup.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct ParentRecord {
-    /// Path relative to the cpu hierarchy's root.
-    pub path: String,
-    /// Its cgroup id (directory inode) when it could be read.
-    #[serde(default)]
-    pub id: Option<u64>,
-    /// Its period when it has a quota of its own (None: no quota, or unreadable).
-    #[serde(default)]
-    pub period_us: Option<u64>,
-    /// Its quota (None: no quota — `max` / -1 — or unreadable).
-    #[serde(default)]
-    pub quota_us: Option<u64>,
-}
-
-/// A cgroup's name, resolved while recording so a cgroup deleted before `report` keeps it.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct CgroupRecord {
-    pub id: u64,
-    /// Path relative to the cpu hierarchy's root (`/` for the root); None if the cgroup was
-    /// gone before it could be named.
-    pub path: Option<String>,
-    pub workload: Workload,
-    /// Busiest processes of the cgroup and its descendants.
-    pub processes: Vec<ProcessInfo>,
-    /// From cpu.max / cpu.cfs_period_us when named.
-    pub period_us: Option<u64>,
-    /// None is no quota ("max" / -1).
-    pub quota_us: Option<u64>,
-    /// Why naming was partial, if it was.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-    /// Its ancestors, nearest first, up to (excluding) the hierarchy's root, at most
-    /// `cgroups::MAX_PARENTS`; resolved at naming time. Empty for a top-level cgroup; None
-    /// when not resolved (the cgroup was gone, or an older capture).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parents: Option<Vec<ParentRecord>>,
-}
-
-/// Cumulative loss counters (kernel-side LOSS map summed over CPUs, plus userspace drops).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct LossRecord {
-    pub ts_ns: u64,
-    /// Events the kernel could not reserve in the ring buffer.
-    pub ringbuf_full: u64,
-    /// Callback closes without an open (tracer attached mid-callback).
-    pub unmatched_exit: u64,
-    /// Callback opens while a frame was open (a close was missed).
-    pub missed_exit: u64,
-    /// Timer -> cgroup reads that failed.
-    pub cgroup_read: u64,
-    /// Async-unthrottle CSD closes without an open.
-    #[serde(default)]
-    pub csd_unmatched_exit: u64,
-    /// Async-unthrottle CSD opens while one was open (the earlier CSD's events are lost).
-    #[serde(default)]
-    pub csd_missed_exit: u64,
-    /// Timer-interrupt span closes without an open.
-    #[serde(default)]
-    pub span_unmatched_exit: u64,
-    /// Timer-interrupt span opens while one was open (a span's end was missed).
-    #[serde(default)]
-    pub span_missed_exit: u64,
-    /// Lost callbacks the kernel's unsent-sums map had no room for either (counted nowhere
-    /// else: the report's figures are short by these).
-    #[serde(default)]
-    pub unsent_full: u64,
-}
-
-impl LossRecord {
-    /// Events lost outright (the others are degraded, not lost).
-    pub fn lost(&self) -> u64 {
-        self.ringbuf_full
-    }
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct EndRecord {
-    pub ts_ns: u64,
-    pub duration_ns: u64,
-    /// `duration`, `interrupted`, `command_exited`.
-    pub reason: String,
-    pub periods: u64,
-    pub lost: u64,
-    /// `record -- CMD`: CMD's exit status as a shell gives it (128 + N when signal N killed it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub command_status: Option<i32>,
-    /// Async-unthrottle lines written (0 in captures that predate them).
-    #[serde(default)]
-    pub async_unthrottle: u64,
-    /// Timer-interrupt span lines written (0 in captures that predate them).
-    #[serde(default)]
-    pub irq_spans: u64,
-    /// Kernel "period too short" message lines written.
-    #[serde(default)]
-    pub kmsg_period_scaling: u64,
-}
-
-/// One cgroup's share of an async-unthrottle CSD (mirrors `tracer_ebpf::AsyncEvent`; see
-/// there for segments, listed mode and the `ASYNC_*` flags). Absent from captures of kernels
-/// before 6.3 and of older cfstrace versions.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct AsyncRecord {
-    /// Start of the segment (listed mode: of the CSD).
-    pub ts_ns: u64,
-    /// The CPU whose cfs_rqs the CSD unthrottled (not the period timer's).
-    pub cpu: u32,
-    /// The segment's time (listed mode, `ASYNC_SHARED`: the whole CSD's).
-    pub duration_ns: u64,
-    pub cgroup_id: u64,
-    /// Start of the CSD: the segments of one CSD share it.
-    pub csd_ts_ns: u64,
-    /// The whole CSD's time, on its last event (`ASYNC_LAST`); 0 on the others.
-    pub csd_ns: u64,
-    /// Index of the event within its CSD.
-    pub segment: u32,
-    pub unthrottled: u32,
-    pub enqueued: u32,
-    pub runnable: u32,
-    /// `tracer_ebpf::HOW_*` and `ASYNC_*` bits.
-    pub flags: u32,
-}
-
-/// `"kind":"unsent_periods"`: one cgroup's period-timer callbacks whose events the ring buffer
-/// had no room for, as the kernel summed them, cumulative since attach (mirrors
-/// `tracer_ebpf::UnsentPeriods`). Added to the callbacks decoded, they keep the report's counts,
-/// times and worst callback exact when events are lost. Written about every 10 s and at the
-/// end, for the cgroups whose sums changed (none while the ring buffer keeps up); the last
-/// line of a cgroup holds its sums.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
-pub struct UnsentPeriodsRecord {
-    pub ts_ns: u64,
-    pub id: u64,
-    pub periods: u64,
-    pub callback_ns_sum: u64,
-    pub callback_ns_max: u64,
-    pub unthrottled_sum: u64,
-    pub enqueued_sum: u64,
-    pub over_period: u64,
-    pub multi_pass: u64,
-    pub max_loops: u32,
-    pub max_unthrottled: u32,
-    /// Callback time as `[bucket, count]` pairs of non-empty log2 buckets
-    /// (`tracer_ebpf::log2_bucket`: bucket b holds 2^(b-1) <= ns < 2^b).
-    pub callback_log2: Vec<(u32, u32)>,
-}
-
-/// `"kind":"cpu_totals"`: one CPU's timer interrupts as the kernel summed them, cumulative
-/// since attach (mirrors `tracer_ebpf::SpanTotals`): every interrupt (the node's baseline and
-/// the tracer's own-cost accounting) and those that ran period timers, with the worst one,
-/// exact when events are lost. Written about every 10 s and at the end.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
-pub struct CpuTotalsRecord {
-    pub ts_ns: u64,
-    pub cpu: u32,
-    /// Every timer interrupt: count, time, longest.
-    pub interrupts: u64,
-    pub interrupts_ns: u64,
-    pub interrupt_max_ns: u64,
-    /// Interrupts that ran period timers: count, time, period timers run.
-    pub spans: u64,
-    pub spans_ns: u64,
-    pub timers: u64,
-    /// The longest of them: its time, start, period timers and their time.
-    pub worst_ns: u64,
-    pub worst_ts_ns: u64,
-    pub worst_timers: u32,
-    pub worst_timers_ns: u64,
-    pub max_timers: u32,
-    /// Every interrupt's time as `[bucket, count]` pairs of non-empty log-linear buckets
-    /// (`tracer_ebpf::fine_bucket`: 16 a power of two from 1 us to 1 s).
-    pub interrupt_hist: Vec<(u32, u32)>,
-}
-
-/// Every line after the header.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum CaptureLine {
-    Period(PeriodRecord),
-    /// `"kind":"async_unthrottle"`.
-    AsyncUnthrottle(AsyncRecord),
-    /// `"kind":"irq_span"`.
-    IrqSpan(IrqSpanRecord),
-    /// `"kind":"kmsg_period_scaling"`: the kernel rescaled (or could not rescale) a period.
-    KmsgPeriodScaling(PeriodScaling),
-    Cgroup(CgroupRecord),
-    Loss(LossRecord),
-    /// `"kind":"unsent_periods"`.
-    UnsentPeriods(UnsentPeriodsRecord),
-    /// `"kind":"cpu_totals"`.
-    CpuTotals(CpuTotalsRecord),
-    End(EndRecord),
-}
+pub use crate::model::cpuset::CpuSet;
+pub use crate::model::probe::ProbeStatus;
+pub use crate::model::records::*;
 
 // ---------------------------------------------------------------------------------------------
 // Writing and reading captures.
@@ -856,7 +446,7 @@ fn decode_numbers<'a, const N: usize>(
 
 fn decode_period(line: &[u8]) -> Option<PeriodRecord> {
     let (v, mut rest) = decode_numbers(line, PERIOD_PREFIX, &PERIOD_KEYS)?;
-    let mut spread_cpus = CpuMask::default();
+    let mut spread_cpus = CpuSet::default();
     if let Some(tail) = rest.strip_prefix(SPREAD_CPUS_KEY) {
         let n = tail.iter().position(|&b| b == b'"')?;
         let list = std::str::from_utf8(&tail[..n]).ok()?;
@@ -864,7 +454,7 @@ fn decode_period(line: &[u8]) -> Option<PeriodRecord> {
         if list.is_empty() {
             return None;
         }
-        spread_cpus = CpuMask::parse_list(list)?;
+        spread_cpus = CpuSet::parse_list(list)?;
         rest = &tail[n + 1..];
     }
     end_of_object(rest)?;
@@ -1174,19 +764,18 @@ pub fn read_capture(path: &Path) -> Result<Capture, CaptureError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::host::WatchdogFacts;
-    use crate::model::workload::WorkloadKind;
+    use crate::model::host::{HostFacts, WatchdogFacts};
+    use crate::model::workload::{Workload, WorkloadKind};
+    use std::collections::BTreeMap;
 
     pub(crate) fn header() -> CaptureHeader {
         let mut probes = BTreeMap::new();
         probes.insert(
-            "period_timer".to_string(),
-            ProbeStatus {
-                attached: true,
-                how: Some("tracepoint".into()),
-                target: Some("hrtimer_expire_entry/exit".into()),
-                reason: None,
-            },
+            crate::model::probe::Probe::PeriodTimer,
+            ProbeStatus::attached(
+                crate::model::probe::Style::Tracepoint,
+                "hrtimer_expire_entry/exit",
+            ),
         );
         CaptureHeader {
             schema: CAPTURE_SCHEMA.to_string(),
@@ -1202,8 +791,8 @@ pub(crate) mod tests {
                     hardlockup_panic: None,
                 },
             },
-            backend_requested: "auto".into(),
-            backend: "tracepoint".into(),
+            backend_requested: crate::model::probe::Backend::Auto,
+            backend: crate::model::probe::Style::Tracepoint,
             probes,
             cpu_hierarchy: Some(CpuHierarchy {
                 version: 2,
@@ -1274,7 +863,7 @@ pub(crate) mod tests {
             CaptureLine::End(EndRecord {
                 ts_ns: 12,
                 duration_ns: 99,
-                reason: "duration".into(),
+                reason: crate::model::probe::StopReason::Duration,
                 periods: 1,
                 lost: 1,
                 command_status: None,
@@ -1394,22 +983,22 @@ pub(crate) mod tests {
                 spread: 7,
                 spread_overflow: 2,
                 queued: 4_000_000,
-                spread_cpus: CpuMask::parse_list("0-3,5,64,1022-1023").unwrap(),
+                spread_cpus: CpuSet::parse_list("0-3,5,64,1022-1023").unwrap(),
             },
             PeriodRecord {
-                spread_cpus: CpuMask::parse_list("47").unwrap(),
+                spread_cpus: CpuSet::parse_list("47").unwrap(),
                 ..Default::default()
             },
         ];
         for p in recs {
             let mut mine = Vec::new();
             encode_period(&mut mine, &p);
-            let serde = serde_json::to_vec(&CaptureLine::Period(p)).unwrap();
+            let serde = serde_json::to_vec(&CaptureLine::Period(p.clone())).unwrap();
             assert_eq!(
                 String::from_utf8(mine.clone()).unwrap(),
                 String::from_utf8(serde).unwrap()
             );
-            assert_eq!(decode_period(&mine), Some(p));
+            assert_eq!(decode_period(&mine), Some(p.clone()));
             mine.push(b'\n');
             assert_eq!(decode_period(&mine), Some(p));
         }
@@ -1437,22 +1026,6 @@ pub(crate) mod tests {
         ] {
             assert_eq!(decode_period(bad), None, "{}", String::from_utf8_lossy(bad));
         }
-    }
-
-    #[test]
-    fn cpu_lists() {
-        let m = CpuMask::parse_list("0-3,5,64,1022-1023").unwrap();
-        assert_eq!(m.len(), 8);
-        assert_eq!(m.to_list(), "0-3,5,64,1022-1023");
-        assert!(m.contains(64) && !m.contains(4));
-        assert_eq!(CpuMask::parse_list("").unwrap(), CpuMask::default());
-        assert_eq!(CpuMask::default().to_list(), "");
-        for bad in ["1024", "3-1", "a", "1,", "-1", "0-1024"] {
-            assert_eq!(CpuMask::parse_list(bad), None, "{bad}");
-        }
-        let mut m = CpuMask::default();
-        m.insert(5000); // beyond the bitmap: ignored
-        assert!(m.is_empty());
     }
 
     #[test]

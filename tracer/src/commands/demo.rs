@@ -7,20 +7,15 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 
-use crate::bpf::loader::TracerOptions;
+use std::process::ExitCode;
+
+use crate::cli::DemoArgs;
 use crate::cgroups;
 use crate::cgroups::storm::{self, Storm};
 use crate::model::host;
 use crate::report;
-use crate::session::{self as record, RecordOptions};
+use crate::commands::record::{self, RecordOptions};
 
-pub struct DemoOptions {
-    pub tracer: TracerOptions,
-    pub duration: Duration,
-    /// Keep the capture here; default is a temporary file removed at the end.
-    pub output: Option<PathBuf>,
-    pub json: bool,
-}
 
 /// Removes the temporary capture unless the user asked to keep it.
 struct TempCapture(Option<PathBuf>);
@@ -32,7 +27,12 @@ impl Drop for TempCapture {
     }
 }
 
-pub fn demo(opts: &DemoOptions, stop: &AtomicBool) -> Result<report::Report> {
+pub fn run(opts: &DemoArgs, stop: &AtomicBool) -> Result<ExitCode> {
+    demo(opts, stop)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn demo(opts: &DemoArgs, stop: &AtomicBool) -> Result<report::Report> {
     crate::bpf::privileges::check()?;
     let hierarchy = cgroups::find_cpu_hierarchy()?;
     let facts = host::host_facts();
@@ -76,13 +76,7 @@ pub fn demo(opts: &DemoOptions, stop: &AtomicBool) -> Result<report::Report> {
     );
     let rec = record::record(
         &RecordOptions {
-            tracer: TracerOptions {
-                backend: opts.tracer.backend,
-                btf: opts.tracer.btf.clone(),
-                probes: opts.tracer.probes.clone(),
-                rt_priority: opts.tracer.rt_priority,
-                ring_buffer: opts.tracer.ring_buffer,
-            },
+            tracer: opts.trace.options(),
             duration: Some(opts.duration),
             output: path.clone(),
             command: Vec::new(),

@@ -6,12 +6,18 @@ use anyhow::Result;
 use crate::bpf::btf;
 use crate::bpf::kallsyms::Symbols;
 use crate::bpf::leak_check;
-use crate::bpf::loader::{self as probes, Tracer, TracerOptions};
+use crate::bpf::compat as probes;
+use crate::bpf::loader::{Tracer, TracerOptions};
+use crate::cli::DoctorArgs;
 use crate::bpf::privileges;
 use crate::cgroups;
 use crate::model::host;
 
-pub fn doctor(opts: &TracerOptions, attach_cycles: Option<u32>) -> Result<ExitCode> {
+pub fn run(a: &DoctorArgs) -> Result<ExitCode> {
+    doctor(&a.trace.options(), a.attach_cycles)
+}
+
+fn doctor(opts: &TracerOptions, attach_cycles: Option<u32>) -> Result<ExitCode> {
     let h = host::host_facts();
     println!("kernel      {} ({} CPUs)", h.kernel, h.ncpus);
     match h.watchdog.thresh_s {
@@ -90,7 +96,7 @@ pub fn doctor(opts: &TracerOptions, attach_cycles: Option<u32>) -> Result<ExitCo
                     if st.attached {
                         println!(
                             "probe       {name:<16} {} {}{}",
-                            st.how.as_deref().unwrap_or("?"),
+                            st.how.map_or("?", |h| h.as_str()),
                             st.target.as_deref().unwrap_or(""),
                             st.reason
                                 .as_deref()

@@ -1,7 +1,51 @@
 //! `cfstrace repro -- CMD`: record while a reproduction runs, then print the report, and exit
 //! with CMD's status (or 3 when the `--fail-under` gate fails).
 use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
 use std::time::SystemTime;
+
+use anyhow::{Context as _, Result};
+
+use crate::cli::ReproArgs;
+use crate::commands::record::{self, RecordOptions};
+use crate::commands::report::{gate_code, print_report};
+use crate::session::child::resolve_command;
+
+pub fn run(a: ReproArgs, stop: &AtomicBool) -> Result<ExitCode> {
+    if let Some(prog) = a.command.first() {
+        resolve_command(prog)?;
+    }
+    let output = a
+        .output
+        .unwrap_or_else(|| default_capture_name(SystemTime::now()));
+    eprintln!(
+        "cfstrace: recording to {} while `{}` runs",
+        output.display(),
+        a.command.join(" ")
+    );
+    let opts = RecordOptions {
+        tracer: a.trace.options(),
+        duration: a.duration,
+        output: output.clone(),
+        command: a.command,
+        progress: true,
+    };
+    let out = record::record(&opts, stop)
+        .with_context(|| format!("recording to {}", output.display()))?;
+    eprintln!(
+        "cfstrace: capture kept in {} ({} callbacks in {:.1}s, {} lost, stopped: {}); read it \
+         again with `cfstrace report {}`",
+        output.display(),
+        out.periods,
+        out.duration.as_secs_f64(),
+        out.lost,
+        out.reason.as_str().replace('_', " "),
+        output.display()
+    );
+    let rep = print_report(&output, &a.show)?;
+    Ok(gate_code(&rep, a.gate).unwrap_or(ExitCode::from(out.exit_code.unwrap_or(0))))
+}
 
 /// `cfstrace-repro-20260102T030405Z.jsonl`: the default capture name (in the current directory,
 /// kept after the report so it can be read again or sent on).

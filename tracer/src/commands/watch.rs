@@ -8,16 +8,17 @@
 //! them, cumulative over the run (see [`crate::render::prometheus`]).
 use std::collections::HashMap;
 use std::io::{self, IsTerminal as _, Write as _};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use regex::Regex;
 
 use crate::analysis::aggregate::{Aggregator, UNRESOLVED_ID, UNRESOLVED_NAME};
-use crate::bpf::loader::TracerOptions;
+use std::process::ExitCode;
+
+use crate::cli::WatchArgs;
 use crate::capture::{CaptureLine, CgroupRecord, LossRecord};
 use crate::render::live::{self, Frame, HIST_BINS, TerminalGuard};
 use crate::render::prometheus::{self, Metrics};
@@ -27,24 +28,6 @@ use crate::session::{DRAIN_INTERVAL, PollError, RecordError, Session};
 /// `--top` when not given.
 pub const DEFAULT_TOP: usize = 10;
 
-pub struct WatchOptions {
-    pub tracer: TracerOptions,
-    pub interval: Duration,
-    /// Stop after this long (None: until Ctrl-C).
-    pub duration: Option<Duration>,
-    /// One JSON report per interval instead of the table.
-    pub json: bool,
-    /// Highlight headroom below this % of watchdog_thresh (`--highlight-under`).
-    pub highlight_under: f64,
-    /// Only cgroups whose path matches (`--cgroup`).
-    pub cgroup: Option<Regex>,
-    /// At most this many cgroups (`--top`).
-    pub top: usize,
-    /// Serve /metrics here (`--prometheus`).
-    pub prometheus: Option<SocketAddr>,
-    /// Cgroups with their own Prometheus series (`--max-cgroups`).
-    pub max_cgroups: usize,
-}
 
 /// The counters' growth since `earlier` (the session's counters are cumulative).
 pub fn loss_since(now: &LossRecord, earlier: &LossRecord) -> LossRecord {
@@ -95,8 +78,13 @@ enum Output {
     Json,
 }
 
-pub fn watch(opts: &WatchOptions, stop: &AtomicBool) -> anyhow::Result<()> {
-    let mut session = Session::start(&opts.tracer, None)?;
+pub fn run(opts: &WatchArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
+    watch(opts, stop)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn watch(opts: &WatchArgs, stop: &AtomicBool) -> anyhow::Result<()> {
+    let mut session = Session::start(&opts.trace.options(), None)?;
     let mut metrics = opts
         .prometheus
         .map(|_| Metrics::new(opts.max_cgroups, opts.cgroup.clone()));

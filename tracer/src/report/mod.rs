@@ -21,6 +21,7 @@ use crate::capture::{
     self, CaptureError, CaptureHeader, ParentRecord, PeriodScaling, ProbeStatus, ProcessInfo,
 };
 use crate::model::host::WatchdogFacts;
+use crate::model::probe::{Backend, Probe, Style};
 use crate::model::workload::{Workload, WorkloadKind};
 
 pub const REPORT_SCHEMA: &str = "cfstrace.report/1";
@@ -41,11 +42,11 @@ pub struct Report {
     pub hostname: String,
     pub kernel: String,
     pub ncpus: u32,
-    /// What the period-timer frame used (`kprobe`, `fentry`, `tracepoint`).
-    pub backend: String,
-    pub backend_requested: String,
+    /// What the period-timer frame used.
+    pub backend: Style,
+    pub backend_requested: Backend,
     /// Probe name -> how it was attached, or why not.
-    pub probes: BTreeMap<String, ProbeStatus>,
+    pub probes: BTreeMap<Probe, ProbeStatus>,
     pub watchdog: WatchdogFacts,
     pub duration_s: f64,
     pub events: Events,
@@ -478,31 +479,10 @@ pub struct CpuReport {
     pub headroom_basis: Option<String>,
 }
 
-/// Probe names as the capture header lists them.
-const PROBE_PERIOD_TIMER: &str = "period_timer";
-const PROBE_DISTRIBUTE: &str = "distribute";
-const PROBE_UNTHROTTLE: &str = "unthrottle";
-const PROBE_ENQUEUE: &str = "enqueue";
-const PROBE_RUNNABLE: &str = "runnable";
-const PROBE_ASYNC: &str = "async_unthrottle";
-const PROBE_IRQ_SPAN: &str = "irq_span";
-/// Not a BPF probe: the recorder's reader of /dev/kmsg, listed with the probes.
-pub const PROBE_KMSG: &str = "kmsg";
-const PROBE_ORDER: [&str; 8] = [
-    PROBE_PERIOD_TIMER,
-    PROBE_IRQ_SPAN,
-    PROBE_DISTRIBUTE,
-    PROBE_UNTHROTTLE,
-    PROBE_ASYNC,
-    PROBE_ENQUEUE,
-    PROBE_RUNNABLE,
-    PROBE_KMSG,
-];
-
 fn probe_how(p: &ProbeStatus) -> Option<String> {
     match (&p.how, &p.target) {
         (Some(h), Some(t)) => Some(format!("{h} {t}")),
-        (Some(h), None) => Some(h.clone()),
+        (Some(h), None) => Some(h.to_string()),
         (None, Some(t)) => Some(t.clone()),
         (None, None) => None,
     }
@@ -513,11 +493,11 @@ fn count_figure(
     header: &CaptureHeader,
     flags: u32,
     bits: u32,
-    probe: &str,
+    probe: Probe,
     fallback_how: &str,
     periods: u64,
 ) -> Figure {
-    let status = header.probes.get(probe);
+    let status = header.probes.get(&probe);
     let available = flags & bits != 0;
     let how = status
         .filter(|s| s.attached)
@@ -558,7 +538,7 @@ fn queued_figure(header: &CaptureHeader, flags: u32, periods: u64) -> Figure {
         header,
         flags,
         HOW_UNTHROTTLE,
-        PROBE_UNTHROTTLE,
+        Probe::Unthrottle,
         "unthrottle_cfs_rq",
         periods,
     );
@@ -580,7 +560,7 @@ fn queued_figure(header: &CaptureHeader, flags: u32, periods: u64) -> Figure {
 /// Async unthrottle: measured when its CSD frame was attached (or, for a capture without the
 /// probe list, when events are there).
 fn async_figure(header: &CaptureHeader, agg: &Aggregator) -> Figure {
-    let status = header.probes.get(PROBE_ASYNC);
+    let status = header.probes.get(&Probe::AsyncUnthrottle);
     let events = agg.async_events();
     let attached = status.is_some_and(|s| s.attached);
     let available = attached || events > 0;
@@ -592,7 +572,7 @@ fn async_figure(header: &CaptureHeader, agg: &Aggregator) -> Figure {
         Some(s) if !s.attached => Some(
             s.reason
                 .clone()
-                .unwrap_or_else(|| format!("the {PROBE_ASYNC} probe was not attached")),
+                .unwrap_or_else(|| format!("the async_unthrottle probe was not attached")),
         ),
         Some(s) if events == 0 => Some(match &s.reason {
             Some(r) => format!("no CSD ran: every unthrottle happened on the timer's own CPU; {r}"),
@@ -601,7 +581,7 @@ fn async_figure(header: &CaptureHeader, agg: &Aggregator) -> Figure {
         Some(s) => s.reason.clone(),
         None if events > 0 => None,
         None => Some(format!(
-            "the capture lists no {PROBE_ASYNC} probe (recorded by an older cfstrace)"
+            "the capture lists no async_unthrottle probe (recorded by an older cfstrace)"
         )),
     };
     Figure {
@@ -613,7 +593,7 @@ fn async_figure(header: &CaptureHeader, agg: &Aggregator) -> Figure {
 
 /// Timer-interrupt spans: measured when their frame was attached (or spans are in the capture).
 fn irq_span_figure(header: &CaptureHeader, agg: &Aggregator) -> Figure {
-    let status = header.probes.get(PROBE_IRQ_SPAN);
+    let status = header.probes.get(&Probe::IrqSpan);
     let spans = agg.irq_spans();
     let attached = status.is_some_and(|s| s.attached);
     let how = status
@@ -624,7 +604,7 @@ fn irq_span_figure(header: &CaptureHeader, agg: &Aggregator) -> Figure {
         Some(s) if !s.attached => Some(
             s.reason
                 .clone()
-                .unwrap_or_else(|| format!("the {PROBE_IRQ_SPAN} probe was not attached")),
+                .unwrap_or_else(|| format!("the irq_span probe was not attached")),
         ),
         Some(_) if spans == 0 && agg.periods() > 0 => Some(
             "attached, but no period-timer callback ran inside a traced timer interrupt \
@@ -635,7 +615,7 @@ fn irq_span_figure(header: &CaptureHeader, agg: &Aggregator) -> Figure {
         Some(s) => s.reason.clone(),
         None if spans > 0 => None,
         None => Some(format!(
-            "the capture lists no {PROBE_IRQ_SPAN} probe (recorded by an older cfstrace)"
+            "the capture lists no irq_span probe (recorded by an older cfstrace)"
         )),
     };
     Figure {
@@ -664,7 +644,7 @@ fn spread_figure(header: &CaptureHeader, agg: &Aggregator, async_fig: &Figure) -
             reason: None,
         };
     }
-    let unthr = header.probes.get(PROBE_UNTHROTTLE);
+    let unthr = header.probes.get(&Probe::Unthrottle);
     let why_no_probe = if flags & HOW_UNTHROTTLE != 0 {
         "unthrottle_cfs_rq is probed but the BTF lacks cfs_rq.rq or rq.cpu".to_string()
     } else {
@@ -704,7 +684,7 @@ fn spread_figure(header: &CaptureHeader, agg: &Aggregator, async_fig: &Figure) -
 }
 
 fn kmsg_figure(header: &CaptureHeader, agg: &Aggregator) -> Figure {
-    match header.probes.get(PROBE_KMSG) {
+    match header.probes.get(&Probe::Kmsg) {
         Some(s) if s.attached => Figure {
             available: true,
             how: probe_how(s),
@@ -732,13 +712,13 @@ fn kmsg_figure(header: &CaptureHeader, agg: &Aggregator) -> Figure {
 fn figures(header: &CaptureHeader, agg: &Aggregator) -> Figures {
     let flags = agg.flags_seen();
     let n = agg.periods();
-    let timer = header.probes.get(PROBE_PERIOD_TIMER);
+    let timer = header.probes.get(&Probe::PeriodTimer);
     let timer_attached = timer.is_some_and(|s| s.attached);
     let callback_ns = Figure {
         available: timer_attached || n > 0,
         how: timer
             .and_then(probe_how)
-            .or_else(|| Some(header.backend.clone())),
+            .or_else(|| Some(header.backend.to_string())),
         reason: match timer {
             Some(s) if !s.attached => s.reason.clone(),
             Some(s) => s.reason.clone(),
@@ -757,7 +737,7 @@ fn figures(header: &CaptureHeader, agg: &Aggregator) -> Figures {
             header,
             flags,
             HOW_LOOPS,
-            PROBE_DISTRIBUTE,
+            Probe::Distribute,
             "distribute_cfs_runtime",
             n,
         ),
@@ -765,7 +745,7 @@ fn figures(header: &CaptureHeader, agg: &Aggregator) -> Figures {
             header,
             flags,
             HOW_UNTHROTTLE,
-            PROBE_UNTHROTTLE,
+            Probe::Unthrottle,
             "unthrottle_cfs_rq",
             n,
         ),
@@ -773,7 +753,7 @@ fn figures(header: &CaptureHeader, agg: &Aggregator) -> Figures {
             header,
             flags,
             HOW_ENQUEUE_ENTITY | HOW_ENQUEUE_TASK_FAIR,
-            PROBE_ENQUEUE,
+            Probe::Enqueue,
             enqueue_fallback,
             n,
         ),
@@ -781,7 +761,7 @@ fn figures(header: &CaptureHeader, agg: &Aggregator) -> Figures {
             header,
             flags,
             HOW_RUNNABLE,
-            PROBE_RUNNABLE,
+            Probe::Runnable,
             "sched_update_nr_running_tp",
             n,
         ),
@@ -1387,7 +1367,7 @@ pub fn build_report(
         ncpus: host.ncpus,
         agg,
         km: &km,
-        kmsg_read: header.probes.get(PROBE_KMSG).is_some_and(|p| p.attached),
+        kmsg_read: header.probes.get(&Probe::Kmsg).is_some_and(|p| p.attached),
     };
     let mut cgroups: Vec<CgroupReport> = agg.cgroups().map(|v| cgroup_report(&v, &ctx)).collect();
     cgroups.sort_by(|a, b| {
@@ -1797,14 +1777,10 @@ pub fn render_text(report: &Report, color: bool) -> String {
         );
         let _ = writeln!(o, "{}", paint(&line, BOLD_RED, color));
     }
-    // Pipeline order (the frame first), then anything a newer recorder added.
-    let mut probes: Vec<(&String, &ProbeStatus)> = report.probes.iter().collect();
-    probes.sort_by_key(|(name, _)| {
-        PROBE_ORDER
-            .iter()
-            .position(|p| p == name)
-            .unwrap_or(PROBE_ORDER.len())
-    });
+    // Pipeline order: the frame first.
+    let probes = Probe::REPORT_ORDER
+        .iter()
+        .filter_map(|name| report.probes.get(name).map(|p| (name, p)));
     for (name, p) in probes {
         if p.attached {
             let how = probe_how(p).unwrap_or_else(|| "attached".to_string());
@@ -2063,26 +2039,35 @@ mod tests {
     const YARN: &str = "/yarn/container_e06_1512098667219_988894_01_000020";
 
     fn status(attached: bool, how: &str, target: &str, reason: Option<&str>) -> ProbeStatus {
+        let how = match how {
+            "tracepoint" => Style::Tracepoint,
+            "kprobe" => Style::Kprobe,
+            "fentry" => Style::Fentry,
+            "raw_tp" => Style::RawTp,
+            "read" => Style::Read,
+            _ => Style::None,
+        };
         ProbeStatus {
             attached,
-            how: attached.then(|| how.to_string()),
+            how: attached.then_some(how),
             target: Some(target.to_string()),
             reason: reason.map(str::to_string),
+            attempts: Vec::new(),
         }
     }
 
     fn header() -> CaptureHeader {
         let mut probes = BTreeMap::new();
         probes.insert(
-            "period_timer".into(),
+            crate::model::probe::Probe::PeriodTimer,
             status(true, "tracepoint", "hrtimer_expire_entry/exit", None),
         );
         probes.insert(
-            "unthrottle".into(),
+            crate::model::probe::Probe::Unthrottle,
             status(true, "kprobe", "unthrottle_cfs_rq", None),
         );
         probes.insert(
-            "enqueue".into(),
+            crate::model::probe::Probe::Enqueue,
             status(
                 false,
                 "kprobe",
@@ -2091,7 +2076,7 @@ mod tests {
             ),
         );
         probes.insert(
-            "distribute".into(),
+            crate::model::probe::Probe::Distribute,
             status(
                 false,
                 "kprobe",
@@ -2100,7 +2085,7 @@ mod tests {
             ),
         );
         probes.insert(
-            "runnable".into(),
+            crate::model::probe::Probe::Runnable,
             status(true, "raw_tp", "sched_update_nr_running_tp", None),
         );
         CaptureHeader {
@@ -2117,8 +2102,8 @@ mod tests {
                     hardlockup_panic: Some(true),
                 },
             },
-            backend_requested: "auto".into(),
-            backend: "tracepoint".into(),
+            backend_requested: crate::model::probe::Backend::Auto,
+            backend: crate::model::probe::Style::Tracepoint,
             probes,
             cpu_hierarchy: None,
             started_unix_ns: 0,
@@ -2530,7 +2515,7 @@ mod tests {
     fn async_header() -> CaptureHeader {
         let mut h = header();
         h.probes.insert(
-            PROBE_ASYNC.into(),
+            Probe::AsyncUnthrottle,
             status(
                 true,
                 "tracepoint",
@@ -2622,7 +2607,7 @@ mod tests {
         // Pre-6.3: the probe says why; no cgroup has the figure.
         let mut h = header();
         h.probes.insert(
-            PROBE_ASYNC.into(),
+            Probe::AsyncUnthrottle,
             status(
                 false,
                 "",
@@ -2889,7 +2874,7 @@ mod tests {
         w.write_line(&capture::CaptureLine::End(EndRecord {
             ts_ns: 9,
             duration_ns: 2_000_000_000,
-            reason: "duration".into(),
+            reason: crate::model::probe::StopReason::Duration,
             periods: 1,
             lost: 0,
             command_status: None,
@@ -2927,7 +2912,7 @@ mod tests {
     fn irq_header() -> CaptureHeader {
         let mut h = header();
         h.probes.insert(
-            PROBE_IRQ_SPAN.into(),
+            Probe::IrqSpan,
             status(
                 true,
                 "tracepoint",
@@ -3101,7 +3086,7 @@ mod tests {
         for (i, list) in ["0-45", "0-39", "2-41", "0-39,47"].iter().enumerate() {
             let mut p = rec(20, 3, i as u64 * 100_000_000, 200_000, 46);
             p.flags |= HOW_SPREAD;
-            p.spread_cpus = crate::capture::CpuMask::parse_list(list).unwrap();
+            p.spread_cpus = crate::model::cpuset::CpuSet::parse_list(list).unwrap();
             a.add_period(&p);
         }
         let r = build_report(&header(), &a, 1, vec![]);
@@ -3171,7 +3156,7 @@ mod tests {
     fn precursors_say_who_changed_the_period() {
         let mut h = header();
         h.probes
-            .insert(PROBE_KMSG.into(), status(true, "read", "/dev/kmsg", None));
+            .insert(Probe::Kmsg, status(true, "read", "/dev/kmsg", None));
         let mut a = Aggregator::new();
         a.add_cgroup(yarn_record());
         let mut cron = other_record();

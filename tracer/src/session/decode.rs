@@ -4,7 +4,8 @@ use tracer_ebpf::{
     SPREAD_WORDS,
 };
 
-use crate::capture::{AsyncRecord, CpuMask, IrqSpanRecord, PeriodRecord};
+use crate::model::cpuset::CpuSet;
+use crate::model::records::{AsyncRecord, IrqSpanRecord, PeriodRecord};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -19,7 +20,7 @@ pub enum DecodeError {
 }
 
 /// One ring-buffer record, by its leading `kind`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Period(PeriodRecord),
     Async(AsyncRecord),
@@ -75,7 +76,7 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 let at = head + i * 8;
                 *w = read(&buf[at..])?;
             }
-            let spread_cpus = CpuMask(mask);
+            let spread_cpus = CpuSet::from_words(&mask[..words]);
             Ok(Event::Period(PeriodRecord {
                 ts_ns: e.start_ns,
                 cpu: e.cpu,

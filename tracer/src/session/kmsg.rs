@@ -8,20 +8,7 @@ use std::io::{self, Read as _};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 
-use serde::{Deserialize, Serialize};
-
-/// One "period too short" message.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct PeriodScaling {
-    /// Kernel timestamp of the message (CLOCK_MONOTONIC µs, /dev/kmsg's own field).
-    pub ts_us: u64,
-    pub cpu: u32,
-    /// true: the kernel doubled period and quota; false: it could not (at the 1 s cap).
-    pub scaled_up: bool,
-    /// The period after the change (or the unchanged one when it could not scale).
-    pub period_us: u64,
-    pub quota_us: u64,
-}
+use crate::model::records::PeriodScaling;
 
 /// Parse one /dev/kmsg record (`prio,seq,ts_us,flags;text`); None if it is not ours.
 ///

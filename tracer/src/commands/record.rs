@@ -1,0 +1,290 @@
+//! `cfstrace record`: a session written to a capture that stays valid whatever stops it: the
+//! duration, Ctrl-C or SIGTERM, CMD exiting. The capture is flushed every second and ends with
+//! loss and end lines on every one of those paths.
+use std::fs::File;
+use std::io::{self, IsTerminal as _};
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use crate::bpf::loader::TracerOptions;
+use crate::cli::RecordArgs;
+use crate::commands::report::gate_code;
+use crate::capture::{CaptureError, CaptureWriter};
+use crate::model::probe::StopReason;
+use crate::model::records::{CaptureLine, EndRecord};
+use crate::session::child::{self, Cmd, Said};
+use crate::session::signals::last_signal;
+use crate::session::{
+    DRAIN_INTERVAL, PollError, RecordError, Session, TOTALS_INTERVAL, monotonic_ns,
+};
+
+pub fn run(a: RecordArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
+    let opts = RecordOptions {
+        tracer: a.trace.options(),
+        duration: a.duration,
+        output: a.output.clone(),
+        command: a.command,
+        progress: true,
+    };
+    let out = record(&opts, stop).with_context(|| format!("recording to {}", a.output.display()))?;
+    eprintln!(
+        "cfstrace: wrote {} ({} period-timer callbacks, {} async unthrottles in {:.1}s, {} lost, stopped: {})",
+        a.output.display(),
+        out.periods,
+        out.async_events,
+        out.duration.as_secs_f64(),
+        out.lost,
+        out.reason.as_str().replace('_', " ")
+    );
+    if a.gate.fail_under.is_some() {
+        let rep = crate::report::report_from_capture(&a.output)?;
+        if let Some(code) = gate_code(&rep, a.gate) {
+            return Ok(code);
+        }
+    }
+    // CMD's status like a shell (128 + N for signal N), or 124 when --duration stopped it.
+    Ok(ExitCode::from(out.exit_code.unwrap_or(0)))
+}
+
+pub struct RecordOptions {
+    pub tracer: TracerOptions,
+    /// None: until Ctrl-C or until the command exits.
+    pub duration: Option<Duration>,
+    pub output: PathBuf,
+    /// Run this and record while it runs.
+    pub command: Vec<String>,
+    /// Show elapsed/events/losses on stderr when it is a terminal.
+    pub progress: bool,
+}
+
+#[derive(Debug)]
+pub struct RecordOutcome {
+    pub periods: u64,
+    /// Async-unthrottle CSD events recorded.
+    pub async_events: u64,
+    pub lost: u64,
+    /// As in the capture's end line.
+    pub reason: StopReason,
+    pub command_status: Option<ExitStatus>,
+    /// What `record -- CMD` exits with: [`child::command_exit_code`]; None without CMD.
+    pub exit_code: Option<u8>,
+    pub duration: Duration,
+}
+
+/// Record until the duration passes, the command exits or `stop` is set.
+pub fn record(opts: &RecordOptions, stop: &AtomicBool) -> Result<RecordOutcome, RecordError> {
+    let command = (!opts.command.is_empty()).then(|| opts.command.clone());
+    let path = opts.output.clone();
+    // Before creating anything: a command that cannot run is a clear error and no capture.
+    if let Some(prog) = opts.command.first() {
+        child::resolve_command(prog)?;
+    }
+    // Before attaching: an unwritable output fails fast, without touching the kernel.
+    let file = File::create(&path).map_err(|source| RecordError::Create {
+        path: path.clone(),
+        source,
+    })?;
+    let mut session = Session::start(&opts.tracer, command).inspect_err(|_| {
+        let _ = std::fs::remove_file(&path);
+    })?;
+    let cap_err = |source| RecordError::Capture {
+        path: path.clone(),
+        source,
+    };
+    let mut out = CaptureWriter::new(file, &session.header).map_err(cap_err)?;
+    out.flush().map_err(cap_err)?;
+    // CMD starts once the probes are attached.
+    let mut cmd = match command_of(opts) {
+        Some(c) => Some(Cmd::spawn(c).inspect_err(|_| {
+            // No half-written capture left behind.
+            let _ = std::fs::remove_file(&path);
+        })?),
+        None => None,
+    };
+    let mut tty = Progress::new(opts.progress);
+    let started = Instant::now();
+    let (reason, command_status) =
+        record_loop(opts, stop, &mut session, &mut out, &mut cmd, &mut tty, &cap_err)?;
+    tty.clear();
+    // Events still in flight: the ring buffer is drained once more after the loop.
+    let mut write = |l: &CaptureLine| out.write_line(l);
+    session
+        .drain(&mut write)
+        .map_err(|e| poll_error(e, &cap_err))?;
+    session
+        .totals(&mut write)
+        .map_err(|e| poll_error(e, &cap_err))?;
+    let loss = session.losses()?;
+    let elapsed = started.elapsed();
+    let lost = loss.lost() + session.decode_errors;
+    out.write_line(&CaptureLine::Loss(loss)).map_err(cap_err)?;
+    out.write_line(&CaptureLine::End(EndRecord {
+        ts_ns: monotonic_ns(),
+        duration_ns: elapsed.as_nanos() as u64,
+        reason,
+        periods: session.periods,
+        lost,
+        command_status: command_status.map(|s| i32::from(child::shell_status(s))),
+        async_unthrottle: session.async_events,
+        irq_spans: session.irq_spans,
+        kmsg_period_scaling: session.kmsg_messages,
+    }))
+    .map_err(cap_err)?;
+    out.flush().map_err(cap_err)?;
+    Ok(RecordOutcome {
+        periods: session.periods,
+        async_events: session.async_events,
+        lost,
+        reason,
+        command_status,
+        exit_code: child::command_exit_code(reason, command_status),
+        duration: elapsed,
+    })
+}
+
+fn command_of(opts: &RecordOptions) -> Option<&[String]> {
+    (!opts.command.is_empty()).then_some(opts.command.as_slice())
+}
+
+/// Drain, write, flush, and watch for the end: the duration, Ctrl-C, or CMD exiting.
+fn record_loop(
+    opts: &RecordOptions,
+    stop: &AtomicBool,
+    session: &mut Session,
+    out: &mut CaptureWriter<File>,
+    cmd: &mut Option<Cmd>,
+    tty: &mut Progress,
+    cap_err: &impl Fn(CaptureError) -> RecordError,
+) -> Result<(StopReason, Option<ExitStatus>), RecordError> {
+    let started = Instant::now();
+    let mut last_flush = Instant::now();
+    let mut last_totals = Instant::now();
+    let mut lost_now = 0;
+    loop {
+        let mut write = |l: &CaptureLine| out.write_line(l);
+        session
+            .poll(DRAIN_INTERVAL, &mut write)
+            .map_err(|e| poll_error(e, cap_err))?;
+        if last_totals.elapsed() >= TOTALS_INTERVAL {
+            last_totals = Instant::now();
+            session
+                .totals(&mut write)
+                .map_err(|e| poll_error(e, cap_err))?;
+        }
+        if last_flush.elapsed() >= Duration::from_secs(1) {
+            let loss = session.losses()?;
+            lost_now = loss.lost();
+            out.write_line(&CaptureLine::Loss(loss)).map_err(cap_err)?;
+            out.flush().map_err(cap_err)?;
+            last_flush = Instant::now();
+        }
+        tty.show(started, opts.duration, session, lost_now, cmd.as_ref());
+        let time_up = opts.duration.filter(|d| started.elapsed() >= *d);
+        let Some(c) = cmd.as_mut() else {
+            if stop.swap(false, Ordering::Relaxed) {
+                return Ok((StopReason::Interrupted, None));
+            }
+            if time_up.is_some() {
+                return Ok((StopReason::Duration, None));
+            }
+            continue;
+        };
+        if let Some((status, reason)) = c.exited() {
+            return Ok((reason, Some(status)));
+        }
+        if stop.swap(false, Ordering::Relaxed) {
+            let sig = match last_signal().load(Ordering::Relaxed) {
+                0 => libc::SIGINT,
+                s => s as i32,
+            };
+            tty.say(&c.interrupt(sig));
+        }
+        if let Some(d) = time_up
+            && !c.stopping()
+        {
+            tty.say(&c.time_up(d));
+        }
+        if let Said::Line(l) = c.tick() {
+            tty.say(&l);
+        }
+    }
+}
+
+/// Elapsed time, callbacks and losses on stderr, refreshed in place, when it is a terminal.
+struct Progress {
+    show: bool,
+    last: Option<Instant>,
+}
+
+impl Progress {
+    fn new(wanted: bool) -> Self {
+        Progress {
+            show: wanted && io::stderr().is_terminal(),
+            last: None,
+        }
+    }
+
+    fn clear(&self) {
+        if self.show {
+            eprint!("\r\x1b[2K");
+        }
+    }
+
+    /// A message on a line of its own.
+    fn say(&self, line: &str) {
+        self.clear();
+        eprintln!("cfstrace: {line}");
+    }
+
+    fn show(
+        &mut self,
+        started: Instant,
+        duration: Option<Duration>,
+        session: &Session,
+        lost: u64,
+        cmd: Option<&Cmd>,
+    ) {
+        if !self.show || self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(250)) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        eprint!(
+            "\r\x1b[2Kcfstrace: recording {:.1}s{}  {} callbacks  {} async  {} lost{}",
+            started.elapsed().as_secs_f64(),
+            duration
+                .map(|d| format!(" of {}", humantime::format_duration(d)))
+                .unwrap_or_default(),
+            session.periods,
+            session.async_events,
+            lost,
+            match cmd {
+                Some(c) if c.stopping() => format!("  stopping CMD pid {}", c.pid()),
+                Some(c) => format!("  CMD pid {} running", c.pid()),
+                None => String::new(),
+            }
+        );
+    }
+}
+
+fn poll_error(
+    e: PollError<crate::capture::CaptureError>,
+    cap_err: &impl Fn(crate::capture::CaptureError) -> RecordError,
+) -> RecordError {
+    match e {
+        PollError::Poll(e) => RecordError::Poll(e),
+        PollError::Totals(e) => RecordError::Totals(e),
+        PollError::Sink(e) => cap_err(e),
+    }
+}
+
+/// Make sure what was written is on disk (a capture taken before a crash must survive it).
+pub fn sync_file(path: &std::path::Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+

@@ -1,0 +1,59 @@
+//! `cfstrace report FILE`: read a capture, print its report (table or `--json`), draw it with
+//! `--svg`, and judge `--fail-under`.
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::analysis::headroom::{self, EXIT_HEADROOM, Verdict};
+use crate::cli::{GateArgs, ReportArgs, ShowArgs};
+use crate::render::svg;
+use crate::report::{self, Report};
+
+pub fn run(a: ReportArgs) -> Result<ExitCode> {
+    let rep = print_report(&a.file, &a.show)?;
+    Ok(gate_code(&rep, a.gate).unwrap_or(ExitCode::SUCCESS))
+}
+
+/// Read a capture, print its report (JSON or table) on stdout, and draw it to `--svg` if asked.
+pub fn print_report(file: &Path, show: &ShowArgs) -> Result<Report> {
+    let (mut rep, plot) = match &show.svg {
+        Some(_) => {
+            let (r, p) = svg::report_with_plot(file)?;
+            (r, Some(p))
+        }
+        None => (report::report_from_capture(file)?, None),
+    };
+    rep.set_highlight_under(show.highlight_under);
+    if show.json {
+        println!("{}", serde_json::to_string_pretty(&rep)?);
+    } else {
+        let color = std::io::IsTerminal::is_terminal(&std::io::stdout())
+            && std::env::var_os("NO_COLOR").is_none();
+        print!("{}", report::render_text(&rep, color));
+    }
+    if let (Some(out), Some(plot)) = (&show.svg, plot) {
+        svg::write_svg(&rep, &plot, out)?;
+        eprintln!("cfstrace: wrote plot {}", out.display());
+    }
+    Ok(rep)
+}
+
+/// `--fail-under`: the gate's verdict on stderr, and exit status 3 when it fails.
+pub fn gate_code(rep: &Report, gate: GateArgs) -> Option<ExitCode> {
+    let pct = gate.fail_under?;
+    match headroom::judge(rep, pct) {
+        Verdict::Pass { headroom_pct } => {
+            eprintln!("cfstrace: headroom {headroom_pct:.4}% of watchdog_thresh >= {pct}%: pass");
+            None
+        }
+        Verdict::Fail { headroom_pct } => {
+            eprintln!("cfstrace: headroom {headroom_pct:.4}% of watchdog_thresh < {pct}%: FAIL");
+            Some(ExitCode::from(EXIT_HEADROOM))
+        }
+        Verdict::Unknown { why } => {
+            eprintln!("cfstrace: headroom gate not judged: {why}");
+            None
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! The records a capture holds, one per line after its header, and the header itself. They
+//! are what every room passes along: the session makes them from kernel events, the capture
+//! writes and reads them, analysis adds them up.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::cpuset::CpuSet;
+use super::host::HostFacts;
+use super::probe::{Backend, Probe, ProbeStatus, StopReason, Style};
+use super::workload::Workload;
+
+pub const CAPTURE_SCHEMA: &str = "cfstrace.capture/1";
+
+/// Where the cpu controller's hierarchy is mounted.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CpuHierarchy {
+    /// 1 for a cgroup v1 `cpu` mount, 2 for cgroup2.
+    pub version: u8,
+    pub mount: String,
+}
+
+/// First line of a capture.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct CaptureHeader {
+    pub schema: String,
+    pub tool_version: String,
+    pub host: HostFacts,
+    /// Backend asked for.
+    pub backend_requested: Backend,
+    /// What the period-timer frame ended up using (`none` when `--probes` left it out).
+    pub backend: Style,
+    /// How each probe was attached, or why not.
+    pub probes: BTreeMap<Probe, ProbeStatus>,
+    #[serde(default)]
+    pub cpu_hierarchy: Option<CpuHierarchy>,
+    /// Wall clock at start, and CLOCK_MONOTONIC at the same instant (the events' clock).
+    pub started_unix_ns: u64,
+    pub started_mono_ns: u64,
+    /// The command recorded around (`record -- CMD`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+}
+
+/// One period-timer callback (mirrors `tracer_ebpf::PeriodEvent`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct PeriodRecord {
+    pub ts_ns: u64,
+    pub cpu: u32,
+    pub duration_ns: u64,
+    pub cgroup_id: u64,
+    pub timer: u64,
+    pub loops: u32,
+    pub unthrottled: u32,
+    pub enqueued: u32,
+    pub runnable: u32,
+    /// 0 when the kernel layout does not give it.
+    pub period_ns: u64,
+    /// `u64::MAX` is no quota.
+    pub quota_ns: u64,
+    /// `tracer_ebpf::HOW_*` bits.
+    pub flags: u32,
+    /// Start of the timer-interrupt span (`irq_span` line on the same CPU with this `ts_ns`)
+    /// the callback ran in; 0 when not in a traced span (`HOW_IN_SPAN` unset).
+    #[serde(default)]
+    pub span_ts_ns: u64,
+    /// Distinct CPUs whose cfs_rqs the callback unthrottled (real with `HOW_SPREAD`).
+    #[serde(default)]
+    pub spread: u32,
+    /// Unthrottles on CPUs beyond the bitmap (calls, not CPUs).
+    #[serde(default)]
+    pub spread_overflow: u32,
+    /// Tasks queued under the cfs_rqs it unthrottled (real with `HOW_QUEUED`).
+    #[serde(default)]
+    pub queued: u32,
+    /// Those CPUs as a kernel CPU list (`0-3,8`); absent when none.
+    #[serde(default, skip_serializing_if = "CpuSet::is_empty")]
+    pub spread_cpus: CpuSet,
+}
+
+/// One timer interrupt that ran at least one period-timer callback (mirrors
+/// `tracer_ebpf::IrqSpanEvent`). Its callbacks' period lines come before it and carry its
+/// `ts_ns` in their `span_ts_ns`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IrqSpanRecord {
+    /// Start of the interrupt.
+    pub ts_ns: u64,
+    pub cpu: u32,
+    /// The whole interrupt, IRQs off.
+    pub duration_ns: u64,
+    /// Period-timer callbacks inside it.
+    pub timers: u32,
+    /// Their summed time.
+    pub timers_ns: u64,
+    /// `HOW_FRAME_*` (how the span was timed), `HOW_REOPENED`.
+    pub flags: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub comm: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    /// utime + stime in clock ticks when named (how busy it is).
+    #[serde(default)]
+    pub cpu_ticks: u64,
+}
+
+/// One ancestor of a named cgroup, with its own CFS quota: nested quotas each have their own
+/// period timer, so the chain says which limits sit above a throttled cgroup.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ParentRecord {
+    /// Path relative to the cpu hierarchy's root.
+    pub path: String,
+    /// Its cgroup id (directory inode) when it could be read.
+    #[serde(default)]
+    pub id: Option<u64>,
+    /// Its period when it has a quota of its own (None: no quota, or unreadable).
+    #[serde(default)]
+    pub period_us: Option<u64>,
+    /// Its quota (None: no quota — `max` / -1 — or unreadable).
+    #[serde(default)]
+    pub quota_us: Option<u64>,
+}
+
+/// A cgroup's name, resolved while recording so a cgroup deleted before `report` keeps it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CgroupRecord {
+    pub id: u64,
+    /// Path relative to the cpu hierarchy's root (`/` for the root); None if the cgroup was
+    /// gone before it could be named.
+    pub path: Option<String>,
+    pub workload: Workload,
+    /// Busiest processes of the cgroup and its descendants.
+    pub processes: Vec<ProcessInfo>,
+    /// From cpu.max / cpu.cfs_period_us when named.
+    pub period_us: Option<u64>,
+    /// None is no quota ("max" / -1).
+    pub quota_us: Option<u64>,
+    /// Why naming was partial, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Its ancestors, nearest first, up to (excluding) the hierarchy's root, at most
+    /// `cgroups::MAX_PARENTS`; resolved at naming time. Empty for a top-level cgroup; None
+    /// when not resolved (the cgroup was gone, or an older capture).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parents: Option<Vec<ParentRecord>>,
+}
+
+/// Cumulative loss counters (kernel-side LOSS map summed over CPUs, plus userspace drops).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LossRecord {
+    pub ts_ns: u64,
+    /// Events the kernel could not reserve in the ring buffer.
+    pub ringbuf_full: u64,
+    /// Callback closes without an open (tracer attached mid-callback).
+    pub unmatched_exit: u64,
+    /// Callback opens while a frame was open (a close was missed).
+    pub missed_exit: u64,
+    /// Timer -> cgroup reads that failed.
+    pub cgroup_read: u64,
+    /// Async-unthrottle CSD closes without an open.
+    #[serde(default)]
+    pub csd_unmatched_exit: u64,
+    /// Async-unthrottle CSD opens while one was open (the earlier CSD's events are lost).
+    #[serde(default)]
+    pub csd_missed_exit: u64,
+    /// Timer-interrupt span closes without an open.
+    #[serde(default)]
+    pub span_unmatched_exit: u64,
+    /// Timer-interrupt span opens while one was open (a span's end was missed).
+    #[serde(default)]
+    pub span_missed_exit: u64,
+    /// Lost callbacks the kernel's unsent-sums map had no room for either (counted nowhere
+    /// else: the report's figures are short by these).
+    #[serde(default)]
+    pub unsent_full: u64,
+}
+
+impl LossRecord {
+    /// Events lost outright (the others are degraded, not lost).
+    pub fn lost(&self) -> u64 {
+        self.ringbuf_full
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct EndRecord {
+    pub ts_ns: u64,
+    pub duration_ns: u64,
+    pub reason: StopReason,
+    pub periods: u64,
+    pub lost: u64,
+    /// `record -- CMD`: CMD's exit status as a shell gives it (128 + N when signal N killed it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_status: Option<i32>,
+    /// Async-unthrottle lines written (0 in captures that predate them).
+    #[serde(default)]
+    pub async_unthrottle: u64,
+    /// Timer-interrupt span lines written (0 in captures that predate them).
+    #[serde(default)]
+    pub irq_spans: u64,
+    /// Kernel "period too short" message lines written.
+    #[serde(default)]
+    pub kmsg_period_scaling: u64,
+}
+
+/// One cgroup's share of an async-unthrottle CSD (mirrors `tracer_ebpf::AsyncEvent`; see
+/// there for segments, listed mode and the `ASYNC_*` flags). Absent from captures of kernels
+/// before 6.3 and of older cfstrace versions.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AsyncRecord {
+    /// Start of the segment (listed mode: of the CSD).
+    pub ts_ns: u64,
+    /// The CPU whose cfs_rqs the CSD unthrottled (not the period timer's).
+    pub cpu: u32,
+    /// The segment's time (listed mode, `ASYNC_SHARED`: the whole CSD's).
+    pub duration_ns: u64,
+    pub cgroup_id: u64,
+    /// Start of the CSD: the segments of one CSD share it.
+    pub csd_ts_ns: u64,
+    /// The whole CSD's time, on its last event (`ASYNC_LAST`); 0 on the others.
+    pub csd_ns: u64,
+    /// Index of the event within its CSD.
+    pub segment: u32,
+    pub unthrottled: u32,
+    pub enqueued: u32,
+    pub runnable: u32,
+    /// `tracer_ebpf::HOW_*` and `ASYNC_*` bits.
+    pub flags: u32,
+}
+
+/// `"kind":"unsent_periods"`: one cgroup's period-timer callbacks whose events the ring buffer
+/// had no room for, as the kernel summed them, cumulative since attach (mirrors
+/// `tracer_ebpf::UnsentPeriods`). Added to the callbacks decoded, they keep the report's counts,
+/// times and worst callback exact when events are lost. Written about every 10 s and at the
+/// end, for the cgroups whose sums changed (none while the ring buffer keeps up); the last
+/// line of a cgroup holds its sums.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct UnsentPeriodsRecord {
+    pub ts_ns: u64,
+    pub id: u64,
+    pub periods: u64,
+    pub callback_ns_sum: u64,
+    pub callback_ns_max: u64,
+    pub unthrottled_sum: u64,
+    pub enqueued_sum: u64,
+    pub over_period: u64,
+    pub multi_pass: u64,
+    pub max_loops: u32,
+    pub max_unthrottled: u32,
+    /// Callback time as `[bucket, count]` pairs of non-empty log2 buckets
+    /// (`tracer_ebpf::log2_bucket`: bucket b holds 2^(b-1) <= ns < 2^b).
+    pub callback_log2: Vec<(u32, u32)>,
+}
+
+/// `"kind":"cpu_totals"`: one CPU's timer interrupts as the kernel summed them, cumulative
+/// since attach (mirrors `tracer_ebpf::SpanTotals`): every interrupt (the node's baseline and
+/// the tracer's own-cost accounting) and those that ran period timers, with the worst one,
+/// exact when events are lost. Written about every 10 s and at the end.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct CpuTotalsRecord {
+    pub ts_ns: u64,
+    pub cpu: u32,
+    /// Every timer interrupt: count, time, longest.
+    pub interrupts: u64,
+    pub interrupts_ns: u64,
+    pub interrupt_max_ns: u64,
+    /// Interrupts that ran period timers: count, time, period timers run.
+    pub spans: u64,
+    pub spans_ns: u64,
+    pub timers: u64,
+    /// The longest of them: its time, start, period timers and their time.
+    pub worst_ns: u64,
+    pub worst_ts_ns: u64,
+    pub worst_timers: u32,
+    pub worst_timers_ns: u64,
+    pub max_timers: u32,
+    /// Every interrupt's time as `[bucket, count]` pairs of non-empty log-linear buckets
+    /// (`tracer_ebpf::fine_bucket`: 16 a power of two from 1 us to 1 s).
+    pub interrupt_hist: Vec<(u32, u32)>,
+}
+
+/// Every line after the header.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CaptureLine {
+    Period(PeriodRecord),
+    /// `"kind":"async_unthrottle"`.
+    AsyncUnthrottle(AsyncRecord),
+    /// `"kind":"irq_span"`.
+    IrqSpan(IrqSpanRecord),
+    /// `"kind":"kmsg_period_scaling"`: the kernel rescaled (or could not rescale) a period.
+    KmsgPeriodScaling(PeriodScaling),
+    Cgroup(CgroupRecord),
+    Loss(LossRecord),
+    /// `"kind":"unsent_periods"`.
+    UnsentPeriods(UnsentPeriodsRecord),
+    /// `"kind":"cpu_totals"`.
+    CpuTotals(CpuTotalsRecord),
+    End(EndRecord),
+}
+
+/// One "period too short" message.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PeriodScaling {
+    /// Kernel timestamp of the message (CLOCK_MONOTONIC µs, /dev/kmsg's own field).
+    pub ts_us: u64,
+    pub cpu: u32,
+    /// true: the kernel doubled period and quota; false: it could not (at the 1 s cap).
+    pub scaled_up: bool,
+    /// The period after the change (or the unchanged one when it could not scale).
+    pub period_us: u64,
+    pub quota_us: u64,
+}
