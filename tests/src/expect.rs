@@ -255,41 +255,34 @@ impl Facts {
     }
 }
 
-/// The part of a probe's `reason` about `style` (`fentry: ...; kprobe: ...`).
-fn style_reason<'a>(reason: &'a str, style: &str) -> Option<&'a str> {
-    let start = reason.find(&format!("{style}: "))? + style.len() + 2;
-    let rest = &reason[start..];
-    let end = ["; fentry: ", "; kprobe: ", "; tracepoint: "]
-        .iter()
-        .filter_map(|m| rest.find(m))
-        .min()
-        .unwrap_or(rest.len());
-    Some(&rest[..end])
+/// One attach attempt the report lists for a probe (`probes.<name>.attempts`): the style tried,
+/// where it stopped (`check`, `load`, `attach`) and the OS error the kernel gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub style: String,
+    pub stage: String,
+    pub errno: Option<i64>,
 }
 
+const EPERM: i64 = 1;
+const ENOENT: i64 = 2;
+const EOPNOTSUPP: i64 = 95;
+const ENOTSUPP: i64 = 524;
+
 /// The kernel refused `style` outright (as opposed to cfstrace failing to use it): EPERM or
-/// EOPNOTSUPP on an attach, or (raw tracepoints) ENOENT from `bpf_raw_tracepoint_open`, the
-/// kernel saying it has no such raw tracepoint for BPF (5.10 has `sched_update_nr_running_tp`
-/// but not for BPF).
-pub fn kernel_refused(reason: Option<&str>, style: &str) -> bool {
-    if style == "raw_tp" {
-        return reason.is_some_and(|r| {
-            r.contains("bpf_raw_tracepoint_open")
-                && (r.contains("No such file") || r.contains("ENOENT"))
-        });
-    }
-    let Some(r) = reason.and_then(|r| style_reason(r, style)) else {
-        return false;
-    };
-    [
-        "EPERM",
-        "Operation not permitted",
-        "EOPNOTSUPP",
-        "ENOTSUPP",
-        "not supported",
-    ]
-    .iter()
-    .any(|w| r.contains(w))
+/// EOPNOTSUPP loading or attaching, or (raw tracepoints) ENOENT from attaching, the kernel
+/// saying it has no such raw tracepoint for BPF (5.10 has `sched_update_nr_running_tp` but
+/// not for BPF). Read from the report's structured attempts, never from its prose.
+pub fn kernel_refused(attempts: &[Attempt], style: &str) -> bool {
+    attempts.iter().any(|a| {
+        a.style == style
+            && a.stage != "check"
+            && match a.errno {
+                Some(EPERM | EOPNOTSUPP | ENOTSUPP) => true,
+                Some(ENOENT) => style == "raw_tp" && a.stage == "attach",
+                _ => false,
+            }
+    })
 }
 
 /// What one probe should look like in a report.
@@ -338,9 +331,10 @@ pub fn probe_fn(facts: &Facts, probe: &str) -> &'static str {
     }
 }
 
-/// What `probe` should be with `backend` on a kernel with `facts`. `reason` is the probe's reason
-/// in the report (only its explicit kernel refusals are taken into account).
-pub fn want(facts: &Facts, backend: &str, probe: &str, reason: Option<&str>) -> Want {
+/// What `probe` should be with `backend` on a kernel with `facts`. `attempts` are the probe's
+/// attempts in the report (only the kernel's explicit refusals among them are taken into
+/// account).
+pub fn want(facts: &Facts, backend: &str, probe: &str, attempts: &[Attempt]) -> Want {
     let func = probe_fn(facts, probe);
     let mut why_not = Vec::new();
     if probe == "async_unthrottle" && !facts.symbols.contains(CSD_UNTHROTTLE_FN) {
@@ -357,7 +351,7 @@ pub fn want(facts: &Facts, backend: &str, probe: &str, reason: Option<&str>) -> 
     }
     for &s in styles {
         match facts.possible(s, func) {
-            Ok(()) if kernel_refused(reason, s) => {
+            Ok(()) if kernel_refused(attempts, s) => {
                 why_not.push(format!("{s}: refused by the kernel"))
             }
             Ok(()) => {
@@ -445,6 +439,7 @@ pub struct ProbeState {
     pub how: Option<String>,
     pub target: Option<String>,
     pub reason: Option<String>,
+    pub attempts: Vec<Attempt>,
 }
 
 pub fn probe_state(report: &Value, probe: &str) -> Option<ProbeState> {
@@ -454,6 +449,17 @@ pub fn probe_state(report: &Value, probe: &str) -> Option<ProbeState> {
         how: text(p, "/how").map(str::to_string),
         target: text(p, "/target").map(str::to_string),
         reason: text(p, "/reason").map(str::to_string),
+        attempts: p
+            .get("attempts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|a| Attempt {
+                style: text(a, "/style").unwrap_or_default().to_string(),
+                stage: text(a, "/stage").unwrap_or_default().to_string(),
+                errno: a.get("errno").and_then(Value::as_i64),
+            })
+            .collect(),
     })
 }
 
@@ -515,7 +521,7 @@ pub fn check_attach(
             }
             continue;
         };
-        let w = want(facts, backend, probe, st.reason.as_deref());
+        let w = want(facts, backend, probe, &st.attempts);
         attached.insert(probe, st.attached);
         match w.style {
             Some(style) => {
@@ -1669,49 +1675,56 @@ mod tests {
     #[test]
     fn styles_per_backend() {
         let f = facts_7x();
-        assert_eq!(want(&f, "auto", "period_timer", None).style, Some("fentry"));
-        assert_eq!(want(&f, "kprobe", "distribute", None).style, Some("kprobe"));
-        assert_eq!(want(&f, "tracepoint", "unthrottle", None).style, None);
-        let enq = want(&f, "fentry", "enqueue", None);
+        assert_eq!(want(&f, "auto", "period_timer", &[]).style, Some("fentry"));
+        assert_eq!(want(&f, "kprobe", "distribute", &[]).style, Some("kprobe"));
+        assert_eq!(want(&f, "tracepoint", "unthrottle", &[]).style, None);
+        let enq = want(&f, "fentry", "enqueue", &[]);
         assert_eq!(
             (enq.style, enq.target.as_str()),
             (Some("fentry"), ENQUEUE_TASK_FAIR_FN)
         );
-        let a = want(&f, "tracepoint", "async_unthrottle", None);
+        let a = want(&f, "tracepoint", "async_unthrottle", &[]);
         assert_eq!((a.style, a.target.as_str()), (Some("tracepoint"), CSD_TP));
-        assert_eq!(want(&f, "kprobe", "runnable", None).style, Some("raw_tp"));
+        assert_eq!(want(&f, "kprobe", "runnable", &[]).style, Some("raw_tp"));
         let mut old = f.clone();
         old.symbols.remove(CSD_UNTHROTTLE_FN);
-        assert_eq!(want(&old, "auto", "async_unthrottle", None).style, None);
+        assert_eq!(want(&old, "auto", "async_unthrottle", &[]).style, None);
     }
 
     #[test]
     fn kernel_refusal_is_not_offering() {
         let f = host_618();
-        let reason = "fell back: fentry: the kernel refused the program (EPERM: BPF trampolines \
-                      not permitted here) [x]; kprobe: this kernel has no kprobe PMU";
-        let w = want(&f, "auto", "period_timer", Some(reason));
+        let at = |style: &str, stage: &str, errno: Option<i64>| Attempt {
+            style: style.into(),
+            stage: stage.into(),
+            errno,
+        };
+        let refused = [
+            at("fentry", "load", Some(EPERM)),
+            at("kprobe", "attach", Some(ENOENT)),
+        ];
+        let w = want(&f, "auto", "period_timer", &refused);
         assert_eq!(w.style, Some("tracepoint"));
         // A failure that is not a refusal keeps fentry expected.
         let w = want(
             &f,
             "auto",
             "period_timer",
-            Some("fell back: fentry: verifier said no; kprobe: x"),
+            &[at("fentry", "load", Some(22))],
         );
         assert_eq!(w.style, Some("fentry"));
-        assert!(kernel_refused(
-            Some("fentry: refused (EPERM); kprobe: nope"),
-            "fentry"
-        ));
+        assert!(kernel_refused(&refused, "fentry"));
+        assert!(
+            !kernel_refused(&refused, "kprobe"),
+            "ENOENT is no refusal of a kprobe"
+        );
         assert!(!kernel_refused(
-            Some("fentry: E2BIG; kprobe: EPERM"),
+            &[at("fentry", "check", Some(EPERM))],
             "fentry"
         ));
-        let enoent = "raw_tp sched_update_nr_running_tp: `bpf_raw_tracepoint_open` failed: No \
-                      such file or directory (os error 2)";
-        assert!(kernel_refused(Some(enoent), "raw_tp"));
-        assert_eq!(want(&f, "kprobe", "runnable", Some(enoent)).style, None);
+        let enoent = [at("raw_tp", "attach", Some(ENOENT))];
+        assert!(kernel_refused(&enoent, "raw_tp"));
+        assert_eq!(want(&f, "kprobe", "runnable", &enoent).style, None);
     }
 
     const T: i64 = 10_000_000_000;
@@ -1836,33 +1849,33 @@ mod tests {
     #[test]
     fn irq_span_styles() {
         let f = facts_7x();
-        let w = want(&f, "auto", "irq_span", None);
+        let w = want(&f, "auto", "irq_span", &[]);
         assert_eq!(
             (w.style, w.target.as_str()),
             (Some("tracepoint"), LOCAL_TIMER_TP)
         );
-        let w = want(&f, "kprobe", "irq_span", None);
+        let w = want(&f, "kprobe", "irq_span", &[]);
         assert_eq!(
             (w.style, w.target.as_str()),
             (Some("kprobe"), HRTIMER_INTERRUPT_FN)
         );
         assert_eq!(
-            want(&f, "fentry", "irq_span", None).style,
+            want(&f, "fentry", "irq_span", &[]).style,
             Some("tracepoint")
         );
         assert_eq!(
-            want(&f, "tracepoint", "irq_span", None).style,
+            want(&f, "tracepoint", "irq_span", &[]).style,
             Some("tracepoint")
         );
         // No kprobe PMU (the CI host): the tracepoints, and nothing for --backend kprobe.
         let h = host_618();
-        assert_eq!(want(&h, "auto", "irq_span", None).style, Some("tracepoint"));
-        assert_eq!(want(&h, "kprobe", "irq_span", None).style, None);
+        assert_eq!(want(&h, "auto", "irq_span", &[]).style, Some("tracepoint"));
+        assert_eq!(want(&h, "kprobe", "irq_span", &[]).style, None);
         // Not x86: kprobe under auto, nothing for the tracepoint backend.
         let mut arm = f.clone();
         arm.raw_tps.remove(LOCAL_TIMER_TP);
-        assert_eq!(want(&arm, "auto", "irq_span", None).style, Some("kprobe"));
-        assert_eq!(want(&arm, "tracepoint", "irq_span", None).style, None);
+        assert_eq!(want(&arm, "auto", "irq_span", &[]).style, Some("kprobe"));
+        assert_eq!(want(&arm, "tracepoint", "irq_span", &[]).style, None);
     }
 
     #[test]

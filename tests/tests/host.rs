@@ -251,7 +251,7 @@ fn irq_spans_via_the_local_timer_tracepoints() {
     let facts = Facts::host();
     let st =
         expect::probe_state(&r, "irq_span").unwrap_or_else(|| panic!("no probes.irq_span; {ctx}"));
-    let w = expect::want(&facts, "auto", "irq_span", st.reason.as_deref());
+    let w = expect::want(&facts, "auto", "irq_span", &st.attempts);
     assert_eq!(
         w.style,
         Some("tracepoint"),

@@ -150,7 +150,6 @@ below --fail-under (wins); 1 error (CMD not found: no capture is written); 2 usa
     Spin(SpinArgs),
 }
 
-
 /// How a report is shown (`report`, `repro`).
 #[derive(Args, Debug, Clone)]
 pub struct ShowArgs {

@@ -46,7 +46,7 @@ enum Command {
     },
     /// Boot Debian cloud kernels under qemu (default: bullseye bookworm trixie sid) and check what
     /// cfstrace measures in each, per backend (default: auto kprobe fentry tracepoint).
-    Vm(vm::VmArgs),
+    Vm(Box<vm::VmArgs>),
     /// Run every check CI runs: fmt, clippy, build, cargo test (host test), the kernel matrix.
     Test,
 }

@@ -1535,12 +1535,8 @@ fn evaluate(
         let doctor = Doctor::parse(&doctor_text);
         // A style the kernel does not offer: the frame cannot attach; that must be a clean
         // refusal, not a crash, and the facts must agree.
-        let frame = expect::want(
-            facts,
-            backend.name(),
-            "period_timer",
-            doctor.attach_no.as_deref(),
-        );
+        // No report to read attempts from: judged from the kernel's facts alone.
+        let frame = expect::want(facts, backend.name(), "period_timer", &[]);
         if frame.style.is_none() {
             if rc.0 == 0 {
                 bail!(

@@ -17,11 +17,11 @@ use tracer_ebpf::{
     HOW_RUNNABLE, HOW_SPREAD, HOW_UNTHROTTLE, SPREAD_CPUS,
 };
 
-use crate::model::cpuset::CpuSet;
 use crate::capture::{
-    AsyncRecord, CaptureLine, CgroupRecord, CpuTotalsRecord, EndRecord, IrqSpanRecord,
-    LossRecord, PeriodRecord, PeriodScaling, UnsentPeriodsRecord,
+    AsyncRecord, CaptureLine, CgroupRecord, CpuTotalsRecord, EndRecord, IrqSpanRecord, LossRecord,
+    PeriodRecord, PeriodScaling, UnsentPeriodsRecord,
 };
+use crate::model::cpuset::CpuSet;
 
 /// Events whose timer could not be mapped to a cgroup carry id 0 and are kept under it.
 pub const UNRESOLVED_ID: u64 = 0;

@@ -129,7 +129,9 @@ impl Attacher<'_> {
             (Hook::Fexit(f), Program::FExit(p)) => p.load(f, btf.ok_or_else(no_btf)?),
             (Hook::RawTp(_), Program::RawTracePoint(p)) => p.load(),
             (Hook::BtfTp(tp), Program::BtfTracePoint(p)) => p.load(tp, btf.ok_or_else(no_btf)?),
-            _ => Err(missing(format!("program {prog} is not of the type its hook needs"))),
+            _ => Err(missing(format!(
+                "program {prog} is not of the type its hook needs"
+            ))),
         }
     }
 
@@ -145,7 +147,9 @@ impl Attacher<'_> {
             (Hook::Fexit(_), Program::FExit(p)) => p.attach().map(drop),
             (Hook::RawTp(tp), Program::RawTracePoint(p)) => p.attach(tp).map(drop),
             (Hook::BtfTp(_), Program::BtfTracePoint(p)) => p.attach().map(drop),
-            _ => Err(missing(format!("program {prog} is not of the type its hook needs"))),
+            _ => Err(missing(format!(
+                "program {prog} is not of the type its hook needs"
+            ))),
         }
     }
 
@@ -294,6 +298,10 @@ mod tests {
     fn long_errors_are_cut_in_the_middle() {
         let long = "x".repeat(2000);
         let m = message(&io::Error::other(long));
-        assert!(m.chars().count() < 600 && m.contains(" ... "), "{}", m.len());
+        assert!(
+            m.chars().count() < 600 && m.contains(" ... "),
+            "{}",
+            m.len()
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! What each probe family can attach to, in which styles, and what each way needs: a table the
 //! one attach ladder ([`super::attach`]) walks. Nothing here runs; it says what to try, in
 //! which order for a backend, and how the report names it (kunai's compat table is the model).
-use tracer_ebpf::{HOW_ENQUEUE_ENTITY, HOW_ENQUEUE_TASK_FAIR, HOW_LOOPS, HOW_RUNNABLE, HOW_UNTHROTTLE};
+use tracer_ebpf::{
+    HOW_ENQUEUE_ENTITY, HOW_ENQUEUE_TASK_FAIR, HOW_LOOPS, HOW_RUNNABLE, HOW_UNTHROTTLE,
+};
 
 use crate::model::probe::{Backend, Probe, Style};
 
@@ -116,7 +118,10 @@ pub const PERIOD_TIMER: Family = Family {
             style: Style::Tracepoint,
             programs: &[
                 ("hrtimer_expire_exit", Hook::RawTp("hrtimer_expire_exit")),
-                ("hrtimer_expire_entry_btf", Hook::BtfTp("hrtimer_expire_entry")),
+                (
+                    "hrtimer_expire_entry_btf",
+                    Hook::BtfTp("hrtimer_expire_entry"),
+                ),
             ],
             target: "hrtimer_expire_entry/exit (tp_btf/raw_tp) filtered on sched_cfs_period_timer",
         },

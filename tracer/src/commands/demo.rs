@@ -9,13 +9,12 @@ use anyhow::{Context as _, Result};
 
 use std::process::ExitCode;
 
-use crate::cli::DemoArgs;
 use crate::cgroups;
 use crate::cgroups::storm::{self, Storm};
+use crate::cli::DemoArgs;
+use crate::commands::record::{self, RecordOptions};
 use crate::model::host;
 use crate::report;
-use crate::commands::record::{self, RecordOptions};
-
 
 /// Removes the temporary capture unless the user asked to keep it.
 struct TempCapture(Option<PathBuf>);

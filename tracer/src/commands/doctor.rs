@@ -4,13 +4,13 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use crate::bpf::btf;
+use crate::bpf::compat as probes;
 use crate::bpf::kallsyms::Symbols;
 use crate::bpf::leak_check;
-use crate::bpf::compat as probes;
 use crate::bpf::loader::{Tracer, TracerOptions};
-use crate::cli::DoctorArgs;
 use crate::bpf::privileges;
 use crate::cgroups;
+use crate::cli::DoctorArgs;
 use crate::model::host;
 
 pub fn run(a: &DoctorArgs) -> Result<ExitCode> {

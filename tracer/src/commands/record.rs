@@ -13,9 +13,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 
 use crate::bpf::loader::TracerOptions;
+use crate::capture::{CaptureError, CaptureWriter};
 use crate::cli::RecordArgs;
 use crate::commands::report::gate_code;
-use crate::capture::{CaptureError, CaptureWriter};
 use crate::model::probe::StopReason;
 use crate::model::records::{CaptureLine, EndRecord};
 use crate::session::child::{self, Cmd, Said};
@@ -32,7 +32,8 @@ pub fn run(a: RecordArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
         command: a.command,
         progress: true,
     };
-    let out = record(&opts, stop).with_context(|| format!("recording to {}", a.output.display()))?;
+    let out =
+        record(&opts, stop).with_context(|| format!("recording to {}", a.output.display()))?;
     eprintln!(
         "cfstrace: wrote {} ({} period-timer callbacks, {} async unthrottles in {:.1}s, {} lost, stopped: {})",
         a.output.display(),
@@ -109,8 +110,15 @@ pub fn record(opts: &RecordOptions, stop: &AtomicBool) -> Result<RecordOutcome, 
     };
     let mut tty = Progress::new(opts.progress);
     let started = Instant::now();
-    let (reason, command_status) =
-        record_loop(opts, stop, &mut session, &mut out, &mut cmd, &mut tty, &cap_err)?;
+    let (reason, command_status) = record_loop(
+        opts,
+        stop,
+        &mut session,
+        &mut out,
+        &mut cmd,
+        &mut tty,
+        &cap_err,
+    )?;
     tty.clear();
     // Events still in flight: the ring buffer is drained once more after the loop.
     let mut write = |l: &CaptureLine| out.write_line(l);
@@ -250,7 +258,11 @@ impl Progress {
         lost: u64,
         cmd: Option<&Cmd>,
     ) {
-        if !self.show || self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(250)) {
+        if !self.show
+            || self
+                .last
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(250))
+        {
             return;
         }
         self.last = Some(Instant::now());
@@ -287,4 +299,3 @@ fn poll_error(
 pub fn sync_file(path: &std::path::Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
-

@@ -18,8 +18,8 @@ use regex::Regex;
 use crate::analysis::aggregate::{Aggregator, UNRESOLVED_ID, UNRESOLVED_NAME};
 use std::process::ExitCode;
 
-use crate::cli::WatchArgs;
 use crate::capture::{CaptureLine, CgroupRecord, LossRecord};
+use crate::cli::WatchArgs;
 use crate::render::live::{self, Frame, HIST_BINS, TerminalGuard};
 use crate::render::prometheus::{self, Metrics};
 use crate::report::{self, CgroupReport, Report};
@@ -27,7 +27,6 @@ use crate::session::{DRAIN_INTERVAL, PollError, RecordError, Session};
 
 /// `--top` when not given.
 pub const DEFAULT_TOP: usize = 10;
-
 
 /// The counters' growth since `earlier` (the session's counters are cumulative).
 pub fn loss_since(now: &LossRecord, earlier: &LossRecord) -> LossRecord {

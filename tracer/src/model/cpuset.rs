@@ -143,7 +143,8 @@ impl Serialize for CpuSet {
 impl<'de> Deserialize<'de> for CpuSet {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        CpuSet::parse_list(&s).ok_or_else(|| serde::de::Error::custom(format!("bad CPU list {s:?}")))
+        CpuSet::parse_list(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("bad CPU list {s:?}")))
     }
 }
 

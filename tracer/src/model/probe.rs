@@ -10,7 +10,16 @@ use serde::{Deserialize, Serialize};
 /// families `--probes` chooses from, and `kmsg` (the /dev/kmsg reader). Declared in the order
 /// of their names, which is the order of the `probes` maps in captures and reports.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
     clap::ValueEnum,
 )]
 #[serde(rename_all = "snake_case")]

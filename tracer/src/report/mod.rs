@@ -569,11 +569,11 @@ fn async_figure(header: &CaptureHeader, agg: &Aggregator) -> Figure {
         .and_then(probe_how)
         .or_else(|| (events > 0).then(|| "__cfsb_csd_unthrottle".to_string()));
     let reason = match status {
-        Some(s) if !s.attached => Some(
-            s.reason
-                .clone()
-                .unwrap_or_else(|| format!("the async_unthrottle probe was not attached")),
-        ),
+        Some(s) if !s.attached => {
+            Some(s.reason.clone().unwrap_or_else(|| {
+                format!("the {} probe was not attached", Probe::AsyncUnthrottle)
+            }))
+        }
         Some(s) if events == 0 => Some(match &s.reason {
             Some(r) => format!("no CSD ran: every unthrottle happened on the timer's own CPU; {r}"),
             None => "no CSD ran: every unthrottle happened on the timer's own CPU".to_string(),
@@ -581,7 +581,8 @@ fn async_figure(header: &CaptureHeader, agg: &Aggregator) -> Figure {
         Some(s) => s.reason.clone(),
         None if events > 0 => None,
         None => Some(format!(
-            "the capture lists no async_unthrottle probe (recorded by an older cfstrace)"
+            "the capture lists no {} probe (recorded by an older cfstrace)",
+            Probe::AsyncUnthrottle
         )),
     };
     Figure {
@@ -604,7 +605,7 @@ fn irq_span_figure(header: &CaptureHeader, agg: &Aggregator) -> Figure {
         Some(s) if !s.attached => Some(
             s.reason
                 .clone()
-                .unwrap_or_else(|| format!("the irq_span probe was not attached")),
+                .unwrap_or_else(|| format!("the {} probe was not attached", Probe::IrqSpan)),
         ),
         Some(_) if spans == 0 && agg.periods() > 0 => Some(
             "attached, but no period-timer callback ran inside a traced timer interrupt \
@@ -615,7 +616,8 @@ fn irq_span_figure(header: &CaptureHeader, agg: &Aggregator) -> Figure {
         Some(s) => s.reason.clone(),
         None if spans > 0 => None,
         None => Some(format!(
-            "the capture lists no irq_span probe (recorded by an older cfstrace)"
+            "the capture lists no {} probe (recorded by an older cfstrace)",
+            Probe::IrqSpan
         )),
     };
     Figure {
@@ -935,7 +937,7 @@ struct Ctx<'a> {
 fn spread_report(sp: &SpreadStats, ncpus: u32) -> SpreadReport {
     let d = sp.per_period();
     let st = Stats::of(&d);
-    let union = sp.cpus().len() as u32;
+    let union = sp.cpus().len();
     let mut sources = Vec::new();
     for (bit, name) in [
         (SPREAD_FROM_PROBE, "unthrottle_cfs_rq"),
@@ -1527,8 +1529,8 @@ pub fn build_report(
         hostname: host.hostname.clone(),
         kernel: host.kernel.clone(),
         ncpus: host.ncpus,
-        backend: header.backend.clone(),
-        backend_requested: header.backend_requested.clone(),
+        backend: header.backend,
+        backend_requested: header.backend_requested,
         probes: header.probes.clone(),
         watchdog: host.watchdog.clone(),
         duration_s: duration_ns as f64 / 1e9,

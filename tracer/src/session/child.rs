@@ -93,10 +93,12 @@ impl Cmd {
     /// terminal is not handed to it: stdin is /dev/null then (a background process group
     /// reading the terminal would stop), else inherited.
     pub fn spawn(command: &[String]) -> Result<Cmd, RecordError> {
-        let (prog, args) = command.split_first().ok_or_else(|| RecordError::NoCommand {
-            cmd: String::new(),
-            why: "empty command".into(),
-        })?;
+        let (prog, args) = command
+            .split_first()
+            .ok_or_else(|| RecordError::NoCommand {
+                cmd: String::new(),
+                why: "empty command".into(),
+            })?;
         let mut cmd = Command::new(prog);
         cmd.args(args).process_group(0);
         if io::stdin().is_terminal() {

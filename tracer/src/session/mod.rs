@@ -16,8 +16,8 @@ use aya::maps::{MapData, RingBuf};
 
 use crate::bpf::loader::{ProbeError, Tracer, TracerOptions};
 use crate::capture::{
-    CAPTURE_SCHEMA, CaptureHeader, CaptureLine, CpuTotalsRecord,
-    LossRecord, ProbeStatus, UnsentPeriodsRecord,
+    CAPTURE_SCHEMA, CaptureHeader, CaptureLine, CpuTotalsRecord, LossRecord, ProbeStatus,
+    UnsentPeriodsRecord,
 };
 use crate::cgroups::{self, CgroupNamer};
 use crate::model::host;
@@ -347,4 +347,3 @@ pub enum PollError<E> {
     Totals(ProbeError),
     Sink(E),
 }
-

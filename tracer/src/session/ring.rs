@@ -99,4 +99,3 @@ pub fn raise_priority(prio: u8) -> Option<String> {
         )
     })
 }
-

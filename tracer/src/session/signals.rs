@@ -16,10 +16,8 @@ pub fn last_signal() -> &'static Arc<AtomicUsize> {
 pub fn stop_flag() -> io::Result<Arc<AtomicBool>> {
     let flag = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register_usize(sig, Arc::clone(last_signal()), sig as usize)
-            ?;
+        signal_hook::flag::register_usize(sig, Arc::clone(last_signal()), sig as usize)?;
         signal_hook::flag::register(sig, Arc::clone(&flag))?;
     }
     Ok(flag)
 }
-
