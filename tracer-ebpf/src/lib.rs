@@ -1,5 +1,9 @@
 //! Types that cross the kernel/user boundary. `#[repr(C)]` with explicit padding so the
 //! layout is identical in the BPF object and in the `cfstrace` binary.
+//!
+//! Plain data, constants and the bucket functions both sides must agree on: no maps, no
+//! helpers, no aya-ebpf (the programs are in `main.rs` and `probes/`). The `user` feature,
+//! for the reader only, implements `aya::Pod`.
 #![no_std]
 
 /// `kind` of a [`PeriodEvent`]: every ring-buffer record starts with a `u32` kind so the
@@ -461,10 +465,11 @@ pub struct RingState {
     pub woke: u32,
 }
 
-/// All frames of one CPU (the `FRAME` per-CPU map) in one value, so a hot-path probe needs a single lookup and a
-/// single load of `open` to know it has nothing to do. Hard IRQs do not nest and the
-/// period timer and the CSD both run with IRQs off, so at most one of those two is open at
-/// a time on a CPU; the period frame opens inside the timer-interrupt span that runs it.
+/// All frames of one CPU (the `FRAME` per-CPU map) in one value, so a hot-path probe needs a
+/// single lookup and a single load of `open` to know it has nothing to do. Hard IRQs do not
+/// nest and the period timer and the CSD both run with IRQs off, so at most one of those two
+/// is open at a time on a CPU; the period frame opens inside the timer-interrupt span that
+/// runs it.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Frames {
