@@ -1,0 +1,324 @@
+//! Reading a capture: the header checked first, then the records streamed one by one. A
+//! truncated last line (a killed recorder) is a warning, a corrupt line in the middle an
+//! error with its number, a line of an unknown kind (a newer cfstrace) skipped and counted.
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader};
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::CaptureError;
+use super::codec::{
+    ASYNC_PREFIX, PERIOD_PREFIX, SPAN_PREFIX, decode_async, decode_period, decode_span,
+};
+use crate::model::records::{CAPTURE_SCHEMA, CaptureHeader, CaptureLine, PeriodRecord};
+
+/// What a replay saw besides the records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayStats {
+    /// Records delivered (header and skipped lines not counted).
+    pub lines: u64,
+    pub warnings: Vec<String>,
+    /// The last line was cut short and skipped.
+    pub truncated: bool,
+    /// An end line was seen.
+    pub ended: bool,
+}
+
+/// A whole capture in memory (small captures, tests). Prefer [`replay`] for big ones.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Capture {
+    pub header: CaptureHeader,
+    pub lines: Vec<CaptureLine>,
+    pub warnings: Vec<String>,
+}
+
+/// Streams a capture's records. The header is read and checked by [`CaptureReader::new`];
+/// iterate for the records; after the iterator ends, [`CaptureReader::finish`] gives the stats.
+pub struct CaptureReader<R: BufRead> {
+    src: R,
+    name: String,
+    header: CaptureHeader,
+    buf: Vec<u8>,
+    /// 1-based number of the line in `buf` (the header is line 1).
+    line_no: u64,
+    lines: u64,
+    /// Length of the skipped partial last line, if there was one.
+    truncated: Option<usize>,
+    ended: bool,
+    done: bool,
+    unknown_kinds: BTreeMap<String, u64>,
+}
+
+#[derive(Deserialize)]
+struct SchemaProbe {
+    schema: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct KindProbe {
+    kind: Option<serde_json::Value>,
+}
+
+const KNOWN_KINDS: [&str; 9] = [
+    "unsent_periods",
+    "cpu_totals",
+    "period",
+    "async_unthrottle",
+    "irq_span",
+    "kmsg_period_scaling",
+    "cgroup",
+    "loss",
+    "end",
+];
+fn read_line_into<R: BufRead>(src: &mut R, buf: &mut Vec<u8>) -> io::Result<usize> {
+    buf.clear();
+    loop {
+        match src.read_until(b'\n', buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
+impl<R: BufRead> CaptureReader<R> {
+    /// Read and check the header. `name` (usually the path) is used in every message.
+    pub fn new(mut src: R, name: &str) -> Result<Self, CaptureError> {
+        let io_err = |source| CaptureError::Io {
+            path: name.to_string(),
+            source,
+        };
+        let mut buf = Vec::with_capacity(4096);
+        let n = read_line_into(&mut src, &mut buf).map_err(io_err)?;
+        if n == 0 || buf.iter().all(u8::is_ascii_whitespace) {
+            return Err(CaptureError::Empty {
+                path: name.to_string(),
+            });
+        }
+        let not_capture = |found: String| CaptureError::NotCapture {
+            path: name.to_string(),
+            found,
+        };
+        let probe: SchemaProbe = match serde_json::from_slice(&buf) {
+            Ok(p) => p,
+            Err(e) if buf.last() != Some(&b'\n') && e.is_eof() => {
+                return Err(not_capture(format!(
+                    "the file ends inside its first line ({n} bytes): truncated header"
+                )));
+            }
+            Err(_) => {
+                return Err(not_capture(format!(
+                    "first line is not a JSON object (starts with {:?})",
+                    preview(&buf)
+                )));
+            }
+        };
+        match probe.schema {
+            Some(serde_json::Value::String(s)) if s == CAPTURE_SCHEMA => {}
+            Some(serde_json::Value::String(s)) => {
+                return Err(not_capture(format!(
+                    "first line has schema {s:?}, expected {CAPTURE_SCHEMA}"
+                )));
+            }
+            Some(v) => {
+                return Err(not_capture(format!(
+                    "first line has schema {v}, expected {CAPTURE_SCHEMA}"
+                )));
+            }
+            None => {
+                return Err(not_capture(format!(
+                    "first line has no \"schema\" field, expected {CAPTURE_SCHEMA}"
+                )));
+            }
+        }
+        let header: CaptureHeader =
+            serde_json::from_slice(&buf).map_err(|source| CaptureError::BadHeader {
+                path: name.to_string(),
+                source,
+            })?;
+        Ok(CaptureReader {
+            src,
+            name: name.to_string(),
+            header,
+            buf,
+            line_no: 1,
+            lines: 0,
+            truncated: None,
+            ended: false,
+            done: false,
+            unknown_kinds: BTreeMap::new(),
+        })
+    }
+
+    pub fn header(&self) -> &CaptureHeader {
+        &self.header
+    }
+
+    /// Stats and warnings so far (complete once the iterator returned None).
+    pub fn finish(self) -> (CaptureHeader, ReplayStats) {
+        let mut warnings = Vec::new();
+        if let Some(n) = self.truncated {
+            warnings.push(format!("last line truncated ({n} bytes) — skipped"));
+        }
+        for (kind, n) in &self.unknown_kinds {
+            warnings.push(format!(
+                "skipped {n} line(s) of unknown kind {kind} (written by a newer cfstrace?)"
+            ));
+        }
+        if !self.ended {
+            warnings.push("capture has no end line (recording was killed?)".to_string());
+        }
+        let stats = ReplayStats {
+            lines: self.lines,
+            warnings,
+            truncated: self.truncated.is_some(),
+            ended: self.ended,
+        };
+        (self.header, stats)
+    }
+
+    fn next_record(&mut self) -> Result<Option<CaptureLine>, CaptureError> {
+        loop {
+            let n = read_line_into(&mut self.src, &mut self.buf).map_err(|source| {
+                CaptureError::Io {
+                    path: self.name.clone(),
+                    source,
+                }
+            })?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.line_no += 1;
+            let complete = self.buf.last() == Some(&b'\n');
+            if self.buf.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match self.parse() {
+                Ok(Some(line)) => {
+                    if matches!(line, CaptureLine::End(_)) {
+                        self.ended = true;
+                    }
+                    self.lines += 1;
+                    return Ok(Some(line));
+                }
+                Ok(None) => continue, // unknown kind, counted
+                Err(_) if !complete => {
+                    // A writer killed mid-line leaves a tail without '\n': expected, not fatal.
+                    // It is necessarily the last line (read_until stops only at EOF).
+                    self.truncated = Some(self.buf.len());
+                    return Ok(None);
+                }
+                Err(source) => {
+                    return Err(CaptureError::BadLine {
+                        path: self.name.clone(),
+                        line: self.line_no,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Ok(None): a well-formed line of a kind this version does not know.
+    fn parse(&mut self) -> Result<Option<CaptureLine>, serde_json::Error> {
+        if self.buf.starts_with(PERIOD_PREFIX) {
+            if let Some(p) = decode_period(&self.buf) {
+                return Ok(Some(CaptureLine::Period(p)));
+            }
+            // Another key order or extra fields: serde, which ignores unknown fields
+            // (including "kind") in the plain struct.
+            if let Ok(p) = serde_json::from_slice::<PeriodRecord>(&self.buf) {
+                return Ok(Some(CaptureLine::Period(p)));
+            }
+        }
+        if self.buf.starts_with(ASYNC_PREFIX)
+            && let Some(a) = decode_async(&self.buf)
+        {
+            return Ok(Some(CaptureLine::AsyncUnthrottle(a)));
+        }
+        if self.buf.starts_with(SPAN_PREFIX)
+            && let Some(x) = decode_span(&self.buf)
+        {
+            return Ok(Some(CaptureLine::IrqSpan(x)));
+        }
+        match serde_json::from_slice::<CaptureLine>(&self.buf) {
+            Ok(l) => Ok(Some(l)),
+            Err(e) => match serde_json::from_slice::<KindProbe>(&self.buf) {
+                Ok(KindProbe {
+                    kind: Some(serde_json::Value::String(k)),
+                }) if !KNOWN_KINDS.contains(&k.as_str()) => {
+                    *self.unknown_kinds.entry(format!("{k:?}")).or_insert(0) += 1;
+                    Ok(None)
+                }
+                _ => Err(e),
+            },
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for CaptureReader<R> {
+    type Item = Result<CaptureLine, CaptureError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.next_record() {
+            Ok(Some(l)) => Some(Ok(l)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+fn preview(buf: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&buf[..buf.len().min(40)]);
+    s.trim_end().to_string()
+}
+
+fn open(path: &Path) -> Result<CaptureReader<BufReader<File>>, CaptureError> {
+    let name = path.display().to_string();
+    let f = File::open(path).map_err(|source| CaptureError::Io {
+        path: name.clone(),
+        source,
+    })?;
+    CaptureReader::new(BufReader::with_capacity(1 << 20, f), &name)
+}
+
+/// Stream a capture through `f` without holding it in memory.
+pub fn replay(
+    path: &Path,
+    f: &mut impl FnMut(&CaptureLine),
+) -> Result<(CaptureHeader, ReplayStats), CaptureError> {
+    replay_reader(open(path)?, f)
+}
+
+/// [`replay`] over an already opened reader.
+pub fn replay_reader<R: BufRead>(
+    mut reader: CaptureReader<R>,
+    f: &mut impl FnMut(&CaptureLine),
+) -> Result<(CaptureHeader, ReplayStats), CaptureError> {
+    for line in reader.by_ref() {
+        f(&line?);
+    }
+    Ok(reader.finish())
+}
+
+/// Read a whole capture into memory.
+pub fn read_capture(path: &Path) -> Result<Capture, CaptureError> {
+    let mut lines = Vec::new();
+    let (header, stats) = replay(path, &mut |l| lines.push(l.clone()))?;
+    Ok(Capture {
+        header,
+        lines,
+        warnings: stats.warnings,
+    })
+}
+
