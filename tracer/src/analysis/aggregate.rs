@@ -31,7 +31,6 @@ struct PendingSpan {
     cgroups: HashMap<u64, (u64, u32)>,
 }
 
-
 /// Everything a capture (or a `watch` interval) adds up to.
 #[derive(Clone, Debug, Default)]
 pub struct Aggregator {

@@ -308,7 +308,6 @@ impl CgroupStats {
     }
 }
 
-
 /// One cgroup as seen by the report: its stats and its name, if it was named.
 #[derive(Clone, Copy, Debug)]
 pub struct CgroupView<'a> {

@@ -7,7 +7,6 @@ use super::distribution::Distribution;
 use crate::model::cpuset::CpuSet;
 use crate::model::records::{AsyncRecord, PeriodRecord};
 
-
 /// `SpreadStats::sources` bits: how a period's CPUs were learnt.
 /// `unthrottle_cfs_rq` probed inside the callback, each cfs_rq's CPU read (`HOW_SPREAD`).
 pub const SPREAD_FROM_PROBE: u32 = 1 << 0;

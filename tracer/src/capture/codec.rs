@@ -266,4 +266,3 @@ pub(super) fn decode_async(line: &[u8]) -> Option<AsyncRecord> {
         flags: u32_at(10)?,
     })
 }
-

@@ -46,16 +46,15 @@ pub enum CaptureError {
     Encode(#[source] serde_json::Error),
 }
 
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::codec::*;
     use super::*;
     use crate::model::host::{HostFacts, WatchdogFacts};
-    use std::fs::File;
-    use std::io::Write;
     use crate::model::workload::{Workload, WorkloadKind};
     use std::collections::BTreeMap;
+    use std::fs::File;
+    use std::io::Write;
 
     pub(crate) fn header() -> CaptureHeader {
         let mut probes = BTreeMap::new();
@@ -641,4 +640,3 @@ pub(crate) mod tests {
         ));
     }
 }
-

@@ -321,4 +321,3 @@ pub fn read_capture(path: &Path) -> Result<Capture, CaptureError> {
         warnings: stats.warnings,
     })
 }
-

@@ -116,4 +116,3 @@ impl<W: Write> Drop for CaptureWriter<W> {
         }
     }
 }
-

@@ -66,4 +66,3 @@ pub(super) fn path_by_handle(mount_dir: &fs::File, mount: &Path, id: u64) -> ByH
         None => ByHandle::Gone,
     }
 }
-

@@ -326,6 +326,7 @@ impl CgroupNamer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cgroups::{find_cpu_hierarchy, id_of_path};
     use crate::model::workload::WorkloadKind;
     use std::process::{Child, Command};
 

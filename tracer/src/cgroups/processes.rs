@@ -33,7 +33,6 @@ pub fn format_cmdline(raw: &[u8]) -> Option<String> {
     (!line.is_empty()).then_some(line)
 }
 
-
 /// Every directory at or below `dir` (the cgroup and its descendants).
 fn subtree(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

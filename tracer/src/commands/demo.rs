@@ -14,6 +14,7 @@ use crate::cgroups::storm::{self, Storm};
 use crate::cli::DemoArgs;
 use crate::commands::record::{self, RecordOptions};
 use crate::model::host;
+use crate::render::text::render_text;
 use crate::report;
 
 /// Removes the temporary capture unless the user asked to keep it.
@@ -97,7 +98,7 @@ fn demo(opts: &DemoArgs, stop: &AtomicBool) -> Result<report::Report> {
     } else {
         let color = std::io::IsTerminal::is_terminal(&std::io::stdout())
             && std::env::var_os("NO_COLOR").is_none();
-        print!("{}", report::render_text(&rep, color));
+        print!("{}", render_text(&rep, color));
     }
     if let Some(p) = &opts.output {
         eprintln!("cfstrace demo: capture kept at {}", p.display());

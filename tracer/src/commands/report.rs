@@ -8,6 +8,7 @@ use anyhow::Result;
 use crate::analysis::headroom::{self, EXIT_HEADROOM, Verdict};
 use crate::cli::{GateArgs, ReportArgs, ShowArgs};
 use crate::render::svg;
+use crate::render::text::render_text;
 use crate::report::{self, Report};
 
 pub fn run(a: ReportArgs) -> Result<ExitCode> {
@@ -30,7 +31,7 @@ pub fn print_report(file: &Path, show: &ShowArgs) -> Result<Report> {
     } else {
         let color = std::io::IsTerminal::is_terminal(&std::io::stdout())
             && std::env::var_os("NO_COLOR").is_none();
-        print!("{}", report::render_text(&rep, color));
+        print!("{}", render_text(&rep, color));
     }
     if let (Some(out), Some(plot)) = (&show.svg, plot) {
         svg::write_svg(&rep, &plot, out)?;

@@ -22,6 +22,7 @@ use crate::capture::{CaptureLine, CgroupRecord, LossRecord};
 use crate::cli::WatchArgs;
 use crate::render::live::{self, Frame, HIST_BINS, TerminalGuard};
 use crate::render::prometheus::{self, Metrics};
+use crate::render::text::render_text;
 use crate::report::{self, CgroupReport, Report};
 use crate::session::{DRAIN_INTERVAL, PollError, RecordError, Session};
 
@@ -175,7 +176,7 @@ fn watch(opts: &WatchArgs, stop: &AtomicBool) -> anyhow::Result<()> {
             Output::Plain { color } => write_out(&format!(
                 "--- {:.0}s ---\n{}\n",
                 started.elapsed().as_secs_f64(),
-                report::render_text(&rep, *color)
+                render_text(&rep, *color)
             )),
             Output::Json => write_out(&(serde_json::to_string(&rep)? + "\n")),
         };

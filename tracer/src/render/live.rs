@@ -13,20 +13,16 @@ use std::sync::Once;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::report::{self, CgroupReport, CpuReport, Report, Stats, pad, paint};
+use super::format::{
+    BOLD, BOLD_RED, DIM, RED, RESET, REVERSE_RED, YELLOW, alert_line, ellipsize_middle, fit,
+    p50_max, pad, paint, thresh, workload_cell,
+};
+use crate::report::{CgroupReport, CpuReport, Report, human_ns, seconds};
 
 /// Alternate screen on, cursor hidden, cleared.
 pub const ENTER: &str = "\x1b[?1049h\x1b[?25l\x1b[H\x1b[2J";
 /// Attributes reset, cursor shown, alternate screen off.
 pub const LEAVE: &str = "\x1b[0m\x1b[?25h\x1b[?1049l";
-
-const BOLD: &str = "\x1b[1m";
-const DIM: &str = "\x1b[2m";
-const RED: &str = "\x1b[31m";
-const YELLOW: &str = "\x1b[33m";
-const BOLD_RED: &str = "\x1b[1;31m";
-const REVERSE_RED: &str = "\x1b[1;41;97m";
-const RESET: &str = "\x1b[0m";
 
 /// Block characters, by level (0: nothing).
 pub const BLOCKS: [char; 9] = [' ', '▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
@@ -206,46 +202,6 @@ pub fn cpu_strip(cpus: &[CpuReport], ncpus: u32, width: usize, color: bool) -> V
     lines
 }
 
-/// Cut `s` to `width` visible characters; escape sequences pass through uncounted.
-pub fn fit(s: &str, width: usize) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut visible = 0;
-    let mut escaped = false;
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            escaped = true;
-            out.push(c);
-            for d in chars.by_ref() {
-                out.push(d);
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-            continue;
-        }
-        if visible == width {
-            if escaped {
-                out.push_str(RESET);
-            }
-            break;
-        }
-        out.push(c);
-        visible += 1;
-    }
-    out
-}
-
-fn p50_max(s: Option<&Stats>) -> String {
-    s.map_or_else(|| "-".to_string(), |s| format!("{}/{}", s.p50, s.max))
-}
-
-/// `9.9987 s`, trailing zeros trimmed.
-fn seconds(ns: i64) -> String {
-    let s = format!("{:.4}", ns as f64 / 1e9);
-    format!("{} s", s.trim_end_matches('0').trim_end_matches('.'))
-}
-
 /// What one interval's frame shows.
 pub struct Frame<'a> {
     /// The interval's report, already cut to the cgroups shown (`--cgroup`, `--top`).
@@ -263,42 +219,30 @@ pub struct Frame<'a> {
 const WORKLOAD_MIN_W: usize = 14;
 const WORKLOAD_MAX_W: usize = 38;
 
-fn row_label(c: &CgroupReport) -> String {
-    report::workload_label(&c.workload).unwrap_or_else(|| {
-        let mut comms: Vec<&str> = Vec::new();
-        for p in &c.processes {
-            if !comms.contains(&p.comm.as_str()) && comms.len() < 3 {
-                comms.push(&p.comm);
-            }
-        }
-        if comms.is_empty() {
-            "-".to_string()
-        } else {
-            comms.join(",")
-        }
-    })
-}
-
-fn display_path(c: &CgroupReport) -> String {
-    match &c.path {
-        Some(p) => p.replace('\n', "\\n"),
-        None if c.id == crate::analysis::aggregate::UNRESOLVED_ID => {
-            crate::analysis::aggregate::UNRESOLVED_NAME.to_string()
-        }
-        None => format!("(cgroup {})", c.id),
-    }
+/// The cgroup's name on one terminal line: a newline in a path shows as `\n`.
+fn terminal_name(c: &CgroupReport) -> String {
+    c.name().replace('\n', "\\n")
 }
 
 /// The frame's lines, each at most `width` visible characters, at most `height` of them.
 pub fn render_frame(f: &Frame<'_>, width: usize, height: usize, color: bool) -> Vec<String> {
+    let mut lines = status(f, color);
+    lines.push(String::new());
+    lines.extend(cpu_lines(f.report, width, color));
+    lines.push(String::new());
+    lines.extend(table(f, width, color));
+    if height > 0 && lines.len() > height {
+        lines.truncate(height);
+    }
+    lines.iter().map(|l| fit(l, width)).collect()
+}
+
+/// The host, the headroom now, the interval's events and the culprit.
+fn status(f: &Frame<'_>, color: bool) -> Vec<String> {
     let r = f.report;
     let wd = &r.watchdog;
     let alert = r.headroom_alert.as_ref().filter(|a| a.alert);
     let mut lines = Vec::new();
-
-    let thresh = wd
-        .thresh_s
-        .map_or_else(|| "unknown".to_string(), |t| format!("{t} s"));
     let headroom = match (r.headroom_ns, wd.thresh_s) {
         (Some(h), _) => {
             let pct = r
@@ -312,7 +256,7 @@ pub fn render_frame(f: &Frame<'_>, width: usize, height: usize, color: bool) -> 
                 format!(
                     "  worst {} {} on cpu{}",
                     w.basis.replace('_', " "),
-                    report::human_ns(w.duration_ns),
+                    human_ns(w.duration_ns),
                     w.cpu
                 )
             });
@@ -322,12 +266,13 @@ pub fn render_frame(f: &Frame<'_>, width: usize, height: usize, color: bool) -> 
         (None, None) => "headroom unknown".to_string(),
     };
     lines.push(format!(
-        "{}  {}  kernel {}  backend {}  {} CPUs  watchdog_thresh {thresh}{}",
+        "{}  {}  kernel {}  backend {}  {} CPUs  watchdog_thresh {}{}",
         paint("cfstrace watch", BOLD, color),
         r.hostname,
         r.kernel,
         r.backend,
         r.ncpus,
+        thresh(wd),
         if wd.enabled {
             ""
         } else {
@@ -340,13 +285,7 @@ pub fn render_frame(f: &Frame<'_>, width: usize, height: usize, color: bool) -> 
         humantime::format_duration(f.interval),
     ));
     if let Some(a) = alert {
-        let line = format!(
-            "!! HEADROOM ALERT: node headroom {:.4}% of watchdog_thresh ({thresh}) is below {}% \
-             (--highlight-under)",
-            a.headroom_pct.unwrap_or(0.0),
-            a.under_pct
-        );
-        lines.push(paint(&line, BOLD_RED, color));
+        lines.push(paint(&alert_line(a, wd), BOLD_RED, color));
     }
     let e = &r.events;
     let lost = format!("lost {}", e.lost);
@@ -365,24 +304,29 @@ pub fn render_frame(f: &Frame<'_>, width: usize, height: usize, color: bool) -> 
     if let Some(c) = &r.culprit {
         lines.push(paint(&format!("CULPRIT: {}", c.reason), BOLD, color));
     }
+    lines
+}
 
-    lines.push(String::new());
-    let strip = cpu_strip(&r.cpus, r.ncpus, width, color);
+/// The legend of the per-CPU strip with the worst CPU, then the strip.
+fn cpu_lines(r: &Report, width: usize, color: bool) -> Vec<String> {
     let worst_cpu = r
         .cpus
         .iter()
         .max_by_key(|c| (cpu_worst_ns(c), std::cmp::Reverse(c.cpu)))
         .filter(|c| cpu_worst_ns(c) > 0)
         .map_or_else(String::new, |c| {
-            format!("  worst cpu{} {}", c.cpu, report::human_ns(cpu_worst_ns(c)))
+            format!("  worst cpu{} {}", c.cpu, human_ns(cpu_worst_ns(c)))
         });
-    lines.push(format!(
+    let mut lines = vec![format!(
         "worst IRQs-off span per CPU: {SPAN_LEGEND}{worst_cpu}"
-    ));
-    lines.extend(strip);
-    lines.push(String::new());
+    )];
+    lines.extend(cpu_strip(&r.cpus, r.ncpus, width, color));
+    lines
+}
 
-    // The table.
+/// The cgroups' table, each row ending in its callback-time histogram.
+fn table(f: &Frame<'_>, width: usize, color: bool) -> Vec<String> {
+    let r = f.report;
     let enq_is_runnable = !r.figures.enqueued.available && r.figures.runnable.available;
     // The figures take a fixed width; path and workload share the rest (YARN application ids
     // are 32 characters, kubernetes paths longer).
@@ -404,7 +348,7 @@ pub fn render_frame(f: &Frame<'_>, width: usize, height: usize, color: bool) -> 
         "CPUS/P",
         "<2us log2 >32ms"
     );
-    lines.push(paint(&header, BOLD, color));
+    let mut lines = vec![paint(&header, BOLD, color)];
     if r.cgroups.is_empty() {
         lines.push(
             "no CFS period-timer callback this interval: no cgroup with a cpu quota was throttled"
@@ -413,8 +357,8 @@ pub fn render_frame(f: &Frame<'_>, width: usize, height: usize, color: bool) -> 
     }
     let culprit = r.culprit.as_ref().map(|c| c.cgroup.id);
     for c in &r.cgroups {
-        let path = pad(&report::ellipsize_middle(&display_path(c), path_w), path_w);
-        let wl = pad(&report::ellipsize_middle(&row_label(c), wl_w), wl_w);
+        let path = pad(&ellipsize_middle(&terminal_name(c), path_w), path_w);
+        let wl = pad(&ellipsize_middle(&workload_cell(c, true), wl_w), wl_w);
         let bins = f.hist.get(&c.id).copied().unwrap_or([0; HIST_BINS]);
         let enq = if enq_is_runnable {
             c.runnable_per_period.as_ref()
@@ -423,11 +367,11 @@ pub fn render_frame(f: &Frame<'_>, width: usize, height: usize, color: bool) -> 
         };
         let row = format!(
             "{path} {wl} {:>8} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7}  ",
-            report::human_ns(c.total_callback_ns),
+            human_ns(c.total_callback_ns),
             c.periods,
-            report::human_ns(c.callback_ns.p50),
-            report::human_ns(c.callback_ns.p99),
-            report::human_ns(c.callback_ns.max),
+            human_ns(c.callback_ns.p50),
+            human_ns(c.callback_ns.p99),
+            human_ns(c.callback_ns.max),
             p50_max(c.unthrottled_per_period.as_ref()),
             p50_max(enq),
             p50_max(c.spread.as_ref().map(|s| &s.per_period)),
@@ -435,17 +379,16 @@ pub fn render_frame(f: &Frame<'_>, width: usize, height: usize, color: bool) -> 
         let row = paint(&row, BOLD, color && culprit == Some(c.id));
         lines.push(format!("{row}{}", histogram_strip(&bins)));
     }
-    if height > 0 && lines.len() > height {
-        lines.truncate(height);
-    }
-    lines.iter().map(|l| fit(l, width)).collect()
+    lines
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::aggregate::Aggregator;
+    use crate::analysis::Aggregator;
+    use crate::capture::tests::header;
     use crate::capture::{CaptureLine, CgroupRecord, PeriodRecord};
+    use crate::report::build_report;
 
     fn report(under_pct: f64, durations: &[u64]) -> Report {
         let mut agg = Aggregator::new();
@@ -472,22 +415,16 @@ mod tests {
                 ..Default::default()
             }));
         }
-        let mut r = report::build_report(
-            &crate::capture::tests::header(),
-            &agg,
-            1_000_000_000,
-            vec![],
-        );
+        let mut r = build_report(&header(), &agg, 1_000_000_000, vec![]);
         r.set_highlight_under(under_pct);
         r
     }
 
     #[test]
     fn bins_and_strip() {
-        assert_eq!(hist_bin(0), 0);
-        assert_eq!(hist_bin(1_999), 0);
-        assert_eq!(hist_bin(2_000), 1);
-        assert_eq!(hist_bin(40_000), 5);
+        for (ns, bin) in [(0, 0), (1_999, 0), (2_000, 1), (40_000, 5)] {
+            assert_eq!(hist_bin(ns), bin, "{ns}");
+        }
         assert_eq!(hist_bin(u64::MAX), HIST_BINS - 1);
         assert_eq!(histogram_strip(&[0, 1, 4, 8]), "·▁▄█");
         assert_eq!(histogram_strip(&[0, 0]), "··");
@@ -501,14 +438,6 @@ mod tests {
         assert_eq!(span_level(4_000), 2);
         assert_eq!(span_level(999_999), 5);
         assert_eq!(span_level(20_000_000), 8);
-    }
-
-    #[test]
-    fn fit_counts_visible_chars_only() {
-        assert_eq!(fit("abcdef", 3), "abc");
-        assert_eq!(fit("\x1b[1mabcdef\x1b[0m", 2), "\x1b[1mab\x1b[0m");
-        assert_eq!(fit("█▁·", 2), "█▁");
-        assert_eq!(fit("ab", 5), "ab");
     }
 
     #[test]

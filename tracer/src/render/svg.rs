@@ -15,9 +15,10 @@ use std::io::BufReader;
 use std::path::Path;
 
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
-use crate::analysis::aggregate::{Aggregator, UNRESOLVED_ID};
+use super::format::thresh;
 use crate::capture::{CaptureLine, CaptureReader};
 use crate::report::{self, CgroupReport, Report, ReportError, human_ns};
 
@@ -194,16 +195,13 @@ pub fn report_with_plot(path: &Path) -> Result<(Report, PlotData), ReportError> 
     })?;
     let reader = CaptureReader::new(BufReader::with_capacity(1 << 20, f), &name)?;
     let mut plot = PlotData::new(reader.header().started_mono_ns);
-    let mut agg = Aggregator::new();
-    let (header, stats) = crate::capture::replay_reader(reader, &mut |l| {
-        agg.feed(l);
-        plot.feed(l);
+    let rep = report::report_replaying(|sink| {
+        crate::capture::replay_reader(reader, &mut |l| {
+            sink(l);
+            plot.feed(l);
+        })
     })?;
-    let duration_ns = agg.end().map_or_else(|| agg.span_ns(), |e| e.duration_ns);
-    Ok((
-        report::build_report(&header, &agg, duration_ns, stats.warnings),
-        plot,
-    ))
+    Ok((rep, plot))
 }
 
 /// The cgroups to plot: the top `n` by IRQs-off time (the report's order), only those with
@@ -258,15 +256,9 @@ pub fn label(s: &str, max: usize) -> String {
     format!("…{tail}")
 }
 
+/// The cgroup's name ([`report::cgroup_name`]), safe as a label.
 fn cgroup_name(c: &CgroupReport) -> String {
-    label(
-        c.path.as_deref().unwrap_or(if c.id == UNRESOLVED_ID {
-            "(unresolved)"
-        } else {
-            "(unnamed)"
-        }),
-        60,
-    )
+    label(&c.name(), 60)
 }
 
 const PALETTE: [RGBColor; 5] = [
@@ -310,11 +302,6 @@ pub fn write_svg(rep: &Report, plot: &PlotData, path: &Path) -> anyhow::Result<(
 
 fn draw(rep: &Report, plot: &PlotData, root: &DrawingArea<SVGBackend, Shift>) -> DrawResult<()> {
     root.fill(&WHITE)?;
-    let thresh_ns = rep
-        .watchdog
-        .thresh_s
-        .filter(|t| *t > 0)
-        .map(|t| t as f64 * 1e9);
     let title = format!(
         "cfstrace: {} ({}, {} CPUs), {:.1} s, {} period-timer callbacks, watchdog_thresh {}",
         label(&rep.hostname, 40),
@@ -322,13 +309,30 @@ fn draw(rep: &Report, plot: &PlotData, root: &DrawingArea<SVGBackend, Shift>) ->
         rep.ncpus,
         rep.duration_s,
         rep.events.periods,
-        rep.watchdog
-            .thresh_s
-            .map_or("unknown".to_string(), |t| format!("{t} s")),
+        thresh(&rep.watchdog),
     );
     let root = root.titled(&title, ("sans-serif", 20))?;
     let (upper, lower) = root.split_vertically(600);
+    draw_timeline(rep, plot, &upper)?;
+    let culprit_id = rep.culprit.as_ref().map(|c| c.cgroup.id);
+    draw_histogram(rep, plot, culprit_id, &lower)
+}
 
+/// The upper panel's chart: time since the start (s) against IRQs-off time (ns, log).
+type Timeline<'a, 'b> =
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, LogCoord<f64>>>;
+
+/// Upper panel: the top cgroups' callbacks and the busiest CPUs' interrupt spans over time.
+fn draw_timeline(
+    rep: &Report,
+    plot: &PlotData,
+    area: &DrawingArea<SVGBackend, Shift>,
+) -> DrawResult<()> {
+    let thresh_ns = rep
+        .watchdog
+        .thresh_s
+        .filter(|t| *t > 0)
+        .map(|t| t as f64 * 1e9);
     let chosen = select_cgroups(rep, TOP_CGROUPS);
     let culprit_id = rep.culprit.as_ref().map(|c| c.cgroup.id);
     let cpus = plot.top_cpus(TOP_CPUS);
@@ -347,16 +351,11 @@ fn draw(rep: &Report, plot: &PlotData, root: &DrawingArea<SVGBackend, Shift>) ->
     yvals.extend(thresh_ns);
     let (ylo, yhi) = y_range(yvals);
 
-    let mut chart = ChartBuilder::on(&upper)
-        .margin(12)
-        .margin_right(36)
-        .x_label_area_size(40)
-        .y_label_area_size(80)
-        .caption(
-            "Callback time (IRQs off) over time, top cgroups; worst timer-interrupt span per CPU",
-            ("sans-serif", 17),
-        )
-        .build_cartesian_2d(0f64..x_max, (ylo..yhi).log_scale())?;
+    let mut chart = panel(
+        area,
+        "Callback time (IRQs off) over time, top cgroups; worst timer-interrupt span per CPU",
+    )
+    .build_cartesian_2d(0f64..x_max, (ylo..yhi).log_scale())?;
     chart
         .configure_mesh()
         .x_desc("seconds since the recording started")
@@ -383,64 +382,14 @@ fn draw(rep: &Report, plot: &PlotData, root: &DrawingArea<SVGBackend, Shift>) ->
             ("sans-serif", 14).into_font().color(&CULPRIT),
         )))?;
     }
-
     for (i, c) in chosen.iter().enumerate() {
-        let is_culprit = Some(c.id) == culprit_id;
-        let color = if is_culprit {
+        let color = if Some(c.id) == culprit_id {
             CULPRIT
         } else {
             PALETTE[i % PALETTE.len()]
         };
-        let pts: Vec<(f64, f64)> = plot
-            .cgroup_points(c.id)
-            .into_iter()
-            .map(|(t, v)| (s(t), v as f64))
-            .collect();
-        let name = cgroup_name(c);
-        let legend = format!(
-            "{}{name}: {} callbacks, p99 {}, max {}",
-            if is_culprit { "CULPRIT " } else { "" },
-            c.periods,
-            human_ns(c.callback_ns.p99),
-            human_ns(c.callback_ns.max),
-        );
-        chart
-            .draw_series(LineSeries::new(
-                pts.iter().copied(),
-                color.stroke_width(if is_culprit { 2 } else { 1 }),
-            ))?
-            .label(legend)
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
-        chart.draw_series(pts.iter().map(|p| Circle::new(*p, 2, color.filled())))?;
-        if let Some(p) = c.kernel_period_us.or(c.period_us) {
-            let y = p as f64 * 1e3;
-            chart.draw_series(DashedLineSeries::new(
-                [(0.0, y), (x_max, y)],
-                8,
-                6,
-                color.stroke_width(1),
-            ))?;
-            chart.draw_series(std::iter::once(Text::new(
-                format!("period {} ({})", human_ns(p * 1000), label(&name, 30)),
-                (x_max * 0.72, y * 1.9),
-                ("sans-serif", 12).into_font().color(&color),
-            )))?;
-        }
-        if is_culprit && let Some((t, v)) = plot.cgroups.get(&c.id).and_then(|s| s.callbacks.max())
-        {
-            let at = (s(t), v as f64);
-            chart.draw_series([
-                Cross::new(at, 10, CULPRIT.stroke_width(3)).into_dyn(),
-                Circle::new(at, 12, CULPRIT.stroke_width(2)).into_dyn(),
-            ])?;
-            chart.draw_series(std::iter::once(Text::new(
-                format!("culprit worst callback {} ({name})", human_ns(v)),
-                (at.0.min(x_max * 0.6), at.1 * 2.2),
-                ("sans-serif", 14).into_font().color(&CULPRIT),
-            )))?;
-        }
+        draw_cgroup(&mut chart, plot, c, color, Some(c.id) == culprit_id, x_max)?;
     }
-
     for (i, cpu) in cpus.iter().enumerate() {
         let color = SPAN[i % SPAN.len()];
         let pts: Vec<(f64, f64)> = plot.spans[cpu]
@@ -464,6 +413,87 @@ fn draw(rep: &Report, plot: &PlotData, root: &DrawingArea<SVGBackend, Shift>) ->
             ("sans-serif", 20),
         )))?;
     }
+    draw_legend(&mut chart)
+}
+
+/// One cgroup's callbacks over time, a dashed line at its period, and for the culprit, its
+/// worst callback marked.
+fn draw_cgroup(
+    chart: &mut Timeline<'_, '_>,
+    plot: &PlotData,
+    c: &CgroupReport,
+    color: RGBColor,
+    is_culprit: bool,
+    x_max: f64,
+) -> DrawResult<()> {
+    let pts: Vec<(f64, f64)> = plot
+        .cgroup_points(c.id)
+        .into_iter()
+        .map(|(t, v)| (s(t), v as f64))
+        .collect();
+    let name = cgroup_name(c);
+    let legend = format!(
+        "{}{name}: {} callbacks, p99 {}, max {}",
+        if is_culprit { "CULPRIT " } else { "" },
+        c.periods,
+        human_ns(c.callback_ns.p99),
+        human_ns(c.callback_ns.max),
+    );
+    chart
+        .draw_series(LineSeries::new(
+            pts.iter().copied(),
+            color.stroke_width(if is_culprit { 2 } else { 1 }),
+        ))?
+        .label(legend)
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+    chart.draw_series(pts.iter().map(|p| Circle::new(*p, 2, color.filled())))?;
+    if let Some(p) = c.kernel_period_us.or(c.period_us) {
+        let y = p as f64 * 1e3;
+        chart.draw_series(DashedLineSeries::new(
+            [(0.0, y), (x_max, y)],
+            8,
+            6,
+            color.stroke_width(1),
+        ))?;
+        chart.draw_series(std::iter::once(Text::new(
+            format!("period {} ({})", human_ns(p * 1000), label(&name, 30)),
+            (x_max * 0.72, y * 1.9),
+            ("sans-serif", 12).into_font().color(&color),
+        )))?;
+    }
+    if is_culprit && let Some((t, v)) = plot.cgroups.get(&c.id).and_then(|s| s.callbacks.max()) {
+        let at = (s(t), v as f64);
+        chart.draw_series([
+            Cross::new(at, 10, CULPRIT.stroke_width(3)).into_dyn(),
+            Circle::new(at, 12, CULPRIT.stroke_width(2)).into_dyn(),
+        ])?;
+        chart.draw_series(std::iter::once(Text::new(
+            format!("culprit worst callback {} ({name})", human_ns(v)),
+            (at.0.min(x_max * 0.6), at.1 * 2.2),
+            ("sans-serif", 14).into_font().color(&CULPRIT),
+        )))?;
+    }
+    Ok(())
+}
+
+/// A panel's chart with room for its axis labels, under `caption`.
+fn panel<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    caption: &str,
+) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut b = ChartBuilder::on(area);
+    b.margin(12)
+        .margin_right(36)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .caption(caption, ("sans-serif", 17));
+    b
+}
+
+/// The series' legend, top right, over a light background.
+fn draw_legend<'a, 'b: 'a, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, Cartesian2d<X, Y>>,
+) -> DrawResult<()> {
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
@@ -471,8 +501,6 @@ fn draw(rep: &Report, plot: &PlotData, root: &DrawingArea<SVGBackend, Shift>) ->
         .border_style(BLACK)
         .label_font(("sans-serif", 13))
         .draw()?;
-
-    draw_histogram(rep, plot, culprit_id, &lower)?;
     Ok(())
 }
 
@@ -490,15 +518,7 @@ fn draw_histogram(
     let xlo = hist_bounds(bmin - 1).0;
     let xhi = hist_bounds(bmax + 1).1;
     let cmax = all.values().copied().max().unwrap_or(1).max(1) as f64;
-    let mut chart = ChartBuilder::on(area)
-        .margin(12)
-        .margin_right(36)
-        .x_label_area_size(40)
-        .y_label_area_size(80)
-        .caption(
-            "Callback-time histogram (log buckets, 5 per decade)",
-            ("sans-serif", 17),
-        )
+    let mut chart = panel(area, "Callback-time histogram (log buckets, 5 per decade)")
         .build_cartesian_2d((xlo..xhi).log_scale(), (0.8f64..cmax * 2.0).log_scale())?;
     chart
         .configure_mesh()
@@ -539,13 +559,7 @@ fn draw_histogram(
             .label(format!("CULPRIT {name} ({n})"))
             .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], CULPRIT.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 13))
-        .draw()?;
+    draw_legend(&mut chart)?;
     Ok(())
 }
 
@@ -592,10 +606,9 @@ mod tests {
 
     #[test]
     fn histogram_buckets() {
-        assert_eq!(hist_bucket(1), 0);
-        assert_eq!(hist_bucket(0), 0);
-        assert_eq!(hist_bucket(1_000), 15);
-        assert_eq!(hist_bucket(999), 14);
+        for (ns, bucket) in [(1, 0), (0, 0), (1_000, 15), (999, 14)] {
+            assert_eq!(hist_bucket(ns), bucket, "{ns}");
+        }
         let (lo, hi) = hist_bounds(hist_bucket(12_345));
         assert!(lo <= 12_345.0 && 12_345.0 < hi);
         assert!((hi / lo - 10f64.powf(0.2)).abs() < 1e-9);
@@ -619,10 +632,10 @@ mod tests {
         assert!(l.starts_with('…'));
     }
 
-    /// A report and plot data from capture lines: cgroup `id` has `n` callbacks of `ns` each.
+    /// A report and plot data from capture lines, as [`report_with_plot`] makes them:
+    /// cgroup `id` has `n` callbacks of `ns` each; ids from 100 up are never named.
     fn fixture(cgroups: &[(u64, u64, u64)], spans: bool) -> (Report, PlotData) {
         let header = crate::capture::tests::header();
-        let mut agg = Aggregator::new();
         let mut plot = PlotData::new(header.started_mono_ns);
         let mut lines = Vec::new();
         for &(id, n, ns) in cgroups {
@@ -631,7 +644,9 @@ mod tests {
                 "processes": [], "period_us": 100_000, "quota_us": 1_000,
             }))
             .unwrap_or_else(|e| panic!("{e}"));
-            lines.push(CaptureLine::Cgroup(c));
+            if id < 100 {
+                lines.push(CaptureLine::Cgroup(c));
+            }
             for i in 0..n {
                 lines.push(CaptureLine::Period(crate::capture::PeriodRecord {
                     ts_ns: header.started_mono_ns + i * 100_000_000 + id,
@@ -656,12 +671,15 @@ mod tests {
                 }));
             }
         }
-        for l in &lines {
-            agg.feed(l);
-            plot.feed(l);
-        }
-        let dur = agg.span_ns();
-        (report::build_report(&header, &agg, dur, vec![]), plot)
+        let rep = report::report_replaying(|sink| {
+            for l in &lines {
+                sink(l);
+                plot.feed(l);
+            }
+            Ok((header, crate::capture::ReplayStats::default()))
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        (rep, plot)
     }
 
     #[test]
@@ -698,5 +716,10 @@ mod tests {
         let (rep, plot) = fixture(&[], false);
         let svg = render(&rep, &plot).unwrap_or_else(|e| panic!("{e}"));
         assert!(svg.contains("no period-timer callback"));
+        // Named by the one rule.
+        let (rep, plot) = fixture(&[(100, 3, 5_000)], false);
+        assert_eq!(cgroup_name(&rep.cgroups[0]), "(cgroup 100)");
+        let svg = render(&rep, &plot).unwrap_or_else(|e| panic!("{e}"));
+        assert!(svg.contains("CULPRIT (cgroup 100)"), "{svg}");
     }
 }

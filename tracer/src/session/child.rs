@@ -3,7 +3,7 @@
 //! and its end told as a shell would.
 use std::io::{self, IsTerminal as _};
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -38,31 +38,18 @@ pub fn command_exit_code(reason: StopReason, status: Option<ExitStatus>) -> Opti
 /// Check that CMD can be started before anything is created: a name without a slash is looked
 /// up in PATH like a shell does; the file must be executable.
 pub fn resolve_command(prog: &str) -> Result<PathBuf, RecordError> {
-    let err = |why: String| RecordError::NoCommand {
+    let err = |why: &str| RecordError::NoCommand {
         cmd: prog.to_string(),
-        why,
-    };
-    let executable = |p: &Path| {
-        std::fs::metadata(p).is_ok_and(|m| {
-            m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
-        })
+        why: why.to_string(),
     };
     if prog.is_empty() {
-        return Err(err("empty command".into()));
+        return Err(err("empty command"));
     }
-    if prog.contains('/') {
-        let p = PathBuf::from(prog);
-        return match std::fs::metadata(&p) {
-            Err(e) => Err(err(e.to_string())),
-            Ok(_) if !executable(&p) => Err(err("not an executable file".into())),
-            Ok(_) => Ok(p),
-        };
-    }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|d| d.join(prog))
-        .find(|p| executable(p))
-        .ok_or_else(|| err("command not found in PATH".into()))
+    which::which(prog).map_err(|e| match e {
+        which::Error::CannotFindBinaryPath if prog.contains('/') => err("no such executable file"),
+        which::Error::CannotFindBinaryPath => err("command not found in PATH"),
+        other => err(&other.to_string()),
+    })
 }
 
 pub fn signal_name(sig: i32) -> &'static str {

@@ -13,10 +13,8 @@ use std::time::Duration;
 use crate::model::records::CpuHierarchy;
 
 mod spec;
-pub use spec::{
-    DEMO_PREFIX, INCIDENT_CONTAINER, StormCgroup, StormSpec, WorkerCommand, demo_spec,
-};
 use spec::validate;
+pub use spec::{DEMO_PREFIX, INCIDENT_CONTAINER, StormCgroup, StormSpec, WorkerCommand, demo_spec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StormError {
@@ -383,7 +381,7 @@ pub fn spin_worker(comm: &str) -> ! {
 pub(super) mod tests {
     use super::*;
     use crate::cgroups::{self, CgroupNamer};
-    use crate::model::workload::{WorkloadKind, classify};
+    use crate::model::workload::WorkloadKind;
     use std::time::Instant;
 
     pub(super) fn busy_loop() -> WorkerCommand {

@@ -204,6 +204,7 @@ pub(super) fn validate(spec: &StormSpec) -> Result<Vec<Vec<&str>>, StormError> {
 mod tests {
     use super::super::tests::tiny_spec;
     use super::*;
+    use crate::model::workload::{WorkloadKind, classify};
 
     #[test]
     fn demo_spec_makes_yarn_the_worst() {

@@ -13,18 +13,16 @@
 //! each interval; a thread ([`serve`]) answers scrapes with the latest snapshot.
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
-use std::io::{self, Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs as _};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use regex::Regex;
 use tracer_ebpf::HOW_UNTHROTTLE;
 
-use crate::analysis::aggregate::{UNRESOLVED_ID, UNRESOLVED_NAME};
 use crate::capture::{CaptureLine, CgroupRecord, LossRecord, PeriodRecord};
 use crate::model::workload::{Workload, WorkloadKind, classify};
-use crate::report::Report;
+use crate::report::{Report, cgroup_name};
+
+mod http;
+pub use http::{Snapshot, parse_listen_addr, respond, serve};
 
 /// The content type of the text format this module writes.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -211,6 +209,31 @@ fn seconds(ns: i64) -> String {
     float(ns as f64 / 1e9)
 }
 
+/// `# HELP` and `# TYPE` of a metric family.
+fn family(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} {kind}");
+}
+
+/// A family (`[name, kind, help]`) with the samples of each CPU, labelled `cpu`.
+fn by_cpu<V>(
+    o: &mut String,
+    [name, kind, help]: [&str; 3],
+    rows: &BTreeMap<u32, V>,
+    sample: impl Fn(&mut String, &str, &V),
+) {
+    family(o, name, kind, help);
+    for (cpu, v) in rows {
+        sample(o, &label_set(&[("cpu", &cpu.to_string())]), v);
+    }
+}
+
+/// A gauge family of one unlabelled sample.
+fn gauge(o: &mut String, name: &str, help: &str, value: &str) {
+    family(o, name, "gauge", help);
+    let _ = writeln!(o, "{name} {value}");
+}
+
 /// One cgroup's (or `other`'s) histograms.
 #[derive(Clone, Debug)]
 struct Series {
@@ -341,11 +364,8 @@ impl Metrics {
         if let Some(k) = self.keys.get(&id) {
             return k.clone();
         }
-        let k = match self.records.get(&id).and_then(|r| r.path.clone()) {
-            Some(p) => p,
-            None if id == UNRESOLVED_ID => UNRESOLVED_NAME.to_string(),
-            None => format!("(cgroup {id})"),
-        };
+        let path = self.records.get(&id).and_then(|r| r.path.as_deref());
+        let k = cgroup_name(id, path).into_owned();
         self.keys.insert(id, k.clone());
         k
     }
@@ -449,18 +469,21 @@ impl Metrics {
     /// The exposition text.
     pub fn render(&self) -> String {
         let mut o = String::new();
-        let family = |o: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(o, "# HELP {name} {help}");
-            let _ = writeln!(o, "# TYPE {name} {kind}");
-        };
+        self.histograms(&mut o);
+        self.gauges(&mut o);
+        self.counters(&mut o);
+        o
+    }
+
+    /// Callback time and unthrottled cfs_rqs by cgroup, interrupt spans by CPU.
+    fn histograms(&self, o: &mut String) {
         let series: Vec<&Series> = self
             .slots
             .iter()
             .chain((!self.folded.is_empty()).then_some(&self.other))
             .collect();
-
         family(
-            &mut o,
+            o,
             "cfstrace_callback_seconds",
             "histogram",
             "IRQs-off time of each CFS bandwidth period-timer callback (sched_cfs_period_timer), \
@@ -468,76 +491,71 @@ impl Metrics {
         );
         for s in &series {
             s.callback
-                .write(&mut o, "cfstrace_callback_seconds", &s.labels, 1e9);
+                .write(o, "cfstrace_callback_seconds", &s.labels, 1e9);
         }
         if self.unthrottle_seen {
             family(
-                &mut o,
+                o,
                 "cfstrace_unthrottled_per_period",
                 "histogram",
                 "cfs_rqs one period-timer callback unthrottled, by cgroup.",
             );
             for s in &series {
                 s.unthrottled
-                    .write(&mut o, "cfstrace_unthrottled_per_period", &s.labels, 1.0);
+                    .write(o, "cfstrace_unthrottled_per_period", &s.labels, 1.0);
             }
         }
         if !self.spans.is_empty() {
-            family(
-                &mut o,
-                "cfstrace_irq_span_seconds",
-                "histogram",
-                "IRQs-off time of each timer interrupt that ran period timers, by CPU.",
-            );
-            for (cpu, h) in &self.spans {
-                let labels = label_set(&[("cpu", &cpu.to_string())]);
-                h.write(&mut o, "cfstrace_irq_span_seconds", &labels, 1e9);
-            }
+            let name = "cfstrace_irq_span_seconds";
+            let help = "IRQs-off time of each timer interrupt that ran period timers, by CPU.";
+            by_cpu(o, [name, "histogram", help], &self.spans, |o, l, h| {
+                h.write(o, name, l, 1e9);
+            });
         }
-        if let Some(t) = self.thresh_s {
-            family(
-                &mut o,
+    }
+
+    /// The watchdog's threshold and the headroom left under it.
+    fn gauges(&self, o: &mut String) {
+        let gauges = [
+            (
                 "cfstrace_watchdog_thresh_seconds",
-                "gauge",
                 "The hard-lockup watchdog's threshold (kernel.watchdog_thresh).",
-            );
-            let _ = writeln!(o, "cfstrace_watchdog_thresh_seconds {t}");
-        }
-        if let Some(h) = self.headroom_ns {
-            family(
-                &mut o,
+                self.thresh_s.map(|t| t.to_string()),
+            ),
+            (
                 "cfstrace_headroom_seconds",
-                "gauge",
                 "watchdog_thresh minus the worst IRQs-off span of the node in the last interval.",
-            );
-            let _ = writeln!(o, "cfstrace_headroom_seconds {}", seconds(h));
-        }
-        if let Some(h) = self.headroom_min_ns {
-            family(
-                &mut o,
+                self.headroom_ns.map(seconds),
+            ),
+            (
                 "cfstrace_headroom_min_seconds",
-                "gauge",
                 "The lowest node headroom of any interval since cfstrace started.",
-            );
-            let _ = writeln!(o, "cfstrace_headroom_min_seconds {}", seconds(h));
+                self.headroom_min_ns.map(seconds),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            if let Some(v) = value {
+                gauge(o, name, help, &v);
+            }
         }
         if !self.cpu_headroom_ns.is_empty() {
-            family(
-                &mut o,
-                "cfstrace_cpu_headroom_seconds",
-                "gauge",
-                "watchdog_thresh minus the CPU's worst IRQs-off span in the last interval.",
+            let name = "cfstrace_cpu_headroom_seconds";
+            let help = "watchdog_thresh minus the CPU's worst IRQs-off span in the last interval.";
+            by_cpu(
+                o,
+                [name, "gauge", help],
+                &self.cpu_headroom_ns,
+                |o, l, h| {
+                    let _ = writeln!(o, "{name}{{{l}}} {}", seconds(*h));
+                },
             );
-            for (cpu, h) in &self.cpu_headroom_ns {
-                let _ = writeln!(
-                    o,
-                    "cfstrace_cpu_headroom_seconds{{cpu=\"{cpu}\"}} {}",
-                    seconds(*h)
-                );
-            }
         }
+    }
+
+    /// Events traced and lost since the start.
+    fn counters(&self, o: &mut String) {
         family(
-            &mut o,
+            o,
             "cfstrace_events_total",
             "counter",
             "Events traced since cfstrace started, by kind.",
@@ -550,7 +568,7 @@ impl Metrics {
             let _ = writeln!(o, "cfstrace_events_total{{kind=\"{kind}\"}} {n}");
         }
         family(
-            &mut o,
+            o,
             "cfstrace_lost_events_total",
             "counter",
             "Events lost (ringbuf_full) or degraded (a start or an end missed, a cgroup read \
@@ -569,96 +587,7 @@ impl Metrics {
         ] {
             let _ = writeln!(o, "cfstrace_lost_events_total{{reason=\"{reason}\"}} {n}");
         }
-        o
     }
-}
-
-/// `--prometheus ADDR`: `:9090` or `9090` bind 127.0.0.1; `HOST:PORT` (`0.0.0.0:9090`,
-/// `[::]:9090`, `localhost:9090`) is taken as given.
-pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
-    let s = s.trim();
-    let port_only = s.strip_prefix(':').unwrap_or(s);
-    if let Ok(port) = port_only.parse::<u16>() {
-        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
-    }
-    s.to_socket_addrs()
-        .map_err(|e| format!("{e} (examples: :9090, 9090, 0.0.0.0:9090)"))?
-        .next()
-        .ok_or_else(|| format!("{s} resolves to no address"))
-}
-
-/// The latest exposition text, shared by the watch loop (writer) and the server (reader).
-pub type Snapshot = Arc<Mutex<Arc<String>>>;
-
-/// Bind `addr` and answer scrapes from a thread with the latest snapshot. Returns the address
-/// actually bound (port 0 picks a free one).
-pub fn serve(addr: SocketAddr, snapshot: Snapshot) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
-    let bound = listener.local_addr()?;
-    std::thread::Builder::new()
-        .name("cfstrace-metrics".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                // One scrape at a time; the timeouts keep a stuck client from holding it.
-                let body = snapshot.lock().map(|s| Arc::clone(&s)).ok();
-                let _ = answer(stream, body.as_deref().map(String::as_str).unwrap_or(""));
-            }
-        })?;
-    Ok(bound)
-}
-
-/// The status line, content type and body for a request line.
-pub fn respond(request_line: &str, metrics: &str) -> (&'static str, &'static str, String) {
-    let mut parts = request_line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    match (method, path) {
-        ("GET" | "HEAD", "/metrics") => ("200 OK", CONTENT_TYPE, metrics.to_string()),
-        ("GET" | "HEAD", "/") => (
-            "200 OK",
-            "text/plain; charset=utf-8",
-            "cfstrace: metrics are at /metrics\n".into(),
-        ),
-        ("GET" | "HEAD", _) => (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            "not found: try /metrics\n".into(),
-        ),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain; charset=utf-8",
-            "only GET and HEAD\n".into(),
-        ),
-    }
-}
-
-fn answer(mut stream: TcpStream, metrics: &str) -> io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    // Read the request head (up to 8 KiB); only its first line matters.
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let head = String::from_utf8_lossy(&buf);
-    let line = head.lines().next().unwrap_or("");
-    let (status, ctype, body) = respond(line, metrics);
-    let head_only = line.starts_with("HEAD ");
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
-    if !head_only {
-        stream.write_all(body.as_bytes())?;
-    }
-    stream.flush()
 }
 
 #[cfg(test)]
@@ -694,12 +623,7 @@ mod tests {
 
     fn empty_report() -> Report {
         let header = crate::capture::tests::header();
-        crate::report::build_report(
-            &header,
-            &crate::analysis::aggregate::Aggregator::new(),
-            0,
-            vec![],
-        )
+        crate::report::build_report(&header, &crate::analysis::Aggregator::new(), 0, vec![])
     }
 
     #[test]
@@ -805,37 +729,5 @@ mod tests {
         }
         assert!(t.contains(r#"cgroup="/ev\"il\\na\nme} 1\n""#), "{t}");
         assert!(t.contains("cfstrace_irq_span_seconds_count{cpu=\"3\"} 1"));
-    }
-
-    #[test]
-    fn listen_addresses() {
-        assert_eq!(
-            parse_listen_addr(":9090").unwrap(),
-            "127.0.0.1:9090".parse().unwrap()
-        );
-        assert_eq!(
-            parse_listen_addr("9100").unwrap(),
-            "127.0.0.1:9100".parse().unwrap()
-        );
-        assert_eq!(
-            parse_listen_addr("0.0.0.0:9090").unwrap(),
-            "0.0.0.0:9090".parse().unwrap()
-        );
-        assert_eq!(
-            parse_listen_addr("[::1]:9090").unwrap(),
-            "[::1]:9090".parse().unwrap()
-        );
-        assert!(parse_listen_addr("nonsense").is_err());
-    }
-
-    #[test]
-    fn http_routes() {
-        assert_eq!(respond("GET /metrics HTTP/1.1", "m").0, "200 OK");
-        assert_eq!(respond("GET /metrics?x=1 HTTP/1.1", "m").2, "m");
-        assert_eq!(respond("GET /nope HTTP/1.1", "m").0, "404 Not Found");
-        assert_eq!(
-            respond("POST /metrics HTTP/1.1", "m").0,
-            "405 Method Not Allowed"
-        );
     }
 }

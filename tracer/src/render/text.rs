@@ -1,0 +1,424 @@
+//! The report as a terse terminal table (bcc `hardirqs` style), what `cfstrace report` and
+//! `watch --no-live` print: the host and headroom, the probes, the culprit, the cgroups worst
+//! first, lockup precursors, per-CPU IRQs-off time and the warnings.
+use std::fmt::Write as _;
+
+use super::format::{
+    BOLD, BOLD_RED, RED, alert_line, comms, ellipsize_middle, p50_max, pad, paint, shorten, thresh,
+    workload_cell,
+};
+use crate::capture::ParentRecord;
+use crate::model::probe::Probe;
+use crate::report::{
+    BASIS_CSD, BASIS_SPAN, CgroupReport, CpuReport, Report, WorstIrqsOff, human_ns, plural_s,
+    precursor_phrase, probe_how, seconds,
+};
+
+const TOP_CGROUPS: usize = 20;
+const TOP_CPUS: usize = 8;
+const PATH_W: usize = 48;
+const WORKLOAD_W: usize = 28;
+/// Probe reasons in the table are cut here; `--json` has them whole.
+const REASON_W: usize = 110;
+
+/// The whole table; `color` adds ANSI attributes (bold culprit, red low headroom).
+pub fn render_text(report: &Report, color: bool) -> String {
+    let mut o = String::new();
+    head(&mut o, report, color);
+    probes(&mut o, report);
+    match &report.culprit {
+        Some(c) => {
+            let line = format!("CULPRIT: {}", c.reason);
+            let _ = writeln!(o, "{}", paint(&line, BOLD, color));
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "no CFS period-timer callback seen: no cgroup with a cpu quota was busy"
+            );
+        }
+    }
+    cgroup_table(&mut o, report, color);
+    precursors(&mut o, report);
+    cpu_sections(&mut o, report);
+    if !report.warnings.is_empty() {
+        o.push_str("\nwarnings:\n");
+        for w in &report.warnings {
+            let _ = writeln!(o, "  ! {w}");
+        }
+    }
+    o
+}
+
+/// Host, duration, watchdog and node headroom, and the alert when it is low.
+fn head(o: &mut String, report: &Report, color: bool) {
+    let wd = &report.watchdog;
+    let _ = writeln!(
+        o,
+        "cfstrace {}  {}  kernel {}  {} CPUs  backend {} (requested {})",
+        report.tool_version,
+        report.hostname,
+        report.kernel,
+        report.ncpus,
+        report.backend,
+        report.backend_requested
+    );
+    let e = &report.events;
+    let _ = writeln!(
+        o,
+        "duration {:.2} s  period-timer callbacks {}  lost {}",
+        report.duration_s, e.periods, e.lost
+    );
+    let node = match report.headroom_ns {
+        Some(h) => {
+            let cell = paint(
+                &headroom_cell(Some(h)).replace('s', " s"),
+                RED,
+                color && low_headroom(report, Some(h)),
+            );
+            format!("  node headroom {cell} ({})", worst_phrase(report))
+        }
+        None => String::new(),
+    };
+    let _ = writeln!(
+        o,
+        "watchdog {}  thresh {}{node}",
+        if wd.enabled { "enabled" } else { "DISABLED" },
+        thresh(wd)
+    );
+    if let Some(a) = report.headroom_alert.as_ref().filter(|a| a.alert) {
+        let _ = writeln!(o, "{}", paint(&alert_line(a, wd), BOLD_RED, color));
+    }
+}
+
+/// What the node's headroom is measured from.
+fn worst_phrase(report: &Report) -> String {
+    match &report.worst_irqs_off {
+        Some(w) if w.basis == BASIS_SPAN => span_phrase(w),
+        Some(w) if w.basis == BASIS_CSD => format!(
+            "worst async-unthrottle CSD {} on cpu{}",
+            human_ns(w.duration_ns),
+            w.cpu
+        ),
+        Some(w) => format!("worst callback {} on cpu{}", human_ns(w.duration_ns), w.cpu),
+        // A report from before `worst_irqs_off`.
+        None => format!(
+            "worst callback {}",
+            human_ns(
+                report
+                    .cgroups
+                    .iter()
+                    .map(|c| c.callback_ns.max)
+                    .max()
+                    .unwrap_or(0)
+            )
+        ),
+    }
+}
+
+/// `worst timer interrupt 500 us on cpu3: 2 period timers took 312 us`.
+fn span_phrase(w: &WorstIrqsOff) -> String {
+    let timers = w.period_timers.unwrap_or(0);
+    format!(
+        "worst timer interrupt {} on cpu{}: {timers} period timer{} took {}",
+        human_ns(w.duration_ns),
+        w.cpu,
+        if w.period_timers == Some(1) { "" } else { "s" },
+        human_ns(w.period_timers_ns.unwrap_or(0))
+    )
+}
+
+/// One line a probe, in pipeline order (the frame first).
+fn probes(o: &mut String, report: &Report) {
+    let probes = Probe::REPORT_ORDER
+        .iter()
+        .filter_map(|name| report.probes.get(name).map(|p| (name, p)));
+    for (name, p) in probes {
+        if p.attached {
+            let how = probe_how(p).unwrap_or_else(|| "attached".to_string());
+            let _ = write!(o, "  {name:<16} {how}");
+            if let Some(r) = &p.reason {
+                let _ = write!(o, "  ({})", shorten(r, REASON_W));
+            }
+            o.push('\n');
+        } else {
+            let r = p.reason.as_deref().unwrap_or("not attached");
+            let _ = writeln!(o, "  {name:<16} -  unavailable: {}", shorten(r, REASON_W));
+        }
+    }
+}
+
+/// The top cgroups, worst first, each with its parents' quotas under it.
+fn cgroup_table(o: &mut String, report: &Report, color: bool) {
+    if report.cgroups.is_empty() {
+        return;
+    }
+    // Where enqueue_* cannot be probed (tracepoint-only kernels) the tasks made runnable inside
+    // the callback are the closest figure: show them in that column, labelled as such.
+    let enq_is_runnable = !report.figures.enqueued.available && report.figures.runnable.available;
+    o.push('\n');
+    let _ = writeln!(
+        o,
+        "{} {} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11} {:>8} {:>7} {:>9}  COMM",
+        pad("PATH", PATH_W),
+        pad("WORKLOAD", WORKLOAD_W),
+        "PERIODS",
+        "CB p50",
+        "p99",
+        "max",
+        "UNTHR/P",
+        if enq_is_runnable {
+            "RUNNABLE/P"
+        } else {
+            "ENQ/P"
+        },
+        "CPUS/P",
+        "ASYNC",
+        "HEADROOM"
+    );
+    let culprit_id = report.culprit.as_ref().map(|c| c.cgroup.id);
+    for c in report.cgroups.iter().take(TOP_CGROUPS) {
+        let row = cgroup_row(c, enq_is_runnable);
+        let row = paint(&row, BOLD, color && culprit_id == Some(c.id));
+        let hr = format!("{:>9}", headroom_cell(c.headroom_ns));
+        let hr = paint(&hr, RED, color && low_headroom(report, c.headroom_ns));
+        let _ = writeln!(o, "{row}{hr}  {}", comms(c, 3));
+        // Nested quotas: the limits above it, each with its own period timer.
+        if let Some(parents) = c.parents.as_ref().filter(|p| !p.is_empty()) {
+            let _ = writeln!(o, "  {}", parents_phrase(parents));
+        }
+    }
+    if report.cgroups.len() > TOP_CGROUPS {
+        let _ = writeln!(
+            o,
+            "... {} more cgroups (--json for all)",
+            report.cgroups.len() - TOP_CGROUPS
+        );
+    }
+}
+
+/// A cgroup's row up to the headroom column.
+fn cgroup_row(c: &CgroupReport, enq_is_runnable: bool) -> String {
+    let path = pad(&ellipsize_middle(&c.name(), PATH_W), PATH_W);
+    let wl = pad(
+        &ellipsize_middle(&workload_cell(c, false), WORKLOAD_W),
+        WORKLOAD_W,
+    );
+    format!(
+        "{path} {wl} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11} {:>8} {:>7} ",
+        c.periods,
+        human_ns(c.callback_ns.p50),
+        human_ns(c.callback_ns.p99),
+        human_ns(c.callback_ns.max),
+        p50_max(c.unthrottled_per_period.as_ref()),
+        p50_max(if enq_is_runnable {
+            c.runnable_per_period.as_ref()
+        } else {
+            c.enqueued_per_period.as_ref()
+        }),
+        // Distinct CPUs it was unthrottled on per period (p50/max).
+        p50_max(c.spread.as_ref().map(|sp| &sp.per_period)),
+        // cfs_rqs unthrottled in CSDs on other CPUs (6.3+).
+        c.async_unthrottle
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |a| a.unthrottled.to_string()),
+    )
+}
+
+/// The node's precursor counts, the cgroups that had some, and unmatched kernel messages.
+fn precursors(o: &mut String, report: &Report) {
+    let Some(np) = report.precursors.as_ref().filter(|np| {
+        np.period_changes > 0
+            || np.callbacks_over_period > 0
+            || np.multi_pass_callbacks.is_some_and(|n| n > 0)
+            || np.kernel_messages > 0
+    }) else {
+        return;
+    };
+    let _ = writeln!(
+        o,
+        "\nLOCKUP PRECURSORS: {} period change(s) ({} by the kernel, {} written), {} \
+         callback(s) at least their period, {} with several distribute passes, {} kernel \
+         \"period too short\" message(s)",
+        np.period_changes,
+        np.period_changes_by_kernel,
+        np.period_changes_by_write,
+        np.callbacks_over_period,
+        np.multi_pass_callbacks
+            .map_or_else(|| "n/a".to_string(), |n| n.to_string()),
+        np.kernel_messages
+    );
+    let with_precursors = report
+        .cgroups
+        .iter()
+        .filter_map(|c| Some((c, c.precursors.as_ref().filter(|p| p.any())?)));
+    for (c, p) in with_precursors.take(TOP_CPUS) {
+        let _ = writeln!(
+            o,
+            "  {}: {}",
+            ellipsize_middle(&c.name(), PATH_W + WORKLOAD_W),
+            precursor_phrase(p)
+        );
+    }
+    for m in &np.unattributed_messages {
+        let _ = writeln!(
+            o,
+            "  (no cgroup matched) cpu{}: period too short, {} (cfs_period_us = {}, \
+             cfs_quota_us = {})",
+            m.cpu,
+            if m.scaled_up {
+                "scaled up"
+            } else {
+                "cannot scale up"
+            },
+            m.period_us,
+            m.quota_us
+        );
+    }
+}
+
+/// CPUs `keep` selects, by `key` descending, then by number.
+fn busiest<K: Ord>(
+    report: &Report,
+    keep: impl Fn(&CpuReport) -> bool,
+    key: impl Fn(&CpuReport) -> K,
+) -> Vec<&CpuReport> {
+    let mut cpus: Vec<&CpuReport> = report.cpus.iter().filter(|c| keep(c)).collect();
+    cpus.sort_by(|a, b| key(b).cmp(&key(a)).then(a.cpu.cmp(&b.cpu)));
+    cpus
+}
+
+/// `title` and the first CPUs' cells on one line.
+fn cpu_line(o: &mut String, title: &str, cpus: &[&CpuReport], cell: impl Fn(&CpuReport) -> String) {
+    o.push_str(title);
+    for c in cpus.iter().take(TOP_CPUS) {
+        o.push_str(&cell(c));
+    }
+    o.push('\n');
+}
+
+/// Per-CPU IRQs-off time: the period timers, the timer interrupts around them, the CSDs.
+fn cpu_sections(o: &mut String, report: &Report) {
+    let cpus = busiest(report, |c| c.period_timers > 0, |c| c.timer_irq_ns);
+    if !cpus.is_empty() {
+        let title = format!(
+            "\nperiod-timer IRQ time by CPU (top {} of {}):",
+            cpus.len().min(TOP_CPUS),
+            cpus.len()
+        );
+        cpu_line(o, &title, &cpus, |c| {
+            format!(
+                "  cpu{} {} / {}",
+                c.cpu,
+                human_ns(c.timer_irq_ns),
+                c.period_timers
+            )
+        });
+        // Several timers served by one interrupt: one IRQs-off span longer than any callback.
+        if let Some(c) = cpus.iter().max_by_key(|c| c.max_chain_ns)
+            && c.max_chain_ns > c.max_callback_ns
+        {
+            let _ = writeln!(
+                o,
+                "longest back-to-back callback chain: {} on cpu{}",
+                human_ns(c.max_chain_ns),
+                c.cpu
+            );
+        }
+    }
+    let cpus = busiest(report, |c| c.irq_spans > 0, |c| c.max_irq_span_ns);
+    if !cpus.is_empty() {
+        let title = "\ntimer interrupts that ran period timers, by CPU (worst span, p50, \
+                     timers/span, timer share):";
+        cpu_line(o, title, &cpus, |c| {
+            format!(
+                "  cpu{} {} p50 {} {:.1}/span {:.0}%",
+                c.cpu,
+                human_ns(c.max_irq_span_ns.unwrap_or(0)),
+                human_ns(c.irq_span_ns.map_or(0, |s| s.p50)),
+                c.period_timers_per_span.map_or(0.0, |s| s.mean),
+                c.period_timer_share.unwrap_or(0.0) * 100.0
+            )
+        });
+    }
+    let n = report.events.async_csds;
+    if n > 0 {
+        let cpus = busiest(report, |c| c.async_csds > 0, |c| c.async_ns);
+        let mut title = format!(
+            "\nasync unthrottle (CSD, IRQs off) by CPU: {n} CSD{}",
+            plural_s(n)
+        );
+        if report.events.async_empty > 0 {
+            let _ = write!(title, " ({} with nothing to do)", report.events.async_empty);
+        }
+        title.push(':');
+        cpu_line(o, &title, &cpus, |c| {
+            format!(
+                "  cpu{} {} / {} (max {})",
+                c.cpu,
+                human_ns(c.async_ns),
+                c.async_csds,
+                human_ns(c.max_async_ns)
+            )
+        });
+    }
+}
+
+/// Headroom `h` under the report's highlight threshold (shown in red).
+fn low_headroom(report: &Report, h: Option<i64>) -> bool {
+    match (h, report.watchdog.thresh_s) {
+        (Some(h), Some(t)) if t > 0 => {
+            (h as f64) * 100.0 < t as f64 * 1e9 * report.highlight_under()
+        }
+        _ => false,
+    }
+}
+
+/// `9.9997s`, `-1.20ms` (over the threshold), `-` (unknown).
+fn headroom_cell(h: Option<i64>) -> String {
+    match h {
+        Some(h) if h >= 0 => seconds(h).replace(' ', ""),
+        Some(h) => format!("-{}", human_ns(h.unsigned_abs()).replace(' ', "")),
+        None => "-".to_string(),
+    }
+}
+
+/// `20ms`, `1.5ms`, `500us`: a cgroup setting in microseconds.
+fn us_short(us: u64) -> String {
+    if us >= 1_000 && us.is_multiple_of(1_000) {
+        format!("{}ms", us / 1_000)
+    } else if us >= 1_000 {
+        let s = format!("{:.3}", us as f64 / 1e3);
+        format!("{}ms", s.trim_end_matches('0').trim_end_matches('.'))
+    } else {
+        format!("{us}us")
+    }
+}
+
+/// The parent chain as one line: `under /a/b <- /a (quota 20ms/100ms) <- /`; a chain cut at
+/// MAX_PARENTS shows `<- …` before the root.
+pub fn parents_phrase(parents: &[ParentRecord]) -> String {
+    let mut s = String::from("under ");
+    for p in parents {
+        s.push_str(&ellipsize_middle(&p.path, PATH_W));
+        match (p.quota_us, p.period_us) {
+            (Some(q), Some(per)) => {
+                let _ = write!(s, " (quota {}/{})", us_short(q), us_short(per));
+            }
+            (Some(q), None) => {
+                let _ = write!(s, " (quota {})", us_short(q));
+            }
+            _ => {}
+        }
+        s.push_str(" <- ");
+    }
+    let top_level = |p: &ParentRecord| p.path.trim_matches('/').split('/').count() <= 1;
+    if parents.last().is_some_and(|p| !top_level(p)) {
+        s.push_str("… <- ");
+    }
+    s.push('/');
+    s
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,243 @@
+//! The report's sentences: the culprit's reason, precursor phrases, workload labels, and the
+//! units they are written in. They go into the JSON (`culprit.reason`, `evidence`, `note`), so
+//! they live here; the renderers reuse them.
+use std::fmt::Write as _;
+
+use super::model::{CgroupReport, PrecursorReport};
+use crate::capture::ProcessInfo;
+use crate::model::host::WatchdogFacts;
+use crate::model::workload::{Workload, WorkloadKind};
+
+/// `812 ns`, `41.2 us`, `310 us`, `1.25 ms`, `12.3 s`: three significant digits.
+pub fn human_ns(ns: u64) -> String {
+    if ns < 1_000 {
+        return format!("{ns} ns");
+    }
+    const UNITS: [(f64, &str); 3] = [(1e3, "us"), (1e6, "ms"), (1e9, "s")];
+    let mut i = if ns < 1_000_000 {
+        0
+    } else if ns < 1_000_000_000 {
+        1
+    } else {
+        2
+    };
+    let mut v = ns as f64 / UNITS[i].0;
+    // 999.7 us rounds to "1000 us": say 1.00 ms instead.
+    if v >= 999.5 && i < 2 {
+        i += 1;
+        v = ns as f64 / UNITS[i].0;
+    }
+    let digits = if v >= 99.95 {
+        0
+    } else if v >= 9.995 {
+        1
+    } else {
+        2
+    };
+    format!("{v:.digits$} {}", UNITS[i].1)
+}
+
+/// Headroom in seconds to 4 decimals, trailing zeros trimmed (`9.9997 s`, `10 s`).
+pub fn seconds(ns: i64) -> String {
+    let s = format!("{:.4}", ns as f64 / 1e9);
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    format!("{s} s")
+}
+
+/// The plural `s` of a count.
+pub fn plural_s(n: impl Into<u64>) -> &'static str {
+    if n.into() == 1 { "" } else { "s" }
+}
+
+/// `1 callback`, `3 callbacks`.
+fn plural(n: u64, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
+/// Short workload label: `yarn application_…`, `k8s pod <uid8>`, `docker <id12>`,
+/// `systemd foo.service`; None for a plain cgroup.
+pub fn workload_label(w: &Workload) -> Option<String> {
+    let short = |s: &str, n: usize| s.chars().take(n).collect::<String>();
+    match w.kind {
+        WorkloadKind::Yarn => w
+            .application
+            .as_deref()
+            .or(w.container.as_deref())
+            .map(|a| format!("yarn {a}")),
+        WorkloadKind::Kubernetes => match (&w.pod_uid, &w.container) {
+            (Some(u), _) => Some(format!("k8s pod {}", short(u, 8))),
+            (None, Some(c)) => Some(format!("k8s {}", short(c, 12))),
+            (None, None) => Some("k8s".to_string()),
+        },
+        WorkloadKind::Docker => w
+            .container
+            .as_deref()
+            .map(|c| format!("docker {}", short(c, 12))),
+        WorkloadKind::Systemd => w.unit.as_deref().map(|u| format!("systemd {u}")),
+        WorkloadKind::Cgroup => None,
+    }
+}
+
+/// Distinct comms of the busiest processes, busiest first.
+pub fn top_comms(procs: &[ProcessInfo], n: usize) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for p in procs {
+        if !out.contains(&p.comm.as_str()) {
+            out.push(&p.comm);
+            if out.len() == n {
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn headroom_phrase(h: Option<i64>, wd: &WatchdogFacts) -> String {
+    match (h, wd.thresh_s) {
+        (Some(h), Some(t)) if h >= 0 => {
+            let off = if wd.enabled {
+                ""
+            } else {
+                " (watchdog disabled)"
+            };
+            format!("watchdog headroom {} of {t} s{off}", seconds(h))
+        }
+        (Some(h), Some(t)) => format!(
+            "exceeds the {t} s watchdog threshold by {}",
+            human_ns(h.unsigned_abs())
+        ),
+        _ => "watchdog_thresh unknown".to_string(),
+    }
+}
+
+/// Why this cgroup is the culprit: who it is, how long its callbacks held IRQs off, what they
+/// did, its precursors, and the headroom left.
+pub(crate) fn culprit_reason(c: &CgroupReport, wd: &WatchdogFacts) -> String {
+    let mut who = c.name().into_owned();
+    let label = workload_label(&c.workload).or_else(|| {
+        let comms = top_comms(&c.processes, 2);
+        (!comms.is_empty()).then(|| comms.join(", "))
+    });
+    if let Some(l) = label {
+        let _ = write!(who, " ({l})");
+    }
+    let mut r = format!(
+        "{who}: {} period-timer callback{} held IRQs off for {} in total, worst single \
+         callback {} (p99 {})",
+        c.periods,
+        plural_s(c.periods),
+        human_ns(c.total_callback_ns),
+        human_ns(c.callback_ns.max),
+        human_ns(c.callback_ns.p99),
+    );
+    if let Some(u) = &c.unthrottled_per_period {
+        let _ = write!(r, ", {:.1} cfs_rqs unthrottled per period", u.mean);
+    }
+    // The work 6.3+ moved off the timer's CPU: not in the callback time above.
+    if let Some(a) = c.async_unthrottle.as_ref().filter(|a| a.unthrottled > 0) {
+        let _ = write!(
+            r,
+            " + {} cfs_rq{} unthrottled asynchronously on {} CPU{}",
+            a.unthrottled,
+            plural_s(a.unthrottled),
+            a.cpus.len(),
+            plural_s(a.cpus.len() as u64),
+        );
+        if let Some(p) = &a.per_csd_ns {
+            let _ = write!(
+                r,
+                " ({} CSD{}, worst {})",
+                a.csds,
+                plural_s(a.csds),
+                human_ns(p.max)
+            );
+        }
+    }
+    // What `runq -g` on a vmcore would have shown.
+    if let Some(sp) = c.spread.as_ref().filter(|sp| sp.per_period.max > 0) {
+        let _ = write!(r, "; {}", sp.summary);
+    }
+    if let Some(w) = &c.worst_irq_span {
+        let _ = write!(
+            r,
+            "; its timers took {} of the worst {} timer-interrupt span on cpu{} ({} period \
+             timer{} in it)",
+            human_ns(w.own_ns),
+            human_ns(w.duration_ns),
+            w.cpu,
+            w.period_timers,
+            plural_s(w.period_timers),
+        );
+    }
+    if let Some(p) = c.precursors.as_ref().filter(|p| p.any()) {
+        let _ = write!(r, "; lockup precursors: {}", precursor_phrase(p));
+    }
+    let _ = write!(r, "; {}", headroom_phrase(c.headroom_ns, wd));
+    r
+}
+
+/// `period changed 2x by the kernel (1.00 ms -> 4.00 ms), 3 callbacks >= their period, ...`.
+pub fn precursor_phrase(p: &PrecursorReport) -> String {
+    let mut parts = Vec::new();
+    if let (Some(first), Some(last)) = (p.period_changes.first(), p.period_changes.last()) {
+        let n = p.period_changes.len() as u64 + p.period_changes_dropped;
+        let kernel = p.period_changes.iter().filter(|c| c.by == "kernel").count();
+        let by = match kernel {
+            0 => String::new(),
+            k if k == p.period_changes.len() => " by the kernel".to_string(),
+            k => format!(" ({k} by the kernel)"),
+        };
+        parts.push(format!(
+            "period changed {}{by} ({} -> {})",
+            plural(n, "time", "times"),
+            human_ns(first.from_us.saturating_mul(1_000)),
+            human_ns(last.to_us.saturating_mul(1_000))
+        ));
+    }
+    if p.callbacks_over_period > 0 {
+        parts.push(format!(
+            "{} at least their period",
+            plural(p.callbacks_over_period, "callback", "callbacks")
+        ));
+    }
+    if let Some(n) = p.multi_pass_callbacks.filter(|&n| n > 0) {
+        parts.push(format!(
+            "{} with several distribute passes",
+            plural(n, "callback", "callbacks")
+        ));
+    }
+    if !p.kernel_messages.is_empty() {
+        parts.push(format!(
+            "{} \"period too short\"",
+            plural(
+                p.kernel_messages.len() as u64,
+                "kernel message",
+                "kernel messages"
+            )
+        ));
+    }
+    parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_ns(0), "0 ns");
+        assert_eq!(human_ns(812), "812 ns");
+        assert_eq!(human_ns(1_250), "1.25 us");
+        assert_eq!(human_ns(41_200), "41.2 us");
+        assert_eq!(human_ns(310_000), "310 us");
+        assert_eq!(human_ns(999_700), "1.00 ms");
+        assert_eq!(human_ns(41_200_000), "41.2 ms");
+        assert_eq!(human_ns(12_345_000_000), "12.3 s");
+        assert_eq!(seconds(9_999_700_000), "9.9997 s");
+        assert_eq!(seconds(10_000_000_000), "10 s");
+    }
+}
