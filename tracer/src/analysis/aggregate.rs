@@ -5,14 +5,9 @@ use tracer_ebpf::{ASYNC_EMPTY, ASYNC_LAST, ASYNC_TRUNCATED, HOW_IN_SPAN, HOW_REO
 use std::collections::HashMap;
 
 use super::IdMap;
-// Re-exported at the paths other rooms use (`crate::analysis::aggregate::...`).
-pub use super::asyncs::AsyncStats;
-pub use super::cgroup::{CgroupSpan, CgroupStats, CgroupView, UnsentDelta};
-pub use super::cpu::{CpuStats, SpanStats};
-pub use super::distribution::{Distribution, log2_bounds};
-pub use super::precursors::{MAX_PERIOD_CHANGES, PeriodChange, Precursors};
-pub use super::spread::{SPREAD_FROM_CSD, SPREAD_FROM_PROBE, SPREAD_FROM_TIMER_CPU, SpreadStats};
-pub use super::{CHAIN_GAP_NS, MAX_CPUS, UNRESOLVED_ID, UNRESOLVED_NAME};
+use super::MAX_CPUS;
+use super::cgroup::{CgroupSpan, CgroupStats, CgroupView, UnsentDelta};
+use super::cpu::{CpuStats, SpanStats};
 use crate::model::records::{
     AsyncRecord, CaptureLine, CgroupRecord, CpuTotalsRecord, EndRecord, IrqSpanRecord, LossRecord,
     PeriodRecord, PeriodScaling, UnsentPeriodsRecord,

@@ -8,8 +8,9 @@ use super::asyncs::AsyncStats;
 use super::distribution::Distribution;
 use super::precursors::{MAX_PERIOD_CHANGES, PeriodChange, Precursors};
 use super::spread::SpreadStats;
-use super::{MAX_CPUS, UNRESOLVED_ID, UNRESOLVED_NAME};
+use super::{MAX_CPUS, UNRESOLVED_ID};
 use crate::model::cpuset::CpuSet;
+use crate::model::records::cgroup_name;
 use crate::model::records::{AsyncRecord, CgroupRecord, PeriodRecord, UnsentPeriodsRecord};
 
 /// Everything recorded for one cgroup's period timer.
@@ -317,13 +318,9 @@ pub struct CgroupView<'a> {
 }
 
 impl CgroupView<'_> {
-    /// The path, `(unresolved)` for id 0, or `(cgroup <id>)` when it was never named.
-    pub fn display_name(&self) -> String {
-        match self.record.and_then(|r| r.path.as_deref()) {
-            Some(p) => p.to_string(),
-            None if self.id == UNRESOLVED_ID => UNRESOLVED_NAME.to_string(),
-            None => format!("(cgroup {})", self.id),
-        }
+    /// Its display name, by the one rule ([`cgroup_name`]).
+    pub fn display_name(&self) -> std::borrow::Cow<'_, str> {
+        cgroup_name(self.id, self.record.and_then(|r| r.path.as_deref()))
     }
 }
 

@@ -1,7 +1,5 @@
 //! `--fail-under PCT`: turn "the watchdog's headroom fell below PCT % of its threshold" into an
 //! exit status, so a capture can gate a reproduction run or a kernel rollout.
-use crate::report::Report;
-
 /// Exit status when the headroom gate fails (1 is an error, 2 bad usage).
 pub const EXIT_HEADROOM: u8 = 3;
 
@@ -19,19 +17,19 @@ pub enum Verdict {
 /// The node's headroom (watchdog_thresh - the worst IRQs-off span) as a percentage of
 /// watchdog_thresh: the one figure both `--fail-under` and `--highlight-under` judge. Err says
 /// why it cannot be judged.
-pub fn headroom_pct(report: &Report) -> Result<f64, String> {
-    let Some(thresh_s) = report.watchdog.thresh_s.filter(|t| *t > 0) else {
+pub fn headroom_pct(thresh_s: Option<u64>, headroom_ns: Option<i64>) -> Result<f64, String> {
+    let Some(thresh_s) = thresh_s.filter(|t| *t > 0) else {
         return Err("watchdog_thresh unknown or 0 (watchdog off)".into());
     };
-    let Some(headroom) = report.headroom_ns else {
+    let Some(headroom) = headroom_ns else {
         return Err("no period-timer callback was seen".into());
     };
     Ok(headroom as f64 * 100.0 / (thresh_s as f64 * 1e9))
 }
 
 /// Judge the node's headroom (worst IRQs-off span against `watchdog_thresh`).
-pub fn judge(report: &Report, fail_under_pct: f64) -> Verdict {
-    match headroom_pct(report) {
+pub fn judge(thresh_s: Option<u64>, headroom_ns: Option<i64>, fail_under_pct: f64) -> Verdict {
+    match headroom_pct(thresh_s, headroom_ns) {
         Err(why) => Verdict::Unknown { why },
         Ok(pct) if pct < fail_under_pct => Verdict::Fail { headroom_pct: pct },
         Ok(pct) => Verdict::Pass { headroom_pct: pct },
@@ -53,61 +51,30 @@ pub fn parse_pct(s: &str) -> Result<f64, String> {
 mod tests {
     use super::*;
 
-    fn report(thresh: Option<u64>, headroom_ns: Option<i64>) -> Report {
-        use crate::capture::{CAPTURE_SCHEMA, CaptureHeader};
-        use crate::model::host::{HostFacts, WatchdogFacts};
-        let header = CaptureHeader {
-            schema: CAPTURE_SCHEMA.into(),
-            tool_version: "t".into(),
-            host: HostFacts {
-                hostname: "h".into(),
-                kernel: "k".into(),
-                ncpus: 2,
-                watchdog: WatchdogFacts {
-                    thresh_s: thresh,
-                    enabled: true,
-                    nmi_watchdog: None,
-                    hardlockup_panic: None,
-                },
-            },
-            backend_requested: crate::model::probe::Backend::Auto,
-            backend: crate::model::probe::Style::Tracepoint,
-            probes: Default::default(),
-            cpu_hierarchy: None,
-            started_unix_ns: 0,
-            started_mono_ns: 0,
-            command: None,
-        };
-        let agg = crate::analysis::aggregate::Aggregator::new();
-        let mut r = crate::report::build_report(&header, &agg, 1, Vec::new());
-        r.headroom_ns = headroom_ns;
-        r
-    }
-
     #[test]
     fn verdicts() {
         assert!(matches!(
-            judge(&report(Some(10), Some(500_000_000)), 10.0),
+            judge(Some(10), Some(500_000_000), 10.0),
             Verdict::Fail { headroom_pct } if (headroom_pct - 5.0).abs() < 1e-9
         ));
         assert!(matches!(
-            judge(&report(Some(10), Some(9_000_000_000)), 10.0),
+            judge(Some(10), Some(9_000_000_000), 10.0),
             Verdict::Pass { .. }
         ));
         assert!(matches!(
-            judge(&report(Some(10), Some(-1)), 0.0),
+            judge(Some(10), Some(-1), 0.0),
             Verdict::Fail { .. }
         ));
         assert!(matches!(
-            judge(&report(None, Some(1)), 10.0),
+            judge(None, Some(1), 10.0),
             Verdict::Unknown { .. }
         ));
         assert!(matches!(
-            judge(&report(Some(10), None), 10.0),
+            judge(Some(10), None, 10.0),
             Verdict::Unknown { .. }
         ));
-        assert_eq!(headroom_pct(&report(Some(10), Some(500_000_000))), Ok(5.0));
-        assert!(headroom_pct(&report(Some(0), Some(1))).is_err());
+        assert_eq!(headroom_pct(Some(10), Some(500_000_000)), Ok(5.0));
+        assert!(headroom_pct(Some(0), Some(1)).is_err());
         assert_eq!(parse_pct("10%"), Ok(10.0));
         assert!(parse_pct("120").is_err());
         assert!(parse_pct("x").is_err());

@@ -27,8 +27,7 @@ pub use distribution::{Distribution, log2_bounds};
 pub(crate) type IdMap<V> = rustc_hash::FxHashMap<u64, V>;
 
 /// Events whose timer could not be mapped to a cgroup carry id 0 and are kept under it.
-pub const UNRESOLVED_ID: u64 = 0;
-pub const UNRESOLVED_NAME: &str = "(unresolved)";
+pub use crate::model::records::{UNRESOLVED_ID, UNRESOLVED_NAME};
 
 /// Highest CPU number tracked (x86_64's largest NR_CPUS). Events from higher CPUs are counted
 /// but not given a per-CPU slot, so a corrupt `cpu` cannot make us allocate gigabytes.

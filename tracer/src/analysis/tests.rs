@@ -1,14 +1,12 @@
-
+//! The analysis room's tests: capture lines in, figures out.
 use super::aggregate::*;
-
 use super::cgroup::*;
-
 use super::precursors::*;
-
+use super::spread::*;
 use super::*;
 use crate::model::cpuset::CpuSet;
 use crate::model::records::*;
-use crate::model::workload::{Workload, WorkloadKind};
+use crate::model::workload::Workload;
 use tracer_ebpf::{
     ASYNC_LISTED, HOW_ENQUEUE_ENTITY, HOW_IN_SPAN, HOW_LOOPS, HOW_PERIOD, HOW_RUNNABLE, HOW_SPREAD,
     HOW_UNTHROTTLE,
@@ -125,14 +123,7 @@ fn named(id: u64, path: Option<&str>) -> CgroupRecord {
     CgroupRecord {
         id,
         path: path.map(str::to_string),
-        workload: Workload {
-            kind: WorkloadKind::Cgroup,
-            application: None,
-            container: None,
-            pod_uid: None,
-            qos: None,
-            unit: None,
-        },
+        workload: Workload::plain(),
         processes: vec![],
         period_us: None,
         quota_us: None,

@@ -51,7 +51,7 @@ pub(crate) mod tests {
     use super::codec::*;
     use super::*;
     use crate::model::host::{HostFacts, WatchdogFacts};
-    use crate::model::workload::{Workload, WorkloadKind};
+    use crate::model::workload::Workload;
     use std::collections::BTreeMap;
     use std::fs::File;
     use std::io::Write;
@@ -97,14 +97,7 @@ pub(crate) mod tests {
             CaptureLine::Cgroup(CgroupRecord {
                 id: 42,
                 path: Some("/a/b".into()),
-                workload: Workload {
-                    kind: WorkloadKind::Cgroup,
-                    application: None,
-                    container: None,
-                    pod_uid: None,
-                    qos: None,
-                    unit: None,
-                },
+                workload: Workload::plain(),
                 processes: vec![ProcessInfo {
                     pid: 7,
                     comm: "python".into(),

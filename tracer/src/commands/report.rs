@@ -43,7 +43,7 @@ pub fn print_report(file: &Path, show: &ShowArgs) -> Result<Report> {
 /// `--fail-under`: the gate's verdict on stderr, and exit status 3 when it fails.
 pub fn gate_code(rep: &Report, gate: GateArgs) -> Option<ExitCode> {
     let pct = gate.fail_under?;
-    match headroom::judge(rep, pct) {
+    match headroom::judge(rep.watchdog.thresh_s, rep.headroom_ns, pct) {
         Verdict::Pass { headroom_pct } => {
             eprintln!("cfstrace: headroom {headroom_pct:.4}% of watchdog_thresh >= {pct}%: pass");
             None

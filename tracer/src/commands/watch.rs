@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use regex::Regex;
 
-use crate::analysis::aggregate::{Aggregator, UNRESOLVED_ID, UNRESOLVED_NAME};
+use crate::analysis::Aggregator;
 use std::process::ExitCode;
 
 use crate::capture::{CaptureLine, CgroupRecord, LossRecord};
@@ -23,7 +23,7 @@ use crate::cli::WatchArgs;
 use crate::render::live::{self, Frame, HIST_BINS, TerminalGuard};
 use crate::render::prometheus::{self, Metrics};
 use crate::render::text::render_text;
-use crate::report::{self, CgroupReport, Report};
+use crate::report::{self, Report};
 use crate::session::{DRAIN_INTERVAL, PollError, RecordError, Session};
 
 /// `--top` when not given.
@@ -51,22 +51,12 @@ pub fn loss_since(now: &LossRecord, earlier: &LossRecord) -> LossRecord {
     }
 }
 
-/// The path `--cgroup` is matched against (and shown): the cgroup's path, `(unresolved)`, or
-/// `(cgroup <id>)` when it was never named.
-pub fn cgroup_key(c: &CgroupReport) -> String {
-    match &c.path {
-        Some(p) => p.clone(),
-        None if c.id == UNRESOLVED_ID => UNRESOLVED_NAME.to_string(),
-        None => format!("(cgroup {})", c.id),
-    }
-}
-
 /// Keep the cgroups `--cgroup` matches, then the first `top` of them (the report keeps them
 /// busiest first). Returns how many there were before.
 pub fn select_cgroups(rep: &mut Report, filter: Option<&Regex>, top: usize) -> usize {
     let before = rep.cgroups.len();
     if let Some(re) = filter {
-        rep.cgroups.retain(|c| re.is_match(&cgroup_key(c)));
+        rep.cgroups.retain(|c| re.is_match(&c.name()));
     }
     rep.cgroups.truncate(top);
     before

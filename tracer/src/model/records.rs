@@ -1,6 +1,7 @@
 //! The records a capture holds, one per line after its header, and the header itself. They
 //! are what every room passes along: the session makes them from kernel events, the capture
 //! writes and reads them, analysis adds them up.
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -11,6 +12,36 @@ use super::probe::{Backend, Probe, ProbeStatus, StopReason, Style};
 use super::workload::Workload;
 
 pub const CAPTURE_SCHEMA: &str = "cfstrace.capture/1";
+
+/// Events whose timer could not be mapped to a cgroup carry id 0 and are kept under it.
+pub const UNRESOLVED_ID: u64 = 0;
+pub const UNRESOLVED_NAME: &str = "(unresolved)";
+
+/// The one display-name rule for a cgroup: its path; `(unresolved)` for the callbacks whose
+/// cgroup could not be read (id 0); `(cgroup <id>)` for one that was never named. Escaping for
+/// a terminal or a label format is the renderer's business, on top of this.
+pub fn cgroup_name(id: u64, path: Option<&str>) -> Cow<'_, str> {
+    match path {
+        Some(p) => Cow::Borrowed(p),
+        None if id == UNRESOLVED_ID => Cow::Borrowed(UNRESOLVED_NAME),
+        None => Cow::Owned(format!("(cgroup {id})")),
+    }
+}
+
+impl PeriodRecord {
+    /// The cfs_rqs it unthrottled, when the unthrottle probe counted them (`HOW_UNTHROTTLE`);
+    /// a zero from a missing probe is no figure.
+    pub fn counted_unthrottled(&self) -> Option<u32> {
+        (self.flags & tracer_ebpf::HOW_UNTHROTTLE != 0).then_some(self.unthrottled)
+    }
+}
+
+impl CgroupRecord {
+    /// This cgroup's display name ([`cgroup_name`]).
+    pub fn name(&self) -> Cow<'_, str> {
+        cgroup_name(self.id, self.path.as_deref())
+    }
+}
 
 /// Where the cpu controller's hierarchy is mounted.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -313,4 +344,18 @@ pub struct PeriodScaling {
     /// The period after the change (or the unchanged one when it could not scale).
     pub period_us: u64,
     pub quota_us: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_name_rule() {
+        assert_eq!(cgroup_name(7, Some("/a/b")), "/a/b");
+        assert_eq!(cgroup_name(UNRESOLVED_ID, None), "(unresolved)");
+        assert_eq!(cgroup_name(7, None), "(cgroup 7)");
+        // A path wins even for id 0 (the root's id is never 0, but the rule is the path's).
+        assert_eq!(cgroup_name(UNRESOLVED_ID, Some("/x")), "/x");
+    }
 }

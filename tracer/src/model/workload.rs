@@ -48,6 +48,11 @@ pub fn classify(path: &str) -> Workload {
 }
 
 impl Workload {
+    /// A plain cgroup: no application, container, pod or unit known.
+    pub fn plain() -> Self {
+        Self::of(WorkloadKind::Cgroup)
+    }
+
     fn of(kind: WorkloadKind) -> Self {
         Workload {
             kind,

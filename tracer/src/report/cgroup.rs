@@ -14,7 +14,7 @@ use crate::analysis::spread::{
     SPREAD_FROM_CSD, SPREAD_FROM_PROBE, SPREAD_FROM_TIMER_CPU, SpreadStats,
 };
 use crate::analysis::{CgroupView, Distribution, UNRESOLVED_ID, UNRESOLVED_NAME};
-use crate::model::workload::{Workload, WorkloadKind};
+use crate::model::workload::Workload;
 
 /// Everything a cgroup's report needs besides its own stats.
 pub(crate) struct Ctx<'a> {
@@ -25,17 +25,6 @@ pub(crate) struct Ctx<'a> {
 }
 
 /// The workload of a cgroup never named.
-fn plain_workload() -> Workload {
-    Workload {
-        kind: WorkloadKind::Cgroup,
-        application: None,
-        container: None,
-        pod_uid: None,
-        qos: None,
-        unit: None,
-    }
-}
-
 fn async_report(a: &AsyncStats) -> AsyncReport {
     let d = a.per_csd_ns();
     AsyncReport {
@@ -137,7 +126,7 @@ pub(crate) fn cgroup_report(v: &CgroupView<'_>, ctx: &Ctx<'_>) -> CgroupReport {
     CgroupReport {
         id: v.id,
         path: rec.and_then(|r| r.path.clone()),
-        workload: rec.map_or_else(plain_workload, |r| r.workload.clone()),
+        workload: rec.map_or_else(Workload::plain, |r| r.workload.clone()),
         processes: rec.map(|r| r.processes.clone()).unwrap_or_default(),
         period_us: rec.and_then(|r| r.period_us),
         quota_us: rec.and_then(|r| r.quota_us),

@@ -83,7 +83,7 @@ pub(crate) fn cpu_reports(agg: &Aggregator, thresh_s: Option<u64>) -> Vec<CpuRep
 /// Judge the report's node headroom against `under_pct` % of watchdog_thresh, with the same
 /// figure `--fail-under` uses ([`crate::analysis::headroom::headroom_pct`]).
 pub fn headroom_alert(report: &Report, under_pct: f64) -> HeadroomAlert {
-    match crate::analysis::headroom::headroom_pct(report) {
+    match crate::analysis::headroom::headroom_pct(report.watchdog.thresh_s, report.headroom_ns) {
         Ok(pct) => HeadroomAlert {
             under_pct,
             headroom_pct: Some((pct * 1e6).round() / 1e6),
@@ -136,7 +136,7 @@ mod tests {
         assert_eq!(a.under_pct, 100.0);
         assert_eq!(
             a.headroom_pct.unwrap(),
-            crate::analysis::headroom::headroom_pct(&r).unwrap()
+            crate::analysis::headroom::headroom_pct(r.watchdog.thresh_s, r.headroom_ns).unwrap()
         );
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["headroom_alert"]["alert"], true);
@@ -150,7 +150,7 @@ mod tests {
             r.set_highlight_under(pct);
             let alert = r.headroom_alert.as_ref().unwrap().alert;
             let fails = matches!(
-                crate::analysis::headroom::judge(&r, pct),
+                crate::analysis::headroom::judge(r.watchdog.thresh_s, r.headroom_ns, pct),
                 crate::analysis::headroom::Verdict::Fail { .. }
             );
             assert_eq!(alert, fails, "{pct}");

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::analysis::{CgroupSpan, Distribution, UNRESOLVED_ID, UNRESOLVED_NAME};
+use crate::analysis::{CgroupSpan, Distribution};
 use crate::capture::{IrqSpanRecord, ParentRecord, PeriodScaling, ProbeStatus, ProcessInfo};
 use crate::model::host::WatchdogFacts;
 use crate::model::probe::{Backend, Probe, Style};
@@ -242,16 +242,7 @@ impl CgroupReport {
     }
 }
 
-/// The one display-name rule for a cgroup: its path; `(unresolved)` for the callbacks whose
-/// cgroup could not be read (id 0); `(cgroup <id>)` for one that was never named. Escaping for
-/// a terminal or a label format is the renderer's business, on top of this.
-pub fn cgroup_name(id: u64, path: Option<&str>) -> Cow<'_, str> {
-    match path {
-        Some(p) => Cow::Borrowed(p),
-        None if id == UNRESOLVED_ID => Cow::Borrowed(UNRESOLVED_NAME),
-        None => Cow::Owned(format!("(cgroup {id})")),
-    }
-}
+pub use crate::model::records::cgroup_name;
 
 /// A cgroup's throttling spread, the way `crash> runq -g` would have shown it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -443,18 +434,4 @@ pub struct CpuReport {
     pub headroom_ns: Option<i64>,
     #[serde(default)]
     pub headroom_basis: Option<String>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_name_rule() {
-        assert_eq!(cgroup_name(7, Some("/a/b")), "/a/b");
-        assert_eq!(cgroup_name(UNRESOLVED_ID, None), "(unresolved)");
-        assert_eq!(cgroup_name(7, None), "(cgroup 7)");
-        // A path wins even for id 0 (the root's id is never 0, but the rule is the path's).
-        assert_eq!(cgroup_name(UNRESOLVED_ID, Some("/x")), "/x");
-    }
 }

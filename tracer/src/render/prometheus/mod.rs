@@ -15,7 +15,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 
 use regex::Regex;
-use tracer_ebpf::HOW_UNTHROTTLE;
 
 use crate::capture::{CaptureLine, CgroupRecord, LossRecord, PeriodRecord};
 use crate::model::workload::{Workload, WorkloadKind, classify};
@@ -258,8 +257,8 @@ impl Series {
     fn observe(&mut self, p: &PeriodRecord) {
         self.callback.observe(p.duration_ns);
         self.total_ns = self.total_ns.saturating_add(p.duration_ns);
-        if p.flags & HOW_UNTHROTTLE != 0 {
-            self.unthrottled.observe(u64::from(p.unthrottled));
+        if let Some(n) = p.counted_unthrottled() {
+            self.unthrottled.observe(u64::from(n));
         }
     }
 
@@ -380,7 +379,7 @@ impl Metrics {
             }
             CaptureLine::Period(p) => {
                 self.periods += 1;
-                self.unthrottle_seen |= p.flags & HOW_UNTHROTTLE != 0;
+                self.unthrottle_seen |= p.counted_unthrottled().is_some();
                 let key = self.key(p.cgroup_id);
                 if self.folded.contains(&key) {
                     self.other.observe(p);
@@ -603,7 +602,7 @@ mod tests {
             cgroup_id: cg,
             quota_ns: u64::MAX,
             unthrottled,
-            flags: HOW_UNTHROTTLE,
+            flags: tracer_ebpf::HOW_UNTHROTTLE,
             ..Default::default()
         })
     }
