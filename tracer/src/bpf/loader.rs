@@ -127,7 +127,7 @@ impl TracerOptions {
     }
 }
 
-/// Ring-buffer bytes per CPU: with the reader draining every [`crate::session::DRAIN_INTERVAL`]
+/// Ring-buffer bytes per CPU: with the reader draining every 50 ms (the session's drain interval)
 /// and woken at half full, a buffer this size per CPU holds well over a second of a co-firing
 /// storm's events per CPU.
 pub const RINGBUF_BYTES_PER_CPU: u64 = 128 << 10;

@@ -50,47 +50,13 @@ pub enum CaptureError {
 pub(crate) mod tests {
     use super::codec::*;
     use super::*;
-    use crate::model::host::{HostFacts, WatchdogFacts};
+
     use crate::model::workload::Workload;
-    use std::collections::BTreeMap;
+
     use std::fs::File;
     use std::io::Write;
 
-    pub(crate) fn header() -> CaptureHeader {
-        let mut probes = BTreeMap::new();
-        probes.insert(
-            crate::model::probe::Probe::PeriodTimer,
-            ProbeStatus::attached(
-                crate::model::probe::Style::Tracepoint,
-                "hrtimer_expire_entry/exit",
-            ),
-        );
-        CaptureHeader {
-            schema: CAPTURE_SCHEMA.to_string(),
-            tool_version: "0.1.0".into(),
-            host: HostFacts {
-                hostname: "node1".into(),
-                kernel: "6.18.44".into(),
-                ncpus: 48,
-                watchdog: WatchdogFacts {
-                    thresh_s: Some(10),
-                    enabled: true,
-                    nmi_watchdog: Some(true),
-                    hardlockup_panic: None,
-                },
-            },
-            backend_requested: crate::model::probe::Backend::Auto,
-            backend: crate::model::probe::Style::Tracepoint,
-            probes,
-            cpu_hierarchy: Some(CpuHierarchy {
-                version: 2,
-                mount: "/sys/fs/cgroup".into(),
-            }),
-            started_unix_ns: 1,
-            started_mono_ns: 2,
-            command: None,
-        }
-    }
+    use crate::model::records::test_header as header;
 
     fn lines() -> Vec<CaptureLine> {
         vec![

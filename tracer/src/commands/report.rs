@@ -1,14 +1,18 @@
 //! `cfstrace report FILE`: read a capture, print its report (table or `--json`), draw it with
 //! `--svg`, and judge `--fail-under`.
+use std::fs::File;
+use std::io::BufReader;
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Result;
 
 use crate::analysis::headroom::{self, EXIT_HEADROOM, Verdict};
+use crate::capture::{self, CaptureError, CaptureReader};
 use crate::cli::{GateArgs, ReportArgs, ShowArgs};
-use crate::render::svg;
+use crate::render::svg::{self, PlotData};
 use crate::render::text::render_text;
+use crate::report::ReportError;
 use crate::report::{self, Report};
 
 pub fn run(a: ReportArgs) -> Result<ExitCode> {
@@ -20,7 +24,7 @@ pub fn run(a: ReportArgs) -> Result<ExitCode> {
 pub fn print_report(file: &Path, show: &ShowArgs) -> Result<Report> {
     let (mut rep, plot) = match &show.svg {
         Some(_) => {
-            let (r, p) = svg::report_with_plot(file)?;
+            let (r, p) = report_with_plot(file)?;
             (r, Some(p))
         }
         None => (report::report_from_capture(file)?, None),
@@ -38,6 +42,24 @@ pub fn print_report(file: &Path, show: &ShowArgs) -> Result<Report> {
         eprintln!("cfstrace: wrote plot {}", out.display());
     }
     Ok(rep)
+}
+
+/// Read a capture once and give both its report and its plot data.
+fn report_with_plot(path: &Path) -> Result<(Report, PlotData), ReportError> {
+    let name = path.display().to_string();
+    let f = File::open(path).map_err(|source| CaptureError::Io {
+        path: name.clone(),
+        source,
+    })?;
+    let reader = CaptureReader::new(BufReader::with_capacity(1 << 20, f), &name)?;
+    let mut plot = PlotData::new(reader.header().started_mono_ns);
+    let rep = report::report_replaying(|sink| {
+        capture::replay_reader(reader, &mut |l| {
+            sink(l);
+            plot.feed(l);
+        })
+    })?;
+    Ok((rep, plot))
 }
 
 /// `--fail-under`: the gate's verdict on stderr, and exit status 3 when it fails.

@@ -18,8 +18,8 @@ use regex::Regex;
 use crate::analysis::Aggregator;
 use std::process::ExitCode;
 
-use crate::capture::{CaptureLine, CgroupRecord, LossRecord};
 use crate::cli::WatchArgs;
+use crate::model::records::{CaptureLine, CgroupRecord, LossRecord};
 use crate::render::live::{self, Frame, HIST_BINS, TerminalGuard};
 use crate::render::prometheus::{self, Metrics};
 use crate::render::text::render_text;
@@ -195,7 +195,7 @@ fn write_out(s: &str) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::PeriodRecord;
+    use crate::model::records::PeriodRecord;
 
     #[test]
     fn losses_are_per_interval() {
@@ -220,7 +220,7 @@ mod tests {
         // And the interval's report says what was lost in it.
         let mut agg = Aggregator::new();
         agg.set_loss(d);
-        let r = report::build_report(&crate::capture::tests::header(), &agg, 1, vec![]);
+        let r = report::build_report(&crate::model::records::test_header(), &agg, 1, vec![]);
         assert_eq!(r.events.lost, 7);
     }
 
@@ -250,7 +250,7 @@ mod tests {
                 ..Default::default()
             });
         }
-        let base = report::build_report(&crate::capture::tests::header(), &agg, 1, vec![]);
+        let base = report::build_report(&crate::model::records::test_header(), &agg, 1, vec![]);
         let mut r = base.clone();
         assert_eq!(select_cgroups(&mut r, None, 2), 4);
         let ids: Vec<u64> = r.cgroups.iter().map(|c| c.id).collect();

@@ -346,6 +346,42 @@ pub struct PeriodScaling {
     pub quota_us: u64,
 }
 
+/// A capture header for tests: a 48-CPU 6.18 node, `watchdog_thresh` 10 s, the period timer
+/// on tracepoints.
+#[cfg(test)]
+pub(crate) fn test_header() -> CaptureHeader {
+    let mut probes = BTreeMap::new();
+    probes.insert(
+        super::probe::Probe::PeriodTimer,
+        ProbeStatus::attached(super::probe::Style::Tracepoint, "hrtimer_expire_entry/exit"),
+    );
+    CaptureHeader {
+        schema: CAPTURE_SCHEMA.to_string(),
+        tool_version: "0.1.0".into(),
+        host: super::host::HostFacts {
+            hostname: "node1".into(),
+            kernel: "6.18.44".into(),
+            ncpus: 48,
+            watchdog: super::host::WatchdogFacts {
+                thresh_s: Some(10),
+                enabled: true,
+                nmi_watchdog: Some(true),
+                hardlockup_panic: None,
+            },
+        },
+        backend_requested: super::probe::Backend::Auto,
+        backend: super::probe::Style::Tracepoint,
+        probes,
+        cpu_hierarchy: Some(CpuHierarchy {
+            version: 2,
+            mount: "/sys/fs/cgroup".into(),
+        }),
+        started_unix_ns: 1,
+        started_mono_ns: 2,
+        command: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -386,8 +386,8 @@ fn table(f: &Frame<'_>, width: usize, color: bool) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::analysis::Aggregator;
-    use crate::capture::tests::header;
-    use crate::capture::{CaptureLine, CgroupRecord, PeriodRecord};
+    use crate::model::records::test_header as header;
+    use crate::model::records::{CaptureLine, CgroupRecord, PeriodRecord};
     use crate::report::build_report;
 
     fn report(under_pct: f64, durations: &[u64]) -> Report {

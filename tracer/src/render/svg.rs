@@ -10,8 +10,6 @@
 //! (the bucket's maximum, at the time it happened), with a bounded number of buckets per series:
 //! an hour of capture makes an SVG of the same size as ten seconds.
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 
 use plotters::coord::Shift;
@@ -19,8 +17,8 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use super::format::thresh;
-use crate::capture::{CaptureLine, CaptureReader};
-use crate::report::{self, CgroupReport, Report, ReportError, human_ns};
+use crate::model::records::CaptureLine;
+use crate::report::{CgroupReport, Report, human_ns};
 
 /// Points kept per series at most (each the maximum of its time bucket).
 pub const MAX_POINTS: usize = 300;
@@ -184,24 +182,6 @@ impl PlotData {
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v.into_iter().take(n).map(|(c, _)| c).collect()
     }
-}
-
-/// Read a capture once and give both its report and its plot data.
-pub fn report_with_plot(path: &Path) -> Result<(Report, PlotData), ReportError> {
-    let name = path.display().to_string();
-    let f = File::open(path).map_err(|source| crate::capture::CaptureError::Io {
-        path: name.clone(),
-        source,
-    })?;
-    let reader = CaptureReader::new(BufReader::with_capacity(1 << 20, f), &name)?;
-    let mut plot = PlotData::new(reader.header().started_mono_ns);
-    let rep = report::report_replaying(|sink| {
-        crate::capture::replay_reader(reader, &mut |l| {
-            sink(l);
-            plot.feed(l);
-        })
-    })?;
-    Ok((rep, plot))
 }
 
 /// The cgroups to plot: the top `n` by IRQs-off time (the report's order), only those with
@@ -632,23 +612,24 @@ mod tests {
         assert!(l.starts_with('…'));
     }
 
-    /// A report and plot data from capture lines, as [`report_with_plot`] makes them:
+    /// A report and plot data from capture lines, as `cfstrace report --svg` makes them:
     /// cgroup `id` has `n` callbacks of `ns` each; ids from 100 up are never named.
     fn fixture(cgroups: &[(u64, u64, u64)], spans: bool) -> (Report, PlotData) {
-        let header = crate::capture::tests::header();
+        let header = crate::model::records::test_header();
         let mut plot = PlotData::new(header.started_mono_ns);
         let mut lines = Vec::new();
         for &(id, n, ns) in cgroups {
-            let c: crate::capture::CgroupRecord = serde_json::from_value(serde_json::json!({
-                "id": id, "path": format!("/kubepods/cg{id}"), "workload": {"kind": "cgroup"},
-                "processes": [], "period_us": 100_000, "quota_us": 1_000,
-            }))
-            .unwrap_or_else(|e| panic!("{e}"));
+            let c: crate::model::records::CgroupRecord =
+                serde_json::from_value(serde_json::json!({
+                    "id": id, "path": format!("/kubepods/cg{id}"), "workload": {"kind": "cgroup"},
+                    "processes": [], "period_us": 100_000, "quota_us": 1_000,
+                }))
+                .unwrap_or_else(|e| panic!("{e}"));
             if id < 100 {
                 lines.push(CaptureLine::Cgroup(c));
             }
             for i in 0..n {
-                lines.push(CaptureLine::Period(crate::capture::PeriodRecord {
+                lines.push(CaptureLine::Period(crate::model::records::PeriodRecord {
                     ts_ns: header.started_mono_ns + i * 100_000_000 + id,
                     cpu: (id % 4) as u32,
                     duration_ns: ns + i,
@@ -661,7 +642,7 @@ mod tests {
         }
         if spans {
             for i in 0..50u64 {
-                lines.push(CaptureLine::IrqSpan(crate::capture::IrqSpanRecord {
+                lines.push(CaptureLine::IrqSpan(crate::model::records::IrqSpanRecord {
                     ts_ns: header.started_mono_ns + i * 10_000_000,
                     cpu: 3,
                     duration_ns: 20_000 + i,
@@ -671,7 +652,7 @@ mod tests {
                 }));
             }
         }
-        let rep = report::report_replaying(|sink| {
+        let rep = crate::report::report_replaying(|sink| {
             for l in &lines {
                 sink(l);
                 plot.feed(l);

@@ -7,8 +7,8 @@ use super::format::{
     BOLD, BOLD_RED, RED, alert_line, comms, ellipsize_middle, p50_max, pad, paint, shorten, thresh,
     workload_cell,
 };
-use crate::capture::ParentRecord;
 use crate::model::probe::Probe;
+use crate::model::records::ParentRecord;
 use crate::report::{
     BASIS_CSD, BASIS_SPAN, CgroupReport, CpuReport, Report, WorstIrqsOff, human_ns, plural_s,
     precursor_phrase, probe_how, seconds,

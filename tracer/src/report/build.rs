@@ -8,9 +8,9 @@ use super::precursors::Evidence;
 use super::prose::culprit_reason;
 use super::{DEFAULT_HIGHLIGHT_PCT, REPORT_SCHEMA};
 use crate::analysis::{Aggregator, UNRESOLVED_ID, UNRESOLVED_NAME};
-use crate::capture::CaptureHeader;
 use crate::model::host::HostFacts;
 use crate::model::probe::Probe;
+use crate::model::records::CaptureHeader;
 
 /// Assemble the report. `duration_ns` is the recording's length; `warnings` are the capture's.
 pub fn build_report(

@@ -27,7 +27,7 @@ pub fn attached(style: Style, target: &str, reason: Option<&str>) -> ProbeStatus
 /// The capture tests' header with the probes of a host without kprobes: the frame on
 /// tracepoints, unthrottle counted, enqueue and distribute unavailable, runnable attached.
 pub fn header() -> CaptureHeader {
-    let mut h = crate::capture::tests::header();
+    let mut h = crate::model::records::test_header();
     h.host.hostname = "node7".into();
     for (probe, status) in [
         (

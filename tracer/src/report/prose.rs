@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 
 use super::model::{CgroupReport, PrecursorReport};
-use crate::capture::ProcessInfo;
 use crate::model::host::WatchdogFacts;
+use crate::model::records::ProcessInfo;
 use crate::model::workload::{Workload, WorkloadKind};
 
 /// `812 ns`, `41.2 us`, `310 us`, `1.25 ms`, `12.3 s`: three significant digits.

@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 
 use regex::Regex;
 
-use crate::capture::{CaptureLine, CgroupRecord, LossRecord, PeriodRecord};
+use crate::model::records::{CaptureLine, CgroupRecord, LossRecord, PeriodRecord};
 use crate::model::workload::{Workload, WorkloadKind, classify};
 use crate::report::{Report, cgroup_name};
 
@@ -592,7 +592,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::IrqSpanRecord;
+    use crate::model::records::IrqSpanRecord;
 
     fn period(cg: u64, cpu: u32, dur: u64, unthrottled: u32) -> CaptureLine {
         CaptureLine::Period(PeriodRecord {
@@ -621,7 +621,7 @@ mod tests {
     }
 
     fn empty_report() -> Report {
-        let header = crate::capture::tests::header();
+        let header = crate::model::records::test_header();
         crate::report::build_report(&header, &crate::analysis::Aggregator::new(), 0, vec![])
     }
 

@@ -1,7 +1,7 @@
 //! The table's lines, on the report fixtures.
 use super::*;
 use crate::analysis::{Aggregator, UNRESOLVED_NAME};
-use crate::capture::CaptureHeader;
+use crate::model::records::CaptureHeader;
 use crate::render::format::RESET;
 use crate::report::build_report;
 use crate::report::fixtures::*;
