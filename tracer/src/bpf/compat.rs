@@ -93,46 +93,87 @@ impl Family {
     }
 }
 
+/// The fexit/fentry way of a frame on `func` (exit first).
+macro_rules! fentry_pair {
+    ($func:expr, $exit:literal, $entry:literal) => {
+        Way {
+            style: Style::Fentry,
+            programs: &[($exit, Hook::Fexit($func)), ($entry, Hook::Fentry($func))],
+            target: $func,
+        }
+    };
+}
+
+/// The kretprobe/kprobe way of a frame on `func` (exit first).
+macro_rules! kprobe_pair {
+    ($func:expr, $exit:literal, $entry:literal) => {
+        Way {
+            style: Style::Kprobe,
+            programs: &[($exit, Hook::Kprobe($func)), ($entry, Hook::Kprobe($func))],
+            target: $func,
+        }
+    };
+}
+
+/// A raw-tracepoint way: an exit and an entry program on two tracepoints (`Hook` variants).
+macro_rules! tracepoint_pair {
+    ($exit:literal, $exit_hook:expr, $entry:literal, $entry_hook:expr, $target:expr) => {
+        Way {
+            style: Style::Tracepoint,
+            programs: &[($exit, $exit_hook), ($entry, $entry_hook)],
+            target: $target,
+        }
+    };
+}
+
+/// A counting probe: one program, by fentry or kprobe, on `func`.
+macro_rules! counter {
+    ($probe:expr, $func:expr, $fentry:literal, $kprobe:literal, $bits:expr) => {
+        Family {
+            probe: $probe,
+            ways: &[
+                Way {
+                    style: Style::Fentry,
+                    programs: &[($fentry, Hook::Fentry($func))],
+                    target: $func,
+                },
+                Way {
+                    style: Style::Kprobe,
+                    programs: &[($kprobe, Hook::Kprobe($func))],
+                    target: $func,
+                },
+            ],
+            function: Some($func),
+            bits: $bits,
+        }
+    };
+}
+
 pub const PERIOD_TIMER: Family = Family {
     probe: Probe::PeriodTimer,
     ways: &[
-        Way {
-            style: Style::Fentry,
-            programs: &[
-                ("period_timer_fexit", Hook::Fexit(PERIOD_TIMER_FN)),
-                ("period_timer_fentry", Hook::Fentry(PERIOD_TIMER_FN)),
-            ],
-            target: PERIOD_TIMER_FN,
-        },
-        Way {
-            style: Style::Kprobe,
-            programs: &[
-                ("period_timer_kretprobe", Hook::Kprobe(PERIOD_TIMER_FN)),
-                ("period_timer_kprobe", Hook::Kprobe(PERIOD_TIMER_FN)),
-            ],
-            target: PERIOD_TIMER_FN,
-        },
+        fentry_pair!(PERIOD_TIMER_FN, "period_timer_fexit", "period_timer_fentry"),
+        kprobe_pair!(
+            PERIOD_TIMER_FN,
+            "period_timer_kretprobe",
+            "period_timer_kprobe"
+        ),
         // The entry as a BTF tracepoint where the kernel offers one (a direct load of
         // `timer->function` on every hrtimer), else a raw tracepoint.
-        Way {
-            style: Style::Tracepoint,
-            programs: &[
-                ("hrtimer_expire_exit", Hook::RawTp("hrtimer_expire_exit")),
-                (
-                    "hrtimer_expire_entry_btf",
-                    Hook::BtfTp("hrtimer_expire_entry"),
-                ),
-            ],
-            target: "hrtimer_expire_entry/exit (tp_btf/raw_tp) filtered on sched_cfs_period_timer",
-        },
-        Way {
-            style: Style::Tracepoint,
-            programs: &[
-                ("hrtimer_expire_exit", Hook::RawTp("hrtimer_expire_exit")),
-                ("hrtimer_expire_entry", Hook::RawTp("hrtimer_expire_entry")),
-            ],
-            target: "hrtimer_expire_entry/exit (raw_tp/raw_tp) filtered on sched_cfs_period_timer",
-        },
+        tracepoint_pair!(
+            "hrtimer_expire_exit",
+            Hook::RawTp("hrtimer_expire_exit"),
+            "hrtimer_expire_entry_btf",
+            Hook::BtfTp("hrtimer_expire_entry"),
+            "hrtimer_expire_entry/exit (tp_btf/raw_tp) filtered on sched_cfs_period_timer"
+        ),
+        tracepoint_pair!(
+            "hrtimer_expire_exit",
+            Hook::RawTp("hrtimer_expire_exit"),
+            "hrtimer_expire_entry",
+            Hook::RawTp("hrtimer_expire_entry"),
+            "hrtimer_expire_entry/exit (raw_tp/raw_tp) filtered on sched_cfs_period_timer"
+        ),
     ],
     function: Some(PERIOD_TIMER_FN),
     bits: 0,
@@ -141,101 +182,57 @@ pub const PERIOD_TIMER: Family = Family {
 pub const IRQ_SPAN: Family = Family {
     probe: Probe::IrqSpan,
     ways: &[
-        Way {
-            style: Style::Tracepoint,
-            programs: &[
-                ("local_timer_exit", Hook::RawTp(LOCAL_TIMER_EXIT_TP)),
-                ("local_timer_entry", Hook::RawTp(LOCAL_TIMER_ENTRY_TP)),
-            ],
-            target: "local_timer_entry/exit (raw_tp, irq_vectors): the whole local APIC timer interrupt",
-        },
-        Way {
-            style: Style::Kprobe,
-            programs: &[
-                ("irq_span_kretprobe", Hook::Kprobe(HRTIMER_INTERRUPT_FN)),
-                ("irq_span_kprobe", Hook::Kprobe(HRTIMER_INTERRUPT_FN)),
-            ],
-            target: HRTIMER_INTERRUPT_FN,
-        },
+        tracepoint_pair!(
+            "local_timer_exit",
+            Hook::RawTp(LOCAL_TIMER_EXIT_TP),
+            "local_timer_entry",
+            Hook::RawTp(LOCAL_TIMER_ENTRY_TP),
+            "local_timer_entry/exit (raw_tp, irq_vectors): the whole local APIC timer interrupt"
+        ),
+        kprobe_pair!(
+            HRTIMER_INTERRUPT_FN,
+            "irq_span_kretprobe",
+            "irq_span_kprobe"
+        ),
     ],
     function: None,
     bits: 0,
 };
 
-pub const DISTRIBUTE: Family = Family {
-    probe: Probe::Distribute,
-    ways: &[
-        Way {
-            style: Style::Fentry,
-            programs: &[("distribute_fentry", Hook::Fentry(DISTRIBUTE_FN))],
-            target: DISTRIBUTE_FN,
-        },
-        Way {
-            style: Style::Kprobe,
-            programs: &[("distribute_kprobe", Hook::Kprobe(DISTRIBUTE_FN))],
-            target: DISTRIBUTE_FN,
-        },
-    ],
-    function: Some(DISTRIBUTE_FN),
-    bits: HOW_LOOPS,
-};
+pub const DISTRIBUTE: Family = counter!(
+    Probe::Distribute,
+    DISTRIBUTE_FN,
+    "distribute_fentry",
+    "distribute_kprobe",
+    HOW_LOOPS
+);
 
-pub const UNTHROTTLE: Family = Family {
-    probe: Probe::Unthrottle,
-    ways: &[
-        Way {
-            style: Style::Fentry,
-            programs: &[("unthrottle_fentry", Hook::Fentry(UNTHROTTLE_FN))],
-            target: UNTHROTTLE_FN,
-        },
-        Way {
-            style: Style::Kprobe,
-            programs: &[("unthrottle_kprobe", Hook::Kprobe(UNTHROTTLE_FN))],
-            target: UNTHROTTLE_FN,
-        },
-    ],
-    function: Some(UNTHROTTLE_FN),
-    bits: HOW_UNTHROTTLE,
-};
+pub const UNTHROTTLE: Family = counter!(
+    Probe::Unthrottle,
+    UNTHROTTLE_FN,
+    "unthrottle_fentry",
+    "unthrottle_kprobe",
+    HOW_UNTHROTTLE
+);
 
 /// `enqueue_entity`, where it is a symbol.
-pub const ENQUEUE_ENTITY: Family = Family {
-    probe: Probe::Enqueue,
-    ways: &[
-        Way {
-            style: Style::Fentry,
-            programs: &[("enqueue_fentry", Hook::Fentry(ENQUEUE_ENTITY_FN))],
-            target: ENQUEUE_ENTITY_FN,
-        },
-        Way {
-            style: Style::Kprobe,
-            programs: &[("enqueue_kprobe", Hook::Kprobe(ENQUEUE_ENTITY_FN))],
-            target: ENQUEUE_ENTITY_FN,
-        },
-    ],
-    function: Some(ENQUEUE_ENTITY_FN),
-    bits: HOW_ENQUEUE_ENTITY,
-};
+pub const ENQUEUE_ENTITY: Family = counter!(
+    Probe::Enqueue,
+    ENQUEUE_ENTITY_FN,
+    "enqueue_fentry",
+    "enqueue_kprobe",
+    HOW_ENQUEUE_ENTITY
+);
 
 /// Where `enqueue_entity` is inlined (6.18+ task-based throttle): `enqueue_task_fair`, which
 /// the unthrottle calls per task inside the frame. The same programs, another target.
-pub const ENQUEUE_TASK_FAIR: Family = Family {
-    probe: Probe::Enqueue,
-    ways: &[
-        Way {
-            style: Style::Fentry,
-            programs: &[("enqueue_fentry", Hook::Fentry(ENQUEUE_TASK_FAIR_FN))],
-            target: ENQUEUE_TASK_FAIR_FN,
-        },
-        Way {
-            style: Style::Kprobe,
-            programs: &[("enqueue_kprobe", Hook::Kprobe(ENQUEUE_TASK_FAIR_FN))],
-            target: ENQUEUE_TASK_FAIR_FN,
-        },
-    ],
-    function: Some(ENQUEUE_TASK_FAIR_FN),
-    bits: HOW_ENQUEUE_TASK_FAIR,
-};
+pub const ENQUEUE_TASK_FAIR: Family = counter!(
+    Probe::Enqueue,
+    ENQUEUE_TASK_FAIR_FN,
+    "enqueue_fentry",
+    "enqueue_kprobe",
+    HOW_ENQUEUE_TASK_FAIR
+);
 
 pub const RUNNABLE: Family = Family {
     probe: Probe::Runnable,
@@ -251,30 +248,23 @@ pub const RUNNABLE: Family = Family {
 pub const ASYNC_UNTHROTTLE: Family = Family {
     probe: Probe::AsyncUnthrottle,
     ways: &[
-        Way {
-            style: Style::Fentry,
-            programs: &[
-                ("csd_unthrottle_fexit", Hook::Fexit(CSD_UNTHROTTLE_FN)),
-                ("csd_unthrottle_fentry", Hook::Fentry(CSD_UNTHROTTLE_FN)),
-            ],
-            target: CSD_UNTHROTTLE_FN,
-        },
-        Way {
-            style: Style::Kprobe,
-            programs: &[
-                ("csd_unthrottle_kretprobe", Hook::Kprobe(CSD_UNTHROTTLE_FN)),
-                ("csd_unthrottle_kprobe", Hook::Kprobe(CSD_UNTHROTTLE_FN)),
-            ],
-            target: CSD_UNTHROTTLE_FN,
-        },
-        Way {
-            style: Style::Tracepoint,
-            programs: &[
-                ("csd_function_exit", Hook::RawTp(CSD_EXIT_TP)),
-                ("csd_function_entry", Hook::RawTp(CSD_ENTRY_TP)),
-            ],
-            target: "csd_function_entry/exit (raw_tp) filtered on __cfsb_csd_unthrottle",
-        },
+        fentry_pair!(
+            CSD_UNTHROTTLE_FN,
+            "csd_unthrottle_fexit",
+            "csd_unthrottle_fentry"
+        ),
+        kprobe_pair!(
+            CSD_UNTHROTTLE_FN,
+            "csd_unthrottle_kretprobe",
+            "csd_unthrottle_kprobe"
+        ),
+        tracepoint_pair!(
+            "csd_function_exit",
+            Hook::RawTp(CSD_EXIT_TP),
+            "csd_function_entry",
+            Hook::RawTp(CSD_ENTRY_TP),
+            "csd_function_entry/exit (raw_tp) filtered on __cfsb_csd_unthrottle"
+        ),
     ],
     function: Some(CSD_UNTHROTTLE_FN),
     bits: 0,

@@ -59,18 +59,40 @@ fn our_names() -> Result<(BTreeSet<String>, BTreeSet<String>), LeakCheckError> {
     Ok((progs, maps))
 }
 
+/// An object listed by id and freed before it could be opened (ENOENT): another tool's, or one
+/// of ours on its way out. It is not loaded any more, so it is not counted, and not an error.
+fn vanished(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error() == Some(libc::ENOENT);
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The listed object, `None` if it vanished while listing, or the error.
+fn listed<T, E: std::error::Error + 'static>(r: Result<T, E>) -> Result<Option<T>, LeakCheckError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if vanished(&e) => Ok(None),
+        Err(e) => Err(LeakCheckError::List(e.to_string())),
+    }
+}
+
 fn count(progs: &BTreeSet<String>, maps: &BTreeSet<String>) -> Result<Loaded, LeakCheckError> {
     let mut l = Loaded::default();
     let mut our_prog_ids = BTreeSet::new();
     for p in aya::programs::loaded_programs() {
-        let p = p.map_err(|e| LeakCheckError::List(e.to_string()))?;
+        let Some(p) = listed(p)? else { continue };
         if p.name_as_str().is_some_and(|n| progs.contains(n)) {
             l.programs += 1;
             our_prog_ids.insert(p.id());
         }
     }
     for m in aya::maps::loaded_maps() {
-        let m = m.map_err(|e| LeakCheckError::List(e.to_string()))?;
+        let Some(m) = listed(m)? else { continue };
         if m.name_as_str().is_some_and(|n| maps.contains(n)) {
             l.maps += 1;
         }
@@ -123,6 +145,21 @@ pub fn attach_cycles(opts: &TracerOptions, cycles: u32) -> Result<LeakReport, Le
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_object_freed_while_listing_is_skipped_not_an_error() {
+        let gone = aya::sys::SyscallError {
+            call: "bpf_map_get_fd_by_id",
+            io_error: std::io::Error::from_raw_os_error(libc::ENOENT),
+        };
+        let gone = aya::maps::MapError::from(gone);
+        assert!(matches!(listed::<(), _>(Err(gone)), Ok(None)));
+        let denied = aya::maps::MapError::from(aya::sys::SyscallError {
+            call: "bpf_map_get_fd_by_id",
+            io_error: std::io::Error::from_raw_os_error(libc::EPERM),
+        });
+        assert!(listed::<(), _>(Err(denied)).is_err());
+    }
     use crate::model::probe::Backend;
 
     /// Real kernel: our objects are visible while attached and gone after.

@@ -9,102 +9,50 @@ use crate::model::records::{AsyncRecord, IrqSpanRecord, PeriodRecord};
 /// machinery (which buffers every field) for the one kind that matters for speed.
 pub(super) const PERIOD_PREFIX: &[u8] = br#"{"kind":"period","#;
 
-/// The period record's numeric keys in declaration order (what serde writes after the tag);
-/// `spread_cpus`, a string, follows when not empty.
-const PERIOD_KEYS: [&[u8]; 16] = [
-    b"ts_ns",
-    b"cpu",
-    b"duration_ns",
-    b"cgroup_id",
-    b"timer",
-    b"loops",
-    b"unthrottled",
-    b"enqueued",
-    b"runnable",
-    b"period_ns",
-    b"quota_ns",
-    b"flags",
-    b"span_ts_ns",
-    b"spread",
-    b"spread_overflow",
-    b"queued",
-];
+/// Declares a hot record's numeric fields once, in the order serde writes them: their keys,
+/// their values as u64, and the record rebuilt from those values (u32 fields range-checked),
+/// so the writer and the reader cannot disagree on a field.
+macro_rules! hot_fields {
+    ($rec:ident, $keys:ident, $values:ident, $build:ident,
+     [$($field:ident: $kind:ident),+ $(,)?] $(, $extra:ident: $extra_ty:ty)*) => {
+        const $keys: [&[u8]; [$(stringify!($field)),+].len()] =
+            [$(stringify!($field).as_bytes()),+];
+
+        fn $values(r: &$rec) -> [u64; $keys.len()] {
+            [$(u64::from(r.$field)),+]
+        }
+
+        fn $build(v: [u64; $keys.len()] $(, $extra: $extra_ty)*) -> Option<$rec> {
+            let mut it = v.into_iter();
+            // Struct fields are evaluated in the order written: the keys' order.
+            Some($rec { $($field: hot_fields!(@take it, $kind)),+ $(, $extra)* })
+        }
+    };
+    (@take $it:ident, u64) => { $it.next()? };
+    (@take $it:ident, u32) => { u32::try_from($it.next()?).ok()? };
+}
+
+hot_fields!(PeriodRecord, PERIOD_KEYS, period_values, period_from, [
+    ts_ns: u64, cpu: u32, duration_ns: u64, cgroup_id: u64, timer: u64, loops: u32,
+    unthrottled: u32, enqueued: u32, runnable: u32, period_ns: u64, quota_ns: u64, flags: u32,
+    span_ts_ns: u64, spread: u32, spread_overflow: u32, queued: u32,
+], spread_cpus: CpuSet);
+
+/// `spread_cpus`, a string, follows the period's numbers when not empty.
 const SPREAD_CPUS_KEY: &[u8] = br#","spread_cpus":""#;
 
-/// The irq_span line's prefix and keys, as serde writes them.
+/// The irq_span line's prefix, as serde writes it.
 pub(super) const SPAN_PREFIX: &[u8] = br#"{"kind":"irq_span","#;
-const SPAN_KEYS: [&[u8]; 6] = [
-    b"ts_ns",
-    b"cpu",
-    b"duration_ns",
-    b"timers",
-    b"timers_ns",
-    b"flags",
-];
+hot_fields!(IrqSpanRecord, SPAN_KEYS, span_values, span_from, [
+    ts_ns: u64, cpu: u32, duration_ns: u64, timers: u32, timers_ns: u64, flags: u32,
+]);
 
-fn span_values(x: &IrqSpanRecord) -> [u64; 6] {
-    [
-        x.ts_ns,
-        u64::from(x.cpu),
-        x.duration_ns,
-        u64::from(x.timers),
-        x.timers_ns,
-        u64::from(x.flags),
-    ]
-}
-
-/// The async line's prefix and keys, as serde writes them (tested like the period's).
+/// The async line's prefix, as serde writes it.
 pub(super) const ASYNC_PREFIX: &[u8] = br#"{"kind":"async_unthrottle","#;
-const ASYNC_KEYS: [&[u8]; 11] = [
-    b"ts_ns",
-    b"cpu",
-    b"duration_ns",
-    b"cgroup_id",
-    b"csd_ts_ns",
-    b"csd_ns",
-    b"segment",
-    b"unthrottled",
-    b"enqueued",
-    b"runnable",
-    b"flags",
-];
-
-fn async_values(a: &AsyncRecord) -> [u64; 11] {
-    [
-        a.ts_ns,
-        u64::from(a.cpu),
-        a.duration_ns,
-        a.cgroup_id,
-        a.csd_ts_ns,
-        a.csd_ns,
-        u64::from(a.segment),
-        u64::from(a.unthrottled),
-        u64::from(a.enqueued),
-        u64::from(a.runnable),
-        u64::from(a.flags),
-    ]
-}
-
-fn period_values(p: &PeriodRecord) -> [u64; 16] {
-    [
-        p.ts_ns,
-        u64::from(p.cpu),
-        p.duration_ns,
-        p.cgroup_id,
-        p.timer,
-        u64::from(p.loops),
-        u64::from(p.unthrottled),
-        u64::from(p.enqueued),
-        u64::from(p.runnable),
-        p.period_ns,
-        p.quota_ns,
-        u64::from(p.flags),
-        p.span_ts_ns,
-        u64::from(p.spread),
-        u64::from(p.spread_overflow),
-        u64::from(p.queued),
-    ]
-}
+hot_fields!(AsyncRecord, ASYNC_KEYS, async_values, async_from, [
+    ts_ns: u64, cpu: u32, duration_ns: u64, cgroup_id: u64, csd_ts_ns: u64, csd_ns: u64,
+    segment: u32, unthrottled: u32, enqueued: u32, runnable: u32, flags: u32,
+]);
 
 #[inline]
 pub(super) fn push_u64(buf: &mut Vec<u8>, v: u64) {
@@ -214,55 +162,13 @@ pub(super) fn decode_period(line: &[u8]) -> Option<PeriodRecord> {
         rest = &tail[n + 1..];
     }
     end_of_object(rest)?;
-    let u32_at = |i: usize| u32::try_from(v[i]).ok();
-    Some(PeriodRecord {
-        ts_ns: v[0],
-        cpu: u32_at(1)?,
-        duration_ns: v[2],
-        cgroup_id: v[3],
-        timer: v[4],
-        loops: u32_at(5)?,
-        unthrottled: u32_at(6)?,
-        enqueued: u32_at(7)?,
-        runnable: u32_at(8)?,
-        period_ns: v[9],
-        quota_ns: v[10],
-        flags: u32_at(11)?,
-        span_ts_ns: v[12],
-        spread: u32_at(13)?,
-        spread_overflow: u32_at(14)?,
-        queued: u32_at(15)?,
-        spread_cpus,
-    })
+    period_from(v, spread_cpus)
 }
 
 pub(super) fn decode_span(line: &[u8]) -> Option<IrqSpanRecord> {
-    let v = decode_fields(line, SPAN_PREFIX, &SPAN_KEYS)?;
-    let u32_at = |i: usize| u32::try_from(v[i]).ok();
-    Some(IrqSpanRecord {
-        ts_ns: v[0],
-        cpu: u32_at(1)?,
-        duration_ns: v[2],
-        timers: u32_at(3)?,
-        timers_ns: v[4],
-        flags: u32_at(5)?,
-    })
+    span_from(decode_fields(line, SPAN_PREFIX, &SPAN_KEYS)?)
 }
 
 pub(super) fn decode_async(line: &[u8]) -> Option<AsyncRecord> {
-    let v = decode_fields(line, ASYNC_PREFIX, &ASYNC_KEYS)?;
-    let u32_at = |i: usize| u32::try_from(v[i]).ok();
-    Some(AsyncRecord {
-        ts_ns: v[0],
-        cpu: u32_at(1)?,
-        duration_ns: v[2],
-        cgroup_id: v[3],
-        csd_ts_ns: v[4],
-        csd_ns: v[5],
-        segment: u32_at(6)?,
-        unthrottled: u32_at(7)?,
-        enqueued: u32_at(8)?,
-        runnable: u32_at(9)?,
-        flags: u32_at(10)?,
-    })
+    async_from(decode_fields(line, ASYNC_PREFIX, &ASYNC_KEYS)?)
 }

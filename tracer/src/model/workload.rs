@@ -249,223 +249,220 @@ fn all_digits(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use WorkloadKind::{Cgroup, Docker, Kubernetes, Systemd, Yarn};
 
     const INCIDENT: &str = "/hadoop-yarn/container_e06_1512098667219_988894_01_000020";
+    const INCIDENT_APP: &str = "application_1512098667219_988894";
+    const INCIDENT_CONTAINER: &str = "container_e06_1512098667219_988894_01_000020";
     const ID: &str = "4e3f9b2c1a0d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f";
+    const UID: &str = "3f1c2a8e-6b7d-4e59-9a1c-0d2e4f6a8b90";
 
-    fn kind(path: &str) -> WorkloadKind {
-        classify(path).kind
-    }
+    /// What a workload says, in one comparable line: kind, application, container, pod uid,
+    /// QoS class, unit.
+    type Said<'a> = (
+        WorkloadKind,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+    );
 
-    #[test]
-    fn incident_yarn_container() {
-        let w = classify(INCIDENT);
-        assert_eq!(w.kind, WorkloadKind::Yarn);
-        assert_eq!(
-            w.application.as_deref(),
-            Some("application_1512098667219_988894")
-        );
-        assert_eq!(
-            w.container.as_deref(),
-            Some("container_e06_1512098667219_988894_01_000020")
-        );
-        assert_eq!((w.pod_uid, w.qos, w.unit), (None, None, None));
-    }
-
-    #[test]
-    fn docker_child_of_yarn_container_is_yarn() {
-        for child in [ID.to_string(), format!("docker-{ID}.scope")] {
-            let w = classify(&format!("{INCIDENT}/{child}"));
-            assert_eq!(w.kind, WorkloadKind::Yarn, "{child}");
-            assert_eq!(
+    /// Each path must classify exactly as its row says.
+    fn check(rows: &[(String, Said<'_>)]) {
+        for (path, want) in rows {
+            let w = classify(path);
+            let got = (
+                w.kind,
                 w.application.as_deref(),
-                Some("application_1512098667219_988894")
-            );
-            assert_eq!(
                 w.container.as_deref(),
-                Some("container_e06_1512098667219_988894_01_000020")
+                w.pod_uid.as_deref(),
+                w.qos.as_deref(),
+                w.unit.as_deref(),
             );
+            assert_eq!(&got, want, "{path}");
         }
     }
 
-    #[test]
-    fn yarn_without_epoch_and_app_digits_as_written() {
-        let w = classify("/hadoop-yarn/container_1512098667219_0042_01_000001");
-        assert_eq!(w.kind, WorkloadKind::Yarn);
-        assert_eq!(
-            w.application.as_deref(),
-            Some("application_1512098667219_0042")
-        );
-        assert_eq!(
-            w.container.as_deref(),
-            Some("container_1512098667219_0042_01_000001")
-        );
+    fn yarn<'a>(app: &'a str, container: Option<&'a str>) -> Said<'a> {
+        (Yarn, Some(app), container, None, None, None)
+    }
+
+    fn pod<'a>(qos: &'a str, container: Option<&'a str>) -> Said<'a> {
+        (Kubernetes, None, container, Some(UID), Some(qos), None)
+    }
+
+    fn only(kind: WorkloadKind) -> Said<'static> {
+        (kind, None, None, None, None, None)
     }
 
     #[test]
-    fn yarn_application_alone_and_nested() {
-        let w = classify("/yarn/application_1512098667219_0042");
-        assert_eq!(w.kind, WorkloadKind::Yarn);
-        assert_eq!(
-            w.application.as_deref(),
-            Some("application_1512098667219_0042")
-        );
-        assert_eq!(w.container, None);
-        // A container under its application's cgroup: the container names both.
-        let w = classify(
-            "/yarn/application_1512098667219_0042/container_e01_1512098667219_0042_02_000003",
-        );
-        assert_eq!(
-            w.application.as_deref(),
-            Some("application_1512098667219_0042")
-        );
-        assert_eq!(
-            w.container.as_deref(),
-            Some("container_e01_1512098667219_0042_02_000003")
-        );
+    fn yarn_containers_and_applications() {
+        let incident = yarn(INCIDENT_APP, Some(INCIDENT_CONTAINER));
+        check(&[
+            (INCIDENT.into(), incident),
+            // A docker child of the YARN container is the YARN container's.
+            (format!("{INCIDENT}/{ID}"), incident),
+            (format!("{INCIDENT}/docker-{ID}.scope"), incident),
+            // No epoch, application digits as written.
+            (
+                "/hadoop-yarn/container_1512098667219_0042_01_000001".into(),
+                yarn(
+                    "application_1512098667219_0042",
+                    Some("container_1512098667219_0042_01_000001"),
+                ),
+            ),
+            (
+                "/yarn/application_1512098667219_0042".into(),
+                yarn("application_1512098667219_0042", None),
+            ),
+            // A container under its application's cgroup: the container names both.
+            (
+                "/yarn/application_1512098667219_0042/container_e01_1512098667219_0042_02_000003"
+                    .into(),
+                yarn(
+                    "application_1512098667219_0042",
+                    Some("container_e01_1512098667219_0042_02_000003"),
+                ),
+            ),
+        ]);
     }
 
     #[test]
     fn not_yarn_lookalikes() {
-        for p in [
+        let rows: Vec<(String, Said<'_>)> = [
             "/container_e06_x_988894_01_000020",
             "/container_1_2_3",
             "/container_e_1_2_3_4",
             "/application_12",
             "/application_a_1",
             "/container_1_2_3_4_5_6",
-        ] {
-            assert_eq!(kind(p), WorkloadKind::Cgroup, "{p}");
-        }
+        ]
+        .map(|p| (p.to_string(), only(Cgroup)))
+        .to_vec();
+        check(&rows);
     }
 
     #[test]
     fn kubernetes_cgroupfs_driver() {
-        let uid = "3f1c2a8e-6b7d-4e59-9a1c-0d2e4f6a8b90";
-        let w = classify(&format!("/kubepods/burstable/pod{uid}/{ID}"));
-        assert_eq!(w.kind, WorkloadKind::Kubernetes);
-        assert_eq!(w.pod_uid.as_deref(), Some(uid));
-        assert_eq!(w.container.as_deref(), Some(ID));
-        assert_eq!(w.qos.as_deref(), Some("burstable"));
-
-        let w = classify(&format!("/kubepods/besteffort/pod{uid}/{ID}"));
-        assert_eq!(w.qos.as_deref(), Some("besteffort"));
-
-        // Guaranteed pods sit directly under kubepods.
-        let w = classify(&format!("/kubepods/pod{uid}/{ID}"));
-        assert_eq!(w.kind, WorkloadKind::Kubernetes);
-        assert_eq!(w.qos.as_deref(), Some("guaranteed"));
-        assert_eq!(w.pod_uid.as_deref(), Some(uid));
-        assert_eq!(w.container.as_deref(), Some(ID));
-
-        // Pod-level cgroup: pod only.
-        let w = classify(&format!("/kubepods/burstable/pod{uid}"));
-        assert_eq!(w.kind, WorkloadKind::Kubernetes);
-        assert_eq!(w.pod_uid.as_deref(), Some(uid));
-        assert_eq!(w.container, None);
-
-        // QoS tier and kubepods itself.
-        let w = classify("/kubepods/burstable");
-        assert_eq!(
-            (w.kind, w.qos.as_deref(), w.pod_uid),
-            (WorkloadKind::Kubernetes, Some("burstable"), None)
-        );
-        assert_eq!(kind("/kubepods"), WorkloadKind::Kubernetes);
+        check(&[
+            (
+                format!("/kubepods/burstable/pod{UID}/{ID}"),
+                pod("burstable", Some(ID)),
+            ),
+            (
+                format!("/kubepods/besteffort/pod{UID}/{ID}"),
+                pod("besteffort", Some(ID)),
+            ),
+            // Guaranteed pods sit directly under kubepods.
+            (
+                format!("/kubepods/pod{UID}/{ID}"),
+                pod("guaranteed", Some(ID)),
+            ),
+            // Pod-level cgroup: pod only.
+            (
+                format!("/kubepods/burstable/pod{UID}"),
+                pod("burstable", None),
+            ),
+            // QoS tier and kubepods itself.
+            (
+                "/kubepods/burstable".into(),
+                (Kubernetes, None, None, None, Some("burstable"), None),
+            ),
+            ("/kubepods".into(), only(Kubernetes)),
+        ]);
     }
 
     #[test]
     fn kubernetes_systemd_driver() {
-        let uid = "3f1c2a8e-6b7d-4e59-9a1c-0d2e4f6a8b90";
-        let u = uid.replace('-', "_");
-        for (runtime, qos_slice, qos) in [
-            ("cri-containerd", "burstable", "burstable"),
-            ("docker", "besteffort", "besteffort"),
-            ("crio", "burstable", "burstable"),
-        ] {
-            let p = format!(
-                "/kubepods.slice/kubepods-{qos_slice}.slice/kubepods-{qos_slice}-pod{u}.slice/{runtime}-{ID}.scope"
-            );
-            let w = classify(&p);
-            assert_eq!(w.kind, WorkloadKind::Kubernetes, "{p}");
-            assert_eq!(w.pod_uid.as_deref(), Some(uid), "{p}");
-            assert_eq!(w.container.as_deref(), Some(ID), "{p}");
-            assert_eq!(w.qos.as_deref(), Some(qos), "{p}");
-            assert_eq!(w.unit, None);
-        }
-        // Guaranteed.
-        let w = classify(&format!(
-            "/kubepods.slice/kubepods-pod{u}.slice/cri-containerd-{ID}.scope"
-        ));
-        assert_eq!(w.qos.as_deref(), Some("guaranteed"));
-        assert_eq!(w.pod_uid.as_deref(), Some(uid));
-        assert_eq!(w.container.as_deref(), Some(ID));
-        // Pod level.
-        let w = classify(&format!(
-            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice"
-        ));
-        assert_eq!(w.kind, WorkloadKind::Kubernetes);
-        assert_eq!(w.pod_uid.as_deref(), Some(uid));
-        assert_eq!(w.container, None);
-        // A kubelet cgroup root prefix (kind clusters).
-        let w = classify(&format!(
-            "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{u}.slice/cri-containerd-{ID}.scope"
-        ));
-        assert_eq!(w.kind, WorkloadKind::Kubernetes);
-        assert_eq!(w.qos.as_deref(), Some("besteffort"));
-        assert_eq!(w.pod_uid.as_deref(), Some(uid));
-        assert_eq!(w.container.as_deref(), Some(ID));
-        // QoS tier slice.
-        let w = classify("/kubepods.slice/kubepods-burstable.slice");
-        assert_eq!(
-            (w.kind, w.qos.as_deref()),
-            (WorkloadKind::Kubernetes, Some("burstable"))
-        );
+        let u = UID.replace('-', "_");
+        let mut rows: Vec<(String, Said<'_>)> = [
+            ("cri-containerd", "burstable"),
+            ("docker", "besteffort"),
+            ("crio", "burstable"),
+        ]
+        .map(|(runtime, qos)| {
+            (
+                format!(
+                    "/kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{u}.slice/{runtime}-{ID}.scope"
+                ),
+                pod(qos, Some(ID)),
+            )
+        })
+        .to_vec();
+        rows.extend([
+            (
+                format!("/kubepods.slice/kubepods-pod{u}.slice/cri-containerd-{ID}.scope"),
+                pod("guaranteed", Some(ID)),
+            ),
+            (
+                format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice"),
+                pod("burstable", None),
+            ),
+            // A kubelet cgroup root prefix (kind clusters).
+            (
+                format!(
+                    "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{u}.slice/cri-containerd-{ID}.scope"
+                ),
+                pod("besteffort", Some(ID)),
+            ),
+            // QoS tier slice.
+            (
+                "/kubepods.slice/kubepods-burstable.slice".into(),
+                (Kubernetes, None, None, None, Some("burstable"), None),
+            ),
+        ]);
+        check(&rows);
     }
 
     #[test]
     fn docker_cgroupfs_and_systemd() {
-        let w = classify(&format!("/docker/{ID}"));
-        assert_eq!(w.kind, WorkloadKind::Docker);
-        assert_eq!(w.container.as_deref(), Some(ID));
-        let w = classify(&format!("/system.slice/docker-{ID}.scope"));
-        assert_eq!(w.kind, WorkloadKind::Docker);
-        assert_eq!(w.container.as_deref(), Some(ID));
-        assert_eq!(w.unit, None);
-        // --cgroup-parent puts the id under any parent.
-        let w = classify(&format!("/batch/{ID}"));
-        assert_eq!(
-            (w.kind, w.container.as_deref()),
-            (WorkloadKind::Docker, Some(ID))
-        );
-        // Short ids are not container ids.
-        assert_eq!(kind("/docker/abc123"), WorkloadKind::Cgroup);
-        assert_eq!(
-            kind(&format!("/system.slice/docker-{}.scope", &ID[..12])),
-            WorkloadKind::Systemd
-        );
+        let docker = (Docker, None, Some(ID), None, None, None);
+        check(&[
+            (format!("/docker/{ID}"), docker),
+            (format!("/system.slice/docker-{ID}.scope"), docker),
+            // --cgroup-parent puts the id under any parent.
+            (format!("/batch/{ID}"), docker),
+            // Short ids are not container ids.
+            ("/docker/abc123".into(), only(Cgroup)),
+            (
+                format!("/system.slice/docker-{}.scope", &ID[..12]),
+                (
+                    Systemd,
+                    None,
+                    None,
+                    None,
+                    None,
+                    Some(&*format!("docker-{}.scope", &ID[..12])),
+                ),
+            ),
+        ]);
     }
 
     #[test]
     fn systemd_deepest_unit() {
-        let w = classify("/system.slice/nginx.service");
-        assert_eq!(w.kind, WorkloadKind::Systemd);
-        assert_eq!(w.unit.as_deref(), Some("nginx.service"));
-        let w = classify("/user.slice/user-1000.slice/user@1000.service/app.slice/app-foo.scope");
-        assert_eq!(w.unit.as_deref(), Some("app-foo.scope"));
-        // Plain dirs below a unit still belong to it.
-        let w = classify("/batch.slice/etl.service/worker/3");
-        assert_eq!(w.unit.as_deref(), Some("etl.service"));
-        let w = classify("/batch.slice");
-        assert_eq!(w.unit.as_deref(), Some("batch.slice"));
-        // A bare suffix is not a unit.
-        assert_eq!(kind("/.slice"), WorkloadKind::Cgroup);
+        let unit = |u| (Systemd, None, None, None, None, Some(u));
+        check(&[
+            ("/system.slice/nginx.service".into(), unit("nginx.service")),
+            (
+                "/user.slice/user-1000.slice/user@1000.service/app.slice/app-foo.scope".into(),
+                unit("app-foo.scope"),
+            ),
+            // Plain dirs below a unit still belong to it.
+            (
+                "/batch.slice/etl.service/worker/3".into(),
+                unit("etl.service"),
+            ),
+            ("/batch.slice".into(), unit("batch.slice")),
+            // A bare suffix is not a unit.
+            ("/.slice".into(), only(Cgroup)),
+        ]);
     }
 
     #[test]
     fn plain_and_root() {
         for p in ["/", "", "//", "/my-group", "/a/b/c"] {
-            let w = classify(p);
-            assert_eq!(w, Workload::of(WorkloadKind::Cgroup), "{p:?}");
+            assert_eq!(classify(p), Workload::plain(), "{p:?}");
         }
     }
 
@@ -476,8 +473,8 @@ mod tests {
             v,
             serde_json::json!({
                 "kind": "yarn",
-                "application": "application_1512098667219_988894",
-                "container": "container_e06_1512098667219_988894_01_000020",
+                "application": INCIDENT_APP,
+                "container": INCIDENT_CONTAINER,
             })
         );
         let v = serde_json::to_value(classify("/")).unwrap();
