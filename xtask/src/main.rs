@@ -5,8 +5,10 @@
 //! cargo xtask demo [-- ARGS...]          build cfstrace and run `cfstrace demo ARGS...` as root
 //! cargo xtask vm [--kernel SUITE...]     boot Debian cloud kernels, run cfstrace in them per backend, check
 //! cargo xtask test                       fmt, clippy, build, cargo test (host test), the kernel matrix
+//! cargo xtask bench [--only p1,p3]       measure the tracer's own cost (P1-P5), write BENCHMARKS.md
 //! ```
 
+mod bench;
 mod cmd;
 mod demo;
 mod initramfs;
@@ -49,6 +51,9 @@ enum Command {
     Vm(Box<vm::VmArgs>),
     /// Run every check CI runs: fmt, clippy, build, cargo test (host test), the kernel matrix.
     Test,
+    /// Measure the tracer's own cost and limits (issue 9's P1-P5) and write BENCHMARKS.md;
+    /// installs bpftrace and bpftool. Figures only: never fails on a timing.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +69,7 @@ fn main() -> ExitCode {
         Command::Demo { args } => demo::run(&args),
         Command::Vm(args) => vm::run_cli(&args),
         Command::Test => test::run(),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -262,3 +262,43 @@ fn install_bpf_linker() -> Result<()> {
         attempt(false)
     })
 }
+
+/// Debian packages only `cargo xtask bench` needs (its peer and its per-program figures):
+/// installed by the bench itself, never by `setup`, `demo` or `test`.
+pub const BENCH_APT_PACKAGES: &[&str] = &["bpftrace", "bpftool"];
+
+/// Install those of `pkgs` that dpkg does not have, saying what it installs; print nothing
+/// when all are there.
+pub fn ensure_apt_packages(pkgs: &[&str]) -> Result<()> {
+    if cmd::which("dpkg-query").is_none() {
+        bail!(
+            "dpkg-query not found: installing {} needs a Debian/Ubuntu host",
+            pkgs.join(" ")
+        );
+    }
+    let missing = missing_of(pkgs)?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("installing: {} (apt)", missing.join(" "));
+    apt_install(&missing)?;
+    let still = missing_of(&missing)?;
+    if !still.is_empty() {
+        bail!("apt-get install left {} missing", still.join(" "));
+    }
+    Ok(())
+}
+
+fn missing_of<'a>(pkgs: &[&'a str]) -> Result<Vec<&'a str>> {
+    let mut missing = Vec::new();
+    for &p in pkgs {
+        let out = Command::new("dpkg-query")
+            .args(["-W", "-f=${db:Status-Abbrev}", p])
+            .output()
+            .context("running dpkg-query")?;
+        if !(out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("ii")) {
+            missing.push(p);
+        }
+    }
+    Ok(missing)
+}
