@@ -2,9 +2,9 @@
 //!
 //! Raw kernel records (the `tracer_ebpf` types the programs submit: `PeriodEventNarrow`,
 //! `IrqSpanEvent`) are laid out in one buffer, as the ring buffer hands them over, and run
-//! through the exact path a session takes: `events::decode`, the per-event bookkeeping of
-//! `record::Session::drain_ring` (cgroups seen, periods seen), the `CaptureLine`, then
-//! `Aggregator::feed` (what `watch` does with it), `CaptureWriter::write_line` into a sink (what
+//! through the exact path a session takes: `session::decode::decode`, the per-event bookkeeping
+//! of `session::Session`'s drain (cgroups seen, periods seen), the `CaptureLine`, then
+//! `analysis::Aggregator::feed` (what `watch` does with it), `CaptureWriter::write_line` into a sink (what
 //! `record` does), or both. The cgroup namer's filesystem reads are left out: its naming lines
 //! are built once, up front. With `--capture FILE` it also writes a capture of `--lines` period
 //! lines with the `CaptureWriter` (byte-identical to what `record` writes) for timing
@@ -23,13 +23,14 @@ use std::io::{self, BufWriter};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use cfstrace::aggregate::Aggregator;
+use cfstrace::analysis::Aggregator;
 use cfstrace::capture::{
     CAPTURE_SCHEMA, CaptureHeader, CaptureLine, CaptureWriter, CgroupRecord, CpuHierarchy,
     EndRecord, LossRecord, ProbeStatus, ProcessInfo,
 };
-use cfstrace::events::{self, Event};
-use cfstrace::{host, probes, workload};
+use cfstrace::model::probe::{Backend, Probe, StopReason, Style};
+use cfstrace::model::{host, workload};
+use cfstrace::session::decode::{self, Event};
 use clap::Parser;
 use tracer_ebpf::{
     EVENT_IRQ_SPAN, EVENT_PERIOD, HOW_CGROUP, HOW_ENQUEUE_ENTITY, HOW_FRAME_FENTRY,
@@ -175,7 +176,7 @@ fn naming(id: u64) -> CgroupRecord {
     }
 }
 
-/// `record::Session::drain_ring` without its ring buffer and namer: decode each record, note
+/// `session::Session`'s drain without its ring buffer and namer: decode each record, note
 /// the cgroup and its period, hand a naming line first for a new cgroup, then the record's
 /// line, to `sink`.
 struct Reader {
@@ -195,7 +196,7 @@ impl Reader {
 
     fn drain(&mut self, buf: &[u8], index: &[(usize, usize)], sink: &mut impl FnMut(&CaptureLine)) {
         for &(at, len) in index {
-            let Ok(rec) = events::decode(&buf[at..at + len]) else {
+            let Ok(rec) = decode::decode(&buf[at..at + len]) else {
                 panic!("a record the bench built does not decode");
             };
             let id = rec.cgroup_id();
@@ -222,32 +223,26 @@ impl Reader {
 }
 
 fn header() -> CaptureHeader {
-    let attached = |how: &str, target: &str| ProbeStatus {
-        attached: true,
-        how: Some(how.into()),
-        target: Some(target.into()),
-        reason: None,
-    };
     let probes = BTreeMap::from([
         (
-            probes::PROBE_PERIOD_TIMER.to_string(),
-            attached("fentry", "sched_cfs_period_timer"),
+            Probe::PeriodTimer,
+            ProbeStatus::attached(Style::Fentry, "sched_cfs_period_timer"),
         ),
         (
-            probes::PROBE_IRQ_SPAN.to_string(),
-            attached("tracepoint", "local_timer_entry/exit"),
+            Probe::IrqSpan,
+            ProbeStatus::attached(Style::Tracepoint, "local_timer_entry/exit"),
         ),
         (
-            probes::PROBE_DISTRIBUTE.to_string(),
-            attached("fentry", "distribute_cfs_runtime"),
+            Probe::Distribute,
+            ProbeStatus::attached(Style::Fentry, "distribute_cfs_runtime"),
         ),
         (
-            probes::PROBE_UNTHROTTLE.to_string(),
-            attached("fentry", "unthrottle_cfs_rq"),
+            Probe::Unthrottle,
+            ProbeStatus::attached(Style::Fentry, "unthrottle_cfs_rq"),
         ),
         (
-            probes::PROBE_ENQUEUE.to_string(),
-            attached("fentry", "enqueue_entity"),
+            Probe::Enqueue,
+            ProbeStatus::attached(Style::Fentry, "enqueue_entity"),
         ),
     ]);
     let mut host = host::host_facts();
@@ -256,8 +251,8 @@ fn header() -> CaptureHeader {
         schema: CAPTURE_SCHEMA.to_string(),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         host,
-        backend_requested: "auto".into(),
-        backend: "fentry".into(),
+        backend_requested: Backend::Auto,
+        backend: Style::Fentry,
         probes,
         cpu_hierarchy: Some(CpuHierarchy {
             version: 2,
@@ -337,7 +332,7 @@ fn write_capture(path: &PathBuf, lines: usize, cgroups: u64) -> io::Result<serde
         CaptureLine::End(EndRecord {
             ts_ns: end_ts,
             duration_ns: dur,
-            reason: "duration".into(),
+            reason: StopReason::Duration,
             periods,
             lost: 0,
             command_status: None,

@@ -79,9 +79,7 @@ impl Aggregator {
     pub fn add_period(&mut self, p: &PeriodRecord) {
         self.periods += 1;
         self.flags_seen |= p.flags;
-        self.first_ts_ns = Some(self.first_ts_ns.map_or(p.ts_ns, |f| f.min(p.ts_ns)));
-        self.last_ts_ns = self.last_ts_ns.max(p.ts_ns);
-        self.last_end_ns = self.last_end_ns.max(p.ts_ns.saturating_add(p.duration_ns));
+        self.saw_window(p.ts_ns, p.duration_ns);
         if p.flags & HOW_REOPENED != 0 {
             self.reopened += 1;
         }
@@ -104,14 +102,19 @@ impl Aggregator {
         }
     }
 
+    /// The trace's extent: first start, last start, last end.
+    fn saw_window(&mut self, ts_ns: u64, duration_ns: u64) {
+        self.first_ts_ns = Some(self.first_ts_ns.map_or(ts_ns, |f| f.min(ts_ns)));
+        self.last_ts_ns = self.last_ts_ns.max(ts_ns);
+        self.last_end_ns = self.last_end_ns.max(ts_ns.saturating_add(duration_ns));
+    }
+
     /// One async-unthrottle event: per-CPU CSD time from each CSD's last event, per-cgroup
     /// work from every event that names a cgroup (or that would have, under id 0).
     pub fn add_async(&mut self, a: &AsyncRecord) {
         self.async_events += 1;
         self.async_flags_seen |= a.flags;
-        self.first_ts_ns = Some(self.first_ts_ns.map_or(a.ts_ns, |f| f.min(a.ts_ns)));
-        self.last_ts_ns = self.last_ts_ns.max(a.ts_ns);
-        self.last_end_ns = self.last_end_ns.max(a.ts_ns.saturating_add(a.duration_ns));
+        self.saw_window(a.ts_ns, a.duration_ns);
         if a.flags & ASYNC_LAST != 0 {
             self.async_csds += 1;
             if a.flags & ASYNC_EMPTY != 0 {
@@ -168,9 +171,7 @@ impl Aggregator {
     pub fn add_irq_span(&mut self, x: &IrqSpanRecord) {
         self.irq_spans += 1;
         self.irq_span_flags_seen |= x.flags;
-        self.first_ts_ns = Some(self.first_ts_ns.map_or(x.ts_ns, |f| f.min(x.ts_ns)));
-        self.last_ts_ns = self.last_ts_ns.max(x.ts_ns);
-        self.last_end_ns = self.last_end_ns.max(x.ts_ns.saturating_add(x.duration_ns));
+        self.saw_window(x.ts_ns, x.duration_ns);
         let cpu = x.cpu as usize;
         if cpu >= MAX_CPUS {
             self.cpu_out_of_range += 1;

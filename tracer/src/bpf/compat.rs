@@ -93,34 +93,20 @@ impl Family {
     }
 }
 
-/// The fexit/fentry way of a frame on `func` (exit first).
-macro_rules! fentry_pair {
-    ($func:expr, $exit:literal, $entry:literal) => {
-        Way {
-            style: Style::Fentry,
-            programs: &[($exit, Hook::Fexit($func)), ($entry, Hook::Fentry($func))],
-            target: $func,
-        }
+/// One way: a style, what the report calls its target, and its programs (name, hook), exit
+/// first.
+macro_rules! way {
+    // A frame on a function: fexit/fentry or kretprobe/kprobe.
+    (fentry $func:expr, $exit:literal, $entry:literal) => {
+        way!(Fentry, $func, ($exit, Hook::Fexit($func)), ($entry, Hook::Fentry($func)))
     };
-}
-
-/// The kretprobe/kprobe way of a frame on `func` (exit first).
-macro_rules! kprobe_pair {
-    ($func:expr, $exit:literal, $entry:literal) => {
-        Way {
-            style: Style::Kprobe,
-            programs: &[($exit, Hook::Kprobe($func)), ($entry, Hook::Kprobe($func))],
-            target: $func,
-        }
+    (kprobe $func:expr, $exit:literal, $entry:literal) => {
+        way!(Kprobe, $func, ($exit, Hook::Kprobe($func)), ($entry, Hook::Kprobe($func)))
     };
-}
-
-/// A raw-tracepoint way: an exit and an entry program on two tracepoints (`Hook` variants).
-macro_rules! tracepoint_pair {
-    ($exit:literal, $exit_hook:expr, $entry:literal, $entry_hook:expr, $target:expr) => {
+    ($style:ident, $target:expr, $(($name:literal, $hook:expr)),+ $(,)?) => {
         Way {
-            style: Style::Tracepoint,
-            programs: &[($exit, $exit_hook), ($entry, $entry_hook)],
+            style: Style::$style,
+            programs: &[$(($name, $hook)),+],
             target: $target,
         }
     };
@@ -132,16 +118,8 @@ macro_rules! counter {
         Family {
             probe: $probe,
             ways: &[
-                Way {
-                    style: Style::Fentry,
-                    programs: &[($fentry, Hook::Fentry($func))],
-                    target: $func,
-                },
-                Way {
-                    style: Style::Kprobe,
-                    programs: &[($kprobe, Hook::Kprobe($func))],
-                    target: $func,
-                },
+                way!(Fentry, $func, ($fentry, Hook::Fentry($func))),
+                way!(Kprobe, $func, ($kprobe, Hook::Kprobe($func))),
             ],
             function: Some($func),
             bits: $bits,
@@ -152,27 +130,24 @@ macro_rules! counter {
 pub const PERIOD_TIMER: Family = Family {
     probe: Probe::PeriodTimer,
     ways: &[
-        fentry_pair!(PERIOD_TIMER_FN, "period_timer_fexit", "period_timer_fentry"),
-        kprobe_pair!(
-            PERIOD_TIMER_FN,
-            "period_timer_kretprobe",
-            "period_timer_kprobe"
-        ),
+        way!(fentry PERIOD_TIMER_FN, "period_timer_fexit", "period_timer_fentry"),
+        way!(kprobe PERIOD_TIMER_FN, "period_timer_kretprobe", "period_timer_kprobe"),
         // The entry as a BTF tracepoint where the kernel offers one (a direct load of
         // `timer->function` on every hrtimer), else a raw tracepoint.
-        tracepoint_pair!(
-            "hrtimer_expire_exit",
-            Hook::RawTp("hrtimer_expire_exit"),
-            "hrtimer_expire_entry_btf",
-            Hook::BtfTp("hrtimer_expire_entry"),
-            "hrtimer_expire_entry/exit (tp_btf/raw_tp) filtered on sched_cfs_period_timer"
+        way!(
+            Tracepoint,
+            "hrtimer_expire_entry/exit (tp_btf/raw_tp) filtered on sched_cfs_period_timer",
+            ("hrtimer_expire_exit", Hook::RawTp("hrtimer_expire_exit")),
+            (
+                "hrtimer_expire_entry_btf",
+                Hook::BtfTp("hrtimer_expire_entry")
+            ),
         ),
-        tracepoint_pair!(
-            "hrtimer_expire_exit",
-            Hook::RawTp("hrtimer_expire_exit"),
-            "hrtimer_expire_entry",
-            Hook::RawTp("hrtimer_expire_entry"),
-            "hrtimer_expire_entry/exit (raw_tp/raw_tp) filtered on sched_cfs_period_timer"
+        way!(
+            Tracepoint,
+            "hrtimer_expire_entry/exit (raw_tp/raw_tp) filtered on sched_cfs_period_timer",
+            ("hrtimer_expire_exit", Hook::RawTp("hrtimer_expire_exit")),
+            ("hrtimer_expire_entry", Hook::RawTp("hrtimer_expire_entry")),
         ),
     ],
     function: Some(PERIOD_TIMER_FN),
@@ -182,18 +157,13 @@ pub const PERIOD_TIMER: Family = Family {
 pub const IRQ_SPAN: Family = Family {
     probe: Probe::IrqSpan,
     ways: &[
-        tracepoint_pair!(
-            "local_timer_exit",
-            Hook::RawTp(LOCAL_TIMER_EXIT_TP),
-            "local_timer_entry",
-            Hook::RawTp(LOCAL_TIMER_ENTRY_TP),
-            "local_timer_entry/exit (raw_tp, irq_vectors): the whole local APIC timer interrupt"
+        way!(
+            Tracepoint,
+            "local_timer_entry/exit (raw_tp, irq_vectors): the whole local APIC timer interrupt",
+            ("local_timer_exit", Hook::RawTp(LOCAL_TIMER_EXIT_TP)),
+            ("local_timer_entry", Hook::RawTp(LOCAL_TIMER_ENTRY_TP)),
         ),
-        kprobe_pair!(
-            HRTIMER_INTERRUPT_FN,
-            "irq_span_kretprobe",
-            "irq_span_kprobe"
-        ),
+        way!(kprobe HRTIMER_INTERRUPT_FN, "irq_span_kretprobe", "irq_span_kprobe"),
     ],
     function: None,
     bits: 0,
@@ -236,11 +206,11 @@ pub const ENQUEUE_TASK_FAIR: Family = counter!(
 
 pub const RUNNABLE: Family = Family {
     probe: Probe::Runnable,
-    ways: &[Way {
-        style: Style::RawTp,
-        programs: &[("nr_running", Hook::RawTp(NR_RUNNING_TP))],
-        target: NR_RUNNING_TP,
-    }],
+    ways: &[way!(
+        RawTp,
+        NR_RUNNING_TP,
+        ("nr_running", Hook::RawTp(NR_RUNNING_TP))
+    )],
     function: None,
     bits: HOW_RUNNABLE,
 };
@@ -248,22 +218,13 @@ pub const RUNNABLE: Family = Family {
 pub const ASYNC_UNTHROTTLE: Family = Family {
     probe: Probe::AsyncUnthrottle,
     ways: &[
-        fentry_pair!(
-            CSD_UNTHROTTLE_FN,
-            "csd_unthrottle_fexit",
-            "csd_unthrottle_fentry"
-        ),
-        kprobe_pair!(
-            CSD_UNTHROTTLE_FN,
-            "csd_unthrottle_kretprobe",
-            "csd_unthrottle_kprobe"
-        ),
-        tracepoint_pair!(
-            "csd_function_exit",
-            Hook::RawTp(CSD_EXIT_TP),
-            "csd_function_entry",
-            Hook::RawTp(CSD_ENTRY_TP),
-            "csd_function_entry/exit (raw_tp) filtered on __cfsb_csd_unthrottle"
+        way!(fentry CSD_UNTHROTTLE_FN, "csd_unthrottle_fexit", "csd_unthrottle_fentry"),
+        way!(kprobe CSD_UNTHROTTLE_FN, "csd_unthrottle_kretprobe", "csd_unthrottle_kprobe"),
+        way!(
+            Tracepoint,
+            "csd_function_entry/exit (raw_tp) filtered on __cfsb_csd_unthrottle",
+            ("csd_function_exit", Hook::RawTp(CSD_EXIT_TP)),
+            ("csd_function_entry", Hook::RawTp(CSD_ENTRY_TP)),
         ),
     ],
     function: Some(CSD_UNTHROTTLE_FN),

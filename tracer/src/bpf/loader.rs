@@ -90,7 +90,7 @@ pub enum ProbeError {
     Load(String),
     #[error("cannot time the period-timer callback with --backend {backend}: {reasons}")]
     NoFrame { backend: Backend, reasons: String },
-    #[error("eBPF object is missing {0} (build mismatch)")]
+    #[error("eBPF object is missing map {0} (build mismatch)")]
     Missing(&'static str),
     #[error("map {name}: {source}")]
     Map {
@@ -242,19 +242,13 @@ impl Tracer {
 
         let mut attached: Array<&mut MapData, u32> = Array::try_from(
             ebpf.map_mut("ATTACHED")
-                .ok_or(ProbeError::Missing("map ATTACHED"))?,
+                .ok_or(ProbeError::Missing("ATTACHED"))?,
         )
-        .map_err(|source| ProbeError::Map {
-            name: "ATTACHED",
-            source,
-        })?;
+        .map_err(map_error("ATTACHED"))?;
         // Last: arming lets frames open, now that every exit is live and the bits are final.
         attached
             .set(ATTACHED_SLOT, bits | ATTACHED_ARMED, 0)
-            .map_err(|source| ProbeError::Map {
-                name: "ATTACHED",
-                source,
-            })?;
+            .map_err(map_error("ATTACHED"))?;
 
         Ok(Tracer {
             ebpf,
@@ -268,36 +262,26 @@ impl Tracer {
         })
     }
 
+    /// The map `name` as its typed view.
+    fn map<'a, M>(&'a self, name: &'static str) -> Result<M, ProbeError>
+    where
+        M: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self.ebpf.map(name).ok_or(ProbeError::Missing(name))?;
+        M::try_from(map).map_err(map_error(name))
+    }
+
     /// Every cgroup's callbacks whose events were lost, as the kernel summed them (cumulative).
     pub fn unsent_periods(&self) -> Result<Vec<(u64, UnsentPeriods)>, ProbeError> {
-        let map = self
-            .ebpf
-            .map("UNSENT_PERIODS")
-            .ok_or(ProbeError::Missing("map UNSENT_PERIODS"))?;
-        let m: BpfHashMap<&MapData, u64, UnsentPeriods> =
-            BpfHashMap::try_from(map).map_err(|source| ProbeError::Map {
-                name: "UNSENT_PERIODS",
-                source,
-            })?;
+        let m: BpfHashMap<&MapData, u64, UnsentPeriods> = self.map("UNSENT_PERIODS")?;
         // An entry added or removed during the walk is skipped, never an error.
         Ok(m.iter().filter_map(Result::ok).collect())
     }
 
     /// Every CPU's in-kernel timer-interrupt totals (cumulative since attach), by CPU.
     pub fn span_totals(&self) -> Result<Vec<SpanTotals>, ProbeError> {
-        let map = self
-            .ebpf
-            .map("FRAME")
-            .ok_or(ProbeError::Missing("map FRAME"))?;
-        let arr: PerCpuArray<&MapData, Frames> =
-            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
-                name: "FRAME",
-                source,
-            })?;
-        let v = arr.get(&0, 0).map_err(|source| ProbeError::Map {
-            name: "FRAME",
-            source,
-        })?;
+        let arr: PerCpuArray<&MapData, Frames> = self.map("FRAME")?;
+        let v = arr.get(&0, 0).map_err(map_error("FRAME"))?;
         Ok(v.iter().map(|f| f.span.totals).collect())
     }
 
@@ -306,29 +290,15 @@ impl Tracer {
         let map = self
             .ebpf
             .take_map("EVENTS")
-            .ok_or(ProbeError::Missing("map EVENTS"))?;
-        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
-            name: "EVENTS",
-            source,
-        })
+            .ok_or(ProbeError::Missing("EVENTS"))?;
+        RingBuf::try_from(map).map_err(map_error("EVENTS"))
     }
 
     /// Kernel-side loss counters summed over CPUs.
     pub fn losses(&self, ts_ns: u64) -> Result<LossRecord, ProbeError> {
-        let map = self
-            .ebpf
-            .map("LOSS")
-            .ok_or(ProbeError::Missing("map LOSS"))?;
-        let arr: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
-                name: "LOSS",
-                source,
-            })?;
+        let arr: PerCpuArray<&MapData, u64> = self.map("LOSS")?;
         let sum = |slot: u32| -> Result<u64, ProbeError> {
-            let v = arr.get(&slot, 0).map_err(|source| ProbeError::Map {
-                name: "LOSS",
-                source,
-            })?;
+            let v = arr.get(&slot, 0).map_err(map_error("LOSS"))?;
             Ok(v.iter().sum())
         };
         Ok(LossRecord {
@@ -344,6 +314,10 @@ impl Tracer {
             unsent_full: sum(LOSS_UNSENT_FULL)?,
         })
     }
+}
+
+fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> ProbeError {
+    move |source| ProbeError::Map { name, source }
 }
 
 /// One attach run: the families in order, their statuses and the counting bits so far.

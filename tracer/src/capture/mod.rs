@@ -209,6 +209,18 @@ pub(crate) mod tests {
         }
     }
 
+    /// `rec` hand-encoded by `encode`, checked to be what serde writes for `line`.
+    fn encoded_as_serde<R>(rec: &R, encode: fn(&mut Vec<u8>, &R), line: CaptureLine) -> Vec<u8> {
+        let mut mine = Vec::new();
+        encode(&mut mine, rec);
+        let serde = serde_json::to_vec(&line).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&mine),
+            String::from_utf8_lossy(&serde)
+        );
+        mine
+    }
+
     #[test]
     fn hand_encoded_period_lines_match_serde() {
         let recs = [
@@ -238,13 +250,7 @@ pub(crate) mod tests {
             },
         ];
         for p in recs {
-            let mut mine = Vec::new();
-            encode_period(&mut mine, &p);
-            let serde = serde_json::to_vec(&CaptureLine::Period(p.clone())).unwrap();
-            assert_eq!(
-                String::from_utf8(mine.clone()).unwrap(),
-                String::from_utf8(serde).unwrap()
-            );
+            let mut mine = encoded_as_serde(&p, encode_period, CaptureLine::Period(p.clone()));
             assert_eq!(decode_period(&mine), Some(p.clone()));
             mine.push(b'\n');
             assert_eq!(decode_period(&mine), Some(p));
@@ -288,13 +294,7 @@ pub(crate) mod tests {
                 flags: tracer_ebpf::HOW_FRAME_FENTRY,
             },
         ] {
-            let mut mine = Vec::new();
-            encode_span(&mut mine, &x);
-            let serde = serde_json::to_vec(&CaptureLine::IrqSpan(x)).unwrap();
-            assert_eq!(
-                String::from_utf8(mine.clone()).unwrap(),
-                String::from_utf8(serde).unwrap()
-            );
+            let mine = encoded_as_serde(&x, encode_span, CaptureLine::IrqSpan(x));
             assert_eq!(decode_span(&mine), Some(x));
             // And through the reader.
             let mut bytes = encode(&[]);
@@ -402,13 +402,7 @@ pub(crate) mod tests {
             },
         ];
         for a in recs {
-            let mut mine = Vec::new();
-            encode_async(&mut mine, &a);
-            let serde = serde_json::to_vec(&CaptureLine::AsyncUnthrottle(a)).unwrap();
-            assert_eq!(
-                String::from_utf8(mine.clone()).unwrap(),
-                String::from_utf8(serde).unwrap()
-            );
+            let mine = encoded_as_serde(&a, encode_async, CaptureLine::AsyncUnthrottle(a));
             assert_eq!(decode_async(&mine), Some(a));
         }
         // Another key order (another writer) goes through serde and still reads.

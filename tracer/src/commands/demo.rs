@@ -14,7 +14,6 @@ use crate::cgroups::storm::{self, Storm};
 use crate::cli::DemoArgs;
 use crate::commands::record::{self, RecordOptions};
 use crate::model::host;
-use crate::render::text::render_text;
 use crate::report;
 
 /// Removes the temporary capture unless the user asked to keep it.
@@ -93,13 +92,7 @@ fn demo(opts: &DemoArgs, stop: &AtomicBool) -> Result<report::Report> {
         rec.periods, rec.async_events, rec.lost
     );
     let rep = report::report_from_capture(&path)?;
-    if opts.json {
-        println!("{}", serde_json::to_string_pretty(&rep)?);
-    } else {
-        let color = std::io::IsTerminal::is_terminal(&std::io::stdout())
-            && std::env::var_os("NO_COLOR").is_none();
-        print!("{}", render_text(&rep, color));
-    }
+    crate::render::print_report(&rep, opts.json)?;
     if let Some(p) = &opts.output {
         eprintln!("cfstrace demo: capture kept at {}", p.display());
     }

@@ -11,7 +11,6 @@ use crate::analysis::headroom::{self, EXIT_HEADROOM, Verdict};
 use crate::capture::{self, CaptureError, CaptureReader};
 use crate::cli::{GateArgs, ReportArgs, ShowArgs};
 use crate::render::svg::{self, PlotData};
-use crate::render::text::render_text;
 use crate::report::ReportError;
 use crate::report::{self, Report};
 
@@ -30,13 +29,7 @@ pub fn print_report(file: &Path, show: &ShowArgs) -> Result<Report> {
         None => (report::report_from_capture(file)?, None),
     };
     rep.set_highlight_under(show.highlight_under);
-    if show.json {
-        println!("{}", serde_json::to_string_pretty(&rep)?);
-    } else {
-        let color = std::io::IsTerminal::is_terminal(&std::io::stdout())
-            && std::env::var_os("NO_COLOR").is_none();
-        print!("{}", render_text(&rep, color));
-    }
+    crate::render::print_report(&rep, show.json)?;
     if let (Some(out), Some(plot)) = (&show.svg, plot) {
         svg::write_svg(&rep, &plot, out)?;
         eprintln!("cfstrace: wrote plot {}", out.display());

@@ -8,3 +8,18 @@ pub mod live;
 pub mod prometheus;
 pub mod svg;
 pub mod text;
+
+use crate::report::Report;
+
+/// Print a report on stdout: pretty JSON, or the table (coloured on a terminal unless
+/// `NO_COLOR` is set).
+pub fn print_report(rep: &Report, json: bool) -> serde_json::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(rep)?);
+    } else {
+        let color = std::io::IsTerminal::is_terminal(&std::io::stdout())
+            && std::env::var_os("NO_COLOR").is_none();
+        print!("{}", text::render_text(rep, color));
+    }
+    Ok(())
+}

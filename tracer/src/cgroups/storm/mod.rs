@@ -408,11 +408,18 @@ pub(super) mod tests {
         cgroups::find_cpu_hierarchy().expect("this host mounts the cpu controller")
     }
 
+    /// A tiny storm of busy loops, started.
+    fn tiny_storm(name: &str) -> (Storm, StormSpec) {
+        let spec = tiny_spec(name);
+        (
+            Storm::start(&hierarchy(), &spec, busy_loop()).unwrap(),
+            spec,
+        )
+    }
+
     #[test]
     fn tiny_storm_throttles_and_cleans_up() {
-        let h = hierarchy();
-        let spec = tiny_spec("storm");
-        let storm = Storm::start(&h, &spec, busy_loop()).unwrap();
+        let (storm, spec) = tiny_storm("storm");
         let parent = storm.parent_dir().to_path_buf();
         let dirs = storm.cgroup_dirs().to_vec();
         let pids = storm.worker_pids();
@@ -429,6 +436,7 @@ pub(super) mod tests {
                 "{pid} in {procs}"
             );
         }
+        let h = hierarchy();
         let mut namer = CgroupNamer::new(h.clone());
         let rec = namer.name(cgroups::id_of_path(&h, &expected_path).unwrap());
         assert_eq!((rec.period_us, rec.quota_us), (Some(10_000), Some(2_000)));
@@ -483,9 +491,7 @@ pub(super) mod tests {
 
     #[test]
     fn drop_stops_the_storm() {
-        let h = hierarchy();
-        let spec = tiny_spec("drop");
-        let storm = Storm::start(&h, &spec, busy_loop()).unwrap();
+        let (storm, _) = tiny_storm("drop");
         let parent = storm.parent_dir().to_path_buf();
         let pids = storm.worker_pids();
         drop(storm);
