@@ -12,7 +12,10 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 /// The YARN container name from the original incident, and its application.
 pub const CONTAINER: &str = "container_e06_1512098667219_988894_01_000020";
@@ -47,13 +50,79 @@ pub fn cfstrace_bin() -> PathBuf {
     bin
 }
 
-/// A fresh, empty scratch directory `<tmpdir>/<name>` (integration tests pass
-/// `env!("CARGO_TARGET_TMPDIR")`).
-pub fn scratch(tmpdir: &str, name: &str) -> PathBuf {
-    let dir = PathBuf::from(tmpdir).join(name);
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-    dir
+/// Set (to anything) to keep every test's scratch directory, not only a failed test's.
+pub const KEEP_SCRATCH_ENV: &str = "CFSTRACE_KEEP_SCRATCH";
+
+/// A test's scratch directory under `<tmpdir>` (integration tests pass
+/// `env!("CARGO_TARGET_TMPDIR")`; [`scratch!`] does). [`Scratch::new`]: a fresh `<name>-XXXXXX`
+/// ([`tempfile::TempDir`]), removed when the test passes and kept, its path printed, when the
+/// test panics (or with [`KEEP_SCRATCH_ENV`] set), so a failure's captures, reports and command
+/// output stay for diagnosis. [`Scratch::fixed`]: `<tmpdir>/<name>`, emptied now and never
+/// removed, for a storm shared by a test binary (held in a static, never dropped) whose files
+/// others read (`cargo xtask test` reads the host storm's `report.json`).
+#[derive(Debug)]
+pub struct Scratch {
+    path: PathBuf,
+    temp: Option<tempfile::TempDir>,
+}
+
+/// [`Scratch::new`] under the calling test crate's `CARGO_TARGET_TMPDIR`.
+#[macro_export]
+macro_rules! scratch {
+    ($name:expr) => {
+        $crate::Scratch::new(env!("CARGO_TARGET_TMPDIR"), $name)
+    };
+}
+
+impl Scratch {
+    pub fn new(tmpdir: &str, name: &str) -> Scratch {
+        let made = fs::create_dir_all(tmpdir).and_then(|()| {
+            tempfile::Builder::new()
+                .prefix(&format!("{name}-"))
+                .tempdir_in(tmpdir)
+        });
+        let temp = made.unwrap_or_else(|e| panic!("creating a scratch dir in {tmpdir}: {e}"));
+        Scratch {
+            path: temp.path().to_path_buf(),
+            temp: Some(temp),
+        }
+    }
+
+    pub fn fixed(tmpdir: &str, name: &str) -> Scratch {
+        let path = PathBuf::from(tmpdir).join(name);
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        Scratch { path, temp: None }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let Some(temp) = self.temp.take() else {
+            return;
+        };
+        if std::thread::panicking() || std::env::var_os(KEEP_SCRATCH_ENV).is_some() {
+            eprintln!("scratch kept for diagnosis: {}", temp.keep().display());
+        }
+    }
 }
 
 /// Fail (never skip) a test that needs root: it creates cgroups and loads BPF programs.
@@ -159,6 +228,15 @@ pub fn cpu_hierarchy() -> Option<Hierarchy> {
         })
 }
 
+/// A test's cgroup tree `<mount>/<name>-<pid>` on this host's cpu hierarchy, for a test that
+/// throttles real cgroups: fails (never skips) without root or a cpu hierarchy.
+pub fn test_cgroups(name: &str) -> CgroupTree {
+    require_root(name);
+    let hierarchy = cpu_hierarchy().expect("no cgroup hierarchy with the cpu controller");
+    CgroupTree::new(hierarchy, &format!("{name}-{}", std::process::id()))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
 fn write(path: &Path, value: &str) -> Result<(), String> {
     fs::write(path, value).map_err(|e| format!("writing {value:?} to {}: {e}", path.display()))
 }
@@ -233,17 +311,9 @@ impl CgroupTree {
     pub fn busy(&mut self, cgroup: &Path, n: usize) -> Result<Vec<u32>, String> {
         let mut pids = Vec::new();
         for _ in 0..n {
-            let child = Command::new("sh")
-                .args(["-c", "while :; do :; done"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("spawning sh: {e}"))?;
-            let pid = child.id();
+            let child = spawn_busy_in(cgroup)?;
+            pids.push(child.id());
             self.children.push(child);
-            write(&cgroup.join("cgroup.procs"), &pid.to_string())?;
-            pids.push(pid);
         }
         Ok(pids)
     }
@@ -270,17 +340,8 @@ impl Drop for CgroupTree {
         }
         // Deepest first: created in parent-then-child order.
         for dir in self.created.iter().rev() {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                match fs::remove_dir(dir) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                    Err(e) if Instant::now() >= deadline => {
-                        eprintln!("cleanup: cannot remove {}: {e}", dir.display());
-                        break;
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
-                }
+            if let Err(e) = remove_cgroup(dir, Duration::from_secs(5)) {
+                eprintln!("cleanup: {e}");
             }
         }
     }
@@ -320,6 +381,32 @@ fn tail(s: &str, n: usize) -> &str {
         i += 1;
     }
     &s[i..]
+}
+
+/// What a run printed on stdout, as JSON (a report), or a panic that shows the run.
+pub fn stdout_json(run: &Run) -> Value {
+    serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", run.describe()))
+}
+
+/// The value at a JSON pointer, `null` where there is none (for assertions).
+pub fn at<'a>(v: &'a Value, pointer: &str) -> &'a Value {
+    v.pointer(pointer).unwrap_or(&Value::Null)
+}
+
+/// A storm run once per test binary and shared by its tests (two storms would fight for the
+/// CPUs): the first call runs `run`, later calls get its result. A failed storm fails every test
+/// that needs it, naming `what`; a missing binary is reported plainly by every test.
+pub fn shared<T: Send + Sync>(
+    cell: &'static OnceLock<Result<T, String>>,
+    what: &str,
+    run: fn() -> Result<T, String>,
+) -> &'static T {
+    let _ = cfstrace_bin();
+    match cell.get_or_init(run) {
+        Ok(t) => t,
+        Err(e) => panic!("{what} failed: {e}"),
+    }
 }
 
 /// Run `bin args...` with a wall-clock limit; output goes through files in `dir` so a chatty
@@ -371,6 +458,35 @@ pub fn run_with_timeout(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scratch_is_removed_after_a_pass_and_kept_after_a_panic() {
+        let tmp =
+            std::env::temp_dir().join(format!("cfstrace-scratch-test-{}", std::process::id()));
+        let tmp = tmp.to_str().unwrap().to_string();
+        let passed = Scratch::new(&tmp, "passed");
+        let passed_path = passed.to_path_buf();
+        assert!(
+            passed_path.is_dir()
+                && passed
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("passed-")
+        );
+        drop(passed);
+        assert!(!passed_path.exists(), "a passing test's scratch is removed");
+
+        let failed_path = std::panic::catch_unwind(|| {
+            let failed = Scratch::new(&tmp, "failed");
+            std::panic::panic_any(failed.to_path_buf());
+        })
+        .unwrap_err()
+        .downcast::<PathBuf>()
+        .unwrap();
+        assert!(failed_path.is_dir(), "a failed test's scratch is kept");
+        fs::remove_dir_all(&tmp).unwrap();
+    }
 
     #[test]
     fn mountinfo_v1_cpu_and_v2() {

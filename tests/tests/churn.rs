@@ -15,10 +15,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cfstrace_tests::{
-    CgroupTree, cfstrace_bin, cpu_hierarchy, is_root, nr_throttled, remove_cgroup,
-    run_with_timeout, spawn_busy_in, status_kib,
+    at, cfstrace_bin, nr_throttled, remove_cgroup, run_with_timeout, spawn_busy_in, status_kib,
+    stdout_json, test_cgroups,
 };
-use serde_json::Value;
 
 /// Cgroups made and removed during the record.
 const CHURN: usize = 500;
@@ -85,10 +84,6 @@ struct Churned {
     throttled: u64,
 }
 
-fn at<'a>(v: &'a Value, pointer: &str) -> &'a Value {
-    v.pointer(pointer).unwrap_or(&Value::Null)
-}
-
 /// The capture file has its header line: the probes are attached and the clock runs.
 fn wait_for_header(capture: &Path, rec: &mut Recorder, stderr: &Path) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -113,20 +108,12 @@ fn wait_for_header(capture: &Path, rec: &mut Recorder, stderr: &Path) {
 
 #[test]
 fn churned_cgroups_keep_their_names() {
-    assert!(
-        is_root(),
-        "churn test needs root (it creates cgroups and loads BPF programs); run as root"
-    );
-    let bin = cfstrace_bin();
-    let hierarchy = cpu_hierarchy().expect("no cgroup hierarchy with the cpu controller");
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cfstrace-churn");
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    let capture = dir.join("cap.jsonl");
-    let top_name = format!("cfstrace-churn-{}", std::process::id());
-
     // Declared in this order so the workers die before the tree removes the directories.
-    let mut tree = CgroupTree::new(hierarchy, &top_name).unwrap();
+    let mut tree = test_cgroups("cfstrace-churn");
+    let top_name = tree.top.file_name().unwrap().to_string_lossy().into_owned();
+    let bin = cfstrace_bin();
+    let dir = cfstrace_tests::scratch!("cfstrace-churn");
+    let capture = dir.join("cap.jsonl");
     let mut workers = Workers::default();
 
     let rec_out = dir.join("record.stdout");
@@ -225,8 +212,7 @@ fn churned_cgroups_keep_their_names() {
     .unwrap();
     assert!(report.status.success(), "{}", report.describe());
     let _ = fs::write(dir.join("report.json"), &report.stdout);
-    let r: Value = serde_json::from_str(&report.stdout)
-        .unwrap_or_else(|e| panic!("report is not JSON ({e}):\n{}", report.describe()));
+    let r = stdout_json(&report);
 
     // Every cgroup of ours in the report: named, and named right.
     let cgroups = at(&r, "/cgroups").as_array().cloned().unwrap_or_default();

@@ -10,10 +10,10 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use cfstrace_tests::expect::{self, Culprit, Doctor, Facts, Floors};
+use cfstrace_tests::expect::{self, Culprit, Doctor, Facts, Floors, Verdict};
 use cfstrace_tests::{
-    APPLICATION, CONTAINER, CgroupTree, Run, cfstrace_bin, cpu_hierarchy, kprobes_available,
-    run_with_timeout,
+    APPLICATION, CONTAINER, CgroupTree, Run, Scratch, at, cfstrace_bin, cpu_hierarchy,
+    kprobes_available, run_with_timeout, scratch, stdout_json,
 };
 use serde_json::Value;
 
@@ -34,7 +34,7 @@ const HOST_FLOORS: Floors = Floors {
 };
 
 struct Storm {
-    dir: PathBuf,
+    dir: Scratch,
     capture: PathBuf,
     top_name: String,
     busy_pids: Vec<u32>,
@@ -44,12 +44,19 @@ struct Storm {
 
 fn storm() -> &'static Storm {
     static STORM: OnceLock<Result<Storm, String>> = OnceLock::new();
-    // Panics outside the once-init, so a missing binary is reported plainly by every test.
-    let _ = cfstrace_bin();
-    match STORM.get_or_init(run_storm) {
-        Ok(s) => s,
-        Err(e) => panic!("storm setup failed: {e}"),
-    }
+    cfstrace_tests::shared(&STORM, "storm setup", run_storm)
+}
+
+/// The storm's recorded report, for a test that needs root and a successful record.
+fn recorded() -> (&'static Storm, Value) {
+    cfstrace_tests::require_root("the host test");
+    let s = storm();
+    assert!(
+        s.record.status.success(),
+        "record failed: {}",
+        s.record.describe()
+    );
+    (s, stdout_json(&s.report))
 }
 
 fn run_storm() -> Result<Storm, String> {
@@ -58,7 +65,8 @@ fn run_storm() -> Result<Storm, String> {
         "no cgroup hierarchy with the cpu controller (neither a v1 cgroup mount with cpu nor \
          cgroup2 with cpu in cgroup.controllers)",
     )?;
-    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "cfstrace-hosttest");
+    // A fixed directory: `cargo xtask test` reads its report.json.
+    let dir = Scratch::fixed(env!("CARGO_TARGET_TMPDIR"), "cfstrace-hosttest");
     let capture = dir.join("cap.jsonl");
     let top_name = format!("cfstrace-hosttest-{}", std::process::id());
 
@@ -97,36 +105,34 @@ fn run_storm() -> Result<Storm, String> {
     })
 }
 
-fn report_json(run: &Run) -> Value {
-    serde_json::from_str(&run.stdout)
-        .unwrap_or_else(|e| panic!("report is not JSON ({e}):\n{}", run.describe()))
-}
-
-fn at<'a>(v: &'a Value, pointer: &str) -> &'a Value {
-    v.pointer(pointer).unwrap_or(&Value::Null)
-}
-
+/// A number at a JSON pointer, or a panic naming it.
 fn num(v: &Value, pointer: &str) -> f64 {
     at(v, pointer)
         .as_f64()
         .unwrap_or_else(|| panic!("{pointer} is not a number: {}", at(v, pointer)))
 }
 
+/// The oracle's verdict: its notes printed, and no failure (else the failures, then `ctx`).
+fn assert_passes(v: &Verdict, ctx: &str) {
+    for n in &v.notes {
+        eprintln!("note: {n}");
+    }
+    assert!(
+        v.failures.is_empty(),
+        "{} check(s) failed:\n  - {}\n{ctx}",
+        v.failures.len(),
+        v.failures.join("\n  - ")
+    );
+}
+
 #[test]
 fn storm_names_the_yarn_container() {
-    cfstrace_tests::require_root("the host test");
-    let s = storm();
-    assert!(
-        s.record.status.success(),
-        "record failed: {}",
-        s.record.describe()
-    );
+    let (s, r) = recorded();
     assert!(
         s.report.status.success(),
         "report failed: {}",
         s.report.describe()
     );
-    let r = report_json(&s.report);
     let pretty = serde_json::to_string_pretty(&r).unwrap();
     let ctx = format!("report:\n{pretty}");
 
@@ -195,14 +201,7 @@ fn storm_names_the_yarn_container() {
 /// figure available exactly where its probe is.
 #[test]
 fn host_reports_what_this_kernel_can_measure() {
-    cfstrace_tests::require_root("the host test");
-    let s = storm();
-    assert!(
-        s.record.status.success(),
-        "record failed: {}",
-        s.record.describe()
-    );
-    let r = report_json(&s.report);
+    let (_, r) = recorded();
     let facts = Facts::host();
     let path = format!("hadoop-yarn/{CONTAINER}");
     let culprit = Culprit {
@@ -211,16 +210,11 @@ fn host_reports_what_this_kernel_can_measure() {
         application: APPLICATION,
     };
     let v = expect::check_report(&facts, "auto", &r, &culprit, &HOST_FLOORS);
-    for n in &v.notes {
-        eprintln!("note: {n}");
-    }
-    assert!(
-        v.failures.is_empty(),
-        "{} check(s) failed on this host ({facts:?}):\n  - {}\nreport:\n{}",
-        v.failures.len(),
-        v.failures.join("\n  - "),
+    let ctx = format!(
+        "on this host ({facts:?}), report:\n{}",
         serde_json::to_string_pretty(&r).unwrap()
     );
+    assert_passes(&v, &ctx);
     if at(&r, "/figures/runnable/available") == true {
         assert!(
             num(&r, "/culprit/runnable_per_period/max") >= 1.0,
@@ -236,14 +230,7 @@ fn host_reports_what_this_kernel_can_measure() {
 /// them. The spans and callbacks also match the capture line for line.
 #[test]
 fn irq_spans_via_the_local_timer_tracepoints() {
-    cfstrace_tests::require_root("the host test");
-    let s = storm();
-    assert!(
-        s.record.status.success(),
-        "record failed: {}",
-        s.record.describe()
-    );
-    let r = report_json(&s.report);
+    let (s, r) = recorded();
     let pretty = serde_json::to_string_pretty(&r).unwrap();
     let ctx = format!("report:\n{pretty}");
 
@@ -336,15 +323,7 @@ fn irq_spans_via_the_local_timer_tracepoints() {
         fs::read_to_string(&s.capture).unwrap_or_else(|e| panic!("{}: {e}", s.capture.display()));
     let digest = expect::CaptureDigest::from_capture(&capture);
     let v = expect::check_capture(&r, &digest);
-    for n in &v.notes {
-        eprintln!("note: {n}");
-    }
-    assert!(
-        v.failures.is_empty(),
-        "report vs capture {}:\n  - {}",
-        s.capture.display(),
-        v.failures.join("\n  - ")
-    );
+    assert_passes(&v, &format!("report vs capture {}", s.capture.display()));
 }
 
 /// `cfstrace doctor --attach-cycles 20`: attach and detach 20 times, nothing left behind, and
@@ -354,7 +333,7 @@ fn irq_spans_via_the_local_timer_tracepoints() {
 fn doctor_attach_cycles_leave_nothing_behind() {
     cfstrace_tests::require_root("the host test");
     let s = storm();
-    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "cfstrace-hosttest-doctor");
+    let dir = scratch!("cfstrace-hosttest-doctor");
     let cycles = ATTACH_CYCLES.to_string();
     let run = run_with_timeout(
         &cfstrace_bin(),
@@ -380,13 +359,7 @@ fn doctor_attach_cycles_leave_nothing_behind() {
 
 #[test]
 fn report_survives_a_truncated_last_line() {
-    cfstrace_tests::require_root("the host test");
-    let s = storm();
-    assert!(
-        s.record.status.success(),
-        "record failed: {}",
-        s.record.describe()
-    );
+    let (s, _) = recorded();
     let data = fs::read(&s.capture).unwrap_or_else(|e| panic!("{}: {e}", s.capture.display()));
     assert!(data.len() > 5, "capture is only {} bytes", data.len());
     let truncated = s.dir.join("truncated.jsonl");
@@ -404,7 +377,7 @@ fn report_survives_a_truncated_last_line() {
         "a truncated last line must not be fatal: {}",
         run.describe()
     );
-    let r = report_json(&run);
+    let r = stdout_json(&run);
     assert_eq!(at(&r, "/schema"), "cfstrace.report/1");
     let said = format!("{}\n{}", run.stdout, run.stderr).to_ascii_lowercase();
     assert!(
@@ -416,7 +389,7 @@ fn report_survives_a_truncated_last_line() {
 
 #[test]
 fn report_of_a_missing_file_names_it() {
-    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "cfstrace-hosttest-missing");
+    let dir = scratch!("cfstrace-hosttest-missing");
     let run = run_with_timeout(
         &cfstrace_bin(),
         &["report", "/nonexistent", "--json"],

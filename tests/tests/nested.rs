@@ -7,11 +7,13 @@
 //! Needs root (cgroups, BPF) and the built binary; it fails, never skips, without them.
 
 use std::fs;
-use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use cfstrace_tests::{CgroupTree, Run, Version, cfstrace_bin, cpu_hierarchy, run_with_timeout};
+use cfstrace_tests::{
+    CgroupTree, Run, Scratch, Version, at, cfstrace_bin, cpu_hierarchy, run_with_timeout,
+    stdout_json,
+};
 use serde_json::Value;
 
 /// The parent: 20 ms period, 10 ms quota (half a CPU for the whole subtree).
@@ -22,7 +24,7 @@ const CHILD_PERIOD_US: u64 = 10_000;
 const CHILD_QUOTA_US: u64 = 2_000;
 
 struct Nested {
-    dir: PathBuf,
+    dir: Scratch,
     capture: String,
     /// Paths as cfstrace prints them (relative to the cpu hierarchy's mount).
     top: String,
@@ -35,17 +37,13 @@ struct Nested {
 /// One storm per test binary, shared by the tests (two storms would fight for the CPUs).
 fn nested() -> &'static Nested {
     static RUN: OnceLock<Result<Nested, String>> = OnceLock::new();
-    let _ = cfstrace_bin();
-    match RUN.get_or_init(run_nested) {
-        Ok(n) => n,
-        Err(e) => panic!("nested-quota storm failed: {e}"),
-    }
+    cfstrace_tests::shared(&RUN, "nested-quota storm", run_nested)
 }
 
 fn run_nested() -> Result<Nested, String> {
     let bin = cfstrace_bin();
     let hierarchy = cpu_hierarchy().ok_or("no cgroup hierarchy with the cpu controller")?;
-    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "cfstrace-nested");
+    let dir = Scratch::fixed(env!("CARGO_TARGET_TMPDIR"), "cfstrace-nested");
     let capture = dir.join("cap.jsonl");
     let capture = capture
         .to_str()
@@ -102,15 +100,6 @@ fn run_nested() -> Result<Nested, String> {
     })
 }
 
-fn json(run: &Run) -> Value {
-    serde_json::from_str(&run.stdout)
-        .unwrap_or_else(|e| panic!("report is not JSON ({e}):\n{}", run.describe()))
-}
-
-fn at<'a>(v: &'a Value, pointer: &str) -> &'a Value {
-    v.pointer(pointer).unwrap_or(&Value::Null)
-}
-
 fn cgroup<'a>(r: &'a Value, path: &str, ctx: &str) -> &'a Value {
     at(r, "/cgroups")
         .as_array()
@@ -123,28 +112,21 @@ fn cgroup<'a>(r: &'a Value, path: &str, ctx: &str) -> &'a Value {
 fn assert_own_timer(c: &Value, path: &str, period_us: u64, quota_us: u64, ctx: &str) {
     let periods = at(c, "/periods").as_u64().unwrap_or(0);
     assert!(periods > 0, "{path}: no period-timer callbacks; {ctx}");
-    assert_eq!(
-        at(c, "/callback_ns/count").as_u64(),
-        Some(periods),
-        "{path}: callback count; {ctx}"
-    );
-    assert_eq!(
-        at(c, "/period_us").as_u64(),
-        Some(period_us),
-        "{path}; {ctx}"
-    );
-    assert_eq!(at(c, "/quota_us").as_u64(), Some(quota_us), "{path}; {ctx}");
-    // What the kernel's timer itself carried: proves these callbacks are this cgroup's timer.
-    assert_eq!(
-        at(c, "/kernel_period_us").as_u64(),
-        Some(period_us),
-        "{path}: the timer's own period; {ctx}"
-    );
-    assert_eq!(
-        at(c, "/kernel_quota_us").as_u64(),
-        Some(quota_us),
-        "{path}: the timer's own quota; {ctx}"
-    );
+    // `kernel_*`: what the kernel's timer itself carried, which proves these callbacks are
+    // this cgroup's timer.
+    for (key, want) in [
+        ("callback_ns/count", periods),
+        ("period_us", period_us),
+        ("quota_us", quota_us),
+        ("kernel_period_us", period_us),
+        ("kernel_quota_us", quota_us),
+    ] {
+        assert_eq!(
+            at(c, &format!("/{key}")).as_u64(),
+            Some(want),
+            "{path}: {key}; {ctx}"
+        );
+    }
 }
 
 #[test]
@@ -153,7 +135,7 @@ fn parent_and_child_quotas_each_have_their_own_timer_and_chain() {
     let n = nested();
     assert!(n.record.status.success(), "{}", n.record.describe());
     assert!(n.report.status.success(), "{}", n.report.describe());
-    let r = json(&n.report);
+    let r = stdout_json(&n.report);
     let ctx = format!(
         "report:\n{}",
         serde_json::to_string_pretty(&r).unwrap_or_default()
@@ -230,7 +212,7 @@ fn highlight_under_flags_the_alert_like_fail_under() {
     assert!(n.record.status.success(), "{}", n.record.describe());
 
     // Default: 10 %, and this host's headroom is nearly all of watchdog_thresh.
-    let r = json(&n.report);
+    let r = stdout_json(&n.report);
     assert_eq!(
         at(&r, "/headroom_alert/under_pct").as_f64(),
         Some(10.0),
@@ -241,7 +223,7 @@ fn highlight_under_flags_the_alert_like_fail_under() {
     // 100 %: headroom is always below the whole threshold.
     let run = report_args(n, &["--json", "--highlight-under", "100"]);
     assert!(run.status.success(), "{}", run.describe());
-    let r = json(&run);
+    let r = stdout_json(&run);
     let a = at(&r, "/headroom_alert");
     assert_eq!(a["under_pct"].as_f64(), Some(100.0), "{a}");
     assert_eq!(a["alert"], true, "{a}");
@@ -260,7 +242,7 @@ fn highlight_under_flags_the_alert_like_fail_under() {
     // 0 %: never.
     let run = report_args(n, &["--json", "--highlight-under", "0"]);
     assert!(run.status.success(), "{}", run.describe());
-    let r = json(&run);
+    let r = stdout_json(&run);
     assert_eq!(at(&r, "/headroom_alert/alert"), false, "{r}");
     assert_eq!(
         at(&r, "/headroom_alert/under_pct").as_f64(),

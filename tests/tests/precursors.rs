@@ -7,7 +7,7 @@
 use std::fs;
 use std::time::Duration;
 
-use cfstrace_tests::{CgroupTree, cfstrace_bin, cpu_hierarchy, is_root, run_with_timeout};
+use cfstrace_tests::{cfstrace_bin, run_with_timeout, test_cgroups};
 use serde_json::Value;
 
 const PERIOD_US: u64 = 10_000;
@@ -17,18 +17,9 @@ const NEW_QUOTA_US: u64 = 4_000;
 
 #[test]
 fn period_written_mid_record_is_a_write_and_forged_kmsg_is_ignored() {
-    assert!(
-        is_root(),
-        "this test throttles real cgroups and attaches BPF programs: run it as root"
-    );
+    let mut tree = test_cgroups("cfstrace-precursors");
     let bin = cfstrace_bin();
-    let hierarchy = cpu_hierarchy().expect("no cgroup hierarchy with the cpu controller");
-    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "cfstrace-precursors");
-    let mut tree = CgroupTree::new(
-        hierarchy,
-        &format!("cfstrace-precursors-{}", std::process::id()),
-    )
-    .unwrap();
+    let dir = cfstrace_tests::scratch!("cfstrace-precursors");
     let leaf = tree.add("svc", PERIOD_US, QUOTA_US).unwrap();
     tree.busy(&leaf, 2).unwrap();
     let path = tree.cgroup_path(&leaf);
@@ -37,7 +28,7 @@ fn period_written_mid_record_is_a_write_and_forged_kmsg_is_ignored() {
 
     // The recorder runs in a thread; this thread rewrites the period half way through.
     let rec = {
-        let (bin, dir, cap_s) = (bin.clone(), dir.clone(), cap_s.clone());
+        let (bin, dir, cap_s) = (bin.clone(), dir.to_path_buf(), cap_s.clone());
         std::thread::spawn(move || {
             run_with_timeout(
                 &bin,

@@ -282,6 +282,17 @@ fn callback_counts(samples: &[Sample]) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// Every callback is in exactly one series: the series' counts add up to the callbacks counted.
+fn assert_one_series_a_callback(samples: &[Sample], counts: &BTreeMap<String, f64>, body: &str) {
+    let total: f64 = counts.values().sum();
+    let callbacks = value(
+        samples,
+        "cfstrace_events_total",
+        ("kind", "period_callback"),
+    );
+    assert_eq!(total, callbacks, "{body}");
+}
+
 #[test]
 fn metrics_parse_escape_accumulate_and_fold() {
     assert!(
@@ -289,7 +300,7 @@ fn metrics_parse_escape_accumulate_and_fold() {
         "this test throttles real cgroups and attaches BPF programs: run it as root"
     );
     let hierarchy = cpu_hierarchy().expect("no cgroup hierarchy with the cpu controller");
-    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "cfstrace-prometheus");
+    let dir = cfstrace_tests::scratch!("cfstrace-prometheus");
     let top = format!("cfstrace-prom-{}", std::process::id());
     let mut tree = CgroupTree::new(hierarchy, &top).unwrap();
     // The hostile cgroup is the busiest (the tighter quota on more workers), so it is ranked
@@ -334,18 +345,8 @@ fn metrics_parse_escape_accumulate_and_fold() {
             "hostile path not back exactly:\n{body}"
         );
         assert!(cgroups.contains(plain_path.as_str()), "{body}");
-        // Every callback is in exactly one series.
         let counts = callback_counts(&samples);
-        let total: f64 = counts.values().sum();
-        assert_eq!(
-            total,
-            value(
-                &samples,
-                "cfstrace_events_total",
-                ("kind", "period_callback")
-            ),
-            "{body}"
-        );
+        assert_one_series_a_callback(&samples, &counts, &body);
         assert!(counts[&evil_path] > 0.0);
         let thresh = samples
             .iter()
@@ -413,15 +414,7 @@ fn metrics_parse_escape_accumulate_and_fold() {
                 .all(|(k, v)| k == "cgroup" || v.is_empty()),
             "{other_labels:?}"
         );
-        let total: f64 = counts.values().sum();
-        assert_eq!(
-            total,
-            value(
-                &samples,
-                "cfstrace_events_total",
-                ("kind", "period_callback")
-            )
-        );
+        assert_one_series_a_callback(&samples, &counts, &body);
         std::thread::sleep(Duration::from_millis(1500));
     }
     drop(w);

@@ -7,18 +7,42 @@
 //! Needs root (BPF). Never skips. Runs no throttling storm of its own.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cfstrace_tests::{Run, cfstrace_bin, is_root, run_with_timeout};
 use serde_json::Value;
 
-fn cfstrace(dir: &Path, args: &[&str]) -> (Run, Duration) {
+/// `cfstrace OPTS... -o CAP -- CMD...`: a run that records to CAP while CMD runs.
+fn cmd_args<'a>(opts: &[&'a str], cap: &'a Path, cmd: &[&'a str]) -> Vec<&'a str> {
+    let cap = cap.to_str().expect("a UTF-8 capture path");
+    [opts, &["-o", cap, "--"], cmd].concat()
+}
+
+/// A finished `cfstrace OPTS... -o CAP -- CMD...`: the run, how long it took, and CAP.
+struct CmdRun {
+    run: Run,
+    took: Duration,
+    cap: PathBuf,
+}
+
+/// Run `cfstrace OPTS... -o <dir>/c.jsonl -- CMD...` (as root, 90 s at most).
+fn cfstrace_cmd(dir: &Path, opts: &[&str], cmd: &[&str]) -> CmdRun {
     assert!(is_root(), "this test needs root (BPF); it never skips");
+    let cap = dir.join("c.jsonl");
     let start = Instant::now();
-    let run = run_with_timeout(&cfstrace_bin(), args, dir, Duration::from_secs(90))
-        .unwrap_or_else(|e| panic!("{e}"));
-    (run, start.elapsed())
+    let run = run_with_timeout(
+        &cfstrace_bin(),
+        &cmd_args(opts, &cap, cmd),
+        dir,
+        Duration::from_secs(90),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    CmdRun {
+        run,
+        took: start.elapsed(),
+        cap,
+    }
 }
 
 /// The capture's end line (the last line), checked to be a complete capture.
@@ -36,21 +60,11 @@ fn end_line(cap: &Path) -> Value {
 
 #[test]
 fn record_stops_when_cmd_exits_with_its_status() {
-    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "record_cmd_exit");
-    let cap = dir.join("c.jsonl");
-    let (run, took) = cfstrace(
+    let dir = cfstrace_tests::scratch!("record_cmd_exit");
+    let CmdRun { run, took, cap } = cfstrace_cmd(
         &dir,
-        &[
-            "record",
-            "-d",
-            "60s",
-            "-o",
-            cap.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            "sleep 2; exit 7",
-        ],
+        &["record", "-d", "60s"],
+        &["sh", "-c", "sleep 2; exit 7"],
     );
     assert_eq!(run.status.code(), Some(7), "{}", run.describe());
     // 2 s of CMD plus attach/detach: well before the 60 s duration.
@@ -71,20 +85,8 @@ fn record_stops_when_cmd_exits_with_its_status() {
 
 #[test]
 fn record_cmd_killed_by_a_signal_is_128_plus_n() {
-    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "record_cmd_signal");
-    let cap = dir.join("c.jsonl");
-    let (run, _) = cfstrace(
-        &dir,
-        &[
-            "record",
-            "-o",
-            cap.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            "kill -TERM $$",
-        ],
-    );
+    let dir = cfstrace_tests::scratch!("record_cmd_signal");
+    let CmdRun { run, cap, .. } = cfstrace_cmd(&dir, &["record"], &["sh", "-c", "kill -TERM $$"]);
     assert_eq!(run.status.code(), Some(143), "{}", run.describe());
     let end = end_line(&cap);
     assert_eq!(end["reason"], "command_exited", "{end}");
@@ -93,27 +95,17 @@ fn record_cmd_killed_by_a_signal_is_128_plus_n() {
 
 #[test]
 fn duration_stops_cmd_and_exits_124() {
-    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "record_cmd_duration");
-    let cap = dir.join("c.jsonl");
+    let dir = cfstrace_tests::scratch!("record_cmd_duration");
     let marker = dir.join("child-still-running");
     // A child of CMD's too: the whole process group is stopped, not only CMD.
     let script = format!(
         "sleep 30 & wait; touch {m}; sleep 30; touch {m}",
         m = marker.display()
     );
-    let (run, took) = cfstrace(
+    let CmdRun { run, took, cap } = cfstrace_cmd(
         &dir,
-        &[
-            "record",
-            "--duration",
-            "2s",
-            "-o",
-            cap.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
+        &["record", "--duration", "2s"],
+        &["sh", "-c", &script],
     );
     assert_eq!(run.status.code(), Some(124), "{}", run.describe());
     assert!(
@@ -140,21 +132,9 @@ fn duration_stops_cmd_and_exits_124() {
 
 #[test]
 fn repro_prints_the_report_and_returns_cmd_status() {
-    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "repro_cmd");
-    let cap = dir.join("r.jsonl");
-    let (run, _) = cfstrace(
-        &dir,
-        &[
-            "repro",
-            "-o",
-            cap.to_str().unwrap(),
-            "--json",
-            "--",
-            "sh",
-            "-c",
-            "sleep 1; exit 3",
-        ],
-    );
+    let dir = cfstrace_tests::scratch!("repro_cmd");
+    let CmdRun { run, cap, .. } =
+        cfstrace_cmd(&dir, &["repro", "--json"], &["sh", "-c", "sleep 1; exit 3"]);
     assert_eq!(run.status.code(), Some(3), "{}", run.describe());
     let rep: Value = serde_json::from_str(&run.stdout)
         .unwrap_or_else(|e| panic!("no JSON report on stdout ({e}): {}", run.describe()));
@@ -166,7 +146,7 @@ fn repro_prints_the_report_and_returns_cmd_status() {
     assert_eq!(end_line(&cap)["command_status"], 3);
 
     // Without -o: cfstrace-repro-<time>.jsonl in the current directory; a table on stdout.
-    let cwd = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "repro_cmd_default");
+    let cwd = cfstrace_tests::scratch!("repro_cmd_default");
     let start = Instant::now();
     let run = std::process::Command::new(cfstrace_bin())
         .args(["repro", "--", "true"])
@@ -191,20 +171,10 @@ fn repro_prints_the_report_and_returns_cmd_status() {
 
 #[test]
 fn missing_command_is_a_clear_error_and_no_capture() {
-    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "record_cmd_missing");
+    let dir = cfstrace_tests::scratch!("record_cmd_missing");
     for sub in ["record", "repro"] {
-        let cap = dir.join(format!("{sub}.jsonl"));
-        let (run, _) = cfstrace(
-            &dir,
-            &[
-                sub,
-                "-o",
-                cap.to_str().unwrap(),
-                "--",
-                "no-such-command-cfstrace",
-                "x",
-            ],
-        );
+        let CmdRun { run, cap, .. } =
+            cfstrace_cmd(&dir, &[sub], &["no-such-command-cfstrace", "x"]);
         assert_eq!(run.status.code(), Some(1), "{}", run.describe());
         assert!(
             run.stderr.contains("no-such-command-cfstrace") && run.stderr.contains("not found"),
@@ -218,7 +188,7 @@ fn missing_command_is_a_clear_error_and_no_capture() {
 #[test]
 fn ctrl_c_is_forwarded_to_cmd_and_the_capture_ends_cleanly() {
     assert!(is_root(), "this test needs root (BPF); it never skips");
-    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "record_cmd_sigint");
+    let dir = cfstrace_tests::scratch!("record_cmd_sigint");
     let cap = dir.join("c.jsonl");
     let ready = dir.join("ready");
     // CMD says when its trap is set; on SIGINT it exits 5.
@@ -227,15 +197,7 @@ fn ctrl_c_is_forwarded_to_cmd_and_the_capture_ends_cleanly() {
         ready.display()
     );
     let mut child = std::process::Command::new(cfstrace_bin())
-        .args([
-            "record",
-            "-o",
-            cap.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ])
+        .args(cmd_args(&["record"], &cap, &["sh", "-c", &script]))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

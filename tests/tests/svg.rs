@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use cfstrace_tests::{CgroupTree, cfstrace_bin, cpu_hierarchy, is_root, run_with_timeout};
+use cfstrace_tests::{cfstrace_bin, run_with_timeout, test_cgroups};
 use serde_json::Value;
 
 /// The picture's size (tracer/src/svg.rs WIDTH x HEIGHT).
@@ -40,20 +40,14 @@ fn xml(s: &str) -> String {
 
 #[test]
 fn report_svg_of_a_real_storm_renders_with_its_series() {
-    assert!(
-        is_root(),
-        "this test needs root (cgroups and BPF); it never skips"
-    );
+    let mut tree = test_cgroups("cfstrace-svg");
     let rsvg = Command::new("rsvg-convert").arg("--version").output();
     assert!(
         rsvg.as_ref().is_ok_and(|o| o.status.success()),
         "rsvg-convert missing: `cargo xtask setup` installs librsvg2-bin ({rsvg:?})"
     );
     let bin = cfstrace_bin();
-    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "svg");
-    let hier = cpu_hierarchy().expect("no cgroup hierarchy with the cpu controller");
-    let mut tree =
-        CgroupTree::new(hier, &format!("cfstrace-svg-{}", std::process::id())).expect("cgroup");
+    let dir = cfstrace_tests::scratch!("svg");
     // Three throttled cgroups with different periods, so their period lines differ.
     for (rel, period, quota, n) in [
         ("kubepods/pod-hot", 5_000, 1_000, 3),
@@ -63,18 +57,18 @@ fn report_svg_of_a_real_storm_renders_with_its_series() {
         let cg = tree.add(rel, period, quota).expect("add cgroup");
         tree.busy(&cg, n).expect("busy loops");
     }
-    let cap = dir.as_path().join("storm.jsonl");
+    let cap = dir.path().join("storm.jsonl");
     let rec = run_with_timeout(
         &bin,
         &["record", "-d", "4s", "-o", cap.to_str().unwrap()],
-        dir.as_path(),
+        dir.path(),
         Duration::from_secs(60),
     )
     .expect("record");
     assert!(rec.status.success(), "{}", rec.describe());
     drop(tree);
 
-    let svg = dir.as_path().join("storm.svg");
+    let svg = dir.path().join("storm.svg");
     let with = run_with_timeout(
         &bin,
         &[
@@ -84,7 +78,7 @@ fn report_svg_of_a_real_storm_renders_with_its_series() {
             "--svg",
             svg.to_str().unwrap(),
         ],
-        dir.as_path(),
+        dir.path(),
         Duration::from_secs(60),
     )
     .expect("report --svg");
@@ -92,7 +86,7 @@ fn report_svg_of_a_real_storm_renders_with_its_series() {
     let without = run_with_timeout(
         &bin,
         &["report", cap.to_str().unwrap(), "--json"],
-        dir.as_path(),
+        dir.path(),
         Duration::from_secs(60),
     )
     .expect("report");
@@ -100,7 +94,7 @@ fn report_svg_of_a_real_storm_renders_with_its_series() {
     let rep: Value = serde_json::from_str(&with.stdout).expect("report JSON");
 
     // An independent renderer reads it whole and draws it at the expected size.
-    let png = dir.as_path().join("storm.png");
+    let png = dir.path().join("storm.png");
     let out = Command::new("rsvg-convert")
         .args(["-o", png.to_str().unwrap(), svg.to_str().unwrap()])
         .output()

@@ -11,10 +11,10 @@ use std::io::Read as _;
 use std::os::fd::{FromRawFd as _, OwnedFd};
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use cfstrace_tests::{CgroupTree, cfstrace_bin, cpu_hierarchy, is_root, run_with_timeout};
+use cfstrace_tests::{CgroupTree, Run, Scratch, cfstrace_bin, run_with_timeout, test_cgroups};
 use serde_json::Value;
 
 /// One storm at a time: the tests of this file run one after the other.
@@ -26,19 +26,45 @@ const HIDE_CURSOR: &str = "\x1b[?25l";
 const SHOW_CURSOR: &str = "\x1b[?25h";
 const BLOCKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
 
-/// A throttled cgroup `<top>/svc` (2 ms every 10 ms) with two busy loops; returns the tree
-/// (dropping it cleans up) and the path cfstrace shows.
-fn storm(name: &str) -> (CgroupTree, String) {
-    assert!(
-        is_root(),
-        "this test throttles real cgroups and attaches BPF programs: run it as root"
-    );
-    let hierarchy = cpu_hierarchy().expect("no cgroup hierarchy with the cpu controller");
-    let mut tree = CgroupTree::new(hierarchy, &format!("{name}-{}", std::process::id())).unwrap();
+/// A throttled cgroup `<top>/svc` (2 ms every 10 ms) with two busy loops, one storm at a time;
+/// dropping it ends the storm (the loops killed, the cgroups removed).
+struct Storm {
+    _tree: CgroupTree,
+    /// The throttled cgroup, as cfstrace shows it.
+    path: String,
+    /// The top's directory name: what `--cgroup` selects.
+    name: String,
+    dir: Scratch,
+    _one: MutexGuard<'static, ()>,
+}
+
+fn storm(name: &str) -> Storm {
+    let one = STORM.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tree = test_cgroups(name);
     let leaf = tree.add("svc", 10_000, 2_000).unwrap();
     tree.busy(&leaf, 2).unwrap();
     let path = tree.cgroup_path(&leaf);
-    (tree, path)
+    let top = tree.top.file_name().unwrap().to_str().unwrap().to_string();
+    Storm {
+        _tree: tree,
+        path,
+        name: top,
+        dir: cfstrace_tests::scratch!(name),
+        _one: one,
+    }
+}
+
+impl Storm {
+    /// `cfstrace watch ARGS --cgroup <top>` without a terminal; it must succeed.
+    fn watch(&self, args: &[&str]) -> Run {
+        let mut all = vec!["watch"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--cgroup", &self.name]);
+        let run = run_with_timeout(&cfstrace_bin(), &all, &self.dir, Duration::from_secs(90))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(run.status.success(), "{}", run.describe());
+        run
+    }
 }
 
 /// Run `bin args` with stdin, stdout and stderr on a new pseudo-terminal of `cols` x `rows`;
@@ -172,10 +198,8 @@ fn assert_restored(out: &str) {
 
 #[test]
 fn live_view_under_a_pseudo_terminal() {
-    let _one = STORM.lock().unwrap_or_else(|e| e.into_inner());
-    let bin = cfstrace_bin();
-    let (tree, path) = storm("cfstrace-watch-pty");
-    let name = tree.top.file_name().unwrap().to_str().unwrap().to_string();
+    let s = storm("cfstrace-watch-pty");
+    let (bin, path, name) = (cfstrace_bin(), s.path.as_str(), s.name.as_str());
 
     // Ends by itself (--duration): the view, then the terminal given back.
     let (status, out) = run_in_pty(
@@ -187,7 +211,7 @@ fn live_view_under_a_pseudo_terminal() {
             "--duration",
             "4s",
             "--cgroup",
-            &name,
+            name,
         ],
         false,
         None,
@@ -198,7 +222,7 @@ fn live_view_under_a_pseudo_terminal() {
     let enter = out.find(ENTER_ALT).unwrap();
     let view = &out[enter..out.rfind(LEAVE_ALT).unwrap()];
     assert!(
-        view.contains(&path),
+        view.contains(path),
         "the cgroup is not in the view:\n{}",
         visible(&out)
     );
@@ -229,12 +253,12 @@ fn live_view_under_a_pseudo_terminal() {
     assert!(view.matches("\x1b[H").count() >= 3, "{}", visible(&out));
     // The last frame stays on the normal screen.
     let after = &out[out.rfind(LEAVE_ALT).unwrap()..];
-    assert!(after.contains(&path), "{}", visible(&out));
+    assert!(after.contains(path), "{}", visible(&out));
 
     // Ctrl-C (SIGINT) and NO_COLOR: ends cleanly, terminal given back, no colour at all.
     let (status, out) = run_in_pty(
         &bin,
-        &["watch", "--cgroup", &name],
+        &["watch", "--cgroup", name],
         true,
         Some(Duration::from_millis(3500)),
         Duration::from_secs(90),
@@ -245,39 +269,20 @@ fn live_view_under_a_pseudo_terminal() {
         visible(&out)
     );
     assert_restored(&out);
-    assert!(out.contains(&path), "{}", visible(&out));
+    assert!(out.contains(path), "{}", visible(&out));
     assert_eq!(
         colour_codes(&out),
         Vec::<String>::new(),
         "NO_COLOR is set:\n{}",
         visible(&out)
     );
-    drop(tree);
 }
 
 #[test]
 fn plain_lines_without_a_terminal() {
-    let _one = STORM.lock().unwrap_or_else(|e| e.into_inner());
-    let bin = cfstrace_bin();
-    let (tree, path) = storm("cfstrace-watch-plain");
-    let name = tree.top.file_name().unwrap().to_str().unwrap().to_string();
-    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "cfstrace-watch-plain");
-    let run = run_with_timeout(
-        &bin,
-        &[
-            "watch",
-            "--interval",
-            "1s",
-            "--duration",
-            "3s",
-            "--cgroup",
-            &name,
-        ],
-        &dir,
-        Duration::from_secs(90),
-    )
-    .unwrap();
-    assert!(run.status.success(), "{}", run.describe());
+    let s = storm("cfstrace-watch-plain");
+    let path = s.path.as_str();
+    let run = s.watch(&["--interval", "1s", "--duration", "3s"]);
     assert!(
         !run.stdout.contains('\x1b'),
         "escape sequences in a pipe:\n{}",
@@ -289,37 +294,23 @@ fn plain_lines_without_a_terminal() {
         "{intervals} intervals:\n{}",
         run.describe()
     );
-    assert!(run.stdout.contains(&path), "{}", run.describe());
+    assert!(run.stdout.contains(path), "{}", run.describe());
     assert!(run.stdout.contains("CULPRIT"), "{}", run.describe());
-    drop(tree);
 }
 
 #[test]
 fn json_lines_one_report_an_interval() {
-    let _one = STORM.lock().unwrap_or_else(|e| e.into_inner());
-    let bin = cfstrace_bin();
-    let (tree, path) = storm("cfstrace-watch-json");
-    let name = tree.top.file_name().unwrap().to_str().unwrap().to_string();
-    let dir = cfstrace_tests::scratch(env!("CARGO_TARGET_TMPDIR"), "cfstrace-watch-json");
-    let run = run_with_timeout(
-        &bin,
-        &[
-            "watch",
-            "--json",
-            "--interval",
-            "1s",
-            "--duration",
-            "4s",
-            "--top",
-            "1",
-            "--cgroup",
-            &name,
-        ],
-        &dir,
-        Duration::from_secs(90),
-    )
-    .unwrap();
-    assert!(run.status.success(), "{}", run.describe());
+    let s = storm("cfstrace-watch-json");
+    let (path, name) = (s.path.as_str(), s.name.as_str());
+    let run = s.watch(&[
+        "--json",
+        "--interval",
+        "1s",
+        "--duration",
+        "4s",
+        "--top",
+        "1",
+    ]);
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert!(
         (3..=5).contains(&lines.len()),
@@ -359,7 +350,7 @@ fn json_lines_one_report_an_interval() {
         assert!(cgroups.len() <= 1, "--top 1: {l}");
         for c in cgroups {
             let p = c["path"].as_str().unwrap_or("");
-            assert!(p.contains(&name), "--cgroup {name} let {p} through");
+            assert!(p.contains(name), "--cgroup {name} let {p} through");
             if p == path {
                 seen += 1;
                 assert!(c["periods"].as_u64().unwrap() > 0);
@@ -372,5 +363,4 @@ fn json_lines_one_report_an_interval() {
         "the throttled cgroup in {seen} intervals:\n{}",
         run.describe()
     );
-    drop(tree);
 }
