@@ -509,18 +509,25 @@ mod tests {
     struct FakeTree {
         root: PathBuf,
         graveyard: PathBuf,
+        /// Holds both; removed on drop.
+        _dir: tempfile::TempDir,
     }
 
     impl FakeTree {
         fn new(name: &str) -> FakeTree {
-            let root =
-                std::env::temp_dir().join(format!("cfstrace-namer-{}-{name}", std::process::id()));
-            let graveyard = root.with_extension("graveyard");
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("cfstrace-namer-{name}-"))
+                .tempdir()
+                .unwrap();
+            let (root, graveyard) = (dir.path().join("root"), dir.path().join("graveyard"));
             for d in [&root, &graveyard] {
-                let _ = fs::remove_dir_all(d);
                 fs::create_dir_all(d).unwrap();
             }
-            FakeTree { root, graveyard }
+            FakeTree {
+                root,
+                graveyard,
+                _dir: dir,
+            }
         }
 
         fn hierarchy(&self) -> CpuHierarchy {
@@ -541,13 +548,6 @@ mod tests {
             let dir = dir_of(&self.root, rel);
             let ino = fs::metadata(&dir).unwrap().ino();
             fs::rename(&dir, self.graveyard.join(ino.to_string())).unwrap();
-        }
-    }
-
-    impl Drop for FakeTree {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.root);
-            let _ = fs::remove_dir_all(&self.graveyard);
         }
     }
 

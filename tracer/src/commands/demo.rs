@@ -1,7 +1,6 @@
 //! `cfstrace demo`: a built-in throttling storm on this machine, traced live, ending in a
 //! report. Every cgroup and worker it makes is removed on success, on error and on Ctrl-C
 //! (the storm's Drop runs on every path; workers also die with us via PDEATHSIG).
-use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -15,16 +14,6 @@ use crate::cli::DemoArgs;
 use crate::commands::record::{self, RecordOptions};
 use crate::model::host;
 use crate::report;
-
-/// Removes the temporary capture unless the user asked to keep it.
-struct TempCapture(Option<PathBuf>);
-impl Drop for TempCapture {
-    fn drop(&mut self) {
-        if let Some(p) = &self.0 {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
 
 pub fn run(opts: &DemoArgs, stop: &AtomicBool) -> Result<ExitCode> {
     demo(opts, stop)?;
@@ -48,12 +37,17 @@ fn demo(opts: &DemoArgs, stop: &AtomicBool) -> Result<report::Report> {
     }
     let exe =
         std::env::current_exe().context("locating the cfstrace binary for the storm's workers")?;
+    // Without --output the capture is a temporary file, removed when the demo ends.
     let (path, _tmp) = match &opts.output {
-        Some(p) => (p.clone(), TempCapture(None)),
+        Some(p) => (p.clone(), None),
         None => {
-            let p =
-                std::env::temp_dir().join(format!("cfstrace-demo-{}.jsonl", std::process::id()));
-            (p.clone(), TempCapture(Some(p)))
+            let tmp = tempfile::Builder::new()
+                .prefix("cfstrace-demo-")
+                .suffix(".jsonl")
+                .tempfile()
+                .context("creating the demo's temporary capture")?
+                .into_temp_path();
+            (tmp.to_path_buf(), Some(tmp))
         }
     };
     eprintln!(
