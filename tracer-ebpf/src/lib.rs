@@ -238,6 +238,17 @@ pub fn log2_bucket(v: u64) -> usize {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnsentPeriods {
+    pub sums: PeriodSums,
+    /// Callback time, [`log2_bucket`] of ns.
+    pub callback_hist: [u32; TOTALS_BUCKETS],
+}
+
+/// A cgroup's lost callbacks summed: what the reader adds to the callbacks it decoded. The
+/// capture's `unsent_periods` line carries it as is (hence serde in userspace).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+pub struct PeriodSums {
     pub periods: u64,
     pub callback_ns_sum: u64,
     pub callback_ns_max: u64,
@@ -250,21 +261,21 @@ pub struct UnsentPeriods {
     pub multi_pass: u64,
     pub max_loops: u32,
     pub max_unthrottled: u32,
-    /// Callback time, [`log2_bucket`] of ns.
-    pub callback_hist: [u32; TOTALS_BUCKETS],
 }
 
 impl UnsentPeriods {
     pub const ZERO: Self = Self {
-        periods: 0,
-        callback_ns_sum: 0,
-        callback_ns_max: 0,
-        unthrottled_sum: 0,
-        enqueued_sum: 0,
-        over_period: 0,
-        multi_pass: 0,
-        max_loops: 0,
-        max_unthrottled: 0,
+        sums: PeriodSums {
+            periods: 0,
+            callback_ns_sum: 0,
+            callback_ns_max: 0,
+            unthrottled_sum: 0,
+            enqueued_sum: 0,
+            over_period: 0,
+            multi_pass: 0,
+            max_loops: 0,
+            max_unthrottled: 0,
+        },
         callback_hist: [0; TOTALS_BUCKETS],
     };
 }

@@ -194,21 +194,31 @@ impl Reader {
         }
     }
 
+    /// Whether a naming line goes before this record: its cgroup is new, or its period
+    /// changed (the session re-reads the cgroup's file then).
+    fn needs_naming(&mut self, rec: &Event) -> bool {
+        let id = rec.cgroup_id();
+        if id == 0 {
+            return false;
+        }
+        let period = match rec {
+            Event::Period(p) if p.period_ns != 0 => Some(p.period_ns),
+            _ => None,
+        };
+        let renamed = period.is_some_and(|ns| {
+            let old = self.periods_seen.insert(id, ns);
+            old.is_some_and(|o| o != ns)
+        });
+        self.named.insert(id) || renamed
+    }
+
     fn drain(&mut self, buf: &[u8], index: &[(usize, usize)], sink: &mut impl FnMut(&CaptureLine)) {
         for &(at, len) in index {
             let Ok(rec) = decode::decode(&buf[at..at + len]) else {
                 panic!("a record the bench built does not decode");
             };
-            let id = rec.cgroup_id();
-            let mut rename = false;
-            if let Event::Period(p) = &rec
-                && id != 0
-                && p.period_ns != 0
-            {
-                let old = self.periods_seen.insert(id, p.period_ns);
-                rename = old.is_some_and(|o| o != p.period_ns);
-            }
-            if id != 0 && (self.named.insert(id) || rename) {
+            if self.needs_naming(&rec) {
+                let id = rec.cgroup_id();
                 let c = self.names.get(&id).cloned().unwrap_or_else(|| naming(id));
                 sink(&CaptureLine::Cgroup(c));
             }

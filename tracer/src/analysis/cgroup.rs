@@ -346,12 +346,15 @@ impl UnsentDelta {
                 .map_or(0, |(_, n)| u64::from(*n))
         };
         UnsentDelta {
-            periods: now.periods.saturating_sub(prev.periods),
-            callback_ns_sum: now.callback_ns_sum.saturating_sub(prev.callback_ns_sum),
-            callback_ns_max: now.callback_ns_max,
-            over_period: now.over_period.saturating_sub(prev.over_period),
-            multi_pass: now.multi_pass.saturating_sub(prev.multi_pass),
-            max_loops: now.max_loops,
+            periods: now.sums.periods.saturating_sub(prev.sums.periods),
+            callback_ns_sum: now
+                .sums
+                .callback_ns_sum
+                .saturating_sub(prev.sums.callback_ns_sum),
+            callback_ns_max: now.sums.callback_ns_max,
+            over_period: now.sums.over_period.saturating_sub(prev.sums.over_period),
+            multi_pass: now.sums.multi_pass.saturating_sub(prev.sums.multi_pass),
+            max_loops: now.sums.max_loops,
             buckets: now
                 .callback_log2
                 .iter()

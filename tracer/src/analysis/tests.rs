@@ -7,6 +7,7 @@ use super::*;
 use crate::model::cpuset::CpuSet;
 use crate::model::records::*;
 use crate::model::workload::Workload;
+use tracer_ebpf::PeriodSums;
 use tracer_ebpf::{
     ASYNC_LISTED, HOW_ENQUEUE_ENTITY, HOW_IN_SPAN, HOW_LOOPS, HOW_PERIOD, HOW_RUNNABLE, HOW_SPREAD,
     HOW_UNTHROTTLE,
@@ -24,21 +25,26 @@ fn unsent_callbacks_count_exactly() {
     let first = UnsentPeriodsRecord {
         ts_ns: 5_000,
         id: 7,
-        periods: 4,
-        callback_ns_sum: 4 * 3_000,
-        callback_ns_max: 3_000,
-        over_period: 1,
+        sums: PeriodSums {
+            periods: 4,
+            callback_ns_sum: 4 * 3_000,
+            callback_ns_max: 3_000,
+            over_period: 1,
+            ..Default::default()
+        },
         callback_log2: vec![(b(3_000), 4)],
-        ..Default::default()
     };
     agg.feed(&CaptureLine::UnsentPeriods(first.clone()));
     // The same line again (a later write with nothing new) adds nothing.
     agg.feed(&CaptureLine::UnsentPeriods(first.clone()));
     let later = UnsentPeriodsRecord {
         ts_ns: 9_000,
-        periods: 6,
-        callback_ns_sum: 4 * 3_000 + 2 * 900_000,
-        callback_ns_max: 900_000,
+        sums: PeriodSums {
+            periods: 6,
+            callback_ns_sum: 4 * 3_000 + 2 * 900_000,
+            callback_ns_max: 900_000,
+            ..first.sums
+        },
         callback_log2: vec![(b(3_000), 4), (b(900_000), 2)],
         ..first
     };
@@ -63,9 +69,12 @@ fn unsent_callbacks_count_exactly() {
     // A cgroup that lost every event still appears.
     agg.feed(&CaptureLine::UnsentPeriods(UnsentPeriodsRecord {
         id: 8,
-        periods: 3,
-        callback_ns_sum: 3_000,
-        callback_ns_max: 1_500,
+        sums: PeriodSums {
+            periods: 3,
+            callback_ns_sum: 3_000,
+            callback_ns_max: 1_500,
+            ..Default::default()
+        },
         callback_log2: vec![(b(500), 2), (b(1_500), 1)],
         ..Default::default()
     }));

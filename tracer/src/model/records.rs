@@ -272,15 +272,8 @@ pub struct AsyncRecord {
 pub struct UnsentPeriodsRecord {
     pub ts_ns: u64,
     pub id: u64,
-    pub periods: u64,
-    pub callback_ns_sum: u64,
-    pub callback_ns_max: u64,
-    pub unthrottled_sum: u64,
-    pub enqueued_sum: u64,
-    pub over_period: u64,
-    pub multi_pass: u64,
-    pub max_loops: u32,
-    pub max_unthrottled: u32,
+    #[serde(flatten)]
+    pub sums: tracer_ebpf::PeriodSums,
     /// Callback time as `[bucket, count]` pairs of non-empty log2 buckets
     /// (`tracer_ebpf::log2_bucket`: bucket b holds 2^(b-1) <= ns < 2^b).
     pub callback_log2: Vec<(u32, u32)>,

@@ -220,22 +220,14 @@ impl Session {
         let mut cgroups = self.tracer.unsent_periods().map_err(PollError::Totals)?;
         cgroups.sort_unstable_by_key(|(id, _)| *id);
         for (id, t) in cgroups {
-            if self.totals_written.get(&id) == Some(&t.periods) {
+            if self.totals_written.get(&id) == Some(&t.sums.periods) {
                 continue;
             }
-            self.totals_written.insert(id, t.periods);
+            self.totals_written.insert(id, t.sums.periods);
             sink(&CaptureLine::UnsentPeriods(UnsentPeriodsRecord {
                 ts_ns,
                 id,
-                periods: t.periods,
-                callback_ns_sum: t.callback_ns_sum,
-                callback_ns_max: t.callback_ns_max,
-                unthrottled_sum: t.unthrottled_sum,
-                enqueued_sum: t.enqueued_sum,
-                over_period: t.over_period,
-                multi_pass: t.multi_pass,
-                max_loops: t.max_loops,
-                max_unthrottled: t.max_unthrottled,
+                sums: t.sums,
                 callback_log2: nonzero_buckets(&t.callback_hist),
             }))
             .map_err(PollError::Sink)?;
