@@ -87,19 +87,38 @@ impl Aggregator {
             self.periods_in_span += 1;
             self.note_in_span(p);
         }
-        self.cgroups
-            .entry(p.cgroup_id)
-            .or_insert_with(|| CgroupStats::new(p.ts_ns))
-            .add(p);
-        let cpu = p.cpu as usize;
-        if cpu < MAX_CPUS {
-            if cpu >= self.cpus.len() {
-                self.cpus.resize(cpu + 1, CpuStats::default());
-            }
+        self.cgroup_mut(p.cgroup_id, p.ts_ns).add(p);
+        if let Some(cpu) = self.cpu_index(p.cpu) {
             self.cpus[cpu].add(p);
-        } else {
-            self.cpu_out_of_range += 1;
         }
+    }
+
+    /// A cgroup's stats, started at `ts_ns` if new.
+    fn cgroup_mut(&mut self, id: u64, ts_ns: u64) -> &mut CgroupStats {
+        self.cgroups
+            .entry(id)
+            .or_insert_with(|| CgroupStats::new(ts_ns))
+    }
+
+    /// The CPU's index into `cpus`, grown to hold it; None (and counted) past [`MAX_CPUS`].
+    fn cpu_index(&mut self, cpu: u32) -> Option<usize> {
+        let cpu = cpu as usize;
+        if cpu >= MAX_CPUS {
+            self.cpu_out_of_range += 1;
+            return None;
+        }
+        if cpu >= self.cpus.len() {
+            self.cpus.resize(cpu + 1, CpuStats::default());
+        }
+        Some(cpu)
+    }
+
+    /// A CPU's span stats (`cpu` below [`MAX_CPUS`]), started if new.
+    fn span_mut(&mut self, cpu: usize) -> &mut SpanStats {
+        if cpu >= self.spans.len() {
+            self.spans.resize(cpu + 1, None);
+        }
+        self.spans[cpu].get_or_insert_with(|| Box::new(SpanStats::new()))
     }
 
     /// The trace's extent: first start, last start, last end.
@@ -125,19 +144,10 @@ impl Aggregator {
             }
         }
         if a.flags & ASYNC_EMPTY == 0 {
-            self.cgroups
-                .entry(a.cgroup_id)
-                .or_insert_with(|| CgroupStats::new(a.ts_ns))
-                .add_async(a);
+            self.cgroup_mut(a.cgroup_id, a.ts_ns).add_async(a);
         }
-        let cpu = a.cpu as usize;
-        if cpu < MAX_CPUS {
-            if cpu >= self.cpus.len() {
-                self.cpus.resize(cpu + 1, CpuStats::default());
-            }
+        if let Some(cpu) = self.cpu_index(a.cpu) {
             self.cpus[cpu].add_async(a);
-        } else {
-            self.cpu_out_of_range += 1;
         }
     }
 
@@ -172,20 +182,10 @@ impl Aggregator {
         self.irq_spans += 1;
         self.irq_span_flags_seen |= x.flags;
         self.saw_window(x.ts_ns, x.duration_ns);
-        let cpu = x.cpu as usize;
-        if cpu >= MAX_CPUS {
-            self.cpu_out_of_range += 1;
+        let Some(cpu) = self.cpu_index(x.cpu) else {
             return;
-        }
-        if cpu >= self.spans.len() {
-            self.spans.resize(cpu + 1, None);
-        }
-        self.spans[cpu]
-            .get_or_insert_with(|| Box::new(SpanStats::new()))
-            .add(x);
-        if cpu >= self.cpus.len() {
-            self.cpus.resize(cpu + 1, CpuStats::default());
-        }
+        };
+        self.span_mut(cpu).add(x);
         let Some(ps) = self.pending_spans.get_mut(cpu) else {
             return;
         };
@@ -283,18 +283,7 @@ impl Aggregator {
     pub fn set_loss(&mut self, l: LossRecord) {
         self.loss = Some(match self.loss {
             None => l,
-            Some(o) => LossRecord {
-                ts_ns: o.ts_ns.max(l.ts_ns),
-                ringbuf_full: o.ringbuf_full.max(l.ringbuf_full),
-                unmatched_exit: o.unmatched_exit.max(l.unmatched_exit),
-                missed_exit: o.missed_exit.max(l.missed_exit),
-                cgroup_read: o.cgroup_read.max(l.cgroup_read),
-                csd_unmatched_exit: o.csd_unmatched_exit.max(l.csd_unmatched_exit),
-                csd_missed_exit: o.csd_missed_exit.max(l.csd_missed_exit),
-                span_unmatched_exit: o.span_unmatched_exit.max(l.span_unmatched_exit),
-                span_missed_exit: o.span_missed_exit.max(l.span_missed_exit),
-                unsent_full: o.unsent_full.max(l.unsent_full),
-            },
+            Some(o) => o.combine(&l, o.ts_ns.max(l.ts_ns), u64::max),
         });
     }
 
@@ -321,27 +310,20 @@ impl Aggregator {
             return;
         }
         self.unsent_periods += d.periods;
-        self.cgroups
-            .entry(t.id)
-            .or_insert_with(|| CgroupStats::new(t.ts_ns))
-            .add_unsent(&d);
+        self.cgroup_mut(t.id, t.ts_ns).add_unsent(&d);
     }
 
     /// A CPU's timer interrupts as the kernel summed them: its worst span counts even when
     /// that span's event was lost.
     pub fn add_cpu_totals(&mut self, t: &CpuTotalsRecord) {
         self.kernel_cpus.insert(t.cpu, t.clone());
-        let cpu = t.cpu as usize;
-        if t.spans == 0 || cpu >= MAX_CPUS {
+        if t.spans == 0 || t.cpu as usize >= MAX_CPUS {
             return;
         }
-        if cpu >= self.spans.len() {
-            self.spans.resize(cpu + 1, None);
-        }
-        if cpu >= self.cpus.len() {
-            self.cpus.resize(cpu + 1, CpuStats::default());
-        }
-        let s = self.spans[cpu].get_or_insert_with(|| Box::new(SpanStats::new()));
+        let Some(cpu) = self.cpu_index(t.cpu) else {
+            return;
+        };
+        let s = self.span_mut(cpu);
         if t.worst_ns > s.worst().duration_ns {
             s.kernel_worst = Some(IrqSpanRecord {
                 ts_ns: t.worst_ts_ns,

@@ -97,13 +97,13 @@ impl Family {
 /// first.
 macro_rules! way {
     // A frame on a function: fexit/fentry or kretprobe/kprobe.
-    (fentry $func:expr, $exit:literal, $entry:literal) => {
+    (fentry $func:expr, $exit:expr, $entry:expr) => {
         way!(Fentry, $func, ($exit, Hook::Fexit($func)), ($entry, Hook::Fentry($func)))
     };
-    (kprobe $func:expr, $exit:literal, $entry:literal) => {
+    (kprobe $func:expr, $exit:expr, $entry:expr) => {
         way!(Kprobe, $func, ($exit, Hook::Kprobe($func)), ($entry, Hook::Kprobe($func)))
     };
-    ($style:ident, $target:expr, $(($name:literal, $hook:expr)),+ $(,)?) => {
+    ($style:ident, $target:expr, $(($name:expr, $hook:expr)),+ $(,)?) => {
         Way {
             style: Style::$style,
             programs: &[$(($name, $hook)),+],
@@ -127,32 +127,45 @@ macro_rules! counter {
     };
 }
 
-pub const PERIOD_TIMER: Family = Family {
-    probe: Probe::PeriodTimer,
-    ways: &[
-        way!(fentry PERIOD_TIMER_FN, "period_timer_fexit", "period_timer_fentry"),
-        way!(kprobe PERIOD_TIMER_FN, "period_timer_kretprobe", "period_timer_kprobe"),
-        // The entry as a BTF tracepoint where the kernel offers one (a direct load of
-        // `timer->function` on every hrtimer), else a raw tracepoint.
-        way!(
-            Tracepoint,
-            "hrtimer_expire_entry/exit (tp_btf/raw_tp) filtered on sched_cfs_period_timer",
-            ("hrtimer_expire_exit", Hook::RawTp("hrtimer_expire_exit")),
-            (
-                "hrtimer_expire_entry_btf",
-                Hook::BtfTp("hrtimer_expire_entry")
-            ),
+/// A family timed as a frame on `func`: fexit/fentry, kretprobe/kprobe (programs
+/// `<prefix>_fexit`, ...), then its tracepoint ways.
+macro_rules! frame_family {
+    ($probe:expr, $func:expr, $prefix:literal, $($tracepoint:expr),+ $(,)?) => {
+        Family {
+            probe: $probe,
+            ways: &[
+                way!(fentry $func, concat!($prefix, "_fexit"), concat!($prefix, "_fentry")),
+                way!(kprobe $func, concat!($prefix, "_kretprobe"), concat!($prefix, "_kprobe")),
+                $($tracepoint),+
+            ],
+            function: Some($func),
+            bits: 0,
+        }
+    };
+}
+
+pub const PERIOD_TIMER: Family = frame_family!(
+    Probe::PeriodTimer,
+    PERIOD_TIMER_FN,
+    "period_timer",
+    // The entry as a BTF tracepoint where the kernel offers one (a direct load of
+    // `timer->function` on every hrtimer), else a raw tracepoint.
+    way!(
+        Tracepoint,
+        "hrtimer_expire_entry/exit (tp_btf/raw_tp) filtered on sched_cfs_period_timer",
+        ("hrtimer_expire_exit", Hook::RawTp("hrtimer_expire_exit")),
+        (
+            "hrtimer_expire_entry_btf",
+            Hook::BtfTp("hrtimer_expire_entry")
         ),
-        way!(
-            Tracepoint,
-            "hrtimer_expire_entry/exit (raw_tp/raw_tp) filtered on sched_cfs_period_timer",
-            ("hrtimer_expire_exit", Hook::RawTp("hrtimer_expire_exit")),
-            ("hrtimer_expire_entry", Hook::RawTp("hrtimer_expire_entry")),
-        ),
-    ],
-    function: Some(PERIOD_TIMER_FN),
-    bits: 0,
-};
+    ),
+    way!(
+        Tracepoint,
+        "hrtimer_expire_entry/exit (raw_tp/raw_tp) filtered on sched_cfs_period_timer",
+        ("hrtimer_expire_exit", Hook::RawTp("hrtimer_expire_exit")),
+        ("hrtimer_expire_entry", Hook::RawTp("hrtimer_expire_entry")),
+    ),
+);
 
 pub const IRQ_SPAN: Family = Family {
     probe: Probe::IrqSpan,
@@ -215,18 +228,59 @@ pub const RUNNABLE: Family = Family {
     bits: HOW_RUNNABLE,
 };
 
-pub const ASYNC_UNTHROTTLE: Family = Family {
-    probe: Probe::AsyncUnthrottle,
-    ways: &[
-        way!(fentry CSD_UNTHROTTLE_FN, "csd_unthrottle_fexit", "csd_unthrottle_fentry"),
-        way!(kprobe CSD_UNTHROTTLE_FN, "csd_unthrottle_kretprobe", "csd_unthrottle_kprobe"),
-        way!(
-            Tracepoint,
-            "csd_function_entry/exit (raw_tp) filtered on __cfsb_csd_unthrottle",
-            ("csd_function_exit", Hook::RawTp(CSD_EXIT_TP)),
-            ("csd_function_entry", Hook::RawTp(CSD_ENTRY_TP)),
-        ),
-    ],
-    function: Some(CSD_UNTHROTTLE_FN),
-    bits: 0,
-};
+pub const ASYNC_UNTHROTTLE: Family = frame_family!(
+    Probe::AsyncUnthrottle,
+    CSD_UNTHROTTLE_FN,
+    "csd_unthrottle",
+    way!(
+        Tracepoint,
+        "csd_function_entry/exit (raw_tp) filtered on __cfsb_csd_unthrottle",
+        ("csd_function_exit", Hook::RawTp(CSD_EXIT_TP)),
+        ("csd_function_entry", Hook::RawTp(CSD_ENTRY_TP)),
+    ),
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every program the table names is in the embedded object, in the section its hook needs
+    /// (a typo in the table would otherwise surface only as a kernel that "refused" it).
+    #[test]
+    fn every_program_in_the_table_is_in_the_object() {
+        let obj = aya_obj::Object::parse(crate::EBPF_OBJECT).expect("embedded object");
+        let families = [
+            PERIOD_TIMER,
+            IRQ_SPAN,
+            DISTRIBUTE,
+            UNTHROTTLE,
+            ENQUEUE_ENTITY,
+            ENQUEUE_TASK_FAIR,
+            RUNNABLE,
+            ASYNC_UNTHROTTLE,
+        ];
+        let mut seen = 0;
+        for way in families.iter().flat_map(|f| f.ways) {
+            for (name, hook) in way.programs {
+                let prog = obj
+                    .programs
+                    .get(*name)
+                    .unwrap_or_else(|| panic!("{name} is not in the eBPF object"));
+                let section = format!("{:?}", prog.section);
+                let want: &[&str] = match hook {
+                    Hook::Kprobe(_) => &["KProbe", "KRetProbe"],
+                    Hook::Fentry(_) => &["FEntry"],
+                    Hook::Fexit(_) => &["FExit"],
+                    Hook::RawTp(_) => &["RawTracePoint"],
+                    Hook::BtfTp(_) => &["BtfTracePoint"],
+                };
+                assert!(
+                    want.iter().any(|w| section.starts_with(w)),
+                    "{name}: {section}, want {want:?}"
+                );
+                seen += 1;
+            }
+        }
+        assert!(seen >= 20, "{seen} programs");
+    }
+}

@@ -31,24 +31,7 @@ pub const DEFAULT_TOP: usize = 10;
 
 /// The counters' growth since `earlier` (the session's counters are cumulative).
 pub fn loss_since(now: &LossRecord, earlier: &LossRecord) -> LossRecord {
-    LossRecord {
-        ts_ns: now.ts_ns,
-        ringbuf_full: now.ringbuf_full.saturating_sub(earlier.ringbuf_full),
-        unmatched_exit: now.unmatched_exit.saturating_sub(earlier.unmatched_exit),
-        missed_exit: now.missed_exit.saturating_sub(earlier.missed_exit),
-        cgroup_read: now.cgroup_read.saturating_sub(earlier.cgroup_read),
-        csd_unmatched_exit: now
-            .csd_unmatched_exit
-            .saturating_sub(earlier.csd_unmatched_exit),
-        csd_missed_exit: now.csd_missed_exit.saturating_sub(earlier.csd_missed_exit),
-        span_unmatched_exit: now
-            .span_unmatched_exit
-            .saturating_sub(earlier.span_unmatched_exit),
-        span_missed_exit: now
-            .span_missed_exit
-            .saturating_sub(earlier.span_missed_exit),
-        unsent_full: now.unsent_full.saturating_sub(earlier.unsent_full),
-    }
+    now.combine(earlier, now.ts_ns, u64::saturating_sub)
 }
 
 /// Keep the cgroups `--cgroup` matches, then the first `top` of them (the report keeps them

@@ -209,10 +209,44 @@ pub struct LossRecord {
     pub unsent_full: u64,
 }
 
+/// Applies a macro to every counter of [`LossRecord`] (all but `ts_ns`), so the list of
+/// counters is written once.
+macro_rules! loss_counters {
+    ($m:ident) => {
+        $m!(
+            ringbuf_full,
+            unmatched_exit,
+            missed_exit,
+            cgroup_read,
+            csd_unmatched_exit,
+            csd_missed_exit,
+            span_unmatched_exit,
+            span_missed_exit,
+            unsent_full
+        )
+    };
+}
+
 impl LossRecord {
     /// Events lost outright (the others are degraded, not lost).
     pub fn lost(&self) -> u64 {
         self.ringbuf_full
+    }
+
+    /// Each counter by its name (the capture's key), in the record's order.
+    pub fn counters(&self) -> [(&'static str, u64); 9] {
+        macro_rules! named {
+            ($($f:ident),+) => { [$((stringify!($f), self.$f)),+] };
+        }
+        loss_counters!(named)
+    }
+
+    /// Counter by counter `f(self, other)`, stamped `ts_ns`.
+    pub fn combine(&self, other: &Self, ts_ns: u64, f: impl Fn(u64, u64) -> u64) -> Self {
+        macro_rules! each {
+            ($($c:ident),+) => { LossRecord { ts_ns, $($c: f(self.$c, other.$c)),+ } };
+        }
+        loss_counters!(each)
     }
 }
 

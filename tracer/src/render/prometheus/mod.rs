@@ -573,17 +573,7 @@ impl Metrics {
             "Events lost (ringbuf_full) or degraded (a start or an end missed, a cgroup read \
              failed) since cfstrace started, by reason.",
         );
-        let l = &self.loss;
-        for (reason, n) in [
-            ("ringbuf_full", l.ringbuf_full),
-            ("unmatched_exit", l.unmatched_exit),
-            ("missed_exit", l.missed_exit),
-            ("cgroup_read", l.cgroup_read),
-            ("csd_unmatched_exit", l.csd_unmatched_exit),
-            ("csd_missed_exit", l.csd_missed_exit),
-            ("span_unmatched_exit", l.span_unmatched_exit),
-            ("span_missed_exit", l.span_missed_exit),
-        ] {
+        for (reason, n) in self.loss.counters() {
             let _ = writeln!(o, "cfstrace_lost_events_total{{reason=\"{reason}\"}} {n}");
         }
     }
