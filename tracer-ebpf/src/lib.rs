@@ -199,29 +199,14 @@ pub const TOTALS_BUCKETS: usize = 40;
 pub fn log2_bucket(v: u64) -> usize {
     let mut b: usize = 0;
     let mut x = v;
-    if x >= 1 << 32 {
-        b += 32;
-        x >>= 32;
-    }
-    if x >= 1 << 16 {
-        b += 16;
-        x >>= 16;
-    }
-    if x >= 1 << 8 {
-        b += 8;
-        x >>= 8;
-    }
-    if x >= 1 << 4 {
-        b += 4;
-        x >>= 4;
-    }
-    if x >= 1 << 2 {
-        b += 2;
-        x >>= 2;
-    }
-    if x >= 1 << 1 {
-        b += 1;
-        x >>= 1;
+    // A binary search on the bit length (BPF has no count-leading-zeros); unrolled.
+    let mut shift = 32;
+    while shift > 0 {
+        if x >= 1 << shift {
+            b += shift;
+            x >>= shift;
+        }
+        shift /= 2;
     }
     let b = b + x as usize;
     if b >= TOTALS_BUCKETS {
@@ -690,6 +675,13 @@ mod tests {
 
     #[test]
     fn log2_buckets() {
+        for i in 0..64 {
+            let p = 1u64 << i;
+            for v in [p, p + 1, p.wrapping_mul(2).wrapping_sub(1)] {
+                let bits = (64 - v.leading_zeros()) as usize;
+                assert_eq!(log2_bucket(v), bits.min(TOTALS_BUCKETS - 1), "{v}");
+            }
+        }
         assert_eq!(log2_bucket(0), 0);
         assert_eq!(log2_bucket(1), 1);
         assert_eq!(log2_bucket(2), 2);
