@@ -1,5 +1,8 @@
-//! A tracing session (programs attached, ring buffer drained, cgroups named as they appear) and
-//! `cfstrace record`, which writes it to a capture that stays valid whatever stops it.
+//! A running trace: programs attached (through `bpf`), the ring buffer drained on a timer and
+//! decoded, cgroups named as they appear, kernel messages, losses and the kernel's own sums,
+//! handed as capture lines to a sink (`record`'s file, `watch`'s view); signals and the
+//! `-- CMD` child. Reads `bpf`, `cgroups`, `capture` and `model`; never analysis, report or
+//! render.
 pub mod child;
 pub mod decode;
 pub mod kmsg;
@@ -189,7 +192,7 @@ impl Session {
     pub fn poll<E>(
         &mut self,
         timeout: Duration,
-        sink: &mut impl FnMut(&CaptureLine) -> Result<(), E>,
+        sink: &mut impl Sink<E>,
     ) -> Result<(), PollError<E>> {
         let kmsg = self.waiter.wait(timeout).map_err(PollError::Poll)?;
         if kmsg {
@@ -198,10 +201,7 @@ impl Session {
         self.drain_ring(sink)
     }
 
-    fn read_kmsg<E>(
-        &mut self,
-        sink: &mut impl FnMut(&CaptureLine) -> Result<(), E>,
-    ) -> Result<(), PollError<E>> {
+    fn read_kmsg<E>(&mut self, sink: &mut impl Sink<E>) -> Result<(), PollError<E>> {
         if let Some(k) = self.kmsg.as_mut() {
             for m in k.poll() {
                 self.kmsg_messages += 1;
@@ -212,10 +212,7 @@ impl Session {
     }
 
     /// The kernel's totals that changed since the last call, as capture lines.
-    pub fn totals<E>(
-        &mut self,
-        sink: &mut impl FnMut(&CaptureLine) -> Result<(), E>,
-    ) -> Result<(), PollError<E>> {
+    pub fn totals<E>(&mut self, sink: &mut impl Sink<E>) -> Result<(), PollError<E>> {
         let ts_ns = monotonic_ns();
         let mut cgroups = self.tracer.unsent_periods().map_err(PollError::Totals)?;
         cgroups.sort_unstable_by_key(|(id, _)| *id);
@@ -262,18 +259,12 @@ impl Session {
 
     /// Read everything the ring buffer holds now, and the kernel messages logged since the
     /// last call.
-    pub fn drain<E>(
-        &mut self,
-        sink: &mut impl FnMut(&CaptureLine) -> Result<(), E>,
-    ) -> Result<(), PollError<E>> {
+    pub fn drain<E>(&mut self, sink: &mut impl Sink<E>) -> Result<(), PollError<E>> {
         self.read_kmsg(sink)?;
         self.drain_ring(sink)
     }
 
-    fn drain_ring<E>(
-        &mut self,
-        sink: &mut impl FnMut(&CaptureLine) -> Result<(), E>,
-    ) -> Result<(), PollError<E>> {
+    fn drain_ring<E>(&mut self, sink: &mut impl Sink<E>) -> Result<(), PollError<E>> {
         while let Some(item) = self.ring.next() {
             let rec = match decode::decode(&item) {
                 Ok(r) => r,
@@ -332,6 +323,11 @@ fn nonzero_buckets(h: &[u32]) -> Vec<(u32, u32)> {
         .map(|(b, n)| (b as u32, *n))
         .collect()
 }
+
+/// Where a session hands its capture lines (the writer, the live view); its error stops the
+/// session.
+pub trait Sink<E>: FnMut(&CaptureLine) -> Result<(), E> {}
+impl<E, F: FnMut(&CaptureLine) -> Result<(), E>> Sink<E> for F {}
 
 #[derive(Debug)]
 pub enum PollError<E> {
