@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
     clap::ValueEnum,
 )]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 #[value(rename_all = "snake_case")]
 pub enum Probe {
     /// The async-unthrottle CSD of 6.3+ kernels.
@@ -69,19 +71,6 @@ impl Probe {
         Probe::Kmsg,
     ];
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Probe::AsyncUnthrottle => "async_unthrottle",
-            Probe::Distribute => "distribute",
-            Probe::Enqueue => "enqueue",
-            Probe::IrqSpan => "irq_span",
-            Probe::Kmsg => "kmsg",
-            Probe::PeriodTimer => "period_timer",
-            Probe::Runnable => "runnable",
-            Probe::Unthrottle => "unthrottle",
-        }
-    }
-
     /// The counting probes count inside the period-timer frame: without it they count nothing.
     pub fn needs_period_timer(self) -> bool {
         matches!(
@@ -91,15 +80,11 @@ impl Probe {
     }
 }
 
-impl fmt::Display for Probe {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.as_str())
-    }
-}
-
 /// The attach styles a user can ask for (`--backend`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Backend {
     /// Best per probe: fentry, then kprobe, then tracepoints.
     Auto,
@@ -111,26 +96,11 @@ pub enum Backend {
     Tracepoint,
 }
 
-impl Backend {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Backend::Auto => "auto",
-            Backend::Kprobe => "kprobe",
-            Backend::Fentry => "fentry",
-            Backend::Tracepoint => "tracepoint",
-        }
-    }
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.as_str())
-    }
-}
-
 /// How a probe was attached (a probe's `how`, a capture's `backend`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Style {
     Fentry,
     Kprobe,
@@ -143,25 +113,6 @@ pub enum Style {
     /// Not attached: left out by `--probes` (a capture's `backend` when its period-timer
     /// frame was).
     None,
-}
-
-impl Style {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Style::Fentry => "fentry",
-            Style::Kprobe => "kprobe",
-            Style::Tracepoint => "tracepoint",
-            Style::RawTp => "raw_tp",
-            Style::Read => "read",
-            Style::None => "none",
-        }
-    }
-}
-
-impl fmt::Display for Style {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.as_str())
-    }
 }
 
 /// Where an attempt stopped.
@@ -261,6 +212,8 @@ impl ProbeStatus {
 /// Why a recording stopped (a capture's end line).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum StopReason {
     /// `--duration` ran out.
     Duration,
@@ -270,25 +223,57 @@ pub enum StopReason {
     CommandExited,
 }
 
-impl StopReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StopReason::Duration => "duration",
-            StopReason::Interrupted => "interrupted",
-            StopReason::CommandExited => "command_exited",
+/// The names of the model's enums: `as_str` (the capture's and report's spelling, as serde
+/// writes it) and `Display` (the same, padded as asked).
+macro_rules! named {
+    ($($t:ty),+) => {$(
+        impl $t {
+            pub fn as_str(self) -> &'static str {
+                self.into()
+            }
         }
-    }
+
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    )+};
 }
 
-impl fmt::Display for StopReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.as_str())
-    }
-}
+named!(Probe, Backend, Style, StopReason);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_name_is_serdes_padded() {
+        fn same<T: Serialize + fmt::Display>(v: T) {
+            let json = serde_json::to_string(&v).unwrap();
+            assert_eq!(json, format!("\"{v}\""));
+        }
+        use Style::*;
+        for s in [Fentry, Kprobe, Tracepoint, RawTp, Read, None] {
+            same(s);
+        }
+        for b in [
+            Backend::Auto,
+            Backend::Kprobe,
+            Backend::Fentry,
+            Backend::Tracepoint,
+        ] {
+            same(b);
+        }
+        for r in [
+            StopReason::Duration,
+            StopReason::Interrupted,
+            StopReason::CommandExited,
+        ] {
+            same(r);
+        }
+        assert_eq!(format!("[{:<8}]", Style::RawTp), "[raw_tp  ]");
+    }
 
     #[test]
     fn names_as_captures_hold_them() {
