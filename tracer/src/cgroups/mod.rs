@@ -2,6 +2,9 @@
 //! period timer's cgroup id (the kernfs node id, which is the inode number of the cgroup's
 //! directory in that mount, on v1 and v2) to its path, and read its bandwidth settings and
 //! busiest processes.
+//!
+//! Touches only the cgroup filesystems and `/proc` (the storm also starts its busy loops) and
+//! imports only the model; never aya or a session.
 mod handles;
 mod hierarchy;
 mod namer;
