@@ -255,7 +255,7 @@ fn status(f: &Frame<'_>, color: bool) -> Vec<String> {
             let worst = r.worst_irqs_off.as_ref().map_or_else(String::new, |w| {
                 format!(
                     "  worst {} {} on cpu{}",
-                    w.basis.replace('_', " "),
+                    w.basis.as_str().replace('_', " "),
                     human_ns(w.duration_ns),
                     w.cpu
                 )

@@ -57,7 +57,7 @@ pub fn build_report(
         headroom_ns: worst_irqs_off
             .as_ref()
             .and_then(|w| headroom(thresh, w.duration_ns)),
-        headroom_basis: worst_irqs_off.as_ref().map(|w| w.basis.clone()),
+        headroom_basis: worst_irqs_off.as_ref().map(|w| w.basis),
         worst_irqs_off,
         headroom_alert: None,
         precursors,

@@ -141,7 +141,7 @@ pub(crate) fn cgroup_report(v: &CgroupView<'_>, ctx: &Ctx<'_>) -> CgroupReport {
         max_loops: s.max_loops().filter(|_| figs.loops.available),
         cpus: s.cpus().iter().collect(),
         headroom_ns: headroom(ctx.thresh_s, worst_ns),
-        headroom_basis: (s.periods() > 0).then(|| basis.to_string()),
+        headroom_basis: (s.periods() > 0).then_some(basis),
         worst_irq_span: s.worst_span().map(SpanShare::from),
         kernel_period_us: s.period_ns().filter(|&p| p > 0).map(|p| p / 1_000),
         kernel_quota_us: s

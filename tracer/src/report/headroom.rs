@@ -13,24 +13,19 @@ pub(crate) fn headroom(thresh_s: Option<u64>, worst_ns: u64) -> Option<i64> {
     Some(t.saturating_sub(i64::try_from(worst_ns).unwrap_or(i64::MAX)))
 }
 
-/// The worst of (basis, cpu, ns, span) candidates; on a tie the earlier basis wins (a span
-/// contains its callbacks, so it is the truer figure).
+/// The worst of (basis, cpu, ns, span) candidates; on a tie the earlier basis wins
+/// ([`HeadroomBasis`] order).
 pub(crate) fn worst_of(cands: impl IntoIterator<Item = WorstIrqsOff>) -> Option<WorstIrqsOff> {
-    let rank = |b: &str| match b {
-        BASIS_SPAN => 0,
-        BASIS_CALLBACK => 1,
-        _ => 2,
-    };
     cands
         .into_iter()
         .filter(|w| w.duration_ns > 0)
-        .min_by_key(|w| (std::cmp::Reverse(w.duration_ns), rank(&w.basis), w.cpu))
+        .min_by_key(|w| (std::cmp::Reverse(w.duration_ns), w.basis, w.cpu))
 }
 
 /// One CPU's IRQs-off candidates: its worst span, callback and CSD.
 pub(crate) fn cpu_candidates(agg: &Aggregator, cpu: u32, s: &CpuStats) -> Vec<WorstIrqsOff> {
-    let plain = |basis: &str, duration_ns| WorstIrqsOff {
-        basis: basis.into(),
+    let plain = |basis, duration_ns| WorstIrqsOff {
+        basis,
         cpu,
         duration_ns,
         period_timers: None,
@@ -172,7 +167,7 @@ mod tests {
     fn irq_spans_set_the_headroom() {
         let r = build_report(&irq_header(), &span_agg(), 8_000_000_000, vec![]);
         assert_eq!(r.headroom_ns, Some(10_000_000_000 - 500_000));
-        assert_eq!(r.headroom_basis.as_deref(), Some(BASIS_SPAN));
+        assert_eq!(r.headroom_basis, Some(BASIS_SPAN));
         let w = r.worst_irqs_off.clone().unwrap();
         assert_eq!(
             (w.cpu, w.duration_ns, w.period_timers, w.period_timers_ns),
@@ -191,16 +186,16 @@ mod tests {
         assert_eq!(cpu3.period_timers_per_span.unwrap().max, 2);
         assert!((cpu3.period_timer_share.unwrap() - 0.624).abs() < 1e-9);
         assert_eq!(cpu3.headroom_ns, Some(10_000_000_000 - 500_000));
-        assert_eq!(cpu3.headroom_basis.as_deref(), Some(BASIS_SPAN));
+        assert_eq!(cpu3.headroom_basis, Some(BASIS_SPAN));
         // A CPU without spans: its worst callback.
         let cpu2 = r.cpus.iter().find(|c| c.cpu == 2).unwrap();
         assert_eq!(cpu2.irq_span_ns, None);
-        assert_eq!(cpu2.headroom_basis.as_deref(), Some(BASIS_CALLBACK));
+        assert_eq!(cpu2.headroom_basis, Some(BASIS_CALLBACK));
         assert_eq!(cpu2.headroom_ns, Some(10_000_000_000 - 400_000));
         let c = r.culprit.as_ref().unwrap();
         assert_eq!(c.cgroup.id, 20);
         assert_eq!(c.cgroup.headroom_ns, Some(10_000_000_000 - 500_000));
-        assert_eq!(c.cgroup.headroom_basis.as_deref(), Some(BASIS_SPAN));
+        assert_eq!(c.cgroup.headroom_basis, Some(BASIS_SPAN));
         let ws = c.cgroup.worst_irq_span.unwrap();
         assert_eq!(
             (ws.own_ns, ws.own_timers, ws.period_timers),
@@ -234,16 +229,16 @@ mod tests {
     fn headroom_basis_without_spans() {
         // No span probe in the capture: the worst callback (the unresolved one, cpu2).
         let r = build_report(&header(), &agg(), 1, vec![]);
-        assert_eq!(r.headroom_basis.as_deref(), Some(BASIS_CALLBACK));
+        assert_eq!(r.headroom_basis, Some(BASIS_CALLBACK));
         assert_eq!(r.worst_irqs_off.as_ref().unwrap().cpu, 2);
         assert!(!r.figures.irq_span.available);
         let f = &r.figures.irq_span;
         assert!(reason(f).contains("older cfstrace"), "{f:?}");
         assert!(r.cgroups.iter().all(|c| c.worst_irq_span.is_none()));
-        assert_eq!(r.cgroups[0].headroom_basis.as_deref(), Some(BASIS_CALLBACK));
+        assert_eq!(r.cgroups[0].headroom_basis, Some(BASIS_CALLBACK));
         // A CSD longer than any callback: the node's headroom is the CSD's.
         let r = build_report(&async_header(), &long_csd_agg(), 1, vec![]);
-        assert_eq!(r.headroom_basis.as_deref(), Some(BASIS_CSD));
+        assert_eq!(r.headroom_basis, Some(BASIS_CSD));
         assert_eq!(r.headroom_ns, Some(10_000_000_000 - 450_000));
         // Attached, but no callback ran inside a traced interrupt.
         let r = build_report(&irq_header(), &agg(), 1, vec![]);

@@ -12,10 +12,30 @@ use crate::model::host::WatchdogFacts;
 use crate::model::probe::{Backend, Probe, Style};
 use crate::model::workload::Workload;
 
-/// What a headroom is measured from (`headroom_basis`, `worst_irqs_off.basis`).
-pub const BASIS_SPAN: &str = "irq_span";
-pub const BASIS_CALLBACK: &str = "period_callback";
-pub const BASIS_CSD: &str = "async_csd";
+/// What a headroom is measured from (`headroom_basis`, `worst_irqs_off.basis`). Declared in
+/// the order ties are broken: a span contains its callbacks, so it is the truer figure.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+#[derive(strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
+pub enum HeadroomBasis {
+    /// A timer interrupt that ran period timers (`irq_span` traced).
+    IrqSpan,
+    /// A single period-timer callback.
+    PeriodCallback,
+    /// An async-unthrottle CSD (6.3+).
+    AsyncCsd,
+}
+
+impl HeadroomBasis {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+pub const BASIS_SPAN: HeadroomBasis = HeadroomBasis::IrqSpan;
+pub const BASIS_CALLBACK: HeadroomBasis = HeadroomBasis::PeriodCallback;
+pub const BASIS_CSD: HeadroomBasis = HeadroomBasis::AsyncCsd;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Report {
@@ -43,7 +63,7 @@ pub struct Report {
     pub headroom_ns: Option<i64>,
     /// What `headroom_ns` is measured from: `irq_span`, `period_callback` or `async_csd`.
     #[serde(default)]
-    pub headroom_basis: Option<String>,
+    pub headroom_basis: Option<HeadroomBasis>,
     /// The worst IRQs-off span behind `headroom_ns`.
     #[serde(default)]
     pub worst_irqs_off: Option<WorstIrqsOff>,
@@ -210,7 +230,7 @@ pub struct CgroupReport {
     pub headroom_ns: Option<i64>,
     /// `irq_span` or `period_callback`.
     #[serde(default)]
-    pub headroom_basis: Option<String>,
+    pub headroom_basis: Option<HeadroomBasis>,
     /// The longest timer-interrupt span that ran one of its callbacks, and its share of it.
     #[serde(default)]
     pub worst_irq_span: Option<SpanShare>,
@@ -377,8 +397,7 @@ impl From<&CgroupSpan> for SpanShare {
 /// The worst IRQs-off span of the run (node or CPU).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct WorstIrqsOff {
-    /// `irq_span`, `period_callback` or `async_csd`.
-    pub basis: String,
+    pub basis: HeadroomBasis,
     pub cpu: u32,
     pub duration_ns: u64,
     /// For an `irq_span`: the period timers in it and their time.
@@ -433,5 +452,5 @@ pub struct CpuReport {
     #[serde(default)]
     pub headroom_ns: Option<i64>,
     #[serde(default)]
-    pub headroom_basis: Option<String>,
+    pub headroom_basis: Option<HeadroomBasis>,
 }
