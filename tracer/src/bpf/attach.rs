@@ -211,7 +211,8 @@ fn errno_in_chain(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
 
 /// The whole error chain on one line: aya's top-level messages alone ("the program could not
 /// be loaded") do not say why; the verifier or errno is in the sources. Verifier logs are long:
-/// the first lines and the last say enough in a report.
+/// the first lines and the last say enough in a report (the verifier's complaint is the line
+/// before its closing statistics, so the tail is the longer part).
 pub fn message(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -223,9 +224,9 @@ pub fn message(e: &dyn std::error::Error) -> String {
         }
         cur = c.source();
     }
-    if s.chars().count() > 600 {
-        let head: String = s.chars().take(400).collect();
-        let tail: Vec<char> = s.chars().rev().take(150).collect();
+    if s.chars().count() > 900 {
+        let head: String = s.chars().take(300).collect();
+        let tail: Vec<char> = s.chars().rev().take(550).collect();
         s = format!("{head} ... {}", tail.into_iter().rev().collect::<String>());
     }
     humanize(&s.replace('\n', " "))
@@ -299,7 +300,7 @@ mod tests {
         let long = "x".repeat(2000);
         let m = message(&io::Error::other(long));
         assert!(
-            m.chars().count() < 600 && m.contains(" ... "),
+            m.chars().count() < 900 && m.contains(" ... "),
             "{}",
             m.len()
         );
