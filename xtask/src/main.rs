@@ -11,8 +11,6 @@
 mod bench;
 mod cmd;
 mod demo;
-mod initramfs;
-mod kernels;
 mod setup;
 mod test;
 mod vm;

@@ -55,13 +55,7 @@ pub fn ensure(quiet_if_ok: bool) -> Result<()> {
         Nightly::NoRustSrc => {
             flush(&mut lines);
             println!("installing: rust-src (rustup, nightly)");
-            run(Command::new("rustup").args([
-                "component",
-                "add",
-                "rust-src",
-                "--toolchain",
-                "nightly",
-            ]))?;
+            add_rust_src()?;
         }
         Nightly::Missing => {
             flush(&mut lines);
@@ -73,13 +67,7 @@ pub fn ensure(quiet_if_ok: bool) -> Result<()> {
                 "--profile",
                 "minimal",
             ]))?;
-            run(Command::new("rustup").args([
-                "component",
-                "add",
-                "rust-src",
-                "--toolchain",
-                "nightly",
-            ]))?;
+            add_rust_src()?;
         }
     }
 
@@ -159,19 +147,7 @@ fn missing_apt_packages() -> Result<Vec<&'static str>> {
     if cmd::which("dpkg-query").is_none() {
         bail!("dpkg-query not found: cargo xtask setup supports Debian/Ubuntu hosts only");
     }
-    let mut missing = Vec::new();
-    for &p in APT_PACKAGES {
-        // Exit status is non-zero for unknown packages: that is "missing" too.
-        let out = Command::new("dpkg-query")
-            .args(["-W", "-f=${db:Status-Abbrev}", p])
-            .output()
-            .context("running dpkg-query")?;
-        let status = String::from_utf8_lossy(&out.stdout);
-        if !(out.status.success() && status.starts_with("ii")) {
-            missing.push(p);
-        }
-    }
-    Ok(missing)
+    missing_of(APT_PACKAGES)
 }
 
 fn apt_install(pkgs: &[&str]) -> Result<()> {
@@ -198,6 +174,12 @@ enum Nightly {
     Ready(String),
     NoRustSrc,
     Missing,
+}
+
+/// `rustup component add rust-src --toolchain nightly`: the eBPF build needs the nightly's
+/// standard library sources.
+fn add_rust_src() -> Result<()> {
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
 }
 
 fn nightly_state() -> Result<Nightly> {
@@ -289,9 +271,11 @@ pub fn ensure_apt_packages(pkgs: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Those of `pkgs` that dpkg does not have installed.
 fn missing_of<'a>(pkgs: &[&'a str]) -> Result<Vec<&'a str>> {
     let mut missing = Vec::new();
     for &p in pkgs {
+        // Exit status is non-zero for unknown packages: that is "missing" too.
         let out = Command::new("dpkg-query")
             .args(["-W", "-f=${db:Status-Abbrev}", p])
             .output()

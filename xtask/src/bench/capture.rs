@@ -34,6 +34,24 @@ pub struct Callbacks {
 }
 
 impl Callbacks {
+    /// The figures of a digest's `CB` line, in their order.
+    fn from_digest(f: &[u64]) -> Option<Callbacks> {
+        if f.len() != 7 {
+            return None;
+        }
+        let mut v = f.iter().copied();
+        let mut next = || v.next().unwrap_or_default();
+        Some(Callbacks {
+            count: next(),
+            sum_ns: next(),
+            p99_ns: next(),
+            loops: next(),
+            unthrottled: next(),
+            enqueued: next(),
+            runnable: next(),
+        })
+    }
+
     pub fn mean_ns(&self) -> f64 {
         self.sum_ns as f64 / self.count as f64
     }
@@ -161,27 +179,8 @@ impl Summary {
                     .map(|x| x.parse::<f64>().map(|v| v as u64))
                     .collect::<Result<_, _>>()
                     .with_context(|| format!("bad digest line {line:?}"))?;
-                let [
-                    count,
-                    sum_ns,
-                    p99_ns,
-                    loops,
-                    unthrottled,
-                    enqueued,
-                    runnable,
-                ] = f[..]
-                else {
-                    bail!("bad digest line {line:?}");
-                };
-                s.callbacks = Callbacks {
-                    count,
-                    sum_ns,
-                    p99_ns,
-                    loops,
-                    unthrottled,
-                    enqueued,
-                    runnable,
-                };
+                s.callbacks = Callbacks::from_digest(&f)
+                    .with_context(|| format!("bad digest line {line:?}"))?;
             } else if let Some(n) = line.strip_prefix("LINES ") {
                 s.lines = n.trim().parse().unwrap_or(0);
             } else if line.starts_with('{') {

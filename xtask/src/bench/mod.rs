@@ -139,7 +139,6 @@ impl Section {
         id: &'static str,
         order: u32,
         title: &str,
-        goal: &'static str,
         method: &str,
         f: impl FnOnce() -> Result<Measured>,
     ) -> Section {
@@ -155,33 +154,40 @@ impl Section {
             Err(e) => println!("<== {id}: not measured: {e}"),
         }
         println!("    ({:.0} s)", start.elapsed().as_secs_f64());
+        Section::new(id, order, title, method, outcome)
+    }
+
+    pub fn missing(id: &'static str, order: u32, title: &str, method: &str, why: &str) -> Section {
+        println!("<== {id}: {title}: not measured: {why}");
+        Section::new(id, order, title, method, Err(why.to_string()))
+    }
+
+    fn new(
+        id: &'static str,
+        order: u32,
+        title: &str,
+        method: &str,
+        outcome: Result<Measured, String>,
+    ) -> Section {
         Section {
             id,
             order,
             title: title.to_string(),
-            goal,
+            goal: goal(id),
             method: method.to_string(),
             outcome,
         }
     }
+}
 
-    pub fn missing(
-        id: &'static str,
-        order: u32,
-        title: &str,
-        goal: &'static str,
-        method: &str,
-        why: &str,
-    ) -> Section {
-        println!("<== {id}: {title}: not measured: {why}");
-        Section {
-            id,
-            order,
-            title: title.to_string(),
-            goal,
-            method: method.to_string(),
-            outcome: Err(why.to_string()),
-        }
+/// The goal of a figure (P1 to P5).
+fn goal(id: &str) -> &'static str {
+    match id {
+        "P1" => P1_GOAL,
+        "P2" => P2_GOAL,
+        "P3" => P3_GOAL,
+        "P4" => P4_GOAL,
+        _ => P5_GOAL,
     }
 }
 
@@ -214,69 +220,40 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let mut sections = Vec::new();
 
     // Quiet machine first: throughput and idle memory must not share the CPUs with a storm.
-    if want(Part::P3) {
-        sections.push(Section::measure(
+    let quiet: [HostFigure; 2] = [
+        (
+            Part::P3,
             "P3",
             10,
             "reader throughput",
-            P3_GOAL,
-            p3::METHOD,
-            || p3::run(&bin, &plan),
-        ));
-    }
-    proc::check()?;
-    if want(Part::P4) {
-        sections.push(Section::measure(
+            || p3::METHOD.into(),
+            p3::run,
+        ),
+        (
+            Part::P4,
             "P4",
             10,
             "peak RSS of an idle record, host",
-            P4_GOAL,
-            p45::IDLE_METHOD,
-            || p45::idle_rss(&bin, &plan),
-        ));
-    }
-    proc::check()?;
+            || p45::IDLE_METHOD.into(),
+            p45::idle_rss,
+        ),
+    ];
+    measure_all(&quiet, &bin, &plan, &want, &mut sections)?;
     if want(Part::P1) || want(Part::P2) || want(Part::P5) {
         host_storm(&bin, &plan, &want, &mut sections)?;
     }
     proc::check()?;
     if args.no_vm {
-        let why = "skipped: `cargo xtask bench --no-vm`";
-        if want(Part::P1) {
-            sections.push(Section::missing(
-                "P1",
-                20,
-                "cost per hit, 6.1 and 6.12 VMs",
-                P1_GOAL,
-                p1::METHOD,
-                why,
-            ));
-        }
-        if want(Part::P2) {
-            sections.push(Section::missing(
-                "P2",
-                30,
-                "added IRQs-off time, 6.1 VM co-firing",
-                P2_GOAL,
-                p2::DIRECT_METHOD,
-                why,
-            ));
-        }
-        if want(Part::P4) {
-            sections.push(Section::missing(
-                "P4",
-                20,
-                "scale, 2,000 cgroups, 6.1 VM",
-                P4_GOAL,
-                vms::P4_METHOD,
-                why,
-            ));
-        }
+        vms::none_run(&want, &mut sections, "skipped: `cargo xtask bench --no-vm`");
     } else if want(Part::P1) || want(Part::P2) || want(Part::P4) {
         vms::run(&bin, &plan, &want, &mut sections);
     }
     proc::check()?;
     sections.sort_by_key(|s| (s.id, s.order));
+    let machine = report::Machine {
+        load_end: report::loadavg(),
+        ..machine
+    };
     finish(args, &machine, &sections, start)
 }
 
@@ -292,13 +269,9 @@ fn host_storm(
         Ok(s) => s,
         Err(e) => {
             let why = format!("the host storm could not start: {e:#}");
-            for (id, p, goal) in [
-                ("P1", Part::P1, P1_GOAL),
-                ("P2", Part::P2, P2_GOAL),
-                ("P5", Part::P5, P5_GOAL),
-            ] {
+            for (id, p) in [("P1", Part::P1), ("P2", Part::P2), ("P5", Part::P5)] {
                 if want(p) {
-                    out.push(Section::missing(id, 10, "host", goal, "", &why));
+                    out.push(Section::missing(id, 10, "host", "", &why));
                 }
             }
             return Ok(());
@@ -312,54 +285,84 @@ fn host_storm(
             "P5",
             10,
             "time to answer, host storm",
-            P5_GOAL,
             p45::P5_METHOD,
             || p45::time_to_answer(bin, &culprit, plan),
         ));
     }
     proc::check()?;
-    if want(Part::P1) {
-        let method = format!(
-            "{} Host storm: the culprit cgroup ({} busy loops, cpu {}/{} us) and {} fillers (one \
-             loop, {}/{} us) of `cargo xtask bench`.",
-            p1::METHOD,
-            storm::HOST.culprit_workers,
-            storm::HOST.culprit_quota_us,
-            storm::HOST.culprit_period_us,
-            storm::HOST.fillers,
-            storm::HOST.filler_quota_us,
-            storm::HOST.filler_period_us
-        );
-        out.push(Section::measure(
+    let storm_figures: [HostFigure; 3] = [
+        (
+            Part::P1,
             "P1",
             10,
             "cost per hit, host (tracepoints)",
-            P1_GOAL,
-            &method,
-            || p1::host(bin, plan),
-        ));
-    }
-    proc::check()?;
-    if want(Part::P2) {
-        out.push(Section::measure(
+            p1_host_method,
+            p1::host,
+        ),
+        (
+            Part::P2,
             "P2",
             10,
             "added IRQs-off time, host storm, directly",
-            P2_GOAL,
-            p2::DIRECT_METHOD,
-            || p2::host_direct(bin, plan),
-        ));
-        proc::check()?;
-        out.push(Section::measure(
+            || p2::DIRECT_METHOD.into(),
+            p2::host_direct,
+        ),
+        (
+            Part::P2,
             "P2",
             11,
             "added IRQs-off time, host storm, by accounting",
-            P2_GOAL,
-            p2::ACCOUNTING_METHOD,
-            || p2::host_accounting(bin, plan),
-        ));
-    }
+            || p2::ACCOUNTING_METHOD.into(),
+            p2::host_accounting,
+        ),
+    ];
+    measure_all(&storm_figures, bin, plan, want, out)?;
     s.stop()
+}
+
+/// A figure measured on the host: (part, id, order, title, method, measurement).
+type HostFigure = (
+    Part,
+    &'static str,
+    u32,
+    &'static str,
+    fn() -> String,
+    fn(&Path, &Plan) -> Result<Measured>,
+);
+
+/// Measure those of `figures` that are wanted, one after the other (Ctrl-C checked after each).
+fn measure_all(
+    figures: &[HostFigure],
+    bin: &Path,
+    plan: &Plan,
+    want: &dyn Fn(Part) -> bool,
+    out: &mut Vec<Section>,
+) -> Result<()> {
+    for &(part, id, order, title, method, measure) in figures {
+        if want(part) {
+            out.push(Section::measure(id, order, title, &method(), || {
+                measure(bin, plan)
+            }));
+        }
+        proc::check()?;
+    }
+    Ok(())
+}
+
+fn p1_host_method() -> String {
+    let h = storm::HOST;
+    format!(
+        "{} Host storm: the culprit cgroup ({} busy loops, cpu {}/{} us, {}x the default CPU \
+         weight) and {} fillers (one loop, {}/{} us) of `cargo xtask bench`.",
+        p1::METHOD,
+        h.culprit_workers,
+        h.culprit_quota_us,
+        h.culprit_period_us,
+        storm::CULPRIT_WEIGHT,
+        h.fillers,
+        h.filler_quota_us,
+        h.filler_period_us
+    )
 }
 
 fn finish(

@@ -128,8 +128,10 @@ pub fn measured(label: &str, rows: &[Row], windows: usize, notes: &str) -> Measu
         let value = if r.ratio.is_empty() {
             format!("{} (no peer)", ns(r.cfstrace.median()))
         } else {
+            // The ratio is the median of the windows' own ratios (both tools in the same
+            // window), not the ratio of the two medians.
             format!(
-                "{} vs {}: {}",
+                "{} vs {} (medians): {} (median window ratio)",
                 ns(r.cfstrace.median()),
                 ns(r.peer.median()),
                 ratio(r.ratio.median())

@@ -151,7 +151,7 @@ fn measured(v: &Value, report: &Spread, lines: u64, bytes: u64) -> Measured {
 pub const METHOD: &str = "`tracer/examples/reader_bench.rs` (run as `cargo run --release -p \
     tracer --example reader_bench`): raw records built from the `tracer_ebpf` types the \
     programs submit (`PeriodEventNarrow` heads with a one-word CPU bitmap, `IrqSpanEvent`), \
-    laid out in one buffer, then per record `cfstrace::events::decode`, the session's per-event \
+    laid out in one buffer, then per record `cfstrace::session::decode::decode`, the session's per-event \
     bookkeeping (cgroups seen, periods seen; a naming line before a cgroup's first record, built \
     up front: the namer's filesystem reads are not timed), the `CaptureLine`, and \
     `Aggregator::feed` and/or `CaptureWriter::write_line` into `io::sink()`. One thread; \

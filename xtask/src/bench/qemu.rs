@@ -1,19 +1,17 @@
-//! Booting a bench guest: qemu, single-threaded TCG (as `cargo xtask vm`: multi-threaded TCG
-//! breaks the guests' own text patching, see xtask/src/vm.rs), the console read line by line
-//! into a log and a [`Console`]. A smaller copy of vm.rs's boot, to be shared later.
+//! Booting a bench guest through the VM tests' boot (`crate::vm::boot`: single-threaded TCG,
+//! the console logged line by line), and reading its console: the blocks its /init prints
+//! between markers.
 
-use std::fs;
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::guest::{M_BEGIN, M_DONE, M_END, M_FAIL, M_INIT};
-use super::proc::{self, Guarded};
-use crate::kernels::Kernel;
+use super::proc;
+use crate::vm::console::{kernel_message, kernel_problem};
+use crate::vm::kernels::Kernel;
+use crate::vm::{Engine, Limits, Machine, Watch, boot};
 
 /// How a guest is booted.
 pub struct Boot<'a> {
@@ -24,21 +22,11 @@ pub struct Boot<'a> {
     /// `bench.*` parameters for the guest's /init.
     pub params: String,
     pub log: &'a Path,
-    /// Killed after this long in all, or this long without a console line.
+    /// Killed after this long in all, or this long without a line from its /init (wall time:
+    /// the bench's guests run alone, and a stalled guest must not cost four times the limit).
     pub timeout: Duration,
     pub silence: Duration,
 }
-
-/// Kernel messages that mean the guest kernel broke.
-const KERNEL_PROBLEMS: &[&str] = &[
-    "Oops",
-    "BUG:",
-    "Kernel panic",
-    "detected stall",
-    "soft lockup",
-    "hard LOCKUP",
-    "general protection fault",
-];
 
 /// What a guest printed.
 #[derive(Debug, Default)]
@@ -90,7 +78,7 @@ impl Console {
     pub fn kernel_problem(&self) -> Option<&str> {
         self.lines
             .iter()
-            .find(|l| is_kernel_line(l) && KERNEL_PROBLEMS.iter().any(|p| l.contains(p)))
+            .find(|l| kernel_problem(l).is_some())
             .map(String::as_str)
     }
 
@@ -116,95 +104,50 @@ impl Console {
     }
 }
 
-/// A printk line (`[   12.345678] ...`), which can land in the middle of a block.
+/// Kernel messages and the guest's heartbeat are no progress: a guest repeating hung-task
+/// warnings is stuck, and the silence limit must catch it.
+fn idle_line(l: &str) -> bool {
+    is_kernel_line(l) || l.starts_with("bench-hb:")
+}
+
+/// The lines shown as they come: the guest's own `bench:` lines and its markers of note.
+fn echo(l: &str) -> bool {
+    l.starts_with("bench") || l.contains(M_INIT) || l.contains(M_FAIL)
+}
+
 fn is_kernel_line(l: &str) -> bool {
-    l.strip_prefix('[')
-        .and_then(|r| r.split_once(']'))
-        .is_some_and(|(ts, _)| {
-            let ts = ts.trim();
-            !ts.is_empty() && ts.contains('.') && ts.chars().all(|c| c.is_ascii_digit() || c == '.')
-        })
+    kernel_message(l).is_some()
 }
 
 pub fn boot(b: &Boot) -> Result<Console> {
-    let mut c = Command::new("qemu-system-x86_64");
-    c.args(["-accel", "tcg,thread=single", "-cpu", "max"])
-        .args(["-m", &b.mem_mb.to_string(), "-smp", &b.cpus.to_string()])
-        .args(["-nographic", "-no-reboot", "-nic", "none"])
-        .arg("-kernel")
-        .arg(&b.kernel.vmlinuz)
-        .arg("-initrd")
-        .arg(b.initrd)
-        .arg("-append")
-        .arg(format!(
-            "console=ttyS0 panic=-1 oops=panic quiet loglevel=4 {}",
-            b.params
-        ))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut logf =
-        fs::File::create(b.log).with_context(|| format!("creating {}", b.log.display()))?;
-    let mut g = Guarded::spawn(&mut c, "qemu", libc::SIGKILL, libc::SIGKILL)?;
-    let stdout = g.stdout().context("qemu's stdout")?;
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf)
-                        .trim_end_matches(['\r', '\n'])
-                        .replace('\r', "");
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    let start = Instant::now();
-    let mut last = Instant::now();
-    let mut con = Console::default();
-    loop {
-        if proc::interrupted() {
-            con.killed = Some("interrupted".into());
-            break;
-        }
-        if start.elapsed() > b.timeout {
-            con.killed = Some(format!("no power-off after {} s", b.timeout.as_secs()));
-            break;
-        }
-        if last.elapsed() > b.silence {
-            con.killed = Some(format!("silent for {} s", b.silence.as_secs()));
-            break;
-        }
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(line) => {
-                // Kernel messages are no progress: a guest repeating hung-task warnings is
-                // stuck, and the silence limit must catch it.
-                if !is_kernel_line(&line) && !line.starts_with("bench-hb:") {
-                    last = Instant::now();
-                }
-                let _ = writeln!(logf, "{line}");
-                if line.starts_with("bench") || line.contains(M_INIT) || line.contains(M_FAIL) {
-                    println!("  [{:>4}s] {line}", start.elapsed().as_secs());
-                }
-                con.lines.push(line);
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    drop(g);
-    if let Some(k) = &con.killed {
-        let _ = writeln!(logf, "--- killed: {k} ---");
-    }
+    let append = format!("loglevel=4 {}", b.params);
+    let m = Machine {
+        vmlinuz: &b.kernel.vmlinuz,
+        initrd: b.initrd,
+        cpus: b.cpus,
+        mem_mb: b.mem_mb,
+        append: &append,
+        engine: Engine::Tcg,
+    };
+    let w = Watch {
+        log: b.log,
+        limits: Limits {
+            timeout: b.timeout,
+            silence: b.silence,
+            wall_factor: 1,
+        },
+        init_marker: M_INIT,
+        idle_line,
+        echo,
+        cancelled: proc::interrupted,
+        kvm_init_deadline: None,
+    };
+    let guest = boot::run(&m, &w)?;
     proc::check()?;
-    Ok(con)
+    Ok(Console {
+        killed: guest.killed(),
+        lines: guest.lines,
+    })
 }
 
 #[cfg(test)]

@@ -199,8 +199,37 @@ pub fn summary(sections: &[Section]) -> Table {
     t
 }
 
-fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or("")
+/// Every figure that missed its goal, and every figure not measured, one line each: what a
+/// reader of BENCHMARKS.md must not miss.
+pub fn misses(sections: &[Section]) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in sections {
+        match &s.outcome {
+            Ok(m) => out.extend(
+                m.lines
+                    .iter()
+                    .filter(|l| l.met == Some(false))
+                    .map(|l| format!("{} {}: {} (goal: {})", s.id, l.what, l.value, l.goal)),
+            ),
+            Err(why) => out.push(format!(
+                "{} {}: not measured: {}",
+                s.id,
+                s.title,
+                first_line(why)
+            )),
+        }
+    }
+    out
+}
+
+/// The first line of a reason, cut to 240 characters for the summary (the section below it
+/// gives the whole reason).
+fn first_line(s: &str) -> String {
+    let l = s.lines().next().unwrap_or("");
+    match l.char_indices().nth(240) {
+        Some((i, _)) => format!("{} ...", &l[..i]),
+        None => l.to_string(),
+    }
 }
 
 pub fn markdown(machine: &Machine, sections: &[Section], elapsed_s: f64) -> String {
@@ -235,6 +264,13 @@ pub fn markdown(machine: &Machine, sections: &[Section], elapsed_s: f64) -> Stri
     s.push_str(&m.markdown());
     s.push_str("\n## Summary\n\n");
     s.push_str(&summary(sections).markdown());
+    let missed = misses(sections);
+    if !missed.is_empty() {
+        s.push_str("\n### Goals missed, and figures not measured\n\n");
+        for m in &missed {
+            let _ = writeln!(s, "- {m}");
+        }
+    }
     for sec in sections {
         let _ = writeln!(s, "\n## {}: {}\n", sec.id, sec.title);
         let _ = writeln!(s, "Goal: {}\n", sec.goal);
@@ -305,5 +341,6 @@ mod tests {
         );
         assert!(md.contains("| P4 | scale | not measured: qemu missing | 0 lost | - |"));
         assert!(md.contains("**Not measured.** qemu missing\nmore"));
+        assert!(md.contains("### Goals missed, and figures not measured\n\n- P4 scale: not measured: qemu missing\n"), "{md}");
     }
 }

@@ -69,28 +69,8 @@ pub fn nearest_rank(sorted: &[u64], q: f64) -> Option<u64> {
     Some(sorted[rank.min(sorted.len()) - 1])
 }
 
-// The kernel's log-linear buckets (`tracer_ebpf::fine_bucket`), copied because xtask cannot
-// depend on the tracer crates: they build the eBPF object, which needs the toolchain xtask
-// installs. The unit test pins the bounds to the same values.
-const FINE_SUB_BITS: u32 = 4;
-const FINE_MIN_LOG2: u32 = 10;
-const FINE_MAX_LOG2: u32 = 30;
-pub const FINE_BUCKETS: usize =
-    2 + ((FINE_MAX_LOG2 - FINE_MIN_LOG2) as usize) * (1 << FINE_SUB_BITS as usize);
-
-/// The lower bound in ns of log-linear bucket `i` (0 for bucket 0: below 1 us).
-pub fn fine_bucket_low(i: usize) -> u64 {
-    if i == 0 {
-        return 0;
-    }
-    if i >= FINE_BUCKETS - 1 {
-        return 1 << FINE_MAX_LOG2;
-    }
-    let per = 1usize << FINE_SUB_BITS;
-    let l = FINE_MIN_LOG2 + ((i - 1) / per) as u32;
-    let sub = ((i - 1) % per) as u64;
-    (1u64 << l) + (sub << (l - FINE_SUB_BITS))
-}
+/// The kernel's log-linear buckets, as the capture's `interrupt_hist` holds them.
+pub use tracer_ebpf::{FINE_BUCKETS, fine_bucket_low};
 
 /// The bucket holding quantile `q` of a histogram given as `[bucket, count]` pairs: its bounds
 /// `[low, high)` in ns (high is `u64::MAX` for the last bucket). None when empty.
@@ -120,16 +100,20 @@ pub fn hist_quantile(hist: &[(u32, u64)], q: f64) -> Option<(u64, u64)> {
 
 /// `12.3 us` style: ns, us or ms with three significant digits.
 pub fn ns(v: f64) -> String {
-    if !v.is_finite() {
-        return "-".into();
-    }
-    if v >= 1e6 {
-        format!("{} ms", sig3(v / 1e6))
+    or_dash(v, |v| scaled(v, ["ns", "us", "ms"]))
+}
+
+/// `v` in the largest of three units a thousand apart that it reaches, three significant
+/// digits.
+fn scaled(v: f64, units: [&str; 3]) -> String {
+    let (x, unit) = if v >= 1e6 {
+        (v / 1e6, units[2])
     } else if v >= 1e3 {
-        format!("{} us", sig3(v / 1e3))
+        (v / 1e3, units[1])
     } else {
-        format!("{} ns", sig3(v))
-    }
+        (v, units[0])
+    };
+    format!("{} {unit}", sig3(x))
 }
 
 /// Three significant digits, no exponent.
@@ -144,31 +128,22 @@ pub fn sig3(v: f64) -> String {
     }
 }
 
+/// `f(v)`, or `-` where `v` is not a number (no runs, a division by zero).
+fn or_dash(v: f64, f: impl FnOnce(f64) -> String) -> String {
+    if v.is_finite() { f(v) } else { "-".into() }
+}
+
 pub fn ratio(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v:.2}x")
-    } else {
-        "-".into()
-    }
+    or_dash(v, |v| format!("{v:.2}x"))
 }
 
 pub fn pct(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v:.2} %")
-    } else {
-        "-".into()
-    }
+    or_dash(v, |v| format!("{v:.2} %"))
 }
 
 /// `1.2 M/s`, `850 k/s`.
 pub fn rate(v: f64) -> String {
-    if v >= 1e6 {
-        format!("{} M/s", sig3(v / 1e6))
-    } else if v >= 1e3 {
-        format!("{} k/s", sig3(v / 1e3))
-    } else {
-        format!("{}/s", sig3(v))
-    }
+    scaled(v, ["/s", "k/s", "M/s"]).replace(" /s", "/s")
 }
 
 #[cfg(test)]
@@ -220,10 +195,16 @@ mod tests {
 
     #[test]
     fn units() {
-        assert_eq!(ns(950.0), "950 ns");
-        assert_eq!(ns(12_345.0), "12.3 us");
-        assert_eq!(ns(2_500_000.0), "2.50 ms");
-        assert_eq!(rate(5_300_000.0), "5.30 M/s");
-        assert_eq!(ratio(1.234), "1.23x");
+        let cases = [
+            (ns(950.0), "950 ns"),
+            (ns(12_345.0), "12.3 us"),
+            (ns(2_500_000.0), "2.50 ms"),
+            (rate(5_300_000.0), "5.30 M/s"),
+            (ratio(1.234), "1.23x"),
+            (pct(f64::NAN), "-"),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, want);
+        }
     }
 }

@@ -29,7 +29,15 @@ pub struct Shape {
 /// the tracer's reader still get CPU) and one culprit whose period timer fires ten times as
 /// often as any filler's. With 6.18's task-based throttle a callback costs about the same
 /// whatever the cgroup holds, so the culprit is made by the count of its callbacks: 500 a
-/// second against 50, which outweighs a filler's in every 1 s `watch` interval.
+/// second against 50, which outweighs a filler's in every 1 s `watch` interval. That needs
+/// the culprit's loops to use their quota every period (a period timer with no runtime used
+/// and nothing throttled goes idle): at the default weight, 24 fillers crowded them out and
+/// its timer ran about 50 times a second, no more than a filler's (measured on the 6.18
+/// host); so the culprit gets [`CULPRIT_WEIGHT`] times the default CPU weight.
+/// The culprit's CPU weight over the default (cgroup v1 `cpu.shares` 1024, v2 `cpu.weight`
+/// 100): its loops run whenever it is not throttled.
+pub const CULPRIT_WEIGHT: u64 = 10;
+
 pub const HOST: Shape = Shape {
     culprit_workers: 8,
     culprit_period_us: 2_000,
@@ -116,7 +124,8 @@ impl Storm {
             write(&parent.join("cgroup.subtree_control"), "+cpu")?;
         }
         println!(
-            "storm: {} (culprit: {} loops at {}/{} us; {} fillers: 1 loop at {}/{} us)",
+            "storm: {} (culprit: {} loops at {}/{} us, {CULPRIT_WEIGHT}x the CPU weight; {} \
+             fillers: 1 loop at {}/{} us)",
             parent.display(),
             shape.culprit_workers,
             shape.culprit_quota_us,
@@ -131,6 +140,17 @@ impl Storm {
             shape.culprit_period_us,
             shape.culprit_quota_us,
         )?;
+        if h.v2 {
+            write(
+                &culprit.join("cpu.weight"),
+                &(100 * CULPRIT_WEIGHT).to_string(),
+            )?;
+        } else {
+            write(
+                &culprit.join("cpu.shares"),
+                &(1024 * CULPRIT_WEIGHT).to_string(),
+            )?;
+        }
         s.spawn(cfstrace, &culprit, shape.culprit_workers)?;
         for i in 0..shape.fillers {
             let d = s.cgroup(

@@ -8,7 +8,7 @@
 //! ```text
 //! sources.list  status  lists/  archives/        private apt state
 //! kernel/<package>/{vmlinuz,config,release}      the cached kernel
-//! console-<backend>.log                          written by vm.rs
+//! console-<backend>.log                          written by `super::runs`
 //! ```
 
 use std::cmp::Ordering;
