@@ -199,14 +199,31 @@ pub const TOTALS_BUCKETS: usize = 40;
 pub fn log2_bucket(v: u64) -> usize {
     let mut b: usize = 0;
     let mut x = v;
-    // A binary search on the bit length (BPF has no count-leading-zeros); unrolled.
-    let mut shift = 32;
-    while shift > 0 {
-        if x >= 1 << shift {
-            b += shift;
-            x >>= shift;
-        }
-        shift /= 2;
+    // Written out, not as a loop: the 6.1 verifier loses the bounds of a looped version
+    // and refuses the histogram index that follows.
+    if x >= 1 << 32 {
+        b += 32;
+        x >>= 32;
+    }
+    if x >= 1 << 16 {
+        b += 16;
+        x >>= 16;
+    }
+    if x >= 1 << 8 {
+        b += 8;
+        x >>= 8;
+    }
+    if x >= 1 << 4 {
+        b += 4;
+        x >>= 4;
+    }
+    if x >= 1 << 2 {
+        b += 2;
+        x >>= 2;
+    }
+    if x >= 1 << 1 {
+        b += 1;
+        x >>= 1;
     }
     let b = b + x as usize;
     if b >= TOTALS_BUCKETS {

@@ -216,15 +216,15 @@ fn add_unsent(e: &PeriodEvent) {
             }
         }
     };
-    let t = unsafe { &mut *t };
-    if let Some(b) = t.callback_hist.get_mut(log2_bucket(e.duration_ns)) {
-        *b += 1;
-    }
-    let t = &mut t.sums;
+    let u = unsafe { &mut *t };
+    let t = &mut u.sums;
     t.periods += 1;
     t.callback_ns_sum = t.callback_ns_sum.wrapping_add(e.duration_ns);
     if e.duration_ns > t.callback_ns_max {
         t.callback_ns_max = e.duration_ns;
+    }
+    if let Some(b) = u.callback_hist.get_mut(log2_bucket(e.duration_ns)) {
+        *b += 1;
     }
     t.unthrottled_sum += u64::from(e.unthrottled);
     t.enqueued_sum += u64::from(e.enqueued);
