@@ -25,8 +25,8 @@ use std::time::Instant;
 
 use cfstrace::analysis::Aggregator;
 use cfstrace::capture::{
-    CAPTURE_SCHEMA, CaptureHeader, CaptureLine, CaptureWriter, CgroupRecord, CpuHierarchy,
-    EndRecord, LossRecord, ProbeStatus, ProcessInfo,
+    CAPTURE_SCHEMA, CaptureHeader, CaptureLine, CaptureWriter, CgroupFacts, CgroupRecord,
+    CpuHierarchy, EndRecord, LossRecord, ProbeStatus, ProcessInfo,
 };
 use cfstrace::model::probe::{Backend, Probe, StopReason, Style};
 use cfstrace::model::{host, workload};
@@ -160,17 +160,19 @@ fn naming(id: u64) -> CgroupRecord {
     let n = id - FIRST_ID;
     let path = format!("/hadoop-yarn/container_e06_1512098667219_{n:06}_01_000020");
     CgroupRecord {
-        id,
-        workload: workload::classify(&path),
-        path: Some(path),
-        processes: vec![ProcessInfo {
-            pid: 1000 + n as u32,
-            comm: "python".into(),
-            cmdline: Some("python task.py".into()),
-            cpu_ticks: 100,
-        }],
-        period_us: Some(PERIOD_NS / 1000),
-        quota_us: Some(1000),
+        facts: CgroupFacts {
+            id,
+            workload: workload::classify(&path),
+            path: Some(path),
+            processes: vec![ProcessInfo {
+                pid: 1000 + n as u32,
+                comm: "python".into(),
+                cmdline: Some("python task.py".into()),
+                cpu_ticks: 100,
+            }],
+            period_us: Some(PERIOD_NS / 1000),
+            quota_us: Some(1000),
+        },
         note: None,
         parents: Some(Vec::new()),
     }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use super::IdMap;
 use super::MAX_CPUS;
-use super::cgroup::{CgroupSpan, CgroupStats, CgroupView, UnsentDelta};
+use super::cgroup::{CgroupSpan, CgroupStats, CgroupView, Extent, UnsentDelta};
 use super::cpu::{CpuStats, SpanStats};
 use crate::model::records::{
     AsyncRecord, CaptureLine, CgroupRecord, CpuTotalsRecord, EndRecord, IrqSpanRecord, LossRecord,
@@ -33,8 +33,8 @@ pub struct Aggregator {
     names: IdMap<CgroupRecord>,
     cpus: Vec<CpuStats>,
     periods: u64,
-    first_ts_ns: Option<u64>,
-    last_ts_ns: u64,
+    /// None before the first event.
+    seen: Option<Extent>,
     last_end_ns: u64,
     flags_seen: u32,
     loss: Option<LossRecord>,
@@ -80,9 +80,8 @@ impl Aggregator {
         self.periods += 1;
         self.flags_seen |= p.flags;
         self.saw_window(p.ts_ns, p.duration_ns);
-        if p.flags & HOW_REOPENED != 0 {
-            self.reopened += 1;
-        }
+        // Counted without a branch: this runs for every callback.
+        self.reopened += u64::from(p.flags & HOW_REOPENED != 0);
         if p.flags & HOW_IN_SPAN != 0 {
             self.periods_in_span += 1;
             self.note_in_span(p);
@@ -123,8 +122,7 @@ impl Aggregator {
 
     /// The trace's extent: first start, last start, last end.
     fn saw_window(&mut self, ts_ns: u64, duration_ns: u64) {
-        self.first_ts_ns = Some(self.first_ts_ns.map_or(ts_ns, |f| f.min(ts_ns)));
-        self.last_ts_ns = self.last_ts_ns.max(ts_ns);
+        self.seen.get_or_insert(Extent::at(ts_ns)).saw(ts_ns);
         self.last_end_ns = self.last_end_ns.max(ts_ns.saturating_add(duration_ns));
     }
 
@@ -134,15 +132,11 @@ impl Aggregator {
         self.async_events += 1;
         self.async_flags_seen |= a.flags;
         self.saw_window(a.ts_ns, a.duration_ns);
-        if a.flags & ASYNC_LAST != 0 {
-            self.async_csds += 1;
-            if a.flags & ASYNC_EMPTY != 0 {
-                self.async_empty += 1;
-            }
-            if a.flags & ASYNC_TRUNCATED != 0 {
-                self.async_truncated += 1;
-            }
-        }
+        // A CSD's flags are final on its last event.
+        let last = a.flags & ASYNC_LAST != 0;
+        self.async_csds += u64::from(last);
+        self.async_empty += u64::from(last && a.flags & ASYNC_EMPTY != 0);
+        self.async_truncated += u64::from(last && a.flags & ASYNC_TRUNCATED != 0);
         if a.flags & ASYNC_EMPTY == 0 {
             self.cgroup_mut(a.cgroup_id, a.ts_ns).add_async(a);
         }
@@ -424,18 +418,18 @@ impl Aggregator {
     }
 
     pub fn first_ts_ns(&self) -> Option<u64> {
-        self.first_ts_ns
+        self.seen.map(|e| e.first_ns)
     }
 
     /// Start of the last callback.
     pub fn last_ts_ns(&self) -> Option<u64> {
-        self.first_ts_ns.map(|_| self.last_ts_ns)
+        self.seen.map(|e| e.last_ns)
     }
 
     /// First callback's start to last callback's end (0 with no callbacks).
     pub fn span_ns(&self) -> u64 {
-        self.first_ts_ns
-            .map_or(0, |f| self.last_end_ns.saturating_sub(f))
+        self.seen
+            .map_or(0, |e| self.last_end_ns.saturating_sub(e.first_ns))
     }
 
     pub fn loss(&self) -> Option<&LossRecord> {

@@ -24,13 +24,9 @@ pub struct CgroupStats {
     pub(super) runnable: Option<Distribution>,
     pub(super) max_loops: Option<u32>,
     pub(super) cpus: CpuSet,
-    pub(super) period_ns: Option<u64>,
-    pub(super) quota_ns: Option<u64>,
-    pub(super) period_ns_min: u64,
-    pub(super) period_ns_max: u64,
+    pub(super) bandwidth: KernelBandwidth,
     pub(super) flags: u32,
-    pub(super) first_ts_ns: u64,
-    pub(super) last_ts_ns: u64,
+    pub(super) seen: Extent,
     /// Boxed: most cgroups (and every one on a pre-6.3 kernel) have none.
     pub(super) asyncs: Option<Box<AsyncStats>>,
     /// The longest timer-interrupt span that ran one of its callbacks.
@@ -38,6 +34,60 @@ pub struct CgroupStats {
     pub(super) spread: Option<Box<SpreadStats>>,
     /// Boxed: only cgroups whose timer showed a precursor have one.
     pub(super) precursors: Option<Box<Precursors>>,
+}
+
+/// `cfs_bandwidth` as the kernel side read it at each callback.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct KernelBandwidth {
+    /// Last read (None until a callback carried one); a quota of `u64::MAX` is none.
+    period_ns: Option<u64>,
+    quota_ns: Option<u64>,
+    /// Smallest and largest period seen: they differ when the kernel rescaled it.
+    period_min_ns: u64,
+    period_max_ns: u64,
+}
+
+impl Default for KernelBandwidth {
+    fn default() -> Self {
+        KernelBandwidth {
+            period_ns: None,
+            quota_ns: None,
+            period_min_ns: u64::MAX,
+            period_max_ns: 0,
+        }
+    }
+}
+
+impl KernelBandwidth {
+    #[inline]
+    fn saw(&mut self, period_ns: u64, quota_ns: u64) {
+        self.period_ns = Some(period_ns);
+        self.quota_ns = Some(quota_ns);
+        self.period_min_ns = self.period_min_ns.min(period_ns);
+        self.period_max_ns = self.period_max_ns.max(period_ns);
+    }
+}
+
+/// The first and last event start seen: events arrive in ring-buffer order, not time order.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Extent {
+    pub(super) first_ns: u64,
+    pub(super) last_ns: u64,
+}
+
+impl Extent {
+    pub(super) fn at(ts_ns: u64) -> Self {
+        Extent {
+            first_ns: ts_ns,
+            last_ns: ts_ns,
+        }
+    }
+
+    #[inline]
+    pub(super) fn saw(&mut self, ts_ns: u64) {
+        self.first_ns = self.first_ns.min(ts_ns);
+        self.last_ns = self.last_ns.max(ts_ns);
+    }
 }
 
 /// A timer-interrupt span seen from one cgroup: the whole span and its own part of it.
@@ -64,13 +114,9 @@ impl CgroupStats {
             runnable: None,
             max_loops: None,
             cpus: CpuSet::default(),
-            period_ns: None,
-            quota_ns: None,
-            period_ns_min: u64::MAX,
-            period_ns_max: 0,
+            bandwidth: KernelBandwidth::default(),
             flags: 0,
-            first_ts_ns: ts,
-            last_ts_ns: ts,
+            seen: Extent::at(ts),
             asyncs: None,
             worst_span: None,
             spread: None,
@@ -117,8 +163,7 @@ impl CgroupStats {
                 .get_or_insert_with(|| Box::new(SpreadStats::new()))
                 .add_csd(a);
         }
-        self.first_ts_ns = self.first_ts_ns.min(a.ts_ns);
-        self.last_ts_ns = self.last_ts_ns.max(a.ts_ns);
+        self.seen.saw(a.ts_ns);
     }
 
     /// Async-unthrottle CSD work for this cgroup; None if none was seen.
@@ -187,14 +232,17 @@ impl CgroupStats {
         // The period as the kernel had it, compared with this timer's previous callback.
         if p.cgroup_id != UNRESOLVED_ID
             && p.period_ns > 0
-            && let Some(old) = self.period_ns.filter(|&o| o > 0 && o != p.period_ns)
+            && let Some(old) = self
+                .bandwidth
+                .period_ns
+                .filter(|&o| o > 0 && o != p.period_ns)
         {
             let change = PeriodChange {
                 ts_ns: p.ts_ns,
                 cpu: p.cpu,
                 from_ns: old,
                 to_ns: p.period_ns,
-                from_quota_ns: self.quota_ns.unwrap_or(0),
+                from_quota_ns: self.bandwidth.quota_ns.unwrap_or(0),
                 to_quota_ns: p.quota_ns,
             };
             let pr = self.precursors_mut();
@@ -205,14 +253,10 @@ impl CgroupStats {
             }
         }
         if p.flags & HOW_PERIOD != 0 || p.period_ns != 0 {
-            self.period_ns = Some(p.period_ns);
-            self.quota_ns = Some(p.quota_ns);
-            self.period_ns_min = self.period_ns_min.min(p.period_ns);
-            self.period_ns_max = self.period_ns_max.max(p.period_ns);
+            self.bandwidth.saw(p.period_ns, p.quota_ns);
         }
         self.flags |= p.flags;
-        self.first_ts_ns = self.first_ts_ns.min(p.ts_ns);
-        self.last_ts_ns = self.last_ts_ns.max(p.ts_ns);
+        self.seen.saw(p.ts_ns);
     }
 
     /// Period-timer callbacks seen (0 for a cgroup seen only in async CSDs).
@@ -258,19 +302,20 @@ impl CgroupStats {
 
     /// `cfs_bandwidth.period` last read by the kernel side.
     pub fn period_ns(&self) -> Option<u64> {
-        self.period_ns
+        self.bandwidth.period_ns
     }
 
     /// `cfs_bandwidth.quota` last read; `Some(u64::MAX)` is no quota.
     pub fn quota_ns(&self) -> Option<u64> {
-        self.quota_ns
+        self.bandwidth.quota_ns
     }
 
     /// Smallest and largest period seen, when they differ: the kernel rescales the period
     /// itself ("period too short, scaling up") when a callback overruns it.
     pub fn period_change(&self) -> Option<(u64, u64)> {
-        (self.period_ns.is_some() && self.period_ns_min != self.period_ns_max)
-            .then_some((self.period_ns_min, self.period_ns_max))
+        let b = &self.bandwidth;
+        (b.period_ns.is_some() && b.period_min_ns != b.period_max_ns)
+            .then_some((b.period_min_ns, b.period_max_ns))
     }
 
     /// OR of the events' `HOW_*` flags.
@@ -279,11 +324,11 @@ impl CgroupStats {
     }
 
     pub fn first_ts_ns(&self) -> u64 {
-        self.first_ts_ns
+        self.seen.first_ns
     }
 
     pub fn last_ts_ns(&self) -> u64 {
-        self.last_ts_ns
+        self.seen.last_ns
     }
 
     /// Approximate bytes held (struct plus heap).

@@ -130,12 +130,14 @@ fn period(cg: u64, cpu: u32, ts: u64, dur: u64) -> PeriodRecord {
 
 fn named(id: u64, path: Option<&str>) -> CgroupRecord {
     CgroupRecord {
-        id,
-        path: path.map(str::to_string),
-        workload: Workload::plain(),
-        processes: vec![],
-        period_us: None,
-        quota_us: None,
+        facts: CgroupFacts {
+            id,
+            path: path.map(str::to_string),
+            workload: Workload::plain(),
+            processes: vec![],
+            period_us: None,
+            quota_us: None,
+        },
         note: None,
         parents: None,
     }
@@ -656,9 +658,9 @@ fn precursors_are_counted() {
     }));
     assert_eq!(a.kmsgs().len(), 1);
     let mut n = named(7, Some("/x"));
-    n.period_us = Some(1_000);
+    n.facts.period_us = Some(1_000);
     a.add_cgroup(n.clone());
-    n.period_us = Some(2_000);
+    n.facts.period_us = Some(2_000);
     a.add_cgroup(n.clone());
     a.add_cgroup(n);
     assert_eq!(a.file_periods(7), &[1_000, 2_000]);

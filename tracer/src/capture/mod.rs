@@ -61,17 +61,19 @@ pub(crate) mod tests {
     fn lines() -> Vec<CaptureLine> {
         vec![
             CaptureLine::Cgroup(CgroupRecord {
-                id: 42,
-                path: Some("/a/b".into()),
-                workload: Workload::plain(),
-                processes: vec![ProcessInfo {
-                    pid: 7,
-                    comm: "python".into(),
-                    cmdline: None,
-                    cpu_ticks: 3,
-                }],
-                period_us: Some(100_000),
-                quota_us: None,
+                facts: CgroupFacts {
+                    id: 42,
+                    path: Some("/a/b".into()),
+                    workload: Workload::plain(),
+                    processes: vec![ProcessInfo {
+                        pid: 7,
+                        comm: "python".into(),
+                        cmdline: None,
+                        cpu_ticks: 3,
+                    }],
+                    period_us: Some(100_000),
+                    quota_us: None,
+                },
                 note: None,
                 parents: Some(vec![ParentRecord {
                     path: "/a".into(),

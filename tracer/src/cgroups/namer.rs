@@ -11,7 +11,7 @@ use super::hierarchy::dir_of;
 use super::processes::busiest_processes;
 use super::settings::{bandwidth, parents_of};
 use super::{CACHE_CAP, GONE_NOTE, REMOVED_NOTE, RESCAN_INTERVAL, WALK_DUTY};
-use crate::model::records::{CgroupRecord, CpuHierarchy};
+use crate::model::records::{CgroupFacts, CgroupRecord, CpuHierarchy};
 use crate::model::workload;
 
 /// The namer's bounds: how many ids it caches and how often it may walk the mount.
@@ -278,12 +278,7 @@ impl CgroupNamer {
     pub fn name(&mut self, id: u64) -> CgroupRecord {
         let Some(path) = self.path_of(id) else {
             return CgroupRecord {
-                id,
-                path: None,
-                workload: workload::classify(""),
-                processes: Vec::new(),
-                period_us: None,
-                quota_us: None,
+                facts: CgroupFacts::unnamed(id),
                 note: Some(GONE_NOTE.into()),
                 parents: None,
             };
@@ -299,24 +294,25 @@ impl CgroupNamer {
                 self.stats.evictions += 1;
             }
             return CgroupRecord {
-                id,
-                path: Some(path),
-                workload,
-                processes: Vec::new(),
-                period_us: None,
-                quota_us: None,
+                facts: CgroupFacts {
+                    path: Some(path),
+                    workload,
+                    ..CgroupFacts::unnamed(id)
+                },
                 note: Some(REMOVED_NOTE.into()),
                 parents,
             };
         }
         let (period_us, quota_us) = bandwidth(self.hierarchy.version, &dir);
         CgroupRecord {
-            id,
-            path: Some(path),
-            workload,
-            processes: busiest_processes(&dir),
-            period_us,
-            quota_us,
+            facts: CgroupFacts {
+                id,
+                path: Some(path),
+                workload,
+                processes: busiest_processes(&dir),
+                period_us,
+                quota_us,
+            },
             note: None,
             parents,
         }

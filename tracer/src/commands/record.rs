@@ -72,7 +72,6 @@ pub struct RecordOutcome {
     pub lost: u64,
     /// As in the capture's end line.
     pub reason: StopReason,
-    pub command_status: Option<ExitStatus>,
     /// What `record -- CMD` exits with: [`child::command_exit_code`]; None without CMD.
     pub exit_code: Option<u8>,
     pub duration: Duration,
@@ -150,7 +149,6 @@ pub fn record(opts: &RecordOptions, stop: &AtomicBool) -> Result<RecordOutcome, 
         async_events: session.async_events,
         lost,
         reason,
-        command_status,
         exit_code: child::command_exit_code(reason, command_status),
         duration: elapsed,
     })

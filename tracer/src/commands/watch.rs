@@ -178,7 +178,7 @@ fn write_out(s: &str) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::records::PeriodRecord;
+    use crate::model::records::{CgroupFacts, PeriodRecord};
 
     #[test]
     fn losses_are_per_interval() {
@@ -217,12 +217,14 @@ mod tests {
             (4, "/kubepods/d", 1_000),
         ] {
             agg.add_cgroup(CgroupRecord {
-                id,
-                path: Some(path.into()),
-                workload: crate::model::workload::classify(path),
-                processes: vec![],
-                period_us: None,
-                quota_us: None,
+                facts: CgroupFacts {
+                    id,
+                    path: Some(path.into()),
+                    workload: crate::model::workload::classify(path),
+                    processes: vec![],
+                    period_us: None,
+                    quota_us: None,
+                },
                 note: None,
                 parents: None,
             });

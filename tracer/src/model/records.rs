@@ -36,10 +36,12 @@ impl PeriodRecord {
     }
 }
 
-impl CgroupRecord {
-    /// This cgroup's display name ([`cgroup_name`]).
-    pub fn name(&self) -> Cow<'_, str> {
-        cgroup_name(self.id, self.path.as_deref())
+// A record is its facts plus how naming went: read through to them.
+impl std::ops::Deref for CgroupRecord {
+    type Target = CgroupFacts;
+
+    fn deref(&self) -> &CgroupFacts {
+        &self.facts
     }
 }
 
@@ -155,9 +157,11 @@ pub struct ParentRecord {
     pub quota_us: Option<u64>,
 }
 
-/// A cgroup's name, resolved while recording so a cgroup deleted before `report` keeps it.
+/// What naming found about a cgroup: its path, workload, busiest processes and bandwidth.
+/// A capture's cgroup line and the report's cgroup entry both carry it, flattened.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct CgroupRecord {
+pub struct CgroupFacts {
+    /// kernfs id (= inode of the cgroup's directory).
     pub id: u64,
     /// Path relative to the cpu hierarchy's root (`/` for the root); None if the cgroup was
     /// gone before it could be named.
@@ -167,8 +171,34 @@ pub struct CgroupRecord {
     pub processes: Vec<ProcessInfo>,
     /// From cpu.max / cpu.cfs_period_us when named.
     pub period_us: Option<u64>,
-    /// None is no quota ("max" / -1).
+    /// None is no quota ("max" / -1), or not named.
     pub quota_us: Option<u64>,
+}
+
+impl CgroupFacts {
+    /// A cgroup known only by its id.
+    pub fn unnamed(id: u64) -> Self {
+        CgroupFacts {
+            id,
+            path: None,
+            workload: Workload::plain(),
+            processes: Vec::new(),
+            period_us: None,
+            quota_us: None,
+        }
+    }
+
+    /// This cgroup's display name ([`cgroup_name`]).
+    pub fn name(&self) -> Cow<'_, str> {
+        cgroup_name(self.id, self.path.as_deref())
+    }
+}
+
+/// A cgroup's name, resolved while recording so a cgroup deleted before `report` keeps it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CgroupRecord {
+    #[serde(flatten)]
+    pub facts: CgroupFacts,
     /// Why naming was partial, if it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,

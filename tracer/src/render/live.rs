@@ -387,20 +387,22 @@ mod tests {
     use super::*;
     use crate::analysis::Aggregator;
     use crate::model::records::test_header as header;
-    use crate::model::records::{CaptureLine, CgroupRecord, PeriodRecord};
+    use crate::model::records::{CaptureLine, CgroupFacts, CgroupRecord, PeriodRecord};
     use crate::report::build_report;
 
     fn report(under_pct: f64, durations: &[u64]) -> Report {
         let mut agg = Aggregator::new();
         agg.feed(&CaptureLine::Cgroup(CgroupRecord {
-            id: 42,
-            path: Some("/yarn/container_e06_1512098667219_988894_01_000020".into()),
-            workload: crate::model::workload::classify(
-                "/yarn/container_e06_1512098667219_988894_01_000020",
-            ),
-            processes: Vec::new(),
-            period_us: Some(10_000),
-            quota_us: Some(2_000),
+            facts: CgroupFacts {
+                id: 42,
+                path: Some("/yarn/container_e06_1512098667219_988894_01_000020".into()),
+                workload: crate::model::workload::classify(
+                    "/yarn/container_e06_1512098667219_988894_01_000020",
+                ),
+                processes: Vec::new(),
+                period_us: Some(10_000),
+                quota_us: Some(2_000),
+            },
             note: None,
             parents: None,
         }));

@@ -14,7 +14,7 @@ use crate::analysis::spread::{
     SPREAD_FROM_CSD, SPREAD_FROM_PROBE, SPREAD_FROM_TIMER_CPU, SpreadStats,
 };
 use crate::analysis::{CgroupView, Distribution, UNRESOLVED_ID, UNRESOLVED_NAME};
-use crate::model::workload::Workload;
+use crate::model::records::CgroupFacts;
 
 /// Everything a cgroup's report needs besides its own stats.
 pub(crate) struct Ctx<'a> {
@@ -124,12 +124,7 @@ pub(crate) fn cgroup_report(v: &CgroupView<'_>, ctx: &Ctx<'_>) -> CgroupReport {
         _ => (cb.max(), BASIS_CALLBACK),
     };
     CgroupReport {
-        id: v.id,
-        path: rec.and_then(|r| r.path.clone()),
-        workload: rec.map_or_else(Workload::plain, |r| r.workload.clone()),
-        processes: rec.map(|r| r.processes.clone()).unwrap_or_default(),
-        period_us: rec.and_then(|r| r.period_us),
-        quota_us: rec.and_then(|r| r.quota_us),
+        facts: rec.map_or_else(|| CgroupFacts::unnamed(v.id), |r| r.facts.clone()),
         parents: rec.and_then(|r| r.parents.clone()),
         periods: s.periods(),
         total_callback_ns: s.total_callback_ns(),

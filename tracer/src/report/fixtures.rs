@@ -8,7 +8,7 @@ use tracer_ebpf::{
 
 use crate::analysis::Aggregator;
 use crate::capture::{
-    AsyncRecord, CaptureHeader, CgroupRecord, IrqSpanRecord, LossRecord, ParentRecord,
+    AsyncRecord, CaptureHeader, CgroupFacts, CgroupRecord, IrqSpanRecord, LossRecord, ParentRecord,
     PeriodRecord, PeriodScaling, ProbeStatus, ProcessInfo,
 };
 use crate::model::probe::{Probe, Style};
@@ -51,12 +51,14 @@ pub fn header() -> CaptureHeader {
 
 fn record(id: u64, path: &str, quota_us: Option<u64>, parent: ParentRecord) -> CgroupRecord {
     CgroupRecord {
-        id,
-        path: Some(path.into()),
-        workload: classify(path),
-        processes: vec![],
-        period_us: Some(100_000),
-        quota_us,
+        facts: CgroupFacts {
+            id,
+            path: Some(path.into()),
+            workload: classify(path),
+            processes: vec![],
+            period_us: Some(100_000),
+            quota_us,
+        },
         note: None,
         parents: Some(vec![parent]),
     }
@@ -76,10 +78,9 @@ pub fn yarn_record() -> CgroupRecord {
         period_us: Some(100_000),
         quota_us: Some(50_000),
     };
-    CgroupRecord {
-        processes: vec![python(100, 50), python(101, 40)],
-        ..record(20, YARN, Some(20_000), parent)
-    }
+    let mut yarn = record(20, YARN, Some(20_000), parent);
+    yarn.facts.processes = vec![python(100, 50), python(101, 40)];
+    yarn
 }
 
 /// cron.service (id 30): no processes, no quota of its own, under a slice without one.
@@ -270,7 +271,7 @@ pub fn precursor_agg() -> Aggregator {
     let mut a = Aggregator::new();
     a.add_cgroup(yarn_record());
     let mut cron = other_record();
-    cron.period_us = Some(50_000);
+    cron.facts.period_us = Some(50_000);
     a.add_cgroup(cron);
     a.add_period(&with_period(
         20,

@@ -1,16 +1,15 @@
 //! The `cfstrace.report/1` document: plain serde types, what `--json` prints and what the
 //! renderers read. Field names and order are the contract (tests/fixtures/*.report.json);
 //! a field added later carries `#[serde(default)]` so older reports still read.
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::{CgroupSpan, Distribution};
-use crate::capture::{IrqSpanRecord, ParentRecord, PeriodScaling, ProbeStatus, ProcessInfo};
+use crate::capture::{IrqSpanRecord, ParentRecord, PeriodScaling, ProbeStatus};
 use crate::model::host::WatchdogFacts;
 use crate::model::probe::{Backend, Probe, Style};
-use crate::model::workload::Workload;
+use crate::model::records::CgroupFacts;
 
 /// What a headroom is measured from (`headroom_basis`, `worst_irqs_off.basis`). Declared in
 /// the order ties are broken: a span contains its callbacks, so it is the truer figure.
@@ -199,15 +198,9 @@ impl Stats {
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct CgroupReport {
-    /// kernfs id (= inode of the cgroup's directory); 0 is callbacks whose cgroup was not read.
-    pub id: u64,
-    pub path: Option<String>,
-    pub workload: Workload,
-    pub processes: Vec<ProcessInfo>,
-    /// From cpu.max / cpu.cfs_period_us when the cgroup was named.
-    pub period_us: Option<u64>,
-    /// None: no quota, or not named.
-    pub quota_us: Option<u64>,
+    /// As named while recording (id 0 is callbacks whose cgroup was not read).
+    #[serde(flatten)]
+    pub facts: CgroupFacts,
     /// Its ancestors, nearest first, up to (excluding) the hierarchy's root, each with its own
     /// `period_us`/`quota_us` (null: no quota). Empty for a top-level cgroup; null when not
     /// resolved (never named, or an older capture).
@@ -255,10 +248,12 @@ pub struct CgroupReport {
     pub precursors: Option<PrecursorReport>,
 }
 
-impl CgroupReport {
-    /// How the cgroup is shown everywhere: see [`cgroup_name`].
-    pub fn name(&self) -> Cow<'_, str> {
-        cgroup_name(self.id, self.path.as_deref())
+// Read through to what naming found, as a capture's record does.
+impl std::ops::Deref for CgroupReport {
+    type Target = CgroupFacts;
+
+    fn deref(&self) -> &CgroupFacts {
+        &self.facts
     }
 }
 

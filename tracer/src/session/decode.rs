@@ -285,14 +285,17 @@ mod tests {
 
     #[test]
     fn decodes_an_irq_span_record() {
+        // Every field a different value, so a swapped pair shows.
+        let flags = tracer_ebpf::HOW_FRAME_TRACEPOINT;
+        let (cpu, start_ns, duration_ns, timers_ns, timers) = (5, 1_000, 900, 700, 2);
         let e = IrqSpanEvent {
             kind: EVENT_IRQ_SPAN,
-            cpu: 5,
-            start_ns: 1_000,
-            duration_ns: 900,
-            timers_ns: 700,
-            timers: 2,
-            flags: tracer_ebpf::HOW_FRAME_TRACEPOINT,
+            cpu,
+            start_ns,
+            duration_ns,
+            timers_ns,
+            timers,
+            flags,
         };
         let v = bytes_of(&e);
         let ev = decode(&v[1..]).unwrap();
@@ -300,17 +303,16 @@ mod tests {
         let Event::IrqSpan(r) = ev else {
             panic!("not a span");
         };
-        assert_eq!(
-            r,
-            IrqSpanRecord {
-                ts_ns: 1_000,
-                cpu: 5,
-                duration_ns: 900,
-                timers: 2,
-                timers_ns: 700,
-                flags: tracer_ebpf::HOW_FRAME_TRACEPOINT,
-            }
-        );
+        let ts_ns = start_ns;
+        let want = IrqSpanRecord {
+            ts_ns,
+            cpu,
+            duration_ns,
+            timers,
+            timers_ns,
+            flags,
+        };
+        assert_eq!(r, want);
         assert_eq!(
             decode(&v[1..20]),
             Err(DecodeError::Size { got: 19, want: 40 })

@@ -64,25 +64,37 @@ pub struct GuestRun {
     pub(super) start: usize,
     /// Line index of its RC marker (the run finished).
     pub(super) end: Option<usize>,
-    pub(super) doctor: Vec<String>,
-    pub(super) doctor_rc: Option<i64>,
-    /// Doctor's (user, sys) CPU seconds, as busybox `time` gave them.
-    pub(super) doctor_cpu: Option<(String, String)>,
+    pub(super) doctor: DoctorBlock,
     pub(super) recording: bool,
+    /// Line index of its RECORD marker (for timing).
+    pub(super) record_start: Option<usize>,
     pub(super) report: Option<std::result::Result<Value, String>>,
     /// (record, report) exit statuses.
     pub(super) rc: Option<(i64, i64)>,
     /// First kernel problem during this run.
     pub(super) problem: Option<usize>,
-    /// Line indexes of the DOCTOR-END and RECORD markers (for timing).
-    pub(super) doctor_end: Option<usize>,
-    pub(super) record_start: Option<usize>,
-    /// The capture digest (co-firing run), and whether its end marker came.
-    pub(super) capture: Vec<String>,
-    pub(super) capture_done: bool,
-    /// The whole capture (`--save-captures`), when its end marker came.
-    pub(super) capture_file: Vec<String>,
-    pub(super) capture_file_done: bool,
+    /// The capture digest (co-firing run).
+    pub(super) capture: Lines,
+    /// The whole capture (`--save-captures`).
+    pub(super) capture_file: Lines,
+}
+
+/// A block's lines, and whether its end marker came (a block cut short is not judged whole).
+#[derive(Debug, Default)]
+pub struct Lines {
+    pub(super) lines: Vec<String>,
+    pub(super) done: bool,
+}
+
+/// Doctor's output and what its end marker said.
+#[derive(Debug, Default)]
+pub struct DoctorBlock {
+    pub(super) lines: Vec<String>,
+    pub(super) rc: Option<i64>,
+    /// Doctor's (user, sys) CPU seconds, as busybox `time` gave them.
+    pub(super) cpu: Option<(String, String)>,
+    /// Line index of its end marker (for timing).
+    pub(super) end: Option<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -155,9 +167,9 @@ pub fn analyze(lines: &[String]) -> Console {
             Some(Block::Report) => report_lines.push(l),
             // Kernel messages are console noise inside the other blocks.
             Some(_) if kernel_message(l).is_some() => {}
-            Some(Block::Doctor) => run.doctor.push(l.clone()),
-            Some(Block::Capture) => run.capture.push(l.clone()),
-            Some(Block::CapFile) => run.capture_file.push(l.clone()),
+            Some(Block::Doctor) => run.doctor.lines.push(l.clone()),
+            Some(Block::Capture) => run.capture.lines.push(l.clone()),
+            Some(Block::CapFile) => run.capture_file.lines.push(l.clone()),
             None => run.note_line(i, l),
         }
     }
@@ -194,13 +206,13 @@ impl GuestRun {
     fn close(&mut self, b: Block, i: usize, rest: &str, report_lines: &[&str]) {
         match b {
             Block::Doctor => {
-                self.doctor_end = Some(i);
-                self.doctor_cpu = word(rest, "cpu=").and_then(parse_cpu);
-                self.doctor_rc = word(rest, "rc=").and_then(|v| v.parse().ok());
+                self.doctor.end = Some(i);
+                self.doctor.cpu = word(rest, "cpu=").and_then(parse_cpu);
+                self.doctor.rc = word(rest, "rc=").and_then(|v| v.parse().ok());
             }
             Block::Report => self.report = Some(parse_report(report_lines)),
-            Block::Capture => self.capture_done = true,
-            Block::CapFile => self.capture_file_done = true,
+            Block::Capture => self.capture.done = true,
+            Block::CapFile => self.capture_file.done = true,
         }
     }
 
@@ -338,8 +350,8 @@ mod tests {
         assert_eq!(con.runs.len(), 2);
         let a = &con.runs[0];
         assert_eq!(a.backend, "auto");
-        assert_eq!(a.doctor_rc, Some(0));
-        assert_eq!(a.doctor.len(), 2, "{:?}", a.doctor);
+        assert_eq!(a.doctor.rc, Some(0));
+        assert_eq!(a.doctor.lines.len(), 2, "{:?}", a.doctor.lines);
         assert_eq!(a.rc, Some((0, 0)));
         assert!(a.problem.is_none() && a.recording);
         let r = a.report.as_ref().unwrap().as_ref().unwrap();
@@ -370,9 +382,9 @@ mod tests {
         assert_eq!(con.runs.len(), 1);
         let r = &con.runs[0];
         assert_eq!(Job::from_name(&r.backend), Some(Job::Cofire));
-        assert!(r.capture_done && r.report.as_ref().is_some_and(|r| r.is_ok()));
+        assert!(r.capture.done && r.report.as_ref().is_some_and(|r| r.is_ok()));
         assert_eq!(r.rc, Some((0, 0)));
-        let d = expect::CaptureDigest::parse(&r.capture);
+        let d = expect::CaptureDigest::parse(&r.capture.lines);
         assert!(d.garbled.is_empty(), "{:?}", d.garbled);
         assert_eq!((d.spans.len(), d.periods(), d.periods_in_span()), (1, 2, 2));
     }
@@ -396,10 +408,10 @@ mod tests {
         );
         let con = analyze(&l);
         assert_eq!(
-            con.runs[0].doctor_cpu,
+            con.runs[0].doctor.cpu,
             Some(("1.50".to_string(), "0.75".to_string()))
         );
-        assert_eq!(con.runs[1].doctor_rc, Some(1));
-        assert_eq!(con.runs[1].doctor_cpu, None);
+        assert_eq!(con.runs[1].doctor.rc, Some(1));
+        assert_eq!(con.runs[1].doctor.cpu, None);
     }
 }

@@ -288,7 +288,7 @@ impl Judged<'_> {
         let run = self.run;
         if run.backend == COFIRE_RUN {
             "the co-firing storm"
-        } else if run.doctor_rc.is_none() {
+        } else if run.doctor.rc.is_none() {
             "cfstrace doctor"
         } else if !run.recording {
             "between doctor and record"
@@ -318,7 +318,7 @@ impl Judged<'_> {
     fn backend(&self, backend: Backend) -> Outcome {
         let k = self.kernel;
         let label = format!("{} {} backend={}", k.suite, k.release, backend.name());
-        let doctor_text = self.run.doctor.join("\n");
+        let doctor_text = self.run.doctor.lines.join("\n");
         let _ = fs::write(
             self.dir.join(format!("doctor-{}.txt", backend.name())),
             &doctor_text,
@@ -359,7 +359,7 @@ impl Judged<'_> {
         let verdict = expect::check_report(self.facts, backend.name(), report, &CULPRIT, &FLOORS);
         bad.extend(verdict.failures);
         let doctor = Doctor::parse(doctor_text);
-        let doctor_rc = self.run.doctor_rc.unwrap_or(-1);
+        let doctor_rc = self.run.doctor.rc.unwrap_or(-1);
         bad.extend(
             doctor
                 .check(doctor_rc, self.args.cycles, Some(report))
@@ -399,7 +399,7 @@ impl Judged<'_> {
         let label = format!("{} {} cofire", k.suite, k.release);
         self.keep_report(COFIRE_RUN);
         let digest_path = self.dir.join(format!("capture-{COFIRE_RUN}.txt"));
-        let _ = fs::write(&digest_path, self.run.capture.join("\n"));
+        let _ = fs::write(&digest_path, self.run.capture.lines.join("\n"));
         let mut row = None;
         let res = self.check_cofire(&digest_path, &mut row);
         Outcome {
@@ -412,10 +412,10 @@ impl Judged<'_> {
         let rc = self.finished("during the co-firing storm")?;
         let report = self.parsed_report(rc)?;
         let mut bad: Vec<String> = exit_problem(rc).into_iter().collect();
-        if !self.run.capture_done {
+        if !self.run.capture.done {
             bad.push("no end marker after the capture digest".into());
         }
-        let digest = expect::CaptureDigest::parse(&self.run.capture);
+        let digest = expect::CaptureDigest::parse(&self.run.capture.lines);
         let cgroups = self.args.cofire as usize;
         let verdict = expect::check_cofire(self.facts, report, &digest, COFIRE_PARENT, cgroups);
         let r = row.insert(cofire_row(self.kernel, report, &digest, self.args));

@@ -364,9 +364,10 @@ fn run_timing(run: &GuestRun, b: &Boot, job: Job, timing: &str) -> String {
             secs(record_took)
         );
     }
-    let doctor_took = t(run.doctor_end).saturating_sub(t(Some(run.start)));
+    let doctor_took = t(run.doctor.end).saturating_sub(t(Some(run.start)));
     let cpu = run
-        .doctor_cpu
+        .doctor
+        .cpu
         .as_ref()
         .map_or(String::new(), |(user, sys)| {
             format!(": user {user}s sys {sys}s")
@@ -385,12 +386,12 @@ fn save_captures(out: &Path, kernel: &Kernel, runs: &[GuestRun]) {
         println!("warning: cannot create {}: {e}", out.display());
         return;
     }
-    for run in runs.iter().filter(|r| r.capture_file_done) {
+    for run in runs.iter().filter(|r| r.capture_file.done) {
         let path = out.join(format!(
             "{}-{}-{}.jsonl",
             kernel.suite, kernel.release, run.backend
         ));
-        let mut text = run.capture_file.join("\n");
+        let mut text = run.capture_file.lines.join("\n");
         text.push('\n');
         match fs::write(&path, text) {
             Ok(()) => println!("saved capture {}", path.display()),

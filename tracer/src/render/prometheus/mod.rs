@@ -582,7 +582,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::records::IrqSpanRecord;
+    use crate::model::records::{CgroupFacts, IrqSpanRecord};
 
     fn period(cg: u64, cpu: u32, dur: u64, unthrottled: u32) -> CaptureLine {
         CaptureLine::Period(PeriodRecord {
@@ -599,12 +599,14 @@ mod tests {
 
     fn named(id: u64, path: &str) -> CaptureLine {
         CaptureLine::Cgroup(CgroupRecord {
-            id,
-            path: Some(path.to_string()),
-            workload: classify(path),
-            processes: Vec::new(),
-            period_us: None,
-            quota_us: None,
+            facts: CgroupFacts {
+                id,
+                path: Some(path.to_string()),
+                workload: classify(path),
+                processes: Vec::new(),
+                period_us: None,
+                quota_us: None,
+            },
             note: None,
             parents: None,
         })
