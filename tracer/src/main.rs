@@ -1,26 +1,38 @@
-//! `cfstrace`: parse the command line, install the Ctrl-C handling, run the subcommand, and turn
-//! its outcome into an exit status (documented in `--help` and the README).
+//! `cfstrace`: parse the command line, run the subcommand on the runtime, and turn its outcome
+//! into an exit status (documented in `--help` and the README).
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::Parser as _;
 
 use cfstrace::cgroups::storm;
 use cfstrace::cli::{Cli, Commands};
 use cfstrace::commands::{demo, doctor, record, report, repro, watch};
-use cfstrace::session::signals;
 
-fn run(cli: Cli, stop: &AtomicBool) -> Result<ExitCode> {
-    match cli.command {
-        Commands::Record(a) => record::run(a, stop),
+async fn run(command: Commands) -> Result<ExitCode> {
+    match command {
+        Commands::Record(a) => record::run(a).await,
         Commands::Report(a) => report::run(a),
-        Commands::Repro(a) => repro::run(a, stop),
-        Commands::Watch(a) => watch::run(&a, stop),
+        Commands::Repro(a) => repro::run(a).await,
+        Commands::Watch(a) => watch::run(&a).await,
         Commands::Doctor(a) => doctor::run(&a),
-        Commands::Demo(a) => demo::run(&a, stop),
+        Commands::Demo(a) => demo::run(&a).await,
         Commands::Spin(a) => storm::spin_worker(&a.comm),
     }
+}
+
+/// One thread runs everything that waits (ring buffer, signals, CMD, timers, /metrics); the
+/// cgroup namer gets a blocking thread of its own. Enough for a reader that must stay small.
+fn runtime(command: Commands) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let code = rt.block_on(run(command));
+    // The namer's thread ends with its session; nothing else may hold the exit.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    code
 }
 
 /// The error and its causes on one line, without repeating a cause that a message already
@@ -42,14 +54,12 @@ fn error_chain(e: &anyhow::Error) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let stop = match signals::stop_flag() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("cfstrace: {e}");
-            return ExitCode::FAILURE;
-        }
+    // The storm's busy loops need no runtime.
+    let outcome = match cli.command {
+        Commands::Spin(a) => storm::spin_worker(&a.comm),
+        command => runtime(command),
     };
-    match run(cli, &stop) {
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("cfstrace: error: {}", error_chain(&e));

@@ -1,7 +1,6 @@
 //! `cfstrace demo`: a built-in throttling storm on this machine, traced live, ending in a
 //! report. Every cgroup and worker it makes is removed on success, on error and on Ctrl-C
 //! (the storm's Drop runs on every path; workers also die with us via PDEATHSIG).
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -14,13 +13,17 @@ use crate::cli::DemoArgs;
 use crate::commands::record::{self, RecordOptions};
 use crate::model::host;
 use crate::report;
+use crate::session::signals::Stop;
 
-pub fn run(opts: &DemoArgs, stop: &AtomicBool) -> Result<ExitCode> {
-    demo(opts, stop)?;
+pub async fn run(opts: &DemoArgs) -> Result<ExitCode> {
+    // Caught before the storm starts: a Ctrl-C during its set-up ends the tracing at once,
+    // and the storm is still removed.
+    let mut stop = Stop::catch().context("catching the stop signals")?;
+    demo(opts, &mut stop).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn demo(opts: &DemoArgs, stop: &AtomicBool) -> Result<report::Report> {
+async fn demo(opts: &DemoArgs, stop: &mut Stop) -> Result<report::Report> {
     crate::bpf::privileges::check()?;
     let hierarchy = cgroups::find_cpu_hierarchy()?;
     let facts = host::host_facts();
@@ -76,7 +79,8 @@ fn demo(opts: &DemoArgs, stop: &AtomicBool) -> Result<report::Report> {
             progress: true,
         },
         stop,
-    );
+    )
+    .await;
     // Stop the storm before reporting, whatever the recording did.
     let stopped = storm.stop();
     let rec = rec.context("tracing the demo storm")?;

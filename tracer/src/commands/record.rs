@@ -5,7 +5,6 @@ use std::fs::File;
 use std::io::{self, IsTerminal as _};
 use std::path::PathBuf;
 use std::process::ExitStatus;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use std::process::ExitCode;
@@ -19,12 +18,12 @@ use crate::commands::report::gate_code;
 use crate::model::probe::StopReason;
 use crate::model::records::{CaptureLine, EndRecord};
 use crate::session::child::{self, Cmd, Said};
-use crate::session::signals::last_signal;
-use crate::session::{
-    DRAIN_INTERVAL, PollError, RecordError, Session, TOTALS_INTERVAL, monotonic_ns,
-};
+use crate::session::signals::Stop;
+use crate::session::{PollError, RecordError, Session, TOTALS_INTERVAL, monotonic_ns};
+use tokio::time::{MissedTickBehavior, interval_at, sleep_until};
 
-pub fn run(a: RecordArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
+pub async fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
+    let mut stop = Stop::catch().context("catching the stop signals")?;
     let opts = RecordOptions {
         tracer: a.trace.options(),
         duration: a.duration,
@@ -32,8 +31,9 @@ pub fn run(a: RecordArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
         command: a.command,
         progress: true,
     };
-    let out =
-        record(&opts, stop).with_context(|| format!("recording to {}", a.output.display()))?;
+    let out = record(&opts, &mut stop)
+        .await
+        .with_context(|| format!("recording to {}", a.output.display()))?;
     eprintln!(
         "cfstrace: wrote {} ({} period-timer callbacks, {} async unthrottles in {:.1}s, {} lost, stopped: {})",
         a.output.display(),
@@ -77,8 +77,8 @@ pub struct RecordOutcome {
     pub duration: Duration,
 }
 
-/// Record until the duration passes, the command exits or `stop` is set.
-pub fn record(opts: &RecordOptions, stop: &AtomicBool) -> Result<RecordOutcome, RecordError> {
+/// Record until the duration passes, the command exits or a stop signal comes.
+pub async fn record(opts: &RecordOptions, stop: &mut Stop) -> Result<RecordOutcome, RecordError> {
     let command = (!opts.command.is_empty()).then(|| opts.command.clone());
     let path = opts.output.clone();
     // Before creating anything: a command that cannot run is a clear error and no capture.
@@ -117,12 +117,15 @@ pub fn record(opts: &RecordOptions, stop: &AtomicBool) -> Result<RecordOutcome, 
         &mut cmd,
         &mut tty,
         &cap_err,
-    )?;
+    )
+    .await?;
     tty.clear();
-    // Events still in flight: the ring buffer is drained once more after the loop.
+    // Events still in flight: the ring buffer is drained once more after the loop, and the
+    // names still being worked out are waited for.
     let mut write = |l: &CaptureLine| out.write_line(l);
     session
-        .drain(&mut write)
+        .finish(&mut write)
+        .await
         .map_err(|e| poll_error(e, &cap_err))?;
     session
         .totals(&mut write)
@@ -158,10 +161,30 @@ fn command_of(opts: &RecordOptions) -> Option<&[String]> {
     (!opts.command.is_empty()).then_some(opts.command.as_slice())
 }
 
-/// Drain, write, flush, and watch for the end: the duration, Ctrl-C, or CMD exiting.
-fn record_loop(
+/// What CMD did: exited, or outlived the grace after our signal.
+enum CmdEvent {
+    Exited(std::io::Result<(ExitStatus, StopReason)>),
+    GraceOver,
+}
+
+/// CMD's next event, or never without CMD.
+async fn cmd_event(cmd: &mut Option<Cmd>) -> CmdEvent {
+    let Some(c) = cmd else {
+        return std::future::pending().await;
+    };
+    let grace = c.grace_deadline();
+    tokio::select! {
+        r = c.exited() => CmdEvent::Exited(r),
+        _ = sleep_until(grace.unwrap_or_else(tokio::time::Instant::now)), if grace.is_some() => {
+            CmdEvent::GraceOver
+        }
+    }
+}
+
+/// Drain, write, flush, and watch for the end: the duration, a stop signal, or CMD exiting.
+async fn record_loop(
     opts: &RecordOptions,
-    stop: &AtomicBool,
+    stop: &mut Stop,
     session: &mut Session,
     out: &mut CaptureWriter<File>,
     cmd: &mut Option<Cmd>,
@@ -169,70 +192,82 @@ fn record_loop(
     cap_err: &impl Fn(CaptureError) -> RecordError,
 ) -> Result<(StopReason, Option<ExitStatus>), RecordError> {
     let started = Instant::now();
-    let mut last_flush = Instant::now();
-    let mut last_totals = Instant::now();
+    let start = tokio::time::Instant::now();
+    let mut totals = interval_at(start + TOTALS_INTERVAL, TOTALS_INTERVAL);
+    let mut flush = interval_at(start + FLUSH_INTERVAL, FLUSH_INTERVAL);
+    let mut progress = interval_at(start, PROGRESS_INTERVAL);
+    for t in [&mut totals, &mut flush, &mut progress] {
+        t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    }
+    // Past the deadline the branch is off: CMD, if any, has been told.
+    let deadline = opts.duration.map(|d| start + d);
+    let mut time_told = false;
     let mut lost_now = 0;
     loop {
-        let mut write = |l: &CaptureLine| out.write_line(l);
-        session
-            .poll(DRAIN_INTERVAL, &mut write)
-            .map_err(|e| poll_error(e, cap_err))?;
-        if last_totals.elapsed() >= TOTALS_INTERVAL {
-            last_totals = Instant::now();
-            session
-                .totals(&mut write)
-                .map_err(|e| poll_error(e, cap_err))?;
-        }
-        if last_flush.elapsed() >= Duration::from_secs(1) {
-            let loss = session.losses()?;
-            lost_now = loss.lost();
-            out.write_line(&CaptureLine::Loss(loss)).map_err(cap_err)?;
-            out.flush().map_err(cap_err)?;
-            last_flush = Instant::now();
-        }
-        tty.show(started, opts.duration, session, lost_now, cmd.as_ref());
-        let time_up = opts.duration.filter(|d| started.elapsed() >= *d);
-        let Some(c) = cmd.as_mut() else {
-            if stop.swap(false, Ordering::Relaxed) {
-                return Ok((StopReason::Interrupted, None));
+        tokio::select! {
+            wake = session.wait() => {
+                session
+                    .handle(wake?, &mut |l: &CaptureLine| out.write_line(l))
+                    .map_err(|e| poll_error(e, cap_err))?;
             }
-            if time_up.is_some() {
-                return Ok((StopReason::Duration, None));
+            _ = totals.tick() => {
+                session
+                    .totals(&mut |l: &CaptureLine| out.write_line(l))
+                    .map_err(|e| poll_error(e, cap_err))?;
             }
-            continue;
-        };
-        if let Some((status, reason)) = c.exited() {
-            return Ok((reason, Some(status)));
-        }
-        if stop.swap(false, Ordering::Relaxed) {
-            let sig = match last_signal().load(Ordering::Relaxed) {
-                0 => libc::SIGINT,
-                s => s as i32,
-            };
-            tty.say(&c.interrupt(sig));
-        }
-        if let Some(d) = time_up
-            && !c.stopping()
-        {
-            tty.say(&c.time_up(d));
-        }
-        if let Said::Line(l) = c.tick() {
-            tty.say(&l);
+            _ = flush.tick() => {
+                let loss = session.losses()?;
+                lost_now = loss.lost();
+                out.write_line(&CaptureLine::Loss(loss)).map_err(cap_err)?;
+                out.flush().map_err(cap_err)?;
+            }
+            _ = progress.tick(), if tty.show => {
+                tty.show(started, opts.duration, session, lost_now, cmd.as_ref());
+            }
+            sig = stop.recv() => match cmd.as_mut() {
+                None => return Ok((StopReason::Interrupted, None)),
+                Some(c) => tty.say(&c.interrupt(sig)),
+            },
+            _ = sleep_until(deadline.unwrap_or(start)), if deadline.is_some() && !time_told => {
+                let Some(c) = cmd.as_mut() else {
+                    return Ok((StopReason::Duration, None));
+                };
+                time_told = true;
+                if !c.stopping() {
+                    tty.say(&c.time_up(opts.duration.unwrap_or_default()));
+                }
+            }
+            ev = cmd_event(cmd) => match ev {
+                CmdEvent::Exited(r) => {
+                    let (status, reason) = r.map_err(RecordError::Wait)?;
+                    return Ok((reason, Some(status)));
+                }
+                CmdEvent::GraceOver => {
+                    if let Some(c) = cmd.as_mut()
+                        && let Said::Line(l) = c.tick()
+                    {
+                        tty.say(&l);
+                    }
+                }
+            },
         }
     }
 }
 
+/// How often the capture is flushed, with the loss counters as they stand.
+const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the progress line is redrawn.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Elapsed time, callbacks and losses on stderr, refreshed in place, when it is a terminal.
 struct Progress {
     show: bool,
-    last: Option<Instant>,
 }
 
 impl Progress {
     fn new(wanted: bool) -> Self {
         Progress {
             show: wanted && io::stderr().is_terminal(),
-            last: None,
         }
     }
 
@@ -256,14 +291,9 @@ impl Progress {
         lost: u64,
         cmd: Option<&Cmd>,
     ) {
-        if !self.show
-            || self
-                .last
-                .is_some_and(|t| t.elapsed() < Duration::from_millis(250))
-        {
+        if !self.show {
             return;
         }
-        self.last = Some(Instant::now());
         eprint!(
             "\r\x1b[2Kcfstrace: recording {:.1}s{}  {} callbacks  {} async  {} lost{}",
             started.elapsed().as_secs_f64(),
@@ -287,7 +317,6 @@ fn poll_error(
     cap_err: &impl Fn(crate::capture::CaptureError) -> RecordError,
 ) -> RecordError {
     match e {
-        PollError::Poll(e) => RecordError::Poll(e),
         PollError::Totals(e) => RecordError::Totals(e),
         PollError::Sink(e) => cap_err(e),
     }

@@ -2,7 +2,6 @@
 //! with CMD's status (or 3 when the `--fail-under` gate fails).
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
 use std::time::SystemTime;
 
 use anyhow::{Context as _, Result};
@@ -11,8 +10,10 @@ use crate::cli::ReproArgs;
 use crate::commands::record::{self, RecordOptions};
 use crate::commands::report::{gate_code, print_report};
 use crate::session::child::resolve_command;
+use crate::session::signals::Stop;
 
-pub fn run(a: ReproArgs, stop: &AtomicBool) -> Result<ExitCode> {
+pub async fn run(a: ReproArgs) -> Result<ExitCode> {
+    let mut stop = Stop::catch().context("catching the stop signals")?;
     if let Some(prog) = a.command.first() {
         resolve_command(prog)?;
     }
@@ -31,7 +32,8 @@ pub fn run(a: ReproArgs, stop: &AtomicBool) -> Result<ExitCode> {
         command: a.command,
         progress: true,
     };
-    let out = record::record(&opts, stop)
+    let out = record::record(&opts, &mut stop)
+        .await
         .with_context(|| format!("recording to {}", output.display()))?;
     eprintln!(
         "cfstrace: capture kept in {} ({} callbacks in {:.1}s, {} lost, stopped: {}); read it \

@@ -8,7 +8,6 @@
 //! them, cumulative over the run (see [`crate::render::prometheus`]).
 use std::collections::HashMap;
 use std::io::{self, IsTerminal as _, Write as _};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -24,7 +23,8 @@ use crate::render::live::{self, Frame, HIST_BINS, TerminalGuard};
 use crate::render::prometheus::{self, Metrics};
 use crate::render::text::render_text;
 use crate::report::{self, Report};
-use crate::session::{DRAIN_INTERVAL, PollError, RecordError, Session};
+use crate::session::signals::Stop;
+use crate::session::{PollError, RecordError, Session};
 
 /// `--top` when not given.
 pub const DEFAULT_TOP: usize = 10;
@@ -51,12 +51,13 @@ enum Output {
     Json,
 }
 
-pub fn run(opts: &WatchArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
-    watch(opts, stop)?;
+pub async fn run(opts: &WatchArgs) -> anyhow::Result<ExitCode> {
+    let mut stop = Stop::catch().context("catching the stop signals")?;
+    watch(opts, &mut stop).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn watch(opts: &WatchArgs, stop: &AtomicBool) -> anyhow::Result<()> {
+async fn watch(opts: &WatchArgs, stop: &mut Stop) -> anyhow::Result<()> {
     let mut session = Session::start(&opts.trace.options(), None)?;
     let mut metrics = opts
         .prometheus
@@ -82,6 +83,7 @@ fn watch(opts: &WatchArgs, stop: &AtomicBool) -> anyhow::Result<()> {
     let mut prev_loss = LossRecord::default();
     let mut last_frame: Vec<String> = Vec::new();
     let started = Instant::now();
+    let mut stopped = false;
     loop {
         let mut agg = Aggregator::new();
         for c in names.values() {
@@ -92,9 +94,17 @@ fn watch(opts: &WatchArgs, stop: &AtomicBool) -> anyhow::Result<()> {
         let end = opts.duration.map_or(opts.interval, |d| {
             opts.interval.min(d.saturating_sub(started.elapsed()))
         });
-        while window.elapsed() < end && !stop.load(Ordering::Relaxed) {
-            let left = end.saturating_sub(window.elapsed());
-            let r = session.poll(left.min(DRAIN_INTERVAL), &mut |l: &CaptureLine| {
+        let window_end = tokio::time::Instant::from_std(window + end);
+        loop {
+            let wake = tokio::select! {
+                w = session.wait() => w?,
+                _ = tokio::time::sleep_until(window_end) => break,
+                _ = stop.recv() => {
+                    stopped = true;
+                    break;
+                }
+            };
+            let r = session.handle(wake, &mut |l: &CaptureLine| {
                 match l {
                     CaptureLine::Cgroup(c) => {
                         names.insert(c.id, c.clone());
@@ -111,10 +121,8 @@ fn watch(opts: &WatchArgs, stop: &AtomicBool) -> anyhow::Result<()> {
                 }
                 Ok::<(), ()>(())
             });
-            match r {
-                Err(PollError::Poll(e)) => return Err(RecordError::Poll(e).into()),
-                Err(PollError::Totals(e)) => return Err(RecordError::Totals(e).into()),
-                _ => {}
+            if let Err(PollError::Totals(e)) = r {
+                return Err(RecordError::Totals(e).into());
             }
         }
         let loss = session.losses().map_err(RecordError::from)?;
@@ -157,7 +165,7 @@ fn watch(opts: &WatchArgs, stop: &AtomicBool) -> anyhow::Result<()> {
         if written.is_err() {
             return Ok(());
         }
-        if stop.load(Ordering::Relaxed) || opts.duration.is_some_and(|d| started.elapsed() >= d) {
+        if stopped || opts.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
     }

@@ -2,10 +2,13 @@
 //! process group, stopped (SIGTERM, then SIGKILL after a grace) at `--duration` or on Ctrl-C,
 //! and its end told as a shell would.
 use std::io::{self, IsTerminal as _};
-use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
 
 use super::RecordError;
 use crate::model::probe::StopReason;
@@ -56,6 +59,7 @@ pub fn signal_name(sig: i32) -> &'static str {
     match sig {
         libc::SIGINT => "SIGINT",
         libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
         libc::SIGKILL => "SIGKILL",
         _ => "signal",
     }
@@ -64,6 +68,8 @@ pub fn signal_name(sig: i32) -> &'static str {
 /// CMD running under the recorder, and where stopping it stands.
 pub struct Cmd {
     child: Child,
+    /// Kept: tokio forgets the pid once the child is reaped.
+    pid: u32,
     /// Why we are stopping it (set when we signal it) and when.
     stopping: Option<(StopReason, Instant)>,
     killed: bool,
@@ -96,6 +102,7 @@ impl Cmd {
             source,
         })?;
         Ok(Cmd {
+            pid: child.id().unwrap_or(0),
             child,
             stopping: None,
             killed: false,
@@ -103,21 +110,29 @@ impl Cmd {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     pub fn stopping(&self) -> bool {
         self.stopping.is_some()
     }
 
-    /// CMD's status once it has exited, and why the recording stops: its own exit, or the
-    /// reason we were stopping it for.
-    pub fn exited(&mut self) -> Option<(ExitStatus, StopReason)> {
-        let status = self.child.try_wait().ok()??;
-        Some((
+    /// CMD's status once it exits, and why the recording stops: its own exit, or the reason
+    /// we were stopping it for. Cancel-safe.
+    pub async fn exited(&mut self) -> io::Result<(ExitStatus, StopReason)> {
+        let status = self.child.wait().await?;
+        Ok((
             status,
             self.stopping.map_or(StopReason::CommandExited, |s| s.0),
         ))
+    }
+
+    /// When the grace after our signal ends (None before a signal, or after the SIGKILL).
+    pub fn grace_deadline(&self) -> Option<Instant> {
+        match self.stopping {
+            Some((_, at)) if !self.killed => Some(at + KILL_GRACE),
+            _ => None,
+        }
     }
 
     /// Ctrl-C: forward `sig` the first time, SIGKILL the second.
@@ -170,7 +185,9 @@ impl Cmd {
     /// Send `sig` to CMD's process group.
     fn signal(&self, sig: i32) {
         // SAFETY: plain kill(2) on the process group CMD leads (made with process_group(0)).
-        unsafe { libc::kill(-(self.child.id() as i32), sig) };
+        if self.pid != 0 {
+            unsafe { libc::kill(-(self.pid as i32), sig) };
+        }
     }
 }
 

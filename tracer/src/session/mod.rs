@@ -6,16 +6,18 @@
 pub mod child;
 pub mod decode;
 pub mod kmsg;
+pub mod naming;
 pub mod ring;
 pub mod signals;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{self};
-use std::os::fd::AsRawFd as _;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aya::maps::{MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
+use tokio::time::{Interval, MissedTickBehavior};
 
 use crate::bpf::loader::{ProbeError, Tracer, TracerOptions};
 use crate::capture::{
@@ -27,7 +29,8 @@ use crate::model::host;
 use crate::model::probe::{Probe, Style};
 use decode::Event;
 use kmsg::KmsgWatch;
-use ring::{Waiter, raise_priority};
+use naming::Naming;
+use ring::raise_priority;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -65,6 +68,10 @@ pub enum RecordError {
         #[source]
         source: io::Error,
     },
+    #[error("waiting for /dev/kmsg: {0}")]
+    Kmsg(io::Error),
+    #[error("waiting for CMD: {0}")]
+    Wait(io::Error),
     #[error("cannot install the Ctrl-C handler: {0}")]
     Signal(io::Error),
 }
@@ -89,18 +96,19 @@ pub const TOTALS_INTERVAL: Duration = Duration::from_secs(10);
 /// Attached programs plus everything needed to turn their events into capture lines.
 pub struct Session {
     tracer: Tracer,
-    ring: RingBuf<MapData>,
-    waiter: Waiter,
+    /// Readable only at a real wakeup (the buffer past its threshold); `drain_tick` does the
+    /// rest.
+    ring: AsyncFd<RingBuf<MapData>>,
+    drain_tick: Interval,
     /// Each cgroup's callback count in the last totals written, and each CPU's interrupt count.
     totals_written: HashMap<u64, u64>,
     cpu_totals_written: Vec<u64>,
-    namer: CgroupNamer,
-    named: HashSet<u64>,
+    naming: Naming,
     /// Each cgroup's period in its last callback: a change re-names the cgroup, so the
     /// capture records what its file says right after (a write shows there).
     periods_seen: HashMap<u64, u64>,
     /// The kernel's "period too short" messages; None if /dev/kmsg cannot be read.
-    kmsg: Option<KmsgWatch>,
+    kmsg: Option<AsyncFd<KmsgWatch>>,
     pub header: CaptureHeader,
     pub periods: u64,
     /// Async-unthrottle CSD events (6.3+ kernels).
@@ -125,7 +133,7 @@ impl Session {
             eprintln!("cfstrace: warning: {w}");
         }
         // Opened before the header so it can say whether the kernel's own word is heard.
-        let (kmsg, kmsg_status) = match KmsgWatch::open() {
+        let (kmsg, kmsg_status) = match KmsgWatch::open().and_then(readable) {
             Ok(k) => (
                 Some(k),
                 ProbeStatus::attached(
@@ -162,19 +170,17 @@ impl Session {
             started_mono_ns: monotonic_ns(),
             command,
         };
-        let waiter = Waiter::new(
-            ring.as_raw_fd(),
-            kmsg.as_ref().map(|k: &KmsgWatch| k.as_raw_fd()),
-        )
-        .map_err(RecordError::Poll)?;
+        let ring = readable(ring).map_err(RecordError::Poll)?;
+        let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
+        // A late tick (a slow sink) is one drain, not a burst of them.
+        drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Ok(Session {
             tracer,
             ring,
-            waiter,
+            drain_tick,
             totals_written: HashMap::new(),
             cpu_totals_written: Vec::new(),
-            namer: CgroupNamer::new(hierarchy),
-            named: HashSet::new(),
+            naming: Naming::start(CgroupNamer::new(hierarchy)),
             periods_seen: HashMap::new(),
             kmsg,
             header,
@@ -186,24 +192,43 @@ impl Session {
         })
     }
 
-    /// Wait up to `timeout` (at most [`DRAIN_INTERVAL`] is the caller's rule), then hand
-    /// every capture line the ring buffer and /dev/kmsg hold to `sink`: a cgroup's naming line
-    /// comes before its first period or async line.
-    pub fn poll<E>(
-        &mut self,
-        timeout: Duration,
-        sink: &mut impl Sink<E>,
-    ) -> Result<(), PollError<E>> {
-        let kmsg = self.waiter.wait(timeout).map_err(PollError::Poll)?;
-        if kmsg {
-            self.read_kmsg(sink)?;
+    /// Wait for the next thing to do: the drain tick, a ring-buffer wakeup, a kernel message
+    /// or a cgroup's name. Cancel-safe: it only waits, [`Session::handle`] does the work, so
+    /// it can race other branches of a `select!`.
+    pub async fn wait(&mut self) -> Result<Wake, RecordError> {
+        let kmsg = async {
+            match &self.kmsg {
+                Some(k) => k.readable().await.map(|mut g| g.clear_ready()),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.drain_tick.tick() => Ok(Wake::Drain),
+            g = self.ring.readable_mut() => {
+                g.map_err(RecordError::Poll)?.clear_ready();
+                Ok(Wake::Drain)
+            }
+            r = kmsg => {
+                r.map_err(RecordError::Kmsg)?;
+                Ok(Wake::Kmsg)
+            }
+            Some(rec) = self.naming.next() => Ok(Wake::Named(Box::new(rec))),
         }
-        self.drain_ring(sink)
+    }
+
+    /// Do what [`Session::wait`] woke up for, handing the capture lines to `sink`: a cgroup's
+    /// naming line comes before its first period or async line.
+    pub fn handle<E>(&mut self, wake: Wake, sink: &mut impl Sink<E>) -> Result<(), PollError<E>> {
+        match wake {
+            Wake::Drain => self.drain_ring(sink),
+            Wake::Kmsg => self.read_kmsg(sink),
+            Wake::Named(rec) => self.naming.named(*rec, sink).map_err(PollError::Sink),
+        }
     }
 
     fn read_kmsg<E>(&mut self, sink: &mut impl Sink<E>) -> Result<(), PollError<E>> {
         if let Some(k) = self.kmsg.as_mut() {
-            for m in k.poll() {
+            for m in k.get_mut().poll() {
                 self.kmsg_messages += 1;
                 sink(&CaptureLine::KmsgPeriodScaling(m)).map_err(PollError::Sink)?;
             }
@@ -257,15 +282,22 @@ impl Session {
         Ok(())
     }
 
-    /// Read everything the ring buffer holds now, and the kernel messages logged since the
-    /// last call.
-    pub fn drain<E>(&mut self, sink: &mut impl Sink<E>) -> Result<(), PollError<E>> {
+    /// At the end: everything the ring buffer still holds, the kernel messages logged since
+    /// the last read, and the names still being worked out (see [`naming`]).
+    pub async fn finish<E>(&mut self, sink: &mut impl Sink<E>) -> Result<(), PollError<E>> {
         self.read_kmsg(sink)?;
-        self.drain_ring(sink)
+        self.drain_ring(sink)?;
+        self.naming.finish(sink).await.map_err(PollError::Sink)
+    }
+
+    /// Lines that went out ahead of their cgroup's naming line (see [`naming`]).
+    pub fn unheld_lines(&self) -> u64 {
+        self.naming.unheld
     }
 
     fn drain_ring<E>(&mut self, sink: &mut impl Sink<E>) -> Result<(), PollError<E>> {
-        while let Some(item) = self.ring.next() {
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
             let rec = match decode::decode(&item) {
                 Ok(r) => r,
                 Err(_) => {
@@ -283,10 +315,6 @@ impl Session {
                 let old = self.periods_seen.insert(id, p.period_ns);
                 rename = old.is_some_and(|o| o != p.period_ns);
             }
-            if id != 0 && (self.named.insert(id) || rename) {
-                let c = self.namer.name(id);
-                sink(&CaptureLine::Cgroup(c)).map_err(PollError::Sink)?;
-            }
             let line = match rec {
                 Event::Period(p) => {
                     self.periods += 1;
@@ -301,7 +329,9 @@ impl Session {
                     CaptureLine::IrqSpan(x)
                 }
             };
-            sink(&line).map_err(PollError::Sink)?;
+            self.naming
+                .line(id, rename, line, sink)
+                .map_err(PollError::Sink)?;
         }
         Ok(())
     }
@@ -315,6 +345,14 @@ impl Session {
     }
 }
 
+/// `inner`'s fd in the runtime's epoll, for readability.
+fn readable<T: std::os::fd::AsRawFd>(inner: T) -> io::Result<AsyncFd<T>> {
+    // SAFETY: both users (the ring buffer's map and /dev/kmsg's file) own their fd, keep it
+    // open and unchanged for as long as they live, and live as long as the AsyncFd.
+    unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }
+        .map_err(io::Error::from)
+}
+
 /// `[bucket, count]` of the non-empty buckets of an in-kernel histogram.
 fn nonzero_buckets(h: &[u32]) -> Vec<(u32, u32)> {
     h.iter()
@@ -324,6 +362,17 @@ fn nonzero_buckets(h: &[u32]) -> Vec<(u32, u32)> {
         .collect()
 }
 
+/// What a session woke up for.
+#[derive(Debug)]
+pub enum Wake {
+    /// The drain tick or a ring-buffer wakeup.
+    Drain,
+    /// /dev/kmsg has news.
+    Kmsg,
+    /// A cgroup's name is ready.
+    Named(Box<crate::capture::CgroupRecord>),
+}
+
 /// Where a session hands its capture lines (the writer, the live view); its error stops the
 /// session.
 pub trait Sink<E>: FnMut(&CaptureLine) -> Result<(), E> {}
@@ -331,7 +380,6 @@ impl<E, F: FnMut(&CaptureLine) -> Result<(), E>> Sink<E> for F {}
 
 #[derive(Debug)]
 pub enum PollError<E> {
-    Poll(io::Error),
     Totals(ProbeError),
     Sink(E),
 }

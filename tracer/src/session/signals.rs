@@ -1,23 +1,35 @@
-//! Ctrl-C and SIGTERM: they set a flag the loops check instead of killing us, so every path
-//! leaves a complete capture and no cgroups behind; the last one is remembered so `-- CMD` gets
-//! the same signal forwarded.
+//! SIGINT, SIGTERM and SIGHUP: they end the session instead of killing us, so every path
+//! leaves a complete capture and no cgroups behind; the signal is handed on so `-- CMD` gets the
+//! same one forwarded.
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
-use std::sync::{Arc, OnceLock};
 
-/// The last of SIGINT/SIGTERM received (0: none yet), so `record -- CMD` forwards the same one.
-pub fn last_signal() -> &'static Arc<AtomicUsize> {
-    static LAST: OnceLock<Arc<AtomicUsize>> = OnceLock::new();
-    LAST.get_or_init(|| Arc::new(AtomicUsize::new(0)))
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+/// The stop signals, caught from the moment this is made (a signal during a command's set-up
+/// is seen at the first wait). Made only by the long-running commands: `report` and `doctor`
+/// keep the default actions.
+pub struct Stop {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
 }
 
-/// SIGINT/SIGTERM set the returned flag instead of killing us, so every loop can stop cleanly
-/// and leave a complete capture and no cgroups behind.
-pub fn stop_flag() -> io::Result<Arc<AtomicBool>> {
-    let flag = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register_usize(sig, Arc::clone(last_signal()), sig as usize)?;
-        signal_hook::flag::register(sig, Arc::clone(&flag))?;
+impl Stop {
+    /// Catch the stop signals (within a runtime).
+    pub fn catch() -> io::Result<Stop> {
+        Ok(Stop {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
-    Ok(flag)
+
+    /// The next stop signal's number. Cancel-safe.
+    pub async fn recv(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.int.recv() => libc::SIGINT,
+            _ = self.term.recv() => libc::SIGTERM,
+            _ = self.hup.recv() => libc::SIGHUP,
+        }
+    }
 }

@@ -1,0 +1,193 @@
+//! Cgroup naming off the drain path. Naming a new cgroup can walk the whole hierarchy and read
+//! /proc; done inline it would stall draining during exactly the churn that fills the ring
+//! buffer. So the namer runs on a blocking thread behind bounded channels, and the drain only
+//! queues ids.
+//!
+//! The capture's order is kept exactly: lines queue behind the first line of a cgroup still
+//! being named and go out, in the drain's order, once its naming line has gone out. (Order
+//! matters beyond names: a callback line precedes the line of the timer interrupt that ran
+//! it.) The queue is bounded ([`MAX_HELD_LINES`]); past that, and for a name that never comes,
+//! the oldest lines go out ahead of their naming line, which follows. Readers resolve names by
+//! id wherever the naming line stands (the report and the live view do).
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use rustc_hash::FxHashSet;
+use tokio::sync::mpsc::{self, error::TrySendError};
+
+use crate::capture::{CaptureLine, CgroupRecord};
+use crate::cgroups::CgroupNamer;
+
+/// Naming requests in flight before the drain keeps the rest in its own backlog.
+const REQUESTS: usize = 1024;
+/// Names ready before the namer waits for the drain to take them.
+const RESULTS: usize = 1024;
+/// Lines waiting for names, at most (about 200 bytes each).
+pub const MAX_HELD_LINES: usize = 16_384;
+/// How long the end of a session waits for names still being worked out.
+pub const FINISH_WAIT: Duration = Duration::from_secs(5);
+
+/// The drain's side of the naming thread.
+pub struct Naming {
+    requests: mpsc::Sender<u64>,
+    results: mpsc::Receiver<CgroupRecord>,
+    /// Ids the channel had no room for, sent as it empties.
+    backlog: VecDeque<u64>,
+    /// Requests sent and not yet answered.
+    outstanding: usize,
+    /// Ids ever asked for.
+    seen: FxHashSet<u64>,
+    /// Ids asked for the first time and not yet named: their lines wait.
+    unnamed: FxHashSet<u64>,
+    /// Lines waiting, in the drain's order, each with its cgroup id when that is unnamed.
+    queue: VecDeque<(u64, CaptureLine)>,
+    /// Lines that went out before their cgroup's naming line (queue over its bound, or a name
+    /// that never came).
+    pub unheld: u64,
+}
+
+impl Naming {
+    /// Start the namer on a blocking thread of the current runtime.
+    pub fn start(mut namer: CgroupNamer) -> Naming {
+        let (requests, mut rx) = mpsc::channel::<u64>(REQUESTS);
+        let (tx, results) = mpsc::channel(RESULTS);
+        tokio::task::spawn_blocking(move || {
+            while let Some(id) = rx.blocking_recv() {
+                if tx.blocking_send(namer.name(id)).is_err() {
+                    break;
+                }
+            }
+        });
+        Naming {
+            requests,
+            results,
+            backlog: VecDeque::new(),
+            outstanding: 0,
+            seen: FxHashSet::default(),
+            unnamed: FxHashSet::default(),
+            queue: VecDeque::new(),
+            unheld: 0,
+        }
+    }
+
+    /// A line of cgroup `id` (0: no cgroup) from the drain; `renamed`: its period changed.
+    /// Never waits.
+    pub fn line<E>(
+        &mut self,
+        id: u64,
+        renamed: bool,
+        line: CaptureLine,
+        sink: &mut impl FnMut(&CaptureLine) -> Result<(), E>,
+    ) -> Result<(), E> {
+        if id != 0 {
+            if self.seen.insert(id) {
+                self.unnamed.insert(id);
+                self.ask(id);
+            } else if renamed {
+                self.ask(id);
+            }
+        }
+        let wait = if self.unnamed.contains(&id) { id } else { 0 };
+        if wait == 0 && self.queue.is_empty() {
+            return sink(&line);
+        }
+        self.queue.push_back((wait, line));
+        self.release(sink)
+    }
+
+    /// Let out the lines at the head of the queue that no longer wait (and the oldest over
+    /// the bound).
+    fn release<E>(
+        &mut self,
+        sink: &mut impl FnMut(&CaptureLine) -> Result<(), E>,
+    ) -> Result<(), E> {
+        while let Some((wait, _)) = self.queue.front() {
+            if *wait != 0 && self.unnamed.contains(wait) {
+                if self.queue.len() <= MAX_HELD_LINES {
+                    break;
+                }
+                self.unheld += 1;
+            }
+            if let Some((_, l)) = self.queue.pop_front() {
+                sink(&l)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn ask(&mut self, id: u64) {
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(id);
+            return;
+        }
+        match self.requests.try_send(id) {
+            Ok(()) => self.outstanding += 1,
+            Err(TrySendError::Full(id)) => self.backlog.push_back(id),
+            // The namer is gone (it panicked): its lines go out unnamed.
+            Err(TrySendError::Closed(id)) => {
+                self.unnamed.remove(&id);
+            }
+        }
+    }
+
+    /// Send what the backlog holds while the channel has room.
+    fn pump(&mut self) {
+        while let Some(&id) = self.backlog.front() {
+            match self.requests.try_send(id) {
+                Ok(()) => {
+                    self.outstanding += 1;
+                    self.backlog.pop_front();
+                }
+                Err(TrySendError::Full(_)) => return,
+                Err(TrySendError::Closed(_)) => {
+                    for id in self.backlog.drain(..) {
+                        self.unnamed.remove(&id);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The next name (cancel-safe: nothing is lost if the wait is dropped).
+    pub async fn next(&mut self) -> Option<CgroupRecord> {
+        self.results.recv().await
+    }
+
+    /// A name arrived: its line, then the lines that waited for it.
+    pub fn named<E>(
+        &mut self,
+        rec: CgroupRecord,
+        sink: &mut impl FnMut(&CaptureLine) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        self.unnamed.remove(&rec.id);
+        sink(&CaptureLine::Cgroup(rec))?;
+        self.release(sink)?;
+        self.pump();
+        Ok(())
+    }
+
+    /// At the end: wait (up to [`FINISH_WAIT`]) for the names still being worked out, then let
+    /// every waiting line go.
+    pub async fn finish<E>(
+        &mut self,
+        sink: &mut impl FnMut(&CaptureLine) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let deadline = tokio::time::Instant::now() + FINISH_WAIT;
+        while self.outstanding > 0 || !self.backlog.is_empty() {
+            self.pump();
+            match tokio::time::timeout_at(deadline, self.results.recv()).await {
+                Ok(Some(rec)) => self.named(rec, sink)?,
+                _ => break,
+            }
+        }
+        while let Some((wait, l)) = self.queue.pop_front() {
+            if wait != 0 && self.unnamed.contains(&wait) {
+                self.unheld += 1;
+            }
+            sink(&l)?;
+        }
+        Ok(())
+    }
+}
