@@ -1,4 +1,4 @@
-//! Naming under churn, on this host: 500 throttled cgroups are created and destroyed in waves
+//! Naming under churn, on this host: 2,000 throttled cgroups are created and destroyed in waves
 //! while `cfstrace record` runs, all of them gone before `report`. Every churn cgroup whose period
 //! timer fired must be named with its own path (names are resolved while recording), the
 //! capture must have lost nothing, and the recorder's memory must stay small (its id -> path cache
@@ -20,7 +20,7 @@ use cfstrace_tests::{
 };
 
 /// Cgroups made and removed during the record.
-const CHURN: usize = 500;
+const CHURN: usize = 2000;
 /// Made, run and removed together: 100 busy loops live at a time on this 2-CPU host.
 const WAVE: usize = 100;
 /// How long each wave's loops run before they are killed and their cgroups removed.
@@ -29,11 +29,11 @@ const BUSY: Duration = Duration::from_millis(1000);
 /// every one of them runs out of quota (is throttled) in every period, on 2 CPUs.
 const PERIOD_US: u64 = 100_000;
 const QUOTA_US: u64 = 1_000;
-const RECORD_S: u64 = 15;
-/// Of the 500, at least this many must have had callbacks (and all of those be named).
-const FLOOR: usize = 400;
+const RECORD_S: u64 = 45;
+/// Of the 2,000, at least this many must have had callbacks (and all of those be named).
+const FLOOR: usize = 1600;
 /// The recorder's anonymous memory may grow this much over the churn: its id -> path cache and
-/// per-cgroup state for 500 cgroups are a few hundred KiB; a cache that kept whole-tree walks or
+/// per-cgroup state for 2,000 cgroups are a few hundred KiB; a cache that kept whole-tree walks or
 /// leaked per event would show.
 const RSS_GROWTH_LIMIT_KIB: u64 = 16 * 1024;
 /// Its peak RSS over the whole run, generously (most of it is the kernel BTF parsed at attach:

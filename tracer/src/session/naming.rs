@@ -49,11 +49,16 @@ pub struct Naming {
 impl Naming {
     /// Start the namer on a blocking thread of the current runtime.
     pub fn start(mut namer: CgroupNamer) -> Naming {
+        Naming::start_with(move |id| namer.name(id))
+    }
+
+    /// The same with any naming function (tests name without a hierarchy).
+    pub fn start_with(mut name: impl FnMut(u64) -> CgroupRecord + Send + 'static) -> Naming {
         let (requests, mut rx) = mpsc::channel::<u64>(REQUESTS);
         let (tx, results) = mpsc::channel(RESULTS);
         tokio::task::spawn_blocking(move || {
             while let Some(id) = rx.blocking_recv() {
-                if tx.blocking_send(namer.name(id)).is_err() {
+                if tx.blocking_send(name(id)).is_err() {
                     break;
                 }
             }
@@ -189,5 +194,104 @@ impl Naming {
             sink(&l)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::{CgroupFacts, IrqSpanRecord};
+
+    fn period(cgroup_id: u64, ts_ns: u64) -> CaptureLine {
+        CaptureLine::Period(crate::report::fixtures::rec(cgroup_id, 0, ts_ns, 1, 0))
+    }
+
+    fn span(ts_ns: u64) -> CaptureLine {
+        CaptureLine::IrqSpan(IrqSpanRecord {
+            ts_ns,
+            cpu: 0,
+            duration_ns: 1,
+            timers: 1,
+            timers_ns: 1,
+            flags: 0,
+        })
+    }
+
+    /// (kind, id or ts) of each line, for comparing orders.
+    fn shape(l: &CaptureLine) -> (&'static str, u64) {
+        match l {
+            CaptureLine::Cgroup(c) => ("cgroup", c.id),
+            CaptureLine::Period(p) => ("period", p.ts_ns),
+            CaptureLine::IrqSpan(x) => ("span", x.ts_ns),
+            _ => ("other", 0),
+        }
+    }
+
+    fn slow_namer(id: u64) -> CgroupRecord {
+        // Slower than the drain: lines must wait, not go out ahead.
+        std::thread::sleep(Duration::from_millis(20));
+        CgroupRecord {
+            facts: CgroupFacts::unnamed(id),
+            note: None,
+            parents: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_naming_line_precedes_its_cgroup_and_order_is_kept() {
+        let mut n = Naming::start_with(slow_namer);
+        let mut out: Vec<(&str, u64)> = Vec::new();
+        let mut sink = |l: &CaptureLine| {
+            out.push(shape(l));
+            Ok::<(), ()>(())
+        };
+        // cgroup 7's callback, its span, then cgroup 8's, then a span of nothing new.
+        n.line(7, false, period(7, 1), &mut sink).unwrap();
+        n.line(0, false, span(2), &mut sink).unwrap();
+        n.line(8, false, period(8, 3), &mut sink).unwrap();
+        n.line(7, false, period(7, 4), &mut sink).unwrap();
+        // Nothing goes out yet: everything waits behind cgroup 7's first line.
+        assert_eq!(n.queue.len(), 4);
+        while let Some(rec) = n.next().await {
+            n.named(rec, &mut sink).unwrap();
+            if n.outstanding == 0 {
+                break;
+            }
+        }
+        n.finish(&mut sink).await.unwrap();
+        drop(sink);
+        assert_eq!(
+            out,
+            vec![
+                ("cgroup", 7),
+                ("period", 1),
+                ("span", 2),
+                ("cgroup", 8),
+                ("period", 3),
+                ("period", 4),
+            ]
+        );
+        assert_eq!(n.unheld, 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_lets_the_oldest_go_ahead_of_its_name() {
+        let mut n = Naming::start_with(slow_namer);
+        let mut out: Vec<(&str, u64)> = Vec::new();
+        let mut sink = |l: &CaptureLine| {
+            out.push(shape(l));
+            Ok::<(), ()>(())
+        };
+        for ts in 0..(MAX_HELD_LINES as u64 + 3) {
+            n.line(9, false, period(9, ts), &mut sink).unwrap();
+        }
+        // Bounded: the three oldest went out unnamed, the rest wait.
+        assert_eq!(n.queue.len(), MAX_HELD_LINES);
+        assert_eq!(n.unheld, 3);
+        n.finish(&mut sink).await.unwrap();
+        drop(sink);
+        assert_eq!(out[3], ("cgroup", 9));
+        assert_eq!(out.len(), MAX_HELD_LINES + 4);
+        assert_eq!(n.unheld, 3, "the name came in time for the rest");
     }
 }
