@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use crossterm::terminal::{Clear, ClearType};
 
 use crate::bpf::loader::TracerOptions;
 use crate::capture::{CaptureError, CaptureWriter};
@@ -240,7 +241,7 @@ impl Progress {
 
     fn clear(&self) {
         if self.show {
-            eprint!("\r\x1b[2K");
+            eprint!("\r{}", Clear(ClearType::CurrentLine));
         }
     }
 
@@ -266,8 +267,9 @@ impl Progress {
             return;
         }
         self.last = Some(Instant::now());
+        self.clear();
         eprint!(
-            "\r\x1b[2Kcfstrace: recording {:.1}s{}  {} callbacks  {} async  {} lost{}",
+            "cfstrace: recording {:.1}s{}  {} callbacks  {} async  {} lost{}",
             started.elapsed().as_secs_f64(),
             duration
                 .map(|d| format!(" of {}", humantime::format_duration(d)))
