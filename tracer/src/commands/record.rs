@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use crossterm::terminal::{Clear, ClearType};
 
 use crate::bpf::loader::TracerOptions;
 use crate::capture::{CaptureError, CaptureWriter};
@@ -273,7 +274,7 @@ impl Progress {
 
     fn clear(&self) {
         if self.show {
-            eprint!("\r\x1b[2K");
+            eprint!("\r{}", Clear(ClearType::CurrentLine));
         }
     }
 
@@ -294,8 +295,9 @@ impl Progress {
         if !self.show {
             return;
         }
+        self.clear();
         eprint!(
-            "\r\x1b[2Kcfstrace: recording {:.1}s{}  {} callbacks  {} async  {} lost{}",
+            "cfstrace: recording {:.1}s{}  {} callbacks  {} async  {} lost{}",
             started.elapsed().as_secs_f64(),
             duration
                 .map(|d| format!(" of {}", humantime::format_duration(d)))

@@ -19,7 +19,7 @@ use std::process::ExitCode;
 
 use crate::cli::WatchArgs;
 use crate::model::records::{CaptureLine, CgroupRecord, LossRecord};
-use crate::render::live::{self, Frame, HIST_BINS, TerminalGuard};
+use crate::render::live::{self, CallbackBins, Frame, TerminalGuard};
 use crate::render::prometheus::{self, Metrics};
 use crate::render::text::render_text;
 use crate::report::{self, Report};
@@ -89,7 +89,7 @@ async fn watch(opts: &WatchArgs, stop: &mut Stop) -> anyhow::Result<()> {
         for c in names.values() {
             agg.add_cgroup(c.clone());
         }
-        let mut hist: HashMap<u64, [u64; HIST_BINS]> = HashMap::new();
+        let mut hist: HashMap<u64, CallbackBins> = HashMap::new();
         let window = Instant::now();
         let end = opts.duration.map_or(opts.interval, |d| {
             opts.interval.min(d.saturating_sub(started.elapsed()))
@@ -110,8 +110,7 @@ async fn watch(opts: &WatchArgs, stop: &mut Stop) -> anyhow::Result<()> {
                         names.insert(c.id, c.clone());
                     }
                     CaptureLine::Period(p) => {
-                        hist.entry(p.cgroup_id).or_insert([0; HIST_BINS])
-                            [live::hist_bin(p.duration_ns)] += 1;
+                        hist.entry(p.cgroup_id).or_default().record(p.duration_ns);
                     }
                     _ => {}
                 }

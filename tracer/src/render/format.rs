@@ -1,15 +1,39 @@
 //! Cells and colours the terminal renderings share (the text table and the live view):
-//! widths counted in characters, ANSI attributes only when asked for.
+//! widths counted in characters; colours named here as [`Tone`]s, their escape sequences
+//! written by crossterm, and only when asked for.
+use std::fmt::Write as _;
+
+use crossterm::style::{ContentStyle, Stylize as _};
+
 use crate::model::host::WatchdogFacts;
 use crate::report::{CgroupReport, HeadroomAlert, Stats, top_comms, workload_label};
 
-pub const BOLD: &str = "\x1b[1m";
-pub const DIM: &str = "\x1b[2m";
-pub const RED: &str = "\x1b[31m";
-pub const YELLOW: &str = "\x1b[33m";
-pub const BOLD_RED: &str = "\x1b[1;31m";
-pub const REVERSE_RED: &str = "\x1b[1;41;97m";
-pub const RESET: &str = "\x1b[0m";
+/// The few looks the terminal views use. Named, not raw styles, so the views and their tests
+/// say what a cell means and crossterm alone knows the escape sequences.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tone {
+    Bold,
+    Dim,
+    Red,
+    Yellow,
+    BoldRed,
+    /// Bold bright white on red: the headroom cell under `--highlight-under`.
+    Alert,
+}
+
+impl Tone {
+    pub fn style(self) -> ContentStyle {
+        let s = ContentStyle::new();
+        match self {
+            Tone::Bold => s.bold(),
+            Tone::Dim => s.dim(),
+            Tone::Red => s.dark_red(),
+            Tone::Yellow => s.dark_yellow(),
+            Tone::BoldRed => s.bold().dark_red(),
+            Tone::Alert => s.bold().on_dark_red().white(),
+        }
+    }
+}
 
 /// Shorten to `width` chars with an ellipsis in the middle (both ends of a cgroup path
 /// matter: the slice it sits in and the container id at its tip).
@@ -45,43 +69,90 @@ pub fn pad(s: &str, width: usize) -> String {
     out
 }
 
-/// `s` in the ANSI attributes `code`, only when `color`.
-pub fn paint(s: &str, code: &str, color: bool) -> String {
+/// `s` in `tone` (crossterm's escape sequences), only when `color`.
+pub fn paint(s: &str, tone: Tone, color: bool) -> String {
     if color {
-        format!("{code}{s}{RESET}")
+        tone.style().apply(s).to_string()
     } else {
         s.to_string()
     }
 }
 
-/// Cut `s` to `width` visible characters; escape sequences pass through uncounted.
-pub fn fit(s: &str, width: usize) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut visible = 0;
-    let mut escaped = false;
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            escaped = true;
-            out.push(c);
-            for d in chars.by_ref() {
-                out.push(d);
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-            continue;
-        }
-        if visible == width {
-            if escaped {
-                out.push_str(RESET);
-            }
-            break;
-        }
-        out.push(c);
-        visible += 1;
+/// One terminal line as pieces of text, each plain or in one [`Tone`]: cut to the terminal's
+/// width by visible characters first, styled by crossterm last.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Line {
+    spans: Vec<(String, Option<Tone>)>,
+}
+
+impl Line {
+    pub fn new() -> Line {
+        Line::default()
     }
-    out
+
+    /// Plain text.
+    pub fn push(&mut self, s: &str) -> &mut Line {
+        self.push_in(s, None)
+    }
+
+    /// Text in `tone` when `on` (plain otherwise).
+    pub fn push_if(&mut self, s: &str, tone: Tone, on: bool) -> &mut Line {
+        self.push_in(s, on.then_some(tone))
+    }
+
+    pub fn push_in(&mut self, s: &str, tone: Option<Tone>) -> &mut Line {
+        match self.spans.last_mut() {
+            Some((t, last)) if *last == tone => t.push_str(s),
+            _ => self.spans.push((s.to_string(), tone)),
+        }
+        self
+    }
+
+    /// The line's pieces and their tones.
+    pub fn spans(&self) -> impl Iterator<Item = (&str, Option<Tone>)> {
+        self.spans.iter().map(|(s, t)| (s.as_str(), *t))
+    }
+
+    /// The text without styles.
+    pub fn text(&self) -> String {
+        self.spans.iter().map(|(s, _)| s.as_str()).collect()
+    }
+
+    /// Cut to `width` visible characters.
+    pub fn fit(&mut self, width: usize) {
+        let mut left = width;
+        self.spans.retain_mut(|(s, _)| {
+            let n = s.chars().count();
+            if n > left {
+                *s = s.chars().take(left).collect();
+            }
+            left -= n.min(left);
+            !s.is_empty()
+        });
+    }
+
+    /// The line for a terminal: styled pieces in crossterm's escape sequences when `color`,
+    /// the bare text otherwise.
+    pub fn render(&self, color: bool) -> String {
+        let mut out = String::new();
+        for (s, tone) in &self.spans {
+            match tone {
+                Some(t) if color => {
+                    let _ = write!(out, "{}", t.style().apply(s));
+                }
+                _ => out.push_str(s),
+            }
+        }
+        out
+    }
+}
+
+impl From<&str> for Line {
+    fn from(s: &str) -> Line {
+        let mut l = Line::new();
+        l.push(s);
+        l
+    }
 }
 
 /// `p50/max` of a per-period count, `-` when not measured.
@@ -146,10 +217,38 @@ mod tests {
     }
 
     #[test]
-    fn fit_counts_visible_chars_only() {
-        assert_eq!(fit("abcdef", 3), "abc");
-        assert_eq!(fit("\x1b[1mabcdef\x1b[0m", 2), "\x1b[1mab\x1b[0m");
-        assert_eq!(fit("█▁·", 2), "█▁");
-        assert_eq!(fit("ab", 5), "ab");
+    fn lines_fit_by_visible_chars() {
+        let fit = |l: &Line, w: usize| {
+            let mut l = l.clone();
+            l.fit(w);
+            l
+        };
+        let mut l = Line::new();
+        l.push_if("abc", Tone::Bold, true).push("def");
+        assert_eq!(fit(&l, 2).render(false), "ab");
+        assert_eq!(fit(&l, 2).render(true), paint("ab", Tone::Bold, true));
+        assert_eq!(fit(&l, 4).text(), "abcd");
+        assert_eq!(
+            fit(&l, 9).render(true),
+            paint("abc", Tone::Bold, true) + "def"
+        );
+        assert_eq!(fit(&Line::from("█▁·"), 2).text(), "█▁");
+        // Neighbouring pieces in one tone merge; an unset tone is plain.
+        let mut m = Line::new();
+        m.push("a")
+            .push_if("b", Tone::Red, false)
+            .push_if("c", Tone::Red, true);
+        assert_eq!(m.spans().count(), 2);
+        assert_eq!(m.render(true), format!("ab{}", paint("c", Tone::Red, true)));
+    }
+
+    #[test]
+    fn paint_uses_crossterm_and_only_when_asked() {
+        assert_eq!(paint("x", Tone::Bold, false), "x");
+        let bold = paint("x", Tone::Bold, true);
+        assert!(
+            bold.starts_with('\x1b') && bold.contains('x') && bold.len() > 1,
+            "{bold:?}"
+        );
     }
 }

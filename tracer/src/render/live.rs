@@ -1,10 +1,13 @@
 //! The live terminal view of `cfstrace watch`: a full-screen frame redrawn every interval on
-//! the alternate screen, and the guard that gives the terminal back.
+//! the alternate screen, and the guard that gives the terminal back. crossterm does the
+//! terminal: its size, the alternate screen, the cursor, the colours.
 //!
-//! The guard follows Netflix/bpftop's: entering the view installs (once) a panic hook that
-//! restores the terminal before the panic message is printed, and the guard's `Drop` restores
-//! it on every other way out (Ctrl-C and SIGTERM end the loop through the stop flag, errors
-//! return through `?`). Restoring happens exactly once, whichever comes first.
+//! The guard follows Netflix/bpftop's `TerminalManager`: entering the view installs (once) a
+//! panic hook that restores the terminal before the panic message is printed, and the guard's
+//! `Drop` restores it on every other way out (Ctrl-C and SIGTERM end the loop through the stop
+//! flag, errors return through `?`). Restoring happens exactly once, whichever comes first.
+//! Raw mode is never entered: the view reads no keys, so Ctrl-C stays a signal and the
+//! terminal's own line settings need no restoring.
 //!
 //! Rendering is pure (a [`Frame`] in, lines out) so it is unit-tested without a terminal.
 use std::collections::HashMap;
@@ -13,16 +16,16 @@ use std::sync::Once;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crossterm::cursor::{Hide, MoveTo, Show};
+use crossterm::style::{Print, ResetColor};
+use crossterm::terminal::{Clear, ClearType, EnterAlternateScreen, LeaveAlternateScreen};
+use crossterm::{execute, queue};
+use hdrhistogram::Histogram;
+
 use super::format::{
-    BOLD, BOLD_RED, DIM, RED, RESET, REVERSE_RED, YELLOW, alert_line, ellipsize_middle, fit,
-    p50_max, pad, paint, thresh, workload_cell,
+    Line, Tone, alert_line, ellipsize_middle, p50_max, pad, thresh, workload_cell,
 };
 use crate::report::{CgroupReport, CpuReport, Report, human_ns, seconds};
-
-/// Alternate screen on, cursor hidden, cleared.
-pub const ENTER: &str = "\x1b[?1049h\x1b[?25l\x1b[H\x1b[2J";
-/// Attributes reset, cursor shown, alternate screen off.
-pub const LEAVE: &str = "\x1b[0m\x1b[?25h\x1b[?1049l";
 
 /// Block characters, by level (0: nothing).
 pub const BLOCKS: [char; 9] = [' ', '▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
@@ -33,16 +36,54 @@ pub const EMPTY: char = '·';
 /// [2^i, 2^(i+1)) us, bin 15 is 32.768 ms and more.
 pub const HIST_BINS: usize = 16;
 
+/// Microseconds from which everything shares the last bin.
+const LAST_BIN_US: u64 = 1 << (HIST_BINS - 1);
+
+/// One cgroup's callback times in an interval, for its row's strip: an hdrhistogram of whole
+/// microseconds with no significant digit, whose buckets are then exactly the log2 bins
+/// ([0, 2), [2, 4), [4, 8) ...), read back with its log iterator. Values from
+/// [`LAST_BIN_US`] up are recorded there, which bounds it to a few dozen counters.
+#[derive(Clone, Debug)]
+pub struct CallbackBins {
+    us: Histogram<u32>,
+}
+
+impl Default for CallbackBins {
+    fn default() -> CallbackBins {
+        CallbackBins {
+            us: Histogram::new_with_bounds(1, LAST_BIN_US, 0).expect("constant bounds are valid"),
+        }
+    }
+}
+
+impl CallbackBins {
+    pub fn record(&mut self, ns: u64) {
+        // In bounds by construction; u32 counters saturate, never wrap.
+        self.us.saturating_record((ns / 1_000).min(LAST_BIN_US));
+    }
+
+    /// Callbacks per bin.
+    pub fn bins(&self) -> [u64; HIST_BINS] {
+        let mut bins = [0; HIST_BINS];
+        if self.us.is_empty() {
+            return bins;
+        }
+        for (i, step) in self.us.iter_log(2, 2.0).enumerate() {
+            bins[i.min(HIST_BINS - 1)] += step.count_since_last_iteration();
+        }
+        bins
+    }
+}
+
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 static HOOK: Once = Once::new();
 
-/// Write the restore sequence if the view is on (once). Raw `write(2)` so it works from the
-/// panic hook even while the stdout lock or its buffer is in use.
+/// Give the terminal back if the view is on (once): attributes reset, cursor shown,
+/// alternate screen left. From the panic hook too: stdout's lock is reentrant, so a panic
+/// while drawing still gets through.
 fn restore() {
     if ACTIVE.swap(false, Ordering::SeqCst) {
-        let b = LEAVE.as_bytes();
-        // SAFETY: writing a valid buffer to fd 1.
-        let _ = unsafe { libc::write(1, b.as_ptr().cast(), b.len()) };
+        let _ = execute!(io::stdout(), ResetColor, Show, LeaveAlternateScreen);
     }
 }
 
@@ -62,26 +103,30 @@ impl TerminalGuard {
         });
         ACTIVE.store(true, Ordering::SeqCst);
         let guard = TerminalGuard { _private: () };
-        let mut out = io::stdout();
-        out.write_all(ENTER.as_bytes())?;
-        out.flush()?;
+        execute!(
+            io::stdout(),
+            EnterAlternateScreen,
+            Hide,
+            MoveTo(0, 0),
+            Clear(ClearType::All)
+        )?;
         Ok(guard)
     }
 
-    /// Draw a frame over the previous one: home, each line cleared to its end, the rest of
-    /// the screen cleared (no flicker from a full clear).
+    /// Draw a frame over the previous one: each line from its row's start and cleared to its
+    /// end, the rest of the screen cleared (no flicker from a full clear).
     pub fn draw(&self, lines: &[String]) -> io::Result<()> {
-        let mut s = String::from("\x1b[H");
-        for (i, l) in lines.iter().enumerate() {
-            if i > 0 {
-                s.push('\n');
-            }
-            s.push_str(l);
-            s.push_str("\x1b[K");
-        }
-        s.push_str("\x1b[J");
         let mut out = io::stdout().lock();
-        out.write_all(s.as_bytes())?;
+        for (row, l) in lines.iter().enumerate() {
+            let row = u16::try_from(row).unwrap_or(u16::MAX);
+            queue!(
+                out,
+                MoveTo(0, row),
+                Print(l),
+                Clear(ClearType::UntilNewLine)
+            )?;
+        }
+        queue!(out, Clear(ClearType::FromCursorDown))?;
         out.flush()
     }
 }
@@ -93,30 +138,11 @@ impl Drop for TerminalGuard {
     }
 }
 
-/// Columns and rows of the terminal on stdout (120 x 40 when it cannot be asked).
+/// Columns and rows of the terminal (120 x 40 when it cannot be asked).
 pub fn terminal_size() -> (usize, usize) {
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ fills a winsize.
-    let r = unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) };
-    if r == 0 && ws.ws_col > 0 && ws.ws_row > 0 {
-        (usize::from(ws.ws_col), usize::from(ws.ws_row))
-    } else {
-        (120, 40)
-    }
-}
-
-/// The callback-time bin of a duration.
-pub fn hist_bin(ns: u64) -> usize {
-    let us = ns / 1_000;
-    if us < 2 {
-        0
-    } else {
-        (us.ilog2() as usize).min(HIST_BINS - 1)
+    match crossterm::terminal::size() {
+        Ok((w, h)) if w > 0 && h > 0 => (usize::from(w), usize::from(h)),
+        _ => (120, 40),
     }
 }
 
@@ -164,8 +190,8 @@ pub fn cpu_worst_ns(c: &CpuReport) -> u64 {
 }
 
 /// The per-CPU strip: `cpu0    ▁▁▂· ····` lines, eight CPUs a group, as many groups a line as
-/// `width` allows.
-pub fn cpu_strip(cpus: &[CpuReport], ncpus: u32, width: usize, color: bool) -> Vec<String> {
+/// `width` allows; long spans in yellow and red, idle CPUs dim.
+pub fn cpu_strip(cpus: &[CpuReport], ncpus: u32, width: usize) -> Vec<Line> {
     let n = (ncpus as usize).max(cpus.iter().map(|c| c.cpu as usize + 1).max().unwrap_or(0));
     let mut worst = vec![0u64; n];
     for c in cpus {
@@ -175,27 +201,20 @@ pub fn cpu_strip(cpus: &[CpuReport], ncpus: u32, width: usize, color: bool) -> V
     let per_line = groups_per_line * 8;
     let mut lines = Vec::new();
     for start in (0..n).step_by(per_line) {
-        let mut l = format!("{:<8}", format!("cpu{start}"));
+        let mut l = Line::from(format!("{:<8}", format!("cpu{start}")).as_str());
         for (i, &ns) in worst[start..(start + per_line).min(n)].iter().enumerate() {
             if i > 0 && i % 8 == 0 {
-                l.push(' ');
+                l.push(" ");
             }
             let level = span_level(ns);
             let ch = if level == 0 { EMPTY } else { BLOCKS[level] };
-            let code = match level {
-                7.. => Some(RED),
-                5..=6 => Some(YELLOW),
-                0 => Some(DIM),
+            let tone = match level {
+                7.. => Some(Tone::Red),
+                5..=6 => Some(Tone::Yellow),
+                0 => Some(Tone::Dim),
                 _ => None,
             };
-            match code {
-                Some(code) if color => {
-                    l.push_str(code);
-                    l.push(ch);
-                    l.push_str(RESET);
-                }
-                _ => l.push(ch),
-            }
+            l.push_in(ch.encode_utf8(&mut [0; 4]), tone);
         }
         lines.push(l);
     }
@@ -208,8 +227,8 @@ pub struct Frame<'a> {
     pub report: &'a Report,
     /// Cgroups in the interval before the cut.
     pub total_cgroups: usize,
-    /// Callback-time bins of each shown cgroup this interval.
-    pub hist: &'a HashMap<u64, [u64; HIST_BINS]>,
+    /// Callback times of each shown cgroup this interval.
+    pub hist: &'a HashMap<u64, CallbackBins>,
     pub elapsed: Duration,
     pub interval: Duration,
     /// `--cgroup`, as given.
@@ -224,34 +243,62 @@ fn terminal_name(c: &CgroupReport) -> String {
     c.name().replace('\n', "\\n")
 }
 
-/// The frame's lines, each at most `width` visible characters, at most `height` of them.
+/// The frame's lines, each at most `width` visible characters, at most `height` of them,
+/// coloured (crossterm's escape sequences) when `color`.
 pub fn render_frame(f: &Frame<'_>, width: usize, height: usize, color: bool) -> Vec<String> {
-    let mut lines = status(f, color);
-    lines.push(String::new());
-    lines.extend(cpu_lines(f.report, width, color));
-    lines.push(String::new());
-    lines.extend(table(f, width, color));
+    frame_lines(f, width, height)
+        .iter()
+        .map(|l| l.render(color))
+        .collect()
+}
+
+/// The frame's lines before styling, cut to `width` x `height`.
+pub fn frame_lines(f: &Frame<'_>, width: usize, height: usize) -> Vec<Line> {
+    let mut lines = status(f);
+    lines.push(Line::new());
+    lines.extend(cpu_lines(f.report, width));
+    lines.push(Line::new());
+    lines.extend(table(f, width));
     if height > 0 && lines.len() > height {
         lines.truncate(height);
     }
-    lines.iter().map(|l| fit(l, width)).collect()
+    for l in &mut lines {
+        l.fit(width);
+    }
+    lines
 }
 
 /// The host, the headroom now, the interval's events and the culprit.
-fn status(f: &Frame<'_>, color: bool) -> Vec<String> {
+fn status(f: &Frame<'_>) -> Vec<Line> {
     let r = f.report;
     let wd = &r.watchdog;
     let alert = r.headroom_alert.as_ref().filter(|a| a.alert);
     let mut lines = Vec::new();
-    let headroom = match (r.headroom_ns, wd.thresh_s) {
+    let mut title = Line::new();
+    title
+        .push_in("cfstrace watch", Some(Tone::Bold))
+        .push(&format!(
+            "  {}  kernel {}  backend {}  {} CPUs  watchdog_thresh {}{}",
+            r.hostname,
+            r.kernel,
+            r.backend,
+            r.ncpus,
+            thresh(wd),
+            if wd.enabled {
+                ""
+            } else {
+                " (watchdog DISABLED)"
+            },
+        ));
+    lines.push(title);
+    let mut headroom = Line::new();
+    match (r.headroom_ns, wd.thresh_s) {
         (Some(h), _) => {
             let pct = r
                 .headroom_alert
                 .as_ref()
                 .and_then(|a| a.headroom_pct)
                 .map_or_else(String::new, |p| format!(" ({p:.2}%)"));
-            let cell = format!("{}{pct}", seconds(h));
-            let cell = paint(&cell, REVERSE_RED, color && alert.is_some());
             let worst = r.worst_irqs_off.as_ref().map_or_else(String::new, |w| {
                 format!(
                     "  worst {} {} on cpu{}",
@@ -260,55 +307,59 @@ fn status(f: &Frame<'_>, color: bool) -> Vec<String> {
                     w.cpu
                 )
             });
-            format!("headroom now {cell}{worst}")
+            headroom
+                .push("headroom now ")
+                .push_if(
+                    &format!("{}{pct}", seconds(h)),
+                    Tone::Alert,
+                    alert.is_some(),
+                )
+                .push(&worst);
         }
-        (None, Some(t)) => format!("headroom now {t} s (nothing held IRQs off)"),
-        (None, None) => "headroom unknown".to_string(),
+        (None, Some(t)) => {
+            headroom.push(&format!("headroom now {t} s (nothing held IRQs off)"));
+        }
+        (None, None) => {
+            headroom.push("headroom unknown");
+        }
     };
-    lines.push(format!(
-        "{}  {}  kernel {}  backend {}  {} CPUs  watchdog_thresh {}{}",
-        paint("cfstrace watch", BOLD, color),
-        r.hostname,
-        r.kernel,
-        r.backend,
-        r.ncpus,
-        thresh(wd),
-        if wd.enabled {
-            ""
-        } else {
-            " (watchdog DISABLED)"
-        },
-    ));
-    lines.push(format!(
-        "{headroom}   t={:.0}s, every {}",
+    headroom.push(&format!(
+        "   t={:.0}s, every {}",
         f.elapsed.as_secs_f64(),
         humantime::format_duration(f.interval),
     ));
+    lines.push(headroom);
     if let Some(a) = alert {
-        lines.push(paint(&alert_line(a, wd), BOLD_RED, color));
+        let mut l = Line::new();
+        l.push_in(&alert_line(a, wd), Some(Tone::BoldRed));
+        lines.push(l);
     }
     let e = &r.events;
-    let lost = format!("lost {}", e.lost);
-    let lost = paint(&lost, RED, color && e.lost > 0);
-    lines.push(format!(
-        "this interval: {} callbacks, {} timer interrupts, {} async CSDs, {lost}; cgroups: {} \
-         of {}{}",
-        e.periods,
-        e.irq_spans,
-        e.async_csds,
-        r.cgroups.len(),
-        f.total_cgroups,
-        f.filter
-            .map_or_else(String::new, |re| format!(" matching /{re}/")),
-    ));
+    let mut events = Line::new();
+    events
+        .push(&format!(
+            "this interval: {} callbacks, {} timer interrupts, {} async CSDs, ",
+            e.periods, e.irq_spans, e.async_csds,
+        ))
+        .push_if(&format!("lost {}", e.lost), Tone::Red, e.lost > 0)
+        .push(&format!(
+            "; cgroups: {} of {}{}",
+            r.cgroups.len(),
+            f.total_cgroups,
+            f.filter
+                .map_or_else(String::new, |re| format!(" matching /{re}/")),
+        ));
+    lines.push(events);
     if let Some(c) = &r.culprit {
-        lines.push(paint(&format!("CULPRIT: {}", c.reason), BOLD, color));
+        let mut l = Line::new();
+        l.push_in(&format!("CULPRIT: {}", c.reason), Some(Tone::Bold));
+        lines.push(l);
     }
     lines
 }
 
 /// The legend of the per-CPU strip with the worst CPU, then the strip.
-fn cpu_lines(r: &Report, width: usize, color: bool) -> Vec<String> {
+fn cpu_lines(r: &Report, width: usize) -> Vec<Line> {
     let worst_cpu = r
         .cpus
         .iter()
@@ -317,15 +368,15 @@ fn cpu_lines(r: &Report, width: usize, color: bool) -> Vec<String> {
         .map_or_else(String::new, |c| {
             format!("  worst cpu{} {}", c.cpu, human_ns(cpu_worst_ns(c)))
         });
-    let mut lines = vec![format!(
-        "worst IRQs-off span per CPU: {SPAN_LEGEND}{worst_cpu}"
+    let mut lines = vec![Line::from(
+        format!("worst IRQs-off span per CPU: {SPAN_LEGEND}{worst_cpu}").as_str(),
     )];
-    lines.extend(cpu_strip(&r.cpus, r.ncpus, width, color));
+    lines.extend(cpu_strip(&r.cpus, r.ncpus, width));
     lines
 }
 
 /// The cgroups' table, each row ending in its callback-time histogram.
-fn table(f: &Frame<'_>, width: usize, color: bool) -> Vec<String> {
+fn table(f: &Frame<'_>, width: usize) -> Vec<Line> {
     let r = f.report;
     let enq_is_runnable = !r.figures.enqueued.available && r.figures.runnable.available;
     // The figures take a fixed width; path and workload share the rest (YARN application ids
@@ -348,18 +399,23 @@ fn table(f: &Frame<'_>, width: usize, color: bool) -> Vec<String> {
         "CPUS/P",
         "<2us log2 >32ms"
     );
-    let mut lines = vec![paint(&header, BOLD, color)];
+    let mut head = Line::new();
+    head.push_in(&header, Some(Tone::Bold));
+    let mut lines = vec![head];
     if r.cgroups.is_empty() {
-        lines.push(
-            "no CFS period-timer callback this interval: no cgroup with a cpu quota was throttled"
-                .to_string(),
-        );
+        lines.push(Line::from(
+            "no CFS period-timer callback this interval: no cgroup with a cpu quota was throttled",
+        ));
     }
     let culprit = r.culprit.as_ref().map(|c| c.cgroup.id);
     for c in &r.cgroups {
         let path = pad(&ellipsize_middle(&terminal_name(c), path_w), path_w);
         let wl = pad(&ellipsize_middle(&workload_cell(c, true), wl_w), wl_w);
-        let bins = f.hist.get(&c.id).copied().unwrap_or([0; HIST_BINS]);
+        let bins = f
+            .hist
+            .get(&c.id)
+            .map(CallbackBins::bins)
+            .unwrap_or_default();
         let enq = if enq_is_runnable {
             c.runnable_per_period.as_ref()
         } else {
@@ -376,8 +432,10 @@ fn table(f: &Frame<'_>, width: usize, color: bool) -> Vec<String> {
             p50_max(enq),
             p50_max(c.spread.as_ref().map(|s| &s.per_period)),
         );
-        let row = paint(&row, BOLD, color && culprit == Some(c.id));
-        lines.push(format!("{row}{}", histogram_strip(&bins)));
+        let mut l = Line::new();
+        l.push_if(&row, Tone::Bold, culprit == Some(c.id))
+            .push(&histogram_strip(&bins));
+        lines.push(l);
     }
     lines
 }
@@ -388,6 +446,7 @@ mod tests {
     use crate::analysis::Aggregator;
     use crate::model::records::test_header as header;
     use crate::model::records::{CaptureLine, CgroupFacts, CgroupRecord, PeriodRecord};
+    use crate::render::format::paint;
     use crate::report::build_report;
 
     fn report(under_pct: f64, durations: &[u64]) -> Report {
@@ -422,12 +481,46 @@ mod tests {
         r
     }
 
+    /// The one bin `ns` lands in.
+    fn bin_of(ns: u64) -> usize {
+        let mut h = CallbackBins::default();
+        h.record(ns);
+        let bins = h.bins();
+        assert_eq!(bins.iter().sum::<u64>(), 1, "{ns}: {bins:?}");
+        bins.iter().position(|&n| n == 1).unwrap_or(usize::MAX)
+    }
+
     #[test]
     fn bins_and_strip() {
-        for (ns, bin) in [(0, 0), (1_999, 0), (2_000, 1), (40_000, 5)] {
-            assert_eq!(hist_bin(ns), bin, "{ns}");
+        for (ns, bin) in [
+            (0, 0),
+            (1_999, 0),
+            (2_000, 1),
+            (3_999, 1),
+            (4_000, 2),
+            (40_000, 5),
+            (16_383_999, 13),
+            (16_384_000, 14),
+            (32_767_999, 14),
+            (32_768_000, 15),
+        ] {
+            assert_eq!(bin_of(ns), bin, "{ns}");
         }
-        assert_eq!(hist_bin(u64::MAX), HIST_BINS - 1);
+        assert_eq!(bin_of(u64::MAX), HIST_BINS - 1);
+        // Every bin edge, and many in one: counts add up per bin.
+        let mut h = CallbackBins::default();
+        for i in 1..HIST_BINS {
+            let low = (1u64 << i) * 1_000;
+            h.record(low);
+            h.record(low * 2 - 1);
+        }
+        h.record(5);
+        h.record(10_000_000_000);
+        let mut want = [2u64; HIST_BINS];
+        want[0] = 1;
+        want[HIST_BINS - 1] = 3;
+        assert_eq!(h.bins(), want);
+        assert_eq!(CallbackBins::default().bins(), [0; HIST_BINS]);
         assert_eq!(histogram_strip(&[0, 1, 4, 8]), "·▁▄█");
         assert_eq!(histogram_strip(&[0, 0]), "··");
         assert_eq!(
@@ -445,24 +538,32 @@ mod tests {
     #[test]
     fn cpu_strip_wraps_and_marks_levels() {
         let r = report(10.0, &[1_000, 50_000, 3_000_000]);
-        let lines = cpu_strip(&r.cpus, 20, 30, false);
+        let lines: Vec<String> = cpu_strip(&r.cpus, 20, 30).iter().map(Line::text).collect();
         // 30 columns: 8 for the label, two groups of 8 CPUs a line.
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert!(lines[0].starts_with("cpu0    ▁▃▆·····"), "{lines:?}");
         assert!(lines[1].starts_with("cpu16   ····"), "{lines:?}");
-        let colored = cpu_strip(&r.cpus, 4, 80, true);
-        assert!(colored[0].contains(YELLOW) && colored[0].contains(DIM));
+        let tones: Vec<(String, Option<Tone>)> = cpu_strip(&r.cpus, 4, 80)[0]
+            .spans()
+            .map(|(s, t)| (s.to_string(), t))
+            .collect();
+        assert_eq!(
+            tones,
+            [
+                ("cpu0    ▁▃".to_string(), None),
+                ("▆".to_string(), Some(Tone::Yellow)),
+                ("·".to_string(), Some(Tone::Dim)),
+            ]
+        );
     }
 
     #[test]
     fn frame_rows_and_alert() {
         let r = report(100.0, &[3_000, 50_000, 60_000]);
-        let mut hist = HashMap::new();
-        let mut bins = [0u64; HIST_BINS];
+        let mut hist: HashMap<u64, CallbackBins> = HashMap::new();
         for d in [3_000u64, 50_000, 60_000] {
-            bins[hist_bin(d)] += 1;
+            hist.entry(42).or_default().record(d);
         }
-        hist.insert(42, bins);
         let f = Frame {
             report: &r,
             total_cgroups: 3,
@@ -489,8 +590,14 @@ mod tests {
         assert!(row.ends_with("·▄···█··········"), "{row}");
         assert!(!text.contains('\x1b'), "no colour when not asked");
         assert!(plain.iter().all(|l| l.chars().count() <= 200));
-        let colored = render_frame(&f, 200, 50, true).join("\n");
-        assert!(colored.contains(BOLD_RED) && colored.contains(REVERSE_RED));
+        let tones: Vec<Tone> = frame_lines(&f, 200, 50)
+            .iter()
+            .flat_map(|l| l.spans().filter_map(|(_, t)| t).collect::<Vec<_>>())
+            .collect();
+        assert!(tones.contains(&Tone::BoldRed) && tones.contains(&Tone::Alert));
+        let colored = render_frame(&f, 200, 50, true);
+        assert_eq!(colored.len(), plain.len());
+        assert!(colored[0].starts_with(&paint("cfstrace watch", Tone::Bold, true)));
         // Small terminal: everything cut to it.
         let small = render_frame(&f, 40, 5, false);
         assert_eq!(small.len(), 5);
@@ -503,6 +610,108 @@ mod tests {
                 .join("\n")
                 .contains("ALERT")
         );
+    }
+
+    const VIEW_MARKER: &str = "cfstrace-view-ends-by=";
+
+    /// Entry point of `the_terminal_is_given_back_on_error_and_on_panic` (this test binary
+    /// re-executed on a pseudo-terminal): the view entered, a frame drawn, then an error
+    /// returned through `?` or a panic. Without the marker argument it returns at once.
+    #[test]
+    #[ignore = "entry point for the_terminal_is_given_back_on_error_and_on_panic"]
+    fn view_entry() {
+        let Some(how) =
+            std::env::args().find_map(|a| a.strip_prefix(VIEW_MARKER).map(String::from))
+        else {
+            return;
+        };
+        fn view(panic: bool) -> io::Result<()> {
+            let guard = TerminalGuard::enter()?;
+            guard.draw(&["a frame".to_string()])?;
+            assert!(!panic, "a panic in the view");
+            Err(io::Error::other("an error in the view"))
+        }
+        let r = view(how == "panic");
+        // Straight to fd 1, past libtest's capture, so it lands after what the guard wrote.
+        let _ = writeln!(io::stdout(), "view returned {r:?}");
+    }
+
+    /// Everything `view_entry` writes on a pseudo-terminal, ending by `how`.
+    fn view_on_a_pty(how: &str) -> String {
+        use std::os::fd::{FromRawFd as _, OwnedFd};
+        use std::process::{Command, Stdio};
+        let (mut master, mut slave) = (-1, -1);
+        // SAFETY: out-pointers to two ints; no name, default termios and window size.
+        let r = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(r, 0, "openpty: {}", io::Error::last_os_error());
+        // SAFETY: openpty returned two fresh descriptors we now own.
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "--ignored",
+                "--test-threads=1",
+                // libtest names tests by their path without the crate.
+                &format!(
+                    "{}::view_entry",
+                    module_path!().split_once("::").map_or("", |(_, m)| m)
+                ),
+                &format!("{VIEW_MARKER}{how}"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave))
+            .spawn()
+            .unwrap();
+        // The child holds the only copies of the slave now: when it exits, reads end (EIO).
+        let mut out = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::fs::File::from(master), &mut out);
+        child.wait().unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn the_terminal_is_given_back_on_error_and_on_panic() {
+        use crossterm::Command as _;
+        let ansi = |c: &dyn Fn(&mut String) -> std::fmt::Result| {
+            let mut s = String::new();
+            c(&mut s).unwrap();
+            s
+        };
+        let enter = ansi(&|s| EnterAlternateScreen.write_ansi(s));
+        let leave = ansi(&|s| LeaveAlternateScreen.write_ansi(s));
+        let hide = ansi(&|s| Hide.write_ansi(s));
+        let show = ansi(&|s| Show.write_ansi(s));
+        for (how, after) in [
+            (
+                "error",
+                "view returned Err(Custom { kind: Other, error: \"an error in the view\" })",
+            ),
+            ("panic", "a panic in the view"),
+        ] {
+            let out = view_on_a_pty(how);
+            let seen = out.replace('\x1b', "<ESC>");
+            let at = |s: &str| out.find(s).unwrap_or_else(|| panic!("{s:?} not in {seen}"));
+            assert!(
+                at(&enter) < at(&hide) && at(&hide) < at("a frame"),
+                "{seen}"
+            );
+            assert!(
+                at("a frame") < at(&show) && at(&show) < at(&leave),
+                "{seen}"
+            );
+            assert!(at(&leave) < at(after), "{how}: {seen}");
+            assert_eq!(out.matches(&leave).count(), 1, "given back once: {seen}");
+        }
     }
 
     #[test]

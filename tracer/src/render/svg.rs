@@ -12,11 +12,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use hdrhistogram::{Counter, Histogram};
 use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use super::format::thresh;
+use crate::analysis::CALLBACK_NS_CAP;
 use crate::model::records::CaptureLine;
 use crate::report::{CgroupReport, Report, human_ns};
 
@@ -106,10 +108,49 @@ pub fn hist_bounds(bucket: i32) -> (f64, f64) {
     )
 }
 
+/// Callback times for the histogram panel: an hdrhistogram at the aggregator's precision
+/// (2 significant digits, auto-resizing), read back as [`BUCKETS_PER_DECADE`] log buckets.
+/// Each of its own buckets goes whole to the log bucket of its middle value, so a callback
+/// within 0.4 % of a log bucket's edge may be drawn in its neighbour; the counts always add
+/// up to the callbacks.
+#[derive(Debug, Clone)]
+pub struct LogHistogram<C: Counter> {
+    ns: Histogram<C>,
+}
+
+impl<C: Counter> Default for LogHistogram<C> {
+    fn default() -> Self {
+        LogHistogram {
+            ns: Histogram::new(2).expect("constant sigfig is valid"),
+        }
+    }
+}
+
+impl<C: Counter> LogHistogram<C> {
+    pub fn record(&mut self, ns: u64) {
+        // Clamped like the report's distributions; a full counter saturates, never wraps.
+        let v = ns.min(CALLBACK_NS_CAP);
+        if self.ns.record(v).is_err() {
+            self.ns.saturating_record(v);
+        }
+    }
+
+    /// Log bucket ([`hist_bucket`]) -> callbacks, the empty ones left out.
+    pub fn buckets(&self) -> BTreeMap<i32, u64> {
+        let mut out = BTreeMap::new();
+        for v in self.ns.iter_recorded() {
+            let mid = self.ns.median_equivalent(v.value_iterated_to());
+            *out.entry(hist_bucket(mid)).or_default() += v.count_at_value().as_u64();
+        }
+        out
+    }
+}
+
 #[derive(Debug, Clone)]
 struct CgroupSeries {
     callbacks: MaxSeries,
-    hist: BTreeMap<i32, u64>,
+    // u32 counters: one cgroup's timer fires at most 1000 times a second.
+    hist: LogHistogram<u32>,
 }
 
 /// What the picture needs from a capture, gathered line by line.
@@ -118,7 +159,7 @@ pub struct PlotData {
     origin_ns: u64,
     cgroups: HashMap<u64, CgroupSeries>,
     spans: BTreeMap<u32, MaxSeries>,
-    hist_all: BTreeMap<i32, u64>,
+    hist_all: LogHistogram<u64>,
     last_ns: u64,
 }
 
@@ -130,7 +171,7 @@ impl PlotData {
             origin_ns,
             cgroups: HashMap::new(),
             spans: BTreeMap::new(),
-            hist_all: BTreeMap::new(),
+            hist_all: LogHistogram::default(),
             last_ns: 0,
         }
     }
@@ -145,12 +186,11 @@ impl PlotData {
                     .entry(p.cgroup_id)
                     .or_insert_with(|| CgroupSeries {
                         callbacks: MaxSeries::new(MAX_POINTS),
-                        hist: BTreeMap::new(),
+                        hist: LogHistogram::default(),
                     });
                 s.callbacks.add(t, p.duration_ns);
-                let b = hist_bucket(p.duration_ns);
-                *s.hist.entry(b).or_default() += 1;
-                *self.hist_all.entry(b).or_default() += 1;
+                s.hist.record(p.duration_ns);
+                self.hist_all.record(p.duration_ns);
             }
             CaptureLine::IrqSpan(x) => {
                 let t = x.ts_ns.saturating_sub(self.origin_ns);
@@ -490,7 +530,7 @@ fn draw_histogram(
     culprit_id: Option<u64>,
     area: &DrawingArea<SVGBackend, Shift>,
 ) -> DrawResult<()> {
-    let all = &plot.hist_all;
+    let all = &plot.hist_all.buckets();
     let (bmin, bmax) = match (all.keys().next(), all.keys().next_back()) {
         (Some(a), Some(b)) => (*a, *b),
         _ => (hist_bucket(1_000), hist_bucket(10_000_000)),
@@ -525,9 +565,10 @@ fn draw_histogram(
             .as_ref()
             .map(|c| cgroup_name(&c.cgroup))
             .unwrap_or_default();
-        let n: u64 = cs.hist.values().sum();
+        let hist = cs.hist.buckets();
+        let n: u64 = hist.values().sum();
         chart
-            .draw_series(cs.hist.iter().map(|(b, n)| {
+            .draw_series(hist.iter().map(|(b, n)| {
                 let (lo, hi) = hist_bounds(*b);
                 // Narrower, inside the grey bar, so both stay visible.
                 let w = (hi / lo).powf(0.2);
@@ -592,6 +633,45 @@ mod tests {
         let (lo, hi) = hist_bounds(hist_bucket(12_345));
         assert!(lo <= 12_345.0 && 12_345.0 < hi);
         assert!((hi / lo - 10f64.powf(0.2)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn log_histogram_buckets_add_up() {
+        let mut h = LogHistogram::<u32>::default();
+        assert!(h.buckets().is_empty());
+        // Exact below 256 ns; 2 significant digits above: well inside a bucket, where it was.
+        let values = [
+            0,
+            1,
+            3,
+            255,
+            1_000,
+            1_200,
+            12_345,
+            50_000,
+            9_000_000,
+            u64::MAX,
+        ];
+        for v in values {
+            h.record(v);
+        }
+        let b = h.buckets();
+        assert_eq!(b.values().sum::<u64>(), values.len() as u64);
+        for v in [3, 255, 1_200, 12_345, 50_000, 9_000_000] {
+            assert!(b.contains_key(&hist_bucket(v)), "{v}: {b:?}");
+        }
+        assert_eq!(b[&0], 2, "0 and 1 ns share the first bucket");
+        assert_eq!(
+            b[&hist_bucket(CALLBACK_NS_CAP)],
+            1,
+            "clamped like the report"
+        );
+        // Many in one bucket.
+        let mut h = LogHistogram::<u64>::default();
+        for i in 0..1_000u64 {
+            h.record(20_000 + i);
+        }
+        assert_eq!(h.buckets().into_iter().collect::<Vec<_>>(), [(21, 1_000)]);
     }
 
     #[test]

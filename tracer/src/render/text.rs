@@ -4,8 +4,7 @@
 use std::fmt::Write as _;
 
 use super::format::{
-    BOLD, BOLD_RED, RED, alert_line, comms, ellipsize_middle, p50_max, pad, paint, shorten, thresh,
-    workload_cell,
+    Tone, alert_line, comms, ellipsize_middle, p50_max, pad, paint, shorten, thresh, workload_cell,
 };
 use crate::model::probe::Probe;
 use crate::model::records::ParentRecord;
@@ -29,7 +28,7 @@ pub fn render_text(report: &Report, color: bool) -> String {
     match &report.culprit {
         Some(c) => {
             let line = format!("CULPRIT: {}", c.reason);
-            let _ = writeln!(o, "{}", paint(&line, BOLD, color));
+            let _ = writeln!(o, "{}", paint(&line, Tone::Bold, color));
         }
         None => {
             let _ = writeln!(
@@ -73,7 +72,7 @@ fn head(o: &mut String, report: &Report, color: bool) {
         Some(h) => {
             let cell = paint(
                 &headroom_cell(Some(h)).replace('s', " s"),
-                RED,
+                Tone::Red,
                 color && low_headroom(report, Some(h)),
             );
             format!("  node headroom {cell} ({})", worst_phrase(report))
@@ -87,7 +86,7 @@ fn head(o: &mut String, report: &Report, color: bool) {
         thresh(wd)
     );
     if let Some(a) = report.headroom_alert.as_ref().filter(|a| a.alert) {
-        let _ = writeln!(o, "{}", paint(&alert_line(a, wd), BOLD_RED, color));
+        let _ = writeln!(o, "{}", paint(&alert_line(a, wd), Tone::BoldRed, color));
     }
 }
 
@@ -179,9 +178,9 @@ fn cgroup_table(o: &mut String, report: &Report, color: bool) {
     let culprit_id = report.culprit.as_ref().map(|c| c.cgroup.id);
     for c in report.cgroups.iter().take(TOP_CGROUPS) {
         let row = cgroup_row(c, enq_is_runnable);
-        let row = paint(&row, BOLD, color && culprit_id == Some(c.id));
+        let row = paint(&row, Tone::Bold, color && culprit_id == Some(c.id));
         let hr = format!("{:>9}", headroom_cell(c.headroom_ns));
-        let hr = paint(&hr, RED, color && low_headroom(report, c.headroom_ns));
+        let hr = paint(&hr, Tone::Red, color && low_headroom(report, c.headroom_ns));
         let _ = writeln!(o, "{row}{hr}  {}", comms(c, 3));
         // Nested quotas: the limits above it, each with its own period timer.
         if let Some(parents) = c.parents.as_ref().filter(|p| !p.is_empty()) {

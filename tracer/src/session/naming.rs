@@ -259,7 +259,6 @@ mod tests {
             }
         }
         n.finish(&mut sink).await.unwrap();
-        drop(sink);
         assert_eq!(
             out,
             vec![
@@ -289,7 +288,6 @@ mod tests {
         assert_eq!(n.queue.len(), MAX_HELD_LINES);
         assert_eq!(n.unheld, 3);
         n.finish(&mut sink).await.unwrap();
-        drop(sink);
         assert_eq!(out[3], ("cgroup", 9));
         assert_eq!(out.len(), MAX_HELD_LINES + 4);
         assert_eq!(n.unheld, 3, "the name came in time for the rest");

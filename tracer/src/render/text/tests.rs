@@ -2,7 +2,7 @@
 use super::*;
 use crate::analysis::{Aggregator, UNRESOLVED_NAME};
 use crate::model::records::CaptureHeader;
-use crate::render::format::RESET;
+use crate::render::format::{Tone, paint};
 use crate::report::build_report;
 use crate::report::fixtures::*;
 
@@ -38,7 +38,10 @@ fn text_names_the_culprit() {
         ],
     );
     assert!(!t.contains('\x1b'), "no colour when asked for none");
-    holds(&render_text(&r, true), &["\x1b[1mCULPRIT: "]);
+    holds(
+        &render_text(&r, true),
+        &[&styled_prefix(Tone::Bold, "CULPRIT: ")],
+    );
 }
 
 #[test]
@@ -48,7 +51,7 @@ fn low_headroom_is_red() {
     a.add_period(&rec(20, 0, 0, 9_500_000_000, 1));
     let r = build_report(&header(), &a, 1, vec![]);
     assert_eq!(r.headroom_ns, Some(500_000_000));
-    holds(&render_text(&r, true), &[RED]);
+    holds(&render_text(&r, true), &[&styled_prefix(Tone::Red, "")]);
 }
 
 #[test]
@@ -137,7 +140,10 @@ fn irqs_off_by_cpu() {
 fn highlight_threshold() {
     let mut r = build_report(&header(), &agg(), 8_000_000_000, vec![]);
     let t = render_text(&r, true);
-    assert!(!t.contains("HEADROOM ALERT") && !t.contains(RED), "{t}");
+    assert!(
+        !t.contains("HEADROOM ALERT") && !t.contains(&styled_prefix(Tone::Red, "")),
+        "{t}"
+    );
     // Headroom is always below 100 % of the threshold.
     r.set_highlight_under(100.0);
     let plain = render_text(&r, false);
@@ -150,12 +156,19 @@ fn highlight_threshold() {
     );
     assert!(!plain.contains('\x1b'), "{plain}");
     // The node and per-cgroup headroom cells turn red at the same threshold.
-    let red = format!("{RED}9.9996 s{RESET}");
+    let red = paint("9.9996 s", Tone::Red, true);
     holds(
         &render_text(&r, true),
-        &["\x1b[1;31m!! HEADROOM ALERT", &red],
+        &[&styled_prefix(Tone::BoldRed, "!! HEADROOM ALERT"), &red],
     );
     // 0 %: never (headroom is never negative percent here).
     r.set_highlight_under(0.0);
     assert!(!render_text(&r, true).contains("HEADROOM ALERT"));
+}
+
+/// What crossterm writes before `text` in `tone`: the tone's escape sequence, then the text.
+fn styled_prefix(tone: Tone, text: &str) -> String {
+    let full = paint("\u{0}", tone, true);
+    let cut = full.find('\u{0}').expect("the marker");
+    format!("{}{text}", &full[..cut])
 }
