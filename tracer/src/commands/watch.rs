@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::io::{self, IsTerminal as _, Write as _};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -61,10 +60,10 @@ fn watch(opts: &WatchArgs, stop: &AtomicBool) -> anyhow::Result<()> {
     let mut metrics = opts
         .prometheus
         .map(|_| Metrics::new(opts.max_cgroups, opts.cgroup.clone()));
-    let snapshot: prometheus::Snapshot = Arc::new(Mutex::new(Arc::new(String::new())));
+    let snapshot = prometheus::Snapshot::default();
     if let (Some(addr), Some(m)) = (opts.prometheus, metrics.as_ref()) {
-        *snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(m.render());
-        let bound = prometheus::serve(addr, Arc::clone(&snapshot))
+        snapshot.set(m.render());
+        let bound = prometheus::serve(addr, snapshot.clone())
             .with_context(|| format!("cannot serve Prometheus metrics on {addr}"))?;
         eprintln!("cfstrace: serving Prometheus metrics on http://{bound}/metrics");
     }
@@ -129,7 +128,7 @@ fn watch(opts: &WatchArgs, stop: &AtomicBool) -> anyhow::Result<()> {
         rep.set_highlight_under(opts.highlight_under);
         if let Some(m) = metrics.as_mut() {
             m.end_interval(&rep, loss);
-            *snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(m.render());
+            snapshot.set(m.render());
         }
         let total = select_cgroups(&mut rep, opts.cgroup.as_ref(), opts.top);
         let written = match &output {
