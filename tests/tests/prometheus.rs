@@ -1,9 +1,12 @@
 //! `cfstrace watch --prometheus` on this host, during a real throttling storm whose busiest
 //! cgroup is named with a double quote, a backslash and a newline. /metrics is scraped several
-//! times and parsed by an independent parser (the `prometheus_client` Python package, apt
-//! `python3-prometheus-client`): histogram buckets cumulative and monotone with `+Inf` ==
-//! `_count`, series cumulative from one scrape to the next, the hostile path back exactly, no
-//! line swallowed or injected, and `--max-cgroups 1` folding the rest into `cgroup="other"`.
+//! times and parsed by an independent parser (the OpenMetrics parser of the `prometheus_client`
+//! Python package, apt `python3-prometheus-client`): histogram buckets cumulative and monotone
+//! with `+Inf` == `_count`, series cumulative from one scrape to the next, the hostile path back
+//! exactly, no line swallowed or injected, and `--max-cgroups 1` folding the rest into
+//! `cgroup="other"`. Then the server itself: 50 scrapes in parallel beside an idle connection,
+//! each answered within 200 ms; `/`, 404, HEAD and 405; the idle connection closed at the
+//! request-head timeout.
 //!
 //! Needs root (cgroups, BPF) and python3 with prometheus_client. Never skips. Runs a real
 //! throttling storm: wrap the run in `flock /tmp/cfstrace-host.lock` where other storms may run.
@@ -14,6 +17,7 @@ use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cfstrace_tests::{CgroupTree, cfstrace_bin, cpu_hierarchy, is_root};
@@ -48,15 +52,30 @@ const CGROUP_LABELS: &[&str] = &[
     "unit",
 ];
 
+/// What cfstrace serves /metrics as (prometheus-client's encoder writes OpenMetrics text).
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Parse each file named on the command line with the strict OpenMetrics parser (it requires
+/// `# EOF`, `_total` counters, integral buckets and `+Inf` == `_count`); one list a file.
 const PARSE: &str = r#"
 import json, math, sys
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
 out = []
-for f in text_string_to_metric_families(open(sys.argv[1], encoding="utf-8").read()):
-    out.append({"name": f.name, "type": f.type, "samples": [
-        {"name": s.name, "labels": s.labels, "value": repr(float(s.value))} for s in f.samples]})
+for path in sys.argv[1:]:
+    fams = []
+    for f in text_string_to_metric_families(open(path, encoding="utf-8").read()):
+        fams.append({"name": f.name, "type": f.type, "samples": [
+            {"name": s.name, "labels": s.labels, "value": repr(float(s.value))} for s in f.samples]})
+    out.append(fams)
 print(json.dumps(out))
 "#;
+
+/// The tests of this file one at a time: each runs a storm, and two would fight for the CPUs
+/// (and the busiest cgroup of one would be the other's).
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 struct Watcher {
     child: Child,
@@ -106,33 +125,52 @@ fn start(dir: &std::path::Path, tag: &str, extra: &[&str]) -> Watcher {
     }
 }
 
-/// GET /metrics with a bare HTTP/1.1 client: (content type, body).
-fn scrape(addr: &str) -> (String, String) {
+/// An HTTP response as a bare client read it.
+struct Response {
+    status: u16,
+    /// Header names lowercased.
+    headers: BTreeMap<String, String>,
+    body: String,
+}
+
+/// `METHOD path` with a bare HTTP/1.1 client (`Connection: close`), read to the end.
+fn request(addr: &str, method: &str, path: &str) -> Response {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/openmetrics-text, \
+         text/plain\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
-    let raw = String::from_utf8(raw).expect("the exposition is UTF-8");
+    let raw = String::from_utf8(raw).expect("the response is UTF-8");
     let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let ctype = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Content-Type: "))
-        .unwrap_or("")
-        .to_string();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Content-Length: "))
-        .expect("Content-Length")
-        .parse()
-        .unwrap();
-    assert_eq!(len, body.len(), "Content-Length");
-    (ctype, body.to_string())
+    let mut lines = head.lines();
+    let status_line = lines.next().unwrap();
+    assert!(status_line.starts_with("HTTP/1.1 "), "{status_line}");
+    let status = status_line[9..12].parse().unwrap();
+    let headers: BTreeMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    if method != "HEAD" {
+        let len: usize = headers["content-length"].parse().unwrap();
+        assert_eq!(len, body.len(), "Content-Length");
+    }
+    Response {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+/// GET /metrics: (content type, body).
+fn scrape(addr: &str) -> (String, String) {
+    let r = request(addr, "GET", "/metrics");
+    assert_eq!(r.status, 200, "{}", r.body);
+    (r.headers["content-type"].clone(), r.body)
 }
 
 /// One sample as the independent parser read it.
@@ -155,19 +193,39 @@ fn python() -> &'static str {
 }
 
 fn parse(dir: &std::path::Path, body: &str) -> Vec<Sample> {
-    let file = dir.join("scrape.txt");
-    fs::write(&file, body).unwrap();
+    parse_many(dir, &[body.to_string()]).pop().unwrap()
+}
+
+/// Parse every body in one run of the parser.
+fn parse_many(dir: &std::path::Path, bodies: &[String]) -> Vec<Vec<Sample>> {
+    let files: Vec<PathBuf> = (0..bodies.len())
+        .map(|i| dir.join(format!("scrape{i}.txt")))
+        .collect();
+    for (file, body) in files.iter().zip(bodies) {
+        fs::write(file, body).unwrap();
+    }
     let out = Command::new(python())
         .args(["-c", PARSE])
-        .arg(&file)
+        .args(&files)
         .output()
         .expect("python3 (apt-get install python3-prometheus-client, or cargo xtask setup)");
     assert!(
         out.status.success(),
-        "the Prometheus parser rejected /metrics: {}\n--- body ---\n{body}",
-        String::from_utf8_lossy(&out.stderr)
+        "the OpenMetrics parser rejected /metrics: {}\n--- first body ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        bodies[0]
     );
-    let families: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let parsed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let parsed = parsed.as_array().unwrap();
+    assert_eq!(parsed.len(), bodies.len());
+    parsed
+        .iter()
+        .zip(bodies)
+        .map(|(families, body)| samples_of(families, body))
+        .collect()
+}
+
+fn samples_of(families: &Value, body: &str) -> Vec<Sample> {
     let mut samples = Vec::new();
     for f in families.as_array().unwrap() {
         let (name, ty) = (f["name"].as_str().unwrap(), f["type"].as_str().unwrap());
@@ -295,6 +353,7 @@ fn assert_one_series_a_callback(samples: &[Sample], counts: &BTreeMap<String, f6
 
 #[test]
 fn metrics_parse_escape_accumulate_and_fold() {
+    let _serial = serial();
     assert!(
         is_root(),
         "this test throttles real cgroups and attaches BPF programs: run it as root"
@@ -327,7 +386,7 @@ fn metrics_parse_escape_accumulate_and_fold() {
     std::thread::sleep(Duration::from_millis(2500));
     for _ in 0..4 {
         let (ctype, body) = scrape(&w.addr);
-        assert_eq!(ctype, "text/plain; version=0.0.4; charset=utf-8");
+        assert_eq!(ctype, CONTENT_TYPE);
         let samples = parse(&dir, &body);
         let hists = histograms(&samples);
         let cb = &hists["cfstrace_callback_seconds"];
@@ -417,6 +476,120 @@ fn metrics_parse_escape_accumulate_and_fold() {
         assert_one_series_a_callback(&samples, &counts, &body);
         std::thread::sleep(Duration::from_millis(1500));
     }
+    drop(w);
+    drop(tree);
+}
+
+#[test]
+fn fifty_parallel_scrapes_beside_an_idle_connection() {
+    let _serial = serial();
+    assert!(
+        is_root(),
+        "this test throttles real cgroups and attaches BPF programs: run it as root"
+    );
+    let hierarchy = cpu_hierarchy().expect("no cgroup hierarchy with the cpu controller");
+    let dir = cfstrace_tests::scratch!("cfstrace-prometheus-parallel");
+    let top = format!("cfstrace-prom-par-{}", std::process::id());
+    let mut tree = CgroupTree::new(hierarchy, &top).unwrap();
+    let storm = tree.add("storm", 5_000, 1_000).unwrap();
+    tree.busy(&storm, 2).unwrap();
+    let storm_path = tree.cgroup_path(&storm);
+    let w = start(&dir, "parallel", &["--duration", "40s", "--cgroup", &top]);
+
+    // The storm is in /metrics before the scrapes start.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, body) = scrape(&w.addr);
+        let counts = callback_counts(&parse(&dir, &body));
+        if counts.get(&storm_path).is_some_and(|&n| n > 0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no storm callbacks:\n{body}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // A connection that never sends a byte, held open through the scrapes.
+    let mut idle = TcpStream::connect(&w.addr).unwrap();
+    let idle_since = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+
+    const SCRAPES: usize = 50;
+    let barrier = Arc::new(Barrier::new(SCRAPES));
+    let threads: Vec<_> = (0..SCRAPES)
+        .map(|_| {
+            let (barrier, addr) = (Arc::clone(&barrier), w.addr.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let t = Instant::now();
+                let r = request(&addr, "GET", "/metrics");
+                (t.elapsed(), r)
+            })
+        })
+        .collect();
+    let results: Vec<(Duration, Response)> =
+        threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut ms: Vec<f64> = results.iter().map(|(d, _)| d.as_secs_f64() * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
+    eprintln!(
+        "{SCRAPES} parallel scrapes beside an idle connection: min {:.1} ms, median {:.1} ms, \
+         p90 {:.1} ms, max {:.1} ms",
+        ms[0],
+        ms[SCRAPES / 2],
+        ms[SCRAPES * 9 / 10],
+        ms[SCRAPES - 1]
+    );
+    for (took, r) in &results {
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.headers["content-type"], CONTENT_TYPE);
+        assert!(
+            *took < Duration::from_millis(200),
+            "a scrape took {took:?} (all, ms: {ms:?})"
+        );
+    }
+    let bodies: Vec<String> = results.into_iter().map(|(_, r)| r.body).collect();
+    for samples in parse_many(&dir, &bodies) {
+        histograms(&samples);
+        assert!(callback_counts(&samples)[&storm_path] > 0.0);
+    }
+
+    // The rest of the server: a page at /, 404 elsewhere, HEAD without a body, 405.
+    let index = request(&w.addr, "GET", "/");
+    assert_eq!(index.status, 200);
+    assert!(index.headers["content-type"].starts_with("text/html"));
+    assert!(index.body.contains("href=\"/metrics\""), "{}", index.body);
+    for path in ["/nope", "/metrics/", "/index.html"] {
+        assert_eq!(request(&w.addr, "GET", path).status, 404, "{path}");
+    }
+    let head = request(&w.addr, "HEAD", "/metrics");
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert!(head.headers["content-length"].parse::<usize>().unwrap() > 0);
+    let post = request(&w.addr, "POST", "/metrics");
+    assert_eq!(post.status, 405);
+    assert_eq!(post.headers["allow"], "GET, HEAD");
+
+    // The idle connection is closed at the request-head timeout (5 s), not held forever.
+    idle.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = idle.read_to_end(&mut rest);
+    let after = idle_since.elapsed();
+    assert!(
+        closed.is_ok()
+            || closed
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "idle connection: {closed:?} after {after:?}"
+    );
+    assert!(
+        after > Duration::from_secs(4) && after < Duration::from_secs(10),
+        "the idle connection closed after {after:?}"
+    );
+    eprintln!(
+        "idle connection closed by the server after {:.1} s ({} bytes sent to it)",
+        after.as_secs_f64(),
+        rest.len()
+    );
     drop(w);
     drop(tree);
 }

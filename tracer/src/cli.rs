@@ -253,7 +253,7 @@ pub struct WatchArgs {
           value_parser = clap::builder::TypedValueParser::map(
               clap::value_parser!(u64).range(1..=10_000), |n| n as usize))]
     pub top: usize,
-    /// Serve Prometheus metrics (text format 0.0.4) at http://ADDR/metrics: `:9090` or
+    /// Serve Prometheus metrics (OpenMetrics text 1.0.0) at http://ADDR/metrics: `:9090` or
     /// `9090` listen on 127.0.0.1 only, `0.0.0.0:9090` on every interface. Histograms and
     /// counters are cumulative since start. Default: off.
     #[arg(long, value_name = "ADDR", value_parser = crate::render::prometheus::parse_listen_addr)]

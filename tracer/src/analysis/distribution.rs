@@ -32,11 +32,11 @@ impl Distribution {
         }
     }
 
-    pub(super) fn callback() -> Self {
+    pub fn callback() -> Self {
         Self::new(CALLBACK_SIGFIG, CALLBACK_NS_CAP)
     }
 
-    pub(super) fn counts() -> Self {
+    pub fn counts() -> Self {
         Self::new(COUNT_SIGFIG, COUNT_CAP)
     }
 
@@ -47,7 +47,7 @@ impl Distribution {
     }
 
     #[inline]
-    pub(super) fn record(&mut self, v: u64) {
+    pub fn record(&mut self, v: u64) {
         let clamped = v.min(self.cap);
         if self.hist.record(clamped).is_err() {
             // Only a failed resize gets here (cannot happen below the cap); never lose the event.
@@ -119,6 +119,43 @@ impl Distribution {
             return 0;
         }
         self.hist.value_at_quantile(q).clamp(self.min(), self.max())
+    }
+
+    /// Add `o`'s values (both made by the same constructor, so the same precision and cap).
+    pub fn merge(&mut self, o: &Distribution) {
+        if self.hist.add(&o.hist).is_err() {
+            // Only a failed resize gets here; keep the counts by recording o's values one by one.
+            for v in o.hist.iter_recorded() {
+                self.hist
+                    .saturating_record_n(v.value_iterated_to(), v.count_at_value());
+            }
+        }
+        self.count += o.count;
+        self.sum = self.sum.saturating_add(o.sum);
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+    }
+
+    /// How many values fall at or below each of the ascending `bounds`, bucket by bucket (not
+    /// cumulative), then the count above the last bound: one entry more than `bounds`. A
+    /// histogram bucket counts toward the first bound at or above its lowest value, so a value
+    /// can sit above its bound by the histogram's precision (1 % for callback times), never
+    /// below. The counts add up to the exact `count()`.
+    pub fn bucket_counts(&self, bounds: &[u64]) -> Vec<u64> {
+        let mut out = vec![0u64; bounds.len() + 1];
+        let mut below = 0u64;
+        for v in self.hist.iter_recorded() {
+            let low = self.hist.lowest_equivalent(v.value_iterated_to());
+            let i = bounds.partition_point(|&b| b < low);
+            if i < bounds.len() {
+                out[i] += v.count_since_last_iteration();
+                below += v.count_since_last_iteration();
+            }
+        }
+        // Above every bound: whatever the bounded buckets did not take, so `+Inf` == count even
+        // if a histogram bucket saturated.
+        out[bounds.len()] = self.count.saturating_sub(below);
+        out
     }
 
     /// Approximate heap bytes held by the histogram.

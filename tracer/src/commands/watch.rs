@@ -8,7 +8,6 @@
 //! them, cumulative over the run (see [`crate::render::prometheus`]).
 use std::collections::HashMap;
 use std::io::{self, IsTerminal as _, Write as _};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -62,11 +61,15 @@ async fn watch(opts: &WatchArgs, stop: &mut Stop) -> anyhow::Result<()> {
     let mut metrics = opts
         .prometheus
         .map(|_| Metrics::new(opts.max_cgroups, opts.cgroup.clone()));
-    let snapshot: prometheus::Snapshot = Arc::new(Mutex::new(Arc::new(String::new())));
+    let snapshot = prometheus::Snapshot::default();
     if let (Some(addr), Some(m)) = (opts.prometheus, metrics.as_ref()) {
-        *snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(m.render());
-        let bound = prometheus::serve(addr, Arc::clone(&snapshot))
+        snapshot.set(m.render());
+        let server = prometheus::bind(addr, snapshot.clone())
+            .await
             .with_context(|| format!("cannot serve Prometheus metrics on {addr}"))?;
+        let bound = server.local_addr()?;
+        // On this runtime: a connection is a task, never in the way of the drain.
+        tokio::spawn(server.run());
         eprintln!("cfstrace: serving Prometheus metrics on http://{bound}/metrics");
     }
     let tty = io::stdout().is_terminal();
@@ -136,7 +139,7 @@ async fn watch(opts: &WatchArgs, stop: &mut Stop) -> anyhow::Result<()> {
         rep.set_highlight_under(opts.highlight_under);
         if let Some(m) = metrics.as_mut() {
             m.end_interval(&rep, loss);
-            *snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(m.render());
+            snapshot.set(m.render());
         }
         let total = select_cgroups(&mut rep, opts.cgroup.as_ref(), opts.top);
         let written = match &output {

@@ -1,11 +1,34 @@
-//! The /metrics endpoint: a thread answering scrapes with the latest exposition text (no
-//! HTTP crate: one request line matters, the rest is ignored).
-use std::io::{self, Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs as _};
+//! The /metrics endpoint: hyper's HTTP/1.1 on tokio, one task a connection, so an idle or slow
+//! client never delays another scrape. Every response is the latest [`Snapshot`]'s body, a
+//! `Bytes` shared with the renderer (a reference count, never a copy).
+use std::convert::Infallible;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::CONTENT_TYPE;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{ALLOW, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+/// A client must send its whole request head within this, or its connection is closed (an
+/// idle connection too).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection lives at most this long, response included: a client that stops reading
+/// cannot hold its task forever. One request a connection (no keep-alive), so a timely
+/// scrape is never cut by it.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `/`: a page pointing at the metrics.
+const INDEX: &str = "<!DOCTYPE html>\n<html><head><title>cfstrace</title></head><body>\n\
+<h1>cfstrace</h1>\n<p>CFS bandwidth-control period timers against the hard-lockup watchdog: \
+<a href=\"/metrics\">/metrics</a></p>\n</body></html>\n";
 
 /// `--prometheus ADDR`: `:9090` or `9090` bind 127.0.0.1; `HOST:PORT` (`0.0.0.0:9090`,
 /// `[::]:9090`, `localhost:9090`) is taken as given.
@@ -21,83 +44,124 @@ pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{s} resolves to no address"))
 }
 
-/// The latest exposition text, shared by the watch loop (writer) and the server (reader).
-pub type Snapshot = Arc<Mutex<Arc<String>>>;
+/// The latest exposition, shared by the watch loop (it sets one per interval) and every
+/// response (each takes a reference to it). Clones share the same slot.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot(Arc<Mutex<Bytes>>);
 
-/// Bind `addr` and answer scrapes from a thread with the latest snapshot. Returns the address
-/// actually bound (port 0 picks a free one).
-pub fn serve(addr: SocketAddr, snapshot: Snapshot) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
-    let bound = listener.local_addr()?;
-    std::thread::Builder::new()
-        .name("cfstrace-metrics".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                // One scrape at a time; the timeouts keep a stuck client from holding it.
-                let body = snapshot.lock().map(|s| Arc::clone(&s)).ok();
-                let _ = answer(stream, body.as_deref().map(String::as_str).unwrap_or(""));
-            }
-        })?;
-    Ok(bound)
-}
+impl Snapshot {
+    /// Replace the body later scrapes get.
+    pub fn set(&self, body: Bytes) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = body;
+    }
 
-/// The status line, content type and body for a request line.
-pub fn respond(request_line: &str, metrics: &str) -> (&'static str, &'static str, String) {
-    let mut parts = request_line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    match (method, path) {
-        ("GET" | "HEAD", "/metrics") => ("200 OK", CONTENT_TYPE, metrics.to_string()),
-        ("GET" | "HEAD", "/") => (
-            "200 OK",
-            "text/plain; charset=utf-8",
-            "cfstrace: metrics are at /metrics\n".into(),
-        ),
-        ("GET" | "HEAD", _) => (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            "not found: try /metrics\n".into(),
-        ),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain; charset=utf-8",
-            "only GET and HEAD\n".into(),
-        ),
+    /// The current body (a reference-counted handle, not a copy).
+    pub fn get(&self) -> Bytes {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
-fn answer(mut stream: TcpStream, metrics: &str) -> io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    // Read the request head (up to 8 KiB); only its first line matters.
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            break;
+/// A bound /metrics listener, not yet accepting: [`Server::run`] serves it.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    snapshot: Snapshot,
+}
+
+/// Bind `addr` (port 0 picks a free one) for scrapes answered from `snapshot`. Must be called
+/// within a tokio runtime with I/O enabled.
+pub async fn bind(addr: SocketAddr, snapshot: Snapshot) -> io::Result<Server> {
+    let listener = TcpListener::bind(addr).await?;
+    Ok(Server { listener, snapshot })
+}
+
+impl Server {
+    /// The address actually bound.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accept and answer scrapes until the future is dropped (its task aborted or its runtime
+    /// shut down); never returns otherwise. Each connection is a task of its own on the
+    /// current runtime, which needs I/O and time enabled.
+    pub async fn run(self) {
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(HEAD_TIMEOUT)
+            .keep_alive(false);
+        loop {
+            let stream = match self.listener.accept().await {
+                Ok((stream, _)) => stream,
+                // A connection that failed before we took it concerns no other.
+                Err(e) if is_connection_error(&e) => continue,
+                // Out of file descriptors or memory: let some connections finish first.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let snapshot = self.snapshot.clone();
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let response = respond(req.method(), req.uri().path(), &snapshot);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let conn = http.serve_connection(TokioIo::new(stream), service);
+            tokio::spawn(async move {
+                // A client's error or timeout ends its own connection and nothing else.
+                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            });
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
-    let head = String::from_utf8_lossy(&buf);
-    let line = head.lines().next().unwrap_or("");
-    let (status, ctype, body) = respond(line, metrics);
-    let head_only = line.starts_with("HEAD ");
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
-    if !head_only {
-        stream.write_all(body.as_bytes())?;
+}
+
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// The response to `method` on `path`: `/metrics` is the snapshot, `/` a page linking to it,
+/// anything else 404 (405 for methods other than GET and HEAD; hyper leaves a HEAD's body out).
+pub fn respond(method: &Method, path: &str, snapshot: &Snapshot) -> Response<Full<Bytes>> {
+    let reply = |status, ctype, body: Bytes| {
+        let mut r = Response::new(Full::new(body));
+        *r.status_mut() = status;
+        r.headers_mut()
+            .insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(ctype));
+        r
+    };
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(b"only GET and HEAD\n"),
+        );
+        r.headers_mut()
+            .insert(ALLOW, hyper::header::HeaderValue::from_static("GET, HEAD"));
+        return r;
     }
-    stream.flush()
+    match path {
+        "/metrics" => reply(StatusCode::OK, super::CONTENT_TYPE, snapshot.get()),
+        "/" => reply(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            Bytes::from_static(INDEX.as_bytes()),
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(b"not found: try /metrics\n"),
+        ),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt as _;
 
     #[test]
     fn listen_addresses() {
@@ -113,14 +177,58 @@ mod tests {
         assert!(parse_listen_addr("nonsense").is_err());
     }
 
+    fn body(r: Response<Full<Bytes>>) -> Bytes {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(r.into_body().collect()).unwrap().to_bytes()
+    }
+
     #[test]
-    fn http_routes() {
-        assert_eq!(respond("GET /metrics HTTP/1.1", "m").0, "200 OK");
-        assert_eq!(respond("GET /metrics?x=1 HTTP/1.1", "m").2, "m");
-        assert_eq!(respond("GET /nope HTTP/1.1", "m").0, "404 Not Found");
-        assert_eq!(
-            respond("POST /metrics HTTP/1.1", "m").0,
-            "405 Method Not Allowed"
+    fn routes() {
+        let snap = Snapshot::default();
+        snap.set(Bytes::from_static(b"m 1\n# EOF\n"));
+        let r = respond(&Method::GET, "/metrics", &snap);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[CONTENT_TYPE], super::super::CONTENT_TYPE);
+        assert_eq!(body(r), "m 1\n# EOF\n");
+        let r = respond(&Method::GET, "/", &snap);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(
+            r.headers()[CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
         );
+        assert!(
+            String::from_utf8(body(r).to_vec())
+                .unwrap()
+                .contains("href=\"/metrics\"")
+        );
+        assert_eq!(
+            respond(&Method::HEAD, "/metrics", &snap).status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            respond(&Method::GET, "/nope", &snap).status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            respond(&Method::GET, "/metrics/x", &snap).status(),
+            StatusCode::NOT_FOUND
+        );
+        let r = respond(&Method::POST, "/metrics", &snap);
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[ALLOW], "GET, HEAD");
+    }
+
+    #[test]
+    fn snapshot_is_shared_not_copied() {
+        let snap = Snapshot::default();
+        let body = Bytes::from(vec![b'x'; 4096]);
+        snap.set(body.clone());
+        let (a, b) = (snap.clone().get(), snap.get());
+        assert_eq!(a.as_ptr(), body.as_ptr());
+        assert_eq!(b.as_ptr(), body.as_ptr());
     }
 }

@@ -1,30 +1,44 @@
-//! `cfstrace watch --prometheus ADDR`: a /metrics endpoint in the Prometheus text exposition
-//! format (version 0.0.4), in the manner of cloudflare/ebpf_exporter: real histograms
-//! (`_bucket{le=...}` cumulative up to `+Inf`, `_sum`, `_count`) that only ever grow over the
-//! run, per-cgroup series labelled by the cgroup's path and workload ids, gauges for the
-//! watchdog's headroom and counters for events and losses.
+//! `cfstrace watch --prometheus ADDR`: a /metrics endpoint in the OpenMetrics text format
+//! (1.0.0, which Prometheus reads natively), encoded by the `prometheus-client` crate, in the
+//! manner of cloudflare/ebpf_exporter: real histograms (`_bucket{le=...}` cumulative up to
+//! `+Inf`, `_sum`, `_count`) that only ever grow over the run, per-cgroup series labelled by the
+//! cgroup's path and workload ids, gauges for the watchdog's headroom and counters for events
+//! and losses. Histogram buckets are read from each series' hdrhistogram
+//! ([`Distribution`]).
 //!
 //! Cardinality is bounded: the first `--max-cgroups` cgroups (ranked by IRQs-off time in the
 //! interval they first show up in) keep their own series for the whole run; every other cgroup
 //! is summed into one `cgroup="other"` series. Membership never changes once decided, so every
 //! series (`other` included) only grows, as counters and histograms must.
 //!
-//! The watch loop feeds capture lines into [`Metrics`] and renders a snapshot at the end of
-//! each interval; a thread ([`serve`]) answers scrapes with the latest snapshot.
+//! The watch loop feeds capture lines into [`Metrics`] and renders a [`Bytes`] body at the end
+//! of each interval into a [`Snapshot`]; the server ([`serve`], or [`bind`] and [`Server::run`]
+//! on any tokio runtime) answers every scrape with that body, shared, never copied.
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 
+use bytes::Bytes;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabel as _, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
+    LabelSetEncoder, LabelValueEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
 use regex::Regex;
 
+use crate::analysis::Distribution;
 use crate::model::records::{CaptureLine, CgroupRecord, LossRecord, PeriodRecord};
 use crate::model::workload::{Workload, WorkloadKind, classify};
 use crate::report::{Report, cgroup_name};
 
 mod http;
-pub use http::{Snapshot, parse_listen_addr, respond, serve};
+pub use http::{Server, Snapshot, bind, parse_listen_addr};
 
-/// The content type of the text format this module writes.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The content type of what [`Metrics::render`] writes (prometheus-client's text encoder).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// `--max-cgroups` when not given.
 pub const DEFAULT_MAX_CGROUPS: usize = 50;
@@ -33,239 +47,103 @@ pub const DEFAULT_MAX_CGROUPS: usize = 50;
 /// cgroup paths start with `/`, so it never collides with one.
 pub const OTHER: &str = "other";
 
-/// Upper bounds (ns) of the time buckets and their `le` spelling (seconds): 1 us to 10 s, the
-/// watchdog's default threshold.
-const TIME_BUCKETS: &[(u64, &str)] = &[
-    (1_000, "1e-06"),
-    (2_500, "2.5e-06"),
-    (5_000, "5e-06"),
-    (10_000, "1e-05"),
-    (25_000, "2.5e-05"),
-    (50_000, "5e-05"),
-    (100_000, "0.0001"),
-    (250_000, "0.00025"),
-    (500_000, "0.0005"),
-    (1_000_000, "0.001"),
-    (2_500_000, "0.0025"),
-    (5_000_000, "0.005"),
-    (10_000_000, "0.01"),
-    (25_000_000, "0.025"),
-    (50_000_000, "0.05"),
-    (100_000_000, "0.1"),
-    (250_000_000, "0.25"),
-    (1_000_000_000, "1"),
-    (2_500_000_000, "2.5"),
-    (5_000_000_000, "5"),
-    (10_000_000_000, "10"),
-];
-
-/// Upper bounds of the per-period count buckets (cfs_rqs unthrottled by one callback).
-const COUNT_BUCKETS: &[(u64, &str)] = &[
-    (0, "0"),
-    (1, "1"),
-    (2, "2"),
-    (4, "4"),
-    (8, "8"),
-    (16, "16"),
-    (32, "32"),
-    (64, "64"),
-    (128, "128"),
-    (256, "256"),
-    (512, "512"),
-    (1024, "1024"),
-    (4096, "4096"),
-];
-
-/// Escape a label value as the text format requires: backslash, double quote and line feed
-/// become `\\`, `\"` and `\n`. Nothing else needs escaping (or may be escaped).
-pub fn escape_label_value(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
+/// Upper bounds (ns) of the time buckets: 1, 2.5 and 5 of every decade from 1 us to 10 s (the
+/// watchdog's default threshold), the spacing Prometheus' own client libraries use.
+fn time_bounds() -> Vec<u64> {
+    (3..=10)
+        .flat_map(|e| [10, 25, 50].map(|m| m * 10u64.pow(e) / 10))
+        .filter(|&b| b <= 10_000_000_000)
+        .collect()
 }
 
-/// `name="value",...` with every value escaped.
-fn label_set(pairs: &[(&str, &str)]) -> String {
-    let mut s = String::new();
-    for (i, (k, v)) in pairs.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        let _ = write!(s, "{k}=\"{}\"", escape_label_value(v));
-    }
-    s
+/// Upper bounds of the per-period count buckets (cfs_rqs unthrottled by one callback): 0, then
+/// powers of two to 4096.
+fn count_bounds() -> Vec<u64> {
+    std::iter::once(0).chain((0..=12).map(|p| 1 << p)).collect()
 }
 
-/// A fixed-bucket histogram: per-bucket counts (the last one is above every bound), sum and
-/// count. Exposed cumulatively.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Hist {
-    bounds: &'static [(u64, &'static str)],
-    counts: Vec<u64>,
-    sum: u64,
-    count: u64,
-}
-
-impl Hist {
-    fn new(bounds: &'static [(u64, &'static str)]) -> Self {
-        Hist {
-            bounds,
-            counts: vec![0; bounds.len() + 1],
-            sum: 0,
-            count: 0,
-        }
-    }
-
-    pub fn time() -> Self {
-        Self::new(TIME_BUCKETS)
-    }
-
-    pub fn counts() -> Self {
-        Self::new(COUNT_BUCKETS)
-    }
-
-    /// `le` semantics: a value equal to a bound is in that bound's bucket.
-    pub fn observe(&mut self, v: u64) {
-        let i = self.bounds.partition_point(|&(b, _)| b < v);
-        self.counts[i] += 1;
-        self.sum = self.sum.saturating_add(v);
-        self.count += 1;
-    }
-
-    pub fn merge(&mut self, o: &Hist) {
-        debug_assert!(std::ptr::eq(self.bounds, o.bounds));
-        for (a, b) in self.counts.iter_mut().zip(&o.counts) {
-            *a += b;
-        }
-        self.sum = self.sum.saturating_add(o.sum);
-        self.count += o.count;
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-
-    /// (`le`, cumulative count) for every bound, then `+Inf` (== count).
-    pub fn cumulative(&self) -> Vec<(&'static str, u64)> {
-        let mut acc = 0;
-        let mut out: Vec<(&'static str, u64)> = self
-            .bounds
-            .iter()
-            .zip(&self.counts)
-            .map(|(&(_, le), &c)| {
-                acc += c;
-                (le, acc)
-            })
-            .collect();
-        out.push(("+Inf", acc + self.counts[self.bounds.len()]));
-        out
-    }
-
-    /// Samples of one series: buckets, `_sum` (divided by `scale`), `_count`.
-    fn write(&self, o: &mut String, name: &str, labels: &str, scale: f64) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (le, c) in self.cumulative() {
-            let _ = writeln!(o, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {c}");
-        }
-        let sum = if scale == 1.0 {
-            self.sum.to_string()
-        } else {
-            float(self.sum as f64 / scale)
-        };
-        let braces = |s: &str| {
-            if s.is_empty() {
-                String::new()
-            } else {
-                format!("{{{s}}}")
-            }
-        };
-        let _ = writeln!(o, "{name}_sum{} {sum}", braces(labels));
-        let _ = writeln!(o, "{name}_count{} {}", braces(labels), self.count);
-    }
-}
-
-/// A float as the text format reads it (Go's ParseFloat; Rust's shortest round-trip form).
-fn float(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v}")
-    } else if v.is_nan() {
-        "NaN".into()
-    } else if v > 0.0 {
-        "+Inf".into()
-    } else {
-        "-Inf".into()
-    }
-}
-
-fn seconds(ns: i64) -> String {
-    float(ns as f64 / 1e9)
-}
-
-/// `# HELP` and `# TYPE` of a metric family.
-fn family(o: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(o, "# HELP {name} {help}");
-    let _ = writeln!(o, "# TYPE {name} {kind}");
-}
-
-/// A family (`[name, kind, help]`) with the samples of each CPU, labelled `cpu`.
-fn by_cpu<V>(
-    o: &mut String,
-    [name, kind, help]: [&str; 3],
-    rows: &BTreeMap<u32, V>,
-    sample: impl Fn(&mut String, &str, &V),
-) {
-    family(o, name, kind, help);
-    for (cpu, v) in rows {
-        sample(o, &label_set(&[("cpu", &cpu.to_string())]), v);
-    }
-}
-
-/// A gauge family of one unlabelled sample.
-fn gauge(o: &mut String, name: &str, help: &str, value: &str) {
-    family(o, name, "gauge", help);
-    let _ = writeln!(o, "{name} {value}");
-}
-
-/// One cgroup's (or `other`'s) histograms.
+/// A histogram's bucket layout: bounds in recorded units (for the hdrhistogram) and as shown
+/// (`le`, in the metric's unit).
 #[derive(Clone, Debug)]
-struct Series {
-    /// Rendered, escaped label set.
-    labels: String,
-    callback: Hist,
-    unthrottled: Hist,
-    /// IRQs-off time, to rank cgroups waiting for a slot.
-    total_ns: u64,
+struct Layout {
+    bounds: Vec<u64>,
+    le: Vec<f64>,
+    /// Recorded units per shown unit (1e9 for ns shown as seconds).
+    scale: f64,
 }
 
-impl Series {
-    fn new(labels: String) -> Self {
-        Series {
-            labels,
-            callback: Hist::time(),
-            unthrottled: Hist::counts(),
-            total_ns: 0,
-        }
+impl Layout {
+    fn new(bounds: Vec<u64>, scale: f64) -> Self {
+        // Dividing the exact integer keeps the shortest spelling (2500/1e9 prints as 2.5e-6).
+        let le = bounds.iter().map(|&b| b as f64 / scale).collect();
+        Layout { bounds, le, scale }
     }
 
-    fn observe(&mut self, p: &PeriodRecord) {
-        self.callback.observe(p.duration_ns);
-        self.total_ns = self.total_ns.saturating_add(p.duration_ns);
-        if let Some(n) = p.counted_unthrottled() {
-            self.unthrottled.observe(u64::from(n));
-        }
+    fn time() -> Self {
+        Self::new(time_bounds(), 1e9)
     }
 
-    fn merge(&mut self, o: &Series) {
-        self.callback.merge(&o.callback);
-        self.unthrottled.merge(&o.unthrottled);
-        self.total_ns = self.total_ns.saturating_add(o.total_ns);
+    fn counts() -> Self {
+        Self::new(count_bounds(), 1.0)
+    }
+
+    /// One series' samples from its distribution.
+    fn sample(&self, labels: &Labels, d: &Distribution) -> HistSample {
+        let counts = d.bucket_counts(&self.bounds);
+        // prometheus-client takes per-bucket counts (it accumulates them) and f64::MAX as +Inf.
+        let buckets = self
+            .le
+            .iter()
+            .copied()
+            .chain([f64::MAX])
+            .zip(counts)
+            .collect();
+        HistSample {
+            labels: labels.clone(),
+            sum: d.sum() as f64 / self.scale,
+            count: d.count(),
+            buckets,
+        }
+    }
+}
+
+/// A label value escaped as the format requires: backslash, double quote and line feed become
+/// `\\`, `\"` and `\n`; nothing else is escaped. prometheus-client 0.24 writes `&str` label
+/// values as given, so a cgroup name could otherwise close the label or start a new line.
+struct Escaped<'a>(&'a str);
+
+impl EncodeLabelValue for Escaped<'_> {
+    fn encode(&self, e: &mut LabelValueEncoder) -> fmt::Result {
+        let mut rest = self.0;
+        while let Some(i) = rest.find(['\\', '"', '\n']) {
+            e.write_str(&rest[..i])?;
+            e.write_str(match rest.as_bytes()[i] {
+                b'\\' => "\\\\",
+                b'"' => "\\\"",
+                _ => "\\n",
+            })?;
+            rest = &rest[i + 1..];
+        }
+        e.write_str(rest)
+    }
+}
+
+/// A series' label set: names and raw values, escaped when encoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Labels(Vec<(&'static str, String)>);
+
+impl Labels {
+    fn one(name: &'static str, value: impl ToString) -> Self {
+        Labels(vec![(name, value.to_string())])
+    }
+}
+
+impl EncodeLabelSet for Labels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> fmt::Result {
+        for (k, v) in &self.0 {
+            (*k, Escaped(v)).encode(encoder.encode_label())?;
+        }
+        Ok(())
     }
 }
 
@@ -280,26 +158,206 @@ fn kind_str(k: WorkloadKind) -> &'static str {
 }
 
 /// The label set of a cgroup's series: its path and workload ids (empty when it has none).
-pub fn cgroup_labels(path: &str, w: &Workload) -> String {
-    label_set(&[
-        ("cgroup", path),
-        ("kind", kind_str(w.kind)),
-        ("application", w.application.as_deref().unwrap_or("")),
-        ("container", w.container.as_deref().unwrap_or("")),
-        ("pod_uid", w.pod_uid.as_deref().unwrap_or("")),
-        ("unit", w.unit.as_deref().unwrap_or("")),
+pub fn cgroup_labels(path: &str, w: &Workload) -> Labels {
+    let id = |v: &Option<String>| v.clone().unwrap_or_default();
+    Labels(vec![
+        ("cgroup", path.to_string()),
+        ("kind", kind_str(w.kind).to_string()),
+        ("application", id(&w.application)),
+        ("container", id(&w.container)),
+        ("pod_uid", id(&w.pod_uid)),
+        ("unit", id(&w.unit)),
     ])
 }
 
-fn other_labels() -> String {
-    label_set(&[
-        ("cgroup", OTHER),
-        ("kind", ""),
-        ("application", ""),
-        ("container", ""),
-        ("pod_uid", ""),
-        ("unit", ""),
-    ])
+/// `other` is no one workload: every label but `cgroup` empty, `kind` included.
+fn other_labels() -> Labels {
+    let empty = ["kind", "application", "container", "pod_uid", "unit"].map(|n| (n, String::new()));
+    Labels(
+        [("cgroup", OTHER.to_string())]
+            .into_iter()
+            .chain(empty)
+            .collect(),
+    )
+}
+
+/// One cgroup's (or `other`'s) histograms.
+#[derive(Clone, Debug)]
+struct Series {
+    labels: Labels,
+    callback: Distribution,
+    unthrottled: Distribution,
+}
+
+impl Series {
+    fn new(labels: Labels) -> Self {
+        Series {
+            labels,
+            callback: Distribution::callback(),
+            unthrottled: Distribution::counts(),
+        }
+    }
+
+    fn observe(&mut self, p: &PeriodRecord) {
+        self.callback.record(p.duration_ns);
+        if let Some(n) = p.counted_unthrottled() {
+            self.unthrottled.record(u64::from(n));
+        }
+    }
+
+    fn merge(&mut self, o: &Series) {
+        self.callback.merge(&o.callback);
+        self.unthrottled.merge(&o.unthrottled);
+    }
+
+    /// IRQs-off time, to rank cgroups waiting for a slot.
+    fn total_ns(&self) -> u64 {
+        self.callback.sum()
+    }
+}
+
+/// One histogram series as encoded: per-bucket counts (`+Inf` as `f64::MAX`), sum, count.
+#[derive(Debug)]
+struct HistSample {
+    labels: Labels,
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+/// A family's name and help.
+type Family = (&'static str, &'static str);
+
+const CALLBACK: Family = (
+    "cfstrace_callback_seconds",
+    "IRQs-off time of each CFS bandwidth period-timer callback (sched_cfs_period_timer), by the \
+     cgroup whose timer it was.",
+);
+const UNTHROTTLED: Family = (
+    "cfstrace_unthrottled_per_period",
+    "cfs_rqs one period-timer callback unthrottled, by cgroup.",
+);
+const IRQ_SPAN: Family = (
+    "cfstrace_irq_span_seconds",
+    "IRQs-off time of each timer interrupt that ran period timers, by CPU.",
+);
+const THRESH: Family = (
+    "cfstrace_watchdog_thresh_seconds",
+    "The hard-lockup watchdog's threshold (kernel.watchdog_thresh).",
+);
+const HEADROOM: Family = (
+    "cfstrace_headroom_seconds",
+    "watchdog_thresh minus the worst IRQs-off span of the node in the last interval.",
+);
+const HEADROOM_MIN: Family = (
+    "cfstrace_headroom_min_seconds",
+    "The lowest node headroom of any interval since cfstrace started.",
+);
+const CPU_HEADROOM: Family = (
+    "cfstrace_cpu_headroom_seconds",
+    "watchdog_thresh minus the CPU's worst IRQs-off span in the last interval.",
+);
+// Counters are named without `_total`: the encoder appends it to the samples.
+const EVENTS: Family = (
+    "cfstrace_events",
+    "Events traced since cfstrace started, by kind.",
+);
+const LOST: Family = (
+    "cfstrace_lost_events",
+    "Events lost (ringbuf_full) or degraded (a start or an end missed, a cgroup read failed) \
+     since cfstrace started, by reason.",
+);
+
+/// What one render shows, taken from [`Metrics`] at the end of an interval and handed to
+/// prometheus-client as a collector (families written in this order, absent ones skipped).
+#[derive(Debug)]
+struct Exposition {
+    callback: Vec<HistSample>,
+    /// None until the kernel has given an unthrottled count.
+    unthrottled: Option<Vec<HistSample>>,
+    spans: Vec<HistSample>,
+    thresh_s: Option<i64>,
+    headroom_s: Option<f64>,
+    headroom_min_s: Option<f64>,
+    cpu_headroom_s: Vec<(Labels, f64)>,
+    events: Vec<(Labels, u64)>,
+    lost: Vec<(Labels, u64)>,
+}
+
+fn histograms(
+    enc: &mut DescriptorEncoder,
+    (name, help): Family,
+    rows: &[HistSample],
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for s in rows {
+        m.encode_family(&s.labels)?
+            .encode_histogram::<NoLabelSet>(s.sum, s.count, &s.buckets, None)?;
+    }
+    Ok(())
+}
+
+/// A family of one metric type, one sample a label set.
+fn labelled<M: EncodeMetric + TypedMetric>(
+    enc: &mut DescriptorEncoder,
+    (name, help): Family,
+    rows: impl IntoIterator<Item = (Labels, M)>,
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, M::TYPE)?;
+    for (labels, metric) in rows {
+        metric.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// A family of one unlabelled sample, written only when the value is known.
+fn single<M: EncodeMetric + TypedMetric>(
+    enc: &mut DescriptorEncoder,
+    (name, help): Family,
+    metric: Option<M>,
+) -> fmt::Result {
+    match metric {
+        Some(m) => m.encode(enc.encode_descriptor(name, help, None, M::TYPE)?),
+        None => Ok(()),
+    }
+}
+
+impl Collector for Exposition {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        histograms(&mut enc, CALLBACK, &self.callback)?;
+        if let Some(u) = &self.unthrottled {
+            histograms(&mut enc, UNTHROTTLED, u)?;
+        }
+        if !self.spans.is_empty() {
+            histograms(&mut enc, IRQ_SPAN, &self.spans)?;
+        }
+        single(&mut enc, THRESH, self.thresh_s.map(ConstGauge::new))?;
+        single(&mut enc, HEADROOM, self.headroom_s.map(ConstGauge::new))?;
+        single(
+            &mut enc,
+            HEADROOM_MIN,
+            self.headroom_min_s.map(ConstGauge::new),
+        )?;
+        if !self.cpu_headroom_s.is_empty() {
+            let rows = self.cpu_headroom_s.iter();
+            labelled(
+                &mut enc,
+                CPU_HEADROOM,
+                rows.map(|(l, v)| (l.clone(), ConstGauge::new(*v))),
+            )?;
+        }
+        let counters = |rows: &[(Labels, u64)]| {
+            rows.iter()
+                .map(|(l, n)| (l.clone(), ConstCounter::new(*n)))
+                .collect::<Vec<_>>()
+        };
+        labelled(&mut enc, EVENTS, counters(&self.events))?;
+        labelled(&mut enc, LOST, counters(&self.lost))
+    }
+}
+
+fn seconds(ns: i64) -> f64 {
+    ns as f64 / 1e9
 }
 
 /// Everything /metrics shows, cumulative since `watch` started (gauges: the last interval).
@@ -319,7 +377,7 @@ pub struct Metrics {
     folded: HashSet<String>,
     other: Series,
     unthrottle_seen: bool,
-    spans: BTreeMap<u32, Hist>,
+    spans: BTreeMap<u32, Distribution>,
     periods: u64,
     async_events: u64,
     irq_spans: u64,
@@ -329,6 +387,8 @@ pub struct Metrics {
     headroom_min_ns: Option<i64>,
     cpus_seen: BTreeSet<u32>,
     cpu_headroom_ns: BTreeMap<u32, i64>,
+    time: Layout,
+    counts: Layout,
 }
 
 impl Metrics {
@@ -356,6 +416,8 @@ impl Metrics {
             headroom_min_ns: None,
             cpus_seen: BTreeSet::new(),
             cpu_headroom_ns: BTreeMap::new(),
+            time: Layout::time(),
+            counts: Layout::counts(),
         }
     }
 
@@ -404,8 +466,8 @@ impl Metrics {
                 self.irq_spans += 1;
                 self.spans
                     .entry(x.cpu)
-                    .or_insert_with(Hist::time)
-                    .observe(x.duration_ns);
+                    .or_insert_with(Distribution::callback)
+                    .record(x.duration_ns);
             }
             CaptureLine::AsyncUnthrottle(_) => self.async_events += 1,
             CaptureLine::KmsgPeriodScaling(_)
@@ -420,7 +482,7 @@ impl Metrics {
     /// slots last and `--cgroup` matches) or fold them into `other` for good.
     pub fn settle(&mut self) {
         let mut pending: Vec<(String, Series)> = self.pending.drain().collect();
-        pending.sort_by(|a, b| b.1.total_ns.cmp(&a.1.total_ns).then(a.0.cmp(&b.0)));
+        pending.sort_by(|a, b| b.1.total_ns().cmp(&a.1.total_ns()).then(a.0.cmp(&b.0)));
         for (key, series) in pending {
             let wanted = self.filter.as_ref().is_none_or(|re| re.is_match(&key));
             if wanted && self.slots.len() < self.max_cgroups {
@@ -465,116 +527,55 @@ impl Metrics {
         self.slots.len()
     }
 
-    /// The exposition text.
-    pub fn render(&self) -> String {
-        let mut o = String::new();
-        self.histograms(&mut o);
-        self.gauges(&mut o);
-        self.counters(&mut o);
-        o
+    /// The exposition, encoded once for every scrape until the next interval.
+    pub fn render(&self) -> Bytes {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self.exposition()));
+        let mut text = String::new();
+        // Only the writer can fail, and a String never does.
+        prometheus_client::encoding::text::encode(&mut text, &registry)
+            .expect("encoding into a String cannot fail");
+        Bytes::from(text)
     }
 
-    /// Callback time and unthrottled cfs_rqs by cgroup, interrupt spans by CPU.
-    fn histograms(&self, o: &mut String) {
+    /// The figures one render shows.
+    fn exposition(&self) -> Exposition {
+        // `other` shows once something is folded into it, and then for good.
         let series: Vec<&Series> = self
             .slots
             .iter()
             .chain((!self.folded.is_empty()).then_some(&self.other))
             .collect();
-        family(
-            o,
-            "cfstrace_callback_seconds",
-            "histogram",
-            "IRQs-off time of each CFS bandwidth period-timer callback (sched_cfs_period_timer), \
-             by the cgroup whose timer it was.",
-        );
-        for s in &series {
-            s.callback
-                .write(o, "cfstrace_callback_seconds", &s.labels, 1e9);
-        }
-        if self.unthrottle_seen {
-            family(
-                o,
-                "cfstrace_unthrottled_per_period",
-                "histogram",
-                "cfs_rqs one period-timer callback unthrottled, by cgroup.",
-            );
-            for s in &series {
-                s.unthrottled
-                    .write(o, "cfstrace_unthrottled_per_period", &s.labels, 1.0);
-            }
-        }
-        if !self.spans.is_empty() {
-            let name = "cfstrace_irq_span_seconds";
-            let help = "IRQs-off time of each timer interrupt that ran period timers, by CPU.";
-            by_cpu(o, [name, "histogram", help], &self.spans, |o, l, h| {
-                h.write(o, name, l, 1e9);
-            });
-        }
-    }
-
-    /// The watchdog's threshold and the headroom left under it.
-    fn gauges(&self, o: &mut String) {
-        let gauges = [
-            (
-                "cfstrace_watchdog_thresh_seconds",
-                "The hard-lockup watchdog's threshold (kernel.watchdog_thresh).",
-                self.thresh_s.map(|t| t.to_string()),
-            ),
-            (
-                "cfstrace_headroom_seconds",
-                "watchdog_thresh minus the worst IRQs-off span of the node in the last interval.",
-                self.headroom_ns.map(seconds),
-            ),
-            (
-                "cfstrace_headroom_min_seconds",
-                "The lowest node headroom of any interval since cfstrace started.",
-                self.headroom_min_ns.map(seconds),
-            ),
-        ];
-        for (name, help, value) in gauges {
-            if let Some(v) = value {
-                gauge(o, name, help, &v);
-            }
-        }
-        if !self.cpu_headroom_ns.is_empty() {
-            let name = "cfstrace_cpu_headroom_seconds";
-            let help = "watchdog_thresh minus the CPU's worst IRQs-off span in the last interval.";
-            by_cpu(
-                o,
-                [name, "gauge", help],
-                &self.cpu_headroom_ns,
-                |o, l, h| {
-                    let _ = writeln!(o, "{name}{{{l}}} {}", seconds(*h));
-                },
-            );
-        }
-    }
-
-    /// Events traced and lost since the start.
-    fn counters(&self, o: &mut String) {
-        family(
-            o,
-            "cfstrace_events_total",
-            "counter",
-            "Events traced since cfstrace started, by kind.",
-        );
-        for (kind, n) in [
-            ("period_callback", self.periods),
-            ("async_unthrottle", self.async_events),
-            ("irq_span", self.irq_spans),
-        ] {
-            let _ = writeln!(o, "cfstrace_events_total{{kind=\"{kind}\"}} {n}");
-        }
-        family(
-            o,
-            "cfstrace_lost_events_total",
-            "counter",
-            "Events lost (ringbuf_full) or degraded (a start or an end missed, a cgroup read \
-             failed) since cfstrace started, by reason.",
-        );
-        for (reason, n) in self.loss.counters() {
-            let _ = writeln!(o, "cfstrace_lost_events_total{{reason=\"{reason}\"}} {n}");
+        let hists = |layout: &Layout, d: fn(&Series) -> &Distribution| {
+            let rows = series.iter().map(|s| layout.sample(&s.labels, d(s)));
+            rows.collect::<Vec<_>>()
+        };
+        let cpu = |cpu: &u32| Labels::one("cpu", cpu);
+        Exposition {
+            callback: hists(&self.time, |s| &s.callback),
+            unthrottled: self
+                .unthrottle_seen
+                .then(|| hists(&self.counts, |s| &s.unthrottled)),
+            spans: (self.spans.iter())
+                .map(|(c, d)| self.time.sample(&cpu(c), d))
+                .collect(),
+            thresh_s: self.thresh_s.map(|t| t as i64),
+            headroom_s: self.headroom_ns.map(seconds),
+            headroom_min_s: self.headroom_min_ns.map(seconds),
+            cpu_headroom_s: (self.cpu_headroom_ns.iter())
+                .map(|(c, &h)| (cpu(c), seconds(h)))
+                .collect(),
+            events: [
+                ("period_callback", self.periods),
+                ("async_unthrottle", self.async_events),
+                ("irq_span", self.irq_spans),
+            ]
+            .into_iter()
+            .map(|(kind, n)| (Labels::one("kind", kind), n))
+            .collect(),
+            lost: (self.loss.counters().into_iter())
+                .map(|(reason, n)| (Labels::one("reason", reason), n))
+                .collect(),
         }
     }
 }
@@ -617,43 +618,149 @@ mod tests {
         crate::report::build_report(&header, &crate::analysis::Aggregator::new(), 0, vec![])
     }
 
-    #[test]
-    fn label_values_are_escaped_exactly() {
-        assert_eq!(escape_label_value(r#"a"b\c"#), r#"a\"b\\c"#);
-        assert_eq!(escape_label_value("x\ny"), "x\\ny");
-        assert_eq!(escape_label_value("plain/ü {}"), "plain/ü {}");
-        // A hostile path cannot close the label or start a new line.
-        let l = label_set(&[("cgroup", "/a\"} 1\nevil_metric{x=\"")]);
-        assert_eq!(l, r#"cgroup="/a\"} 1\nevil_metric{x=\"""#);
-        assert!(!l.contains('\n'));
+    fn render_text(m: &Metrics) -> String {
+        String::from_utf8(m.render().to_vec()).unwrap()
+    }
+
+    /// The metrics of one cgroup at `path` with these callback times (ns).
+    fn one_cgroup(path: &str, callbacks: &[u64]) -> Metrics {
+        let mut m = Metrics::new(50, None);
+        m.feed(&named(7, path));
+        for &ns in callbacks {
+            m.feed(&period(7, 0, ns, 0));
+        }
+        m.end_interval(&empty_report(), LossRecord::default());
+        m
     }
 
     #[test]
-    fn buckets_are_cumulative_and_end_in_inf() {
-        let mut h = Hist::time();
-        for v in [500, 1_000, 1_001, 3_000_000, 20_000_000_000] {
-            h.observe(v);
-        }
-        let c = h.cumulative();
-        assert_eq!(c.len(), TIME_BUCKETS.len() + 1);
-        assert!(c.windows(2).all(|w| w[0].1 <= w[1].1), "{c:?}");
-        assert_eq!(c[0], ("1e-06", 2), "le is inclusive");
-        assert_eq!(c[1], ("2.5e-06", 3));
-        assert_eq!(c.last().unwrap(), &("+Inf", 5));
-        assert_eq!(c[c.len() - 2].1, 4, "20 s is above every bound");
-        let mut o = String::new();
-        h.write(&mut o, "x_seconds", "a=\"b\"", 1e9);
+    fn label_values_are_escaped_exactly() {
+        // A hostile path cannot close the label or start a new line.
+        let t = render_text(&one_cgroup("/a\"} 1\nevil_metric{x=\"\\", &[1_000]));
         assert!(
-            o.contains("x_seconds_bucket{a=\"b\",le=\"+Inf\"} 5\n"),
-            "{o}"
+            t.contains(r#"{cgroup="/a\"} 1\nevil_metric{x=\"\\",kind="cgroup","#),
+            "{t}"
         );
-        assert!(o.contains("x_seconds_count{a=\"b\"} 5\n"));
-        assert!(o.contains("x_seconds_sum{a=\"b\"} 20.003002501\n"), "{o}");
-        let mut u = Hist::counts();
-        u.observe(0);
-        u.observe(3);
-        assert_eq!(&u.cumulative()[..3], &[("0", 1), ("1", 1), ("2", 1)]);
-        assert_eq!(u.cumulative()[3], ("4", 2));
+        assert!(!t.contains("\nevil_metric"), "{t}");
+        // Nothing else is escaped.
+        let t = render_text(&one_cgroup("/plain/ü {}\t", &[1_000]));
+        assert!(t.contains("{cgroup=\"/plain/ü {}\t\","), "{t}");
+    }
+
+    #[test]
+    fn buckets_come_from_the_histogram_cumulative_to_inf() {
+        let layout = Layout::time();
+        assert_eq!(layout.bounds.len(), 22);
+        assert_eq!(layout.bounds[..3], [1_000, 2_500, 5_000]);
+        assert_eq!(layout.bounds.last(), Some(&10_000_000_000));
+        let m = one_cgroup("/c", &[500, 1_000, 1_010, 3_000_000, 20_000_000_000]);
+        let t = render_text(&m);
+        let bucket = |le: &str| {
+            let key = format!("{{le=\"{le}\",");
+            let line = t
+                .lines()
+                .find(|l| l.contains(&key) && l.starts_with("cfstrace_callback"));
+            let line = line.unwrap_or_else(|| panic!("no le={le}:\n{t}"));
+            line.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap()
+        };
+        assert_eq!(bucket("0.000001"), 2, "le is inclusive");
+        assert_eq!(bucket("0.0000025"), 3);
+        assert_eq!(bucket("0.005"), 4);
+        assert_eq!(bucket("10.0"), 4, "20 s is above every bound");
+        assert_eq!(bucket("+Inf"), 5);
+        let les: Vec<f64> = (t.lines())
+            .filter(|l| l.starts_with("cfstrace_callback_seconds_bucket"))
+            .map(|l| l.split("le=\"").nth(1).unwrap().split('"').next().unwrap())
+            .map(|le| {
+                if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap()
+                }
+            })
+            .collect();
+        assert_eq!(les.len(), 23);
+        assert!(les.windows(2).all(|w| w[0] < w[1]), "{les:?}");
+        assert!(
+            t.contains("cfstrace_callback_seconds_count{cgroup=\"/c\","),
+            "{t}"
+        );
+        assert!(t.contains("} 5\n"), "{t}");
+        // The exact sum, not the histogram's.
+        assert!(t.contains("} 20.00300251\n"), "{t}");
+        // Per-period counts: exact at the small values Prometheus users look at.
+        let mut d = Distribution::counts();
+        for v in [0, 3, 3, 5000] {
+            d.record(v);
+        }
+        let counts = Layout::counts().sample(&Labels::one("x", ""), &d);
+        let cumulative: Vec<u64> = (counts.buckets.iter())
+            .scan(0, |acc, (_, n)| {
+                *acc += n;
+                Some(*acc)
+            })
+            .collect();
+        assert_eq!(counts.buckets[0].0, 0.0);
+        assert_eq!(cumulative[..4], [1, 1, 1, 3], "0, 1, 2, 4");
+        assert_eq!(cumulative.last(), Some(&4));
+        assert_eq!(cumulative[cumulative.len() - 2], 3, "5000 above 4096");
+    }
+
+    #[test]
+    fn openmetrics_text_ends_in_eof_with_counters_as_families() {
+        let t = render_text(&one_cgroup("/c", &[1_000]));
+        assert!(t.ends_with("# EOF\n"), "{t}");
+        assert!(t.contains("# TYPE cfstrace_events counter\n"), "{t}");
+        assert!(
+            t.contains("cfstrace_events_total{kind=\"period_callback\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("# TYPE cfstrace_callback_seconds histogram\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("cfstrace_lost_events_total{reason=\"ringbuf_full\"} 0\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("# TYPE cfstrace_unthrottled_per_period histogram\n"),
+            "{t}"
+        );
+        // A kernel that cannot count unthrottled cfs_rqs: no such family at all.
+        let mut m = Metrics::new(50, None);
+        m.feed(&CaptureLine::Period(PeriodRecord {
+            duration_ns: 1_000,
+            cgroup_id: 7,
+            ..Default::default()
+        }));
+        m.end_interval(&empty_report(), LossRecord::default());
+        assert!(!render_text(&m).contains("unthrottled"));
+    }
+
+    #[test]
+    fn cardinality_is_bounded() {
+        let mut m = Metrics::new(50, None);
+        for id in 0..300u64 {
+            m.feed(&named(id, &format!("/c{id}")));
+            // Busier with the id: the 50 busiest are 250..300.
+            m.feed(&period(id, 0, 1_000 + id, 0));
+        }
+        m.end_interval(&empty_report(), LossRecord::default());
+        assert_eq!(m.cgroup_series(), 50);
+        let t = render_text(&m);
+        let series = (t.lines())
+            .filter(|l| l.starts_with("cfstrace_callback_seconds_count{"))
+            .count();
+        assert_eq!(series, 51, "50 cgroups and other");
+        assert!(t.contains("cgroup=\"/c250\"") && !t.contains("cgroup=\"/c249\""));
+        assert!(t.contains("_count{cgroup=\"other\",kind=\"\",application=\"\",container=\"\",pod_uid=\"\",unit=\"\"} 250\n"), "{t}");
+        // Later cgroups never get a series of their own.
+        m.feed(&named(1000, "/late"));
+        m.feed(&period(1000, 0, 9_000_000, 0));
+        m.end_interval(&empty_report(), LossRecord::default());
+        assert_eq!(m.cgroup_series(), 50);
+        assert!(!render_text(&m).contains("/late"));
     }
 
     #[test]
@@ -665,7 +772,7 @@ mod tests {
         m.feed(&period(11, 1, 1_000, 1));
         m.end_interval(&empty_report(), LossRecord::default());
         assert_eq!(m.cgroup_series(), 1);
-        let text = m.render();
+        let text = render_text(&m);
         assert!(text.contains("cgroup=\"/busy\""));
         assert!(!text.contains("cgroup=\"/quiet\""));
         assert!(text.contains(
@@ -678,7 +785,7 @@ mod tests {
             m.feed(&period(12, 2, 9_000_000, 1));
         }
         m.end_interval(&empty_report(), LossRecord::default());
-        let text = m.render();
+        let text = render_text(&m);
         assert!(!text.contains("/quiet") && !text.contains("/late"));
         assert!(text.contains("cgroup=\"other\""));
         assert!(text.contains("_count{cgroup=\"other\",kind=\"\",application=\"\",container=\"\",pod_uid=\"\",unit=\"\"} 11"), "{text}");
@@ -692,11 +799,11 @@ mod tests {
         m.feed(&named(1, "/kubepods/pod1"));
         m.feed(&period(1, 0, 1_000, 0));
         m.end_interval(&empty_report(), LossRecord::default());
-        assert!(!m.render().contains("\"other\""));
+        assert!(!render_text(&m).contains("\"other\""));
         m.feed(&named(2, "/system.slice/x.service"));
         m.feed(&period(2, 0, 1_000, 0));
         m.end_interval(&empty_report(), LossRecord::default());
-        let t = m.render();
+        let t = render_text(&m);
         assert!(t.contains("\"other\"") && !t.contains("x.service"), "{t}");
     }
 
@@ -712,7 +819,7 @@ mod tests {
             ..Default::default()
         }));
         m.end_interval(&empty_report(), LossRecord::default());
-        let t = m.render();
+        let t = render_text(&m);
         for line in t.lines().filter(|l| !l.starts_with('#')) {
             // name{labels} value: the value is the last field and parses.
             let (_, v) = line.rsplit_once(' ').unwrap();
@@ -720,5 +827,6 @@ mod tests {
         }
         assert!(t.contains(r#"cgroup="/ev\"il\\na\nme} 1\n""#), "{t}");
         assert!(t.contains("cfstrace_irq_span_seconds_count{cpu=\"3\"} 1"));
+        assert!(t.ends_with("# EOF\n"));
     }
 }
