@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aya::maps::{MapData, RingBuf};
 
 use crate::bpf::loader::{ProbeError, Tracer, TracerOptions};
+use crate::bpf::logs::{KernelLog, LogThread};
 use crate::capture::{
     CAPTURE_SCHEMA, CaptureHeader, CaptureLine, CpuTotalsRecord, LossRecord, ProbeStatus,
     UnsentPeriodsRecord,
@@ -111,6 +112,10 @@ pub struct Session {
     pub decode_errors: u64,
     /// Kernel "period too short" messages seen.
     pub kmsg_messages: u64,
+    /// The programs' `--log-level` messages, printed on stderr by a thread of their own (None
+    /// at `off`). Last, so it drops after `tracer`: the final drain sees the detached programs'
+    /// last words.
+    _kernel_log: Option<LogThread>,
 }
 
 impl Session {
@@ -121,6 +126,11 @@ impl Session {
         let hierarchy = cgroups::find_cpu_hierarchy()?;
         let mut tracer = Tracer::start(opts)?;
         let ring = tracer.take_events()?;
+        let kernel_log = tracer
+            .take_logger()?
+            .map(KernelLog::spawn)
+            .transpose()
+            .map_err(ProbeError::from)?;
         if let Some(w) = raise_priority(opts.rt_priority) {
             eprintln!("cfstrace: warning: {w}");
         }
@@ -183,6 +193,7 @@ impl Session {
             irq_spans: 0,
             decode_errors: 0,
             kmsg_messages: 0,
+            _kernel_log: kernel_log,
         })
     }
 
