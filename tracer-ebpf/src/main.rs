@@ -208,12 +208,16 @@ mod shared {
         if fs.open & open_bit != 0 {
             count_loss(missed_loss);
             how |= HOW_REOPENED;
-            warn!(
-                &NO_CTX,
-                "cpu {}: {} frame reopened: the exit of the last one was missed",
-                this_cpu(),
-                frame_name(open_bit)
-            );
+            // Only while armed: the span frame opens before arming and after the disarm that
+            // starts a detach, when a half-detached pair is expected, not news.
+            if armed() {
+                warn!(
+                    &NO_CTX,
+                    "cpu {}: {} frame reopened: the exit of the last one was missed",
+                    this_cpu(),
+                    frame_name(open_bit)
+                );
+            }
         }
         how
     }

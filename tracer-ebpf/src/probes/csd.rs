@@ -166,11 +166,12 @@ pub(super) fn csd_segment(c: &mut CsdFrame, ring: &mut RingState, cfs_rq: u64) {
         }
         None => {
             count_loss(LOSS_CGROUP_READ);
+            // Not the cfs_rq's address: from fentry it is a BTF pointer, and formatting it
+            // shifts it, which 5.10's verifier refuses.
             warn!(
                 &NO_CTX,
-                "cpu {}: unthrottled cfs_rq {:x}: reading its cgroup failed",
-                this_cpu(),
-                cfs_rq
+                "cpu {}: a cfs_rq unthrottled in the CSD: reading its cgroup failed",
+                this_cpu()
             );
             c.seg_cgroup = 0;
             c.seg_flags = 0;

@@ -346,6 +346,18 @@ impl Tracer {
     }
 }
 
+impl Drop for Tracer {
+    /// Disarm before the programs detach (in no set order): a half-detached entry/exit pair
+    /// then neither counts losses nor logs reopened frames and unmatched exits.
+    fn drop(&mut self) {
+        if let Some(m) = self.ebpf.map_mut("ATTACHED")
+            && let Ok(mut a) = Array::<&mut MapData, u32>::try_from(m)
+        {
+            let _ = a.set(ATTACHED_SLOT, 0, 0);
+        }
+    }
+}
+
 /// The smallest ring buffer the kernel takes: one page.
 fn page_size() -> u32 {
     // SAFETY: sysconf has no preconditions.
