@@ -30,11 +30,13 @@ mod shared {
         macros::map,
         maps::{Array, HashMap, PerCpuArray, RingBuf},
     };
+    use aya_log_ebpf::warn;
     use core::mem::MaybeUninit;
     use tracer_ebpf::{
         ATTACHED_ARMED, ATTACHED_SLOT, CGROUP_CACHE, CgroupCacheEntry, Frames, HOW_REOPENED,
-        KernelLayout, LOSS_RINGBUF_FULL, LOSS_SLOTS, OFFSET_UNAVAILABLE, QUERY_EVERY,
-        RINGBUF_BYTES, RingConfig, RingState, UNSENT_MAX_CGROUPS, UnsentPeriods,
+        KernelLayout, LOSS_RINGBUF_FULL, LOSS_SLOTS, MAX_LISTED, OFFSET_UNAVAILABLE, OPEN_CSD,
+        OPEN_PERIOD, QUERY_EVERY, RINGBUF_BYTES, RingConfig, RingState, UNSENT_MAX_CGROUPS,
+        UnsentPeriods,
     };
 
     // ---- globals written by userspace before load (the object's frozen `.rodata`) ----
@@ -46,6 +48,20 @@ mod shared {
     /// From the ring buffer's size.
     #[unsafe(no_mangle)]
     static RING: RingConfig = RingConfig::DEFAULT;
+
+    /// Entries of a CSD's cfs_rq list walked at its entry: `MAX_LISTED`, lowered only by the
+    /// hidden `--csd-walk-bound` test knob (so a test can overflow the walk on demand).
+    #[unsafe(no_mangle)]
+    static CSD_WALK_BOUND: u32 = MAX_LISTED;
+
+    // aya-log-ebpf's `AYA_LOG_LEVEL` (in the same frozen `.rodata`) is written by userspace
+    // from `--log-level`: 0 (off) by default, so the verifier sees every log call's level test
+    // as a constant false and drops the call. Its `AYA_LOGS` ring buffer is submitted with the
+    // default (adaptive) wakeup: only when the user asked for messages.
+
+    /// The context argument of aya-log-ebpf 0.2's macros, which they never read (`let _ =
+    /// ctx`): the helpers that log on rare paths have no program context at hand.
+    pub const NO_CTX: () = ();
 
     // ---- maps (userspace finds them by these names) ----
 
@@ -135,6 +151,11 @@ mod shared {
     }
 
     #[inline(always)]
+    pub fn csd_walk_bound() -> u32 {
+        unsafe { core::ptr::read_volatile(&CSD_WALK_BOUND) }
+    }
+
+    #[inline(always)]
     pub fn count_loss(slot: u32) {
         if let Some(p) = LOSS.get_ptr_mut(slot) {
             unsafe { *p += 1 };
@@ -170,6 +191,16 @@ mod shared {
         if f.open == 0 { None } else { Some(f) }
     }
 
+    /// The frame an `OPEN_*` bit stands for, in log messages.
+    #[inline(always)]
+    fn frame_name(open_bit: u32) -> &'static str {
+        match open_bit {
+            OPEN_PERIOD => "period-timer",
+            OPEN_CSD => "async-unthrottle CSD",
+            _ => "timer-interrupt span",
+        }
+    }
+
     /// `how` for a frame `open_bit` about to open: if it is still open, its close was missed.
     #[inline(always)]
     pub fn reopening(fs: &Frames, open_bit: u32, missed_loss: u32, how: u32) -> u32 {
@@ -177,6 +208,16 @@ mod shared {
         if fs.open & open_bit != 0 {
             count_loss(missed_loss);
             how |= HOW_REOPENED;
+            // Only while armed: the span frame opens before arming and after the disarm that
+            // starts a detach, when a half-detached pair is expected, not news.
+            if armed() {
+                warn!(
+                    &NO_CTX,
+                    "cpu {}: {} frame reopened: the exit of the last one was missed",
+                    this_cpu(),
+                    frame_name(open_bit)
+                );
+            }
         }
         how
     }
@@ -191,6 +232,12 @@ mod shared {
         }
         if armed() {
             count_loss(unmatched_loss);
+            warn!(
+                &NO_CTX,
+                "cpu {}: {} exit without an open frame",
+                this_cpu(),
+                frame_name(open_bit)
+            );
         }
         false
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::bpf::loader::{ProbeSet, TracerOptions};
+use crate::bpf::logs::LogLevel;
 use crate::model::probe::{Backend, Probe};
 
 const EXAMPLES: &str = "\
@@ -77,6 +78,16 @@ pub struct TraceArgs {
     /// the kernel's own sums; the report says how many.
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
     pub ring_buffer: Option<u64>,
+    /// Print the programs' own messages from rare kernel-side paths on stderr (a failed kernel
+    /// read, a reopened frame, a CSD list longer than the walk bound), up to this level. Off
+    /// by default: the verifier then removes every log call.
+    #[arg(long, value_enum, value_name = "LEVEL", default_value = "off")]
+    pub log_level: LogLevel,
+    /// Test knob: walk at most N entries of an async-unthrottle CSD's cfs_rq list (default
+    /// and maximum: the built-in bound), so a test can overflow the walk on demand.
+    #[arg(long, value_name = "N", hide = true,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(tracer_ebpf::MAX_LISTED)))]
+    pub csd_walk_bound: Option<u32>,
 }
 
 impl TraceArgs {
@@ -97,6 +108,8 @@ impl TraceArgs {
             probes,
             rt_priority: self.rt_priority,
             ring_buffer: self.ring_buffer,
+            log_level: self.log_level,
+            csd_walk_bound: self.csd_walk_bound,
         }
     }
 }

@@ -14,6 +14,7 @@ use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe, raw_tracepoint},
     programs::{FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext},
 };
+use aya_log_ebpf::{info, warn};
 use tracer_ebpf::{
     ASYNC_EMPTY, ASYNC_LAST, ASYNC_LISTED, ASYNC_SHARED, ASYNC_TRUNCATED, AsyncEvent, CsdFrame,
     EVENT_ASYNC_UNTHROTTLE, HOW_CGROUP, HOW_FRAME_FENTRY, HOW_FRAME_KPROBE, HOW_FRAME_TRACEPOINT,
@@ -22,8 +23,8 @@ use tracer_ebpf::{
 };
 
 use crate::shared::{
-    armed, attached_bits, cgroup_of_cfs_rq, closing, count_loss, emit_or_count, frames, layout,
-    now, open_frames, read_u32, read_u64, reopening, this_cpu,
+    NO_CTX, armed, attached_bits, cgroup_of_cfs_rq, closing, count_loss, csd_walk_bound,
+    emit_or_count, frames, layout, now, open_frames, read_u32, read_u64, reopening, this_cpu,
 };
 
 /// `rq`: the CSD's argument (kprobe/fentry) or derived from `&rq->cfsb_csd`; `csd` is what
@@ -86,11 +87,19 @@ fn csd_walk_list(c: &mut CsdFrame, rq: u64, l: &KernelLayout) -> Option<u32> {
         return None;
     }
     let head = rq.wrapping_add(l.rq_cfsb_csd_list);
-    let mut node = read_u64(head)?;
+    let Some(mut node) = read_u64(head) else {
+        warn!(
+            &NO_CTX,
+            "cpu {}: reading rq->cfsb_csd_list failed: the CSD's cgroups are unnamed",
+            this_cpu()
+        );
+        return None;
+    };
+    let bound = csd_walk_bound();
     let mut walked: u32 = 0;
     let mut last: u32 = NONE_LISTED;
     for i in 0..MAX_LISTED {
-        if node == head || node == 0 {
+        if node == head || node == 0 || i >= bound {
             break;
         }
         let cfs_rq = node.wrapping_sub(l.cfs_rq_throttled_csd_list);
@@ -113,8 +122,21 @@ fn csd_walk_list(c: &mut CsdFrame, rq: u64, l: &KernelLayout) -> Option<u32> {
     if node == 0 {
         // A failed read cut the walk: what followed is unknown.
         flags = 0;
+        warn!(
+            &NO_CTX,
+            "cpu {}: reading the CSD's cfs_rq list failed after {} entries: its cgroups are unnamed",
+            this_cpu(),
+            walked
+        );
     } else if node != head {
         flags |= ASYNC_TRUNCATED;
+        info!(
+            &NO_CTX,
+            "cpu {}: CSD list longer than the walk bound ({} entries): the cgroups past it are \
+             unnamed",
+            this_cpu(),
+            walked
+        );
     }
     Some(flags)
 }
@@ -144,6 +166,13 @@ pub(super) fn csd_segment(c: &mut CsdFrame, ring: &mut RingState, cfs_rq: u64) {
         }
         None => {
             count_loss(LOSS_CGROUP_READ);
+            // Not the cfs_rq's address: from fentry it is a BTF pointer, and formatting it
+            // shifts it, which 5.10's verifier refuses.
+            warn!(
+                &NO_CTX,
+                "cpu {}: a cfs_rq unthrottled in the CSD: reading its cgroup failed",
+                this_cpu()
+            );
             c.seg_cgroup = 0;
             c.seg_flags = 0;
         }
@@ -225,7 +254,13 @@ fn csd_emit_listed(c: &CsdFrame, ring: &mut RingState, cpu: u32, csd_ns: u64, fl
                 id
             }
             None => {
+                // Logged here, not counted for after the loop: a count carried across
+                // iterations splits the verifier's states on every one of them.
                 count_loss(LOSS_CGROUP_READ);
+                warn!(
+                    &NO_CTX,
+                    "cpu {}: listed cfs_rq {:x}: reading its cgroup failed", cpu, cfs_rq
+                );
                 0
             }
         };

@@ -15,6 +15,7 @@ use aya_ebpf::{
         RetProbeContext,
     },
 };
+use aya_log_ebpf::warn;
 use tracer_ebpf::{
     CGROUP_CACHE, CgroupCacheEntry, EVENT_PERIOD, Frames, HOW_CGROUP, HOW_FRAME_FENTRY,
     HOW_FRAME_KPROBE, HOW_FRAME_TRACEPOINT, HOW_IN_SPAN, HOW_LOOPS, HOW_PERIOD, HOW_QUEUED,
@@ -25,8 +26,9 @@ use tracer_ebpf::{
 };
 
 use crate::shared::{
-    UNSENT_PERIODS, ZERO_UNSENT, armed, attached_bits, cgroup_of_timer, closing, count_loss, emit,
-    emit_with, frames, layout, now, open_frames, read_u32, read_u64, reopening, this_cpu,
+    NO_CTX, UNSENT_PERIODS, ZERO_UNSENT, armed, attached_bits, cgroup_of_timer, closing,
+    count_loss, emit, emit_with, frames, layout, now, open_frames, read_u32, read_u64, reopening,
+    this_cpu,
 };
 
 #[inline(always)]
@@ -155,7 +157,15 @@ fn read_bandwidth(
             cgroup_id = id;
             *flags |= HOW_CGROUP;
         }
-        None => count_loss(LOSS_CGROUP_READ),
+        None => {
+            count_loss(LOSS_CGROUP_READ);
+            warn!(
+                &NO_CTX,
+                "cpu {}: period timer {:x}: reading its cgroup failed",
+                this_cpu(),
+                timer
+            );
+        }
     }
     if l.cfsb_period == OFFSET_UNAVAILABLE || l.cfsb_quota == OFFSET_UNAVAILABLE {
         return (cgroup_id, 0, 0);
@@ -175,6 +185,12 @@ fn read_bandwidth(
         }
     };
     let Some((period_ns, quota_ns)) = pq else {
+        warn!(
+            &NO_CTX,
+            "cpu {}: period timer {:x}: reading its period and quota failed",
+            this_cpu(),
+            timer
+        );
         return (cgroup_id, 0, 0);
     };
     *flags |= HOW_PERIOD;
@@ -211,6 +227,10 @@ fn add_unsent(e: &PeriodEvent) {
                 Some(t) => t,
                 None => {
                     count_loss(LOSS_UNSENT_FULL);
+                    warn!(
+                        &NO_CTX,
+                        "UNSENT_PERIODS is full: a lost callback of cgroup {} is not summed", id
+                    );
                     return;
                 }
             }

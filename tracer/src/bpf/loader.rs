@@ -17,6 +17,7 @@ use super::attach::{self, Attacher};
 use super::btf::{self, BtfError, KernelBtf, LayoutFacts};
 use super::compat::{self, CSD_UNTHROTTLE_FN, Family, PERIOD_TIMER_FN, UNTHROTTLE_FN};
 use super::kallsyms::{KallsymsError, Symbols};
+use super::logs::{self, KernelLog, LogError, LogLevel};
 use super::privileges::{self, PrivilegeError};
 use crate::model::probe::{Backend, Probe, ProbeStatus, Style};
 use crate::model::records::LossRecord;
@@ -92,6 +93,8 @@ pub enum ProbeError {
     NoFrame { backend: Backend, reasons: String },
     #[error("eBPF object is missing map {0} (build mismatch)")]
     Missing(&'static str),
+    #[error(transparent)]
+    Log(#[from] LogError),
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -109,6 +112,10 @@ pub struct TracerOptions {
     pub rt_priority: u8,
     /// Ring-buffer bytes; None: [`ringbuf_bytes`] of the CPU count.
     pub ring_buffer: Option<u64>,
+    /// Kernel-side messages kept (`--log-level`); off by default.
+    pub log_level: LogLevel,
+    /// Test knob: entries of a CSD's cfs_rq list walked (None: `tracer_ebpf::MAX_LISTED`).
+    pub csd_walk_bound: Option<u32>,
 }
 
 /// The reader's default real-time priority: the lowest, above every normal task (the storm's
@@ -123,6 +130,8 @@ impl TracerOptions {
             probes: ProbeSet::default(),
             rt_priority: DEFAULT_RT_PRIORITY,
             ring_buffer: None,
+            log_level: LogLevel::Off,
+            csd_walk_bound: None,
         }
     }
 }
@@ -157,6 +166,7 @@ pub struct Tracer {
     pub attached_bits: u32,
     /// The ring buffer's size.
     pub ringbuf_bytes: u64,
+    log_level: LogLevel,
 }
 
 impl Tracer {
@@ -188,11 +198,25 @@ impl Tracer {
         let ring = RingConfig {
             wake_at_bytes: ringbuf_bytes / 2,
         };
-        let mut ebpf = EbpfLoader::new()
+        let log_level = opts.log_level.kernel_value();
+        let walk_bound = opts
+            .csd_walk_bound
+            .unwrap_or(tracer_ebpf::MAX_LISTED)
+            .min(tracer_ebpf::MAX_LISTED);
+        let mut loader = EbpfLoader::new();
+        loader
             .btf(kernel_btf.as_ref())
             .override_global("LAYOUT", &layout.layout, true)
             .override_global("RING", &ring, true)
-            .map_max_entries("EVENTS", ringbuf_bytes as u32)
+            .override_global("CSD_WALK_BOUND", &walk_bound, true)
+            // aya-log-ebpf's default keeps every level: `off` must be written, not assumed.
+            .override_global(aya_log::LEVEL, &log_level, true)
+            .map_max_entries("EVENTS", ringbuf_bytes as u32);
+        if opts.log_level == LogLevel::Off {
+            // Nothing will write to it: one page instead of aya-log's 128 KiB.
+            loader.map_max_entries(logs::MAP, page_size());
+        }
+        let mut ebpf = loader
             .load(crate::EBPF_OBJECT)
             .map_err(|e| ProbeError::Load(attach::message(&e)))?;
 
@@ -259,7 +283,13 @@ impl Tracer {
             layout,
             attached_bits: bits,
             ringbuf_bytes,
+            log_level: opts.log_level,
         })
+    }
+
+    /// The programs' log messages at `--log-level` (None when it is off). Can be taken once.
+    pub fn take_logger(&mut self) -> Result<Option<KernelLog>, ProbeError> {
+        Ok(KernelLog::start(&mut self.ebpf, self.log_level)?)
     }
 
     /// The map `name` as its typed view.
@@ -314,6 +344,28 @@ impl Tracer {
             unsent_full: sum(LOSS_UNSENT_FULL)?,
         })
     }
+}
+
+impl Drop for Tracer {
+    /// Disarm before the programs detach (in no set order): a half-detached entry/exit pair
+    /// then neither counts losses nor logs reopened frames and unmatched exits.
+    fn drop(&mut self) {
+        if let Some(m) = self.ebpf.map_mut("ATTACHED")
+            && let Ok(mut a) = Array::<&mut MapData, u32>::try_from(m)
+        {
+            let _ = a.set(ATTACHED_SLOT, 0, 0);
+        }
+    }
+}
+
+/// The smallest ring buffer the kernel takes: one page.
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u32::try_from(n)
+        .ok()
+        .filter(|n| n.is_power_of_two())
+        .unwrap_or(4096)
 }
 
 fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> ProbeError {

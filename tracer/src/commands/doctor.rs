@@ -118,7 +118,11 @@ fn check_symbols() -> bool {
 }
 
 fn check_attach(opts: &TracerOptions) -> bool {
-    outcome("attach", Tracer::start(opts), |t| {
+    let attached = Tracer::start(opts).and_then(|mut t| {
+        let log = t.take_logger()?;
+        Ok((t, log))
+    });
+    outcome("attach", attached, |(t, log)| {
         println!("frame       {}", t.frame_backend);
         for (name, st) in &t.probes {
             if st.attached {
@@ -137,6 +141,11 @@ fn check_attach(opts: &TracerOptions) -> bool {
                     st.reason.as_deref().unwrap_or("?")
                 );
             }
+        }
+        // `--log-level`: what the programs said while attached, once detached.
+        drop(t);
+        if let Some(mut log) = log {
+            log.drain();
         }
     })
 }

@@ -20,6 +20,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::time::{Interval, MissedTickBehavior};
 
 use crate::bpf::loader::{ProbeError, Tracer, TracerOptions};
+use crate::bpf::logs::KernelLog;
 use crate::capture::{
     CAPTURE_SCHEMA, CaptureHeader, CaptureLine, CpuTotalsRecord, LossRecord, ProbeStatus,
     UnsentPeriodsRecord,
@@ -119,6 +120,10 @@ pub struct Session {
     pub decode_errors: u64,
     /// Kernel "period too short" messages seen.
     pub kmsg_messages: u64,
+    /// The programs' `--log-level` messages, printed on stderr as they come (None at `off`).
+    /// Last, so it drops after `tracer`: its final drain sees the detached programs' last
+    /// words.
+    kernel_log: Option<AsyncFd<KernelLog>>,
 }
 
 impl Session {
@@ -129,6 +134,10 @@ impl Session {
         let hierarchy = cgroups::find_cpu_hierarchy()?;
         let mut tracer = Tracer::start(opts)?;
         let ring = tracer.take_events()?;
+        let kernel_log = match tracer.take_logger()? {
+            Some(l) => Some(readable(l).map_err(RecordError::Poll)?),
+            None => None,
+        };
         if let Some(w) = raise_priority(opts.rt_priority) {
             eprintln!("cfstrace: warning: {w}");
         }
@@ -189,6 +198,7 @@ impl Session {
             irq_spans: 0,
             decode_errors: 0,
             kmsg_messages: 0,
+            kernel_log,
         })
     }
 
@@ -198,6 +208,12 @@ impl Session {
     pub async fn wait(&mut self) -> Result<Wake, RecordError> {
         let kmsg = async {
             match &self.kmsg {
+                Some(k) => k.readable().await.map(|mut g| g.clear_ready()),
+                None => std::future::pending().await,
+            }
+        };
+        let kernel_log = async {
+            match &self.kernel_log {
                 Some(k) => k.readable().await.map(|mut g| g.clear_ready()),
                 None => std::future::pending().await,
             }
@@ -212,6 +228,10 @@ impl Session {
                 r.map_err(RecordError::Kmsg)?;
                 Ok(Wake::Kmsg)
             }
+            r = kernel_log => {
+                r.map_err(RecordError::Poll)?;
+                Ok(Wake::KernelLog)
+            }
             Some(rec) = self.naming.next() => Ok(Wake::Named(Box::new(rec))),
         }
     }
@@ -222,6 +242,12 @@ impl Session {
         match wake {
             Wake::Drain => self.drain_ring(sink),
             Wake::Kmsg => self.read_kmsg(sink),
+            Wake::KernelLog => {
+                if let Some(k) = self.kernel_log.as_mut() {
+                    k.get_mut().drain();
+                }
+                Ok(())
+            }
             Wake::Named(rec) => self.naming.named(*rec, sink).map_err(PollError::Sink),
         }
     }
@@ -369,6 +395,8 @@ pub enum Wake {
     Drain,
     /// /dev/kmsg has news.
     Kmsg,
+    /// The programs logged (`--log-level`).
+    KernelLog,
     /// A cgroup's name is ready.
     Named(Box<crate::capture::CgroupRecord>),
 }

@@ -292,6 +292,7 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup\n\
 ///   switched on and off), to tell kernel/emulator text-patching trouble from ours;
 /// - `cfstrace.cpumax=QUOTA,PERIOD` (default 5000,10000) is the container's cpu.max;
 /// - `cfstrace.busy=N` (default 4) busy loops run in the container;
+/// - `cfstrace.loglevel=L` (default off): every doctor and record runs with `--log-level L`;
 /// - `cfstrace.cofire=N` (default 0: none): after the backends, the co-firing storm: the YARN
 ///   loops stop, N cgroups under `cofire/` get one busy loop each and then, in one tight loop,
 ///   the same cpu.max (`cfstrace.cofiremax=QUOTA,PERIOD`, default 1000,100000), and
@@ -320,6 +321,7 @@ POKES=200
 COFIRE=0
 COFIREMAX="1000 100000"
 SAVECAP=0
+LOGLEVEL=off
 for w in $(cat /proc/cmdline); do
   case "$w" in
     cfstrace.backends=*) BACKENDS="$(echo "${{w#cfstrace.backends=}}" | tr , ' ')" ;;
@@ -332,6 +334,7 @@ for w in $(cat /proc/cmdline); do
     cfstrace.cofire=*) COFIRE="${{w#cfstrace.cofire=}}" ;;
     cfstrace.cofiremax=*) COFIREMAX="$(echo "${{w#cfstrace.cofiremax=}}" | tr , ' ')" ;;
     cfstrace.savecap=*) SAVECAP="${{w#cfstrace.savecap=}}" ;;
+    cfstrace.loglevel=*) LOGLEVEL="${{w#cfstrace.loglevel=}}" ;;
   esac
 done
 
@@ -351,7 +354,7 @@ fact() {{ echo "{M_FACT}$1=$2@@"; }}
 # /tmp/cap.jsonl, then print its report between markers; $rc and $rrc are their exit statuses.
 record_report() {{
   echo "{M_RECORD}$1@@"
-  cfstrace record --duration "$DURATION" -o /tmp/cap.jsonl --backend "$2"
+  cfstrace record --duration "$DURATION" -o /tmp/cap.jsonl --backend "$2" --log-level "$LOGLEVEL"
   rc=$?
   cfstrace report /tmp/cap.jsonl --json > /tmp/report.json 2> /tmp/report.err
   rrc=$?
@@ -423,7 +426,7 @@ fi
 for B in $BACKENDS; do
   echo "{M_RUN}$B@@"
   echo "{M_DOCTOR_BEGIN}$B@@"
-  time -o /tmp/time -f '%e %U %S' cfstrace doctor --backend "$B" --attach-cycles "$CYCLES" 2>&1
+  time -o /tmp/time -f '%e %U %S' cfstrace doctor --backend "$B" --attach-cycles "$CYCLES" --log-level "$LOGLEVEL" 2>&1
   drc=$?
   echo "{M_DOCTOR_END}$B rc=$drc cpu=$(tail -n 1 /tmp/time | tr ' ' ,)@@"
   record_report "$B" "$B"

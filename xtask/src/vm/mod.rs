@@ -194,6 +194,11 @@ pub struct VmArgs {
     /// (printed on the console by the guest: keep --duration short).
     #[arg(long, value_name = "DIR")]
     pub save_captures: Option<PathBuf>,
+    /// `cfstrace doctor` and `record --log-level` in the guest: `debug` has each kernel's
+    /// verifier check the programs with their log calls kept (the messages go to the console).
+    #[arg(long, value_name = "LEVEL", default_value = "off",
+          value_parser = ["off", "error", "warn", "info", "debug", "trace"])]
+    pub log_level: String,
 }
 
 const DEFAULT_CPU_MAX: &str = "5000,10000";
@@ -225,6 +230,7 @@ impl Default for VmArgs {
             cofire_cpu_max: DEFAULT_COFIRE_CPU_MAX.into(),
             cfstrace: None,
             save_captures: None,
+            log_level: "off".into(),
         }
     }
 }

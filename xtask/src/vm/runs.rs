@@ -214,7 +214,7 @@ impl KernelBoots<'_> {
             .collect();
         let cofire = self.pending.contains(&Job::Cofire);
         format!(
-            "cfstrace.backends={} cfstrace.cycles={} cfstrace.duration={} cfstrace.cpumax={} cfstrace.busy={} cfstrace.cofire={} cfstrace.cofiremax={} cfstrace.savecap={}",
+            "cfstrace.backends={} cfstrace.cycles={} cfstrace.duration={} cfstrace.cpumax={} cfstrace.busy={} cfstrace.cofire={} cfstrace.cofiremax={} cfstrace.savecap={} cfstrace.loglevel={}",
             backends.join(","),
             a.cycles,
             a.duration,
@@ -222,7 +222,8 @@ impl KernelBoots<'_> {
             a.busy,
             if cofire { a.cofire } else { 0 },
             a.cofire_cpu_max,
-            u8::from(a.save_captures.is_some())
+            u8::from(a.save_captures.is_some()),
+            a.log_level
         )
     }
 
