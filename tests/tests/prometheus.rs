@@ -77,6 +77,20 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Its turn (two storms at once would starve each other on this host), then a cgroup tree of
+/// its own, `name-PID`, for a storm: its name and the tree.
+fn storm_tree(name: &str) -> (MutexGuard<'static, ()>, String, CgroupTree) {
+    let turn = serial();
+    assert!(
+        is_root(),
+        "this test throttles real cgroups and attaches BPF programs: run it as root"
+    );
+    let hierarchy = cpu_hierarchy().expect("no cgroup hierarchy with the cpu controller");
+    let top = format!("{name}-{}", std::process::id());
+    let tree = CgroupTree::new(hierarchy, &top).unwrap();
+    (turn, top, tree)
+}
+
 struct Watcher {
     child: Child,
     stderr: PathBuf,
@@ -353,15 +367,8 @@ fn assert_one_series_a_callback(samples: &[Sample], counts: &BTreeMap<String, f6
 
 #[test]
 fn metrics_parse_escape_accumulate_and_fold() {
-    let _serial = serial();
-    assert!(
-        is_root(),
-        "this test throttles real cgroups and attaches BPF programs: run it as root"
-    );
-    let hierarchy = cpu_hierarchy().expect("no cgroup hierarchy with the cpu controller");
     let dir = cfstrace_tests::scratch!("cfstrace-prometheus");
-    let top = format!("cfstrace-prom-{}", std::process::id());
-    let mut tree = CgroupTree::new(hierarchy, &top).unwrap();
+    let (_serial, top, mut tree) = storm_tree("cfstrace-prom");
     // The hostile cgroup is the busiest (the tighter quota on more workers), so it is ranked
     // first for the one slot of --max-cgroups 1.
     let evil = match tree.add(HOSTILE_NL, 5_000, 1_000) {
@@ -482,15 +489,8 @@ fn metrics_parse_escape_accumulate_and_fold() {
 
 #[test]
 fn fifty_parallel_scrapes_beside_an_idle_connection() {
-    let _serial = serial();
-    assert!(
-        is_root(),
-        "this test throttles real cgroups and attaches BPF programs: run it as root"
-    );
-    let hierarchy = cpu_hierarchy().expect("no cgroup hierarchy with the cpu controller");
     let dir = cfstrace_tests::scratch!("cfstrace-prometheus-parallel");
-    let top = format!("cfstrace-prom-par-{}", std::process::id());
-    let mut tree = CgroupTree::new(hierarchy, &top).unwrap();
+    let (_serial, top, mut tree) = storm_tree("cfstrace-prom-par");
     let storm = tree.add("storm", 5_000, 1_000).unwrap();
     tree.busy(&storm, 2).unwrap();
     let storm_path = tree.cgroup_path(&storm);

@@ -8,7 +8,6 @@
 
 use std::fs;
 use std::io::Read as _;
-use std::os::fd::{FromRawFd as _, OwnedFd};
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -78,26 +77,14 @@ fn run_in_pty(
     interrupt: Option<Duration>,
     limit: Duration,
 ) -> (ExitStatus, String) {
-    let (mut master, mut slave) = (-1, -1);
-    let ws = libc::winsize {
+    let ws = nix::pty::Winsize {
         ws_row: 50,
         ws_col: 200,
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
-    // SAFETY: out-pointers to two ints and a valid winsize; no name buffer, default termios.
-    let r = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            &ws,
-        )
-    };
-    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: openpty returned two fresh descriptors we now own.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let pty = nix::pty::openpty(&ws, None).expect("openpty");
+    let (master, slave) = (pty.master, pty.slave);
     let mut cmd = Command::new(bin);
     cmd.args(args)
         .env("TERM", "xterm-256color")

@@ -638,23 +638,9 @@ mod tests {
 
     /// Everything `view_entry` writes on a pseudo-terminal, ending by `how`.
     fn view_on_a_pty(how: &str) -> String {
-        use std::os::fd::{FromRawFd as _, OwnedFd};
         use std::process::{Command, Stdio};
-        let (mut master, mut slave) = (-1, -1);
-        // SAFETY: out-pointers to two ints; no name, default termios and window size.
-        let r = unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(r, 0, "openpty: {}", io::Error::last_os_error());
-        // SAFETY: openpty returned two fresh descriptors we now own.
-        let (master, slave) =
-            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let pty = nix::pty::openpty(None, None).expect("openpty");
+        let (master, slave) = (pty.master, pty.slave);
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",

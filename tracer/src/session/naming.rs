@@ -217,7 +217,19 @@ mod tests {
         })
     }
 
-    /// (kind, id or ts) of each line, for comparing orders.
+    /// (kind, id or ts) of each line a sink was handed, for comparing orders.
+    #[derive(Default)]
+    struct Shapes(Vec<(&'static str, u64)>);
+
+    impl Shapes {
+        fn sink(&mut self) -> impl FnMut(&CaptureLine) -> Result<(), ()> + '_ {
+            |l| {
+                self.0.push(shape(l));
+                Ok(())
+            }
+        }
+    }
+
     fn shape(l: &CaptureLine) -> (&'static str, u64) {
         match l {
             CaptureLine::Cgroup(c) => ("cgroup", c.id),
@@ -240,11 +252,8 @@ mod tests {
     #[tokio::test]
     async fn a_naming_line_precedes_its_cgroup_and_order_is_kept() {
         let mut n = Naming::start_with(slow_namer);
-        let mut out: Vec<(&str, u64)> = Vec::new();
-        let mut sink = |l: &CaptureLine| {
-            out.push(shape(l));
-            Ok::<(), ()>(())
-        };
+        let mut out = Shapes::default();
+        let mut sink = out.sink();
         // cgroup 7's callback, its span, then cgroup 8's, then a span of nothing new.
         n.line(7, false, period(7, 1), &mut sink).unwrap();
         n.line(0, false, span(2), &mut sink).unwrap();
@@ -259,8 +268,9 @@ mod tests {
             }
         }
         n.finish(&mut sink).await.unwrap();
+        drop(sink);
         assert_eq!(
-            out,
+            out.0,
             vec![
                 ("cgroup", 7),
                 ("period", 1),
@@ -276,11 +286,8 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_lets_the_oldest_go_ahead_of_its_name() {
         let mut n = Naming::start_with(slow_namer);
-        let mut out: Vec<(&str, u64)> = Vec::new();
-        let mut sink = |l: &CaptureLine| {
-            out.push(shape(l));
-            Ok::<(), ()>(())
-        };
+        let mut out = Shapes::default();
+        let mut sink = out.sink();
         for ts in 0..(MAX_HELD_LINES as u64 + 3) {
             n.line(9, false, period(9, ts), &mut sink).unwrap();
         }
@@ -288,8 +295,9 @@ mod tests {
         assert_eq!(n.queue.len(), MAX_HELD_LINES);
         assert_eq!(n.unheld, 3);
         n.finish(&mut sink).await.unwrap();
-        assert_eq!(out[3], ("cgroup", 9));
-        assert_eq!(out.len(), MAX_HELD_LINES + 4);
+        drop(sink);
+        assert_eq!(out.0[3], ("cgroup", 9));
+        assert_eq!(out.0.len(), MAX_HELD_LINES + 4);
         assert_eq!(n.unheld, 3, "the name came in time for the rest");
     }
 }
