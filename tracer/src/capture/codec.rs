@@ -4,6 +4,7 @@
 //! shape is left to serde.
 use crate::model::cpuset::CpuSet;
 use crate::model::records::{AsyncRecord, IrqSpanRecord, PeriodRecord};
+use bytes::{BufMut as _, BytesMut};
 
 /// What serde writes first for a period record; lets the hot path skip the tagged-enum
 /// machinery (which buffers every field) for the one kind that matters for speed.
@@ -55,47 +56,47 @@ hot_fields!(AsyncRecord, ASYNC_KEYS, async_values, async_from, [
 ]);
 
 #[inline]
-pub(super) fn push_u64(buf: &mut Vec<u8>, v: u64) {
+pub(super) fn push_u64(buf: &mut BytesMut, v: u64) {
     buf.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
 /// `{"kind":"<kind>","key":…,…}` without serde's per-field dispatch: the writer has to keep
 /// up with millions of callbacks a second.
-fn encode_fields(buf: &mut Vec<u8>, prefix: &[u8], keys: &[&[u8]], values: &[u64]) {
+fn encode_fields(buf: &mut BytesMut, prefix: &[u8], keys: &[&[u8]], values: &[u64]) {
     encode_numbers(buf, prefix, keys, values);
-    buf.push(b'}');
+    buf.put_u8(b'}');
 }
 
 /// The numeric fields without the closing brace.
-fn encode_numbers(buf: &mut Vec<u8>, prefix: &[u8], keys: &[&[u8]], values: &[u64]) {
+fn encode_numbers(buf: &mut BytesMut, prefix: &[u8], keys: &[&[u8]], values: &[u64]) {
     buf.extend_from_slice(prefix);
     for (i, (key, &v)) in keys.iter().zip(values).enumerate() {
         if i > 0 {
-            buf.push(b',');
+            buf.put_u8(b',');
         }
-        buf.push(b'"');
+        buf.put_u8(b'"');
         buf.extend_from_slice(key);
         buf.extend_from_slice(b"\":");
         push_u64(buf, v);
     }
 }
 
-pub(super) fn encode_period(buf: &mut Vec<u8>, p: &PeriodRecord) {
+pub(super) fn encode_period(buf: &mut BytesMut, p: &PeriodRecord) {
     encode_numbers(buf, PERIOD_PREFIX, &PERIOD_KEYS, &period_values(p));
     if !p.spread_cpus.is_empty() {
         // A CPU list is digits, '-' and ',': nothing to escape.
         buf.extend_from_slice(SPREAD_CPUS_KEY);
         buf.extend_from_slice(p.spread_cpus.to_list().as_bytes());
-        buf.push(b'"');
+        buf.put_u8(b'"');
     }
-    buf.push(b'}');
+    buf.put_u8(b'}');
 }
 
-pub(super) fn encode_span(buf: &mut Vec<u8>, x: &IrqSpanRecord) {
+pub(super) fn encode_span(buf: &mut BytesMut, x: &IrqSpanRecord) {
     encode_fields(buf, SPAN_PREFIX, &SPAN_KEYS, &span_values(x));
 }
 
-pub(super) fn encode_async(buf: &mut Vec<u8>, a: &AsyncRecord) {
+pub(super) fn encode_async(buf: &mut BytesMut, a: &AsyncRecord) {
     encode_fields(buf, ASYNC_PREFIX, &ASYNC_KEYS, &async_values(a));
 }
 

@@ -3,6 +3,7 @@
 //! room writes and reads them; the records themselves are the model's.
 mod codec;
 mod reader;
+mod spool;
 mod writer;
 
 use std::io;
@@ -11,6 +12,7 @@ pub use crate::model::cpuset::CpuSet;
 pub use crate::model::probe::ProbeStatus;
 pub use crate::model::records::*;
 pub use reader::{Capture, CaptureReader, ReplayStats, read_capture, replay, replay_reader};
+pub use spool::{ChunkOut, Spool};
 pub use writer::CaptureWriter;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,7 @@ pub enum CaptureError {
 pub(crate) mod tests {
     use super::codec::*;
     use super::*;
+    use bytes::BytesMut;
 
     use crate::model::workload::Workload;
 
@@ -205,22 +208,22 @@ pub(crate) mod tests {
         probe.extend((0..64).map(|b| 1u64 << b));
         probe.extend((0..20).map(|e| 10u64.pow(e) - 1));
         for v in probe {
-            let mut b = Vec::new();
+            let mut b = BytesMut::new();
             push_u64(&mut b, v);
-            assert_eq!(String::from_utf8(b).unwrap(), v.to_string());
+            assert_eq!(String::from_utf8(b.to_vec()).unwrap(), v.to_string());
         }
     }
 
     /// `rec` hand-encoded by `encode`, checked to be what serde writes for `line`.
-    fn encoded_as_serde<R>(rec: &R, encode: fn(&mut Vec<u8>, &R), line: CaptureLine) -> Vec<u8> {
-        let mut mine = Vec::new();
+    fn encoded_as_serde<R>(rec: &R, encode: fn(&mut BytesMut, &R), line: CaptureLine) -> Vec<u8> {
+        let mut mine = BytesMut::new();
         encode(&mut mine, rec);
         let serde = serde_json::to_vec(&line).unwrap();
         assert_eq!(
             String::from_utf8_lossy(&mine),
             String::from_utf8_lossy(&serde)
         );
-        mine
+        mine.to_vec()
     }
 
     #[test]

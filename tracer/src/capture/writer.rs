@@ -1,9 +1,12 @@
 //! Writing a capture: the header line, then one JSON line per record, through a reused buffer
-//! that goes out in large chunks.
-use std::io::{self, Write};
+//! that goes out in large chunks (to any `Write`, or to a [`super::Spool`]'s thread).
+use std::io;
+
+use bytes::{BufMut as _, BytesMut};
 
 use super::CaptureError;
 use super::codec::{encode_async, encode_period, encode_span};
+use super::spool::ChunkOut;
 use crate::model::records::{CAPTURE_SCHEMA, CaptureHeader, CaptureLine};
 
 /// Flush the internal buffer to the inner writer once it holds this much.
@@ -12,17 +15,18 @@ const WRITE_CHUNK: usize = 256 * 1024;
 /// Writes a capture: the header line, then one JSON line per record.
 ///
 /// Records are serialized straight into a reused byte buffer (no `String` per line) that goes
-/// to `W` in large chunks, so a raw `File` is fine too. Call [`flush`](Self::flush) to push
-/// what is buffered to `W` (and flush `W`); dropping the writer pushes it best-effort.
-pub struct CaptureWriter<W: Write> {
-    buf: Vec<u8>,
+/// to `W` in large chunks, split off without a copy, so a raw `File` is fine too. Call
+/// [`flush`](Self::flush) to push what is buffered to `W` (and flush `W`); dropping the writer
+/// pushes it best-effort.
+pub struct CaptureWriter<W: ChunkOut> {
+    buf: BytesMut,
     out: Option<W>,
     lines: u64,
     /// A write failed part-way: writing again would put a duplicated fragment mid-file.
     failed: bool,
 }
 
-impl<W: Write> CaptureWriter<W> {
+impl<W: ChunkOut> CaptureWriter<W> {
     pub fn new(w: W, header: &CaptureHeader) -> Result<Self, CaptureError> {
         // A header the reader would reject is a bug here, not something to find at report time.
         if header.schema != CAPTURE_SCHEMA {
@@ -31,13 +35,13 @@ impl<W: Write> CaptureWriter<W> {
             });
         }
         let mut cw = CaptureWriter {
-            buf: Vec::with_capacity(WRITE_CHUNK + 4096),
+            buf: BytesMut::with_capacity(WRITE_CHUNK + 4096),
             out: Some(w),
             lines: 0,
             failed: false,
         };
-        serde_json::to_writer(&mut cw.buf, header).map_err(CaptureError::Encode)?;
-        cw.buf.push(b'\n');
+        serde_json::to_writer((&mut cw.buf).writer(), header).map_err(CaptureError::Encode)?;
+        cw.buf.put_u8(b'\n');
         Ok(cw)
     }
 
@@ -51,12 +55,12 @@ impl<W: Write> CaptureWriter<W> {
             encode_async(&mut self.buf, a);
         } else if let CaptureLine::IrqSpan(x) = line {
             encode_span(&mut self.buf, x);
-        } else if let Err(e) = serde_json::to_writer(&mut self.buf, line) {
+        } else if let Err(e) = serde_json::to_writer((&mut self.buf).writer(), line) {
             // Never leave half a record in the file.
             self.buf.truncate(mark);
             return Err(CaptureError::Encode(e));
         }
-        self.buf.push(b'\n');
+        self.buf.put_u8(b'\n');
         self.lines += 1;
         if self.buf.len() >= WRITE_CHUNK {
             self.push_buf()?;
@@ -68,7 +72,7 @@ impl<W: Write> CaptureWriter<W> {
     pub fn flush(&mut self) -> Result<(), CaptureError> {
         self.push_buf()?;
         if let Some(out) = self.out.as_mut() {
-            out.flush().map_err(CaptureError::Write)?;
+            ChunkOut::flush(out).map_err(CaptureError::Write)?;
         }
         Ok(())
     }
@@ -96,19 +100,21 @@ impl<W: Write> CaptureWriter<W> {
                 "an earlier write to the capture failed",
             )));
         }
+        // Split off, not copied; once the chunk is written and dropped, `reserve` takes its
+        // memory back.
+        let chunk = self.buf.split().freeze();
+        self.buf.reserve(WRITE_CHUNK + 4096);
         if let Some(out) = self.out.as_mut()
-            && let Err(e) = out.write_all(&self.buf)
+            && let Err(e) = out.put(chunk)
         {
             self.failed = true;
-            self.buf.clear();
             return Err(CaptureError::Write(e));
         }
-        self.buf.clear();
         Ok(())
     }
 }
 
-impl<W: Write> Drop for CaptureWriter<W> {
+impl<W: ChunkOut> Drop for CaptureWriter<W> {
     fn drop(&mut self) {
         // Best effort: whole lines only, so a capture cut here still reads back cleanly.
         if !self.failed {

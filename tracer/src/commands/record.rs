@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use crossterm::terminal::{Clear, ClearType};
 
 use crate::bpf::loader::TracerOptions;
-use crate::capture::{CaptureError, CaptureWriter};
+use crate::capture::{CaptureError, CaptureWriter, Spool};
 use crate::cli::RecordArgs;
 use crate::commands::report::gate_code;
 use crate::model::probe::StopReason;
@@ -98,7 +98,9 @@ pub async fn record(opts: &RecordOptions, stop: &mut Stop) -> Result<RecordOutco
         path: path.clone(),
         source,
     };
-    let mut out = CaptureWriter::new(file, &session.header).map_err(cap_err)?;
+    // Written on a thread of its own: a slow disk never stalls the drain.
+    let spool = Spool::start(file).map_err(|e| cap_err(CaptureError::Write(e)))?;
+    let mut out = CaptureWriter::new(spool, &session.header).map_err(cap_err)?;
     out.flush().map_err(cap_err)?;
     // CMD starts once the probes are attached.
     let mut cmd = match command_of(opts) {
@@ -147,7 +149,11 @@ pub async fn record(opts: &RecordOptions, stop: &mut Stop) -> Result<RecordOutco
         kmsg_period_scaling: session.kmsg_messages,
     }))
     .map_err(cap_err)?;
-    out.flush().map_err(cap_err)?;
+    // Every chunk on disk, and a failed last write told, before the outcome is.
+    out.into_inner()
+        .map_err(cap_err)?
+        .finish()
+        .map_err(|e| cap_err(CaptureError::Write(e)))?;
     Ok(RecordOutcome {
         periods: session.periods,
         async_events: session.async_events,
@@ -187,7 +193,7 @@ async fn record_loop(
     opts: &RecordOptions,
     stop: &mut Stop,
     session: &mut Session,
-    out: &mut CaptureWriter<File>,
+    out: &mut CaptureWriter<Spool>,
     cmd: &mut Option<Cmd>,
     tty: &mut Progress,
     cap_err: &impl Fn(CaptureError) -> RecordError,
