@@ -30,13 +30,18 @@ Ctrl-C (or SIGTERM) is forwarded to CMD's process group; cfstrace keeps recordin
 5 s later) and cfstrace exits 124, as timeout(1) does. The capture is complete either way.
 
 Headroom below --highlight-under PCT % of watchdog_thresh (default 10) is highlighted in `watch`,
-`report` and `repro`; --fail-under PCT (record, report, repro) turns it into exit status 3.
+`report` and `repro`; --fail-under PCT (record, report, repro) turns it into exit status 3, and
+into 4 when it cannot be judged (no callback seen, watchdog_thresh unknown or 0): a gate that
+cannot judge does not pass. `report --json` and `repro --json` record it in the `gate` object.
+A closed stdout (`| head`) ends the output quietly; the exit status is unchanged.
 
 Exit status:
   0    success
   1    error (message on stderr), e.g. no permission to trace, CMD not found
   2    bad usage
   3    headroom below --fail-under (wins over CMD's status)
+  4    --fail-under could not judge: no callback seen, or watchdog_thresh unknown or 0
+       (wins over CMD's status)
   N    record/repro -- CMD: CMD's exit status; 128+S when signal S killed it (130 Ctrl-C)
   124  record/repro -- CMD: --duration ran out and CMD was stopped";
 
@@ -127,7 +132,8 @@ On a terminal, stderr shows elapsed time, callbacks, async unthrottles and lost 
 sudo cfstrace record -o repro.jsonl -- ./repro.sh --scale 10\n  \
 sudo cfstrace record -d 5m -o run.jsonl -- stress-ng --cpu 64   # CMD stopped at 5 min, exit 124\n\n\
 Exit status: 0 ok (without CMD); CMD's status (128+N if signal N killed it); 124 when --duration \
-stopped CMD; 3 headroom below --fail-under; 1 error (CMD not found: no capture is written); 2 usage."
+stopped CMD; 3 headroom below --fail-under; 4 --fail-under could not judge (no callback, \
+watchdog_thresh unknown or 0); 1 error (CMD not found: no capture is written); 2 usage."
     )]
     Record(RecordArgs),
     /// Read a capture and print the report (table, or --json); --svg also draws it.
@@ -135,7 +141,8 @@ stopped CMD; 3 headroom below --fail-under; 1 error (CMD not found: no capture i
 cfstrace report node.jsonl --json | jq .culprit\n  \
 cfstrace report node.jsonl --svg node.svg       # open node.svg in a browser\n  \
 cfstrace report node.jsonl --fail-under 50      # exit 3 when headroom < 50 %\n\n\
-Exit status: 0 ok; 3 headroom below --fail-under; 1 error (unreadable capture); 2 usage.")]
+Exit status: 0 ok; 3 headroom below --fail-under; 4 --fail-under could not judge (no callback, \
+watchdog_thresh unknown or 0); 1 error (unreadable capture); 2 usage.")]
     Report(ReportArgs),
     /// Run a reproduction command, record while it runs, then print the report.
     #[command(
@@ -148,7 +155,8 @@ Ctrl-C exactly as by `record -- CMD`.",
 sudo cfstrace repro -d 5m --svg repro.svg -- stress-ng --cpu 64 --timeout 4m\n  \
 sudo cfstrace repro --json --fail-under 50 -- ./repro.sh > report.json   # a CI gate\n\n\
 Exit status: CMD's status (128+N if signal N killed it); 124 when --duration stopped CMD; 3 headroom \
-below --fail-under (wins); 1 error (CMD not found: no capture is written); 2 usage."
+below --fail-under (wins); 4 --fail-under could not judge (no callback, watchdog_thresh unknown or \
+0; wins); 1 error (CMD not found: no capture is written); 2 usage."
     )]
     Repro(ReproArgs),
     /// Trace live: a full-screen view on a terminal (plain tables otherwise, or --json),
@@ -184,8 +192,9 @@ pub struct ShowArgs {
 /// The headroom gate (`record`, `report`, `repro`).
 #[derive(Args, Debug, Clone, Copy)]
 pub struct GateArgs {
-    /// Exit with status 3 if the watchdog's headroom fell below PCT % of watchdog_thresh
-    /// (this wins over CMD's status).
+    /// Exit with status 3 if the watchdog's headroom fell below PCT % of watchdog_thresh,
+    /// 4 if it cannot be judged (no callback seen, watchdog_thresh unknown or 0); either wins
+    /// over CMD's status. The report's JSON records the verdict in `gate`.
     #[arg(long, value_name = "PCT", value_parser = crate::analysis::headroom::parse_pct)]
     pub fail_under: Option<f64>,
 }

@@ -2,6 +2,9 @@
 //! exit status, so a capture can gate a reproduction run or a kernel rollout.
 /// Exit status when the headroom gate fails (1 is an error, 2 bad usage).
 pub const EXIT_HEADROOM: u8 = 3;
+/// Exit status when the gate cannot judge (no callback, watchdog_thresh unknown or 0): a CI
+/// gate must not pass on a capture that shows nothing.
+pub const EXIT_NOT_JUDGED: u8 = 4;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
@@ -9,8 +12,8 @@ pub enum Verdict {
     Pass { headroom_pct: f64 },
     /// Below the gate: the status says by how much.
     Fail { headroom_pct: f64 },
-    /// The gate cannot be judged (threshold unknown, or no callback seen). Not a failure: no
-    /// period-timer work means no pressure on the watchdog.
+    /// The gate cannot be judged (threshold unknown, or no callback seen). Not a pass either:
+    /// a capture that saw nothing (wrong node, probes missing) proves nothing.
     Unknown { why: String },
 }
 

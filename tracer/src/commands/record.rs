@@ -44,9 +44,11 @@ pub async fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
         out.lost,
         out.reason.as_str().replace('_', " ")
     );
-    if a.gate.fail_under.is_some() {
-        let rep = crate::report::report_from_capture(&a.output)?;
-        if let Some(code) = gate_code(&rep, a.gate) {
+    // The same judgement as `report --fail-under` on this capture (3 below, 4 not judged).
+    if let Some(pct) = a.gate.fail_under {
+        let mut rep = crate::report::report_from_capture(&a.output)?;
+        rep.set_gate(pct);
+        if let Some(code) = gate_code(&rep) {
             return Ok(code);
         }
     }

@@ -1,5 +1,5 @@
 //! `cfstrace report FILE`: read a capture, print its report (table or `--json`), draw it with
-//! `--svg`, and judge `--fail-under`.
+//! `--svg`, and judge `--fail-under` (exit 3 below it, 4 when it cannot be judged).
 use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
@@ -7,20 +7,21 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use crate::analysis::headroom::{self, EXIT_HEADROOM, Verdict};
+use crate::analysis::headroom::{EXIT_HEADROOM, EXIT_NOT_JUDGED};
 use crate::capture::{self, CaptureError, CaptureReader};
 use crate::cli::{GateArgs, ReportArgs, ShowArgs};
 use crate::render::svg::{self, PlotData};
 use crate::report::ReportError;
-use crate::report::{self, Report};
+use crate::report::{self, GateVerdict, Report};
 
 pub fn run(a: ReportArgs) -> Result<ExitCode> {
-    let rep = print_report(&a.file, &a.show)?;
-    Ok(gate_code(&rep, a.gate).unwrap_or(ExitCode::SUCCESS))
+    let rep = print_report(&a.file, &a.show, a.gate)?;
+    Ok(gate_code(&rep).unwrap_or(ExitCode::SUCCESS))
 }
 
-/// Read a capture, print its report (JSON or table) on stdout, and draw it to `--svg` if asked.
-pub fn print_report(file: &Path, show: &ShowArgs) -> Result<Report> {
+/// Read a capture, judge `--fail-under` into its `gate`, print the report (JSON or table) on
+/// stdout, and draw it to `--svg` if asked.
+pub fn print_report(file: &Path, show: &ShowArgs, gate: GateArgs) -> Result<Report> {
     let (mut rep, plot) = match &show.svg {
         Some(_) => {
             let (r, p) = report_with_plot(file)?;
@@ -29,6 +30,9 @@ pub fn print_report(file: &Path, show: &ShowArgs) -> Result<Report> {
         None => (report::report_from_capture(file)?, None),
     };
     rep.set_highlight_under(show.highlight_under);
+    if let Some(pct) = gate.fail_under {
+        rep.set_gate(pct);
+    }
     crate::render::print_report(&rep, show.json)?;
     if let (Some(out), Some(plot)) = (&show.svg, plot) {
         svg::write_svg(&rep, &plot, out)?;
@@ -55,21 +59,39 @@ fn report_with_plot(path: &Path) -> Result<(Report, PlotData), ReportError> {
     Ok((rep, plot))
 }
 
-/// `--fail-under`: the gate's verdict on stderr, and exit status 3 when it fails.
-pub fn gate_code(rep: &Report, gate: GateArgs) -> Option<ExitCode> {
-    let pct = gate.fail_under?;
-    match headroom::judge(rep.watchdog.thresh_s, rep.headroom_ns, pct) {
-        Verdict::Pass { headroom_pct } => {
-            eprintln!("cfstrace: headroom {headroom_pct:.4}% of watchdog_thresh >= {pct}%: pass");
-            None
-        }
-        Verdict::Fail { headroom_pct } => {
-            eprintln!("cfstrace: headroom {headroom_pct:.4}% of watchdog_thresh < {pct}%: FAIL");
-            Some(ExitCode::from(EXIT_HEADROOM))
-        }
-        Verdict::Unknown { why } => {
-            eprintln!("cfstrace: headroom gate not judged: {why}");
-            None
-        }
+/// The exit status of a judged gate: 3 when it failed, 4 when it could not judge, None when
+/// it passed or none was asked for (the caller's own status then). Says the verdict on
+/// stderr in the sentence the JSON's `gate.why` holds.
+pub fn gate_code(rep: &Report) -> Option<ExitCode> {
+    let g = rep.gate.as_ref()?;
+    let word = match g.verdict {
+        GateVerdict::Pass => "pass",
+        GateVerdict::Fail => "FAIL",
+        GateVerdict::NotJudged => "NOT JUDGED",
+    };
+    eprintln!("cfstrace: headroom gate {word}: {}", g.why);
+    gate_status(g.verdict).map(ExitCode::from)
+}
+
+/// A verdict's own exit status; None for a pass.
+pub fn gate_status(v: GateVerdict) -> Option<u8> {
+    match v {
+        GateVerdict::Pass => None,
+        GateVerdict::Fail => Some(EXIT_HEADROOM),
+        GateVerdict::NotJudged => Some(EXIT_NOT_JUDGED),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_verdict_has_its_status() {
+        assert_eq!(gate_status(GateVerdict::Pass), None);
+        assert_eq!(gate_status(GateVerdict::Fail), Some(3));
+        assert_eq!(gate_status(GateVerdict::NotJudged), Some(4));
+        // Past 0 ok, 1 error, 2 usage, 3 headroom; not timeout(1)'s 124.
+        assert!(![0, 1, 2, 3, 124].contains(&EXIT_NOT_JUDGED));
     }
 }

@@ -1,5 +1,5 @@
 //! `cfstrace repro -- CMD`: record while a reproduction runs, then print the report, and exit
-//! with CMD's status (or 3 when the `--fail-under` gate fails).
+//! with CMD's status (or 3 when the `--fail-under` gate fails, 4 when it cannot judge).
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::SystemTime;
@@ -45,8 +45,9 @@ pub async fn run(a: ReproArgs) -> Result<ExitCode> {
         out.reason.as_str().replace('_', " "),
         output.display()
     );
-    let rep = print_report(&output, &a.show)?;
-    Ok(gate_code(&rep, a.gate).unwrap_or(ExitCode::from(out.exit_code.unwrap_or(0))))
+    let rep = print_report(&output, &a.show, a.gate)?;
+    // The gate's 3 or 4 wins over CMD's status: a CI job reads one number.
+    Ok(gate_code(&rep).unwrap_or(ExitCode::from(out.exit_code.unwrap_or(0))))
 }
 
 /// `cfstrace-repro-20260102T030405Z.jsonl`: the default capture name (in the current directory,

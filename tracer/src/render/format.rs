@@ -6,7 +6,9 @@ use std::fmt::Write as _;
 use crossterm::style::{ContentStyle, Stylize as _};
 
 use crate::model::host::WatchdogFacts;
-use crate::report::{CgroupReport, HeadroomAlert, Stats, top_comms, workload_label};
+use crate::report::{
+    CgroupReport, HeadroomAlert, Stats, decimals_against, top_comms, workload_label,
+};
 
 /// The few looks the terminal views use. Named, not raw styles, so the views and their tests
 /// say what a cell means and crossterm alone knows the escape sequences.
@@ -187,12 +189,13 @@ pub fn thresh(wd: &WatchdogFacts) -> String {
         .map_or_else(|| "unknown".to_string(), |t| format!("{t} s"))
 }
 
-/// The line both terminal views print when the node's headroom is below the highlight.
+/// The line both terminal views print when the node's headroom is below the highlight: 4
+/// decimals, more where 4 would read as the threshold itself.
 pub fn alert_line(a: &HeadroomAlert, wd: &WatchdogFacts) -> String {
     format!(
-        "!! HEADROOM ALERT: node headroom {:.4}% of watchdog_thresh ({}) is below {}% \
+        "!! HEADROOM ALERT: node headroom {}% of watchdog_thresh ({}) is below {}% \
          (--highlight-under)",
-        a.headroom_pct.unwrap_or(0.0),
+        decimals_against(a.headroom_pct.unwrap_or(0.0), 4, &[a.under_pct, 100.0]),
         thresh(wd),
         a.under_pct
     )

@@ -25,7 +25,7 @@ use hdrhistogram::Histogram;
 use super::format::{
     Line, Tone, alert_line, ellipsize_middle, p50_max, pad, thresh, workload_cell,
 };
-use crate::report::{CgroupReport, CpuReport, Report, human_ns, seconds};
+use crate::report::{CgroupReport, CpuReport, Report, human_ns};
 
 /// Block characters, by level (0: nothing).
 pub const BLOCKS: [char; 9] = [' ', '▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
@@ -298,7 +298,9 @@ fn status(f: &Frame<'_>) -> Vec<Line> {
                 .headroom_alert
                 .as_ref()
                 .and_then(|a| a.headroom_pct)
-                .map_or_else(String::new, |p| format!(" ({p:.2}%)"));
+                .map_or_else(String::new, |p| {
+                    format!(" ({}%)", r.headroom_pct_text(p, 2))
+                });
             let worst = r.worst_irqs_off.as_ref().map_or_else(String::new, |w| {
                 format!(
                     "  worst {} {} on cpu{}",
@@ -310,7 +312,7 @@ fn status(f: &Frame<'_>) -> Vec<Line> {
             headroom
                 .push("headroom now ")
                 .push_if(
-                    &format!("{}{pct}", seconds(h)),
+                    &format!("{}{pct}", r.headroom_seconds(h)),
                     Tone::Alert,
                     alert.is_some(),
                 )
@@ -610,6 +612,56 @@ mod tests {
                 .join("\n")
                 .contains("ALERT")
         );
+    }
+
+    /// The screen: `--highlight-under 100` with a 60 us worst callback (headroom
+    /// 9.99994 s, 99.9994 %) read "(100.00%)" next to "99.9994% ... below 100%".
+    #[test]
+    fn headroom_and_alert_agree_near_the_threshold() {
+        let hist = HashMap::new();
+        let frame = |r: &Report| {
+            let f = Frame {
+                report: r,
+                total_cgroups: 1,
+                hist: &hist,
+                elapsed: Duration::from_secs(5),
+                interval: Duration::from_secs(1),
+                filter: None,
+            };
+            render_frame(&f, 200, 50, false).join("\n")
+        };
+        let r = report(100.0, &[60_000]);
+        assert_eq!(r.headroom_ns, Some(9_999_940_000));
+        assert!(r.headroom_alert.as_ref().unwrap().alert);
+        let live = frame(&r);
+        assert!(live.contains("headroom now 9.9999 s (99.999%)"), "{live}");
+        assert!(!live.contains("100.00%"), "{live}");
+        assert!(
+            live.contains(
+                "!! HEADROOM ALERT: node headroom 99.9994% of watchdog_thresh (10 s) is below 100%"
+            ),
+            "{live}"
+        );
+        let text = crate::render::text::render_text(&r, false);
+        assert!(text.contains("node headroom 9.9999 s"), "{text}");
+        assert!(text.contains("node headroom 99.9994% of"), "{text}");
+        // 40 us: 4 decimals of seconds would say "10 s", the threshold itself.
+        let r = report(100.0, &[40_000]);
+        let live = frame(&r);
+        assert!(live.contains("headroom now 9.99996 s (99.9996%)"), "{live}");
+        assert!(live.contains("node headroom 99.9996% of"), "{live}");
+        let text = crate::render::text::render_text(&r, false);
+        assert!(text.contains("node headroom 9.99996 s"), "{text}");
+        assert!(
+            text.contains("watchdog headroom 9.99996 s of 10 s"),
+            "{text}"
+        );
+        // Never "100.00%" either, under any highlight: headroom is below watchdog_thresh.
+        let r = report(10.0, &[60_000]);
+        assert!(frame(&r).contains("headroom now 9.9999 s (99.999%)"));
+        // Far from both: the usual digits.
+        let r = report(10.0, &[5_000_000]);
+        assert!(frame(&r).contains("headroom now 9.995 s (99.95%)"));
     }
 
     const VIEW_MARKER: &str = "cfstrace-view-ends-by=";

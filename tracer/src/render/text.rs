@@ -10,7 +10,7 @@ use crate::model::probe::Probe;
 use crate::model::records::ParentRecord;
 use crate::report::{
     BASIS_CSD, BASIS_SPAN, CgroupReport, CpuReport, Report, WorstIrqsOff, human_ns, plural_s,
-    precursor_phrase, probe_how, seconds,
+    precursor_phrase, probe_how,
 };
 
 const TOP_CGROUPS: usize = 20;
@@ -71,9 +71,9 @@ fn head(o: &mut String, report: &Report, color: bool) {
     let node = match report.headroom_ns {
         Some(h) => {
             let cell = paint(
-                &headroom_cell(Some(h)).replace('s', " s"),
+                &headroom_cell(report, Some(h)).replace('s', " s"),
                 Tone::Red,
-                color && low_headroom(report, Some(h)),
+                color && report.below_highlight(Some(h)),
             );
             format!("  node headroom {cell} ({})", worst_phrase(report))
         }
@@ -179,8 +179,12 @@ fn cgroup_table(o: &mut String, report: &Report, color: bool) {
     for c in report.cgroups.iter().take(TOP_CGROUPS) {
         let row = cgroup_row(c, enq_is_runnable);
         let row = paint(&row, Tone::Bold, color && culprit_id == Some(c.id));
-        let hr = format!("{:>9}", headroom_cell(c.headroom_ns));
-        let hr = paint(&hr, Tone::Red, color && low_headroom(report, c.headroom_ns));
+        let hr = format!("{:>9}", headroom_cell(report, c.headroom_ns));
+        let hr = paint(
+            &hr,
+            Tone::Red,
+            color && report.below_highlight(c.headroom_ns),
+        );
         let _ = writeln!(o, "{row}{hr}  {}", comms(c, 3));
         // Nested quotas: the limits above it, each with its own period timer.
         if let Some(parents) = c.parents.as_ref().filter(|p| !p.is_empty()) {
@@ -363,20 +367,10 @@ fn cpu_sections(o: &mut String, report: &Report) {
     }
 }
 
-/// Headroom `h` under the report's highlight threshold (shown in red).
-fn low_headroom(report: &Report, h: Option<i64>) -> bool {
-    match (h, report.watchdog.thresh_s) {
-        (Some(h), Some(t)) if t > 0 => {
-            (h as f64) * 100.0 < t as f64 * 1e9 * report.highlight_under()
-        }
-        _ => false,
-    }
-}
-
 /// `9.9997s`, `-1.20ms` (over the threshold), `-` (unknown).
-fn headroom_cell(h: Option<i64>) -> String {
+fn headroom_cell(report: &Report, h: Option<i64>) -> String {
     match h {
-        Some(h) if h >= 0 => seconds(h).replace(' ', ""),
+        Some(h) if h >= 0 => report.headroom_seconds(h).replace(' ', ""),
         Some(h) => format!("-{}", human_ns(h.unsigned_abs()).replace(' ', "")),
         None => "-".to_string(),
     }

@@ -60,6 +60,7 @@ pub fn build_report(
         headroom_basis: worst_irqs_off.as_ref().map(|w| w.basis),
         worst_irqs_off,
         headroom_alert: None,
+        gate: None,
         precursors,
         culprit,
         warnings,

@@ -2,10 +2,13 @@
 //! span, per CPU and for the node, and whether it is low enough to highlight.
 use super::DEFAULT_HIGHLIGHT_PCT;
 use super::model::{
-    BASIS_CALLBACK, BASIS_CSD, BASIS_SPAN, CpuReport, HeadroomAlert, Report, Stats, WorstIrqsOff,
+    BASIS_CALLBACK, BASIS_CSD, BASIS_SPAN, CpuReport, Gate, GateVerdict, HeadroomAlert, Report,
+    Stats, WorstIrqsOff,
 };
+use super::prose::{decimals_against, human_ns, seconds_of};
 use crate::analysis::Aggregator;
 use crate::analysis::cpu::CpuStats;
+use crate::analysis::headroom::{Verdict, judge};
 
 /// watchdog_thresh - `worst_ns`; None when the threshold is unknown.
 pub(crate) fn headroom(thresh_s: Option<u64>, worst_ns: u64) -> Option<i64> {
@@ -81,7 +84,7 @@ pub fn headroom_alert(report: &Report, under_pct: f64) -> HeadroomAlert {
     match crate::analysis::headroom::headroom_pct(report.watchdog.thresh_s, report.headroom_ns) {
         Ok(pct) => HeadroomAlert {
             under_pct,
-            headroom_pct: Some((pct * 1e6).round() / 1e6),
+            headroom_pct: Some(json_pct(pct, under_pct)),
             alert: pct < under_pct,
             reason: None,
         },
@@ -94,11 +97,91 @@ pub fn headroom_alert(report: &Report, under_pct: f64) -> HeadroomAlert {
     }
 }
 
+/// A headroom percentage for the JSON: 6 decimals, more where 6 would put it on the other
+/// side of `threshold` (or of 100 %) than the exact value the verdict compared.
+fn json_pct(pct: f64, threshold: f64) -> f64 {
+    decimals_against(pct, 6, &[threshold, 100.0])
+        .parse()
+        .unwrap_or(pct)
+}
+
+/// `--fail-under PCT`: judge the report's node headroom (the figure `headroom_alert` shows)
+/// and say so; [`Gate::verdict`] is what the exit status follows.
+pub fn gate(report: &Report, fail_under_pct: f64) -> Gate {
+    let (verdict, headroom_pct, why) =
+        match judge(report.watchdog.thresh_s, report.headroom_ns, fail_under_pct) {
+            Verdict::Pass { headroom_pct } => (GateVerdict::Pass, Some(headroom_pct), None),
+            Verdict::Fail { headroom_pct } => (GateVerdict::Fail, Some(headroom_pct), None),
+            Verdict::Unknown { why } => (GateVerdict::NotJudged, None, Some(why)),
+        };
+    let why = match (headroom_pct, why) {
+        (Some(pct), _) => {
+            let worst = report
+                .worst_irqs_off
+                .as_ref()
+                .map_or_else(String::new, |w| {
+                    format!(
+                        "; worst {} {} on cpu{}",
+                        w.basis.as_str().replace('_', " "),
+                        human_ns(w.duration_ns),
+                        w.cpu
+                    )
+                });
+            format!(
+                "headroom {}% of watchdog_thresh ({} s{worst}) is {} {fail_under_pct}%",
+                decimals_against(pct, 4, &[fail_under_pct, 100.0]),
+                report.watchdog.thresh_s.unwrap_or(0),
+                if verdict == GateVerdict::Fail {
+                    "below"
+                } else {
+                    "at or above"
+                },
+            )
+        }
+        (None, why) => format!(
+            "not judged: {}; a gate that cannot judge does not pass",
+            why.unwrap_or_default()
+        ),
+    };
+    Gate {
+        fail_under_pct,
+        headroom_pct: headroom_pct.map(|p| json_pct(p, fail_under_pct)),
+        headroom_ns: report.headroom_ns,
+        basis: report.headroom_basis,
+        verdict,
+        why,
+    }
+}
+
 impl Report {
+    /// Judge `--fail-under PCT` and record it in the report's `gate`.
+    pub fn set_gate(&mut self, fail_under_pct: f64) {
+        self.gate = Some(gate(self, fail_under_pct));
+    }
+
     /// Highlight headroom under `under_pct` % of watchdog_thresh (`--highlight-under`): sets
     /// `headroom_alert`, which the text rendering follows too.
     pub fn set_highlight_under(&mut self, under_pct: f64) {
         self.headroom_alert = Some(headroom_alert(self, under_pct));
+    }
+
+    /// Headroom `h` (the node's or a cgroup's) below the highlight threshold: the same exact
+    /// percentage and comparison as `headroom_alert` and `--fail-under`.
+    pub fn below_highlight(&self, h: Option<i64>) -> bool {
+        crate::analysis::headroom::headroom_pct(self.watchdog.thresh_s, h)
+            .is_ok_and(|p| p < self.highlight_under())
+    }
+
+    /// Headroom `h` in seconds for the terminal views: never written on the other side of
+    /// watchdog_thresh or of the highlight threshold than it is.
+    pub fn headroom_seconds(&self, h: i64) -> String {
+        let t = self.watchdog.thresh_s;
+        seconds_of(h, t, t.map(|t| t as f64 * self.highlight_under() / 100.0))
+    }
+
+    /// A headroom percentage to `digits` decimals, more near the highlight threshold or 100 %.
+    pub fn headroom_pct_text(&self, pct: f64, digits: usize) -> String {
+        decimals_against(pct, digits, &[self.highlight_under(), 100.0])
     }
 
     /// The highlight threshold in effect (% of watchdog_thresh).
@@ -161,6 +244,65 @@ mod tests {
         let r = build_report(&header(), &Aggregator::new(), 1, vec![]);
         let a = r.headroom_alert.unwrap();
         assert_eq!((a.alert, a.headroom_pct), (false, None));
+    }
+
+    #[test]
+    fn the_gate_says_what_it_judged() {
+        // Node headroom 10 s - the 400 us worst callback: 99.996 %.
+        let mut r = build_report(&header(), &agg(), 8_000_000_000, vec![]);
+        assert!(
+            serde_json::to_value(&r).unwrap().get("gate").is_none(),
+            "no gate asked for, no `gate` key: older reports stay byte-identical"
+        );
+        r.set_gate(50.0);
+        let g = r.gate.clone().unwrap();
+        assert_eq!(g.verdict, GateVerdict::Pass);
+        assert_eq!(
+            (g.fail_under_pct, g.headroom_pct, g.headroom_ns, g.basis),
+            (50.0, Some(99.996), r.headroom_ns, Some(BASIS_CALLBACK))
+        );
+        assert_eq!(
+            g.why,
+            "headroom 99.9960% of watchdog_thresh (10 s; worst period callback 400 us on \
+             cpu2) is at or above 50%"
+        );
+        // The issue's run: `--fail-under 99.9999` failed, and the JSON must say so.
+        r.set_gate(99.9999);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["gate"]["verdict"], "fail");
+        assert_eq!(v["gate"]["fail_under_pct"], 99.9999);
+        assert_eq!(v["gate"]["headroom_pct"], 99.996);
+        assert_eq!(v["gate"]["basis"], "period_callback");
+        assert!(
+            v["gate"]["why"]
+                .as_str()
+                .unwrap()
+                .contains("is below 99.9999%")
+        );
+        // A headroom a hair under the threshold is written under it, in the number and the
+        // sentence (6 or 4 decimals would both say 100).
+        r.headroom_ns = Some(9_999_999_996);
+        r.set_gate(100.0);
+        r.set_highlight_under(100.0);
+        let g = r.gate.clone().unwrap();
+        assert_eq!(g.verdict, GateVerdict::Fail);
+        assert_eq!(g.headroom_pct, Some(99.99999996));
+        assert!(g.why.contains("headroom 99.99999996% "), "{}", g.why);
+        let a = r.headroom_alert.clone().unwrap();
+        assert_eq!((a.alert, a.headroom_pct), (true, Some(99.99999996)));
+        // Nothing to judge: its own verdict, never a pass.
+        let mut r = build_report(&header(), &Aggregator::new(), 1, vec![]);
+        r.set_gate(50.0);
+        let g = r.gate.clone().unwrap();
+        assert_eq!(
+            (g.verdict, g.headroom_pct, g.headroom_ns, g.basis),
+            (GateVerdict::NotJudged, None, None, None)
+        );
+        assert!(g.why.contains("no period-timer callback"), "{}", g.why);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["gate"]["verdict"], "not_judged");
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back.gate, r.gate);
     }
 
     #[test]

@@ -34,9 +34,12 @@ mod tests;
 
 pub use build::build_report;
 pub use figures::probe_how;
-pub use headroom::headroom_alert;
+pub use headroom::{gate, headroom_alert};
 pub use model::*;
-pub use prose::{human_ns, plural_s, precursor_phrase, seconds, top_comms, workload_label};
+pub use prose::{
+    decimals_against, human_ns, plural_s, precursor_phrase, seconds, seconds_of, top_comms,
+    workload_label,
+};
 
 pub const REPORT_SCHEMA: &str = "cfstrace.report/1";
 

@@ -70,6 +70,11 @@ pub struct Report {
     /// of watchdog_thresh). None only in a report from before it existed.
     #[serde(default)]
     pub headroom_alert: Option<HeadroomAlert>,
+    /// The `--fail-under` judgement (`record`, `report`, `repro`): the figure judged, the
+    /// threshold and the verdict the exit status follows. Only when a gate was asked for, so
+    /// a report without one is unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Gate>,
     /// Lockup precursors over all cgroups (kernel period rescaling, callbacks over their
     /// period, several distribute passes, the kernel's own messages).
     #[serde(default)]
@@ -92,6 +97,35 @@ pub struct HeadroomAlert {
     /// Why `headroom_pct` is None.
     #[serde(default)]
     pub reason: Option<String>,
+}
+
+/// The headroom gate (`--fail-under PCT`) and its verdict.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Gate {
+    /// The threshold, % of watchdog_thresh (`--fail-under`).
+    pub fail_under_pct: f64,
+    /// The figure judged: `headroom_ns` as % of watchdog_thresh (6 decimals, more where
+    /// rounding would cross the threshold). None when not judged.
+    pub headroom_pct: Option<f64>,
+    /// watchdog_thresh - the worst IRQs-off span (the report's `headroom_ns`).
+    pub headroom_ns: Option<i64>,
+    /// What that span was (the report's `headroom_basis`).
+    pub basis: Option<HeadroomBasis>,
+    /// `pass`, `fail` (exit status 3) or `not_judged` (exit status 4).
+    pub verdict: GateVerdict,
+    /// The verdict in one sentence, as stderr says it.
+    pub why: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GateVerdict {
+    /// Headroom at or above the threshold.
+    Pass,
+    /// Headroom below the threshold.
+    Fail,
+    /// No figure to judge (no callback seen, watchdog_thresh unknown or 0): not a pass.
+    NotJudged,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]

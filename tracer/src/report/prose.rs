@@ -44,6 +44,43 @@ pub fn seconds(ns: i64) -> String {
     format!("{s} s")
 }
 
+/// `value` to at least `digits` decimals, with as many more as it takes (up to 9, then the
+/// exact value) for the printed number to sit on the same side of every threshold as the
+/// value itself: 99.9994 % is never printed `100.00%` next to "below 100%". Judgements
+/// compare the exact values; this is only how they are written, in text, the live view,
+/// the JSON's prose and (parsed back) its rounded numbers.
+pub fn decimals_against(value: f64, digits: usize, thresholds: &[f64]) -> String {
+    let below = |v: f64| thresholds.iter().map(move |t| v < *t);
+    for d in digits..=digits.max(9) {
+        let s = format!("{value:.d$}");
+        if s.parse::<f64>()
+            .is_ok_and(|shown| below(shown).eq(below(value)))
+        {
+            return s;
+        }
+    }
+    // Rust's shortest round-trip form: exactly `value`.
+    format!("{value}")
+}
+
+/// A headroom in seconds to 4 decimals, trailing zeros trimmed, never printed on the other
+/// side of watchdog_thresh or of `also_s` (a highlight threshold in seconds) than it is:
+/// 9.99996 s of a 10 s threshold is `9.99996 s`, not `10 s`.
+pub fn seconds_of(ns: i64, thresh_s: Option<u64>, also_s: Option<f64>) -> String {
+    let thresholds: Vec<f64> = thresh_s
+        .map(|t| t as f64)
+        .into_iter()
+        .chain(also_s)
+        .collect();
+    let s = decimals_against(ns as f64 / 1e9, 4, &thresholds);
+    let s = if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &s
+    };
+    format!("{s} s")
+}
+
 /// The plural `s` of a count.
 pub fn plural_s(n: impl Into<u64>) -> &'static str {
     if n.into() == 1 { "" } else { "s" }
@@ -104,7 +141,10 @@ fn headroom_phrase(h: Option<i64>, wd: &WatchdogFacts) -> String {
             } else {
                 " (watchdog disabled)"
             };
-            format!("watchdog headroom {} of {t} s{off}", seconds(h))
+            format!(
+                "watchdog headroom {} of {t} s{off}",
+                seconds_of(h, Some(t), None)
+            )
         }
         (Some(h), Some(t)) => format!(
             "exceeds the {t} s watchdog threshold by {}",
@@ -239,5 +279,36 @@ mod tests {
         assert_eq!(human_ns(12_345_000_000), "12.3 s");
         assert_eq!(seconds(9_999_700_000), "9.9997 s");
         assert_eq!(seconds(10_000_000_000), "10 s");
+        assert_eq!(seconds_of(9_999_700_000, Some(10), None), "9.9997 s");
+        assert_eq!(seconds_of(10_000_000_000, Some(10), None), "10 s");
+        // Below the threshold never reads as the threshold (the lossy fixture's 53 us).
+        assert_eq!(seconds(9_999_960_000), "10 s");
+        assert_eq!(seconds_of(9_999_960_000, Some(10), None), "9.99996 s");
+        // ...nor as a highlight threshold in seconds (50 % of 10 s).
+        assert_eq!(seconds_of(4_999_990_000, Some(10), Some(5.0)), "4.99999 s");
+        assert_eq!(seconds_of(5_000_000_000, Some(10), Some(5.0)), "5 s");
+    }
+
+    #[test]
+    fn decimals_never_cross_a_threshold() {
+        // The numbers: headroom 99.9994 % under --highlight-under 100.
+        assert_eq!(format!("{:.2}", 99.9994), "100.00");
+        assert_eq!(decimals_against(99.9994, 2, &[100.0]), "99.999");
+        assert_eq!(decimals_against(99.9994, 4, &[100.0]), "99.9994");
+        assert_eq!(decimals_against(99.99994, 2, &[100.0]), "99.9999");
+        // Far from every threshold: the digits asked for.
+        assert_eq!(decimals_against(99.9994, 2, &[10.0]), "100.00");
+        assert_eq!(decimals_against(42.123456, 2, &[10.0, 100.0]), "42.12");
+        // At or above a threshold stays at or above it.
+        let at = decimals_against(99.99995, 4, &[99.99995]);
+        assert!(at.parse::<f64>().unwrap() >= 99.99995, "{at}");
+        assert_eq!(decimals_against(100.0, 2, &[100.0]), "100.00");
+        // `--fail-under 99.9999`: 99.99989 % must not read as 99.9999 %.
+        assert_eq!(format!("{:.4}", 99.99989), "99.9999");
+        assert_eq!(decimals_against(99.99989, 4, &[99.9999]), "99.99989");
+        // Closer than 9 decimals: the exact value.
+        let v = 100.0 - 1e-12;
+        assert_eq!(decimals_against(v, 2, &[100.0]).parse::<f64>(), Ok(v));
+        assert_eq!(decimals_against(5.0, 2, &[]), "5.00");
     }
 }
