@@ -268,9 +268,19 @@ fn highlight_under_flags_the_alert_like_fail_under() {
         &["--json", "--highlight-under", "100", "--fail-under", "100"],
     );
     assert_eq!(run.status.code(), Some(3), "{}", run.describe());
+    // The JSON records the gate, on the alert's figure, in the sentence stderr says.
+    let g = at(&stdout_json(&run), "/gate").clone();
+    assert_eq!(g["verdict"], "fail", "{g}");
+    assert_eq!(g["fail_under_pct"].as_f64(), Some(100.0), "{g}");
+    assert_eq!(
+        g["headroom_pct"].as_f64(),
+        Some(pct),
+        "gate and alert disagree on the figure: {g}"
+    );
+    let why = g["why"].as_str().expect("gate.why");
     assert!(
-        run.stderr.contains(&format!("headroom {pct:.4}%")),
-        "gate and alert disagree on the figure ({pct:.4}%): {}",
+        run.stderr.contains(&format!("headroom gate FAIL: {why}")),
+        "{}",
         run.describe()
     );
     let run = report_args(
@@ -278,4 +288,5 @@ fn highlight_under_flags_the_alert_like_fail_under() {
         &["--json", "--highlight-under", "0", "--fail-under", "0"],
     );
     assert_eq!(run.status.code(), Some(0), "{}", run.describe());
+    assert_eq!(at(&stdout_json(&run), "/gate/verdict"), "pass");
 }
