@@ -53,7 +53,7 @@ fn a_gate_that_cannot_judge_does_not_pass() {
     assert_eq!(run.status.code(), Some(4), "{}", run.describe());
     assert!(
         run.stderr
-            .contains("headroom gate NOT JUDGED: not judged: no period-timer callback"),
+            .contains("headroom gate NOT JUDGED: no period-timer callback was seen"),
         "{}",
         run.describe()
     );

@@ -139,7 +139,7 @@ pub fn gate(report: &Report, fail_under_pct: f64) -> Gate {
             )
         }
         (None, why) => format!(
-            "not judged: {}; a gate that cannot judge does not pass",
+            "{}; a gate that cannot judge does not pass",
             why.unwrap_or_default()
         ),
     };
