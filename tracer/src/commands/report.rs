@@ -32,7 +32,7 @@ pub fn print_report(file: &Path, show: &ShowArgs) -> Result<Report> {
     crate::render::print_report(&rep, show.json)?;
     if let (Some(out), Some(plot)) = (&show.svg, plot) {
         svg::write_svg(&rep, &plot, out)?;
-        eprintln!("cfstrace: wrote plot {}", out.display());
+        crate::info!("cfstrace: wrote plot {}", out.display());
     }
     Ok(rep)
 }
@@ -60,7 +60,9 @@ pub fn gate_code(rep: &Report, gate: GateArgs) -> Option<ExitCode> {
     let pct = gate.fail_under?;
     match headroom::judge(rep.watchdog.thresh_s, rep.headroom_ns, pct) {
         Verdict::Pass { headroom_pct } => {
-            eprintln!("cfstrace: headroom {headroom_pct:.4}% of watchdog_thresh >= {pct}%: pass");
+            crate::info!(
+                "cfstrace: headroom {headroom_pct:.4}% of watchdog_thresh >= {pct}%: pass"
+            );
             None
         }
         Verdict::Fail { headroom_pct } => {
