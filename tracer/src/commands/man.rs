@@ -36,7 +36,9 @@ fn each_page() -> Vec<(String, Man)> {
     std::iter::once(cmd)
         .chain(subs)
         .map(|c| {
-            let man = dated(Man::new(c)).source(format!("cfstrace {VERSION}"));
+            // The footer's source stays short (the commit is in the VERSION section): a long
+            // one overprints the date.
+            let man = dated(Man::new(c)).source(concat!("cfstrace ", env!("CARGO_PKG_VERSION")));
             (man.get_filename(), man)
         })
         .collect()
