@@ -52,16 +52,18 @@ fn git_version(workspace: &Path) {
         return;
     }
     // Rerun when HEAD moves: HEAD itself (a branch switch or detached checkout) and the ref it
-    // names (a commit on the branch), loose or packed. In a worktree HEAD lives in the
-    // worktree's git dir and refs in the common one. Only existing files are named: cargo
-    // reruns a build script on every build for a missing one (and this one builds the eBPF).
+    // names (a commit on the branch), loose or packed, and HEAD's reflog (a commit on a packed
+    // branch writes a loose ref not watched yet). In a worktree HEAD lives in the worktree's
+    // git dir and refs in the common one. Only existing files are named: cargo reruns a build
+    // script on every build for a missing one (and this one builds the eBPF).
     let (Some(git_dir), Some(common)) = (
         git(&["rev-parse", "--absolute-git-dir"]),
         git(&["rev-parse", "--path-format=absolute", "--git-common-dir"]),
     ) else {
         return;
     };
-    let mut watch = vec![Path::new(&git_dir).join("HEAD")];
+    let git_dir = Path::new(&git_dir);
+    let mut watch = vec![git_dir.join("HEAD"), git_dir.join("logs/HEAD")];
     if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
         watch.push(Path::new(&common).join(r));
     }
