@@ -45,10 +45,19 @@ Exit status:
   N    record/repro -- CMD: CMD's exit status; 128+S when signal S killed it (130 Ctrl-C)
   124  record/repro -- CMD: --duration ran out and CMD was stopped";
 
+/// `cfstrace 0.1.0 (git abc1234, 2026-12-02)`: the commit and its date come from build.rs,
+/// `(git unknown)` when built outside a git checkout.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("CFSTRACE_GIT"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "cfstrace",
-    version,
+    version = VERSION,
     about = "Names the cgroup whose CFS bandwidth period timer eats the hard-lockup watchdog's headroom",
     long_about = "cfstrace times every sched_cfs_period_timer callback (hard-IRQ context, interrupts off), counts the \
 cfs_rqs it unthrottles and the entities it enqueues, and names the cgroup and application (YARN, docker, \
@@ -56,8 +65,22 @@ kubernetes, systemd, processes) whose period timer drives it hardest.",
     after_help = EXAMPLES
 )]
 pub struct Cli {
+    /// Quiet: no informational lines on stderr (progress, "wrote ...", "serving ...", the
+    /// demo's chatter). Errors and warnings are still printed.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Verbose: more detail, e.g. every probe's attach reasons in full (the report shows
+    /// reasons repeated across probes once, as numbered notes).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     #[command(subcommand)]
     pub command: Commands,
+}
+
+impl Cli {
+    pub fn verbosity(&self) -> crate::verbosity::Verbosity {
+        crate::verbosity::Verbosity::from_flags(self.quiet, self.verbose)
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -166,6 +189,19 @@ below --fail-under (wins); 4 --fail-under could not judge (no callback, watchdog
     Doctor(DoctorArgs),
     /// Run a built-in throttling storm on this machine, trace it, print the report, clean up.
     Demo(DemoArgs),
+    /// Print a shell completion script on stdout (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Examples:\n  \
+source <(cfstrace completions bash)                              # this shell\n  \
+cfstrace completions bash > /etc/bash_completion.d/cfstrace      # every new bash\n  \
+cfstrace completions zsh > \"${fpath[1]}/_cfstrace\"\n  \
+cfstrace completions fish > ~/.config/fish/completions/cfstrace.fish")]
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff) of cfstrace and its subcommands on stdout, or write
+    /// cfstrace.1 and cfstrace-<command>.1 to --out DIR.
+    #[command(after_help = "Examples:\n  \
+cfstrace man | man -l -\n  \
+cfstrace man --out /usr/local/share/man/man1 && mandb -q && man cfstrace-record")]
+    Man(ManArgs),
     /// Busy-loop worker of the demo storm (internal).
     #[command(name = "__spin", hide = true)]
     Spin(SpinArgs),
@@ -316,6 +352,21 @@ pub struct DemoArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Write one page a command (cfstrace.1, cfstrace-record.1, ...) into DIR instead of
+    /// printing them all on stdout.
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
 pub struct SpinArgs {
     #[arg(long, default_value = "spin")]
     pub comm: String,
@@ -383,6 +434,54 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn version_names_the_commit() {
+        let re = regex::Regex::new(
+            r"^\d+\.\d+\.\d+ \(git ([0-9a-f]{7,40}, \d{4}-\d{2}-\d{2}|unknown)\)$",
+        )
+        .unwrap();
+        assert!(re.is_match(VERSION), "{VERSION:?}");
+        assert!(VERSION.starts_with(env!("CARGO_PKG_VERSION")));
+        let shown = Cli::command().render_version();
+        assert_eq!(shown.trim_end(), format!("cfstrace {VERSION}"));
+    }
+
+    #[test]
+    fn quiet_and_verbose_are_global_and_exclusive() {
+        use crate::verbosity::Verbosity;
+        let v = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.verbosity());
+        assert_eq!(v(&["cfstrace", "report", "x"]).unwrap(), Verbosity::Normal);
+        assert_eq!(
+            v(&["cfstrace", "-q", "report", "x"]).unwrap(),
+            Verbosity::Quiet
+        );
+        assert_eq!(
+            v(&["cfstrace", "report", "x", "-q"]).unwrap(),
+            Verbosity::Quiet
+        );
+        assert_eq!(
+            v(&["cfstrace", "report", "-vv", "x"]).unwrap(),
+            Verbosity::Verbose
+        );
+        assert!(v(&["cfstrace", "report", "-q", "-v", "x"]).is_err());
+        // After `--` they belong to CMD.
+        let c = Cli::try_parse_from(["cfstrace", "record", "-o", "x", "--", "grep", "-q", "a"])
+            .unwrap();
+        assert_eq!(c.verbosity(), Verbosity::Normal);
+        let Commands::Record(a) = c.command else {
+            panic!("not record")
+        };
+        assert_eq!(a.command, vec!["grep", "-q", "a"]);
+        match Cli::try_parse_from(["cfstrace", "completions", "zsh"])
+            .unwrap()
+            .command
+        {
+            Commands::Completions(a) => assert_eq!(a.shell, clap_complete::Shell::Zsh),
+            _ => panic!("not completions"),
+        }
+        assert!(Cli::try_parse_from(["cfstrace", "completions", "tcsh"]).is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod model;
 pub mod render;
 pub mod report;
 pub mod session;
+pub mod verbosity;
 
 /// The program's object, built by aya-build from tracer-ebpf and embedded so the one binary
 /// is all a user copies to a node.

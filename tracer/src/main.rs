@@ -8,7 +8,8 @@ use clap::Parser as _;
 
 use cfstrace::cgroups::storm;
 use cfstrace::cli::{Cli, Commands};
-use cfstrace::commands::{demo, doctor, record, report, repro, watch};
+use cfstrace::commands::{completions, demo, doctor, man, record, report, repro, watch};
+use cfstrace::verbosity;
 
 async fn run(command: Commands) -> Result<ExitCode> {
     match command {
@@ -18,6 +19,8 @@ async fn run(command: Commands) -> Result<ExitCode> {
         Commands::Watch(a) => watch::run(&a).await,
         Commands::Doctor(a) => doctor::run(&a),
         Commands::Demo(a) => demo::run(&a).await,
+        Commands::Completions(a) => completions::run(&a),
+        Commands::Man(a) => man::run(&a),
         Commands::Spin(a) => storm::spin_worker(&a.comm),
     }
 }
@@ -54,9 +57,13 @@ fn error_chain(e: &anyhow::Error) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The storm's busy loops need no runtime.
+    // Once, before anything prints (see `verbosity` for why it is not passed down).
+    verbosity::set(cli.verbosity());
+    // The storm's busy loops and the generated texts need no runtime.
     let outcome = match cli.command {
         Commands::Spin(a) => storm::spin_worker(&a.comm),
+        Commands::Completions(a) => completions::run(&a),
+        Commands::Man(a) => man::run(&a),
         command => runtime(command),
     };
     match outcome {

@@ -30,7 +30,7 @@ async fn demo(opts: &DemoArgs, stop: &mut Stop) -> Result<report::Report> {
     let spec = storm::demo_spec(facts.ncpus);
     let (stale, stale_errors) = storm::remove_stale(&hierarchy, storm::DEMO_PREFIX);
     for p in stale {
-        eprintln!(
+        crate::info!(
             "cfstrace demo: removed a storm left by a killed demo: {}",
             p.display()
         );
@@ -53,20 +53,26 @@ async fn demo(opts: &DemoArgs, stop: &mut Stop) -> Result<report::Report> {
             (tmp.to_path_buf(), Some(tmp))
         }
     };
-    eprintln!(
+    crate::info!(
         "cfstrace demo: starting a throttling storm under {}/{} (cgroup v{}):",
-        hierarchy.mount, spec.tag, hierarchy.version
+        hierarchy.mount,
+        spec.tag,
+        hierarchy.version
     );
     for c in &spec.cgroups {
-        eprintln!(
+        crate::info!(
             "  {:<70} period {:>6} us  quota {:>6} us  {} x {}",
-            c.rel_path, c.period_us, c.quota_us, c.workers, c.comm
+            c.rel_path,
+            c.period_us,
+            c.quota_us,
+            c.workers,
+            c.comm
         );
     }
     let storm = Storm::start(&hierarchy, &spec, &exe).context("starting the demo storm")?;
     // Let the storm reach its steady state (every cgroup throttled) before tracing.
     std::thread::sleep(Duration::from_millis(500));
-    eprintln!(
+    crate::info!(
         "cfstrace demo: tracing for {:.0}s (Ctrl-C stops early and still cleans up)",
         opts.duration.as_secs_f64()
     );
@@ -85,14 +91,16 @@ async fn demo(opts: &DemoArgs, stop: &mut Stop) -> Result<report::Report> {
     let stopped = storm.stop();
     let rec = rec.context("tracing the demo storm")?;
     stopped.context("removing the demo storm's cgroups")?;
-    eprintln!(
+    crate::info!(
         "cfstrace demo: {} period-timer callbacks and {} async unthrottles traced, {} lost; storm removed",
-        rec.periods, rec.async_events, rec.lost
+        rec.periods,
+        rec.async_events,
+        rec.lost
     );
     let rep = report::report_from_capture(&path)?;
     crate::render::print_report(&rep, opts.json)?;
     if let Some(p) = &opts.output {
-        eprintln!("cfstrace demo: capture kept at {}", p.display());
+        crate::info!("cfstrace demo: capture kept at {}", p.display());
     }
     Ok(rep)
 }

@@ -35,7 +35,7 @@ pub async fn run(a: RecordArgs) -> anyhow::Result<ExitCode> {
     let out = record(&opts, &mut stop)
         .await
         .with_context(|| format!("recording to {}", a.output.display()))?;
-    eprintln!(
+    crate::info!(
         "cfstrace: wrote {} ({} period-timer callbacks, {} async unthrottles in {:.1}s, {} lost, stopped: {})",
         a.output.display(),
         out.periods,
@@ -255,7 +255,7 @@ async fn record_loop(
                     if let Some(c) = cmd.as_mut()
                         && let Said::Line(l) = c.tick()
                     {
-                        tty.say(&l);
+                        tty.warn(&l);
                     }
                 }
             },
@@ -268,7 +268,8 @@ const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the progress line is redrawn.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Elapsed time, callbacks and losses on stderr, refreshed in place, when it is a terminal.
+/// Elapsed time, callbacks and losses on stderr, refreshed in place, when it is a terminal
+/// (not with `-q`).
 struct Progress {
     show: bool,
 }
@@ -276,7 +277,7 @@ struct Progress {
 impl Progress {
     fn new(wanted: bool) -> Self {
         Progress {
-            show: wanted && io::stderr().is_terminal(),
+            show: wanted && crate::verbosity::get().info() && io::stderr().is_terminal(),
         }
     }
 
@@ -286,8 +287,15 @@ impl Progress {
         }
     }
 
-    /// A message on a line of its own.
+    /// A message on a line of its own: what happens to CMD and why (`-q` silences it; the
+    /// exit status says it too).
     fn say(&self, line: &str) {
+        self.clear();
+        crate::info!("cfstrace: {line}");
+    }
+
+    /// A line `-q` keeps: CMD ignored our signal and had to be killed.
+    fn warn(&self, line: &str) {
         self.clear();
         eprintln!("cfstrace: {line}");
     }

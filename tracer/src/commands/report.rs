@@ -36,7 +36,7 @@ pub fn print_report(file: &Path, show: &ShowArgs, gate: GateArgs) -> Result<Repo
     crate::render::print_report(&rep, show.json)?;
     if let (Some(out), Some(plot)) = (&show.svg, plot) {
         svg::write_svg(&rep, &plot, out)?;
-        eprintln!("cfstrace: wrote plot {}", out.display());
+        crate::info!("cfstrace: wrote plot {}", out.display());
     }
     Ok(rep)
 }
@@ -69,7 +69,12 @@ pub fn gate_code(rep: &Report) -> Option<ExitCode> {
         GateVerdict::Fail => "FAIL",
         GateVerdict::NotJudged => "NOT JUDGED",
     };
-    eprintln!("cfstrace: headroom gate {word}: {}", g.why);
+    // A pass is information (-q silences it); a fail or no verdict always shows.
+    if g.verdict == GateVerdict::Pass {
+        crate::info!("cfstrace: headroom gate {word}: {}", g.why);
+    } else {
+        eprintln!("cfstrace: headroom gate {word}: {}", g.why);
+    }
     gate_status(g.verdict).map(ExitCode::from)
 }
 

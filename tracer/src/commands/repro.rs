@@ -20,7 +20,7 @@ pub async fn run(a: ReproArgs) -> Result<ExitCode> {
     let output = a
         .output
         .unwrap_or_else(|| default_capture_name(SystemTime::now()));
-    eprintln!(
+    crate::info!(
         "cfstrace: recording to {} while `{}` runs",
         output.display(),
         a.command.join(" ")
@@ -35,7 +35,7 @@ pub async fn run(a: ReproArgs) -> Result<ExitCode> {
     let out = record::record(&opts, &mut stop)
         .await
         .with_context(|| format!("recording to {}", output.display()))?;
-    eprintln!(
+    crate::info!(
         "cfstrace: capture kept in {} ({} callbacks in {:.1}s, {} lost, stopped: {}); read it \
          again with `cfstrace report {}`",
         output.display(),

@@ -70,7 +70,7 @@ async fn watch(opts: &WatchArgs, stop: &mut Stop) -> anyhow::Result<()> {
         let bound = server.local_addr()?;
         // On this runtime: a connection is a task, never in the way of the drain.
         tokio::spawn(server.run());
-        eprintln!("cfstrace: serving Prometheus metrics on http://{bound}/metrics");
+        crate::info!("cfstrace: serving Prometheus metrics on http://{bound}/metrics");
     }
     let tty = io::stdout().is_terminal();
     let color = tty && std::env::var_os("NO_COLOR").is_none();

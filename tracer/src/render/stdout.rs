@@ -11,12 +11,17 @@ pub struct StdoutError(#[from] io::Error);
 
 /// Write `s` on stdout and flush it; a closed pipe is not an error.
 pub fn print(s: &str) -> Result<(), StdoutError> {
-    write_quietly(&mut io::stdout().lock(), s)
+    print_bytes(s.as_bytes())
 }
 
-/// `s` to `w`, flushed, with EPIPE taken as the reader's choice to stop.
-fn write_quietly(w: &mut impl io::Write, s: &str) -> Result<(), StdoutError> {
-    match w.write_all(s.as_bytes()).and_then(|()| w.flush()) {
+/// The same for bytes (a man page, a completion script).
+pub fn print_bytes(b: &[u8]) -> Result<(), StdoutError> {
+    write_quietly(&mut io::stdout().lock(), b)
+}
+
+/// `b` to `w`, flushed, with EPIPE taken as the reader's choice to stop.
+fn write_quietly(w: &mut impl io::Write, b: &[u8]) -> Result<(), StdoutError> {
+    match w.write_all(b).and_then(|()| w.flush()) {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         r => Ok(r?),
     }
@@ -63,11 +68,11 @@ mod tests {
 
     #[test]
     fn a_closed_pipe_is_a_quiet_end() {
-        assert!(write_quietly(&mut Closed(io::ErrorKind::BrokenPipe), "x").is_ok());
-        let full = write_quietly(&mut Closed(io::ErrorKind::StorageFull), "x");
+        assert!(write_quietly(&mut Closed(io::ErrorKind::BrokenPipe), b"x").is_ok());
+        let full = write_quietly(&mut Closed(io::ErrorKind::StorageFull), b"x");
         assert!(full.is_err_and(|e| e.to_string().starts_with("writing to stdout")));
         let mut v = Vec::new();
-        write_quietly(&mut v, "abc").unwrap();
+        write_quietly(&mut v, b"abc").unwrap();
         assert_eq!(v, b"abc");
     }
 }

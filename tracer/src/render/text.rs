@@ -12,6 +12,7 @@ use crate::report::{
     BASIS_CSD, BASIS_SPAN, CgroupReport, CpuReport, Report, WorstIrqsOff, human_ns, plural_s,
     precursor_phrase, probe_how,
 };
+use crate::verbosity::Verbosity;
 
 const TOP_CGROUPS: usize = 20;
 const TOP_CPUS: usize = 8;
@@ -20,11 +21,17 @@ const WORKLOAD_W: usize = 28;
 /// Probe reasons in the table are cut here; `--json` has them whole.
 const REASON_W: usize = 110;
 
-/// The whole table; `color` adds ANSI attributes (bold culprit, red low headroom).
+/// The whole table; `color` adds ANSI attributes (bold culprit, red low headroom). The probe
+/// list is short unless `-v`.
 pub fn render_text(report: &Report, color: bool) -> String {
+    render_text_as(report, color, crate::verbosity::get())
+}
+
+/// [`render_text`] at a chosen verbosity.
+pub fn render_text_as(report: &Report, color: bool, v: Verbosity) -> String {
     let mut o = String::new();
     head(&mut o, report, color);
-    probes(&mut o, report);
+    probes(&mut o, report, v.detail());
     match &report.culprit {
         Some(c) => {
             let line = format!("CULPRIT: {}", c.reason);
@@ -127,24 +134,175 @@ fn span_phrase(w: &WorstIrqsOff) -> String {
     )
 }
 
-/// One line a probe, in pipeline order (the frame first).
-fn probes(o: &mut String, report: &Report) {
-    let probes = Probe::REPORT_ORDER
+/// One line a probe, in pipeline order (the frame first). Short by default: a reason that
+/// several probes share (this host's "fentry: EPERM ...") is said once, as a numbered note
+/// under the list, and the system's own error text (in brackets) is left out; `full` (`-v`)
+/// gives every reason whole.
+fn probes(o: &mut String, report: &Report, full: bool) {
+    let rows: Vec<(&str, bool, String, Option<&str>)> = Probe::REPORT_ORDER
         .iter()
-        .filter_map(|name| report.probes.get(name).map(|p| (name, p)));
-    for (name, p) in probes {
-        if p.attached {
+        .filter_map(|name| report.probes.get(name).map(|p| (name, p)))
+        .map(|(name, p)| {
             let how = probe_how(p).unwrap_or_else(|| "attached".to_string());
-            let _ = write!(o, "  {name:<16} {how}");
-            if let Some(r) = &p.reason {
-                let _ = write!(o, "  ({})", shorten(r, REASON_W));
+            let reason = match (p.attached, p.reason.as_deref()) {
+                (false, None) => Some("not attached"),
+                (_, r) => r,
+            };
+            (name.as_str(), p.attached, how, reason)
+        })
+        .collect();
+    let notes = if full {
+        Notes::default()
+    } else {
+        Notes::of(rows.iter().filter_map(|r| r.3))
+    };
+    let mut cut = false;
+    for (name, attached, how, reason) in &rows {
+        let said = reason.map(|r| {
+            if full {
+                return r.to_string();
             }
-            o.push('\n');
-        } else {
-            let r = p.reason.as_deref().unwrap_or("not attached");
-            let _ = writeln!(o, "  {name:<16} -  unavailable: {}", shorten(r, REASON_W));
+            let short = shorten(&notes.shorten(r), REASON_W);
+            cut |= short != *r;
+            short
+        });
+        let _ = match (attached, said) {
+            (true, None) => writeln!(o, "  {name:<16} {how}"),
+            (true, Some(r)) => writeln!(o, "  {name:<16} {how}  ({r})"),
+            (false, r) => writeln!(o, "  {name:<16} -  unavailable: {}", r.unwrap_or_default()),
+        };
+    }
+    for (i, note) in notes.list.iter().enumerate() {
+        let _ = writeln!(o, "  [{}] {note}", i + 1);
+    }
+    if cut {
+        o.push_str("  (-v: every probe's reasons in full)\n");
+    }
+}
+
+/// The reasons several probes share, numbered in order of first appearance.
+#[derive(Default)]
+struct Notes {
+    list: Vec<String>,
+}
+
+/// Below this a repeated clause is cheaper said again than referred to.
+const NOTE_MIN: usize = 20;
+
+impl Notes {
+    /// Each reason is `; `-separated clauses, each `[context: ]style: why [detail]`. A note is
+    /// a clause tail (the whole clause, or what follows one of its `: `) that the most reasons
+    /// share, the longest of those: `fentry: the kernel refused ...` rather than what follows
+    /// `fell back: ` or `enqueue_task_fair: `.
+    fn of<'a>(reasons: impl Iterator<Item = &'a str>) -> Self {
+        let reasons: Vec<Vec<String>> = reasons
+            .map(|r| clauses(r).map(strip_details).collect())
+            .collect();
+        let mut shared: Vec<(String, usize)> = Vec::new();
+        for clauses in &reasons {
+            let mut tails: Vec<&str> = clauses.iter().flat_map(|c| tails(c)).collect();
+            tails.sort_unstable();
+            tails.dedup();
+            for t in tails.into_iter().filter(|t| t.len() >= NOTE_MIN) {
+                match shared.iter_mut().find(|(s, _)| s == t) {
+                    Some((_, n)) => *n += 1,
+                    None => shared.push((t.to_string(), 1)),
+                }
+            }
+        }
+        let mut list: Vec<String> = Vec::new();
+        for c in reasons.iter().flatten() {
+            let best = tails(c)
+                .filter_map(|t| shared.iter().find(|(s, _)| s == t))
+                .filter(|(_, n)| *n >= 2)
+                .max_by_key(|(s, n)| (*n, s.len()));
+            if let Some((s, _)) = best
+                && !list.contains(s)
+            {
+                list.push(s.clone());
+            }
+        }
+        Notes { list }
+    }
+
+    /// `r` without its bracketed details, each noted clause tail replaced by its style and
+    /// number: `fentry [1]`.
+    fn shorten(&self, r: &str) -> String {
+        clauses(r)
+            .map(|c| {
+                let c = strip_details(c);
+                let noted = tails(&c).find_map(|t| {
+                    let i = self.list.iter().position(|n| n == t)?;
+                    Some((c.len() - t.len(), i + 1))
+                });
+                match noted {
+                    Some((at, n)) => {
+                        let label = self.list[n - 1]
+                            .split_once(": ")
+                            .map(|(w, _)| w)
+                            .filter(|w| !w.contains(' '));
+                        match label {
+                            Some(w) => format!("{}{w} [{n}]", &c[..at]),
+                            None => format!("{}[{n}]", &c[..at]),
+                        }
+                    }
+                    None => c,
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// `s` cut at `sep` where it stands outside brackets and parentheses (`(EPERM: ...)` and
+/// `[path: os error]` stay whole); the byte offsets of the cuts.
+fn cuts<'a>(s: &'a str, sep: &'a str) -> impl Iterator<Item = usize> + 'a {
+    let mut depth = 0i32;
+    s.char_indices().filter_map(move |(i, ch)| {
+        match ch {
+            '(' | '[' => depth += 1,
+            ')' | ']' => depth -= 1,
+            _ => {}
+        }
+        (depth == 0 && s[i..].starts_with(sep)).then_some(i)
+    })
+}
+
+/// A reason's `; `-separated clauses.
+fn clauses(r: &str) -> impl Iterator<Item = &str> {
+    let mut from = 0;
+    let mut ends: Vec<usize> = cuts(r, "; ").collect();
+    ends.push(r.len());
+    ends.into_iter().map(move |end| {
+        let c = &r[from..end];
+        from = (end + 2).min(r.len());
+        c
+    })
+}
+
+/// The clause itself, then what follows each of its top-level `: `, longest first.
+fn tails(c: &str) -> impl Iterator<Item = &str> {
+    std::iter::once(c).chain(cuts(c, ": ").map(move |i| &c[i + 2..]))
+}
+
+/// The clause without its ` [...]` details (the system's own error text).
+fn strip_details(c: &str) -> String {
+    let mut out = String::with_capacity(c.len());
+    let mut depth = 0usize;
+    for ch in c.chars() {
+        match ch {
+            '[' => {
+                if depth == 0 {
+                    out.truncate(out.trim_end().len());
+                }
+                depth += 1;
+            }
+            ']' if depth > 0 => depth -= 1,
+            _ if depth == 0 => out.push(ch),
+            _ => {}
         }
     }
+    out.trim_end().to_string()
 }
 
 /// The top cgroups, worst first, each with its parents' quotas under it.

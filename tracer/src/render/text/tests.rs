@@ -172,3 +172,91 @@ fn styled_prefix(tone: Tone, text: &str) -> String {
     let cut = full.find('\u{0}').expect("the marker");
     format!("{}{text}", &full[..cut])
 }
+
+/// This CI host's probes: every family refused the same two ways, with the system's errors.
+fn eperm_host_report() -> crate::report::Report {
+    use crate::model::probe::{Probe, ProbeStatus, Style};
+    const FENTRY: &str = "fentry: the kernel refused the program (EPERM: BPF trampolines not \
+                          permitted here) [the BPF_PROG_LOAD syscall returned Operation not \
+                          permitted (os error 1)]";
+    const KPROBE: &str = "kprobe: this kernel has no kprobe PMU (built without CONFIG_KPROBES) \
+                          [`/sys/bus/event_source/devices/kprobe/type`: No such file or \
+                          directory (os error 2)]";
+    let mut r = build_report(&header(), &agg(), 8_000_000_000, vec![]);
+    let mut timer = ProbeStatus::attached(Style::Tracepoint, "hrtimer_expire_entry/exit");
+    timer.reason = Some(format!("fell back: {FENTRY}; {KPROBE}"));
+    r.probes.insert(Probe::PeriodTimer, timer);
+    for p in [Probe::Distribute, Probe::Unthrottle] {
+        r.probes
+            .insert(p, ProbeStatus::not_attached(format!("{FENTRY}; {KPROBE}")));
+    }
+    r.probes.insert(
+        Probe::Enqueue,
+        ProbeStatus::not_attached(format!(
+            "enqueue_entity is inlined in this kernel; enqueue_task_fair: {FENTRY}; {KPROBE}"
+        )),
+    );
+    r
+}
+
+#[test]
+fn repeated_probe_reasons_are_said_once_and_whole_with_v() {
+    let r = eperm_host_report();
+    let short = render_text_as(&r, false, Verbosity::Normal);
+    holds(
+        &short,
+        &[
+            "  period_timer     tracepoint hrtimer_expire_entry/exit  (fell back: fentry [1]; kprobe [2])\n",
+            "  distribute       -  unavailable: fentry [1]; kprobe [2]\n",
+            "  unthrottle       -  unavailable: fentry [1]; kprobe [2]\n",
+            "  enqueue          -  unavailable: enqueue_entity is inlined in this kernel; \
+             enqueue_task_fair: fentry [1]; kprobe [2]\n",
+            "  [1] fentry: the kernel refused the program (EPERM: BPF trampolines not permitted here)\n",
+            "  [2] kprobe: this kernel has no kprobe PMU (built without CONFIG_KPROBES)\n",
+            "(-v: every probe's reasons in full)",
+        ],
+    );
+    assert_eq!(
+        short.matches("EPERM").count(),
+        1,
+        "EPERM said once:\n{short}"
+    );
+    assert!(!short.contains("os error"), "details are -v's:\n{short}");
+
+    let full = render_text_as(&r, false, Verbosity::Verbose);
+    assert_eq!(full.matches("EPERM").count(), 4, "{full}");
+    assert_eq!(full.matches("(os error 1)]").count(), 4, "{full}");
+    assert!(!full.contains("[1]") && !full.contains("-v:"), "{full}");
+    holds(
+        &full,
+        &[
+            "  distribute       -  unavailable: fentry: the kernel refused the program \
+           (EPERM: BPF trampolines not permitted here) [the BPF_PROG_LOAD syscall returned \
+           Operation not permitted (os error 1)]; kprobe: this kernel has no kprobe PMU",
+        ],
+    );
+    // Quiet is about stderr: the report itself is the normal one.
+    assert_eq!(render_text_as(&r, false, Verbosity::Quiet), short);
+}
+
+#[test]
+fn a_reason_no_other_probe_shares_gets_no_note() {
+    let r = build_report(&header(), &agg(), 8_000_000_000, vec![]);
+    let t = render_text_as(&r, false, Verbosity::Normal);
+    assert!(!t.contains("  [1] "), "{t}");
+    assert_eq!(t, render_text_as(&r, false, Verbosity::Verbose));
+}
+
+#[test]
+fn clause_splitting_keeps_brackets_and_parentheses_whole() {
+    let r = "fell back: a: x (b; c: d) [e; f]; g: h";
+    assert_eq!(
+        clauses(r).collect::<Vec<_>>(),
+        ["fell back: a: x (b; c: d) [e; f]", "g: h"]
+    );
+    assert_eq!(
+        tails("fell back: a: x (c: d)").collect::<Vec<_>>(),
+        ["fell back: a: x (c: d)", "a: x (c: d)", "x (c: d)"]
+    );
+    assert_eq!(strip_details("a: x [e: f] y [g]"), "a: x y");
+}
