@@ -62,7 +62,7 @@ fn a_gate_that_cannot_judge_does_not_pass() {
     let g = at(&stdout_json(&run), "/gate").clone();
     assert_eq!(g["verdict"], "not_judged", "{g}");
     assert_eq!(g["fail_under_pct"].as_f64(), Some(50.0), "{g}");
-    assert!(g["headroom_pct"].is_null() && g["basis"].is_null(), "{g}");
+    assert!(g["headroom_pct"].is_null(), "{g}");
     // Watchdog off (thresh 0): nothing to judge against either.
     let text = fs::read_to_string(demo()).unwrap();
     let off = text.replacen("\"thresh_s\":10", "\"thresh_s\":0", 1);
@@ -89,8 +89,11 @@ fn the_json_records_the_gate() {
     assert_eq!(g["verdict"], "fail", "{g}");
     assert_eq!(g["fail_under_pct"].as_f64(), Some(99.9999), "{g}");
     assert_eq!(g["headroom_pct"].as_f64(), Some(99.999396), "{g}");
-    assert_eq!(g["headroom_ns"], r["headroom_ns"], "{g}");
-    assert_eq!(g["basis"], r["headroom_basis"], "{g}");
+    // What was judged is the report's own headroom, not a copy of it.
+    assert!(
+        g.get("headroom_ns").is_none() && g.get("basis").is_none(),
+        "{g}"
+    );
     let why = g["why"].as_str().expect("why");
     assert!(why.ends_with("is below 99.9999%"), "{why}");
     assert!(
@@ -107,11 +110,8 @@ fn the_json_records_the_gate() {
     // The table says it on stderr only; stdout is the usual table.
     let run = report(&dir, &demo(), &["--fail-under", "99.9999"]);
     assert_eq!(run.status.code(), Some(3), "{}", run.describe());
-    assert!(
-        run.stderr.contains("headroom gate FAIL"),
-        "{}",
-        run.describe()
-    );
+    let said = &run.stderr;
+    assert!(said.contains("headroom gate FAIL"), "{said}");
 }
 
 #[test]

@@ -146,8 +146,6 @@ pub fn gate(report: &Report, fail_under_pct: f64) -> Gate {
     Gate {
         fail_under_pct,
         headroom_pct: headroom_pct.map(|p| json_pct(p, fail_under_pct)),
-        headroom_ns: report.headroom_ns,
-        basis: report.headroom_basis,
         verdict,
         why,
     }
@@ -258,8 +256,8 @@ mod tests {
         let g = r.gate.clone().unwrap();
         assert_eq!(g.verdict, GateVerdict::Pass);
         assert_eq!(
-            (g.fail_under_pct, g.headroom_pct, g.headroom_ns, g.basis),
-            (50.0, Some(99.996), r.headroom_ns, Some(BASIS_CALLBACK))
+            (g.fail_under_pct, g.headroom_pct, r.headroom_basis),
+            (50.0, Some(99.996), Some(BASIS_CALLBACK))
         );
         assert_eq!(
             g.why,
@@ -272,7 +270,7 @@ mod tests {
         assert_eq!(v["gate"]["verdict"], "fail");
         assert_eq!(v["gate"]["fail_under_pct"], 99.9999);
         assert_eq!(v["gate"]["headroom_pct"], 99.996);
-        assert_eq!(v["gate"]["basis"], "period_callback");
+        assert_eq!(v["headroom_basis"], "period_callback");
         assert!(
             v["gate"]["why"]
                 .as_str()
@@ -295,8 +293,8 @@ mod tests {
         r.set_gate(50.0);
         let g = r.gate.clone().unwrap();
         assert_eq!(
-            (g.verdict, g.headroom_pct, g.headroom_ns, g.basis),
-            (GateVerdict::NotJudged, None, None, None)
+            (g.verdict, g.headroom_pct),
+            (GateVerdict::NotJudged, None)
         );
         assert!(g.why.contains("no period-timer callback"), "{}", g.why);
         let v = serde_json::to_value(&r).unwrap();

@@ -104,13 +104,10 @@ pub struct HeadroomAlert {
 pub struct Gate {
     /// The threshold, % of watchdog_thresh (`--fail-under`).
     pub fail_under_pct: f64,
-    /// The figure judged: `headroom_ns` as % of watchdog_thresh (6 decimals, more where
-    /// rounding would cross the threshold). None when not judged.
+    /// The figure judged: the report's `headroom_ns` (measured from its `headroom_basis`) as %
+    /// of watchdog_thresh (6 decimals, more where rounding would cross the threshold). None
+    /// when not judged.
     pub headroom_pct: Option<f64>,
-    /// watchdog_thresh - the worst IRQs-off span (the report's `headroom_ns`).
-    pub headroom_ns: Option<i64>,
-    /// What that span was (the report's `headroom_basis`).
-    pub basis: Option<HeadroomBasis>,
     /// `pass`, `fail` (exit status 3) or `not_judged` (exit status 4).
     pub verdict: GateVerdict,
     /// The verdict in one sentence, as stderr says it.
