@@ -292,10 +292,7 @@ mod tests {
         let mut r = build_report(&header(), &Aggregator::new(), 1, vec![]);
         r.set_gate(50.0);
         let g = r.gate.clone().unwrap();
-        assert_eq!(
-            (g.verdict, g.headroom_pct),
-            (GateVerdict::NotJudged, None)
-        );
+        assert_eq!((g.verdict, g.headroom_pct), (GateVerdict::NotJudged, None));
         assert!(g.why.contains("no period-timer callback"), "{}", g.why);
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["gate"]["verdict"], "not_judged");
