@@ -206,18 +206,8 @@ impl Session {
     /// or a cgroup's name. Cancel-safe: it only waits, [`Session::handle`] does the work, so
     /// it can race other branches of a `select!`.
     pub async fn wait(&mut self) -> Result<Wake, RecordError> {
-        let kmsg = async {
-            match &self.kmsg {
-                Some(k) => k.readable().await.map(|mut g| g.clear_ready()),
-                None => std::future::pending().await,
-            }
-        };
-        let kernel_log = async {
-            match &self.kernel_log {
-                Some(k) => k.readable().await.map(|mut g| g.clear_ready()),
-                None => std::future::pending().await,
-            }
-        };
+        let kmsg = readiness(self.kmsg.as_ref());
+        let kernel_log = readiness(self.kernel_log.as_ref());
         tokio::select! {
             _ = self.drain_tick.tick() => Ok(Wake::Drain),
             g = self.ring.readable_mut() => {
@@ -316,11 +306,6 @@ impl Session {
         self.naming.finish(sink).await.map_err(PollError::Sink)
     }
 
-    /// Lines that went out ahead of their cgroup's naming line (see [`naming`]).
-    pub fn unheld_lines(&self) -> u64 {
-        self.naming.unheld
-    }
-
     fn drain_ring<E>(&mut self, sink: &mut impl Sink<E>) -> Result<(), PollError<E>> {
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
@@ -373,8 +358,9 @@ impl Session {
 
 /// `inner`'s fd in the runtime's epoll, for readability.
 fn readable<T: std::os::fd::AsRawFd>(inner: T) -> io::Result<AsyncFd<T>> {
-    // SAFETY: both users (the ring buffer's map and /dev/kmsg's file) own their fd, keep it
-    // open and unchanged for as long as they live, and live as long as the AsyncFd.
+    // SAFETY: every user (the ring buffer's map, /dev/kmsg's file, aya-log's ring) owns its
+    // fd, keeps it open and unchanged for as long as it lives, and lives as long as the
+    // AsyncFd.
     unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }
         .map_err(io::Error::from)
 }
@@ -386,6 +372,15 @@ fn nonzero_buckets(h: &[u32]) -> Vec<(u32, u32)> {
         .filter(|(_, n)| **n != 0)
         .map(|(b, n)| (b as u32, *n))
         .collect()
+}
+
+/// The next readiness of an optional source (its readiness cleared: the caller reads it all);
+/// never, without one.
+async fn readiness<T: std::os::fd::AsRawFd>(fd: Option<&AsyncFd<T>>) -> io::Result<()> {
+    match fd {
+        Some(f) => f.readable().await.map(|mut g| g.clear_ready()),
+        None => std::future::pending().await,
+    }
 }
 
 /// What a session woke up for.
