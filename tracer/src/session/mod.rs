@@ -73,8 +73,6 @@ pub enum RecordError {
     Kmsg(io::Error),
     #[error("waiting for CMD: {0}")]
     Wait(io::Error),
-    #[error("cannot install the Ctrl-C handler: {0}")]
-    Signal(io::Error),
 }
 
 pub fn monotonic_ns() -> u64 {
