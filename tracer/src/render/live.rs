@@ -354,7 +354,7 @@ fn status(f: &Frame<'_>) -> Vec<Line> {
     lines.push(events);
     if let Some(c) = &r.culprit {
         let mut l = Line::new();
-        l.push_in(&format!("CULPRIT: {}", c.reason), Some(Tone::Bold));
+        l.push_in(&format!("CULPRIT: {}", c.headline), Some(Tone::Bold));
         lines.push(l);
     }
     lines
@@ -652,8 +652,10 @@ mod tests {
         assert!(live.contains("node headroom 99.9996% of"), "{live}");
         let text = crate::render::text::render_text(&r, false);
         assert!(text.contains("node headroom 9.99996 s"), "{text}");
+        // The reason is wrapped: read it as one line.
+        let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(
-            text.contains("watchdog headroom 9.99996 s of 10 s"),
+            flat.contains("watchdog headroom 9.99996 s of 10 s"),
             "{text}"
         );
         // Never "100.00%" either, under any highlight: headroom is below watchdog_thresh.

@@ -34,8 +34,15 @@ pub fn render_text_as(report: &Report, color: bool, v: Verbosity) -> String {
     probes(&mut o, report, v.detail());
     match &report.culprit {
         Some(c) => {
-            let line = format!("CULPRIT: {}", c.reason);
+            let line = format!("CULPRIT: {}", c.headline);
             let _ = writeln!(o, "{}", paint(&line, Tone::Bold, color));
+            // The whole reason, wrapped: the table is read in an 80-column terminal too.
+            let wrap = textwrap::Options::new(80)
+                .initial_indent("  why: ")
+                .subsequent_indent("       ");
+            for l in textwrap::wrap(&c.reason, wrap) {
+                let _ = writeln!(o, "{l}");
+            }
         }
         None => {
             let _ = writeln!(

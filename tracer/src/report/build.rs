@@ -3,9 +3,9 @@
 use super::cgroup::{Ctx, cgroup_report};
 use super::figures::figures;
 use super::headroom::{cpu_candidates, cpu_reports, headroom, worst_of};
-use super::model::{CgroupReport, Culprit, Events, Report};
+use super::model::{Busiest, CgroupReport, Culprit, Events, Report, WorstIrqsOff};
 use super::precursors::Evidence;
-use super::prose::culprit_reason;
+use super::prose::{culprit_headline, culprit_reason};
 use super::{DEFAULT_HIGHLIGHT_PCT, REPORT_SCHEMA};
 use crate::analysis::{Aggregator, UNRESOLVED_ID, UNRESOLVED_NAME};
 use crate::model::host::HostFacts;
@@ -33,10 +33,10 @@ pub fn build_report(
             evidence: &evidence,
         },
     );
-    let culprit = culprit(&cgroups, host);
     let precursors = Some(evidence.node(&cgroups));
     // Node: the worst of every CPU's worst.
     let worst_irqs_off = worst_of(agg.cpus().flat_map(|(cpu, s)| cpu_candidates(agg, cpu, s)));
+    let culprit = culprit(&cgroups, host, worst_irqs_off.as_ref());
     let events = events(agg);
     let warnings = report_warnings(warnings, agg, &events, figs.irq_span.available, host);
     let mut report = Report {
@@ -81,17 +81,46 @@ fn cgroup_reports(agg: &Aggregator, ctx: &Ctx<'_>) -> Vec<CgroupReport> {
     cgroups
 }
 
-/// The worst cgroup with callbacks. Unresolved callbacks are no actionable culprit while a
-/// named cgroup is in the running.
-fn culprit(cgroups: &[CgroupReport], host: &HostFacts) -> Option<Culprit> {
-    cgroups
-        .iter()
-        .find(|c| c.id != UNRESOLVED_ID && c.periods > 0)
-        .or_else(|| cgroups.iter().find(|c| c.periods > 0))
-        .map(|c| Culprit {
-            reason: culprit_reason(c, &host.watchdog),
-            cgroup: c.clone(),
-        })
+/// The cgroup that drives the node toward the watchdog threshold ([`Culprit`]): the longest
+/// IRQs-off span its timers ran in, then its own part of it, then its total. Unresolved
+/// callbacks are no actionable culprit while a named cgroup is in the running.
+fn culprit(
+    cgroups: &[CgroupReport],
+    host: &HostFacts,
+    node_worst: Option<&WorstIrqsOff>,
+) -> Option<Culprit> {
+    let named = || {
+        cgroups
+            .iter()
+            .filter(|c| c.id != UNRESOLVED_ID && c.periods > 0)
+    };
+    let any = || cgroups.iter().filter(|c| c.periods > 0);
+    let key = |c: &&CgroupReport| {
+        (
+            c.worst_irqs_off_ns(),
+            c.own_worst_ns(),
+            c.total_callback_ns,
+            std::cmp::Reverse(c.id),
+        )
+    };
+    let c = named().max_by_key(key).or_else(|| any().max_by_key(key))?;
+    // `cgroups` is in the table's order: by total first.
+    let busiest = named()
+        .next()
+        .or_else(|| any().next())
+        .filter(|b| b.id != c.id)
+        .map(|b| Busiest {
+            id: b.id,
+            path: b.path.clone(),
+            total_callback_ns: b.total_callback_ns,
+            worst_irqs_off_ns: b.worst_irqs_off_ns(),
+        });
+    Some(Culprit {
+        headline: culprit_headline(c, node_worst),
+        reason: culprit_reason(c, &host.watchdog, node_worst, busiest.as_ref()),
+        cgroup: c.clone(),
+        busiest_by_total: busiest,
+    })
 }
 
 fn events(agg: &Aggregator) -> Events {

@@ -367,3 +367,27 @@ pub fn round_trip(r: &crate::report::Report) -> serde_json::Value {
     assert_eq!(&back, r);
     v
 }
+
+/// `agg()` plus the node's worst timer interrupt (900 us on cpu5), in which cron's timer
+/// took 600 us and the YARN container's 50 us: YARN stays busiest by total, cron drove the
+/// node's worst span.
+pub fn culprit_differs_agg() -> Aggregator {
+    let mut a = agg();
+    a.add_period(&in_span(
+        rec(30, 5, 30_000_000_100, 600_000, 1),
+        30_000_000_000,
+    ));
+    a.add_period(&in_span(
+        rec(20, 5, 30_000_700_000, 50_000, 3),
+        30_000_000_000,
+    ));
+    a.add_irq_span(&IrqSpanRecord {
+        ts_ns: 30_000_000_000,
+        cpu: 5,
+        duration_ns: 900_000,
+        timers: 2,
+        timers_ns: 650_000,
+        flags: HOW_FRAME_TRACEPOINT,
+    });
+    a
+}

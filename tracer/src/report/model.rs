@@ -279,6 +279,26 @@ pub struct CgroupReport {
     pub precursors: Option<PrecursorReport>,
 }
 
+impl CgroupReport {
+    /// The longest IRQs-off time its timers were part of: the timer-interrupt span that ran
+    /// its worst, or its worst callback where no span holds it (`headroom_basis`). The figure
+    /// its `headroom_ns` is measured from.
+    pub fn worst_irqs_off_ns(&self) -> u64 {
+        match (&self.worst_irq_span, self.headroom_basis) {
+            (Some(w), Some(HeadroomBasis::IrqSpan)) => w.duration_ns,
+            _ => self.callback_ns.max,
+        }
+    }
+
+    /// Its own time in that span (its worst callback where no span holds it).
+    pub fn own_worst_ns(&self) -> u64 {
+        match (&self.worst_irq_span, self.headroom_basis) {
+            (Some(w), Some(HeadroomBasis::IrqSpan)) => w.own_ns,
+            _ => self.callback_ns.max,
+        }
+    }
+}
+
 // Read through to what naming found, as a capture's record does.
 impl std::ops::Deref for CgroupReport {
     type Target = CgroupFacts;
@@ -433,11 +453,34 @@ pub struct WorstIrqsOff {
     pub period_timers_ns: Option<u64>,
 }
 
+/// The cgroup that drives the node toward the watchdog threshold: the one whose period
+/// timers ran in the longest IRQs-off span (the lowest headroom of its own); on a tie (one
+/// span running several cgroups' timers), the one that took most of that span, then the one
+/// with the most IRQs-off time in total. Unresolved callbacks are no culprit while a named
+/// cgroup has callbacks.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Culprit {
     #[serde(flatten)]
     pub cgroup: CgroupReport,
+    /// The culprit in one line: its name, then under 60 characters (the views cut the name
+    /// to fit the terminal).
+    #[serde(default)]
+    pub headline: String,
     pub reason: String,
+    /// The first cgroup by total IRQs-off time (the table's order), when it is not the
+    /// culprit: the second figure, the cgroup that costs the node most over the run.
+    #[serde(default)]
+    pub busiest_by_total: Option<Busiest>,
+}
+
+/// A cgroup named by its total IRQs-off time.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Busiest {
+    pub id: u64,
+    pub path: Option<String>,
+    pub total_callback_ns: u64,
+    /// Its own worst IRQs-off span (or callback, where spans are not traced).
+    pub worst_irqs_off_ns: u64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

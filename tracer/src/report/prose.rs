@@ -3,7 +3,9 @@
 //! they live here; the renderers reuse them.
 use std::fmt::Write as _;
 
-use super::model::{CgroupReport, PrecursorReport};
+use super::model::{
+    Busiest, CgroupReport, HeadroomBasis, PrecursorReport, WorstIrqsOff, cgroup_name,
+};
 use crate::model::host::WatchdogFacts;
 use crate::model::records::ProcessInfo;
 use crate::model::workload::{Workload, WorkloadKind};
@@ -154,9 +156,8 @@ fn headroom_phrase(h: Option<i64>, wd: &WatchdogFacts) -> String {
     }
 }
 
-/// Why this cgroup is the culprit: who it is, how long its callbacks held IRQs off, what they
-/// did, its precursors, and the headroom left.
-pub(crate) fn culprit_reason(c: &CgroupReport, wd: &WatchdogFacts) -> String {
+/// `/path (workload)` or `/path (comm, comm)`: who a cgroup is, in a few words.
+fn who(c: &CgroupReport) -> String {
     let mut who = c.name().into_owned();
     let label = workload_label(&c.workload).or_else(|| {
         let comms = top_comms(&c.processes, 2);
@@ -165,9 +166,97 @@ pub(crate) fn culprit_reason(c: &CgroupReport, wd: &WatchdogFacts) -> String {
     if let Some(l) = label {
         let _ = write!(who, " ({l})");
     }
-    let mut r = format!(
-        "{who}: {} period-timer callback{} held IRQs off for {} in total, worst single \
-         callback {} (p99 {})",
+    who
+}
+
+/// Whether the culprit's worst IRQs-off time is the node's worst (same span, or the same
+/// figure where spans are not traced).
+fn is_node_worst(c: &CgroupReport, node: Option<&WorstIrqsOff>) -> bool {
+    let Some(n) = node else { return false };
+    match (&c.worst_irq_span, c.headroom_basis) {
+        (Some(w), Some(HeadroomBasis::IrqSpan)) => {
+            n.basis == HeadroomBasis::IrqSpan && n.cpu == w.cpu && n.duration_ns == w.duration_ns
+        }
+        _ => n.duration_ns == c.callback_ns.max,
+    }
+}
+
+/// The culprit in one line: who, and what it did to the worst IRQs-off time. "its" is the
+/// cgroup's own worst, "the node's" the worst of the run; the two never share a phrase.
+pub(crate) fn culprit_headline(c: &CgroupReport, node: Option<&WorstIrqsOff>) -> String {
+    let whose = if is_node_worst(c, node) {
+        "the node's worst"
+    } else {
+        "its worst"
+    };
+    match (&c.worst_irq_span, c.headroom_basis) {
+        (Some(w), Some(HeadroomBasis::IrqSpan)) => format!(
+            "{}: {} of {whose} IRQs-off span ({} on cpu{})",
+            who(c),
+            human_ns(w.own_ns),
+            human_ns(w.duration_ns),
+            w.cpu
+        ),
+        _ => format!(
+            "{}: {} in one callback, {whose} IRQs-off time",
+            who(c),
+            human_ns(c.callback_ns.max)
+        ),
+    }
+}
+
+/// Why this cgroup is the culprit: who it is, what its timers did to the worst IRQs-off time
+/// (its own worst, set against the node's), how long its callbacks held IRQs off in all, what
+/// they did, its precursors, the headroom left, and the busiest cgroup by total when that is
+/// another one.
+pub(crate) fn culprit_reason(
+    c: &CgroupReport,
+    wd: &WatchdogFacts,
+    node: Option<&WorstIrqsOff>,
+    busiest: Option<&Busiest>,
+) -> String {
+    let node_worst = is_node_worst(c, node);
+    let mut r = format!("{}: ", who(c));
+    match (&c.worst_irq_span, c.headroom_basis) {
+        (Some(w), Some(HeadroomBasis::IrqSpan)) => {
+            let _ = write!(
+                r,
+                "its timers took {} of {} timer-interrupt span, {} on cpu{} ({} period timer{} \
+                 in it)",
+                human_ns(w.own_ns),
+                if node_worst {
+                    "the node's worst"
+                } else {
+                    "its worst"
+                },
+                human_ns(w.duration_ns),
+                w.cpu,
+                w.period_timers,
+                plural_s(w.period_timers),
+            );
+        }
+        _ => {
+            let _ = write!(
+                r,
+                "its worst single callback held IRQs off for {}{}",
+                human_ns(c.callback_ns.max),
+                if node_worst { ", the node's worst" } else { "" }
+            );
+        }
+    }
+    if let Some(n) = node.filter(|_| !node_worst) {
+        let _ = write!(
+            r,
+            " (the node's worst IRQs-off time: {} on cpu{}, {})",
+            human_ns(n.duration_ns),
+            n.cpu,
+            basis_phrase(n.basis)
+        );
+    }
+    let _ = write!(
+        r,
+        "; {} period-timer callback{} held IRQs off for {} in total, its worst callback {} \
+         (p99 {})",
         c.periods,
         plural_s(c.periods),
         human_ns(c.total_callback_ns),
@@ -201,23 +290,29 @@ pub(crate) fn culprit_reason(c: &CgroupReport, wd: &WatchdogFacts) -> String {
     if let Some(sp) = c.spread.as_ref().filter(|sp| sp.per_period.max > 0) {
         let _ = write!(r, "; {}", sp.summary);
     }
-    if let Some(w) = &c.worst_irq_span {
-        let _ = write!(
-            r,
-            "; its timers took {} of the worst {} timer-interrupt span on cpu{} ({} period \
-             timer{} in it)",
-            human_ns(w.own_ns),
-            human_ns(w.duration_ns),
-            w.cpu,
-            w.period_timers,
-            plural_s(w.period_timers),
-        );
-    }
     if let Some(p) = c.precursors.as_ref().filter(|p| p.any()) {
         let _ = write!(r, "; lockup precursors: {}", precursor_phrase(p));
     }
     let _ = write!(r, "; {}", headroom_phrase(c.headroom_ns, wd));
+    if let Some(b) = busiest {
+        let _ = write!(
+            r,
+            "; by total IRQs-off time the busiest cgroup is {} ({} in total, its worst {})",
+            cgroup_name(b.id, b.path.as_deref()),
+            human_ns(b.total_callback_ns),
+            human_ns(b.worst_irqs_off_ns)
+        );
+    }
     r
+}
+
+/// What a node's worst IRQs-off time was.
+fn basis_phrase(b: HeadroomBasis) -> &'static str {
+    match b {
+        HeadroomBasis::IrqSpan => "a timer-interrupt span",
+        HeadroomBasis::PeriodCallback => "a period-timer callback",
+        HeadroomBasis::AsyncCsd => "an async-unthrottle CSD",
+    }
 }
 
 /// `period changed 2x by the kernel (1.00 ms -> 4.00 ms), 3 callbacks >= their period, ...`.

@@ -23,6 +23,70 @@ fn figure(f: &Value) -> bool {
     f["available"].is_boolean()
 }
 
+/// The culprit is the cgroup that drove the node's worst IRQs-off span, not the busiest by
+/// total; that one is the second figure, and the wording keeps "its" and "the node's" apart.
+#[test]
+fn culprit_is_by_headroom_and_busiest_by_total_is_second() {
+    let r = build_report(
+        &irq_header(),
+        &culprit_differs_agg(),
+        40_000_000_000,
+        vec![],
+    );
+    // The table stays by total: YARN first.
+    assert_eq!(r.cgroups[0].id, 20);
+    let c = r.culprit.as_ref().unwrap();
+    assert_eq!(c.cgroup.id, 30, "{}", c.reason);
+    assert_eq!(r.headroom_ns, Some(10_000_000_000 - 900_000));
+    assert_eq!(c.cgroup.headroom_ns, r.headroom_ns);
+    let b = c.busiest_by_total.as_ref().expect("busiest by total");
+    assert_eq!((b.id, b.path.as_deref()), (20, Some(YARN)));
+    assert_eq!(b.worst_irqs_off_ns, 900_000);
+    assert_eq!(
+        c.headline,
+        "/system.slice/cron.service (systemd cron.service): 600 us of the node's worst \
+         IRQs-off span (900 us on cpu5)"
+    );
+    // Short but for the name, which the views cut to fit.
+    let name_len = "/system.slice/cron.service (systemd cron.service)".len();
+    assert!(c.headline.len() - name_len <= 60, "{}", c.headline);
+    assert!(
+        c.reason.contains(
+            "its timers took 600 us of the node's worst timer-interrupt span, 900 us on cpu5 \
+             (2 period timers in it)"
+        ),
+        "{}",
+        c.reason
+    );
+    assert!(
+        c.reason.ends_with(&format!(
+            "by total IRQs-off time the busiest cgroup is {YARN} (15.3 ms in total, its worst \
+             900 us)"
+        )),
+        "{}",
+        c.reason
+    );
+    // Without the span, YARN's 310 us callback is the node's worst and YARN the culprit.
+    let r = build_report(&header(), &agg(), 8_000_000_000, vec![]);
+    let c = r.culprit.as_ref().unwrap();
+    assert_eq!(c.cgroup.id, 20);
+    assert_eq!(c.busiest_by_total, None);
+    // ...but the unresolved callback (400 us) is the node's worst: "its worst", never "the
+    // node's".
+    assert!(
+        c.headline
+            .ends_with(": 310 us in one callback, its worst IRQs-off time"),
+        "{}",
+        c.headline
+    );
+    assert!(
+        c.reason
+            .contains("(the node's worst IRQs-off time: 400 us on cpu2, a period-timer callback)"),
+        "{}",
+        c.reason
+    );
+}
+
 #[test]
 fn culprit_stats_and_order() {
     let r = build_report(&header(), &agg(), 8_000_000_000, vec!["w1".into()]);
@@ -51,14 +115,20 @@ fn culprit_stats_and_order() {
     assert_eq!((u.p50, u.max), (3, 48));
     assert!(
         c.reason.starts_with(&format!(
-            "{YARN} (yarn application_1512098667219_988894): 101 period-timer callbacks \
-             held IRQs off for "
+            "{YARN} (yarn application_1512098667219_988894): its worst single callback held \
+             IRQs off for 310 us (the node's worst"
         )),
         "{}",
         c.reason
     );
     assert!(
-        c.reason.contains("worst single callback 310 us (p99 "),
+        c.reason
+            .contains("; 101 period-timer callbacks held IRQs off for "),
+        "{}",
+        c.reason
+    );
+    assert!(
+        c.reason.contains("its worst callback 310 us (p99 "),
         "{}",
         c.reason
     );
