@@ -234,6 +234,14 @@ pub(crate) fn culprit_reason(
                 w.period_timers,
                 plural_s(w.period_timers),
             );
+            // A span mostly made of other work: the timers are not what eats the headroom.
+            if w.period_timers_ns < w.duration_ns / 2 {
+                let _ = write!(
+                    r,
+                    ", where all period timers took {}: the rest was other interrupt work",
+                    human_ns(w.period_timers_ns)
+                );
+            }
         }
         _ => {
             let _ = write!(
