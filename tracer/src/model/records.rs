@@ -194,7 +194,9 @@ impl CgroupFacts {
     }
 }
 
-/// A cgroup's name, resolved while recording so a cgroup deleted before `report` keeps it.
+/// A cgroup's name, resolved while recording so a cgroup deleted before `report` keeps it. A
+/// later record for the same id (what a re-read found: processes that came after the naming)
+/// replaces an earlier one for readers.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct CgroupRecord {
     #[serde(flatten)]

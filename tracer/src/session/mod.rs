@@ -220,7 +220,7 @@ impl Session {
                 r.map_err(RecordError::Poll)?;
                 Ok(Wake::KernelLog)
             }
-            Some(rec) = self.naming.next() => Ok(Wake::Named(Box::new(rec))),
+            Some(answer) = self.naming.next() => Ok(Wake::Named(Box::new(answer))),
         }
     }
 
@@ -236,7 +236,7 @@ impl Session {
                 }
                 Ok(())
             }
-            Wake::Named(rec) => self.naming.named(*rec, sink).map_err(PollError::Sink),
+            Wake::Named(answer) => self.naming.named(*answer, sink).map_err(PollError::Sink),
         }
     }
 
@@ -342,6 +342,8 @@ impl Session {
                 .line(id, rename, line, sink)
                 .map_err(PollError::Sink)?;
         }
+        // Cgroups named before their processes arrived are read again now and then.
+        self.naming.reread_round(std::time::Instant::now());
         Ok(())
     }
 
@@ -390,8 +392,8 @@ pub enum Wake {
     Kmsg,
     /// The programs logged (`--log-level`).
     KernelLog,
-    /// A cgroup's name is ready.
-    Named(Box<crate::capture::CgroupRecord>),
+    /// A cgroup's name, or a re-read of one, is ready.
+    Named(Box<naming::Answer>),
 }
 
 /// Where a session hands its capture lines (the writer, the live view); its error stops the
