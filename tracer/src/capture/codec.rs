@@ -3,7 +3,10 @@
 //! and `report` have to keep up with millions of lines a second. Anything not exactly this
 //! shape is left to serde.
 use crate::model::cpuset::CpuSet;
-use crate::model::records::{AsyncRecord, IrqSpanRecord, PeriodRecord};
+use crate::model::records::{
+    AsyncRecord, BANDWIDTH_FROM, ENQUEUED_FROM, IrqSpanRecord, LOOPS_FROM, PeriodRecord,
+    QUEUED_FROM, RUNNABLE_FROM, SPREAD_FROM, UNTHROTTLED_FROM,
+};
 use bytes::{BufMut as _, BytesMut};
 
 /// What serde writes first for a period record; lets the hot path skip the tagged-enum
@@ -39,6 +42,29 @@ hot_fields!(PeriodRecord, PERIOD_KEYS, period_values, period_from, [
     span_ts_ns: u64, spread: u32, spread_overflow: u32, queued: u32,
 ], spread_cpus: CpuSet);
 
+/// The `HOW_*` bits each period field needs to be a figure (0: always one); without them it is
+/// written `null`, as serde writes [`crate::model::records::PeriodWire`].
+const PERIOD_NEEDS: [u32; PERIOD_KEYS.len()] = [
+    0,
+    0,
+    0,
+    0,
+    0,
+    LOOPS_FROM,
+    UNTHROTTLED_FROM,
+    ENQUEUED_FROM,
+    RUNNABLE_FROM,
+    BANDWIDTH_FROM,
+    BANDWIDTH_FROM,
+    0,
+    0,
+    SPREAD_FROM,
+    SPREAD_FROM,
+    QUEUED_FROM,
+];
+/// Where the flags sit among a record's values.
+const PERIOD_FLAGS: usize = 11;
+
 /// `spread_cpus`, a string, follows the period's numbers when not empty.
 const SPREAD_CPUS_KEY: &[u8] = br#","spread_cpus":""#;
 
@@ -54,6 +80,10 @@ hot_fields!(AsyncRecord, ASYNC_KEYS, async_values, async_from, [
     ts_ns: u64, cpu: u32, duration_ns: u64, cgroup_id: u64, csd_ts_ns: u64, csd_ns: u64,
     segment: u32, unthrottled: u32, enqueued: u32, runnable: u32, flags: u32,
 ]);
+const ASYNC_NEEDS: [u32; ASYNC_KEYS.len()] =
+    [0, 0, 0, 0, 0, 0, 0, 0, ENQUEUED_FROM, RUNNABLE_FROM, 0];
+const ASYNC_FLAGS: usize = 10;
+const SPAN_NEEDS: [u32; SPAN_KEYS.len()] = [0; SPAN_KEYS.len()];
 
 #[inline]
 pub(super) fn push_u64(buf: &mut BytesMut, v: u64) {
@@ -61,28 +91,56 @@ pub(super) fn push_u64(buf: &mut BytesMut, v: u64) {
 }
 
 /// `{"kind":"<kind>","key":…,…}` without serde's per-field dispatch: the writer has to keep
-/// up with millions of callbacks a second.
-fn encode_fields(buf: &mut BytesMut, prefix: &[u8], keys: &[&[u8]], values: &[u64]) {
-    encode_numbers(buf, prefix, keys, values);
+/// up with millions of callbacks a second. A field whose `needs` bits are not in the flags
+/// (`values[flags_at]`) is `null`.
+fn encode_fields(
+    buf: &mut BytesMut,
+    prefix: &[u8],
+    keys: &[&[u8]],
+    values: &[u64],
+    needs: &[u32],
+    flags_at: Option<usize>,
+) {
+    encode_numbers(buf, prefix, keys, values, needs, flags_at);
     buf.put_u8(b'}');
 }
 
 /// The numeric fields without the closing brace.
-fn encode_numbers(buf: &mut BytesMut, prefix: &[u8], keys: &[&[u8]], values: &[u64]) {
+fn encode_numbers(
+    buf: &mut BytesMut,
+    prefix: &[u8],
+    keys: &[&[u8]],
+    values: &[u64],
+    needs: &[u32],
+    flags_at: Option<usize>,
+) {
+    // Flags are a u32 field: the cast never truncates.
+    let flags = flags_at.map_or(0, |i| values[i] as u32);
     buf.extend_from_slice(prefix);
-    for (i, (key, &v)) in keys.iter().zip(values).enumerate() {
+    for (i, ((key, &v), &need)) in keys.iter().zip(values).zip(needs).enumerate() {
         if i > 0 {
             buf.put_u8(b',');
         }
         buf.put_u8(b'"');
         buf.extend_from_slice(key);
         buf.extend_from_slice(b"\":");
-        push_u64(buf, v);
+        if need != 0 && flags & need == 0 {
+            buf.extend_from_slice(b"null");
+        } else {
+            push_u64(buf, v);
+        }
     }
 }
 
 pub(super) fn encode_period(buf: &mut BytesMut, p: &PeriodRecord) {
-    encode_numbers(buf, PERIOD_PREFIX, &PERIOD_KEYS, &period_values(p));
+    encode_numbers(
+        buf,
+        PERIOD_PREFIX,
+        &PERIOD_KEYS,
+        &period_values(p),
+        &PERIOD_NEEDS,
+        Some(PERIOD_FLAGS),
+    );
     if !p.spread_cpus.is_empty() {
         // A CPU list is digits, '-' and ',': nothing to escape.
         buf.extend_from_slice(SPREAD_CPUS_KEY);
@@ -93,11 +151,25 @@ pub(super) fn encode_period(buf: &mut BytesMut, p: &PeriodRecord) {
 }
 
 pub(super) fn encode_span(buf: &mut BytesMut, x: &IrqSpanRecord) {
-    encode_fields(buf, SPAN_PREFIX, &SPAN_KEYS, &span_values(x));
+    encode_fields(
+        buf,
+        SPAN_PREFIX,
+        &SPAN_KEYS,
+        &span_values(x),
+        &SPAN_NEEDS,
+        None,
+    );
 }
 
 pub(super) fn encode_async(buf: &mut BytesMut, a: &AsyncRecord) {
-    encode_fields(buf, ASYNC_PREFIX, &ASYNC_KEYS, &async_values(a));
+    encode_fields(
+        buf,
+        ASYNC_PREFIX,
+        &ASYNC_KEYS,
+        &async_values(a),
+        &ASYNC_NEEDS,
+        Some(ASYNC_FLAGS),
+    );
 }
 
 /// Strict parser for exactly what `encode_fields` writes (optional trailing newline). Anything
@@ -106,8 +178,9 @@ fn decode_fields<const N: usize>(
     line: &[u8],
     prefix: &[u8],
     keys: &[&[u8]; N],
+    needs: &[u32; N],
 ) -> Option<[u64; N]> {
-    let (v, s) = decode_numbers(line, prefix, keys)?;
+    let (v, s) = decode_numbers(line, prefix, keys, needs)?;
     end_of_object(s)?;
     Some(v)
 }
@@ -118,11 +191,13 @@ fn end_of_object(s: &[u8]) -> Option<()> {
     (s.is_empty() || s == b"\n" || s == b"\r\n").then_some(())
 }
 
-/// The numeric fields; returns what follows them.
+/// The numeric fields (`null`, read as 0, only where `needs` says a field may be absent; the
+/// flags say it is); returns what follows them.
 fn decode_numbers<'a, const N: usize>(
     line: &'a [u8],
     prefix: &[u8],
     keys: &[&[u8]; N],
+    needs: &[u32; N],
 ) -> Option<([u64; N], &'a [u8])> {
     let mut s = line.strip_prefix(prefix)?;
     let mut v = [0u64; N];
@@ -134,6 +209,12 @@ fn decode_numbers<'a, const N: usize>(
             .strip_prefix(b"\"")?
             .strip_prefix(*key)?
             .strip_prefix(b"\":")?;
+        if needs[i] != 0
+            && let Some(rest) = s.strip_prefix(b"null")
+        {
+            s = rest;
+            continue;
+        }
         let digits = s.iter().take_while(|b| b.is_ascii_digit()).count();
         // JSON has no leading zeros; 20 digits is u64's most.
         if digits == 0 || digits > 20 || (digits > 1 && s[0] == b'0') {
@@ -150,7 +231,7 @@ fn decode_numbers<'a, const N: usize>(
 }
 
 pub(super) fn decode_period(line: &[u8]) -> Option<PeriodRecord> {
-    let (v, mut rest) = decode_numbers(line, PERIOD_PREFIX, &PERIOD_KEYS)?;
+    let (v, mut rest) = decode_numbers(line, PERIOD_PREFIX, &PERIOD_KEYS, &PERIOD_NEEDS)?;
     let mut spread_cpus = CpuSet::default();
     if let Some(tail) = rest.strip_prefix(SPREAD_CPUS_KEY) {
         let n = tail.iter().position(|&b| b == b'"')?;
@@ -167,9 +248,14 @@ pub(super) fn decode_period(line: &[u8]) -> Option<PeriodRecord> {
 }
 
 pub(super) fn decode_span(line: &[u8]) -> Option<IrqSpanRecord> {
-    span_from(decode_fields(line, SPAN_PREFIX, &SPAN_KEYS)?)
+    span_from(decode_fields(line, SPAN_PREFIX, &SPAN_KEYS, &SPAN_NEEDS)?)
 }
 
 pub(super) fn decode_async(line: &[u8]) -> Option<AsyncRecord> {
-    async_from(decode_fields(line, ASYNC_PREFIX, &ASYNC_KEYS)?)
+    async_from(decode_fields(
+        line,
+        ASYNC_PREFIX,
+        &ASYNC_KEYS,
+        &ASYNC_NEEDS,
+    )?)
 }

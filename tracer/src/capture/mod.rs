@@ -54,6 +54,10 @@ pub(crate) mod tests {
     use super::*;
     use bytes::BytesMut;
 
+    use crate::model::records::{
+        BANDWIDTH_FROM, ENQUEUED_FROM, LOOPS_FROM, QUEUED_FROM, RUNNABLE_FROM, SPREAD_FROM,
+        UNTHROTTLED_FROM,
+    };
     use crate::model::workload::Workload;
 
     use std::fs::File;
@@ -91,7 +95,7 @@ pub(crate) mod tests {
                 duration_ns: 1234,
                 cgroup_id: 42,
                 quota_ns: u64::MAX,
-                flags: 0x1ff,
+                flags: 0x1ff | tracer_ebpf::HOW_PERIOD,
                 ..Default::default()
             }),
             CaptureLine::AsyncUnthrottle(AsyncRecord {
@@ -105,7 +109,9 @@ pub(crate) mod tests {
                 unthrottled: 1,
                 enqueued: 3,
                 runnable: 2,
-                flags: tracer_ebpf::ASYNC_LAST,
+                flags: tracer_ebpf::ASYNC_LAST
+                    | tracer_ebpf::HOW_ENQUEUE_ENTITY
+                    | tracer_ebpf::HOW_RUNNABLE,
             }),
             CaptureLine::Loss(LossRecord {
                 ts_ns: 11,
@@ -181,7 +187,7 @@ pub(crate) mod tests {
             String::from_utf8_lossy(&text)
         );
         // Other key orders (another writer) still decode.
-        let reordered = br#"{"ts_ns":10,"cpu":3,"duration_ns":1234,"cgroup_id":42,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":18446744073709551615,"flags":511,"kind":"period"}"#;
+        let reordered = br#"{"ts_ns":10,"cpu":3,"duration_ns":1234,"cgroup_id":42,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":18446744073709551615,"flags":1023,"kind":"period"}"#;
         let mut bytes = encode(&[]);
         bytes.extend_from_slice(reordered);
         bytes.push(b'\n');
@@ -242,7 +248,7 @@ pub(crate) mod tests {
                 runnable: 7,
                 period_ns: 100_000_000,
                 quota_ns: u64::MAX,
-                flags: 0x7ff,
+                flags: 0x7ff | tracer_ebpf::HOW_SPREAD | tracer_ebpf::HOW_QUEUED,
                 span_ts_ns: u64::MAX - 5,
                 spread: 7,
                 spread_overflow: 2,
@@ -256,6 +262,21 @@ pub(crate) mod tests {
         ];
         for p in recs {
             let mut mine = encoded_as_serde(&p, encode_period, CaptureLine::Period(p.clone()));
+            // What the flags do not vouch for is `null`, never a 0 that reads as a count.
+            let text = String::from_utf8_lossy(&mine).into_owned();
+            for (key, bits) in [
+                ("loops", LOOPS_FROM),
+                ("unthrottled", UNTHROTTLED_FROM),
+                ("enqueued", ENQUEUED_FROM),
+                ("runnable", RUNNABLE_FROM),
+                ("period_ns", BANDWIDTH_FROM),
+                ("quota_ns", BANDWIDTH_FROM),
+                ("spread", SPREAD_FROM),
+                ("queued", QUEUED_FROM),
+            ] {
+                let null = text.contains(&format!("\"{key}\":null"));
+                assert_eq!(null, p.flags & bits == 0, "{key} in {text}");
+            }
             assert_eq!(decode_period(&mine), Some(p.clone()));
             mine.push(b'\n');
             assert_eq!(decode_period(&mine), Some(p));
@@ -413,7 +434,7 @@ pub(crate) mod tests {
         // Another key order (another writer) goes through serde and still reads.
         let mut bytes = encode(&[]);
         bytes.extend_from_slice(
-            br#"{"cpu":1,"ts_ns":15,"duration_ns":800,"cgroup_id":42,"csd_ts_ns":14,"csd_ns":900,"segment":1,"unthrottled":1,"enqueued":3,"runnable":2,"flags":8192,"kind":"async_unthrottle"}"#,
+            br#"{"cpu":1,"ts_ns":15,"duration_ns":800,"cgroup_id":42,"csd_ts_ns":14,"csd_ns":900,"segment":1,"unthrottled":1,"enqueued":3,"runnable":2,"flags":8352,"kind":"async_unthrottle"}"#,
         );
         bytes.push(b'\n');
         let (_, got, _) = read(&bytes).unwrap();

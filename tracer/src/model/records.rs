@@ -75,8 +75,11 @@ pub struct CaptureHeader {
     pub command: Option<Vec<String>>,
 }
 
-/// One period-timer callback (mirrors `tracer_ebpf::PeriodEvent`).
+/// One period-timer callback (mirrors `tracer_ebpf::PeriodEvent`). In memory a figure the
+/// kernel did not give is 0 with its `HOW_*` bit unset; in a capture it is `null`
+/// ([`PeriodWire`]), so no reader takes it for a zero.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(into = "PeriodWire", from = "PeriodWire")]
 pub struct PeriodRecord {
     pub ts_ns: u64,
     pub cpu: u32,
@@ -95,19 +98,14 @@ pub struct PeriodRecord {
     pub flags: u32,
     /// Start of the timer-interrupt span (`irq_span` line on the same CPU with this `ts_ns`)
     /// the callback ran in; 0 when not in a traced span (`HOW_IN_SPAN` unset).
-    #[serde(default)]
     pub span_ts_ns: u64,
     /// Distinct CPUs whose cfs_rqs the callback unthrottled (real with `HOW_SPREAD`).
-    #[serde(default)]
     pub spread: u32,
     /// Unthrottles on CPUs beyond the bitmap (calls, not CPUs).
-    #[serde(default)]
     pub spread_overflow: u32,
     /// Tasks queued under the cfs_rqs it unthrottled (real with `HOW_QUEUED`).
-    #[serde(default)]
     pub queued: u32,
     /// Those CPUs as a kernel CPU list (`0-3,8`); absent when none.
-    #[serde(default, skip_serializing_if = "CpuSet::is_empty")]
     pub spread_cpus: CpuSet,
 }
 
@@ -305,8 +303,10 @@ pub struct EndRecord {
 
 /// One cgroup's share of an async-unthrottle CSD (mirrors `tracer_ebpf::AsyncEvent`; see
 /// there for segments, listed mode and the `ASYNC_*` flags). Absent from captures of kernels
-/// before 6.3 and of older cfstrace versions.
+/// before 6.3 and of older cfstrace versions. `enqueued` and `runnable` are `null` in a
+/// capture where their probe did not count them ([`AsyncWire`]).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(into = "AsyncWire", from = "AsyncWire")]
 pub struct AsyncRecord {
     /// Start of the segment (listed mode: of the CSD).
     pub ts_ns: u64,
@@ -452,5 +452,149 @@ mod tests {
         assert_eq!(cgroup_name(7, None), "(cgroup 7)");
         // A path wins even for id 0 (the root's id is never 0, but the rule is the path's).
         assert_eq!(cgroup_name(UNRESOLVED_ID, Some("/x")), "/x");
+    }
+}
+
+/// The `HOW_*` bits a period line's counted figures need: without them the figure is `null`.
+pub const LOOPS_FROM: u32 = tracer_ebpf::HOW_LOOPS;
+pub const UNTHROTTLED_FROM: u32 = tracer_ebpf::HOW_UNTHROTTLE;
+pub const ENQUEUED_FROM: u32 = tracer_ebpf::HOW_ENQUEUE_ENTITY | tracer_ebpf::HOW_ENQUEUE_TASK_FAIR;
+pub const RUNNABLE_FROM: u32 = tracer_ebpf::HOW_RUNNABLE;
+pub const BANDWIDTH_FROM: u32 = tracer_ebpf::HOW_PERIOD;
+pub const SPREAD_FROM: u32 = tracer_ebpf::HOW_SPREAD;
+pub const QUEUED_FROM: u32 = tracer_ebpf::HOW_QUEUED;
+
+/// `v` when one of `bits` is in `flags`: a figure its probe counted.
+fn counted<T>(flags: u32, bits: u32, v: T) -> Option<T> {
+    (flags & bits != 0).then_some(v)
+}
+
+/// A period line as written: the figures the kernel did not give are `null` (an older
+/// capture's `0` with the bit unset reads the same). The hand codec
+/// (`capture::codec`) writes and reads exactly this shape.
+#[derive(Serialize, Deserialize)]
+pub struct PeriodWire {
+    ts_ns: u64,
+    cpu: u32,
+    duration_ns: u64,
+    cgroup_id: u64,
+    timer: u64,
+    loops: Option<u32>,
+    unthrottled: Option<u32>,
+    enqueued: Option<u32>,
+    runnable: Option<u32>,
+    period_ns: Option<u64>,
+    quota_ns: Option<u64>,
+    flags: u32,
+    #[serde(default)]
+    span_ts_ns: u64,
+    #[serde(default)]
+    spread: Option<u32>,
+    #[serde(default)]
+    spread_overflow: Option<u32>,
+    #[serde(default)]
+    queued: Option<u32>,
+    #[serde(default, skip_serializing_if = "CpuSet::is_empty")]
+    spread_cpus: CpuSet,
+}
+
+impl From<PeriodRecord> for PeriodWire {
+    fn from(p: PeriodRecord) -> Self {
+        let f = p.flags;
+        PeriodWire {
+            ts_ns: p.ts_ns,
+            cpu: p.cpu,
+            duration_ns: p.duration_ns,
+            cgroup_id: p.cgroup_id,
+            timer: p.timer,
+            loops: counted(f, LOOPS_FROM, p.loops),
+            unthrottled: counted(f, UNTHROTTLED_FROM, p.unthrottled),
+            enqueued: counted(f, ENQUEUED_FROM, p.enqueued),
+            runnable: counted(f, RUNNABLE_FROM, p.runnable),
+            period_ns: counted(f, BANDWIDTH_FROM, p.period_ns),
+            quota_ns: counted(f, BANDWIDTH_FROM, p.quota_ns),
+            flags: f,
+            span_ts_ns: p.span_ts_ns,
+            spread: counted(f, SPREAD_FROM, p.spread),
+            spread_overflow: counted(f, SPREAD_FROM, p.spread_overflow),
+            queued: counted(f, QUEUED_FROM, p.queued),
+            spread_cpus: p.spread_cpus,
+        }
+    }
+}
+
+impl From<PeriodWire> for PeriodRecord {
+    fn from(w: PeriodWire) -> Self {
+        PeriodRecord {
+            ts_ns: w.ts_ns,
+            cpu: w.cpu,
+            duration_ns: w.duration_ns,
+            cgroup_id: w.cgroup_id,
+            timer: w.timer,
+            loops: w.loops.unwrap_or(0),
+            unthrottled: w.unthrottled.unwrap_or(0),
+            enqueued: w.enqueued.unwrap_or(0),
+            runnable: w.runnable.unwrap_or(0),
+            period_ns: w.period_ns.unwrap_or(0),
+            quota_ns: w.quota_ns.unwrap_or(0),
+            flags: w.flags,
+            span_ts_ns: w.span_ts_ns,
+            spread: w.spread.unwrap_or(0),
+            spread_overflow: w.spread_overflow.unwrap_or(0),
+            queued: w.queued.unwrap_or(0),
+            spread_cpus: w.spread_cpus,
+        }
+    }
+}
+
+/// An async line as written: `enqueued` and `runnable` `null` where not counted.
+#[derive(Serialize, Deserialize)]
+pub struct AsyncWire {
+    ts_ns: u64,
+    cpu: u32,
+    duration_ns: u64,
+    cgroup_id: u64,
+    csd_ts_ns: u64,
+    csd_ns: u64,
+    segment: u32,
+    unthrottled: u32,
+    enqueued: Option<u32>,
+    runnable: Option<u32>,
+    flags: u32,
+}
+
+impl From<AsyncRecord> for AsyncWire {
+    fn from(a: AsyncRecord) -> Self {
+        AsyncWire {
+            ts_ns: a.ts_ns,
+            cpu: a.cpu,
+            duration_ns: a.duration_ns,
+            cgroup_id: a.cgroup_id,
+            csd_ts_ns: a.csd_ts_ns,
+            csd_ns: a.csd_ns,
+            segment: a.segment,
+            unthrottled: a.unthrottled,
+            enqueued: counted(a.flags, ENQUEUED_FROM, a.enqueued),
+            runnable: counted(a.flags, RUNNABLE_FROM, a.runnable),
+            flags: a.flags,
+        }
+    }
+}
+
+impl From<AsyncWire> for AsyncRecord {
+    fn from(w: AsyncWire) -> Self {
+        AsyncRecord {
+            ts_ns: w.ts_ns,
+            cpu: w.cpu,
+            duration_ns: w.duration_ns,
+            cgroup_id: w.cgroup_id,
+            csd_ts_ns: w.csd_ts_ns,
+            csd_ns: w.csd_ns,
+            segment: w.segment,
+            unthrottled: w.unthrottled,
+            enqueued: w.enqueued.unwrap_or(0),
+            runnable: w.runnable.unwrap_or(0),
+            flags: w.flags,
+        }
     }
 }

@@ -59,13 +59,32 @@ fn spread_report(sp: &SpreadStats, ncpus: u32) -> SpreadReport {
         per_period: st,
         cpus: sp.cpus().iter().collect(),
         ncpus: union,
-        summary: format!(
-            "throttled on {} of {ncpus} CPUs in one period (typically {}; {union} over the run)",
-            st.max, st.p50
-        ),
+        summary: spread_summary(&st, ncpus, union, sp.sources()),
         sources,
         overflow: sp.overflow(),
     }
+}
+
+/// The spread in words, each figure named for what it is so that none reads as another: the
+/// worst period's CPUs of the node's, the median period's, the run's, and what they were seen
+/// from (a source that sees few unthrottles makes a low median).
+fn spread_summary(st: &Stats, ncpus: u32, union: u32, sources: u32) -> String {
+    let seen: Vec<&str> = [
+        (SPREAD_FROM_PROBE, "unthrottle_cfs_rq"),
+        (SPREAD_FROM_CSD, "async CSDs"),
+        (SPREAD_FROM_TIMER_CPU, "the timer's CPU"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| sources & bit != 0)
+    .map(|(_, name)| name)
+    .collect();
+    format!(
+        "throttled on {} of {ncpus} CPUs in its worst period (median period {}; {union} over \
+         the run; seen from {})",
+        st.max,
+        st.p50,
+        seen.join(" and ")
+    )
 }
 
 /// What looks odd about a cgroup, in words: why it has no name, whether the kernel rescaled
@@ -179,11 +198,12 @@ mod tests {
         assert_eq!(sp.sources, vec!["unthrottle_cfs_rq".to_string()]);
         assert_eq!(
             sp.summary,
-            "throttled on 46 of 48 CPUs in one period (typically 40; 47 over the run)"
+            "throttled on 46 of 48 CPUs in its worst period (median period 40; 47 over the run; \
+             seen from unthrottle_cfs_rq)"
         );
         let why = &r.culprit.as_ref().unwrap().reason;
         assert!(
-            why.contains("; throttled on 46 of 48 CPUs in one period"),
+            why.contains("; throttled on 46 of 48 CPUs in its worst period"),
             "{why}"
         );
         let v = serde_json::to_value(&r).unwrap();

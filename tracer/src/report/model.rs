@@ -319,7 +319,8 @@ pub struct SpreadReport {
     pub cpus: Vec<u32>,
     /// `cpus.len()`.
     pub ncpus: u32,
-    /// e.g. `throttled on 46 of 48 CPUs in one period (typically 40; 47 over the run)`.
+    /// e.g. `throttled on 46 of 48 CPUs in its worst period (median period 40; 47 over the
+    /// run; seen from unthrottle_cfs_rq)`: each figure says which it is.
     pub summary: String,
     /// What the CPUs come from: `unthrottle_cfs_rq` (the callback's own unthrottles, each
     /// cfs_rq's CPU read), `async_csd` (the CPUs of the CSDs that unthrottled it later, 6.3+),
