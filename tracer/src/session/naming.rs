@@ -167,7 +167,7 @@ impl Naming {
     ) -> Result<(), E> {
         self.outstanding = self.outstanding.saturating_sub(1);
         self.unnamed.remove(&rec.id);
-        sink(&CaptureLine::Cgroup(rec))?;
+        sink(&CaptureLine::Cgroup(Box::new(rec)))?;
         self.release(sink)?;
         self.pump();
         Ok(())

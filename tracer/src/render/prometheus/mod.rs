@@ -436,7 +436,7 @@ impl Metrics {
             CaptureLine::Cgroup(c) => {
                 // A later record without a path never replaces one with a path.
                 if c.path.is_some() || !self.records.contains_key(&c.id) {
-                    self.records.insert(c.id, c.clone());
+                    self.records.insert(c.id, (**c).clone());
                 }
             }
             CaptureLine::Period(p) => {
@@ -599,7 +599,7 @@ mod tests {
     }
 
     fn named(id: u64, path: &str) -> CaptureLine {
-        CaptureLine::Cgroup(CgroupRecord {
+        CaptureLine::Cgroup(Box::new(CgroupRecord {
             facts: CgroupFacts {
                 id,
                 path: Some(path.to_string()),
@@ -610,7 +610,7 @@ mod tests {
             },
             note: None,
             parents: None,
-        })
+        }))
     }
 
     fn empty_report() -> Report {
