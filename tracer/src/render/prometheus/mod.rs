@@ -152,6 +152,7 @@ fn kind_str(k: WorkloadKind) -> &'static str {
         WorkloadKind::Yarn => "yarn",
         WorkloadKind::Kubernetes => "kubernetes",
         WorkloadKind::Docker => "docker",
+        WorkloadKind::Podman => "podman",
         WorkloadKind::Systemd => "systemd",
         WorkloadKind::Cgroup => "cgroup",
     }
