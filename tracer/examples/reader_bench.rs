@@ -222,7 +222,7 @@ impl Reader {
             if self.needs_naming(&rec) {
                 let id = rec.cgroup_id();
                 let c = self.names.get(&id).cloned().unwrap_or_else(|| naming(id));
-                sink(&CaptureLine::Cgroup(c));
+                sink(&CaptureLine::Cgroup(Box::new(c)));
             }
             let line = match rec {
                 Event::Period(p) => CaptureLine::Period(p),

@@ -23,6 +23,11 @@ pub const APT_PACKAGES: &[&str] = &[
     "python3-prometheus-client",
     // rsvg-convert: the independent renderer tests/tests/svg.rs draws `report --svg` with.
     "librsvg2-bin",
+    // Real container runtimes for tests/tests/containers.rs (podman runs daemonless with runc;
+    // docker.io brings dockerd and containerd, started by the test itself).
+    "podman",
+    "runc",
+    "docker.io",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -287,7 +287,7 @@ impl Aggregator {
             CaptureLine::AsyncUnthrottle(a) => self.add_async(a),
             CaptureLine::IrqSpan(x) => self.add_irq_span(x),
             CaptureLine::KmsgPeriodScaling(k) => self.add_kmsg(k.clone()),
-            CaptureLine::Cgroup(c) => self.add_cgroup(c.clone()),
+            CaptureLine::Cgroup(c) => self.add_cgroup((**c).clone()),
             CaptureLine::Loss(l) => self.set_loss(*l),
             CaptureLine::UnsentPeriods(t) => self.add_unsent(t),
             CaptureLine::CpuTotals(t) => self.add_cpu_totals(t),

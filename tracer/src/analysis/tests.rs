@@ -224,7 +224,7 @@ fn names_never_lose_their_path() {
 #[test]
 fn feed_dispatches_and_keeps_cumulative_loss() {
     let mut a = Aggregator::new();
-    a.feed(&CaptureLine::Cgroup(named(9, Some("/x"))));
+    a.feed(&CaptureLine::Cgroup(Box::new(named(9, Some("/x")))));
     a.feed(&CaptureLine::Period(period(9, 1, 5, 7)));
     a.feed(&CaptureLine::Loss(LossRecord {
         ts_ns: 2,

@@ -67,7 +67,7 @@ pub(crate) mod tests {
 
     fn lines() -> Vec<CaptureLine> {
         vec![
-            CaptureLine::Cgroup(CgroupRecord {
+            CaptureLine::Cgroup(Box::new(CgroupRecord {
                 facts: CgroupFacts {
                     id: 42,
                     path: Some("/a/b".into()),
@@ -88,7 +88,7 @@ pub(crate) mod tests {
                     period_us: Some(100_000),
                     quota_us: Some(20_000),
                 }]),
-            }),
+            })),
             CaptureLine::Period(PeriodRecord {
                 ts_ns: 10,
                 cpu: 3,
@@ -393,20 +393,20 @@ pub(crate) mod tests {
         let text = serde_json::to_string(&got[0]).unwrap();
         assert!(!text.contains("parents"), "{text}");
         // A chain round-trips, nearest first, a parent without a quota as nulls.
-        let mut c = c.clone();
+        let mut c = (**c).clone();
         c.parents = Some(vec![ParentRecord {
             path: "/a".into(),
             id: Some(8),
             period_us: None,
             quota_us: None,
         }]);
-        let text = serde_json::to_string(&CaptureLine::Cgroup(c.clone())).unwrap();
+        let text = serde_json::to_string(&CaptureLine::Cgroup(Box::new(c.clone()))).unwrap();
         assert!(
             text.contains(r#""parents":[{"path":"/a","id":8,"period_us":null,"quota_us":null}]"#),
             "{text}"
         );
         let back: CaptureLine = serde_json::from_str(&text).unwrap();
-        assert_eq!(back, CaptureLine::Cgroup(c));
+        assert_eq!(back, CaptureLine::Cgroup(Box::new(c)));
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! directory in that mount, on v1 and v2) to its path, and read its bandwidth settings and
 //! busiest processes.
 //!
-//! Touches only the cgroup filesystems and `/proc` (the storm also starts its busy loops) and
+//! Touches only the cgroup filesystems, `/proc` and the container runtimes' state files (the storm also starts its busy loops) and
 //! imports only the model; never aya or a session.
+mod containers;
 mod handles;
 mod hierarchy;
 mod namer;
@@ -12,6 +13,7 @@ mod processes;
 mod settings;
 pub mod storm;
 
+pub use containers::{ContainerNames, StateRoots};
 pub use hierarchy::{
     MountInfo, choose_cpu_hierarchy, find_cpu_hierarchy, id_of_path, parse_mountinfo,
 };

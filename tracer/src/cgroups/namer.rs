@@ -6,6 +6,7 @@ use std::os::unix::fs::{DirEntryExt, MetadataExt};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use super::containers::ContainerNames;
 use super::handles::{ByHandle, path_by_handle};
 use super::hierarchy::dir_of;
 use super::processes::busiest_processes;
@@ -91,6 +92,8 @@ pub struct CgroupNamer {
     /// Earliest time of the next walk.
     next_walk: Option<Instant>,
     stats: NamerStats,
+    /// Container and pod names from the runtimes' state files.
+    containers: ContainerNames,
 }
 
 impl CgroupNamer {
@@ -112,11 +115,18 @@ impl CgroupNamer {
             tick: 0,
             handles: Handles::Untested,
             next_walk: None,
+            containers: ContainerNames::default(),
             stats: NamerStats {
                 cache_cap: limits.cache_cap,
                 ..NamerStats::default()
             },
         }
+    }
+
+    /// Read container and pod names from these runtimes' state (tests; default: the node's).
+    pub fn with_container_names(mut self, containers: ContainerNames) -> Self {
+        self.containers = containers;
+        self
     }
 
     pub fn hierarchy(&self) -> &CpuHierarchy {
@@ -283,7 +293,8 @@ impl CgroupNamer {
                 parents: None,
             };
         };
-        let workload = workload::classify(&path);
+        let mut workload = workload::classify(&path);
+        self.containers.add_names(&mut workload);
         let dir = dir_of(&self.mount, &path);
         // Read now, while the ancestors exist: a record keeps them after they are gone.
         let parents = Some(parents_of(&self.hierarchy, &path));

@@ -110,7 +110,7 @@ async fn watch(opts: &WatchArgs, stop: &mut Stop) -> anyhow::Result<()> {
             let r = session.handle(wake, &mut |l: &CaptureLine| {
                 match l {
                     CaptureLine::Cgroup(c) => {
-                        names.insert(c.id, c.clone());
+                        names.insert(c.id, (**c).clone());
                     }
                     CaptureLine::Period(p) => {
                         hist.entry(p.cgroup_id).or_default().record(p.duration_ns);

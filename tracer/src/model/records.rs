@@ -383,7 +383,9 @@ pub enum CaptureLine {
     IrqSpan(IrqSpanRecord),
     /// `"kind":"kmsg_period_scaling"`: the kernel rescaled (or could not rescale) a period.
     KmsgPeriodScaling(PeriodScaling),
-    Cgroup(CgroupRecord),
+    /// Boxed: one line per cgroup, while every period line would otherwise be as large as a
+    /// cgroup record (its path, workload names and processes).
+    Cgroup(Box<CgroupRecord>),
     Loss(LossRecord),
     /// `"kind":"unsent_periods"`.
     UnsentPeriods(UnsentPeriodsRecord),

@@ -1,4 +1,6 @@
-//! Cgroup path -> workload (YARN, docker, kubernetes, systemd). Pure: no filesystem access.
+//! Cgroup path -> workload (YARN, docker, podman, kubernetes, systemd). Pure: no filesystem
+//! access; the names a runtime keeps on the node (container and pod names) are added by
+//! `cgroups::containers`.
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -6,6 +8,7 @@ use serde::{Deserialize, Serialize};
 pub enum WorkloadKind {
     Yarn,
     Docker,
+    Podman,
     Kubernetes,
     Systemd,
     Cgroup,
@@ -19,9 +22,18 @@ pub struct Workload {
     /// YARN `application_<clusterts>_<app>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub application: Option<String>,
-    /// YARN container name, or the docker / CRI container id (64 hex).
+    /// YARN container name, or the docker / podman / CRI container id (64 hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// The container's own name as its runtime keeps it (`docker run --name`, `podman run
+    /// --name`, the pod spec's container name); never from the path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Kubernetes namespace and pod name, from the kubelet's pod log directories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
     /// Kubernetes pod UID with dashes (the systemd driver's underscores converted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<String>,
@@ -37,12 +49,13 @@ pub struct Workload {
 ///
 /// Most specific wins: YARN (anywhere in the path, so a docker container started by YARN's
 /// docker runtime under its container cgroup still names the YARN application), then
-/// kubernetes, then a docker/CRI container id, then the deepest systemd unit, else `cgroup`.
+/// kubernetes, then the deepest docker or podman container id, then the deepest systemd unit,
+/// else `cgroup`.
 pub fn classify(path: &str) -> Workload {
     let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
     yarn(&comps)
         .or_else(|| kubernetes(&comps))
-        .or_else(|| docker(&comps))
+        .or_else(|| container(&comps))
         .or_else(|| systemd(&comps))
         .unwrap_or_else(|| Workload::of(WorkloadKind::Cgroup))
 }
@@ -58,6 +71,9 @@ impl Workload {
             kind,
             application: None,
             container: None,
+            name: None,
+            namespace: None,
+            pod: None,
             pod_uid: None,
             qos: None,
             unit: None,
@@ -214,19 +230,34 @@ fn container_id(comp: &str) -> Option<&str> {
         .filter(|id| is_hex64(id))
 }
 
-fn docker(comps: &[&str]) -> Option<Workload> {
-    // Deepest id wins (docker-in-docker nests them). A bare id anywhere counts: `docker run
-    // --cgroup-parent=X` puts the container at X/<id>.
-    let id = comps.iter().rev().find_map(|c| {
-        let stem = c.strip_suffix(".scope");
-        let systemd = stem
-            .and_then(|s| s.strip_prefix("docker-"))
-            .filter(|id| is_hex64(id));
-        systemd.or_else(|| is_hex64(c).then_some(*c))
-    })?;
+/// A docker or podman container's component -> (kind, id).
+///
+/// docker: `<id>` (cgroupfs driver, under `/docker` or any `--cgroup-parent`) or
+/// `docker-<id>.scope` (systemd driver). podman: `libpod-<id>` (cgroupfs driver, under
+/// `/libpod_parent`) or `libpod-<id>.scope` (systemd driver, under `machine.slice`, or a user's
+/// slice when rootless). podman's `libpod-conmon-<id>.scope` holds its monitor, not the
+/// container: it is left to the systemd rule.
+fn runtime_container(comp: &str) -> Option<(WorkloadKind, &str)> {
+    if is_hex64(comp) {
+        return Some((WorkloadKind::Docker, comp));
+    }
+    let stem = comp.strip_suffix(".scope").unwrap_or(comp);
+    if let Some(id) = stem.strip_prefix("libpod-").filter(|id| is_hex64(id)) {
+        return Some((WorkloadKind::Podman, id));
+    }
+    let id = comp
+        .strip_suffix(".scope")?
+        .strip_prefix("docker-")
+        .filter(|id| is_hex64(id))?;
+    Some((WorkloadKind::Docker, id))
+}
+
+fn container(comps: &[&str]) -> Option<Workload> {
+    // Deepest id wins (docker-in-docker, or docker in a podman container, nests them).
+    let (kind, id) = comps.iter().rev().find_map(|c| runtime_container(c))?;
     Some(Workload {
         container: Some(id.to_string()),
-        ..Workload::of(WorkloadKind::Docker)
+        ..Workload::of(kind)
     })
 }
 
@@ -249,7 +280,7 @@ fn all_digits(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use WorkloadKind::{Cgroup, Docker, Kubernetes, Systemd, Yarn};
+    use WorkloadKind::{Cgroup, Docker, Kubernetes, Podman, Systemd, Yarn};
 
     const INCIDENT: &str = "/hadoop-yarn/container_e06_1512098667219_988894_01_000020";
     const INCIDENT_APP: &str = "application_1512098667219_988894";
@@ -435,6 +466,48 @@ mod tests {
                     None,
                     Some(&*format!("docker-{}.scope", &ID[..12])),
                 ),
+            ),
+        ]);
+    }
+
+    #[test]
+    fn podman_cgroupfs_and_systemd() {
+        let podman = (Podman, None, Some(ID), None, None, None);
+        check(&[
+            // cgroupfs driver, as a real `podman --cgroup-manager cgroupfs run` made it here.
+            (format!("/libpod_parent/libpod-{ID}"), podman),
+            // systemd driver, rootful and rootless.
+            (format!("/machine.slice/libpod-{ID}.scope"), podman),
+            (
+                format!(
+                    "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope"
+                ),
+                podman,
+            ),
+            // A pod's containers sit in the pod's slice.
+            (
+                format!("/machine.slice/machine-libpod_pod_{ID}.slice/libpod-{ID}.scope"),
+                podman,
+            ),
+            // The monitor is not the container.
+            (
+                format!("/machine.slice/libpod-conmon-{ID}.scope"),
+                (
+                    Systemd,
+                    None,
+                    None,
+                    None,
+                    None,
+                    Some(&*format!("libpod-conmon-{ID}.scope")),
+                ),
+            ),
+            ("/libpod_parent/conmon".into(), only(Cgroup)),
+            ("/libpod_parent".into(), only(Cgroup)),
+            (format!("/libpod_parent/libpod-{}", &ID[..12]), only(Cgroup)),
+            // Deepest wins: docker inside a podman container is the docker container's.
+            (
+                format!("/libpod_parent/libpod-{ID}/docker/{ID}"),
+                (Docker, None, Some(ID), None, None, None),
             ),
         ]);
     }

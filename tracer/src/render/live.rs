@@ -453,7 +453,7 @@ mod tests {
 
     fn report(under_pct: f64, durations: &[u64]) -> Report {
         let mut agg = Aggregator::new();
-        agg.feed(&CaptureLine::Cgroup(CgroupRecord {
+        agg.feed(&CaptureLine::Cgroup(Box::new(CgroupRecord {
             facts: CgroupFacts {
                 id: 42,
                 path: Some("/yarn/container_e06_1512098667219_988894_01_000020".into()),
@@ -466,7 +466,7 @@ mod tests {
             },
             note: None,
             parents: None,
-        }));
+        })));
         for (i, &d) in durations.iter().enumerate() {
             agg.feed(&CaptureLine::Period(PeriodRecord {
                 ts_ns: 1_000_000 * (i as u64 + 1),

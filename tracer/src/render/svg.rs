@@ -706,7 +706,7 @@ mod tests {
                 }))
                 .unwrap_or_else(|e| panic!("{e}"));
             if id < 100 {
-                lines.push(CaptureLine::Cgroup(c));
+                lines.push(CaptureLine::Cgroup(Box::new(c)));
             }
             for i in 0..n {
                 lines.push(CaptureLine::Period(crate::model::records::PeriodRecord {

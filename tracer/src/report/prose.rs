@@ -97,27 +97,104 @@ fn plural(n: u64, one: &str, many: &str) -> String {
     }
 }
 
-/// Short workload label: `yarn application_…`, `k8s pod <uid8>`, `docker <id12>`,
-/// `systemd foo.service`; None for a plain cgroup.
+/// Short workload label: `yarn application_…`, `k8s <ns>/<pod>[/<container>]` (else
+/// `k8s pod <uid8>`), `docker <name>` / `podman <name>` (else `<id12>`), `systemd foo.service`;
+/// None for a plain cgroup.
 pub fn workload_label(w: &Workload) -> Option<String> {
     let short = |s: &str, n: usize| s.chars().take(n).collect::<String>();
+    // A container's own name where its runtime's state gave one, else its id's first 12.
+    let container = |runtime: &str| {
+        w.name
+            .as_deref()
+            .map(|n| format!("{runtime} {n}"))
+            .or_else(|| {
+                w.container
+                    .as_deref()
+                    .map(|c| format!("{runtime} {}", short(c, 12)))
+            })
+    };
     match w.kind {
         WorkloadKind::Yarn => w
             .application
             .as_deref()
             .or(w.container.as_deref())
             .map(|a| format!("yarn {a}")),
-        WorkloadKind::Kubernetes => match (&w.pod_uid, &w.container) {
-            (Some(u), _) => Some(format!("k8s pod {}", short(u, 8))),
-            (None, Some(c)) => Some(format!("k8s {}", short(c, 12))),
-            (None, None) => Some("k8s".to_string()),
+        WorkloadKind::Kubernetes => match (&w.namespace, &w.pod, &w.pod_uid, &w.container) {
+            (Some(ns), Some(pod), _, _) => Some(match &w.name {
+                Some(n) => format!("k8s {ns}/{pod}/{n}"),
+                None => format!("k8s {ns}/{pod}"),
+            }),
+            (_, _, Some(u), _) => Some(format!("k8s pod {}", short(u, 8))),
+            (_, _, None, Some(c)) => Some(format!("k8s {}", short(c, 12))),
+            (_, _, None, None) => Some("k8s".to_string()),
         },
-        WorkloadKind::Docker => w
-            .container
-            .as_deref()
-            .map(|c| format!("docker {}", short(c, 12))),
+        WorkloadKind::Docker => container("docker"),
+        WorkloadKind::Podman => container("podman"),
         WorkloadKind::Systemd => w.unit.as_deref().map(|u| format!("systemd {u}")),
         WorkloadKind::Cgroup => None,
+    }
+}
+
+#[cfg(test)]
+mod workload_label_tests {
+    use super::workload_label;
+    use crate::model::workload::{Workload, classify};
+
+    const ID: &str = "cac53b0ad80d533c1092477dca9e63fddcfaa6d7a280eb8a34c598e1b5c44a5c";
+    const UID: &str = "3f1c2a8e-6b7d-4e59-9a1c-0d2e4f6a8b90";
+
+    /// (field, value) pairs a runtime's state gave: `name`, `namespace`, `pod`.
+    type Names<'a> = &'a [(&'a str, &'a str)];
+
+    fn label(path: &str, names: Names<'_>) -> Option<String> {
+        let mut w: Workload = classify(path);
+        for (field, v) in names {
+            let v = Some(v.to_string());
+            match *field {
+                "name" => w.name = v,
+                "namespace" => w.namespace = v,
+                "pod" => w.pod = v,
+                _ => unreachable!(),
+            }
+        }
+        workload_label(&w)
+    }
+
+    #[test]
+    fn names_when_known_ids_otherwise() {
+        let rows: [(String, Names<'_>, &str); 8] = [
+            (format!("/docker/{ID}"), &[], "docker cac53b0ad80d"),
+            (
+                format!("/docker/{ID}"),
+                &[("name", "web-1")],
+                "docker web-1",
+            ),
+            (
+                format!("/libpod_parent/libpod-{ID}"),
+                &[],
+                "podman cac53b0ad80d",
+            ),
+            (
+                format!("/machine.slice/libpod-{ID}.scope"),
+                &[("name", "cfs-probe")],
+                "podman cfs-probe",
+            ),
+            (format!("/kubepods/pod{UID}/{ID}"), &[], "k8s pod 3f1c2a8e"),
+            (
+                format!("/kubepods/pod{UID}"),
+                &[("namespace", "shop"), ("pod", "web-0")],
+                "k8s shop/web-0",
+            ),
+            (
+                format!("/kubepods/pod{UID}/{ID}"),
+                &[("namespace", "shop"), ("pod", "web-0"), ("name", "nginx")],
+                "k8s shop/web-0/nginx",
+            ),
+            ("/system.slice/a.service".into(), &[], "systemd a.service"),
+        ];
+        for (path, names, want) in rows {
+            assert_eq!(label(&path, names).as_deref(), Some(want), "{path}");
+        }
     }
 }
 

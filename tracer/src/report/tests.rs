@@ -320,7 +320,8 @@ fn from_a_capture_file() {
     let path = dir.path().join("c.jsonl");
     let f = std::fs::File::create(&path).unwrap();
     let mut w = CaptureWriter::new(f, &header()).unwrap();
-    w.write_line(&CaptureLine::Cgroup(yarn_record())).unwrap();
+    w.write_line(&CaptureLine::Cgroup(Box::new(yarn_record())))
+        .unwrap();
     w.write_line(&CaptureLine::Period(rec(20, 1, 1_000, 50_000, 2)))
         .unwrap();
     w.write_line(&CaptureLine::End(EndRecord {

@@ -257,7 +257,7 @@ impl Naming {
             if let Some(rec) = self.reread(record) {
                 self.reread_lines += 1;
                 // Its first naming line went out before it was re-read: order holds.
-                sink(&CaptureLine::Cgroup(rec))?;
+                sink(&CaptureLine::Cgroup(Box::new(rec)))?;
             }
             self.pump();
             return Ok(());
@@ -265,7 +265,7 @@ impl Naming {
         self.outstanding = self.outstanding.saturating_sub(1);
         self.unnamed.remove(&record.id);
         self.remember(&record);
-        sink(&CaptureLine::Cgroup(record))?;
+        sink(&CaptureLine::Cgroup(Box::new(record)))?;
         self.release(sink)?;
         self.pump();
         Ok(())

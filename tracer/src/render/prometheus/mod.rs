@@ -152,6 +152,7 @@ fn kind_str(k: WorkloadKind) -> &'static str {
         WorkloadKind::Yarn => "yarn",
         WorkloadKind::Kubernetes => "kubernetes",
         WorkloadKind::Docker => "docker",
+        WorkloadKind::Podman => "podman",
         WorkloadKind::Systemd => "systemd",
         WorkloadKind::Cgroup => "cgroup",
     }
@@ -436,7 +437,7 @@ impl Metrics {
             CaptureLine::Cgroup(c) => {
                 // A later record without a path never replaces one with a path.
                 if c.path.is_some() || !self.records.contains_key(&c.id) {
-                    self.records.insert(c.id, c.clone());
+                    self.records.insert(c.id, (**c).clone());
                 }
             }
             CaptureLine::Period(p) => {
@@ -599,7 +600,7 @@ mod tests {
     }
 
     fn named(id: u64, path: &str) -> CaptureLine {
-        CaptureLine::Cgroup(CgroupRecord {
+        CaptureLine::Cgroup(Box::new(CgroupRecord {
             facts: CgroupFacts {
                 id,
                 path: Some(path.to_string()),
@@ -610,7 +611,7 @@ mod tests {
             },
             note: None,
             parents: None,
-        })
+        }))
     }
 
     fn empty_report() -> Report {
