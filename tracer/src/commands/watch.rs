@@ -168,8 +168,12 @@ async fn watch(opts: &WatchArgs, stop: &mut Stop) -> anyhow::Result<()> {
     let mut prev_loss = LossRecord::default();
     let mut stream = WatchStream::new();
     let mut last_frame: Vec<String> = Vec::new();
-    let started = Instant::now();
-    // The first interval starts when the probes were armed: what they caught since is in it.
+    // Intervals and `--duration` count from when the probes were armed (the header's
+    // instant): the first interval holds what they caught since, and is as long as the others.
+    let since_armed = monotonic_ns().saturating_sub(session.header.started_mono_ns);
+    let started = Instant::now()
+        .checked_sub(Duration::from_nanos(since_armed))
+        .unwrap_or_else(Instant::now);
     let mut interval_start = Boundary {
         wall: WallClock {
             unix_ns: session.header.started_unix_ns,
