@@ -1,7 +1,8 @@
 //! `cfstrace watch` on this host, during a real throttling storm, in its three outputs: the live
 //! view under a pseudo-terminal (the cgroup, block-character histograms, colours unless
 //! NO_COLOR, and the terminal given back at the end and on Ctrl-C), plain lines without a
-//! terminal, and `--json` (one report a line, every line parsed).
+//! terminal, and `--json` (the `cfstrace.watch/1` stream, every line parsed), each ending on a
+//! Ctrl-C or a `--duration` inside an interval with that interval marked partial.
 //!
 //! Needs root (cgroups, BPF). Never skips. Runs a real throttling storm: wrap the run in
 //! `flock /tmp/cfstrace-host.lock` where other storms may run.
@@ -240,9 +241,10 @@ fn live_view_under_a_pseudo_terminal() {
     );
     // Several frames (one an interval), each redrawn from the top (crossterm's `MoveTo(0, 0)`).
     assert!(view.matches(HOME).count() >= 3, "{}", visible(&out));
-    // The last frame stays on the normal screen.
+    // The last frame stays on the normal screen; --duration 4s is whole intervals.
     let after = &out[out.rfind(LEAVE_ALT).unwrap()..];
     assert!(after.contains(path), "{}", visible(&out));
+    assert!(!after.contains("partial interval"), "{}", visible(&out));
 
     // Ctrl-C (SIGINT) and NO_COLOR: ends cleanly, terminal given back, no colour at all.
     let (status, out) = run_in_pty(
@@ -259,6 +261,13 @@ fn live_view_under_a_pseudo_terminal() {
     );
     assert_restored(&out);
     assert!(out.contains(path), "{}", visible(&out));
+    // Ctrl-C came inside an interval: the frame kept on screen says it covers only part.
+    let kept = &out[out.rfind(LEAVE_ALT).unwrap()..];
+    assert!(
+        kept.contains("(partial interval: "),
+        "the last frame is not marked partial:\n{}",
+        visible(&out)
+    );
     assert_eq!(
         colour_codes(&out),
         Vec::<String>::new(),
@@ -271,85 +280,249 @@ fn live_view_under_a_pseudo_terminal() {
 fn plain_lines_without_a_terminal() {
     let s = storm("cfstrace-watch-plain");
     let path = s.path.as_str();
-    let run = s.watch(&["--interval", "1s", "--duration", "3s"]);
+    let run = s.watch(&["--interval", "1s", "--duration", "2500ms"]);
     assert!(
         !run.stdout.contains('\x1b'),
         "escape sequences in a pipe:\n{}",
         run.describe()
     );
-    let intervals = run.stdout.lines().filter(|l| l.starts_with("--- ")).count();
+    let headings: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("--- "))
+        .collect();
+    assert_eq!(headings.len(), 3, "{}", run.describe());
+    // --duration ends inside the third interval: only that one is marked, with its length.
     assert!(
-        (2..=4).contains(&intervals),
-        "{intervals} intervals:\n{}",
-        run.describe()
+        headings[..2].iter().all(|h| !h.contains("partial")),
+        "{headings:?}"
+    );
+    assert!(
+        headings[2].contains("(partial interval: 0.5 s)"),
+        "{headings:?}"
     );
     assert!(run.stdout.contains(path), "{}", run.describe());
     assert!(run.stdout.contains("CULPRIT"), "{}", run.describe());
 }
 
+/// `cfstrace watch ARGS --cgroup <top>` without a terminal, SIGINT after `after`; it must end
+/// by itself with status 0. Output through files (a chatty child never blocks on a pipe).
+fn watch_interrupted(s: &Storm, args: &[&str], after: Duration) -> Run {
+    let mut all = vec!["watch"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--cgroup", &s.name]);
+    let (out_path, err_path) = (s.dir.join("watch.stdout"), s.dir.join("watch.stderr"));
+    let mut child = Command::new(cfstrace_bin())
+        .args(&all)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&out_path).unwrap())
+        .stderr(fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("starting cfstrace watch");
+    std::thread::sleep(after);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let limit = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() >= limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`cfstrace {}` did not end after SIGINT", all.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let run = Run {
+        command: format!("cfstrace {}", all.join(" ")),
+        status,
+        stdout: fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: fs::read_to_string(&err_path).unwrap_or_default(),
+    };
+    assert!(run.status.success(), "{}", run.describe());
+    run
+}
+
+/// Every line of a `watch --json` run, parsed.
+fn json_lines(run: &Run) -> Vec<(&str, Value)> {
+    run.stdout
+        .lines()
+        .map(|l| {
+            let v = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{}", run.describe()));
+            (l, v)
+        })
+        .collect()
+}
+
+/// An RFC 3339 time as nanoseconds since the epoch.
+fn rfc3339_ns(v: &Value) -> u64 {
+    let s = v.as_str().unwrap_or_else(|| panic!("not a string: {v}"));
+    let t = humantime::parse_rfc3339(s).unwrap_or_else(|e| panic!("{s:?}: {e}"));
+    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+const MS: u64 = 1_000_000;
+
+/// The checks every `watch --json --interval 1s` run passes: the start line first with the
+/// static facts; then interval lines (each after the figures line that applies to it, when
+/// there is one) numbered in order, contiguous, a second wide but the last, small and without
+/// the static facts, the culprit and the storm's figures named; and the end line last, with
+/// the run's totals. Returns the interval lines.
+fn check_stream(run: &Run, s: &Storm, reason: &str) -> Vec<Value> {
+    let lines = json_lines(run);
+    assert!(lines.len() >= 4, "{}", run.describe());
+    let (_, start) = &lines[0];
+    assert_eq!(start["kind"], "start", "{}", run.describe());
+    assert_eq!(start["schema"], "cfstrace.watch/1");
+    for key in ["hostname", "kernel", "ncpus", "watchdog"] {
+        assert!(!start["host"][key].is_null(), "no host.{key}: {start}");
+    }
+    assert!(
+        start["probes"]["period_timer"]["attached"] == true,
+        "probes in the start line: {start}"
+    );
+    assert!(start["backend"].is_string());
+    assert_eq!(start["interval_s"], 1.0);
+    assert_eq!(start["cgroup_filter"], s.name.as_str());
+    let started_ns = start["started_unix_ns"].as_u64().unwrap();
+    assert!(started_ns.abs_diff(rfc3339_ns(&start["started"])) < MS);
+
+    let (_, end) = lines.last().unwrap();
+    assert_eq!(end["kind"], "end", "the last line: {}", run.describe());
+    assert_eq!(end["reason"], reason);
+
+    let mut intervals: Vec<&Value> = Vec::new();
+    let mut figures_for: Vec<u64> = Vec::new();
+    for (l, v) in &lines[1..lines.len() - 1] {
+        match v["kind"].as_str() {
+            Some("figures") => {
+                assert_eq!(v["seq"].as_u64(), Some(intervals.len() as u64), "{l}");
+                assert!(v["figures"]["callback_ns"]["available"].is_boolean(), "{l}");
+                figures_for.push(intervals.len() as u64);
+            }
+            Some("interval") => {
+                for fact in ["probes", "host", "hostname", "kernel", "figures", "schema"] {
+                    assert!(v.get(fact).is_none(), "{fact} repeated in an interval: {l}");
+                }
+                // ~14 KB with the static facts in every line (probes 4.8 KB, figures 3.7 KB,
+                // the culprit's figures twice); now bounded by the cgroups and CPUs it shows.
+                let ncpus = v["cpus"].as_array().unwrap().len();
+                let ncgroups = v["cgroups"].as_array().unwrap().len();
+                let budget = 1536 + 2048 * ncgroups + 600 * ncpus;
+                assert!(
+                    l.len() < budget,
+                    "a {} B interval line (budget {budget} B for {ncgroups} cgroups, {ncpus} \
+                     CPUs): {l}",
+                    l.len()
+                );
+                intervals.push(v);
+            }
+            other => panic!("a {other:?} line between start and end: {l}"),
+        }
+    }
+    assert_eq!(
+        figures_for.first(),
+        Some(&0),
+        "figures before the first interval"
+    );
+    assert!(intervals.len() >= 3, "{}", run.describe());
+    assert_eq!(end["intervals"].as_u64(), Some(intervals.len() as u64));
+
+    let mut named = 0;
+    let (mut periods, mut lost) = (0, 0);
+    let mut prev_end = started_ns;
+    for (seq, v) in intervals.iter().enumerate() {
+        assert_eq!(v["seq"].as_u64(), Some(seq as u64), "{v}");
+        let (a, b) = (
+            v["start_unix_ns"].as_u64().unwrap(),
+            v["end_unix_ns"].as_u64().unwrap(),
+        );
+        assert!(a < b, "bounds {a}..{b}");
+        assert!(
+            a.abs_diff(prev_end) <= MS,
+            "interval {seq} starts at {a}, the previous one ended at {prev_end}"
+        );
+        prev_end = b;
+        assert!(a.abs_diff(rfc3339_ns(&v["start"])) < MS, "{v}");
+        assert!(b.abs_diff(rfc3339_ns(&v["end"])) < MS, "{v}");
+        let d = v["duration_s"].as_f64().unwrap();
+        assert!(
+            ((b - a) as f64 / 1e9 - d).abs() < 0.05,
+            "duration_s {d} vs bounds"
+        );
+        let last = seq == intervals.len() - 1;
+        if !last {
+            assert_eq!(v["partial"], false, "{v}");
+            assert!((0.9..1.1).contains(&d), "interval {seq} is {d} s wide");
+        }
+        periods += v["events"]["periods"].as_u64().unwrap();
+        lost += v["events"]["lost"].as_u64().unwrap();
+        let cgroups = v["cgroups"].as_array().unwrap();
+        assert!(cgroups.len() <= 2, "--top 2: {v}");
+        for c in cgroups {
+            let p = c["path"].as_str().unwrap_or("");
+            assert!(p.contains(&s.name), "--cgroup {} let {p} through", s.name);
+        }
+        if v["culprit"]["path"] == s.path.as_str() {
+            assert!(v["culprit"]["reason"].is_string());
+            let c = cgroups
+                .iter()
+                .find(|c| c["path"] == s.path.as_str())
+                .unwrap_or_else(|| panic!("the culprit's figures are not in `cgroups`: {v}"));
+            assert!(c["periods"].as_u64().unwrap() > 0);
+            assert!(c["callback_ns"]["p99"].is_u64());
+            named += 1;
+        }
+    }
+    assert!(
+        named >= 2,
+        "the throttled cgroup is the culprit in {named} intervals:\n{}",
+        run.describe()
+    );
+    // Nothing lost silently: the end line's totals are the intervals', the last included.
+    assert_eq!(end["periods"].as_u64(), Some(periods));
+    assert_eq!(end["lost"].as_u64(), Some(lost));
+    assert!(end["ended_unix_ns"].as_u64().unwrap().abs_diff(prev_end) <= MS);
+    intervals.into_iter().cloned().collect()
+}
+
 #[test]
-fn json_lines_one_report_an_interval() {
+fn json_stream_ended_by_ctrl_c() {
     let s = storm("cfstrace-watch-json");
-    let (path, name) = (s.path.as_str(), s.name.as_str());
+    let run = watch_interrupted(
+        &s,
+        &["--json", "--interval", "1s", "--top", "2"],
+        Duration::from_millis(4500),
+    );
+    let intervals = check_stream(&run, &s, "interrupted");
+    // SIGINT came inside an interval: the last one is there, marked, with its real length.
+    let last = intervals.last().unwrap();
+    assert_eq!(last["partial"], true, "{last}");
+    let d = last["duration_s"].as_f64().unwrap();
+    assert!(d > 0.0 && d < 1.0, "a partial interval of {d} s");
+}
+
+#[test]
+fn json_stream_ended_by_duration() {
+    let s = storm("cfstrace-watch-json-duration");
     let run = s.watch(&[
         "--json",
         "--interval",
         "1s",
         "--duration",
-        "4s",
+        "3500ms",
         "--top",
-        "1",
+        "2",
     ]);
-    let lines: Vec<&str> = run.stdout.lines().collect();
+    let intervals = check_stream(&run, &s, "duration");
+    assert_eq!(intervals.len(), 4, "{}", run.describe());
+    let last = intervals.last().unwrap();
+    assert_eq!(last["partial"], true, "{last}");
+    let d = last["duration_s"].as_f64().unwrap();
     assert!(
-        (3..=5).contains(&lines.len()),
-        "{} lines:\n{}",
-        lines.len(),
-        run.describe()
-    );
-    let mut seen = 0;
-    for l in &lines {
-        let v: Value = serde_json::from_str(l)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{}", run.describe()));
-        assert_eq!(v["schema"], "cfstrace.report/1");
-        for key in [
-            "kernel",
-            "ncpus",
-            "backend",
-            "probes",
-            "watchdog",
-            "duration_s",
-            "events",
-            "figures",
-            "cgroups",
-            "cpus",
-            "headroom_ns",
-            "headroom_alert",
-            "culprit",
-        ] {
-            assert!(v.get(key).is_some(), "no {key:?} in {l}");
-        }
-        assert!(v["events"]["lost"].is_u64());
-        let d = v["duration_s"].as_f64().unwrap();
-        assert!(
-            d > 0.0 && d < 2.0,
-            "an interval's own duration, not the run's: {d}"
-        );
-        let cgroups = v["cgroups"].as_array().unwrap();
-        assert!(cgroups.len() <= 1, "--top 1: {l}");
-        for c in cgroups {
-            let p = c["path"].as_str().unwrap_or("");
-            assert!(p.contains(name), "--cgroup {name} let {p} through");
-            if p == path {
-                seen += 1;
-                assert!(c["periods"].as_u64().unwrap() > 0);
-                assert!(c["callback_ns"]["p99"].is_u64());
-            }
-        }
-    }
-    assert!(
-        seen >= 2,
-        "the throttled cgroup in {seen} intervals:\n{}",
-        run.describe()
+        (0.4..0.6).contains(&d),
+        "--duration 3500ms: a last interval of {d} s"
     );
 }

@@ -294,8 +294,10 @@ pub struct WatchArgs {
     /// Stop after this long. Default: until Ctrl-C.
     #[arg(long, short = 'd', value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// One JSON report per interval (JSON Lines, the report's field names) instead of the
-    /// view. --cgroup and --top cut its `cgroups` the same way; node figures stay node-wide.
+    /// JSON Lines (`cfstrace.watch/1`) instead of the view: a `start` line with the static
+    /// facts, one `interval` line per interval (wall-clock bounds, `partial` for the one the
+    /// run ends in), `figures` lines when those change, an `end` line. --cgroup and --top cut
+    /// `cgroups` the same way; node figures stay node-wide.
     #[arg(long)]
     pub json: bool,
     /// Highlight (and flag in the JSON's `headroom_alert`) headroom below PCT % of

@@ -231,6 +231,9 @@ pub struct Frame<'a> {
     pub hist: &'a HashMap<u64, CallbackBins>,
     pub elapsed: Duration,
     pub interval: Duration,
+    /// The run ended inside this interval (Ctrl-C, `--duration`): how much of it the figures
+    /// cover. Shown as a note, so the frame left on screen does not pass for a whole interval.
+    pub partial: Option<Duration>,
     /// `--cgroup`, as given.
     pub filter: Option<&'a str>,
 }
@@ -330,6 +333,12 @@ fn status(f: &Frame<'_>) -> Vec<Line> {
         f.elapsed.as_secs_f64(),
         humantime::format_duration(f.interval),
     ));
+    if let Some(length) = f.partial {
+        headroom.push(&format!(
+            " (partial interval: {:.1} s)",
+            length.as_secs_f64()
+        ));
+    }
     lines.push(headroom);
     if let Some(a) = alert {
         let mut l = Line::new();
@@ -572,6 +581,7 @@ mod tests {
             hist: &hist,
             elapsed: Duration::from_secs(5),
             interval: Duration::from_secs(1),
+            partial: None,
             filter: Some("yarn"),
         };
         let plain = render_frame(&f, 200, 50, false);
@@ -604,6 +614,14 @@ mod tests {
         let small = render_frame(&f, 40, 5, false);
         assert_eq!(small.len(), 5);
         assert!(small.iter().all(|l| l.chars().count() <= 40));
+        assert!(!text.contains("partial"), "{text}");
+        // The run ended inside the interval: the frame says how much it covers.
+        let cut = Frame {
+            partial: Some(Duration::from_millis(420)),
+            ..f
+        };
+        let cut_text = render_frame(&cut, 200, 50, false).join("\n");
+        assert!(cut_text.contains("(partial interval: 0.4 s)"), "{cut_text}");
         // Under the threshold: no alert line.
         let calm = report(0.0, &[3_000]);
         let f = Frame { report: &calm, ..f };
@@ -626,6 +644,7 @@ mod tests {
                 hist: &hist,
                 elapsed: Duration::from_secs(5),
                 interval: Duration::from_secs(1),
+                partial: None,
                 filter: None,
             };
             render_frame(&f, 200, 50, false).join("\n")

@@ -9,6 +9,14 @@ use std::io;
 #[error("writing to stdout: {0}")]
 pub struct StdoutError(#[from] io::Error);
 
+/// Whether stdout's reader was still there for a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    Reading,
+    /// The pipe is closed: nothing more will be read.
+    Gone,
+}
+
 /// Write `s` on stdout and flush it; a closed pipe is not an error.
 pub fn print(s: &str) -> Result<(), StdoutError> {
     print_bytes(s.as_bytes())
@@ -16,14 +24,21 @@ pub fn print(s: &str) -> Result<(), StdoutError> {
 
 /// The same for bytes (a man page, a completion script).
 pub fn print_bytes(b: &[u8]) -> Result<(), StdoutError> {
-    write_quietly(&mut io::stdout().lock(), b)
+    write_quietly(&mut io::stdout().lock(), b).map(|_| ())
+}
+
+/// [`print`] for output that goes on until nobody reads it (`watch`): says whether the
+/// reader is still there.
+pub fn print_while_read(s: &str) -> Result<Reader, StdoutError> {
+    write_quietly(&mut io::stdout().lock(), s.as_bytes())
 }
 
 /// `b` to `w`, flushed, with EPIPE taken as the reader's choice to stop.
-fn write_quietly(w: &mut impl io::Write, b: &[u8]) -> Result<(), StdoutError> {
+fn write_quietly(w: &mut impl io::Write, b: &[u8]) -> Result<Reader, StdoutError> {
     match w.write_all(b).and_then(|()| w.flush()) {
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        r => Ok(r?),
+        Ok(()) => Ok(Reader::Reading),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Reader::Gone),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -68,11 +83,14 @@ mod tests {
 
     #[test]
     fn a_closed_pipe_is_a_quiet_end() {
-        assert!(write_quietly(&mut Closed(io::ErrorKind::BrokenPipe), b"x").is_ok());
+        assert_eq!(
+            write_quietly(&mut Closed(io::ErrorKind::BrokenPipe), b"x").unwrap(),
+            Reader::Gone
+        );
         let full = write_quietly(&mut Closed(io::ErrorKind::StorageFull), b"x");
         assert!(full.is_err_and(|e| e.to_string().starts_with("writing to stdout")));
         let mut v = Vec::new();
-        write_quietly(&mut v, b"abc").unwrap();
+        assert_eq!(write_quietly(&mut v, b"abc").unwrap(), Reader::Reading);
         assert_eq!(v, b"abc");
     }
 }

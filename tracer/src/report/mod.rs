@@ -14,7 +14,8 @@
 //! - `cgroup`: one cgroup's report;
 //! - `precursors`: period changes and the kernel messages that explain them;
 //! - `prose`: the sentences and units the document is written in;
-//! - `build`: `build_report`, which puts them together.
+//! - `build`: `build_report`, which puts them together;
+//! - `stream`: the `cfstrace.watch/1` lines `watch --json` prints, from each interval's report.
 use std::path::Path;
 
 use crate::analysis::Aggregator;
@@ -29,6 +30,7 @@ mod headroom;
 mod model;
 mod precursors;
 mod prose;
+pub mod stream;
 #[cfg(test)]
 mod tests;
 

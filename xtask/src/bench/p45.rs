@@ -73,8 +73,8 @@ fn attach_times(bin: &Path, reps: usize) -> Result<Spread> {
     Ok(s)
 }
 
-/// Exec -> first `watch --json` line whose culprit's path is `culprit` (and the first line at
-/// all).
+/// Exec -> first `watch --json` interval line whose culprit's path is `culprit` (and the first
+/// interval line at all).
 fn culprit_time(bin: &Path, culprit: &str) -> Result<(Duration, Duration)> {
     let mut c = Command::new(bin);
     c.args(["watch", "--json"])
@@ -100,8 +100,12 @@ fn culprit_time(bin: &Path, culprit: &str) -> Result<(Duration, Duration)> {
         proc::check()?;
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok((t, line)) => {
-                first.get_or_insert(t);
                 let v: Value = serde_json::from_str(&line).context("watch --json: not JSON")?;
+                // The start and figures lines come at once; a frame is an interval line.
+                if v["kind"] != "interval" {
+                    continue;
+                }
+                first.get_or_insert(t);
                 let named = v.pointer("/culprit/path").and_then(Value::as_str);
                 if named == Some(culprit) {
                     g.stop(Duration::from_secs(10))?;
