@@ -56,6 +56,8 @@ impl From<SystemTime> for WallClock {
 /// One line of the stream.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+// A few lines an interval, each built and written once: their sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum WatchLine {
     Start(StartLine),
     Figures(FiguresLine),
