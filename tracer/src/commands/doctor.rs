@@ -14,6 +14,7 @@ use crate::cli::DoctorArgs;
 use crate::model::host;
 use crate::model::probe::{Probe, ProbeStatus};
 use crate::render::stdout::Lines;
+use crate::render::text::shared_reason_notes;
 
 /// Width of the label that starts each line (`probe       `); wrapped lines are indented by it
 /// so the first word of every line is still its label.
@@ -243,23 +244,39 @@ fn check_attach(out: &mut Out, opts: &TracerOptions, found: &mut Findings) -> bo
     outcome(out, "attach", attached, |out, (t, log)| {
         out.line(format_args!("frame       {}", t.frame_backend));
         found.probes = t.probes.iter().map(|(p, st)| (*p, st.clone())).collect();
-        for (name, st) in &t.probes {
+        // A reason several probes share (this host's "fentry: EPERM ...") is said once, as a
+        // numbered note, without the system's own error text; `-v` says every one whole.
+        let full = crate::verbosity::get().detail();
+        let reasons: Vec<&str> = t
+            .probes
+            .values()
+            .map(|st| st.reason.as_deref().unwrap_or("?"))
+            .collect();
+        let (said, notes) = if full {
+            (reasons.iter().map(|r| r.to_string()).collect(), Vec::new())
+        } else {
+            shared_reason_notes(&reasons)
+        };
+        for ((name, st), reason) in t.probes.iter().zip(&said) {
             if st.attached {
                 out.line(format_args!(
                     "probe       {name:<16} {} {}{}",
                     st.how.map_or("?", |h| h.as_str()),
                     st.target.as_deref().unwrap_or(""),
                     st.reason
-                        .as_deref()
-                        .map(|r| format!("  ({r})"))
+                        .as_ref()
+                        .map(|_| format!("  ({reason})"))
                         .unwrap_or_default()
                 ));
             } else {
-                out.line(format_args!(
-                    "probe       {name:<16} unavailable: {}",
-                    st.reason.as_deref().unwrap_or("?")
-                ));
+                out.line(format_args!("probe       {name:<16} unavailable: {reason}"));
             }
+        }
+        for (i, note) in notes.iter().enumerate() {
+            out.line(format_args!("note        [{}] {note}", i + 1));
+        }
+        if said.iter().zip(&reasons).any(|(s, r)| s != r) {
+            out.line(format_args!("note        -v: every reason in full"));
         }
         // `--log-level`: what the programs said while attached, once detached.
         drop(t);

@@ -173,6 +173,15 @@ fn probes(o: &mut String, report: &Report, full: bool) {
     o.push_str("  (-v: every probe, its target and reasons in full)\n");
 }
 
+/// `reasons` said short, as the probe list says them: each shared clause replaced by its
+/// note's number, the bracketed system errors dropped; and the notes, numbered from 1.
+/// (`doctor` lists its probes this way too.)
+pub fn shared_reason_notes(reasons: &[&str]) -> (Vec<String>, Vec<String>) {
+    let notes = Notes::of(reasons.iter().copied());
+    let said = reasons.iter().map(|r| notes.shorten(r)).collect();
+    (said, notes.list)
+}
+
 /// The reasons several probes share, numbered in order of first appearance.
 #[derive(Default)]
 struct Notes {

@@ -336,3 +336,24 @@ fn the_table_fits_80_columns_with_the_same_names() {
         assert!(l.chars().count() <= 80, "{l}");
     }
 }
+
+#[test]
+fn shared_reasons_become_notes_for_doctor_too() {
+    let fentry = "fentry: the kernel refused the program (EPERM: BPF trampolines not permitted \
+                  here) [os error 1]";
+    let a = format!("{fentry}; kprobe: none");
+    let b = format!("enqueue_task_fair: {fentry}");
+    let (said, notes) = shared_reason_notes(&[&a, &b, "alone"]);
+    assert_eq!(
+        said,
+        [
+            "fentry [1]; kprobe: none",
+            "enqueue_task_fair: fentry [1]",
+            "alone"
+        ]
+    );
+    assert_eq!(
+        notes,
+        ["fentry: the kernel refused the program (EPERM: BPF trampolines not permitted here)"]
+    );
+}
