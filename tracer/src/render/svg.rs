@@ -474,10 +474,16 @@ struct Label {
     point: Option<(i32, i32)>,
 }
 
-/// Width of a label's text in pixels, estimated as SVG viewers draw sans-serif: 0.6 of the
-/// font size a character. The tests judge overlaps with the same estimate.
-pub fn text_width(text: &str, size: u32) -> i32 {
-    (text.chars().count() as f64 * f64::from(size) * 0.6).ceil() as i32
+/// Width of a text in pixels at a drawn font size of `px`, estimated as SVG viewers draw
+/// sans-serif: 0.6 of the size a character (a little wide, on the safe side). The tests judge
+/// overlaps with the same estimate.
+pub fn text_width(text: &str, px: f64) -> i32 {
+    (text.chars().count() as f64 * px * 0.6).ceil() as i32
+}
+
+/// The font size plotters' SVG backend writes for a font of `size` (it divides by 1.24).
+fn drawn_px(size: u32) -> f64 {
+    f64::from(size) / 1.24
 }
 
 impl Label {
@@ -492,12 +498,20 @@ impl Label {
         }
     }
 
+    fn width(&self) -> i32 {
+        text_width(&self.text, drawn_px(self.size))
+    }
+
+    fn height(&self) -> i32 {
+        drawn_px(self.size).ceil() as i32
+    }
+
     fn rect(&self, top_left: (i32, i32)) -> Rect {
         Rect {
             x0: top_left.0,
             y0: top_left.1,
-            x1: top_left.0 + text_width(&self.text, self.size),
-            y1: top_left.1 + self.size as i32,
+            x1: top_left.0 + self.width(),
+            y1: top_left.1 + self.height(),
         }
     }
 }
@@ -530,8 +544,7 @@ fn place_labels(
     let mut taken: Vec<Rect> = legend.into_iter().collect();
     let mut out = Vec::new();
     for (i, l) in labels.iter().enumerate() {
-        let w = text_width(&l.text, l.size);
-        let h = l.size as i32;
+        let (w, h) = (l.width(), l.height());
         let step = h + 3;
         // Right of its point, else left of it; else where it asked, pushed inside.
         let xs_try: Vec<i32> = match l.point {
@@ -575,7 +588,7 @@ fn legend_box(
         .chain((cpus > 0).then_some(40))
         .max()?;
     let rows = chosen.len() + cpus + usize::from(thresh);
-    let w = text_width(&"x".repeat(longest), 13) + 40;
+    let w = text_width(&"x".repeat(longest), drawn_px(13)) + 40;
     let h = rows as i32 * 20 + 12;
     Some(Rect {
         x0: xs.end - w - 10,
@@ -1021,7 +1034,6 @@ mod tests {
             let (Some(x), Some(y), Some(size)) = (num("x"), num("y"), num("font-size")) else {
                 continue;
             };
-            let size = size.round() as u32;
             let w = text_width(&text, size);
             let x0 = match attr(tag, "text-anchor").as_deref() {
                 Some("middle") => x as i32 - w / 2,
@@ -1031,7 +1043,7 @@ mod tests {
             // plotters writes the top of the text, moved down by `dy` (0.76em) for the baseline,
             // or the middle (`dy="0.5ex"`).
             let y0 = match attr(tag, "dy").as_deref() {
-                Some(d) if d.ends_with("ex") => y as i32 - size as i32 / 2,
+                Some(d) if d.ends_with("ex") => (y - size / 2.0) as i32,
                 _ => y as i32,
             };
             out.push((
@@ -1040,7 +1052,7 @@ mod tests {
                     x0,
                     y0,
                     x1: x0 + w,
-                    y1: y0 + size as i32,
+                    y1: y0 + size.ceil() as i32,
                 },
             ));
         }
