@@ -167,9 +167,9 @@ fn probe_reasons_are_short_by_default_and_whole_with_v() {
     let cap = eperm_capture();
     let (short, _) = ok(&["report", path(&cap)]);
     assert_eq!(short.matches("EPERM").count(), 1, "said once:\n{short}");
-    assert!(short.contains("  distribute       -  unavailable: fentry [1]; kprobe [2]\n"));
+    assert!(short.contains("  distribute, unthrottle unavailable: fentry [1]; kprobe [2]\n"));
     assert!(short.contains("  [1] fentry: the kernel refused the program (EPERM"));
-    assert!(short.contains("(-v: every probe's reasons in full)"));
+    assert!(short.contains("(-v: every probe, its target and reasons in full)"));
     assert!(!short.contains("os error"));
 
     let (full, _) = ok(&["report", "-v", path(&cap)]);

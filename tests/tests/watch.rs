@@ -78,9 +78,21 @@ fn run_in_pty(
     interrupt: Option<Duration>,
     limit: Duration,
 ) -> (ExitStatus, String) {
+    run_in_pty_sized(bin, args, no_color, interrupt, limit, (200, 50))
+}
+
+/// [`run_in_pty`] on a terminal of `size` (columns, rows).
+fn run_in_pty_sized(
+    bin: &Path,
+    args: &[&str],
+    no_color: bool,
+    interrupt: Option<Duration>,
+    limit: Duration,
+    size: (u16, u16),
+) -> (ExitStatus, String) {
     let ws = nix::pty::Winsize {
-        ws_row: 50,
-        ws_col: 200,
+        ws_row: size.1,
+        ws_col: size.0,
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
@@ -222,8 +234,8 @@ fn live_view_under_a_pseudo_terminal() {
         visible(&out)
     );
     for want in [
-        "headroom now",
-        "watchdog_thresh",
+        "% of watchdog_thresh",
+        "worst IRQs-off",
         "CB p50",
         "UNTHR/P",
         "cpu0",
@@ -274,6 +286,172 @@ fn live_view_under_a_pseudo_terminal() {
         "NO_COLOR is set:\n{}",
         visible(&out)
     );
+}
+
+/// How far past the terminal's edges the emulator reaches: a line drawn too long or too low
+/// lands there instead of being wrapped or scrolled out of sight.
+const SPILL: u16 = 40;
+
+/// The full-screen view's frames as a terminal of `cols` x `rows` shows them: each frame
+/// (from the cursor going home to the next) fed to a vt100 emulator [`SPILL`] larger each
+/// way, then its screen as rows of text, spill included.
+fn frames_on(out: &str, cols: u16, rows: u16) -> Vec<Vec<String>> {
+    let enter = out.find(ENTER_ALT).expect("the alternate screen");
+    let leave = out.rfind(LEAVE_ALT).expect("left the alternate screen");
+    let view = &out[enter..leave];
+    let size = |n: u16| std::num::NonZeroU16::new(n + SPILL).expect("SPILL is not 0");
+    let mut parser = vt100::Parser::new(size(rows), size(cols), 0);
+    let mut frames = Vec::new();
+    let mut starts: Vec<usize> = view.match_indices(HOME).map(|(i, _)| i).collect();
+    starts.push(view.len());
+    parser.process(&view.as_bytes()[..starts[0]]);
+    for w in starts.windows(2) {
+        parser.process(&view.as_bytes()[w[0]..w[1]]);
+        frames.push(
+            parser
+                .screen()
+                .rows(0, cols + SPILL)
+                .collect::<Vec<String>>(),
+        );
+    }
+    frames
+}
+
+/// The view on a terminal of `cols` x `rows` during a storm: its frames as the terminal shows
+/// them (ended by --duration, the terminal given back).
+fn storm_frames(s: &Storm, cols: u16, rows: u16) -> Vec<Vec<String>> {
+    let args = [
+        "watch",
+        "--interval",
+        "1s",
+        "--duration",
+        "4s",
+        "--cgroup",
+        s.name.as_str(),
+    ];
+    let (status, out) = run_in_pty_sized(
+        &cfstrace_bin(),
+        &args,
+        true,
+        None,
+        Duration::from_secs(90),
+        (cols, rows),
+    );
+    assert!(status.success(), "exit {status}:\n{}", visible(&out));
+    assert_restored(&out);
+    let frames = frames_on(&out, cols, rows);
+    assert!(
+        frames.len() >= 3,
+        "{} frames:\n{}",
+        frames.len(),
+        visible(&out)
+    );
+    frames
+}
+
+/// A frame's rows, numbered, for assertion messages.
+fn show(frame: &[String]) -> String {
+    frame
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !r.trim().is_empty())
+        .map(|(i, r)| format!("{i:>3}|{}", r.trim_end()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The last frame whose table has a row for the storm's cgroup (the first may come before
+/// its first period).
+fn frame_with<'a>(frames: &'a [Vec<String>], tip: &str) -> &'a [String] {
+    frames
+        .iter()
+        .rev()
+        .find(|f| f.iter().any(|r| r.starts_with('/') && r.contains(tip)))
+        .unwrap_or_else(|| {
+            panic!(
+                "no frame shows {tip:?}; the last:\n{}",
+                show(frames.last().map_or(&[][..], |f| &f[..]))
+            )
+        })
+}
+
+/// The header row of the cgroup table.
+fn header_row(frame: &[String]) -> &str {
+    frame
+        .iter()
+        .find(|r| r.starts_with("CGROUP "))
+        .unwrap_or_else(|| panic!("no table header:\n{}", show(frame)))
+}
+
+#[test]
+fn live_view_fits_80x24_and_shows_more_at_200x50() {
+    let s = storm("cfstrace-watch-size");
+    // The cgroup's tip: a narrow column keeps the end of a path.
+    let tip = s.path.rsplit_once('/').map_or(s.path.as_str(), |(_, t)| t);
+    let tip = format!("/{tip}");
+
+    let small = storm_frames(&s, 80, 24);
+    for f in &small {
+        for (i, r) in f.iter().enumerate() {
+            let spill: String = r.chars().skip(80).collect();
+            assert!(
+                spill.trim().is_empty(),
+                "row {i} is wider than 80 columns:\n{}",
+                show(f)
+            );
+            assert!(
+                i < 24 || r.trim().is_empty(),
+                "row {i} is below row 24:\n{}",
+                show(f)
+            );
+        }
+    }
+    let f = frame_with(&small, &tip);
+    // Seen with --nocapture, or under a failure.
+    eprintln!("80x24:\n{}", show(f));
+    let text = f.join("\n");
+    assert!(f[0].starts_with("cfstrace watch"), "{}", show(f));
+    assert!(
+        text.contains("headroom ") && text.contains("% of watchdog_thresh"),
+        "{}",
+        show(f)
+    );
+    assert!(text.contains("worst IRQs-off per CPU: "), "{}", show(f));
+    let head = header_row(f);
+    for col in ["CGROUP", "IRQOFF", "CB max", "HEADROOM", "QUOTA"] {
+        assert!(head.contains(col), "no {col} at 80x24:\n{}", show(f));
+    }
+    // Its table row (the CULPRIT line names it too).
+    let row = f
+        .iter()
+        .find(|r| r.starts_with('/') && r.contains(&tip))
+        .unwrap_or_else(|| panic!("no row for the storm:\n{}", show(f)));
+    assert!(row.contains("2ms/10ms"), "the storm's quota: {row}");
+
+    let big = storm_frames(&s, 200, 50);
+    let f = frame_with(&big, &s.path);
+    eprintln!("200x50:\n{}", show(f));
+    let big_head = header_row(f);
+    for col in ["WORKLOAD", "CB p50", "CB p99", "CPUS/P", "COMM"] {
+        assert!(big_head.contains(col), "no {col} at 200x50:\n{}", show(f));
+        assert!(!head.contains(col), "{col} fits 80 columns?\n{head}");
+    }
+    assert!(
+        f.iter().any(|r| r.chars().any(|c| BLOCKS.contains(&c))),
+        "a histogram at 200 columns:\n{}",
+        show(f)
+    );
+    // The same names on both: every column of the small table is in the big one.
+    let names = [
+        "CGROUP", "WORKLOAD", "IRQOFF", "PERIODS", "CB p50", "CB p99", "CB max", "UNTHR/P",
+        "ENQ/P", "RUN/P", "CPUS/P", "ASYNC", "QUOTA", "HEADROOM", "COMM",
+    ];
+    for col in names.iter().filter(|c| head.contains(*c)) {
+        assert!(
+            big_head.contains(col),
+            "{col:?} renamed:\n{head}\n{big_head}"
+        );
+    }
 }
 
 #[test]

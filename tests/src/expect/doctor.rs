@@ -18,12 +18,30 @@ pub struct Doctor {
     pub leakcheck: Option<String>,
     /// An `attach      NO: ...` line.
     pub attach_no: Option<String>,
+    /// The closing `verdict` line, without the keyword.
+    pub verdict: Option<String>,
+}
+
+/// Doctor's lines with each wrapped line joined back to the one it continues (a continuation
+/// is indented; a line of its own starts with its label).
+fn logical_lines(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for l in text.lines() {
+        match out.last_mut() {
+            Some(prev) if l.starts_with(' ') && !l.trim().is_empty() => {
+                prev.push(' ');
+                prev.push_str(l.trim());
+            }
+            _ => out.push(l.to_string()),
+        }
+    }
+    out
 }
 
 impl Doctor {
     pub fn parse(text: &str) -> Doctor {
         let mut d = Doctor::default();
-        for l in text.lines() {
+        for l in logical_lines(text) {
             let l = l.trim_end();
             let mut w = l.split_whitespace();
             match w.next() {
@@ -39,6 +57,9 @@ impl Doctor {
                 }
                 Some("attach") => {
                     d.attach_no = Some(l.trim_start_matches("attach").trim().to_string())
+                }
+                Some("verdict") => {
+                    d.verdict = Some(l.trim_start_matches("verdict").trim().to_string())
                 }
                 _ => {}
             }
@@ -58,6 +79,13 @@ impl Doctor {
                     .map(|a| format!(" (attach {a})"))
                     .unwrap_or_default()
             ));
+        }
+        match &self.verdict {
+            None => bad.push("cfstrace doctor printed no verdict line".into()),
+            Some(v) if rc == 0 && !v.starts_with("ready") => {
+                bad.push(format!("doctor exited 0 but its verdict is {v:?}"))
+            }
+            Some(_) => {}
         }
         match &self.leakcheck {
             None => bad.push("cfstrace doctor printed no leakcheck line".into()),

@@ -7,7 +7,8 @@ use crossterm::style::{ContentStyle, Stylize as _};
 
 use crate::model::host::WatchdogFacts;
 use crate::report::{
-    CgroupReport, HeadroomAlert, Stats, decimals_against, top_comms, workload_label,
+    BASIS_CSD, BASIS_SPAN, CgroupReport, HeadroomAlert, Report, Stats, decimals_against, human_ns,
+    top_comms,
 };
 
 /// The few looks the terminal views use. Named, not raw styles, so the views and their tests
@@ -172,21 +173,99 @@ pub fn comms(c: &CgroupReport, n: usize) -> String {
     }
 }
 
-/// The workload column: its label, else (`or_comms`) its busiest comms, else `-`.
-pub fn workload_cell(c: &CgroupReport, or_comms: bool) -> String {
-    workload_label(&c.workload).unwrap_or_else(|| {
-        if or_comms {
-            comms(c, 3)
-        } else {
-            "-".to_string()
-        }
-    })
-}
-
 /// `10 s`, or `unknown`.
 pub fn thresh(wd: &WatchdogFacts) -> String {
     wd.thresh_s
         .map_or_else(|| "unknown".to_string(), |t| format!("{t} s"))
+}
+
+/// The node's headroom as every terminal view says it:
+/// `headroom 99.9994% of watchdog_thresh 10 s (worst IRQs-off 63.5 us on cpu1)`. The
+/// percentage is what matters next to a 10 s threshold, where seconds would all read 9.9999;
+/// it is never rounded across 100 % or the highlight threshold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeadroomPhrase {
+    /// `99.9994%`, `100%` (nothing held IRQs off), `unknown`.
+    pub figure: String,
+    /// What follows the figure: the threshold and the worst IRQs-off span.
+    pub rest: String,
+    /// Below the highlight threshold (`--highlight-under`).
+    pub low: bool,
+}
+
+impl HeadroomPhrase {
+    /// `detail` adds what the worst span was (a timer interrupt and its period timers, a
+    /// callback, a CSD): the report table has the room, the live view not.
+    pub fn of(report: &Report, detail: bool) -> HeadroomPhrase {
+        let thresh_s = report.watchdog.thresh_s.filter(|t| *t > 0);
+        let worst = worst_irqs_off(report, detail);
+        let low = report.below_highlight(report.headroom_ns);
+        match (thresh_s, report.headroom_ns) {
+            (Some(t), Some(h)) => HeadroomPhrase {
+                figure: headroom_pct(report, Some(h)).unwrap_or_else(|| "-".to_string()),
+                rest: format!(" of watchdog_thresh {t} s ({worst})"),
+                low,
+            },
+            (Some(t), None) => HeadroomPhrase {
+                figure: "100%".to_string(),
+                rest: format!(" of watchdog_thresh {t} s (nothing held IRQs off)"),
+                low,
+            },
+            (None, _) => HeadroomPhrase {
+                figure: "unknown".to_string(),
+                rest: format!(" (watchdog_thresh unreadable or 0; {worst})"),
+                low,
+            },
+        }
+    }
+
+    pub fn text(&self) -> String {
+        format!("headroom {}{}", self.figure, self.rest)
+    }
+}
+
+/// A headroom as a percentage of watchdog_thresh: 4 decimals, trailing zeros dropped
+/// (`99.9994%`, `99.95%`), more decimals where 4 would round it across 100 % or the
+/// highlight threshold. None when watchdog_thresh or the headroom is unknown.
+pub fn headroom_pct(report: &Report, h: Option<i64>) -> Option<String> {
+    let pct = crate::analysis::headroom::headroom_pct(report.watchdog.thresh_s, h).ok()?;
+    let s = report.headroom_pct_text(pct, 4);
+    // Only zeros after the last significant decimal go: the value printed stays the same.
+    let s = if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &s
+    };
+    Some(format!("{s}%"))
+}
+
+/// `worst IRQs-off 63.5 us on cpu1`, with `detail` what the span was.
+fn worst_irqs_off(report: &Report, detail: bool) -> String {
+    let Some(w) = &report.worst_irqs_off else {
+        // A report from before `worst_irqs_off`: its worst callback.
+        let max = report.cgroups.iter().map(|c| c.callback_ns.max).max();
+        return max.map_or_else(
+            || "nothing held IRQs off".to_string(),
+            |ns| format!("worst IRQs-off {}", human_ns(ns)),
+        );
+    };
+    let mut s = format!("worst IRQs-off {} on cpu{}", human_ns(w.duration_ns), w.cpu);
+    if detail {
+        let what = if w.basis == BASIS_SPAN {
+            let timers = w.period_timers.unwrap_or(0);
+            format!(
+                ": a timer interrupt whose {timers} period timer{} took {}",
+                if timers == 1 { "" } else { "s" },
+                human_ns(w.period_timers_ns.unwrap_or(0))
+            )
+        } else if w.basis == BASIS_CSD {
+            ": an async-unthrottle CSD".to_string()
+        } else {
+            ": a period-timer callback".to_string()
+        };
+        s.push_str(&what);
+    }
+    s
 }
 
 /// The line both terminal views print when the node's headroom is below the highlight: 4

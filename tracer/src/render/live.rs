@@ -22,10 +22,9 @@ use crossterm::terminal::{Clear, ClearType, EnterAlternateScreen, LeaveAlternate
 use crossterm::{execute, queue};
 use hdrhistogram::Histogram;
 
-use super::format::{
-    Line, Tone, alert_line, ellipsize_middle, p50_max, pad, thresh, workload_cell,
-};
-use crate::report::{CgroupReport, CpuReport, Report, human_ns};
+use super::columns::{Column, Layout, QUOTA_LEGEND};
+use super::format::{HeadroomPhrase, Line, Tone, alert_line};
+use crate::report::{CpuReport, Report, human_ns};
 
 /// Block characters, by level (0: nothing).
 pub const BLOCKS: [char; 9] = [' ', '▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
@@ -177,7 +176,8 @@ pub fn span_level(ns: u64) -> usize {
     level
 }
 
-pub const SPAN_LEGEND: &str = "· none ▁<4us ▂<16us ▃<64us ▄<256us ▅<1ms ▆<4ms ▇<16ms █>=16ms";
+/// Short enough to follow its title on an 80-column line.
+pub const SPAN_LEGEND: &str = "·=0 ▁<4us ▂<16 ▃<64 ▄<256us ▅<1ms ▆<4 ▇<16 █>=16ms";
 
 /// A CPU's worst IRQs-off span: the longest timer interrupt, chain of callbacks, callback or
 /// async-unthrottle CSD.
@@ -189,20 +189,32 @@ pub fn cpu_worst_ns(c: &CpuReport) -> u64 {
         .max(c.max_async_ns)
 }
 
-/// The per-CPU strip: `cpu0    ▁▁▂· ····` lines, eight CPUs a group, as many groups a line as
-/// `width` allows; long spans in yellow and red, idle CPUs dim.
-pub fn cpu_strip(cpus: &[CpuReport], ncpus: u32, width: usize) -> Vec<Line> {
+/// Worst IRQs-off span per CPU, CPU `i` at index `i`.
+fn worst_per_cpu(cpus: &[CpuReport], ncpus: u32) -> Vec<u64> {
     let n = (ncpus as usize).max(cpus.iter().map(|c| c.cpu as usize + 1).max().unwrap_or(0));
     let mut worst = vec![0u64; n];
     for c in cpus {
         worst[c.cpu as usize] = cpu_worst_ns(c);
     }
-    let groups_per_line = (width.saturating_sub(8) / 9).max(1);
+    worst
+}
+
+/// The per-CPU strip: one mark a CPU, eight CPUs a group, as many groups a line as `width`
+/// allows, each line labelled with the CPUs it holds (`cpu0-15  ▁▁▂····· ········`) so two
+/// marks never read as two values of one CPU; long spans in yellow and red, idle CPUs dim.
+pub fn cpu_strip(cpus: &[CpuReport], ncpus: u32, width: usize) -> Vec<Line> {
+    let worst = worst_per_cpu(cpus, ncpus);
+    let n = worst.len();
+    let label = |start: usize, end: usize| format!("cpu{start}-{}", end.saturating_sub(1));
+    // Every label as wide as the widest could be.
+    let label_w = label(n, n).len() + 1;
+    let groups_per_line = (width.saturating_sub(label_w) / 9).max(1);
     let per_line = groups_per_line * 8;
     let mut lines = Vec::new();
     for start in (0..n).step_by(per_line) {
-        let mut l = Line::from(format!("{:<8}", format!("cpu{start}")).as_str());
-        for (i, &ns) in worst[start..(start + per_line).min(n)].iter().enumerate() {
+        let end = (start + per_line).min(n);
+        let mut l = Line::from(format!("{:<label_w$}", label(start, end)).as_str());
+        for (i, &ns) in worst[start..end].iter().enumerate() {
             if i > 0 && i % 8 == 0 {
                 l.push(" ");
             }
@@ -238,14 +250,6 @@ pub struct Frame<'a> {
     pub filter: Option<&'a str>,
 }
 
-const WORKLOAD_MIN_W: usize = 14;
-const WORKLOAD_MAX_W: usize = 38;
-
-/// The cgroup's name on one terminal line: a newline in a path shows as `\n`.
-fn terminal_name(c: &CgroupReport) -> String {
-    c.name().replace('\n', "\\n")
-}
-
 /// The frame's lines, each at most `width` visible characters, at most `height` of them,
 /// coloured (crossterm's escape sequences) when `color`.
 pub fn render_frame(f: &Frame<'_>, width: usize, height: usize, color: bool) -> Vec<String> {
@@ -278,67 +282,28 @@ fn status(f: &Frame<'_>) -> Vec<Line> {
     let alert = r.headroom_alert.as_ref().filter(|a| a.alert);
     let mut lines = Vec::new();
     let mut title = Line::new();
+    // watchdog_thresh is in the headroom line below.
     title
         .push_in("cfstrace watch", Some(Tone::Bold))
         .push(&format!(
-            "  {}  kernel {}  backend {}  {} CPUs  watchdog_thresh {}{}",
+            "  {}  kernel {}  {} CPUs  backend {}{}",
             r.hostname,
             r.kernel,
-            r.backend,
             r.ncpus,
-            thresh(wd),
+            r.backend,
             if wd.enabled {
                 ""
             } else {
-                " (watchdog DISABLED)"
+                "  watchdog DISABLED"
             },
         ));
     lines.push(title);
+    let hr = HeadroomPhrase::of(r, false);
     let mut headroom = Line::new();
-    match (r.headroom_ns, wd.thresh_s) {
-        (Some(h), _) => {
-            let pct = r
-                .headroom_alert
-                .as_ref()
-                .and_then(|a| a.headroom_pct)
-                .map_or_else(String::new, |p| {
-                    format!(" ({}%)", r.headroom_pct_text(p, 2))
-                });
-            let worst = r.worst_irqs_off.as_ref().map_or_else(String::new, |w| {
-                format!(
-                    "  worst {} {} on cpu{}",
-                    w.basis.as_str().replace('_', " "),
-                    human_ns(w.duration_ns),
-                    w.cpu
-                )
-            });
-            headroom
-                .push("headroom now ")
-                .push_if(
-                    &format!("{}{pct}", r.headroom_seconds(h)),
-                    Tone::Alert,
-                    alert.is_some(),
-                )
-                .push(&worst);
-        }
-        (None, Some(t)) => {
-            headroom.push(&format!("headroom now {t} s (nothing held IRQs off)"));
-        }
-        (None, None) => {
-            headroom.push("headroom unknown");
-        }
-    };
-    headroom.push(&format!(
-        "   t={:.0}s, every {}",
-        f.elapsed.as_secs_f64(),
-        humantime::format_duration(f.interval),
-    ));
-    if let Some(length) = f.partial {
-        headroom.push(&format!(
-            " (partial interval: {:.1} s)",
-            length.as_secs_f64()
-        ));
-    }
+    headroom
+        .push("headroom ")
+        .push_if(&hr.figure, Tone::Alert, alert.is_some())
+        .push(&hr.rest);
     lines.push(headroom);
     if let Some(a) = alert {
         let mut l = Line::new();
@@ -349,8 +314,16 @@ fn status(f: &Frame<'_>) -> Vec<Line> {
     let mut events = Line::new();
     events
         .push(&format!(
-            "this interval: {} callbacks, {} timer interrupts, {} async CSDs, ",
-            e.periods, e.irq_spans, e.async_csds,
+            "t={:.0}s, last {}{}: {} callbacks, {} timer interrupts, {} async CSDs, ",
+            f.elapsed.as_secs_f64(),
+            humantime::format_duration(f.interval),
+            f.partial.map_or_else(String::new, |length| format!(
+                " (partial interval: {:.1} s)",
+                length.as_secs_f64()
+            )),
+            e.periods,
+            e.irq_spans,
+            e.async_csds,
         ))
         .push_if(&format!("lost {}", e.lost), Tone::Red, e.lost > 0)
         .push(&format!(
@@ -369,47 +342,49 @@ fn status(f: &Frame<'_>) -> Vec<Line> {
     lines
 }
 
-/// The legend of the per-CPU strip with the worst CPU, then the strip.
+/// Each CPU's worst IRQs-off span: as figures on one line when they fit
+/// (`worst IRQs-off per CPU: cpu0 41.0 us  cpu1 63.5 us`), else the legend and the strip.
 fn cpu_lines(r: &Report, width: usize) -> Vec<Line> {
-    let worst_cpu = r
-        .cpus
+    let worst = worst_per_cpu(&r.cpus, r.ncpus);
+    let figures: Vec<String> = worst
         .iter()
-        .max_by_key(|c| (cpu_worst_ns(c), std::cmp::Reverse(c.cpu)))
-        .filter(|c| cpu_worst_ns(c) > 0)
-        .map_or_else(String::new, |c| {
-            format!("  worst cpu{} {}", c.cpu, human_ns(cpu_worst_ns(c)))
-        });
+        .enumerate()
+        .map(|(cpu, &ns)| {
+            let v = if ns == 0 {
+                "-".to_string()
+            } else {
+                human_ns(ns)
+            };
+            format!("cpu{cpu} {v}")
+        })
+        .collect();
+    let one_line = format!("worst IRQs-off per CPU: {}", figures.join("  "));
+    if one_line.chars().count() <= width {
+        return vec![Line::from(one_line.as_str())];
+    }
     let mut lines = vec![Line::from(
-        format!("worst IRQs-off span per CPU: {SPAN_LEGEND}{worst_cpu}").as_str(),
+        format!("worst IRQs-off per CPU: {SPAN_LEGEND}").as_str(),
     )];
     lines.extend(cpu_strip(&r.cpus, r.ncpus, width));
     lines
 }
 
-/// The cgroups' table, each row ending in its callback-time histogram.
+/// The histogram's header, as wide as its strip.
+const HIST_HEADER: &str = "CB <2us log2 >32ms";
+/// Narrower than this, the columns get the room and the histogram is left out.
+const HIST_MIN_WIDTH: usize = 120;
+
+/// The cgroups' table in the columns every terminal view shares ([`Layout`]), as many as the
+/// width holds, each row ending in its callback-time histogram on a wide terminal.
 fn table(f: &Frame<'_>, width: usize) -> Vec<Line> {
     let r = f.report;
-    let enq_is_runnable = !r.figures.enqueued.available && r.figures.runnable.available;
-    // The figures take a fixed width; path and workload share the rest (YARN application ids
-    // are 32 characters, kubernetes paths longer).
-    let fixed = 2 + 8 + 1 + 7 + 3 * (1 + 8) + 2 * (1 + 9) + 1 + 7 + 2 + HIST_BINS;
-    let rest = width.saturating_sub(fixed);
-    let wl_w = (rest * 2 / 5).clamp(WORKLOAD_MIN_W, WORKLOAD_MAX_W);
-    let path_w = rest.saturating_sub(wl_w).clamp(16, 64);
-    let header = format!(
-        "{} {} {:>8} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7}  {}",
-        pad("CGROUP", path_w),
-        pad("WORKLOAD", wl_w),
-        "IRQ-OFF",
-        "PERIODS",
-        "CB p50",
-        "p99",
-        "max",
-        "UNTHR/P",
-        if enq_is_runnable { "RUN/P" } else { "ENQ/P" },
-        "CPUS/P",
-        "<2us log2 >32ms"
-    );
+    let hist_w = HIST_HEADER.chars().count().max(HIST_BINS);
+    let with_hist = width >= HIST_MIN_WIDTH;
+    let layout = Layout::fit(if with_hist { width - 2 - hist_w } else { width }, r);
+    let mut header = layout.header(r);
+    if with_hist {
+        header = format!("{header}  {HIST_HEADER}");
+    }
     let mut head = Line::new();
     head.push_in(&header, Some(Tone::Bold));
     let mut lines = vec![head];
@@ -420,33 +395,24 @@ fn table(f: &Frame<'_>, width: usize) -> Vec<Line> {
     }
     let culprit = r.culprit.as_ref().map(|c| c.cgroup.id);
     for c in &r.cgroups {
-        let path = pad(&ellipsize_middle(&terminal_name(c), path_w), path_w);
-        let wl = pad(&ellipsize_middle(&workload_cell(c, true), wl_w), wl_w);
-        let bins = f
-            .hist
-            .get(&c.id)
-            .map(CallbackBins::bins)
-            .unwrap_or_default();
-        let enq = if enq_is_runnable {
-            c.runnable_per_period.as_ref()
-        } else {
-            c.enqueued_per_period.as_ref()
-        };
-        let row = format!(
-            "{path} {wl} {:>8} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7}  ",
-            human_ns(c.total_callback_ns),
-            c.periods,
-            human_ns(c.callback_ns.p50),
-            human_ns(c.callback_ns.p99),
-            human_ns(c.callback_ns.max),
-            p50_max(c.unthrottled_per_period.as_ref()),
-            p50_max(enq),
-            p50_max(c.spread.as_ref().map(|s| &s.per_period)),
-        );
         let mut l = Line::new();
-        l.push_if(&row, Tone::Bold, culprit == Some(c.id))
-            .push(&histogram_strip(&bins));
+        l.push_if(&layout.row(c, r), Tone::Bold, culprit == Some(c.id));
+        if with_hist {
+            let bins = f
+                .hist
+                .get(&c.id)
+                .map(CallbackBins::bins)
+                .unwrap_or_default();
+            l.push("  ").push(&histogram_strip(&bins));
+        }
         lines.push(l);
+    }
+    if layout.shows(Column::Quota)
+        && r.cgroups
+            .iter()
+            .any(|c| c.binding_quota().is_some_and(|q| q.ancestor))
+    {
+        lines.push(Line::from(QUOTA_LEGEND));
     }
     lines
 }
@@ -550,10 +516,10 @@ mod tests {
     fn cpu_strip_wraps_and_marks_levels() {
         let r = report(10.0, &[1_000, 50_000, 3_000_000]);
         let lines: Vec<String> = cpu_strip(&r.cpus, 20, 30).iter().map(Line::text).collect();
-        // 30 columns: 8 for the label, two groups of 8 CPUs a line.
+        // 30 columns: 9 for the label (`cpu16-19 `), two groups of 8 CPUs a line.
         assert_eq!(lines.len(), 2, "{lines:?}");
-        assert!(lines[0].starts_with("cpu0    ▁▃▆·····"), "{lines:?}");
-        assert!(lines[1].starts_with("cpu16   ····"), "{lines:?}");
+        assert!(lines[0].starts_with("cpu0-15  ▁▃▆·····"), "{lines:?}");
+        assert!(lines[1].starts_with("cpu16-19 ····"), "{lines:?}");
         let tones: Vec<(String, Option<Tone>)> = cpu_strip(&r.cpus, 4, 80)[0]
             .spans()
             .map(|(s, t)| (s.to_string(), t))
@@ -561,7 +527,7 @@ mod tests {
         assert_eq!(
             tones,
             [
-                ("cpu0    ▁▃".to_string(), None),
+                ("cpu0-3 ▁▃".to_string(), None),
                 ("▆".to_string(), Some(Tone::Yellow)),
                 ("·".to_string(), Some(Tone::Dim)),
             ]
@@ -594,11 +560,20 @@ mod tests {
             .iter()
             .find(|l| l.starts_with("/yarn/container_e06"))
             .expect("the cgroup's row");
+        // 200 columns: the path whole, the workload cut in the middle; the quota and the
+        // headroom as the report table writes them.
+        assert!(row.contains("yarn ap…098667219_988894"), "{row}");
         assert!(
-            row.contains("yarn application_1512098667219_988894"),
+            row.contains("2ms/10ms") && row.contains("99.9994%"),
             "{row}"
         );
         assert!(row.contains("60.0 us") && row.contains("113 us"), "{row}");
+        let wide = render_frame(&f, 240, 50, false);
+        assert!(
+            wide.iter()
+                .any(|l| l.contains("yarn application_1512098667219_988894")),
+            "{wide:?}"
+        );
         assert!(row.ends_with("·▄···█··········"), "{row}");
         assert!(!text.contains('\x1b'), "no colour when not asked");
         assert!(plain.iter().all(|l| l.chars().count() <= 200));
@@ -653,8 +628,16 @@ mod tests {
         assert_eq!(r.headroom_ns, Some(9_999_940_000));
         assert!(r.headroom_alert.as_ref().unwrap().alert);
         let live = frame(&r);
-        assert!(live.contains("headroom now 9.9999 s (99.999%)"), "{live}");
-        assert!(!live.contains("100.00%"), "{live}");
+        assert!(
+            live.contains(
+                "headroom 99.9994% of watchdog_thresh 10 s (worst IRQs-off 60.0 us on cpu0)"
+            ),
+            "{live}"
+        );
+        assert!(
+            !live.contains("100.00%") && !live.contains("9.9999 s"),
+            "{live}"
+        );
         assert!(
             live.contains(
                 "!! HEADROOM ALERT: node headroom 99.9994% of watchdog_thresh (10 s) is below 100%"
@@ -662,27 +645,29 @@ mod tests {
             "{live}"
         );
         let text = crate::render::text::render_text(&r, false);
-        assert!(text.contains("node headroom 9.9999 s"), "{text}");
-        assert!(text.contains("node headroom 99.9994% of"), "{text}");
-        // 40 us: 4 decimals of seconds would say "10 s", the threshold itself.
-        let r = report(100.0, &[40_000]);
-        let live = frame(&r);
-        assert!(live.contains("headroom now 9.99996 s (99.9996%)"), "{live}");
-        assert!(live.contains("node headroom 99.9996% of"), "{live}");
-        let text = crate::render::text::render_text(&r, false);
-        assert!(text.contains("node headroom 9.99996 s"), "{text}");
-        // The reason is wrapped: read it as one line.
-        let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(
-            flat.contains("watchdog headroom 9.99996 s of 10 s"),
+            text.contains(
+                "headroom 99.9994% of watchdog_thresh 10 s (worst IRQs-off 60.0 us on cpu0"
+            ),
             "{text}"
         );
-        // Never "100.00%" either, under any highlight: headroom is below watchdog_thresh.
+        assert!(text.contains("node headroom 99.9994% of"), "{text}");
+        // 40 us: the percentage stays under 100 %.
+        let r = report(100.0, &[40_000]);
+        let live = frame(&r);
+        assert!(live.contains("headroom 99.9996% of"), "{live}");
+        assert!(live.contains("node headroom 99.9996% of"), "{live}");
+        let text = crate::render::text::render_text(&r, false);
+        assert!(text.contains("headroom 99.9996% of"), "{text}");
+        // 0.5 us: 4 decimals would say 100 %, the threshold itself; more are shown.
+        let r = report(100.0, &[500]);
+        let live = frame(&r);
+        assert!(live.contains("headroom 99.99999% of"), "{live}");
+        // Under another highlight, far from both: trailing zeros dropped.
         let r = report(10.0, &[60_000]);
-        assert!(frame(&r).contains("headroom now 9.9999 s (99.999%)"));
-        // Far from both: the usual digits.
+        assert!(frame(&r).contains("headroom 99.9994% of"));
         let r = report(10.0, &[5_000_000]);
-        assert!(frame(&r).contains("headroom now 9.995 s (99.95%)"));
+        assert!(frame(&r).contains("headroom 99.95% of"), "{}", frame(&r));
     }
 
     const VIEW_MARKER: &str = "cfstrace-view-ends-by=";

@@ -396,20 +396,33 @@ fn draw_timeline(
                 human_ns(t as u64)
             ))
             .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], CULPRIT.stroke_width(3)));
-        chart.draw_series(std::iter::once(Text::new(
+    }
+    let mut labels: Vec<Label> = Vec::new();
+    let colors: Vec<RGBColor> = chosen
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if Some(c.id) == culprit_id {
+                CULPRIT
+            } else {
+                PALETTE[i % PALETTE.len()]
+            }
+        })
+        .collect();
+    for (c, &color) in chosen.iter().zip(&colors) {
+        if let Some(l) = draw_cgroup(&mut chart, plot, c, color, Some(c.id) == culprit_id, x_max)? {
+            labels.push(l);
+        }
+    }
+    if let Some(t) = thresh_ns {
+        labels.push(Label::below(
             format!("watchdog_thresh {}", human_ns(t as u64)),
-            (x_max * 0.01, t / 1.6),
-            ("sans-serif", 14).into_font().color(&CULPRIT),
-        )))?;
+            14,
+            CULPRIT,
+            chart.backend_coord(&(0.0, t)),
+        ));
     }
-    for (i, c) in chosen.iter().enumerate() {
-        let color = if Some(c.id) == culprit_id {
-            CULPRIT
-        } else {
-            PALETTE[i % PALETTE.len()]
-        };
-        draw_cgroup(&mut chart, plot, c, color, Some(c.id) == culprit_id, x_max)?;
-    }
+    labels.extend(period_labels(&chart, &chosen, &colors, x_max));
     for (i, cpu) in cpus.iter().enumerate() {
         let color = SPAN[i % SPAN.len()];
         let pts: Vec<(f64, f64)> = plot.spans[cpu]
@@ -433,7 +446,206 @@ fn draw_timeline(
             ("sans-serif", 20),
         )))?;
     }
+    // The legend's corner is taken: labels go around it.
+    let legend = legend_box(&chart, &chosen, cpus.len(), thresh_ns.is_some());
+    let base = area.get_base_pixel();
+    for ((x, y), i) in place_labels(&labels, chart.plotting_area().get_pixel_range(), legend) {
+        let l = &labels[i];
+        area.draw(&Text::new(
+            l.text.clone(),
+            (x - base.0, y - base.1),
+            ("sans-serif", l.size).into_font().color(&l.color),
+        ))?;
+    }
     draw_legend(&mut chart)
+}
+
+/// A text label of the upper panel, placed by [`place_labels`] so that none overprints
+/// another, the legend or the plot's edges.
+#[derive(Clone, Debug)]
+struct Label {
+    text: String,
+    size: u32,
+    color: RGBColor,
+    /// Where it would like its top-left corner (pixels), and which way it moves when taken:
+    /// up and down from there.
+    want: (i32, i32),
+    /// Its point (the culprit's worst callback): the label goes right of it, else left.
+    point: Option<(i32, i32)>,
+}
+
+/// Width of a text in pixels at a drawn font size of `px`, estimated as SVG viewers draw
+/// sans-serif: 0.6 of the size a character (a little wide, on the safe side). The tests judge
+/// overlaps with the same estimate.
+pub fn text_width(text: &str, px: f64) -> i32 {
+    (text.chars().count() as f64 * px * 0.6).ceil() as i32
+}
+
+/// The font size plotters' SVG backend writes for a font of `size` (it divides by 1.24).
+fn drawn_px(size: u32) -> f64 {
+    f64::from(size) / 1.24
+}
+
+impl Label {
+    /// Just under `at` (a line's left end), inset from the axis.
+    fn below(text: String, size: u32, color: RGBColor, at: (i32, i32)) -> Label {
+        Label {
+            text,
+            size,
+            color,
+            want: (at.0 + 8, at.1 + 4),
+            point: None,
+        }
+    }
+
+    fn width(&self) -> i32 {
+        text_width(&self.text, drawn_px(self.size))
+    }
+
+    fn height(&self) -> i32 {
+        drawn_px(self.size).ceil() as i32
+    }
+
+    fn rect(&self, top_left: (i32, i32)) -> Rect {
+        Rect {
+            x0: top_left.0,
+            y0: top_left.1,
+            x1: top_left.0 + self.width(),
+            y1: top_left.1 + self.height(),
+        }
+    }
+}
+
+/// A box in pixels, `x1`/`y1` exclusive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rect {
+    pub x0: i32,
+    pub y0: i32,
+    pub x1: i32,
+    pub y1: i32,
+}
+
+impl Rect {
+    pub fn intersects(&self, o: &Rect) -> bool {
+        self.x0 < o.x1 && o.x0 < self.x1 && self.y0 < o.y1 && o.y0 < self.y1
+    }
+}
+
+/// Top-left corners for `labels` (with their index), in order, each the nearest free spot to
+/// where it wants to be: moved up or down in steps of its height, kept inside `plot`, off
+/// `legend` and every label placed before it. A label with no free spot is left out rather
+/// than drawn over another.
+fn place_labels(
+    labels: &[Label],
+    plot: (std::ops::Range<i32>, std::ops::Range<i32>),
+    legend: Option<Rect>,
+) -> Vec<((i32, i32), usize)> {
+    let (xs, ys) = plot;
+    let mut taken: Vec<Rect> = legend.into_iter().collect();
+    let mut out = Vec::new();
+    for (i, l) in labels.iter().enumerate() {
+        let (w, h) = (l.width(), l.height());
+        let step = h + 3;
+        // Right of its point, else left of it; else where it asked, pushed inside.
+        let xs_try: Vec<i32> = match l.point {
+            Some((px, _)) => vec![px + 16, px - 16 - w],
+            None => vec![l.want.0],
+        };
+        let clamp_x = |x: i32| x.min(xs.end - 2 - w).max(xs.start + 2);
+        let clamp_y = |y: i32| y.min(ys.end - 2 - h).max(ys.start + 2);
+        let spot = (0..40).find_map(|k: i32| {
+            // 0, -1, +1, -2, +2 ... steps from where it wants to be.
+            let dy = if k % 2 == 1 { -(k + 1) / 2 } else { k / 2 } * step;
+            xs_try.iter().find_map(|&x| {
+                let fits_right = l.point.is_none() || (x >= xs.start + 2 && x + w <= xs.end - 2);
+                let at = (clamp_x(x), clamp_y(l.want.1 + dy));
+                let r = l.rect(at);
+                (fits_right && !taken.iter().any(|t| t.intersects(&r))).then_some(at)
+            })
+        });
+        if let Some(at) = spot {
+            taken.push(l.rect(at));
+            out.push((at, i));
+        }
+    }
+    out
+}
+
+/// Where the series legend (top right) will be drawn, estimated as plotters lays it out: a
+/// row of 13 px text a series, a 20 px sample before it.
+fn legend_box(
+    chart: &Timeline<'_, '_>,
+    chosen: &[&CgroupReport],
+    cpus: usize,
+    thresh: bool,
+) -> Option<Rect> {
+    let (xs, ys) = chart.plotting_area().get_pixel_range();
+    // The longest entries are the cgroups' (name, callbacks, p99, max) and the threshold's.
+    let longest = chosen
+        .iter()
+        .map(|c| cgroup_name(c).chars().count() + 45)
+        .chain(thresh.then_some(62))
+        .chain((cpus > 0).then_some(40))
+        .max()?;
+    let rows = chosen.len() + cpus + usize::from(thresh);
+    let w = text_width(&"x".repeat(longest), drawn_px(13)) + 40;
+    let h = rows as i32 * 20 + 12;
+    Some(Rect {
+        x0: xs.end - w - 10,
+        y0: ys.start,
+        x1: xs.end,
+        y1: ys.start + h + 10,
+    })
+}
+
+/// The colour of a label that stands for several series.
+const LABEL_GREY: RGBColor = RGBColor(0x44, 0x44, 0x44);
+
+/// One label a period shared by plotted cgroups (`period 100 ms (/a, /b)`), just over its
+/// dashed line, in the colour of its cgroup (grey when several share it).
+fn period_labels(
+    chart: &Timeline<'_, '_>,
+    chosen: &[&CgroupReport],
+    colors: &[RGBColor],
+    x_max: f64,
+) -> Vec<Label> {
+    let mut by_period: Vec<(u64, Vec<String>, RGBColor)> = Vec::new();
+    for (c, &color) in chosen.iter().zip(colors) {
+        let Some(p) = c.kernel_period_us.or(c.period_us) else {
+            continue;
+        };
+        let name = label(&c.name(), 30);
+        match by_period.iter_mut().find(|(q, _, _)| *q == p) {
+            Some((_, names, _)) => names.push(name),
+            None => by_period.push((p, vec![name], color)),
+        }
+    }
+    by_period
+        .into_iter()
+        .map(|(p, names, first_color)| {
+            // Several cgroups' dashed lines lie on one another: their label is neutral.
+            let color = if names.len() > 1 {
+                LABEL_GREY
+            } else {
+                first_color
+            };
+            let shown = names.len().min(3);
+            let mut who = names[..shown].join(", ");
+            if names.len() > shown {
+                who.push_str(&format!(" +{} more", names.len() - shown));
+            }
+            let text = format!("period {} ({who})", human_ns(p * 1000));
+            let (x, y) = chart.backend_coord(&(x_max * 0.55, p as f64 * 1e3));
+            Label {
+                text,
+                size: 12,
+                color,
+                // Just over the line.
+                want: (x, y - 15),
+                point: None,
+            }
+        })
+        .collect()
 }
 
 /// One cgroup's callbacks over time, a dashed line at its period, and for the culprit, its
@@ -445,7 +657,7 @@ fn draw_cgroup(
     color: RGBColor,
     is_culprit: bool,
     x_max: f64,
-) -> DrawResult<()> {
+) -> DrawResult<Option<Label>> {
     let pts: Vec<(f64, f64)> = plot
         .cgroup_points(c.id)
         .into_iter()
@@ -475,11 +687,6 @@ fn draw_cgroup(
             6,
             color.stroke_width(1),
         ))?;
-        chart.draw_series(std::iter::once(Text::new(
-            format!("period {} ({})", human_ns(p * 1000), label(&name, 30)),
-            (x_max * 0.72, y * 1.9),
-            ("sans-serif", 12).into_font().color(&color),
-        )))?;
     }
     if is_culprit && let Some((t, v)) = plot.cgroups.get(&c.id).and_then(|s| s.callbacks.max()) {
         let at = (s(t), v as f64);
@@ -487,13 +694,19 @@ fn draw_cgroup(
             Cross::new(at, 10, CULPRIT.stroke_width(3)).into_dyn(),
             Circle::new(at, 12, CULPRIT.stroke_width(2)).into_dyn(),
         ])?;
-        chart.draw_series(std::iter::once(Text::new(
-            format!("culprit worst callback {} ({name})", human_ns(v)),
-            (at.0.min(x_max * 0.6), at.1 * 2.2),
-            ("sans-serif", 14).into_font().color(&CULPRIT),
-        )))?;
+        let point = chart.backend_coord(&at);
+        // Right of the mark (left of it near the right edge), inside the plot: at t≈0 the
+        // axis is right there.
+        // Above its own line, clear of the 12 px ring.
+        return Ok(Some(Label {
+            text: format!("culprit worst callback {} ({name})", human_ns(v)),
+            size: 14,
+            color: CULPRIT,
+            want: (point.0 + 16, point.1 - 14 - 12),
+            point: Some(point),
+        }));
     }
-    Ok(())
+    Ok(None)
 }
 
 /// A panel's chart with room for its axis labels, under `caption`.
@@ -695,14 +908,26 @@ mod tests {
     /// A report and plot data from capture lines, as `cfstrace report --svg` makes them:
     /// cgroup `id` has `n` callbacks of `ns` each; ids from 100 up are never named.
     fn fixture(cgroups: &[(u64, u64, u64)], spans: bool) -> (Report, PlotData) {
+        fixture_with(cgroups, spans, false)
+    }
+
+    /// [`fixture`], with each cgroup's worst callback its first (at t≈0) when `worst_first`.
+    fn fixture_with(
+        cgroups: &[(u64, u64, u64)],
+        spans: bool,
+        worst_first: bool,
+    ) -> (Report, PlotData) {
         let header = crate::model::records::test_header();
         let mut plot = PlotData::new(header.started_mono_ns);
         let mut lines = Vec::new();
         for &(id, n, ns) in cgroups {
+            // Cgroups from 11 up have a period close to the others' (110 ms): their lines
+            // and labels nearly meet.
+            let period_us: u64 = if id >= 11 { 110_000 } else { 100_000 };
             let c: crate::model::records::CgroupRecord =
                 serde_json::from_value(serde_json::json!({
                     "id": id, "path": format!("/kubepods/cg{id}"), "workload": {"kind": "cgroup"},
-                    "processes": [], "period_us": 100_000, "quota_us": 1_000,
+                    "processes": [], "period_us": period_us, "quota_us": 1_000,
                 }))
                 .unwrap_or_else(|e| panic!("{e}"));
             if id < 100 {
@@ -712,9 +937,9 @@ mod tests {
                 lines.push(CaptureLine::Period(crate::model::records::PeriodRecord {
                     ts_ns: header.started_mono_ns + i * 100_000_000 + id,
                     cpu: (id % 4) as u32,
-                    duration_ns: ns + i,
+                    duration_ns: if worst_first { ns + n - i } else { ns + i },
                     cgroup_id: id,
-                    period_ns: 100_000_000,
+                    period_ns: period_us * 1_000,
                     quota_ns: 1_000_000,
                     ..Default::default()
                 }));
@@ -782,5 +1007,103 @@ mod tests {
         assert_eq!(cgroup_name(&rep.cgroups[0]), "(cgroup 100)");
         let svg = render(&rep, &plot).unwrap_or_else(|e| panic!("{e}"));
         assert!(svg.contains("CULPRIT (cgroup 100)"), "{svg}");
+    }
+
+    /// A drawn text: its box estimated as [`text_width`] does, from its anchor.
+    fn text_boxes(svg: &str) -> Vec<(String, Rect)> {
+        let attr = |tag: &str, name: &str| -> Option<String> {
+            let at = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+            Some(tag[at..].split('"').next()?.to_string())
+        };
+        let mut out = Vec::new();
+        for part in svg.split("<text").skip(1) {
+            let Some((tag, rest)) = part.split_once('>') else {
+                continue;
+            };
+            // Rotated axis titles run along the axis, away from the labels.
+            if tag.contains("rotate") {
+                continue;
+            }
+            let text = rest
+                .split("</text>")
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            let num = |n: &str| attr(tag, n).and_then(|v| v.parse::<f64>().ok());
+            let (Some(x), Some(y), Some(size)) = (num("x"), num("y"), num("font-size")) else {
+                continue;
+            };
+            let w = text_width(&text, size);
+            let x0 = match attr(tag, "text-anchor").as_deref() {
+                Some("middle") => x as i32 - w / 2,
+                Some("end") => x as i32 - w,
+                _ => x as i32,
+            };
+            // plotters writes the top of the text, moved down by `dy` (0.76em) for the baseline,
+            // or the middle (`dy="0.5ex"`).
+            let y0 = match attr(tag, "dy").as_deref() {
+                Some(d) if d.ends_with("ex") => (y - size / 2.0) as i32,
+                _ => y as i32,
+            };
+            out.push((
+                text,
+                Rect {
+                    x0,
+                    y0,
+                    x1: x0 + w,
+                    y1: y0 + size.ceil() as i32,
+                },
+            ));
+        }
+        out
+    }
+
+    /// Two cgroups with the same period, a third with a close one, and a culprit whose worst
+    /// callback is the first (at t≈0, by the axis): no two texts overprint each other.
+    #[test]
+    fn labels_never_overprint() {
+        for worst_first in [true, false] {
+            let (rep, plot) = fixture_with(
+                &[(7, 40, 50_000), (9, 40, 5_000), (11, 40, 900)],
+                true,
+                worst_first,
+            );
+            let svg = render(&rep, &plot).unwrap_or_else(|e| panic!("{e}"));
+            if let Some(dir) = std::env::var_os("CFSTRACE_SVG_OUT") {
+                let _ = std::fs::write(
+                    std::path::Path::new(&dir).join(format!("labels-{worst_first}.svg")),
+                    &svg,
+                );
+            }
+            let boxes = text_boxes(&svg);
+            assert!(
+                boxes
+                    .iter()
+                    .any(|(t, _)| t.starts_with("culprit worst callback")),
+                "{boxes:?}"
+            );
+            let merged: Vec<&String> = boxes
+                .iter()
+                .map(|(t, _)| t)
+                .filter(|t| t.starts_with("period 100 ms"))
+                .collect();
+            assert_eq!(merged.len(), 1, "one label for one period: {merged:?}");
+            assert!(
+                merged[0].contains("/kubepods/cg7, /kubepods/cg9)"),
+                "{merged:?}"
+            );
+            assert!(
+                boxes
+                    .iter()
+                    .any(|(t, _)| t == "period 110 ms (/kubepods/cg11)"),
+                "{boxes:?}"
+            );
+            for (i, (a, ra)) in boxes.iter().enumerate() {
+                for (b, rb) in &boxes[i + 1..] {
+                    assert!(!ra.intersects(rb), "{a:?} {ra:?} overprints {b:?} {rb:?}");
+                }
+            }
+        }
     }
 }

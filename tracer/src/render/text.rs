@@ -3,32 +3,42 @@
 //! first, lockup precursors, per-CPU IRQs-off time and the warnings.
 use std::fmt::Write as _;
 
-use super::format::{
-    Tone, alert_line, comms, ellipsize_middle, p50_max, pad, paint, shorten, thresh, workload_cell,
-};
-use crate::model::probe::Probe;
+use super::columns::{Column, Layout, PER_PERIOD_LEGEND, QUOTA_LEGEND, us_short};
+use super::format::{HeadroomPhrase, Tone, alert_line, ellipsize_middle, paint, shorten};
+use crate::model::probe::{Probe, ProbeStatus};
 use crate::model::records::ParentRecord;
-use crate::report::{
-    BASIS_CSD, BASIS_SPAN, CgroupReport, CpuReport, Report, WorstIrqsOff, human_ns, plural_s,
-    precursor_phrase, probe_how,
-};
+use crate::report::{CpuReport, Report, human_ns, plural_s, precursor_phrase, probe_how};
 use crate::verbosity::Verbosity;
 
 const TOP_CGROUPS: usize = 20;
 const TOP_CPUS: usize = 8;
+/// Paths in the lines under the table are cut here.
 const PATH_W: usize = 48;
-const WORKLOAD_W: usize = 28;
-/// Probe reasons in the table are cut here; `--json` has them whole.
+const PRECURSOR_PATH_W: usize = 76;
+/// Probe reasons in the table are cut here; `-v` and `--json` have them whole.
 const REASON_W: usize = 110;
+/// The attached probes' line wraps here.
+const PROBES_W: usize = 80;
 
 /// The whole table; `color` adds ANSI attributes (bold culprit, red low headroom). The probe
-/// list is short unless `-v`.
+/// list is short unless `-v`. On a terminal the cgroup table fits its width; into a file or
+/// a pipe it has every column.
 pub fn render_text(report: &Report, color: bool) -> String {
-    render_text_as(report, color, crate::verbosity::get())
+    let width = std::io::IsTerminal::is_terminal(&std::io::stdout())
+        .then(crossterm::terminal::size)
+        .and_then(Result::ok)
+        .map(|(w, _)| usize::from(w))
+        .filter(|w| *w > 0);
+    render_text_fit(report, color, crate::verbosity::get(), width)
 }
 
-/// [`render_text`] at a chosen verbosity.
+/// [`render_text`] at a chosen verbosity, every column.
 pub fn render_text_as(report: &Report, color: bool, v: Verbosity) -> String {
+    render_text_fit(report, color, v, None)
+}
+
+/// [`render_text`] at a chosen verbosity, the cgroup table cut to `width` columns if given.
+pub fn render_text_fit(report: &Report, color: bool, v: Verbosity, width: Option<usize>) -> String {
     let mut o = String::new();
     head(&mut o, report, color);
     probes(&mut o, report, v.detail());
@@ -51,7 +61,12 @@ pub fn render_text_as(report: &Report, color: bool, v: Verbosity) -> String {
             );
         }
     }
-    cgroup_table(&mut o, report, color);
+    cgroup_table(
+        &mut o,
+        report,
+        color,
+        width.map_or_else(Layout::all, |w| Layout::fit(w, report)),
+    );
     precursors(&mut o, report);
     cpu_sections(&mut o, report);
     if !report.warnings.is_empty() {
@@ -82,109 +97,96 @@ fn head(o: &mut String, report: &Report, color: bool) {
         "duration {:.2} s  period-timer callbacks {}  lost {}",
         report.duration_s, e.periods, e.lost
     );
-    let node = match report.headroom_ns {
-        Some(h) => {
-            let cell = paint(
-                &headroom_cell(report, Some(h)).replace('s', " s"),
-                Tone::Red,
-                color && report.below_highlight(Some(h)),
-            );
-            format!("  node headroom {cell} ({})", worst_phrase(report))
-        }
-        None => String::new(),
-    };
+    let hr = HeadroomPhrase::of(report, true);
     let _ = writeln!(
         o,
-        "watchdog {}  thresh {}{node}",
+        "watchdog {}  headroom {}{}",
         if wd.enabled { "enabled" } else { "DISABLED" },
-        thresh(wd)
+        paint(&hr.figure, Tone::Red, color && hr.low),
+        hr.rest
     );
     if let Some(a) = report.headroom_alert.as_ref().filter(|a| a.alert) {
         let _ = writeln!(o, "{}", paint(&alert_line(a, wd), Tone::BoldRed, color));
     }
 }
 
-/// What the node's headroom is measured from.
-fn worst_phrase(report: &Report) -> String {
-    match &report.worst_irqs_off {
-        Some(w) if w.basis == BASIS_SPAN => span_phrase(w),
-        Some(w) if w.basis == BASIS_CSD => format!(
-            "worst async-unthrottle CSD {} on cpu{}",
-            human_ns(w.duration_ns),
-            w.cpu
-        ),
-        Some(w) => format!("worst callback {} on cpu{}", human_ns(w.duration_ns), w.cpu),
-        // A report from before `worst_irqs_off`.
-        None => format!(
-            "worst callback {}",
-            human_ns(
-                report
-                    .cgroups
-                    .iter()
-                    .map(|c| c.callback_ns.max)
-                    .max()
-                    .unwrap_or(0)
-            )
-        ),
-    }
-}
-
-/// `worst timer interrupt 500 us on cpu3: 2 period timers took 312 us`.
-fn span_phrase(w: &WorstIrqsOff) -> String {
-    let timers = w.period_timers.unwrap_or(0);
-    format!(
-        "worst timer interrupt {} on cpu{}: {timers} period timer{} took {}",
-        human_ns(w.duration_ns),
-        w.cpu,
-        if w.period_timers == Some(1) { "" } else { "s" },
-        human_ns(w.period_timers_ns.unwrap_or(0))
-    )
-}
-
-/// One line a probe, in pipeline order (the frame first). Short by default: a reason that
-/// several probes share (this host's "fentry: EPERM ...") is said once, as a numbered note
-/// under the list, and the system's own error text (in brackets) is left out; `full` (`-v`)
-/// gives every reason whole.
+/// The probes, in pipeline order (the frame first). Short by default: the attached ones on
+/// one line by style (`period_timer tracepoint, runnable raw_tp`), then one line a distinct
+/// reason with the probes it applies to; a reason several share (this host's "fentry: EPERM
+/// ...") is said once, as a numbered note, and the system's own error text (in brackets) is
+/// left out. `full` (`-v`) gives one line a probe, its target and every reason whole.
 fn probes(o: &mut String, report: &Report, full: bool) {
-    let rows: Vec<(&str, bool, String, Option<&str>)> = Probe::REPORT_ORDER
+    let rows: Vec<(&str, &ProbeStatus, Option<&str>)> = Probe::REPORT_ORDER
         .iter()
         .filter_map(|name| report.probes.get(name).map(|p| (name, p)))
         .map(|(name, p)| {
-            let how = probe_how(p).unwrap_or_else(|| "attached".to_string());
             let reason = match (p.attached, p.reason.as_deref()) {
                 (false, None) => Some("not attached"),
                 (_, r) => r,
             };
-            (name.as_str(), p.attached, how, reason)
+            (name.as_str(), p, reason)
         })
         .collect();
-    let notes = if full {
-        Notes::default()
-    } else {
-        Notes::of(rows.iter().filter_map(|r| r.3))
-    };
-    let mut cut = false;
-    for (name, attached, how, reason) in &rows {
-        let said = reason.map(|r| {
-            if full {
-                return r.to_string();
-            }
-            let short = shorten(&notes.shorten(r), REASON_W);
-            cut |= short != *r;
-            short
-        });
-        let _ = match (attached, said) {
-            (true, None) => writeln!(o, "  {name:<16} {how}"),
-            (true, Some(r)) => writeln!(o, "  {name:<16} {how}  ({r})"),
-            (false, r) => writeln!(o, "  {name:<16} -  unavailable: {}", r.unwrap_or_default()),
+    if full {
+        for (name, p, reason) in &rows {
+            let how = probe_how(p).unwrap_or_else(|| "attached".to_string());
+            let _ = match (p.attached, reason) {
+                (true, None) => writeln!(o, "  {name:<16} {how}"),
+                (true, Some(r)) => writeln!(o, "  {name:<16} {how}  ({r})"),
+                (false, r) => writeln!(o, "  {name:<16} -  unavailable: {}", r.unwrap_or("")),
+            };
+        }
+        return;
+    }
+    let notes = Notes::of(rows.iter().filter_map(|r| r.2));
+    let attached: Vec<String> = rows
+        .iter()
+        .filter(|(_, p, _)| p.attached)
+        .map(|(name, p, _)| format!("{name} {}", p.how.map_or("attached", |h| h.as_str())))
+        .collect();
+    if !attached.is_empty() {
+        let line = format!("probes: {}", attached.join(", "));
+        for l in textwrap::wrap(
+            &line,
+            textwrap::Options::new(PROBES_W).subsequent_indent("  "),
+        ) {
+            let _ = writeln!(o, "{l}");
+        }
+    }
+    // One line a distinct (attached, reason): the probes it applies to, then the reason.
+    let mut groups: Vec<(bool, String, Vec<&str>)> = Vec::new();
+    for (name, p, reason) in &rows {
+        let Some(r) = reason else { continue };
+        let short = shorten(&notes.shorten(r), REASON_W);
+        match groups
+            .iter_mut()
+            .find(|(a, s, _)| *a == p.attached && *s == short)
+        {
+            Some((_, _, names)) => names.push(name),
+            None => groups.push((p.attached, short, vec![name])),
+        }
+    }
+    for (attached, reason, names) in &groups {
+        let names = names.join(", ");
+        let _ = if *attached {
+            writeln!(o, "  {names}: {reason}")
+        } else {
+            writeln!(o, "  {names} unavailable: {reason}")
         };
     }
     for (i, note) in notes.list.iter().enumerate() {
         let _ = writeln!(o, "  [{}] {note}", i + 1);
     }
-    if cut {
-        o.push_str("  (-v: every probe's reasons in full)\n");
-    }
+    o.push_str("  (-v: every probe, its target and reasons in full)\n");
+}
+
+/// `reasons` said short, as the probe list says them: each shared clause replaced by its
+/// note's number, the bracketed system errors dropped; and the notes, numbered from 1.
+/// (`doctor` lists its probes this way too.)
+pub fn shared_reason_notes(reasons: &[&str]) -> (Vec<String>, Vec<String>) {
+    let notes = Notes::of(reasons.iter().copied());
+    let said = reasons.iter().map(|r| notes.shorten(r)).collect();
+    (said, notes.list)
 }
 
 /// The reasons several probes share, numbered in order of first appearance.
@@ -312,45 +314,22 @@ fn strip_details(c: &str) -> String {
     out.trim_end().to_string()
 }
 
-/// The top cgroups, worst first, each with its parents' quotas under it.
-fn cgroup_table(o: &mut String, report: &Report, color: bool) {
+/// The top cgroups, worst first (by IRQOFF), each with its parents' quotas under it, in the
+/// columns every terminal view shares ([`Layout`]).
+fn cgroup_table(o: &mut String, report: &Report, color: bool, layout: Layout) {
     if report.cgroups.is_empty() {
         return;
     }
-    // Where enqueue_* cannot be probed (tracepoint-only kernels) the tasks made runnable inside
-    // the callback are the closest figure: show them in that column, labelled as such.
-    let enq_is_runnable = !report.figures.enqueued.available && report.figures.runnable.available;
     o.push('\n');
-    let _ = writeln!(
-        o,
-        "{} {} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11} {:>8} {:>7} {:>9}  COMM",
-        pad("PATH", PATH_W),
-        pad("WORKLOAD", WORKLOAD_W),
-        "PERIODS",
-        "CB p50",
-        "p99",
-        "max",
-        "UNTHR/P",
-        if enq_is_runnable {
-            "RUNNABLE/P"
-        } else {
-            "ENQ/P"
-        },
-        "CPUS/P",
-        "ASYNC",
-        "HEADROOM"
-    );
+    let _ = writeln!(o, "{}", layout.header(report));
     let culprit_id = report.culprit.as_ref().map(|c| c.cgroup.id);
     for c in report.cgroups.iter().take(TOP_CGROUPS) {
-        let row = cgroup_row(c, enq_is_runnable);
-        let row = paint(&row, Tone::Bold, color && culprit_id == Some(c.id));
-        let hr = format!("{:>9}", headroom_cell(report, c.headroom_ns));
-        let hr = paint(
-            &hr,
-            Tone::Red,
-            color && report.below_highlight(c.headroom_ns),
+        let row = layout.row(c, report);
+        let _ = writeln!(
+            o,
+            "{}",
+            paint(&row, Tone::Bold, color && culprit_id == Some(c.id))
         );
-        let _ = writeln!(o, "{row}{hr}  {}", comms(c, 3));
         // Nested quotas: the limits above it, each with its own period timer.
         if let Some(parents) = c.parents.as_ref().filter(|p| !p.is_empty()) {
             let _ = writeln!(o, "  {}", parents_phrase(parents));
@@ -363,34 +342,24 @@ fn cgroup_table(o: &mut String, report: &Report, color: bool) {
             report.cgroups.len() - TOP_CGROUPS
         );
     }
-}
-
-/// A cgroup's row up to the headroom column.
-fn cgroup_row(c: &CgroupReport, enq_is_runnable: bool) -> String {
-    let path = pad(&ellipsize_middle(&c.name(), PATH_W), PATH_W);
-    let wl = pad(
-        &ellipsize_middle(&workload_cell(c, false), WORKLOAD_W),
-        WORKLOAD_W,
-    );
-    format!(
-        "{path} {wl} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11} {:>8} {:>7} ",
-        c.periods,
-        human_ns(c.callback_ns.p50),
-        human_ns(c.callback_ns.p99),
-        human_ns(c.callback_ns.max),
-        p50_max(c.unthrottled_per_period.as_ref()),
-        p50_max(if enq_is_runnable {
-            c.runnable_per_period.as_ref()
-        } else {
-            c.enqueued_per_period.as_ref()
-        }),
-        // Distinct CPUs it was unthrottled on per period (p50/max).
-        p50_max(c.spread.as_ref().map(|sp| &sp.per_period)),
-        // cfs_rqs unthrottled in CSDs on other CPUs (6.3+).
-        c.async_unthrottle
-            .as_ref()
-            .map_or_else(|| "-".to_string(), |a| a.unthrottled.to_string()),
-    )
+    let marked = report
+        .cgroups
+        .iter()
+        .take(TOP_CGROUPS)
+        .any(|c| c.binding_quota().is_some_and(|q| q.ancestor));
+    if [
+        Column::UnthrottledPerPeriod,
+        Column::EnqueuedPerPeriod,
+        Column::CpusPerPeriod,
+    ]
+    .into_iter()
+    .any(|c| layout.shows(c))
+    {
+        let _ = writeln!(o, "{PER_PERIOD_LEGEND}");
+    }
+    if marked && layout.shows(Column::Quota) {
+        let _ = writeln!(o, "{QUOTA_LEGEND}");
+    }
 }
 
 /// The node's precursor counts, the cgroups that had some, and unmatched kernel messages.
@@ -424,7 +393,7 @@ fn precursors(o: &mut String, report: &Report) {
         let _ = writeln!(
             o,
             "  {}: {}",
-            ellipsize_middle(&c.name(), PATH_W + WORKLOAD_W),
+            ellipsize_middle(&c.name(), PRECURSOR_PATH_W),
             precursor_phrase(p)
         );
     }
@@ -529,27 +498,6 @@ fn cpu_sections(o: &mut String, report: &Report) {
                 human_ns(c.max_async_ns)
             )
         });
-    }
-}
-
-/// `9.9997s`, `-1.20ms` (over the threshold), `-` (unknown).
-fn headroom_cell(report: &Report, h: Option<i64>) -> String {
-    match h {
-        Some(h) if h >= 0 => report.headroom_seconds(h).replace(' ', ""),
-        Some(h) => format!("-{}", human_ns(h.unsigned_abs()).replace(' ', "")),
-        None => "-".to_string(),
-    }
-}
-
-/// `20ms`, `1.5ms`, `500us`: a cgroup setting in microseconds.
-fn us_short(us: u64) -> String {
-    if us >= 1_000 && us.is_multiple_of(1_000) {
-        format!("{}ms", us / 1_000)
-    } else if us >= 1_000 {
-        let s = format!("{:.3}", us as f64 / 1e3);
-        format!("{}ms", s.trim_end_matches('0').trim_end_matches('.'))
-    } else {
-        format!("{us}us")
     }
 }
 

@@ -310,6 +310,48 @@ impl std::ops::Deref for CgroupReport {
 
 pub use crate::model::records::cgroup_name;
 
+/// A cpu quota, the period it refills in, and whose it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BindingQuota {
+    pub quota_us: u64,
+    pub period_us: u64,
+    /// It is an ancestor's: tighter than the cgroup's own, or the cgroup has none.
+    pub ancestor: bool,
+}
+
+impl CgroupReport {
+    /// The quota that limits it: the tightest quota/period of its own (as the kernel had it,
+    /// else as named) and its ancestors'; on a tie its own. None when none has a quota.
+    /// Derived from `kernel_*_us`, the facts and `parents`, so older reports have it too.
+    pub fn binding_quota(&self) -> Option<BindingQuota> {
+        let own = match (self.kernel_quota_us, self.kernel_period_us) {
+            (Some(q), Some(p)) => Some((q, p)),
+            _ => self.facts.quota_us.zip(self.facts.period_us),
+        };
+        let own = own.map(|(quota_us, period_us)| BindingQuota {
+            quota_us,
+            period_us,
+            ancestor: false,
+        });
+        let ancestors = self.parents.iter().flatten().filter_map(|p| {
+            Some(BindingQuota {
+                quota_us: p.quota_us?,
+                period_us: p.period_us?,
+                ancestor: true,
+            })
+        });
+        // q1/p1 < q2/p2 as q1*p2 < q2*p1: exact, no float.
+        let tighter = |a: &BindingQuota, b: &BindingQuota| {
+            u128::from(a.quota_us) * u128::from(b.period_us)
+                < u128::from(b.quota_us) * u128::from(a.period_us)
+        };
+        own.into_iter()
+            .chain(ancestors)
+            .filter(|q| q.period_us > 0)
+            .reduce(|best, q| if tighter(&q, &best) { q } else { best })
+    }
+}
+
 /// A cgroup's throttling spread, the way `crash> runq -g` would have shown it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct SpreadReport {

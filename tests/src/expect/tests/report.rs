@@ -73,16 +73,40 @@ fn inconsistent_figures_fail() {
 
 #[test]
 fn doctor_output_parses_and_checks() {
+    // As doctor prints it into a pipe: wrapped at 80 columns, continuations indented.
     let text = "kernel      7.2\nframe       fentry\n\
                 probe       distribute       fentry distribute_cfs_runtime\n\
                 probe       unthrottle       unavailable: no\n\
-                leakcheck   20 attach/detach cycles: programs 3 -> 3 (attached 17), maps 1 -> 1 (attached 10), links 0 -> 0 (attached 8): ok\n";
+                leakcheck   20 attach/detach cycles: programs 3 -> 3 (attached 17), maps 1\n\
+                \x20           -> 1 (attached 10), links 0 -> 0 (attached 8): ok\n\
+                verdict     ready — period-timer callbacks timed by fentry; unavailable:\n\
+                \x20           unthrottle (reasons above)\n";
     let d = Doctor::parse(text);
     assert_eq!(d.frame.as_deref(), Some("fentry"));
     assert_eq!(d.probes["distribute"].as_deref(), Some("fentry"));
     assert_eq!(d.probes["unthrottle"], None);
+    assert!(
+        d.leakcheck.as_deref().is_some_and(|l| l.ends_with(": ok")),
+        "{d:?}"
+    );
+    assert!(
+        d.verdict
+            .as_deref()
+            .is_some_and(|v| v.ends_with("unthrottle (reasons above)"))
+    );
     let r = report();
     let bad = d.check(0, 20, Some(&r));
     assert_eq!(bad.len(), 1, "{bad:?}"); // unthrottle: doctor unavailable, report fentry
     assert_eq!(d.check(1, 10, None).len(), 2);
+    // No verdict line, or a failing one with exit 0: both told.
+    let cut = Doctor::parse(&text[..text.find("verdict").unwrap_or(0)]);
+    assert_eq!(
+        cut.check(0, 20, None).len(),
+        1,
+        "{:?}",
+        cut.check(0, 20, None)
+    );
+    let mut wrong = d.clone();
+    wrong.verdict = Some("cannot trace — btf failed (see above)".into());
+    assert_eq!(wrong.check(0, 20, None).len(), 1);
 }

@@ -30,8 +30,8 @@ fn text_names_the_culprit() {
             // The path column fits the table (the YARN path is 48 chars or fewer here).
             "…12098667219_988894 ",
             "kernel 6.18.44",
-            "  period_timer     tracepoint hrtimer_expire_entry/exit\n",
-            "  enqueue          -  unavailable: kprobes are not available",
+            "probes: period_timer tracepoint",
+            "  enqueue unavailable: kprobes are not available",
             "systemd cron.service",
             UNRESOLVED_NAME,
             "python",
@@ -115,23 +115,26 @@ fn irqs_off_by_cpu() {
     holds(
         &csds,
         &[
-            "  ASYNC  HEADROOM",
+            " ASYNC       QUOTA  HEADROOM COMM",
             "async unthrottle (CSD, IRQs off) by CPU: 10 CSDs:  cpu2 15.0 us / 5 (max 3.01 us)  \
              cpu1 ",
-            "  async_unthrottle tracepoint csd_function_entry/exit",
+            "async_unthrottle tracepoint",
         ],
     );
     // A CSD longer than any callback: the node's headroom is the CSD's.
     let big = table(async_header(), long_csd_agg());
-    holds(&big, &["(worst async-unthrottle CSD 450 us on cpu5)"]);
+    holds(
+        &big,
+        &["(worst IRQs-off 450 us on cpu5: an async-unthrottle CSD)"],
+    );
     let spans = table(irq_header(), span_agg());
     holds(
         &spans,
         &[
-            "node headroom 9.9995 s (worst timer interrupt 500 us on cpu3: 2 period timers \
-             took 312 us)",
+            "headroom 99.995% of watchdog_thresh 10 s (worst IRQs-off 500 us on cpu3: a timer \
+             interrupt whose 2 period timers took 312 us)",
             "  cpu3 500 us p50 500 us 2.0/span 62%",
-            "  irq_span         tracepoint local_timer_entry/exit",
+            "irq_span tracepoint",
         ],
     );
 }
@@ -155,8 +158,8 @@ fn highlight_threshold() {
         ],
     );
     assert!(!plain.contains('\x1b'), "{plain}");
-    // The node and per-cgroup headroom cells turn red at the same threshold.
-    let red = paint("9.9996 s", Tone::Red, true);
+    // The node's headroom turns red at the alert's threshold.
+    let red = paint("99.996%", Tone::Red, true);
     holds(
         &render_text(&r, true),
         &[&styled_prefix(Tone::BoldRed, "!! HEADROOM ALERT"), &red],
@@ -206,14 +209,15 @@ fn repeated_probe_reasons_are_said_once_and_whole_with_v() {
     holds(
         &short,
         &[
-            "  period_timer     tracepoint hrtimer_expire_entry/exit  (fell back: fentry [1]; kprobe [2])\n",
-            "  distribute       -  unavailable: fentry [1]; kprobe [2]\n",
-            "  unthrottle       -  unavailable: fentry [1]; kprobe [2]\n",
-            "  enqueue          -  unavailable: enqueue_entity is inlined in this kernel; \
+            "probes: period_timer tracepoint",
+            "  period_timer: fell back: fentry [1]; kprobe [2]\n",
+            // One line for the probes that share a reason.
+            "  distribute, unthrottle unavailable: fentry [1]; kprobe [2]\n",
+            "  enqueue unavailable: enqueue_entity is inlined in this kernel; \
              enqueue_task_fair: fentry [1]; kprobe [2]\n",
             "  [1] fentry: the kernel refused the program (EPERM: BPF trampolines not permitted here)\n",
             "  [2] kprobe: this kernel has no kprobe PMU (built without CONFIG_KPROBES)\n",
-            "(-v: every probe's reasons in full)",
+            "(-v: every probe, its target and reasons in full)",
         ],
     );
     assert_eq!(
@@ -244,7 +248,12 @@ fn a_reason_no_other_probe_shares_gets_no_note() {
     let r = build_report(&header(), &agg(), 8_000_000_000, vec![]);
     let t = render_text_as(&r, false, Verbosity::Normal);
     assert!(!t.contains("  [1] "), "{t}");
-    assert_eq!(t, render_text_as(&r, false, Verbosity::Verbose));
+    // -v: one line a probe, with its target.
+    let full = render_text_as(&r, false, Verbosity::Verbose);
+    assert!(
+        full.contains("  period_timer     tracepoint hrtimer_expire_entry/exit\n"),
+        "{full}"
+    );
 }
 
 #[test]
@@ -259,4 +268,97 @@ fn clause_splitting_keeps_brackets_and_parentheses_whole() {
         ["fell back: a: x (c: d)", "a: x (c: d)", "x (c: d)"]
     );
     assert_eq!(strip_details("a: x [e: f] y [g]"), "a: x y");
+}
+
+#[test]
+fn quota_column_marks_an_ancestors_binding_quota() {
+    let mut r = build_report(&header(), &agg(), 8_000_000_000, vec![]);
+    let yarn = |r: &crate::report::Report| {
+        r.cgroups
+            .iter()
+            .position(|c| c.id == 20)
+            .expect("the YARN container")
+    };
+    let i = yarn(&r);
+    let own = r.cgroups[i].binding_quota().expect("a quota");
+    assert!(!own.ancestor, "{own:?}");
+    let t = render_text(&r, false);
+    let row = t
+        .lines()
+        .find(|l| l.starts_with("/yarn/container"))
+        .expect("its row");
+    let own_cell = format!("{}/{}", us_short(own.quota_us), us_short(own.period_us));
+    assert!(row.contains(&format!(" {own_cell} ")), "{row}");
+    assert!(!t.contains(QUOTA_LEGEND), "no mark, no legend:\n{t}");
+    // /yarn tightened to 5 ms every 100 ms: its quota binds, marked, and the mark explained.
+    if let Some(p) = r.cgroups[i].parents.as_mut().and_then(|p| p.first_mut()) {
+        p.quota_us = Some(5_000);
+    }
+    let bound = r.cgroups[yarn(&r)].binding_quota();
+    assert_eq!(
+        bound,
+        Some(crate::report::BindingQuota {
+            quota_us: 5_000,
+            period_us: 100_000,
+            ancestor: true
+        })
+    );
+    let t = render_text(&r, false);
+    let row = t
+        .lines()
+        .find(|l| l.starts_with("/yarn/container"))
+        .expect("its row");
+    assert!(row.contains(" ^5ms/100ms "), "{row}");
+    assert!(t.contains(QUOTA_LEGEND), "{t}");
+}
+
+#[test]
+fn the_table_fits_80_columns_with_the_same_names() {
+    let r = build_report(&header(), &agg(), 8_000_000_000, vec![]);
+    let narrow = render_text_fit(&r, false, Verbosity::Normal, Some(80));
+    let full = render_text_as(&r, false, Verbosity::Normal);
+    let head = |t: &str| {
+        t.lines()
+            .find(|l| l.starts_with("CGROUP "))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no table in\n{t}"))
+    };
+    let (n, f) = (head(&narrow), head(&full));
+    assert!(n.chars().count() <= 80, "{n}");
+    for col in ["IRQOFF", "CB max", "QUOTA", "HEADROOM"] {
+        assert!(n.contains(col) && f.contains(col), "{col}: {n}\n{f}");
+    }
+    let rows = narrow
+        .lines()
+        .skip_while(|l| !l.starts_with("CGROUP "))
+        .take_while(|l| !l.is_empty());
+    for l in rows {
+        assert!(l.chars().count() <= 80, "{l}");
+    }
+    // `0/2` is two figures: the legend says which.
+    assert!(
+        f.contains("UNTHR/P") && full.contains(PER_PERIOD_LEGEND),
+        "{full}"
+    );
+}
+
+#[test]
+fn shared_reasons_become_notes_for_doctor_too() {
+    let fentry = "fentry: the kernel refused the program (EPERM: BPF trampolines not permitted \
+                  here) [os error 1]";
+    let a = format!("{fentry}; kprobe: none");
+    let b = format!("enqueue_task_fair: {fentry}");
+    let (said, notes) = shared_reason_notes(&[&a, &b, "alone"]);
+    assert_eq!(
+        said,
+        [
+            "fentry [1]; kprobe: none",
+            "enqueue_task_fair: fentry [1]",
+            "alone"
+        ]
+    );
+    assert_eq!(
+        notes,
+        ["fentry: the kernel refused the program (EPERM: BPF trampolines not permitted here)"]
+    );
 }
