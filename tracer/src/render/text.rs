@@ -50,7 +50,7 @@ pub fn render_text_fit(report: &Report, color: bool, v: Verbosity, width: Option
             let wrap = textwrap::Options::new(80)
                 .initial_indent("  why: ")
                 .subsequent_indent("       ");
-            for l in textwrap::wrap(&c.reason, wrap) {
+            for l in wrap_keeping_units(&c.reason, wrap) {
                 let _ = writeln!(o, "{l}");
             }
         }
@@ -78,6 +78,29 @@ pub fn render_text_fit(report: &Report, color: bool, v: Verbosity, width: Option
     o
 }
 
+/// `text` wrapped, a number never parted from its unit (`312 us`, `10 s`, `2 of 2`) nor a
+/// word from a following figure.
+fn wrap_keeping_units(text: &str, options: textwrap::Options<'_>) -> Vec<String> {
+    // textwrap breaks at ASCII spaces only: a no-break space holds the pair together.
+    const NBSP: char = '\u{a0}';
+    let mut held = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    let mut prev_digit = false;
+    while let Some(c) = chars.next() {
+        let unit_follows = chars.peek().is_some_and(|n| n.is_ascii_alphabetic());
+        held.push(if c == ' ' && prev_digit && unit_follows {
+            NBSP
+        } else {
+            c
+        });
+        prev_digit = c.is_ascii_digit();
+    }
+    textwrap::wrap(&held, options)
+        .into_iter()
+        .map(|l| l.replace(NBSP, " "))
+        .collect()
+}
+
 /// Host, duration, watchdog and node headroom, and the alert when it is low.
 fn head(o: &mut String, report: &Report, color: bool) {
     let wd = &report.watchdog;
@@ -98,13 +121,27 @@ fn head(o: &mut String, report: &Report, color: bool) {
         report.duration_s, e.periods, e.lost
     );
     let hr = HeadroomPhrase::of(report, true);
-    let _ = writeln!(
-        o,
-        "watchdog {}  headroom {}{}",
-        if wd.enabled { "enabled" } else { "DISABLED" },
-        paint(&hr.figure, Tone::Red, color && hr.low),
-        hr.rest
+    let head = format!(
+        "watchdog {}  headroom ",
+        if wd.enabled { "enabled" } else { "DISABLED" }
     );
+    let figure = paint(&hr.figure, Tone::Red, color && hr.low);
+    // Past 80 columns, what the worst IRQs-off time was goes on lines of its own.
+    match hr.rest.split_once(" (") {
+        Some((of, why)) if head.len() + hr.figure.len() + hr.rest.len() > 80 => {
+            let _ = writeln!(o, "{head}{figure}{of}");
+            let why = format!("({why}");
+            let indent = textwrap::Options::new(80)
+                .initial_indent("  ")
+                .subsequent_indent("   ");
+            for l in wrap_keeping_units(&why, indent) {
+                let _ = writeln!(o, "{l}");
+            }
+        }
+        _ => {
+            let _ = writeln!(o, "{head}{figure}{}", hr.rest);
+        }
+    }
     if let Some(a) = report.headroom_alert.as_ref().filter(|a| a.alert) {
         let _ = writeln!(o, "{}", paint(&alert_line(a, wd), Tone::BoldRed, color));
     }

@@ -5,7 +5,7 @@ use super::model::{
     BASIS_CALLBACK, BASIS_CSD, BASIS_SPAN, CpuReport, Gate, GateVerdict, HeadroomAlert, Report,
     Stats, WorstIrqsOff,
 };
-use super::prose::{decimals_against, human_ns, seconds_of};
+use super::prose::{basis_phrase, decimals_against, human_ns, seconds_of};
 use crate::analysis::Aggregator;
 use crate::analysis::cpu::CpuStats;
 use crate::analysis::headroom::{Verdict, judge};
@@ -121,10 +121,10 @@ pub fn gate(report: &Report, fail_under_pct: f64) -> Gate {
                 .as_ref()
                 .map_or_else(String::new, |w| {
                     format!(
-                        "; worst {} {} on cpu{}",
-                        w.basis.as_str().replace('_', " "),
+                        "; worst IRQs-off {} on cpu{}, {}",
                         human_ns(w.duration_ns),
-                        w.cpu
+                        w.cpu,
+                        basis_phrase(w.basis)
                     )
                 });
             format!(
@@ -261,8 +261,8 @@ mod tests {
         );
         assert_eq!(
             g.why,
-            "headroom 99.9960% of watchdog_thresh (10 s; worst period callback 400 us on \
-             cpu2) is at or above 50%"
+            "headroom 99.9960% of watchdog_thresh (10 s; worst IRQs-off 400 us on cpu2, a \
+             period-timer callback) is at or above 50%"
         );
         // The issue's run: `--fail-under 99.9999` failed, and the JSON must say so.
         r.set_gate(99.9999);

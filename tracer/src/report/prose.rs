@@ -392,7 +392,7 @@ pub(crate) fn culprit_reason(
 }
 
 /// What a node's worst IRQs-off time was.
-fn basis_phrase(b: HeadroomBasis) -> &'static str {
+pub(crate) fn basis_phrase(b: HeadroomBasis) -> &'static str {
     match b {
         HeadroomBasis::IrqSpan => "a timer-interrupt span",
         HeadroomBasis::PeriodCallback => "a period-timer callback",
