@@ -23,7 +23,7 @@ use crossterm::{execute, queue};
 use hdrhistogram::Histogram;
 
 use super::columns::{Column, Layout, QUOTA_LEGEND};
-use super::format::{HeadroomPhrase, Line, Tone, alert_line};
+use super::format::{HeadroomPhrase, Line, Tone, alert_line, ellipsize_middle};
 use crate::report::{CpuReport, Report, human_ns};
 
 /// Block characters, by level (0: nothing).
@@ -261,7 +261,7 @@ pub fn render_frame(f: &Frame<'_>, width: usize, height: usize, color: bool) -> 
 
 /// The frame's lines before styling, cut to `width` x `height`.
 pub fn frame_lines(f: &Frame<'_>, width: usize, height: usize) -> Vec<Line> {
-    let mut lines = status(f);
+    let mut lines = status(f, width);
     lines.push(Line::new());
     lines.extend(cpu_lines(f.report, width));
     lines.push(Line::new());
@@ -276,7 +276,7 @@ pub fn frame_lines(f: &Frame<'_>, width: usize, height: usize) -> Vec<Line> {
 }
 
 /// The host, the headroom now, the interval's events and the culprit.
-fn status(f: &Frame<'_>) -> Vec<Line> {
+fn status(f: &Frame<'_>, width: usize) -> Vec<Line> {
     let r = f.report;
     let wd = &r.watchdog;
     let alert = r.headroom_alert.as_ref().filter(|a| a.alert);
@@ -336,10 +336,28 @@ fn status(f: &Frame<'_>) -> Vec<Line> {
     lines.push(events);
     if let Some(c) = &r.culprit {
         let mut l = Line::new();
-        l.push_in(&format!("CULPRIT: {}", c.headline), Some(Tone::Bold));
+        l.push_in(&culprit_line(&c.headline, width), Some(Tone::Bold));
         lines.push(l);
     }
     lines
+}
+
+/// `CULPRIT: <headline>` in `width` columns: the name is cut in its middle so that what the
+/// culprit did (after the name) stays on screen.
+fn culprit_line(headline: &str, width: usize) -> String {
+    const TAG: &str = "CULPRIT: ";
+    let full = format!("{TAG}{headline}");
+    if full.chars().count() <= width {
+        return full;
+    }
+    match headline.split_once(": ") {
+        // Room for a few characters of the name at least; else the end is cut as any line's.
+        Some((who, did)) => match width.checked_sub(TAG.len() + 2 + did.chars().count()) {
+            Some(room) if room >= 4 => format!("{TAG}{}: {did}", ellipsize_middle(who, room)),
+            _ => full,
+        },
+        None => full,
+    }
 }
 
 /// Each CPU's worst IRQs-off span: as figures on one line when they fit
@@ -758,6 +776,22 @@ mod tests {
             assert!(at(&leave) < at(after), "{how}: {seen}");
             assert_eq!(out.matches(&leave).count(), 1, "given back once: {seen}");
         }
+    }
+
+    #[test]
+    fn the_culprit_line_keeps_what_it_did_in_80_columns() {
+        let h = "/kubepods/burstable/pod3f1c2a8e-6b7d-4e59-9a1c-0d2e4f6a8b90/9d2b6c1e4f3a (k8s \
+                 pod 3f1c2a8e): 42.0 us of the node's worst IRQs-off span (63.5 us on cpu1)";
+        let l = culprit_line(h, 80);
+        assert_eq!(l.chars().count(), 80, "{l}");
+        assert!(l.starts_with("CULPRIT: /ku…"), "{l}");
+        assert!(
+            l.ends_with(": 42.0 us of the node's worst IRQs-off span (63.5 us on cpu1)"),
+            "{l}"
+        );
+        assert!(l.contains('…'), "{l}");
+        // Short enough: as it is.
+        assert_eq!(culprit_line("/a (sh): 1 us", 80), "CULPRIT: /a (sh): 1 us");
     }
 
     #[test]
