@@ -78,8 +78,8 @@ pub fn render_text_fit(report: &Report, color: bool, v: Verbosity, width: Option
     o
 }
 
-/// `text` wrapped, a number never parted from its unit (`312 us`, `10 s`, `2 of 2`) nor a
-/// word from a following figure.
+/// `text` wrapped, a number never parted from its unit (`312 us`, `10 s`), a path never at its
+/// hyphens.
 fn wrap_keeping_units(text: &str, options: textwrap::Options<'_>) -> Vec<String> {
     // textwrap breaks at ASCII spaces only: a no-break space holds the pair together.
     const NBSP: char = '\u{a0}';
@@ -95,6 +95,8 @@ fn wrap_keeping_units(text: &str, options: textwrap::Options<'_>) -> Vec<String>
         });
         prev_digit = c.is_ascii_digit();
     }
+    // Paths and names are never split at their hyphens.
+    let options = options.word_splitter(textwrap::WordSplitter::NoHyphenation);
     textwrap::wrap(&held, options)
         .into_iter()
         .map(|l| l.replace(NBSP, " "))
