@@ -90,22 +90,10 @@ pub(super) fn push_u64(buf: &mut BytesMut, v: u64) {
     buf.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
-/// `{"kind":"<kind>","key":…,…}` without serde's per-field dispatch: the writer has to keep
-/// up with millions of callbacks a second. A field whose `needs` bits are not in the flags
-/// (`values[flags_at]`) is `null`.
-fn encode_fields(
-    buf: &mut BytesMut,
-    prefix: &[u8],
-    keys: &[&[u8]],
-    values: &[u64],
-    needs: &[u32],
-    flags_at: Option<usize>,
-) {
-    encode_numbers(buf, prefix, keys, values, needs, flags_at);
-    buf.put_u8(b'}');
-}
-
-/// The numeric fields without the closing brace.
+/// `{"kind":"<kind>","key":…,…` (the closing brace is the caller's: a period line may add its
+/// CPU list) without serde's per-field dispatch: the writer has to keep up with millions of
+/// callbacks a second. A field whose `needs` bits are not in the flags (`values[flags_at]`) is
+/// `null`.
 fn encode_numbers(
     buf: &mut BytesMut,
     prefix: &[u8],
@@ -151,7 +139,7 @@ pub(super) fn encode_period(buf: &mut BytesMut, p: &PeriodRecord) {
 }
 
 pub(super) fn encode_span(buf: &mut BytesMut, x: &IrqSpanRecord) {
-    encode_fields(
+    encode_numbers(
         buf,
         SPAN_PREFIX,
         &SPAN_KEYS,
@@ -159,10 +147,11 @@ pub(super) fn encode_span(buf: &mut BytesMut, x: &IrqSpanRecord) {
         &SPAN_NEEDS,
         None,
     );
+    buf.put_u8(b'}');
 }
 
 pub(super) fn encode_async(buf: &mut BytesMut, a: &AsyncRecord) {
-    encode_fields(
+    encode_numbers(
         buf,
         ASYNC_PREFIX,
         &ASYNC_KEYS,
@@ -170,6 +159,7 @@ pub(super) fn encode_async(buf: &mut BytesMut, a: &AsyncRecord) {
         &ASYNC_NEEDS,
         Some(ASYNC_FLAGS),
     );
+    buf.put_u8(b'}');
 }
 
 /// Strict parser for exactly what `encode_fields` writes (optional trailing newline). Anything

@@ -219,27 +219,50 @@ fn in_span(mut p: PeriodRecord, span_ts: u64) -> PeriodRecord {
     p
 }
 
-/// `agg()` plus one timer interrupt on cpu3 that ran the YARN container's worst callback
-/// and cron's.
-pub fn span_agg() -> Aggregator {
-    let mut a = agg();
-    a.add_period(&in_span(
-        rec(20, 3, 20_000_000_100, 310_000, 48),
-        20_000_000_000,
-    ));
-    a.add_period(&in_span(
-        rec(30, 3, 20_000_320_000, 2_000, 1),
-        20_000_000_000,
-    ));
+/// `a` plus one timer interrupt of `duration_ns` on `cpu` at `ts`, which ran two callbacks:
+/// `(cgroup, its time)` each, the second after the first.
+fn two_in_a_span(
+    mut a: Aggregator,
+    cpu: u32,
+    ts: u64,
+    duration_ns: u64,
+    first: (u64, u64, u32),
+    second: (u64, u64, u32),
+) -> Aggregator {
+    for (i, (cg, dur, unthr)) in [first, second].into_iter().enumerate() {
+        a.add_period(&in_span(
+            rec(
+                cg,
+                cpu,
+                ts + 100 + i as u64 * (first.1 + 20_000),
+                dur,
+                unthr,
+            ),
+            ts,
+        ));
+    }
     a.add_irq_span(&IrqSpanRecord {
-        ts_ns: 20_000_000_000,
-        cpu: 3,
-        duration_ns: 500_000,
+        ts_ns: ts,
+        cpu,
+        duration_ns,
         timers: 2,
-        timers_ns: 312_000,
+        timers_ns: first.1 + second.1,
         flags: HOW_FRAME_TRACEPOINT,
     });
     a
+}
+
+/// `agg()` plus one timer interrupt on cpu3 that ran the YARN container's worst callback
+/// and cron's.
+pub fn span_agg() -> Aggregator {
+    two_in_a_span(
+        agg(),
+        3,
+        20_000_000_000,
+        500_000,
+        (20, 310_000, 48),
+        (30, 2_000, 1),
+    )
 }
 
 /// A figure's reason, "" when it has none.
@@ -372,22 +395,12 @@ pub fn round_trip(r: &crate::report::Report) -> serde_json::Value {
 /// took 600 us and the YARN container's 50 us: YARN stays busiest by total, cron drove the
 /// node's worst span.
 pub fn culprit_differs_agg() -> Aggregator {
-    let mut a = agg();
-    a.add_period(&in_span(
-        rec(30, 5, 30_000_000_100, 600_000, 1),
+    two_in_a_span(
+        agg(),
+        5,
         30_000_000_000,
-    ));
-    a.add_period(&in_span(
-        rec(20, 5, 30_000_700_000, 50_000, 3),
-        30_000_000_000,
-    ));
-    a.add_irq_span(&IrqSpanRecord {
-        ts_ns: 30_000_000_000,
-        cpu: 5,
-        duration_ns: 900_000,
-        timers: 2,
-        timers_ns: 650_000,
-        flags: HOW_FRAME_TRACEPOINT,
-    });
-    a
+        900_000,
+        (30, 600_000, 1),
+        (20, 50_000, 3),
+    )
 }
