@@ -5,7 +5,7 @@ use super::model::{
     BASIS_CALLBACK, BASIS_CSD, BASIS_SPAN, CpuReport, Gate, GateVerdict, HeadroomAlert, Report,
     Stats, WorstIrqsOff,
 };
-use super::prose::{basis_phrase, decimals_against, human_ns, seconds_of};
+use super::prose::{basis_phrase, decimals_against, human_ns};
 use crate::analysis::Aggregator;
 use crate::analysis::cpu::CpuStats;
 use crate::analysis::headroom::{Verdict, judge};
@@ -168,13 +168,6 @@ impl Report {
     pub fn below_highlight(&self, h: Option<i64>) -> bool {
         crate::analysis::headroom::headroom_pct(self.watchdog.thresh_s, h)
             .is_ok_and(|p| p < self.highlight_under())
-    }
-
-    /// Headroom `h` in seconds for the terminal views: never written on the other side of
-    /// watchdog_thresh or of the highlight threshold than it is.
-    pub fn headroom_seconds(&self, h: i64) -> String {
-        let t = self.watchdog.thresh_s;
-        seconds_of(h, t, t.map(|t| t as f64 * self.highlight_under() / 100.0))
     }
 
     /// A headroom percentage to `digits` decimals, more near the highlight threshold or 100 %.

@@ -280,22 +280,26 @@ pub struct CgroupReport {
 }
 
 impl CgroupReport {
+    /// The timer-interrupt span its headroom is measured from (`headroom_basis` `irq_span`);
+    /// None where its worst callback stands on its own.
+    pub fn headroom_span(&self) -> Option<&SpanShare> {
+        self.worst_irq_span
+            .as_ref()
+            .filter(|_| self.headroom_basis == Some(HeadroomBasis::IrqSpan))
+    }
+
     /// The longest IRQs-off time its timers were part of: the timer-interrupt span that ran
-    /// its worst, or its worst callback where no span holds it (`headroom_basis`). The figure
-    /// its `headroom_ns` is measured from.
+    /// its worst, or its worst callback where no span holds it. The figure its
+    /// `headroom_ns` is measured from.
     pub fn worst_irqs_off_ns(&self) -> u64 {
-        match (&self.worst_irq_span, self.headroom_basis) {
-            (Some(w), Some(HeadroomBasis::IrqSpan)) => w.duration_ns,
-            _ => self.callback_ns.max,
-        }
+        self.headroom_span()
+            .map_or(self.callback_ns.max, |w| w.duration_ns)
     }
 
     /// Its own time in that span (its worst callback where no span holds it).
     pub fn own_worst_ns(&self) -> u64 {
-        match (&self.worst_irq_span, self.headroom_basis) {
-            (Some(w), Some(HeadroomBasis::IrqSpan)) => w.own_ns,
-            _ => self.callback_ns.max,
-        }
+        self.headroom_span()
+            .map_or(self.callback_ns.max, |w| w.own_ns)
     }
 }
 

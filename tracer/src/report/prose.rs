@@ -250,11 +250,11 @@ fn who(c: &CgroupReport) -> String {
 /// figure where spans are not traced).
 fn is_node_worst(c: &CgroupReport, node: Option<&WorstIrqsOff>) -> bool {
     let Some(n) = node else { return false };
-    match (&c.worst_irq_span, c.headroom_basis) {
-        (Some(w), Some(HeadroomBasis::IrqSpan)) => {
+    match c.headroom_span() {
+        Some(w) => {
             n.basis == HeadroomBasis::IrqSpan && n.cpu == w.cpu && n.duration_ns == w.duration_ns
         }
-        _ => n.duration_ns == c.callback_ns.max,
+        None => n.duration_ns == c.callback_ns.max,
     }
 }
 
@@ -266,15 +266,15 @@ pub(crate) fn culprit_headline(c: &CgroupReport, node: Option<&WorstIrqsOff>) ->
     } else {
         "its worst"
     };
-    match (&c.worst_irq_span, c.headroom_basis) {
-        (Some(w), Some(HeadroomBasis::IrqSpan)) => format!(
+    match c.headroom_span() {
+        Some(w) => format!(
             "{}: {} of {whose} IRQs-off span ({} on cpu{})",
             who(c),
             human_ns(w.own_ns),
             human_ns(w.duration_ns),
             w.cpu
         ),
-        _ => format!(
+        None => format!(
             "{}: {} in one callback, {whose} IRQs-off time",
             who(c),
             human_ns(c.callback_ns.max)
@@ -294,8 +294,8 @@ pub(crate) fn culprit_reason(
 ) -> String {
     let node_worst = is_node_worst(c, node);
     let mut r = format!("{}: ", who(c));
-    match (&c.worst_irq_span, c.headroom_basis) {
-        (Some(w), Some(HeadroomBasis::IrqSpan)) => {
+    match c.headroom_span() {
+        Some(w) => {
             let _ = write!(
                 r,
                 "its timers took {} of {} timer-interrupt span, {} on cpu{} ({} period timer{} \
@@ -320,7 +320,7 @@ pub(crate) fn culprit_reason(
                 );
             }
         }
-        _ => {
+        None => {
             let _ = write!(
                 r,
                 "its worst single callback held IRQs off for {}{}",
