@@ -125,15 +125,16 @@ pub async fn record(opts: &RecordOptions, stop: &mut Stop) -> Result<RecordOutco
     )
     .await?;
     tty.clear();
-    // Events still in flight: the ring buffer is drained once more after the loop, and the
-    // names still being worked out are waited for.
+    // The kernel's totals first, then the ring buffer drained once more and the names still
+    // being worked out waited for: every span the totals count has its event in the ring by
+    // then, so a span that closed after the last drain is never taken for a lost one.
     let mut write = |l: &CaptureLine| out.write_line(l);
+    session
+        .totals(&mut write)
+        .map_err(|e| poll_error(e, &cap_err))?;
     session
         .finish(&mut write)
         .await
-        .map_err(|e| poll_error(e, &cap_err))?;
-    session
-        .totals(&mut write)
         .map_err(|e| poll_error(e, &cap_err))?;
     let loss = session.losses()?;
     let elapsed = started.elapsed();
