@@ -1,6 +1,8 @@
 //! The aggregator: every capture line (or `watch` interval) added up into per-cgroup and
 //! per-CPU figures, the kernel's own sums folded in where events were lost.
-use tracer_ebpf::{ASYNC_EMPTY, ASYNC_LAST, ASYNC_TRUNCATED, HOW_IN_SPAN, HOW_REOPENED};
+use tracer_ebpf::{
+    ASYNC_EMPTY, ASYNC_LAST, ASYNC_SHARED, ASYNC_TRUNCATED, HOW_IN_SPAN, HOW_REOPENED,
+};
 
 use std::collections::HashMap;
 
@@ -8,9 +10,10 @@ use super::IdMap;
 use super::MAX_CPUS;
 use super::cgroup::{CgroupSpan, CgroupStats, CgroupView, Extent, UnsentDelta};
 use super::cpu::{CpuStats, SpanStats};
+use super::forecast::{ForecastMoments, SecondWork};
 use crate::model::records::{
-    AsyncRecord, CaptureLine, CgroupRecord, CpuTotalsRecord, EndRecord, IrqSpanRecord, LossRecord,
-    PeriodRecord, PeriodScaling, UnsentPeriodsRecord,
+    AsyncRecord, CaptureLine, CgroupRecord, CpuTotalsRecord, ENQUEUED_FROM, EndRecord,
+    IrqSpanRecord, LossRecord, PeriodRecord, PeriodScaling, QUEUED_FROM, UnsentPeriodsRecord,
 };
 
 /// Most cgroups remembered for one open span (the rest go unattributed; see the warning).
@@ -64,6 +67,8 @@ pub struct Aggregator {
     kernel_cpus: std::collections::BTreeMap<u32, CpuTotalsRecord>,
     /// Callbacks known only from the kernel's sums (their events were lost).
     unsent_periods: u64,
+    /// The lockup forecast's fits.
+    forecast: ForecastMoments,
 }
 
 /// Most kernel "period too short" messages kept (the kernel rate-limits them anyway).
@@ -90,6 +95,15 @@ impl Aggregator {
         if let Some(cpu) = self.cpu_index(p.cpu) {
             self.cpus[cpu].add(p);
         }
+        let second = if p.flags & ENQUEUED_FROM != 0 {
+            Some((SecondWork::Enqueued, p.enqueued))
+        } else if p.flags & QUEUED_FROM != 0 {
+            Some((SecondWork::Queued, p.queued))
+        } else {
+            None
+        };
+        self.forecast
+            .add_callback(p.duration_ns, p.counted_unthrottled(), second);
     }
 
     /// A cgroup's stats, started at `ts_ns` if new.
@@ -139,6 +153,16 @@ impl Aggregator {
         self.async_truncated += u64::from(last && a.flags & ASYNC_TRUNCATED != 0);
         if a.flags & ASYNC_EMPTY == 0 {
             self.cgroup_mut(a.cgroup_id, a.ts_ns).add_async(a);
+            self.forecast.add_csd(
+                a.duration_ns,
+                a.unthrottled,
+                if a.flags & ENQUEUED_FROM != 0 {
+                    a.enqueued
+                } else {
+                    0
+                },
+                a.flags & ASYNC_SHARED != 0,
+            );
         }
         if let Some(cpu) = self.cpu_index(a.cpu) {
             self.cpus[cpu].add_async(a);
@@ -180,6 +204,7 @@ impl Aggregator {
             return;
         };
         self.span_mut(cpu).add(x);
+        self.forecast.add_span(x.duration_ns, x.timers);
         let Some(ps) = self.pending_spans.get_mut(cpu) else {
             return;
         };
@@ -240,6 +265,11 @@ impl Aggregator {
     /// Callbacks that closed inside a traced span.
     pub fn periods_in_span(&self) -> u64 {
         self.periods_in_span
+    }
+
+    /// The lockup forecast's running fits.
+    pub fn forecast(&self) -> &ForecastMoments {
+        &self.forecast
     }
 
     /// Span figures of one CPU, if its interrupts ran period timers.

@@ -12,6 +12,7 @@ pub mod asyncs;
 pub mod cgroup;
 pub mod cpu;
 pub mod distribution;
+pub mod forecast;
 pub mod headroom;
 pub mod precursors;
 pub mod spread;

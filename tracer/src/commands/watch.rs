@@ -17,6 +17,7 @@ use anyhow::Context as _;
 use regex::Regex;
 
 use crate::analysis::Aggregator;
+use crate::analysis::forecast::ForecastMoments;
 use std::process::ExitCode;
 
 use crate::cli::WatchArgs;
@@ -181,6 +182,8 @@ async fn watch(opts: &WatchArgs, stop: &mut Stop) -> anyhow::Result<()> {
         mono_ns: session.header.started_mono_ns,
     };
     let mut stopped = false;
+    // The forecast fits the whole run so far, not one interval: pooled interval by interval.
+    let mut run_fits = ForecastMoments::default();
     loop {
         let mut agg = Aggregator::new();
         for c in names.values() {
@@ -240,6 +243,8 @@ async fn watch(opts: &WatchArgs, stop: &mut Stop) -> anyhow::Result<()> {
             Vec::new(),
         );
         rep.set_highlight_under(opts.highlight_under);
+        run_fits.merge(agg.forecast());
+        rep.forecast = Some(report::forecast::forecast_of(&rep, &run_fits));
         if let Some(m) = metrics.as_mut() {
             m.end_interval(&rep, loss);
             snapshot.set(m.render());

@@ -339,6 +339,15 @@ fn status(f: &Frame<'_>, width: usize) -> Vec<Line> {
         l.push_in(&culprit_line(&c.headline, width), Some(Tone::Bold));
         lines.push(l);
     }
+    if let Some(f) = r
+        .forecast
+        .as_ref()
+        .and_then(super::forecast::forecast_headline)
+    {
+        let mut l = Line::new();
+        l.push(&f);
+        lines.push(l);
+    }
     lines
 }
 

@@ -5,6 +5,7 @@
 //! Knows nothing of the kernel: never imports `bpf`, `session` or aya, and nothing here feeds
 //! back into the report.
 pub mod columns;
+pub mod forecast;
 pub mod format;
 pub mod live;
 pub mod prometheus;

@@ -68,6 +68,7 @@ pub fn render_text_fit(report: &Report, color: bool, v: Verbosity, width: Option
         width.map_or_else(Layout::all, |w| Layout::fit(w, report)),
     );
     precursors(&mut o, report);
+    forecast(&mut o, report);
     cpu_sections(&mut o, report);
     if !report.warnings.is_empty() {
         o.push_str("\nwarnings:\n");
@@ -398,6 +399,23 @@ fn cgroup_table(o: &mut String, report: &Report, color: bool, layout: Layout) {
     }
     if marked && layout.shows(Column::Quota) {
         let _ = writeln!(o, "{QUOTA_LEGEND}");
+    }
+}
+
+/// The lockup forecast, a wrapped paragraph per fit.
+fn forecast(o: &mut String, report: &Report) {
+    let Some(f) = &report.forecast else {
+        return;
+    };
+    o.push_str("\nLOCKUP FORECAST (IRQs-off time fitted against the work counted in it):\n");
+    for (label, sentence) in super::forecast::forecast_sentences(f) {
+        let first = format!("  {label:<10} ");
+        let wrap = textwrap::Options::new(80)
+            .initial_indent(&first)
+            .subsequent_indent("             ");
+        for l in wrap_keeping_units(&sentence, wrap) {
+            let _ = writeln!(o, "{l}");
+        }
     }
 }
 

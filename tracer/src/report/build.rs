@@ -37,6 +37,13 @@ pub fn build_report(
     // Node: the worst of every CPU's worst.
     let worst_irqs_off = worst_of(agg.cpus().flat_map(|(cpu, s)| cpu_candidates(agg, cpu, s)));
     let culprit = culprit(&cgroups, host, worst_irqs_off.as_ref());
+    let forecast = super::forecast::forecast(
+        agg.forecast(),
+        &figs,
+        &cgroups,
+        thresh,
+        worst_irqs_off.as_ref(),
+    );
     let events = events(agg);
     let warnings = report_warnings(warnings, agg, &events, figs.irq_span.available, host);
     let mut report = Report {
@@ -63,6 +70,7 @@ pub fn build_report(
         gate: None,
         precursors,
         culprit,
+        forecast: Some(forecast),
         warnings,
     };
     report.set_highlight_under(DEFAULT_HIGHLIGHT_PCT);

@@ -14,6 +14,7 @@
 //! - `cgroup`: one cgroup's report;
 //! - `precursors`: period changes and the kernel messages that explain them;
 //! - `prose`: the sentences and units the document is written in;
+//! - `forecast`: the lockup forecast, fitted from the work counted in each callback and span;
 //! - `build`: `build_report`, which puts them together;
 //! - `stream`: the `cfstrace.watch/1` lines `watch --json` prints, from each interval's report.
 use std::path::Path;
@@ -26,6 +27,7 @@ mod cgroup;
 mod figures;
 #[cfg(test)]
 pub(crate) mod fixtures;
+pub mod forecast;
 mod headroom;
 mod model;
 mod precursors;

@@ -80,6 +80,9 @@ pub struct Report {
     #[serde(default)]
     pub precursors: Option<NodePrecursors>,
     pub culprit: Option<Culprit>,
+    /// The lockup forecast (None in a report from before it existed).
+    #[serde(default)]
+    pub forecast: Option<super::forecast::Forecast>,
     #[serde(default)]
     pub warnings: Vec<String>,
 }

@@ -131,6 +131,9 @@ pub struct IntervalLine {
     /// CPUs that ran a period timer in the interval.
     pub cpus: Vec<CpuReport>,
     pub precursors: Option<NodePrecursors>,
+    /// The lockup forecast, fitted over the whole run so far (not only this interval).
+    #[serde(default)]
+    pub forecast: Option<super::forecast::Forecast>,
     pub warnings: Vec<String>,
 }
 
@@ -280,6 +283,7 @@ impl WatchStream {
             cgroups: report.cgroups,
             cpus: report.cpus,
             precursors: report.precursors,
+            forecast: report.forecast,
             warnings: report.warnings,
         }));
         lines
