@@ -585,10 +585,24 @@ fn check_stream(run: &Run, s: &Storm, reason: &str) -> Vec<Value> {
                     assert!(v.get(fact).is_none(), "{fact} repeated in an interval: {l}");
                 }
                 // ~14 KB with the static facts in every line (probes 4.8 KB, figures 3.7 KB,
-                // the culprit's figures twice); now bounded by the cgroups and CPUs it shows.
+                // the culprit's figures twice); now bounded by the cgroups and CPUs it shows,
+                // plus the forecast's three fits (a fixed size: their moments are 13 numbers).
                 let ncpus = v["cpus"].as_array().unwrap().len();
                 let ncgroups = v["cgroups"].as_array().unwrap().len();
-                let budget = 1536 + 2048 * ncgroups + 600 * ncpus;
+                for fit in ["callback", "csd", "span"] {
+                    let status = v["forecast"][fit]["status"].as_str();
+                    assert!(
+                        matches!(status, Some("fitted" | "unavailable")),
+                        "{fit}: {l}"
+                    );
+                }
+                let forecast = v["forecast"].to_string().len();
+                assert!(
+                    forecast < 2048,
+                    "a {forecast} B forecast: {}",
+                    v["forecast"]
+                );
+                let budget = 1536 + forecast + 2048 * ncgroups + 600 * ncpus;
                 assert!(
                     l.len() < budget,
                     "a {} B interval line (budget {budget} B for {ncgroups} cgroups, {ncpus} \
