@@ -293,6 +293,32 @@ pub fn predict_span(earlier: &[&Moments<2>], timers: f64) -> Result<f64, NoFit> 
     Ok(l.fixed_ns + l.per_unit_ns * timers)
 }
 
+/// A ramp step's mean interrupt span against what the earlier steps' pooled fit predicted
+/// for its mean period timers per interrupt.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct StepPrediction {
+    /// The step's mean period timers in one interrupt.
+    pub timers: f64,
+    pub predicted_ns: f64,
+    pub measured_ns: f64,
+    /// |predicted - measured| / measured, in %.
+    pub error_pct: f64,
+}
+
+pub fn predict_step(earlier: &[&Moments<2>], step: &Moments<2>) -> Result<StepPrediction, NoFit> {
+    if step.n == 0 {
+        return Err(NoFit::TooFew { n: 0 });
+    }
+    let (timers, measured_ns) = (step.mean[0], step.mean[1]);
+    let predicted_ns = predict_span(earlier, timers)?;
+    Ok(StepPrediction {
+        timers,
+        predicted_ns,
+        measured_ns,
+        error_pct: 100.0 * (predicted_ns - measured_ns).abs() / measured_ns.max(1.0),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,6 +383,28 @@ mod tests {
         assert_eq!(json["callback"]["status"], "fitted");
         assert_eq!(json["csd"]["status"], "unavailable");
         assert_eq!(serde_json::from_value::<Forecast>(json).unwrap(), *f);
+    }
+
+    #[test]
+    fn a_step_is_predicted_from_the_earlier_steps_pooled() {
+        // Steps of 2, 4 and 6 timers an interrupt, spans 50 us + 40 us a timer (+-1 us).
+        let step = |t: f64| {
+            let mut m = Moments::<2>::default();
+            for i in 0..10 {
+                let jitter = if i % 2 == 0 { 1_000.0 } else { -1_000.0 };
+                m.add([
+                    t + f64::from(i % 2),
+                    50_000.0 + 40_000.0 * (t + f64::from(i % 2)) + jitter,
+                ]);
+            }
+            m
+        };
+        let (s1, s2, s3) = (step(2.0), step(4.0), step(6.0));
+        let p = predict_step(&[&s1, &s2], &s3).unwrap();
+        assert!((p.timers - 6.5).abs() < 1e-9);
+        assert!((p.predicted_ns - 310_000.0).abs() < 2_000.0, "{p:?}");
+        assert!(p.error_pct < 1.0, "{p:?}");
+        assert!(predict_step(&[], &s3).is_err());
     }
 
     #[test]
