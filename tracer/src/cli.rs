@@ -42,6 +42,8 @@ Exit status:
   3    headroom below --fail-under (wins over CMD's status)
   4    --fail-under could not judge: no callback seen, or watchdog_thresh unknown or 0
        (wins over CMD's status)
+  7    storm/demo: the guard stopped the storm (a span past --guard PCT of watchdog_thresh,
+       or a callback longer than its period)
   N    record/repro -- CMD: CMD's exit status; 128+S when signal S killed it (130 Ctrl-C)
   124  record/repro -- CMD: --duration ran out and CMD was stopped";
 
@@ -188,7 +190,33 @@ below --fail-under (wins); 4 --fail-under could not judge (no callback, watchdog
     /// Check what this kernel offers: privileges, BTF offsets, symbols, and each probe's attach.
     Doctor(DoctorArgs),
     /// Run a built-in throttling storm on this machine, trace it, print the report, clean up.
+    #[command(
+        after_help = "The demo is a preset of `cfstrace storm`: three incident-shaped cgroups, \
+traced with the same guard (on by default: --guard 10).\n\n\
+Exit status: 0 ok (also after Ctrl-C); 7 the guard stopped the storm; 1 error; 2 usage."
+    )]
     Demo(DemoArgs),
+    /// Make a throttling storm of N cgroups x M busy workers, record it (a ramp of growing N,
+    /// one capture a step), report it, and stop at once when the guard sees danger.
+    #[command(
+        long_about = "Make a throttling storm on this machine and record it: --cgroups N cgroups, each with \
+--threads M busy worker processes under a CFS quota (--quota of --period), nested --depth deep, \
+under <cpu mount>/cfstrace-storm-<pid>. It records itself for --duration into --output (default \
+cfstrace-storm-<UTC time>.jsonl) and prints the report. --ramp START:STEP:END grows N step by step, \
+one capture a step (FILE-nN.jsonl), and prints a table of the steps (--json: the cfstrace.storm/1 \
+summary).\n\n\
+The guard is on by default: while recording, the first timer-interrupt span longer than --guard PCT \
+% of watchdog_thresh (default 10), or the first period-timer callback longer than its period, \
+stops the storm at once (every quota lifted, every worker killed), says why, and exits 7. \
+--no-guard lets a storm run into a hard lockup: only on a machine you can lose.\n\n\
+Every cgroup and worker is removed on success, on error, on Ctrl-C and on SIGTERM; a run killed \
+outright (SIGKILL) leaves its storm behind, and the next run removes it.",
+        after_help = "Examples:\n  sudo cfstrace storm --cgroups 16 --threads 2 --period 5ms --quota 1ms\n  \
+sudo cfstrace storm --ramp 8:8:64 -o storm.jsonl --json > ramp.json   # storm-n8.jsonl ... storm-n64.jsonl\n  \
+sudo cfstrace storm --cgroups 100 --depth 3 --stagger --guard 1\n\n\
+Exit status: 0 ok (also after Ctrl-C); 7 the guard stopped the storm; 1 error; 2 usage."
+    )]
+    Storm(StormArgs),
     /// Print a shell completion script on stdout (bash, zsh, fish, elvish, powershell).
     #[command(after_help = "Examples:\n  \
 source <(cfstrace completions bash)                              # this shell\n  \
@@ -338,6 +366,132 @@ pub struct DoctorArgs {
     pub attach_cycles: Option<u32>,
 }
 
+/// The storm's guard rail (`storm`, `demo`).
+#[derive(Args, Debug, Clone, Copy)]
+pub struct GuardArgs {
+    /// Stop the storm at once when a timer-interrupt span passes PCT % of watchdog_thresh
+    /// (or a callback outlasts its period). Above 0, at most 100; e.g. 0.001 is 100 us of
+    /// a 10 s watchdog_thresh.
+    #[arg(long, value_name = "PCT", default_value = "10", value_parser = parse_guard_pct)]
+    pub guard: f64,
+    /// No guard: the storm runs its course, into a hard lockup if it gets there. Only on a
+    /// machine you can lose.
+    #[arg(long, conflicts_with = "guard")]
+    pub no_guard: bool,
+}
+
+/// `--guard`: a percentage above 0.
+pub fn parse_guard_pct(s: &str) -> Result<f64, String> {
+    let v = crate::analysis::headroom::parse_pct(s)?;
+    if v <= 0.0 {
+        return Err("must be above 0 (use --no-guard to turn the guard off)".into());
+    }
+    Ok(v)
+}
+
+/// `--quota`: a time per period, or a share of the period.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum QuotaArg {
+    Time(Duration),
+    /// % of the period.
+    Share(f64),
+}
+
+impl QuotaArg {
+    /// In microseconds, for a period of `period_us`.
+    pub fn us(self, period_us: u64) -> u64 {
+        match self {
+            QuotaArg::Time(d) => d.as_micros() as u64,
+            QuotaArg::Share(pct) => (period_us as f64 * pct / 100.0).round() as u64,
+        }
+    }
+}
+
+/// `--quota 1ms` or `--quota 20%` (of the period).
+pub fn parse_quota(s: &str) -> Result<QuotaArg, String> {
+    if let Some(pct) = s.strip_suffix('%') {
+        let v: f64 = pct.parse().map_err(|_| {
+            format!("`{s}` is neither a time (1ms) nor a share of the period (20%)")
+        })?;
+        if !(v > 0.0 && v.is_finite()) {
+            return Err(format!("share {v}% must be above 0"));
+        }
+        return Ok(QuotaArg::Share(v));
+    }
+    parse_duration(s).map(QuotaArg::Time)
+}
+
+/// A ramp's cgroup counts, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ramp(pub Vec<usize>);
+
+/// `--ramp START:STEP:END`: the cgroup counts of a ramp, START, START+STEP, ... up to END.
+pub fn parse_ramp(s: &str) -> Result<Ramp, String> {
+    let bad = || format!("`{s}` is not START:STEP:END (e.g. 8:8:64, counts of cgroups)");
+    let parts: Vec<usize> = s
+        .split(':')
+        .map(|p| p.trim().parse::<usize>().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let [start, step, end] = parts[..] else {
+        return Err(bad());
+    };
+    if start == 0 || step == 0 || end < start {
+        return Err(format!(
+            "`{s}`: START and STEP must be at least 1 and END at least START"
+        ));
+    }
+    if end > 100_000 {
+        return Err(format!("`{s}`: at most 100000 cgroups"));
+    }
+    Ok(Ramp((start..=end).step_by(step).collect()))
+}
+
+#[derive(Args, Debug)]
+pub struct StormArgs {
+    /// Cgroups in the storm (each with its own quota and period timer).
+    #[arg(long, short = 'n', value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub cgroups: u32,
+    /// Busy worker processes in each cgroup (one thread each).
+    #[arg(long, short = 't', value_name = "M", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub threads: u32,
+    /// Each cgroup's CFS period (1ms to 1s).
+    #[arg(long, value_name = "DURATION", default_value = "5ms", value_parser = parse_duration)]
+    pub period: Duration,
+    /// Each cgroup's quota per period: a time (1ms; at least 1ms) or a share of the period
+    /// (20%).
+    #[arg(long, value_name = "DURATION|PCT%", default_value = "20%", value_parser = parse_quota)]
+    pub quota: QuotaArg,
+    /// Nesting: each cgroup under DEPTH-1 shared intermediate cgroups (n1/n2/.../cg0007);
+    /// only the leaves get quotas.
+    #[arg(long, value_name = "D", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=32))]
+    pub depth: u32,
+    /// Spread the quota writes evenly across one period instead of writing them back to back.
+    #[arg(long)]
+    pub stagger: bool,
+    /// How long to record (each step of a ramp).
+    #[arg(long, short = 'd', default_value = "5s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Capture file (a ramp inserts -nN before the extension: storm-n8.jsonl). Default:
+    /// cfstrace-storm-<UTC time>.jsonl in the current directory.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Grow the storm: START:STEP:END cgroups (8:8:64 is 8, 16, ..., 64), one recording and
+    /// one capture a step, stopping at the first step the guard stops.
+    #[arg(long, value_name = "START:STEP:END", value_parser = parse_ramp, conflicts_with = "cgroups")]
+    pub ramp: Option<Ramp>,
+    /// Print the cfstrace.storm/1 summary (the spec, each step's capture and figures, and why
+    /// it stopped) instead of the report or the table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub guard: GuardArgs,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// How long to trace the storm.
@@ -349,6 +503,8 @@ pub struct DemoArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub guard: GuardArgs,
     #[command(flatten)]
     pub trace: TraceArgs,
 }
@@ -418,6 +574,42 @@ pub fn parse_ring_size(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ramp_syntax() {
+        assert_eq!(parse_ramp("8:8:32"), Ok(Ramp(vec![8, 16, 24, 32])));
+        // END need not be on the grid: the last step is the last one at or below it.
+        assert_eq!(parse_ramp("1:5:12"), Ok(Ramp(vec![1, 6, 11])));
+        assert_eq!(parse_ramp("4:1:4"), Ok(Ramp(vec![4])));
+        for bad in [
+            "8:8",
+            "8,16",
+            "0:1:4",
+            "4:0:8",
+            "8:1:4",
+            "a:1:2",
+            "1:1:200000",
+            "",
+        ] {
+            assert!(parse_ramp(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn quota_is_a_time_or_a_share() {
+        assert_eq!(
+            parse_quota("1ms"),
+            Ok(QuotaArg::Time(Duration::from_millis(1)))
+        );
+        assert_eq!(parse_quota("20%"), Ok(QuotaArg::Share(20.0)));
+        assert_eq!(parse_quota("20%").unwrap().us(5_000), 1_000);
+        assert_eq!(parse_quota("1500us").unwrap().us(5_000), 1_500);
+        for bad in ["0%", "-5%", "x%", "fast", "0s"] {
+            assert!(parse_quota(bad).is_err(), "{bad}");
+        }
+        assert!(parse_guard_pct("0").is_err());
+        assert_eq!(parse_guard_pct("0.001"), Ok(0.001));
+    }
     use clap::CommandFactory;
 
     #[test]

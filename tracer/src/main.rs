@@ -8,7 +8,9 @@ use clap::Parser as _;
 
 use cfstrace::cgroups::storm;
 use cfstrace::cli::{Cli, Commands};
-use cfstrace::commands::{completions, demo, doctor, man, record, report, repro, watch};
+use cfstrace::commands::{
+    completions, demo, doctor, man, record, report, repro, storm as storm_cmd, watch,
+};
 use cfstrace::verbosity;
 
 async fn run(command: Commands) -> Result<ExitCode> {
@@ -19,6 +21,7 @@ async fn run(command: Commands) -> Result<ExitCode> {
         Commands::Watch(a) => watch::run(&a).await,
         Commands::Doctor(a) => doctor::run(&a),
         Commands::Demo(a) => demo::run(&a).await,
+        Commands::Storm(a) => storm_cmd::run(&a).await,
         Commands::Completions(a) => completions::run(&a),
         Commands::Man(a) => man::run(&a),
         Commands::Spin(a) => storm::spin_worker(&a.comm),

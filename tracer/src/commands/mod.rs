@@ -6,4 +6,5 @@ pub mod man;
 pub mod record;
 pub mod report;
 pub mod repro;
+pub mod storm;
 pub mod watch;

@@ -1,8 +1,10 @@
 //! `cfstrace record`: a session written to a capture that stays valid whatever stops it: the
 //! duration, Ctrl-C or SIGTERM, CMD exiting. The capture is flushed every second and ends with
 //! loss and end lines on every one of those paths.
+use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, IsTerminal as _};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
@@ -82,6 +84,21 @@ pub struct RecordOutcome {
 
 /// Record until the duration passes, the command exits or a stop signal comes.
 pub async fn record(opts: &RecordOptions, stop: &mut Stop) -> Result<RecordOutcome, RecordError> {
+    record_watched(opts, stop, &mut |_| ControlFlow::Continue(())).await
+}
+
+/// Sees every line as it is written (not the header, nor the lines written after the stop);
+/// `Break` ends the recording at once with the end reason `guard`. Meant for recordings
+/// without CMD (one would be left to its own end).
+pub type Watcher<'a> = dyn FnMut(&CaptureLine) -> ControlFlow<()> + 'a;
+
+/// [`record`], with `watch` shown each line while recording: `cfstrace storm`'s guard stops
+/// the storm from there, in the drain that brought the line.
+pub async fn record_watched(
+    opts: &RecordOptions,
+    stop: &mut Stop,
+    watch: &mut Watcher<'_>,
+) -> Result<RecordOutcome, RecordError> {
     let command = (!opts.command.is_empty()).then(|| opts.command.clone());
     let path = opts.output.clone();
     // Before creating anything: a command that cannot run is a clear error and no capture.
@@ -122,6 +139,7 @@ pub async fn record(opts: &RecordOptions, stop: &mut Stop) -> Result<RecordOutco
         &mut cmd,
         &mut tty,
         &cap_err,
+        watch,
     )
     .await?;
     tty.clear();
@@ -191,7 +209,9 @@ async fn cmd_event(cmd: &mut Option<Cmd>) -> CmdEvent {
     }
 }
 
-/// Drain, write, flush, and watch for the end: the duration, a stop signal, or CMD exiting.
+/// Drain, write, flush, and watch for the end: the duration, a stop signal, CMD exiting, or
+/// the watcher breaking.
+#[allow(clippy::too_many_arguments)]
 async fn record_loop(
     opts: &RecordOptions,
     stop: &mut Stop,
@@ -200,7 +220,10 @@ async fn record_loop(
     cmd: &mut Option<Cmd>,
     tty: &mut Progress,
     cap_err: &impl Fn(CaptureError) -> RecordError,
+    watch: &mut Watcher<'_>,
 ) -> Result<(StopReason, Option<ExitStatus>), RecordError> {
+    // Set by the watcher; the line that broke is still written.
+    let broke = Cell::new(false);
     let started = Instant::now();
     let start = tokio::time::Instant::now();
     let mut totals = interval_at(start + TOTALS_INTERVAL, TOTALS_INTERVAL);
@@ -217,18 +240,18 @@ async fn record_loop(
         tokio::select! {
             wake = session.wait() => {
                 session
-                    .handle(wake?, &mut |l: &CaptureLine| out.write_line(l))
+                    .handle(wake?, &mut |l: &CaptureLine| watched(watch, &broke, out, l))
                     .map_err(|e| poll_error(e, cap_err))?;
             }
             _ = totals.tick() => {
                 session
-                    .totals(&mut |l: &CaptureLine| out.write_line(l))
+                    .totals(&mut |l: &CaptureLine| watched(watch, &broke, out, l))
                     .map_err(|e| poll_error(e, cap_err))?;
             }
             _ = flush.tick() => {
                 let loss = session.losses()?;
                 lost_now = loss.lost();
-                out.write_line(&CaptureLine::Loss(loss)).map_err(cap_err)?;
+                watched(watch, &broke, out, &CaptureLine::Loss(loss)).map_err(cap_err)?;
                 out.flush().map_err(cap_err)?;
             }
             _ = progress.tick(), if tty.show => {
@@ -261,7 +284,23 @@ async fn record_loop(
                 }
             },
         }
+        if broke.get() {
+            return Ok((StopReason::Guard, None));
+        }
     }
+}
+
+/// Show a line to the watcher (until it breaks), then write it.
+fn watched(
+    watch: &mut Watcher<'_>,
+    broke: &Cell<bool>,
+    out: &mut CaptureWriter<Spool>,
+    l: &CaptureLine,
+) -> Result<(), CaptureError> {
+    if !broke.get() && watch(l).is_break() {
+        broke.set(true);
+    }
+    out.write_line(l)
 }
 
 /// How often the capture is flushed, with the loss counters as they stand.

@@ -221,6 +221,8 @@ pub enum StopReason {
     Interrupted,
     /// `record -- CMD`: CMD exited.
     CommandExited,
+    /// A watcher of the events stopped it (`cfstrace storm`'s guard).
+    Guard,
 }
 
 /// The names of the model's enums: `as_str` (the capture's and report's spelling, as serde
@@ -269,6 +271,7 @@ mod tests {
             StopReason::Duration,
             StopReason::Interrupted,
             StopReason::CommandExited,
+            StopReason::Guard,
         ] {
             same(r);
         }

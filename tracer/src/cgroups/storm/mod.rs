@@ -8,13 +8,17 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::model::records::CpuHierarchy;
 
+pub mod guard;
 mod spec;
 use spec::validate;
-pub use spec::{DEMO_PREFIX, INCIDENT_CONTAINER, StormCgroup, StormSpec, WorkerCommand, demo_spec};
+pub use spec::{
+    DEMO_PREFIX, INCIDENT_CONTAINER, QuotaWrites, STORM_COMM, STORM_PREFIX, StormCgroup,
+    StormShape, StormSpec, WorkerCommand, demo_spec, storm_spec,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StormError {
@@ -63,6 +67,11 @@ fn os_error(e: &io::Error) -> String {
         Some((msg, rest)) => format!("{msg} ({name}, os error{rest}"),
         None => format!("{text} ({name})"),
     }
+}
+
+/// Check a spec as [`Storm::start`] would, without making anything.
+pub fn validate_spec(spec: &StormSpec) -> Result<(), StormError> {
+    validate(spec).map(|_| ())
 }
 
 /// Counters from a cgroup's `cpu.stat` (v1 and v2 both have them).
@@ -122,6 +131,9 @@ pub struct Storm {
     workers: Vec<Child>,
     /// The mount root's cgroup.subtree_control if we had to turn `+cpu` on there (v2).
     root_cpu_enabled: Option<PathBuf>,
+    v2: bool,
+    /// Cgroups whose quota we wrote and have not lifted yet.
+    limited: Vec<PathBuf>,
 }
 
 impl Storm {
@@ -148,8 +160,10 @@ impl Storm {
             leaf_paths: Vec::new(),
             workers: Vec::new(),
             root_cpu_enabled: None,
+            v2: hierarchy.version == 2,
+            limited: Vec::new(),
         };
-        let v2 = hierarchy.version == 2;
+        let v2 = storm.v2;
         let mut cpu_enabled: HashSet<PathBuf> = HashSet::new();
         if v2 {
             let control = mount.join("cgroup.subtree_control");
@@ -164,7 +178,8 @@ impl Storm {
             cpu_enabled.insert(mount.clone());
         }
         storm.mkdir(&parent)?;
-        for (c, comps) in spec.cgroups.iter().zip(&leaves) {
+        // Every directory first, so the quota writes below can follow their schedule.
+        for comps in &leaves {
             let mut dir = parent.clone();
             for comp in comps {
                 // v2: a child only gets cpu.max if its parent enables the controller.
@@ -176,6 +191,19 @@ impl Storm {
                     storm.mkdir(&dir)?;
                 }
             }
+            storm
+                .leaf_paths
+                .push(format!("/{}/{}", spec.tag, comps.join("/")));
+            storm.leaves.push(dir);
+        }
+        // Each write starts that cgroup's period timer: back to back, or spread over a period.
+        let longest = spec.cgroups.iter().map(|c| c.period_us).max().unwrap_or(0);
+        let offsets = spec.writes.offsets(spec.cgroups.len(), longest);
+        let first = Instant::now();
+        for ((c, dir), at) in spec.cgroups.iter().zip(storm.leaves.clone()).zip(offsets) {
+            if let Some(wait) = (first + at).checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
             if v2 {
                 write(
                     dir.join("cpu.max"),
@@ -186,10 +214,7 @@ impl Storm {
                 write(dir.join("cpu.cfs_period_us"), &c.period_us.to_string())?;
                 write(dir.join("cpu.cfs_quota_us"), &c.quota_us.to_string())?;
             }
-            storm
-                .leaf_paths
-                .push(format!("/{}/{}", spec.tag, comps.join("/")));
-            storm.leaves.push(dir);
+            storm.limited.push(dir);
         }
         for (c, dir) in spec.cgroups.iter().zip(storm.leaves.clone()) {
             for _ in 0..c.workers {
@@ -242,18 +267,55 @@ impl Storm {
         self.teardown()
     }
 
-    /// Idempotent: what it undoes is taken out of `self`. Keeps going past errors and
-    /// returns the first.
-    fn teardown(&mut self) -> Result<(), StormError> {
+    /// The emergency brake, for the guard: every quota lifted (the unlimited value written
+    /// back, so no period timer has anything left to unthrottle), then every worker killed
+    /// and reaped. The cgroups stay until [`Storm::stop`]. Keeps going past errors and
+    /// returns the first; idempotent.
+    pub fn relax(&mut self) -> Result<(), StormError> {
+        let mut first: Option<StormError> = None;
+        for dir in self.limited.drain(..) {
+            let lifted = if self.v2 {
+                // "max" alone keeps the period and lifts the quota.
+                write(dir.join("cpu.max"), "max")
+            } else {
+                write(dir.join("cpu.cfs_quota_us"), "-1")
+            };
+            if let Err(e) = lifted
+                && !matches!(&e, StormError::Write { source, .. } if source.kind() == io::ErrorKind::NotFound)
+            {
+                first.get_or_insert(e);
+            }
+        }
+        if let Err(e) = self.kill_workers() {
+            first.get_or_insert(e);
+        }
+        match first {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Kill and reap every worker (already exited is fine; wait() still reaps it).
+    fn kill_workers(&mut self) -> Result<(), StormError> {
         let mut first: Option<StormError> = None;
         for mut child in self.workers.drain(..) {
             let pid = child.id();
-            // Already exited is fine; wait() still reaps it.
             let _ = child.kill();
             if let Err(source) = child.wait() {
                 first.get_or_insert(StormError::Wait { pid, source });
             }
         }
+        match first {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Idempotent: what it undoes is taken out of `self`. Keeps going past errors and
+    /// returns the first.
+    fn teardown(&mut self) -> Result<(), StormError> {
+        let mut first: Option<StormError> = self.kill_workers().err();
+        self.limited.clear();
         // Strays (a worker's own children) would keep the directories busy.
         for dir in &self.created {
             if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
@@ -382,7 +444,6 @@ pub(super) mod tests {
     use super::*;
     use crate::cgroups::{self, CgroupNamer};
     use crate::model::workload::WorkloadKind;
-    use std::time::Instant;
 
     pub(super) fn busy_loop() -> WorkerCommand {
         WorkerCommand {
@@ -401,6 +462,7 @@ pub(super) mod tests {
                 workers: 2,
                 comm: "spin".into(),
             }],
+            writes: QuotaWrites::Aligned,
         }
     }
 
@@ -487,6 +549,35 @@ pub(super) mod tests {
         fs::remove_dir(&parent).unwrap();
         assert!(matches!(err, StormError::Exists(_)), "{err}");
         assert!(kept);
+    }
+
+    #[test]
+    fn relax_lifts_quotas_and_kills_workers_at_once() {
+        let (mut storm, _) = tiny_storm("relax");
+        let dir = storm.cgroup_dirs()[0].clone();
+        let pids = storm.worker_pids();
+        storm.relax().unwrap();
+        let lifted = match hierarchy().version {
+            2 => fs::read_to_string(dir.join("cpu.max"))
+                .unwrap()
+                .starts_with("max "),
+            _ => {
+                fs::read_to_string(dir.join("cpu.cfs_quota_us"))
+                    .unwrap()
+                    .trim()
+                    == "-1"
+            }
+        };
+        assert!(lifted, "quota still set in {dir:?}");
+        for pid in &pids {
+            assert!(!Path::new(&format!("/proc/{pid}")).exists(), "{pid} alive");
+        }
+        // The cgroups stay until stop(), and a second relax is harmless.
+        assert!(dir.exists());
+        storm.relax().unwrap();
+        let parent = storm.parent_dir().to_path_buf();
+        storm.stop().unwrap();
+        assert!(!parent.exists());
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use super::StormError;
 
@@ -13,6 +14,33 @@ pub struct StormSpec {
     pub cgroups: Vec<StormCgroup>,
     /// Name of the parent directory, unique per run (e.g. `cfstrace-demo-<pid>`).
     pub tag: String,
+    /// How the quotas are written (see [`QuotaWrites`]).
+    pub writes: QuotaWrites,
+}
+
+/// How a storm writes its quotas. Each write starts (or restarts) that cgroup's period timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QuotaWrites {
+    /// Back to back, once every cgroup exists: the timers start together.
+    #[default]
+    Aligned,
+    /// Spread evenly across one period (the longest in the spec): the i-th of n written
+    /// i/n of a period after the first.
+    Staggered,
+}
+
+impl QuotaWrites {
+    /// When each of `n` quotas is written, from the first write.
+    pub fn offsets(self, n: usize, period_us: u64) -> Vec<Duration> {
+        (0..n)
+            .map(|i| match self {
+                QuotaWrites::Aligned => Duration::ZERO,
+                QuotaWrites::Staggered => {
+                    Duration::from_micros(period_us * i as u64 / n.max(1) as u64)
+                }
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +67,46 @@ const DEMO_CONTAINER_ID: &str = "9d2b6c1e4f3a5b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3
 /// Demo storms live in `<mount>/cfstrace-demo-<pid>`.
 pub const DEMO_PREFIX: &str = "cfstrace-demo-";
 
+/// `cfstrace storm` storms live in `<mount>/cfstrace-storm-<pid>`.
+pub const STORM_PREFIX: &str = "cfstrace-storm-";
+
+/// The shape of a `cfstrace storm`: `cgroups` cgroups of `threads` busy workers each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StormShape {
+    pub cgroups: usize,
+    pub threads: usize,
+    pub period_us: u64,
+    pub quota_us: u64,
+    /// 1: the cgroups sit right under the storm's parent; D: under D-1 shared intermediate
+    /// cgroups (`n1/n2/.../cg0007`), which get no quota of their own, so the storm has
+    /// exactly `cgroups` period timers.
+    pub depth: usize,
+    pub writes: QuotaWrites,
+}
+
+/// The workers' command name (what `ps` and the report show).
+pub const STORM_COMM: &str = "cfstrace-storm";
+
+/// A `cfstrace storm`'s spec: generated names only (`cg0001`, `n1`), so no name from outside
+/// reaches the hierarchy.
+pub fn storm_spec(shape: &StormShape) -> StormSpec {
+    let width = shape.cgroups.saturating_sub(1).to_string().len().max(4);
+    let parents: String = (1..shape.depth.max(1)).map(|d| format!("n{d}/")).collect();
+    StormSpec {
+        tag: format!("{STORM_PREFIX}{}", std::process::id()),
+        writes: shape.writes,
+        cgroups: (0..shape.cgroups)
+            .map(|i| StormCgroup {
+                rel_path: format!("{parents}cg{i:0width$}"),
+                period_us: shape.period_us,
+                quota_us: shape.quota_us,
+                workers: shape.threads,
+                comm: STORM_COMM.into(),
+            })
+            .collect(),
+    }
+}
+
 pub fn demo_spec(ncpus: u32) -> StormSpec {
     let n = u64::from(ncpus.max(1));
     let workers = ncpus.max(1) as usize;
@@ -47,6 +115,7 @@ pub fn demo_spec(ncpus: u32) -> StormSpec {
         |period_us: u64, share_percent: u64| (n * period_us * share_percent / 100).max(1000);
     StormSpec {
         tag: format!("{DEMO_PREFIX}{}", std::process::id()),
+        writes: QuotaWrites::Aligned,
         cgroups: vec![
             StormCgroup {
                 rel_path: format!("hadoop-yarn/{INCIDENT_CONTAINER}"),
@@ -243,6 +312,57 @@ mod tests {
             w.application.as_deref(),
             Some("application_1512098667219_988894")
         );
+    }
+
+    fn shape(cgroups: usize, depth: usize, writes: QuotaWrites) -> StormShape {
+        StormShape {
+            cgroups,
+            threads: 3,
+            period_us: 5_000,
+            quota_us: 1_000,
+            depth,
+            writes,
+        }
+    }
+
+    #[test]
+    fn storm_spec_names_and_nests() {
+        let s = storm_spec(&shape(3, 1, QuotaWrites::Aligned));
+        assert!(s.tag.starts_with(STORM_PREFIX));
+        let paths: Vec<&str> = s.cgroups.iter().map(|c| c.rel_path.as_str()).collect();
+        assert_eq!(paths, ["cg0000", "cg0001", "cg0002"]);
+        assert!(s.cgroups.iter().all(|c| c.workers == 3
+            && c.period_us == 5_000
+            && c.quota_us == 1_000
+            && c.comm == STORM_COMM));
+        validate(&s).unwrap();
+        // Depth 3: two shared parents above every leaf.
+        let s = storm_spec(&shape(2, 3, QuotaWrites::Staggered));
+        let paths: Vec<&str> = s.cgroups.iter().map(|c| c.rel_path.as_str()).collect();
+        assert_eq!(paths, ["n1/n2/cg0000", "n1/n2/cg0001"]);
+        assert_eq!(s.writes, QuotaWrites::Staggered);
+        assert_eq!(validate(&s).unwrap()[1], ["n1", "n2", "cg0001"]);
+        // Depth 0 is taken as 1; wide storms get wider names, still sorted.
+        assert_eq!(
+            storm_spec(&shape(1, 0, QuotaWrites::Aligned)).cgroups[0].rel_path,
+            "cg0000"
+        );
+        let wide = storm_spec(&shape(12_000, 1, QuotaWrites::Aligned));
+        assert_eq!(wide.cgroups[11_999].rel_path, "cg11999");
+        assert_eq!(wide.cgroups[7].rel_path, "cg00007");
+    }
+
+    #[test]
+    fn quota_write_schedules() {
+        let ms = Duration::from_millis;
+        assert_eq!(QuotaWrites::Aligned.offsets(3, 5_000), [Duration::ZERO; 3]);
+        // Four writes across a 4 ms period: one every millisecond, the last before it ends.
+        assert_eq!(
+            QuotaWrites::Staggered.offsets(4, 4_000),
+            [ms(0), ms(1), ms(2), ms(3)]
+        );
+        assert_eq!(QuotaWrites::Staggered.offsets(1, 4_000), [ms(0)]);
+        assert!(QuotaWrites::Staggered.offsets(0, 4_000).is_empty());
     }
 
     #[test]
