@@ -24,6 +24,7 @@ use crate::commands::record::{self, RecordOptions};
 use crate::model::host;
 use crate::model::probe::StopReason;
 use crate::model::records::{CaptureLine, CpuHierarchy};
+use crate::report::forecast::{StepPrediction, predict_step};
 use crate::report::{self, HeadroomBasis, Report, human_ns};
 use crate::session::signals::Stop;
 
@@ -74,8 +75,6 @@ pub async fn run(a: &StormArgs) -> Result<ExitCode> {
     let mut done: Vec<StepResult> = Vec::new();
     let mut stopped = None;
     for (i, &n) in counts.iter().enumerate() {
-        // The ramp's forecast check belongs here: fit on `done`, predict step `n`'s worst
-        // span, and compare with what the step measures.
         let spec = storm_spec(&StormShape {
             cgroups: n,
             ..shape
@@ -489,6 +488,41 @@ pub struct StepSummary<'a> {
     pub end: StopReason,
     #[serde(flatten)]
     pub figures: &'a StepFigures,
+    /// From the third step on: the earlier steps' pooled interrupt fit against this step.
+    pub forecast: Option<StepForecast>,
+}
+
+/// The forecast checked against a step: its mean interrupt span as predicted from the earlier
+/// steps, and as measured; or why it could not be predicted.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum StepForecast {
+    Checked(StepPrediction),
+    Unavailable { why: String },
+}
+
+/// Fewest earlier steps a prediction is made from: one step holds too narrow a range of
+/// timers per interrupt to fit a slope on.
+const FORECAST_FROM_STEPS: usize = 2;
+
+fn step_forecast(earlier: &[StepResult], step: &StepResult) -> Option<StepForecast> {
+    if earlier.len() < FORECAST_FROM_STEPS {
+        return None;
+    }
+    let span = |r: &StepResult| r.report.forecast.as_ref().map(|f| f.moments.span);
+    let Some(this) = span(step) else {
+        return Some(StepForecast::Unavailable {
+            why: "the step's report has no forecast".into(),
+        });
+    };
+    let before: Vec<_> = earlier.iter().filter_map(span).collect();
+    let refs: Vec<_> = before.iter().collect();
+    Some(match predict_step(&refs, &this) {
+        Ok(p) => StepForecast::Checked(p),
+        Err(e) => StepForecast::Unavailable {
+            why: format!("interrupt time against period timers: {e}"),
+        },
+    })
 }
 
 impl<'a> Summary<'a> {
@@ -521,11 +555,13 @@ impl<'a> Summary<'a> {
             },
             steps: done
                 .iter()
-                .map(|s| StepSummary {
+                .enumerate()
+                .map(|(i, s)| StepSummary {
                     cgroups: s.cgroups,
                     capture: &s.capture,
                     end: s.end,
                     figures: &s.figures,
+                    forecast: step_forecast(&done[..i], s),
                 })
                 .collect(),
             stopped,
@@ -537,13 +573,20 @@ impl<'a> Summary<'a> {
 fn ramp_table(s: &Summary<'_>) -> String {
     let ns = |v: Option<u64>| v.map_or_else(|| "-".into(), human_ns);
     let mut out = format!(
-        "{:>7}  {:>9}  {:>8}  {:>8}  {:>10}  {:>6}  {:>10}  CAPTURE\n",
-        "CGROUPS", "CALLBACKS", "CB p50", "CB max", "WORST SPAN", "TIMERS", "HEADROOM"
+        "{:>7}  {:>9}  {:>8}  {:>8}  {:>10}  {:>6}  {:>10}  {:>22}  CAPTURE\n",
+        "CGROUPS",
+        "CALLBACKS",
+        "CB p50",
+        "CB max",
+        "WORST SPAN",
+        "TIMERS",
+        "HEADROOM",
+        "MEAN SPAN / PREDICTED"
     );
     for st in &s.steps {
         let f = st.figures;
         out.push_str(&format!(
-            "{:>7}  {:>9}  {:>8}  {:>8}  {:>10}  {:>6}  {:>10}  {}{}\n",
+            "{:>7}  {:>9}  {:>8}  {:>8}  {:>10}  {:>6}  {:>10}  {:>22}  {}{}\n",
             st.cgroups,
             f.callbacks,
             ns(f.callback_p50_ns),
@@ -553,6 +596,15 @@ fn ramp_table(s: &Summary<'_>) -> String {
                 .map_or_else(|| "-".into(), |t| t.to_string()),
             f.headroom_pct
                 .map_or_else(|| "-".into(), |p| format!("{p:.4}%")),
+            match &st.forecast {
+                Some(StepForecast::Checked(p)) => format!(
+                    "{} / {} ({:.0}%)",
+                    human_ns(p.measured_ns.round() as u64),
+                    human_ns(p.predicted_ns.max(0.0).round() as u64),
+                    p.error_pct
+                ),
+                _ => "-".into(),
+            },
             st.capture.display(),
             if st.end == StopReason::Guard {
                 "  (guard)"

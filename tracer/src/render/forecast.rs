@@ -129,7 +129,6 @@ pub fn forecast_sentences(f: &Forecast) -> [(&'static str, String); 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::forecast::Moments;
 
     fn forecast() -> Forecast {
         Forecast {
@@ -156,7 +155,6 @@ mod tests {
                     count: 5_263_148,
                     reached: false,
                 }),
-                moments: Moments::default(),
             }),
             csd: Fit::Unavailable {
                 why: "no async unthrottle: before 6.3".into(),
@@ -173,8 +171,8 @@ mod tests {
                     reached: true,
                 }),
                 reach_watchdog: None,
-                moments: Moments::default(),
             }),
+            moments: Default::default(),
         }
     }
 

@@ -61,8 +61,6 @@ pub struct WorkFit {
     pub max_unthrottles: u64,
     pub reach_period: Option<Reach>,
     pub reach_watchdog: Option<Reach>,
-    /// The fit's running moments (unthrottled, second work, ns): pool two fits by merging.
-    pub moments: Moments<3>,
 }
 
 /// Whole timer-interrupt time against the period timers it ran.
@@ -76,8 +74,6 @@ pub struct TimerFit {
     pub max_timers: u64,
     pub reach_period: Option<Reach>,
     pub reach_watchdog: Option<Reach>,
-    /// (timers, span ns).
-    pub moments: Moments<2>,
 }
 
 impl TimerFit {
@@ -98,6 +94,19 @@ pub struct Forecast {
     pub callback: Fit<WorkFit>,
     pub csd: Fit<WorkFit>,
     pub span: Fit<TimerFit>,
+    /// The fits' running moments, fitted or not: two runs' pool exactly by merging.
+    pub moments: FitMoments,
+}
+
+/// Count, means and co-moments of each fit's points.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct FitMoments {
+    /// (unthrottled, enqueued or queued, callback ns).
+    pub callback: Moments<3>,
+    /// (unthrottled, enqueued, CSD segment ns).
+    pub csd: Moments<3>,
+    /// (period timers, interrupt ns).
+    pub span: Moments<2>,
 }
 
 /// Targets a forecast aims at.
@@ -163,6 +172,11 @@ pub(super) fn forecast(
         callback: callback_fit(m, figs, &targets, rest.unwrap_or(0)),
         csd: csd_fit(m, figs, &targets),
         span: span_fit(m, figs, &targets),
+        moments: FitMoments {
+            callback: m.callback,
+            csd: m.csd,
+            span: m.span,
+        },
     }
 }
 
@@ -189,7 +203,6 @@ fn work_fit(
         max_unthrottles,
         reach_period,
         reach_watchdog,
-        moments: *moments,
     })
 }
 
@@ -275,7 +288,6 @@ fn span_fit(m: &ForecastMoments, figs: &Figures, targets: &Targets) -> Fit<Timer
                 max_timers,
                 reach_period,
                 reach_watchdog,
-                moments: m.span,
             })
         }
         Err(e) => Fit::why(format!("interrupt time against period timers: {e}")),
@@ -376,7 +388,7 @@ mod tests {
         assert!((sp.predict_ns(7.0) - 220_000.0).abs() < 1e-3);
         // The fit pooled with nothing predicts like itself.
         let none = Moments::default();
-        let p = predict_span(&[&sp.moments, &none], 7.0).unwrap();
+        let p = predict_span(&[&f.moments.span, &none], 7.0).unwrap();
         assert!((p - 220_000.0).abs() < 1e-3, "{p}");
         assert!(matches!(f.csd, Fit::Unavailable { .. }));
         let json = serde_json::to_value(f).unwrap();
