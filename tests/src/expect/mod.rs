@@ -15,6 +15,7 @@
 //! - [`capture`]: a report against the capture it was built from ([`check_capture`]).
 //! - [`cofire`]: the co-firing storm of many cgroups ([`check_cofire`]).
 //! - [`doctor`]: `cfstrace doctor --attach-cycles N` ([`Doctor`]).
+//! - [`storm`]: `cfstrace storm` ramps: the forecast and the guard ([`check_storm`]).
 //!
 //! Reports are read as JSON through pointers, never through the tracer's types: the oracle names
 //! the keys it relies on itself.
@@ -25,6 +26,7 @@ pub mod consistency;
 pub mod doctor;
 pub mod facts;
 pub mod report;
+pub mod storm;
 pub mod want;
 
 #[cfg(test)]
@@ -38,6 +40,7 @@ pub use consistency::{BASIS_CALLBACK, BASIS_CSD, BASIS_SPAN, consistency};
 pub use doctor::Doctor;
 pub use facts::*;
 pub use report::{Culprit, Floors, check_attach, check_report};
+pub use storm::{STORM_FORECAST_MAX_ERROR_PCT, check_storm};
 pub use want::{
     Attempt, BACKENDS, FIGURES, PROBES, ProbeState, Want, kernel_refused, probe_fn, probe_state,
     want,

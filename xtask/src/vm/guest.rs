@@ -47,6 +47,13 @@ pub const M_CAPFILE_END: &str = "@@CFSTRACE-CAPFILE-END ";
 
 /// The co-firing run's name in the RUN/RECORD/REPORT/RC markers.
 pub const COFIRE_RUN: &str = "cofire";
+/// The storm ramps' name in the RUN/RECORD/REPORT/RC markers; their "report" is one JSON
+/// object: both ramps' `cfstrace.storm/1` summaries, exit statuses, and what was left behind.
+pub const STORM_RUN: &str = "storm";
+/// The kernel the storm ramps run in: timers co-fire there (before 6.4), so a ramp grows the
+/// work in one interrupt.
+pub const STORM_SUITE: &str = "bookworm";
+
 /// The parent of the co-firing cgroups (under the cgroup2 root): `cofire/c0` .. `cofire/cN-1`.
 pub const COFIRE_PARENT: &str = "cofire";
 
@@ -298,7 +305,13 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup\n\
 ///   the same cpu.max (`cfstrace.cofiremax=QUOTA,PERIOD`, default 1000,100000), and
 ///   `cfstrace record --backend auto` + `report --json` run, plus the capture digest.
 pub fn init_script() -> String {
-    format!("{}{}{}", init_head(), init_runs(), init_cofire())
+    format!(
+        "{}{}{}{}",
+        init_head(),
+        init_runs(),
+        init_cofire(),
+        init_storm()
+    )
 }
 
 /// The /init's start: the mounts, the kernel command line, its helpers and the kernel's facts.
@@ -322,6 +335,7 @@ COFIRE=0
 COFIREMAX="1000 100000"
 SAVECAP=0
 LOGLEVEL=off
+STORM=0
 for w in $(cat /proc/cmdline); do
   case "$w" in
     cfstrace.backends=*) BACKENDS="$(echo "${{w#cfstrace.backends=}}" | tr , ' ')" ;;
@@ -335,6 +349,7 @@ for w in $(cat /proc/cmdline); do
     cfstrace.cofiremax=*) COFIREMAX="$(echo "${{w#cfstrace.cofiremax=}}" | tr , ' ')" ;;
     cfstrace.savecap=*) SAVECAP="${{w#cfstrace.savecap=}}" ;;
     cfstrace.loglevel=*) LOGLEVEL="${{w#cfstrace.loglevel=}}" ;;
+    cfstrace.storm=*) STORM="${{w#cfstrace.storm=}}" ;;
   esac
 done
 
@@ -499,6 +514,41 @@ if [ "$COFIRE" -gt 0 ]; then
   echo "{M_CAPTURE_END}{COFIRE_RUN}@@"
   echo "{M_RC}{COFIRE_RUN} record=$rc report=$rrc@@"
   kill -9 $CPIDS 2>/dev/null
+fi
+"#
+    )
+}
+
+/// `cfstrace.storm=1`: two `cfstrace storm` ramps of the same shape, then the end. The first
+/// runs its course (default guard): from its third step its summary checks the forecast. The
+/// second has its guard at the first ramp's second-step worst span, so the guard stops it;
+/// then no storm cgroup and no worker may be left.
+fn init_storm() -> String {
+    format!(
+        r#"if [ "$STORM" = 1 ]; then
+  sleep 1
+  echo "{M_RUN}{STORM_RUN}@@"
+  echo "{M_RECORD}{STORM_RUN}@@"
+  SHAPE="--ramp 8:16:56 --threads 1 --period 50ms --quota 1ms --duration 3s"
+  cfstrace storm $SHAPE -o /tmp/ramp.jsonl --json > /tmp/ramp.json 2> /tmp/ramp.err
+  rc=$?
+  cat /tmp/ramp.err
+  THRESH=$(cat /proc/sys/kernel/watchdog_thresh)
+  GUARD=$(awk -v t="$THRESH" '/"worst_span_ns"/ {{ n++; if (n == 2) {{ v = $0; gsub(/[^0-9]/, "", v); printf "%.6f", v / (t * 1e9) * 100; exit }} }}' /tmp/ramp.json)
+  echo "cfstrace-vm: storm: guard at ${{GUARD:-?}} % of watchdog_thresh"
+  cfstrace storm $SHAPE --guard "${{GUARD:-0.0001}}" -o /tmp/guard.jsonl --json > /tmp/guard.json 2> /tmp/guard.err
+  grc=$?
+  cat /tmp/guard.err
+  LEFT_CG=$(ls -d /sys/fs/cgroup/cfstrace-storm-* 2>/dev/null | wc -l)
+  LEFT_W=$(grep -l '_[_]spin' /proc/[0-9]*/cmdline 2>/dev/null | wc -l)
+  echo "{M_BEGIN}{STORM_RUN}@@"
+  echo "{{\"ramp_rc\":$rc,\"guard_rc\":$grc,\"guard_pct_asked\":\"${{GUARD}}\",\"left_cgroups\":$LEFT_CG,\"left_workers\":$LEFT_W,\"ramp\":"
+  cat /tmp/ramp.json || echo null
+  echo ",\"guard\":"
+  cat /tmp/guard.json || echo null
+  echo "}}"
+  echo "{M_END}{STORM_RUN}@@"
+  echo "{M_RC}{STORM_RUN} record=$rc report=$grc@@"
 fi
 finish
 "#

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::boot::Boot;
 use super::console::{GuestRun, analyze, excerpt, kernel_problem};
-use super::guest::{self, COFIRE_PARENT, COFIRE_RUN};
+use super::guest::{self, COFIRE_PARENT, COFIRE_RUN, STORM_RUN};
 use super::kernels::{self, Kernel};
 use super::runs::{boot, boot_timeout, secs};
 use super::{Backend, Job, VmArgs};
@@ -223,6 +223,7 @@ pub fn judge(
     match job {
         Job::Backend(b) => j.backend(b),
         Job::Cofire => j.cofire(),
+        Job::Storm => j.storm(),
     }
 }
 
@@ -288,6 +289,8 @@ impl Judged<'_> {
         let run = self.run;
         if run.backend == COFIRE_RUN {
             "the co-firing storm"
+        } else if run.backend == STORM_RUN {
+            "the storm ramps"
         } else if run.doctor.rc.is_none() {
             "cfstrace doctor"
         } else if !run.recording {
@@ -390,6 +393,30 @@ impl Judged<'_> {
             summary(report, &doctor),
             self.ctx
         ))
+    }
+
+    /// The storm ramps (`expect::check_storm`): the forecast checked step by step, the guard
+    /// stopping a ramp, nothing left behind.
+    fn storm(&self) -> Outcome {
+        let k = self.kernel;
+        let label = format!("{} {} storm", k.suite, k.release);
+        let res = (|| {
+            self.finished("during the storm ramps")?;
+            let r = self
+                .keep_report(STORM_RUN)
+                .ok_or_else(|| anyhow::anyhow!("no storm summary ({})", self.ctx))?;
+            match expect::check_storm(&r) {
+                Ok(summary) => Ok(format!("{summary} [{}]", self.ctx)),
+                Err(fails) => bail!(
+                    "{} check(s) failed ({}; summary: {}):\n    - {}",
+                    fails.len(),
+                    self.ctx,
+                    self.report_path(STORM_RUN).display(),
+                    fails.join("\n    - ")
+                ),
+            }
+        })();
+        Outcome::judged(label, res)
     }
 
     /// The co-firing run: many cgroups' period timers sharing timer interrupts

@@ -102,6 +102,8 @@ pub const ALL_BACKENDS: [Backend; 4] = {
 enum Job {
     Backend(Backend),
     Cofire,
+    /// `cfstrace storm`: a ramp checking the forecast, and a ramp the guard stops (one kernel).
+    Storm,
 }
 
 impl Job {
@@ -109,12 +111,16 @@ impl Job {
         match self {
             Job::Backend(b) => b.name(),
             Job::Cofire => COFIRE_RUN,
+            Job::Storm => guest::STORM_RUN,
         }
     }
 
     fn from_name(s: &str) -> Option<Job> {
         if s == COFIRE_RUN {
             return Some(Job::Cofire);
+        }
+        if s == guest::STORM_RUN {
+            return Some(Job::Storm);
         }
         Backend::from_name(s).map(Job::Backend)
     }

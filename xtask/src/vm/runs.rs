@@ -126,6 +126,9 @@ pub fn boot_timeout(args: &VmArgs, backends: usize, cofire: bool, kvm: bool) -> 
     Duration::from_secs(60 + per * backends as u64 + storm)
 }
 
+/// The storm ramps' share of a boot's limit (two ramps of four 3 s steps under TCG).
+const STORM_TIME: Duration = Duration::from_secs(300);
+
 pub fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
@@ -135,12 +138,18 @@ pub fn secs(d: Duration) -> String {
 /// which nothing of ours ran is a boot flake, retried once; a run that died of a suspected
 /// emulation artefact is retried once in a fresh boot.
 pub fn run_kernel(kernel: &Kernel, initrd: &Path, args: &VmArgs) -> Vec<Outcome> {
+    let mut pending = args.jobs();
+    // The storm ramps run in one kernel whose timers co-fire (before 6.4), after the
+    // co-firing run (and only where that runs).
+    if kernel.suite == super::guest::STORM_SUITE && pending.contains(&Job::Cofire) {
+        pending.push(Job::Storm);
+    }
     let mut k = KernelBoots {
         kernel,
         initrd,
         args,
         dir: kernels::suite_dir(&kernel.suite),
-        pending: args.jobs(),
+        pending,
         outcomes: Vec::new(),
         boot_retry_used: false,
         flake_retried: Vec::new(),
@@ -189,6 +198,7 @@ impl KernelBoots<'_> {
                 "{} {} cofire ({} cgroups, backend auto)",
                 k.suite, k.release, self.args.cofire
             ),
+            Job::Storm => format!("{} {} storm (ramp, forecast, guard)", k.suite, k.release),
         }
     }
 
@@ -209,12 +219,13 @@ impl KernelBoots<'_> {
             .iter()
             .filter_map(|j| match j {
                 Job::Backend(b) => Some(b.name()),
-                Job::Cofire => None,
+                Job::Cofire | Job::Storm => None,
             })
             .collect();
         let cofire = self.pending.contains(&Job::Cofire);
+        let storm = self.pending.contains(&Job::Storm);
         format!(
-            "cfstrace.backends={} cfstrace.cycles={} cfstrace.duration={} cfstrace.cpumax={} cfstrace.busy={} cfstrace.cofire={} cfstrace.cofiremax={} cfstrace.savecap={} cfstrace.loglevel={}",
+            "cfstrace.backends={} cfstrace.cycles={} cfstrace.duration={} cfstrace.cpumax={} cfstrace.busy={} cfstrace.cofire={} cfstrace.cofiremax={} cfstrace.savecap={} cfstrace.loglevel={} cfstrace.storm={}",
             backends.join(","),
             a.cycles,
             a.duration,
@@ -223,7 +234,8 @@ impl KernelBoots<'_> {
             if cofire { a.cofire } else { 0 },
             a.cofire_cpu_max,
             u8::from(a.save_captures.is_some()),
-            a.log_level
+            a.log_level,
+            u8::from(storm)
         )
     }
 
@@ -232,9 +244,15 @@ impl KernelBoots<'_> {
         let boots = self.boots;
         let log = self.dir.join(format!("console-{boots}.log"));
         let names: Vec<&str> = self.pending.iter().map(|j| j.name()).collect();
-        let backends = self.pending.iter().filter(|j| **j != Job::Cofire).count();
+        let backends = self
+            .pending
+            .iter()
+            .filter(|j| matches!(j, Job::Backend(_)))
+            .count();
         let cofire = self.pending.contains(&Job::Cofire);
-        let timeout = boot_timeout(self.args, backends, cofire, kvm_decided());
+        let storm = self.pending.contains(&Job::Storm);
+        let timeout = boot_timeout(self.args, backends, cofire, kvm_decided())
+            + if storm { STORM_TIME } else { Duration::ZERO };
         let params = self.params();
         let b = match boot(self.kernel, self.initrd, &params, &log, timeout, self.args) {
             Ok(b) => b,
@@ -358,7 +376,7 @@ fn run_timing(run: &GuestRun, b: &Boot, job: Job, timing: &str) -> String {
     let t = |i: Option<usize>| i.map_or(b.total, |i| b.times[i]);
     let elapsed = t(run.end).saturating_sub(t(Some(run.start)));
     let record_took = t(run.end).saturating_sub(t(run.record_start));
-    if job == Job::Cofire {
+    if matches!(job, Job::Cofire | Job::Storm) {
         return format!(
             "{timing}, run {} (record+report+digest {})",
             secs(elapsed),
