@@ -39,9 +39,9 @@ Exit status:
   0    success
   1    error (message on stderr), e.g. no permission to trace, CMD not found
   2    bad usage
-  3    headroom below --fail-under (wins over CMD's status)
+  3    headroom below --fail-under (wins over CMD's status); diff --fail-worse: a worse verdict
   4    --fail-under could not judge: no callback seen, or watchdog_thresh unknown or 0
-       (wins over CMD's status)
+       (wins over CMD's status); diff --fail-worse: the node not comparable
   N    record/repro -- CMD: CMD's exit status; 128+S when signal S killed it (130 Ctrl-C)
   124  record/repro -- CMD: --duration ran out and CMD was stopped";
 

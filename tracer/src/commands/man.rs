@@ -93,6 +93,7 @@ mod tests {
             "watch",
             "doctor",
             "demo",
+            "diff",
             "completions",
             "man",
         ] {
@@ -118,6 +119,10 @@ mod tests {
             names.contains(&"cfstrace-record.1".to_string()),
             "{names:?}"
         );
-        assert_eq!(names.len(), 9, "cfstrace and 8 visible commands: {names:?}");
+        assert_eq!(
+            names.len(),
+            10,
+            "cfstrace and 9 visible commands: {names:?}"
+        );
     }
 }

@@ -248,7 +248,10 @@ fn text_fits_80_columns_and_json_has_the_schema() {
         assert!(l.chars().count() <= 80, "{l:?}\n{text}");
     }
     assert!(text.contains("NODE: worse: worst span"), "{text}");
-    assert!(text.contains(&format!("CGROUP {YARN}: worse")), "{text}");
+    assert!(
+        text.contains(&format!("CGROUP {YARN}\n  worse: worst span")),
+        "{text}"
+    );
     assert!(text.contains("matched by path"), "{text}");
     let v = serde_json::to_value(&d).unwrap();
     assert_eq!(v["schema"], "cfstrace.diff/1");

@@ -36,8 +36,9 @@ pub fn render_diff(d: &Diff, color: bool) -> String {
     table(&mut o, &n.figures);
     for c in &d.cgroups {
         o.push('\n');
-        let who = ellipsize_middle(&c.before.name, WIDTH - 30);
-        verdict_line(&mut o, &format!("CGROUP {who}"), &c.verdict, color);
+        // The name on a line of its own: whole up to 73 characters.
+        let _ = writeln!(o, "CGROUP {}", ellipsize_middle(&c.before.name, WIDTH - 7));
+        verdict_line(&mut o, "", &c.verdict, color);
         let how = if c.before.name == c.after.name {
             format!("  matched by {}", c.matched_by.label())
         } else {
@@ -92,12 +93,13 @@ fn verdict_line(o: &mut String, who: &str, v: &Verdict, color: bool) {
         _ => None,
     };
     let mut lines = Vec::new();
-    wrap(
-        &mut lines_sink(&mut lines),
-        &format!("{who}: {word}: {}", v.why),
-        "",
-        "    ",
-    );
+    // A cgroup's verdict goes under its name, indented; the node's follows `NODE:`.
+    let (line, first) = if who.is_empty() {
+        (format!("{word}: {}", v.why), "  ")
+    } else {
+        (format!("{who}: {word}: {}", v.why), "")
+    };
+    wrap(&mut lines_sink(&mut lines), &line, first, "    ");
     for (i, l) in lines.iter().enumerate() {
         // Only the verdict word is painted, on the first line.
         let l = match (i, tone) {
@@ -133,7 +135,8 @@ fn table(o: &mut String, figures: &[FigureDiff]) {
         "change",
         "%",
     );
-    let mut missing = Vec::new();
+    // Reason -> the figures and sides it stands for: a reason is said once.
+    let mut missing: Vec<(String, Vec<String>)> = Vec::new();
     for f in figures {
         let pct = f.change_pct.map_or_else(|| "-".to_string(), signed_pct);
         let trend = match f.trend {
@@ -154,14 +157,16 @@ fn table(o: &mut String, figures: &[FigureDiff]) {
         );
         for (which, why) in [("before", &f.before_missing), ("after", &f.after_missing)] {
             if let Some(why) = why {
-                missing.push(format!("{} {which}: {why}", f.figure.label()));
+                let what = format!("{} {which}", f.figure.label());
+                match missing.iter_mut().find(|(r, _)| r == why) {
+                    Some((_, whats)) => whats.push(what),
+                    None => missing.push((why.clone(), vec![what])),
+                }
             }
         }
     }
-    // Missing figures sharing a reason are said once.
-    missing.dedup();
-    for m in missing {
-        wrap(o, &m, "  - ", "    ");
+    for (why, whats) in missing {
+        wrap(o, &format!("{}: {why}", whats.join(", ")), "  - ", "    ");
     }
 }
 

@@ -214,7 +214,7 @@ impl KernelBoots<'_> {
             .collect();
         let cofire = self.pending.contains(&Job::Cofire);
         format!(
-            "cfstrace.backends={} cfstrace.cycles={} cfstrace.duration={} cfstrace.cpumax={} cfstrace.busy={} cfstrace.cofire={} cfstrace.cofiremax={} cfstrace.savecap={} cfstrace.loglevel={}",
+            "cfstrace.backends={} cfstrace.cycles={} cfstrace.duration={} cfstrace.cpumax={} cfstrace.busy={} cfstrace.cofire={} cfstrace.cofiremax={} cfstrace.savecap={} cfstrace.loglevel={} cfstrace.diff={}",
             backends.join(","),
             a.cycles,
             a.duration,
@@ -223,8 +223,14 @@ impl KernelBoots<'_> {
             if cofire { a.cofire } else { 0 },
             a.cofire_cpu_max,
             u8::from(a.save_captures.is_some()),
-            a.log_level
+            a.log_level,
+            u8::from(self.runs_diff())
         )
+    }
+
+    /// The period comparison runs in the boot of the co-firing storm, on one suite only.
+    fn runs_diff(&self) -> bool {
+        self.pending.contains(&Job::Cofire) && self.kernel.suite == super::guest::DIFF_SUITE
     }
 
     /// One boot for the pending runs, each judged; false when no boot can follow.
@@ -234,7 +240,10 @@ impl KernelBoots<'_> {
         let names: Vec<&str> = self.pending.iter().map(|j| j.name()).collect();
         let backends = self.pending.iter().filter(|j| **j != Job::Cofire).count();
         let cofire = self.pending.contains(&Job::Cofire);
-        let timeout = boot_timeout(self.args, backends, cofire, kvm_decided());
+        let diff = self.runs_diff();
+        // The period comparison: two storms of 5 s records and their setup.
+        let timeout = boot_timeout(self.args, backends, cofire, kvm_decided())
+            + Duration::from_secs(if diff { 240 } else { 0 });
         let params = self.params();
         let b = match boot(self.kernel, self.initrd, &params, &log, timeout, self.args) {
             Ok(b) => b,
@@ -265,6 +274,9 @@ impl KernelBoots<'_> {
         }
         for run in &con.runs {
             self.judge_run(run, &b, &facts, &timing, &log);
+        }
+        if diff {
+            self.outcomes.push(judge::judge_diff(self.kernel, &b.lines));
         }
         true
     }
