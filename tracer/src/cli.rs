@@ -39,9 +39,9 @@ Exit status:
   0    success
   1    error (message on stderr), e.g. no permission to trace, CMD not found
   2    bad usage
-  3    headroom below --fail-under (wins over CMD's status)
+  3    headroom below --fail-under (wins over CMD's status); diff --fail-worse: a worse verdict
   4    --fail-under could not judge: no callback seen, or watchdog_thresh unknown or 0
-       (wins over CMD's status)
+       (wins over CMD's status); diff --fail-worse: the node not comparable
   7    storm/demo: the guard stopped the storm (a span past --guard PCT of watchdog_thresh,
        or a callback longer than its period)
   N    record/repro -- CMD: CMD's exit status; 128+S when signal S killed it (130 Ctrl-C)
@@ -169,6 +169,25 @@ cfstrace report node.jsonl --fail-under 50      # exit 3 when headroom < 50 %\n\
 Exit status: 0 ok; 3 headroom below --fail-under; 4 --fail-under could not judge (no callback, \
 watchdog_thresh unknown or 0); 1 error (unreadable capture); 2 usage.")]
     Report(ReportArgs),
+    /// Compare two captures (before and after a kernel upgrade, a quota change, a fix): the
+    /// node and each cgroup's figures side by side, and a verdict for each.
+    #[command(
+        long_about = "Compare two captures (before and after a kernel upgrade, a quota change, a fix).\n\n\
+The node's headers are compared (host, kernel, CPUs, watchdog); cgroups are matched by path, else by \
+workload identity (container id, container name, pod, YARN application, systemd unit), each pair saying \
+how; cgroups only one side has are listed. Each figure is shown before and after with its change: worst \
+IRQs-off span, headroom, callback p50/p99/max, unthrottled per period, spread, precursors, lost events. \
+A change under --noise PCT % of the before value (or within the figure's resolution) is unchanged; the \
+verdict (better, worse, unchanged, not comparable) is the first of worst span, precursors, callback \
+max, p99, p50 that changed.",
+        after_help = "Examples:\n  cfstrace diff before.jsonl after.jsonl\n  \
+cfstrace diff before.jsonl after.jsonl --json | jq .node.verdict\n  \
+cfstrace diff old-kernel.jsonl new-kernel.jsonl --fail-worse   # exit 3 when anything got worse\n\n\
+Exit status: 0 ok (whatever the verdicts, without --fail-worse); with --fail-worse 3 when the node's or a \
+matched cgroup's verdict is worse, 4 when the node is not comparable (no callback on a side); 1 error \
+(a missing or unreadable capture); 2 usage."
+    )]
+    Diff(DiffArgs),
     /// Run a reproduction command, record while it runs, then print the report.
     #[command(
         long_about = "Run a reproduction command (after `--`), record while it runs, then print the report \
@@ -291,6 +310,25 @@ pub struct ReportArgs {
     pub show: ShowArgs,
     #[command(flatten)]
     pub gate: GateArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The capture before the change (written by `cfstrace record`, `repro` or `demo`).
+    pub before: PathBuf,
+    /// The capture after it (the same file twice is allowed: everything unchanged).
+    pub after: PathBuf,
+    /// Print the cfstrace.diff/1 JSON document instead of the text.
+    #[arg(long)]
+    pub json: bool,
+    /// A change under PCT % of the before value is "unchanged" (the figure's quantile
+    /// resolution and a floor of 1 us or 1 count apply too).
+    #[arg(long, value_name = "PCT", default_value = "10", value_parser = crate::analysis::headroom::parse_pct)]
+    pub noise: f64,
+    /// Exit with status 3 when the node's or any matched cgroup's verdict is worse, 4 when
+    /// the node is not comparable (no callback on a side).
+    #[arg(long)]
+    pub fail_worse: bool,
 }
 
 #[derive(Args, Debug)]

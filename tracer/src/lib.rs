@@ -1,5 +1,5 @@
 //! cfstrace userspace. Data flows one way: kernel event -> session -> analysis -> report ->
-//! render; `commands` drive them. A room never imports one later in that flow, only `bpf`
+//! (diff ->) render; `commands` drive them. A room never imports one later in that flow, only `bpf`
 //! touches aya, and `render` knows nothing of the kernel. Pure logic (naming, aggregation,
 //! report) is unit-tested apart from BPF.
 
@@ -9,6 +9,7 @@ pub mod capture;
 pub mod cgroups;
 pub mod cli;
 pub mod commands;
+pub mod diff;
 pub mod model;
 pub mod render;
 pub mod report;

@@ -9,7 +9,7 @@ use clap::Parser as _;
 use cfstrace::cgroups::storm;
 use cfstrace::cli::{Cli, Commands};
 use cfstrace::commands::{
-    completions, demo, doctor, man, record, report, repro, storm as storm_cmd, watch,
+    completions, demo, diff, doctor, man, record, report, repro, storm as storm_cmd, watch,
 };
 use cfstrace::verbosity;
 
@@ -17,6 +17,7 @@ async fn run(command: Commands) -> Result<ExitCode> {
     match command {
         Commands::Record(a) => record::run(a).await,
         Commands::Report(a) => report::run(a),
+        Commands::Diff(a) => diff::run(&a),
         Commands::Repro(a) => repro::run(a).await,
         Commands::Watch(a) => watch::run(&a).await,
         Commands::Doctor(a) => doctor::run(&a),
@@ -67,6 +68,7 @@ fn main() -> ExitCode {
         Commands::Spin(a) => storm::spin_worker(&a.comm),
         Commands::Completions(a) => completions::run(&a),
         Commands::Man(a) => man::run(&a),
+        Commands::Diff(a) => diff::run(&a),
         command => runtime(command),
     };
     match outcome {

@@ -14,6 +14,7 @@
 //! - [`consistency`]: a report's own arithmetic (spans, headroom, spread).
 //! - [`capture`]: a report against the capture it was built from ([`check_capture`]).
 //! - [`cofire`]: the co-firing storm of many cgroups ([`check_cofire`]).
+//! - [`diff`]: `cfstrace diff`'s document against the two reports ([`check_diff_against_reports`]).
 //! - [`doctor`]: `cfstrace doctor --attach-cycles N` ([`Doctor`]).
 //! - [`storm`]: `cfstrace storm` ramps: the forecast and the guard ([`check_storm`]).
 //!
@@ -23,6 +24,7 @@
 pub mod capture;
 pub mod cofire;
 pub mod consistency;
+pub mod diff;
 pub mod doctor;
 pub mod facts;
 pub mod report;
@@ -37,6 +39,7 @@ pub use cofire::{
     COFIRE_MIN_TIMERS, COFIRE_MIN_TIMERS_INTERLEAVED, check_cofire, cofire_min_timers,
 };
 pub use consistency::{BASIS_CALLBACK, BASIS_CSD, BASIS_SPAN, consistency};
+pub use diff::{check_diff, check_diff_against_reports, check_worst_span_fell};
 pub use doctor::Doctor;
 pub use facts::*;
 pub use report::{Culprit, Floors, check_attach, check_report};

@@ -93,6 +93,7 @@ mod tests {
             "watch",
             "doctor",
             "demo",
+            "diff",
             "completions",
             "man",
         ] {
@@ -120,8 +121,8 @@ mod tests {
         );
         assert_eq!(
             names.len(),
-            10,
-            "cfstrace and 9 visible commands: {names:?}"
+            11,
+            "cfstrace and 10 visible commands: {names:?}"
         );
     }
 }

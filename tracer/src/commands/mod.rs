@@ -1,6 +1,7 @@
 //! One file per subcommand: each drives the rooms below it.
 pub mod completions;
 pub mod demo;
+pub mod diff;
 pub mod doctor;
 pub mod man;
 pub mod record;

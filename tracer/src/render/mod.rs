@@ -1,10 +1,11 @@
 //! What the operator reads, drawn from a finished report (plus, for the live view's histograms,
-//! the SVG's series and /metrics, the capture lines themselves): `text` (the table),
+//! the SVG's series and /metrics, the capture lines themselves): `text` (the table), `diff` (`cfstrace diff`),
 //! `live` (the `watch` screen), `svg`, `prometheus` (/metrics), `columns`, the cgroup
 //! table's columns both terminal views share, `format`, the cells and colours they share, and `stdout`, writes that end quietly on a closed pipe.
 //! Knows nothing of the kernel: never imports `bpf`, `session` or aya, and nothing here feeds
 //! back into the report.
 pub mod columns;
+pub mod diff;
 pub mod forecast;
 pub mod format;
 pub mod live;

@@ -44,6 +44,13 @@ pub const M_CAPTURE_END: &str = "@@CFSTRACE-CAPTURE-END ";
 /// `cfstrace.savecap=1`, for `cargo xtask vm --save-captures`).
 pub const M_CAPFILE_BEGIN: &str = "@@CFSTRACE-CAPFILE-BEGIN ";
 pub const M_CAPFILE_END: &str = "@@CFSTRACE-CAPFILE-END ";
+/// Between these: `cfstrace diff --json` of the period comparison (`cfstrace.diff=1`); the end
+/// marker carries the statuses, `@@CFSTRACE-DIFF-END record=N,N diff=N@@`.
+pub const M_DIFF_BEGIN: &str = "@@CFSTRACE-DIFF-BEGIN@@";
+pub const M_DIFF_END: &str = "@@CFSTRACE-DIFF-END ";
+/// The suite whose guest runs the period comparison (one kernel is enough: it tests `diff`,
+/// not the kernel).
+pub const DIFF_SUITE: &str = "bookworm";
 
 /// The co-firing run's name in the RUN/RECORD/REPORT/RC markers.
 pub const COFIRE_RUN: &str = "cofire";
@@ -306,10 +313,11 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup\n\
 ///   `cfstrace record --backend auto` + `report --json` run, plus the capture digest.
 pub fn init_script() -> String {
     format!(
-        "{}{}{}{}",
+        "{}{}{}{}{}finish\n",
         init_head(),
         init_runs(),
         init_cofire(),
+        init_diff(),
         init_storm()
     )
 }
@@ -336,6 +344,7 @@ COFIREMAX="1000 100000"
 SAVECAP=0
 LOGLEVEL=off
 STORM=0
+DIFF=0
 for w in $(cat /proc/cmdline); do
   case "$w" in
     cfstrace.backends=*) BACKENDS="$(echo "${{w#cfstrace.backends=}}" | tr , ' ')" ;;
@@ -350,6 +359,7 @@ for w in $(cat /proc/cmdline); do
     cfstrace.savecap=*) SAVECAP="${{w#cfstrace.savecap=}}" ;;
     cfstrace.loglevel=*) LOGLEVEL="${{w#cfstrace.loglevel=}}" ;;
     cfstrace.storm=*) STORM="${{w#cfstrace.storm=}}" ;;
+    cfstrace.diff=*) DIFF="${{w#cfstrace.diff=}}" ;;
   esac
 done
 
@@ -519,7 +529,7 @@ fi
     )
 }
 
-/// `cfstrace.storm=1`: two `cfstrace storm` ramps of the same shape, then the end. The first
+/// `cfstrace.storm=1`: two `cfstrace storm` ramps of the same shape. The first
 /// runs its course (default guard): from its third step its summary checks the forecast. The
 /// second has its guard at the first ramp's second-step worst span, so the guard stops it;
 /// then no storm cgroup and no worker may be left.
@@ -550,7 +560,51 @@ fn init_storm() -> String {
   echo "{M_END}{STORM_RUN}@@"
   echo "{M_RC}{STORM_RUN} record=$rc report=$grc@@"
 fi
-finish
+"#
+    )
+}
+
+/// The period comparison (`cfstrace.diff=1`, one kernel): the same co-firing storm recorded
+/// twice, with a short period and a ten times longer one at the same quota share, each time in
+/// freshly made cgroups of the same paths (so `diff` pairs them by path and every timer starts
+/// together), then `cfstrace diff --json` between markers. About 2 x (5 s + setup) of guest time.
+fn init_diff() -> String {
+    format!(
+        r#"# diff: the storm with a short period, then with a long one; cfstrace diff compares them.
+if [ "$DIFF" = 1 ]; then
+  DF=/sys/fs/cgroup/diffstorm
+  mkdir -p "$DF"
+  echo 1 > "$DF/cpu.weight"
+  echo +cpu > "$DF/cgroup.subtree_control"
+  DRC=
+  for phase in "short 1000 20000" "long 5000 100000"; do
+    set -- $phase
+    DPIDS=
+    i=0
+    while [ $i -lt 30 ]; do
+      mkdir "$DF/c$i"
+      sh -c 'while :; do :; done' &
+      echo $! > "$DF/c$i/cgroup.procs"
+      DPIDS="$DPIDS $!"
+      i=$((i + 1))
+    done
+    i=0
+    while [ $i -lt 30 ]; do echo "$2 $3" > "$DF/c$i/cpu.max"; i=$((i + 1)); done
+    sleep 1
+    cfstrace -q record --duration 5s -o "/tmp/diff-$1.jsonl"
+    DRC="$DRC${{DRC:+,}}$?"
+    kill -9 $DPIDS 2>/dev/null
+    sleep 1
+    i=0
+    while [ $i -lt 30 ]; do rmdir "$DF/c$i" 2>/dev/null; i=$((i + 1)); done
+  done
+  echo "{M_DIFF_BEGIN}"
+  cfstrace diff /tmp/diff-short.jsonl /tmp/diff-long.jsonl --json
+  drc=$?
+  echo
+  echo "{M_DIFF_END}record=$DRC diff=$drc@@"
+  NO_COLOR=1 cfstrace diff /tmp/diff-short.jsonl /tmp/diff-long.jsonl
+fi
 "#
     )
 }

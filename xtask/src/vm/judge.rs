@@ -474,6 +474,32 @@ impl Judged<'_> {
 }
 
 /// A failure line unless record and report both exited 0.
+/// The period comparison (`cfstrace.diff=1`): both records and the diff exited 0, and the
+/// diff says the node's worst span fell from the short period to the long one
+/// (`expect::check_worst_span_fell`, which also checks the document's own rule).
+pub fn judge_diff(kernel: &Kernel, lines: &[String]) -> Outcome {
+    let label = format!("{} diff (short vs long period)", kernel_label(kernel));
+    let res = (|| -> Result<String> {
+        let Some((json, rc)) = super::console::diff_block(lines) else {
+            bail!("no diff block on the console (the guest never finished the period comparison)");
+        };
+        if rc != "record=0,0 diff=0" {
+            bail!("exit statuses {rc} (want record=0,0 diff=0)");
+        }
+        let d: Value = serde_json::from_str(&json)
+            .map_err(|e| anyhow::anyhow!("the diff is not JSON ({e}):\n{}", indent(&json)))?;
+        let v = expect::check_worst_span_fell(&d);
+        if !v.failures.is_empty() {
+            bail!("{}", bullets(&v.failures));
+        }
+        Ok(d["node"]["verdict"]["why"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string())
+    })();
+    Outcome::judged(label, res)
+}
+
 fn exit_problem(rc: (i64, i64)) -> Option<String> {
     (rc != (0, 0)).then(|| {
         format!(

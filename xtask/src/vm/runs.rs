@@ -225,7 +225,7 @@ impl KernelBoots<'_> {
         let cofire = self.pending.contains(&Job::Cofire);
         let storm = self.pending.contains(&Job::Storm);
         format!(
-            "cfstrace.backends={} cfstrace.cycles={} cfstrace.duration={} cfstrace.cpumax={} cfstrace.busy={} cfstrace.cofire={} cfstrace.cofiremax={} cfstrace.savecap={} cfstrace.loglevel={} cfstrace.storm={}",
+            "cfstrace.backends={} cfstrace.cycles={} cfstrace.duration={} cfstrace.cpumax={} cfstrace.busy={} cfstrace.cofire={} cfstrace.cofiremax={} cfstrace.savecap={} cfstrace.loglevel={} cfstrace.storm={} cfstrace.diff={}",
             backends.join(","),
             a.cycles,
             a.duration,
@@ -235,8 +235,16 @@ impl KernelBoots<'_> {
             a.cofire_cpu_max,
             u8::from(a.save_captures.is_some()),
             a.log_level,
-            u8::from(storm)
+            u8::from(storm),
+            u8::from(self.runs_diff())
         )
+    }
+
+    /// The period comparison runs in the boot of the co-firing storm, on one suite only.
+    fn runs_diff(&self) -> bool {
+        self.args.diff_check
+            && self.pending.contains(&Job::Cofire)
+            && self.kernel.suite == super::guest::DIFF_SUITE
     }
 
     /// One boot for the pending runs, each judged; false when no boot can follow.
@@ -251,8 +259,11 @@ impl KernelBoots<'_> {
             .count();
         let cofire = self.pending.contains(&Job::Cofire);
         let storm = self.pending.contains(&Job::Storm);
+        let diff = self.runs_diff();
+        // The period comparison: two storms of 5 s records and their setup.
         let timeout = boot_timeout(self.args, backends, cofire, kvm_decided())
-            + if storm { STORM_TIME } else { Duration::ZERO };
+            + if storm { STORM_TIME } else { Duration::ZERO }
+            + Duration::from_secs(if diff { 240 } else { 0 });
         let params = self.params();
         let b = match boot(self.kernel, self.initrd, &params, &log, timeout, self.args) {
             Ok(b) => b,
@@ -283,6 +294,9 @@ impl KernelBoots<'_> {
         }
         for run in &con.runs {
             self.judge_run(run, &b, &facts, &timing, &log);
+        }
+        if diff {
+            self.outcomes.push(judge::judge_diff(self.kernel, &b.lines));
         }
         true
     }

@@ -9,6 +9,7 @@ use super::*;
 
 mod capture;
 mod cofire;
+mod diff;
 mod report;
 mod want;
 
