@@ -9,6 +9,7 @@ pub mod capture;
 pub mod cgroups;
 pub mod cli;
 pub mod commands;
+pub mod doctor;
 pub mod model;
 pub mod render;
 pub mod report;

@@ -15,6 +15,7 @@
 //! - [`capture`]: a report against the capture it was built from ([`check_capture`]).
 //! - [`cofire`]: the co-firing storm of many cgroups ([`check_cofire`]).
 //! - [`doctor`]: `cfstrace doctor --attach-cycles N` ([`Doctor`]).
+//! - [`findings`]: `cfstrace doctor --json`'s findings against facts ([`check_findings`]).
 //!
 //! Reports are read as JSON through pointers, never through the tracer's types: the oracle names
 //! the keys it relies on itself.
@@ -24,6 +25,7 @@ pub mod cofire;
 pub mod consistency;
 pub mod doctor;
 pub mod facts;
+pub mod findings;
 pub mod report;
 pub mod want;
 
@@ -37,6 +39,7 @@ pub use cofire::{
 pub use consistency::{BASIS_CALLBACK, BASIS_CSD, BASIS_SPAN, consistency};
 pub use doctor::Doctor;
 pub use facts::*;
+pub use findings::{FindingsFacts, check_findings};
 pub use report::{Culprit, Floors, check_attach, check_report};
 pub use want::{
     Attempt, BACKENDS, FIGURES, PROBES, ProbeState, Want, kernel_refused, probe_fn, probe_state,
