@@ -206,7 +206,16 @@ below --fail-under (wins); 4 --fail-under could not judge (no callback, watchdog
     /// Trace live: a full-screen view on a terminal (plain tables otherwise, or --json),
     /// refreshed every interval until Ctrl-C; optionally a Prometheus /metrics endpoint.
     Watch(WatchArgs),
-    /// Check what this kernel offers: privileges, BTF offsets, symbols, and each probe's attach.
+    /// Check what this kernel offers (privileges, BTF offsets, symbols, each probe's attach)
+    /// and judge the node: the known CFS-bandwidth fixes, its exposure now, findings.
+    #[command(after_help = "Examples:\n  \
+sudo cfstrace doctor\n  \
+sudo cfstrace doctor --json --sample 3s > doctor.json\n  \
+sudo cfstrace doctor --attach-cycles 20\n\n\
+Findings have a severity: ok, info, warn, risk (the rules are in the README).\n\n\
+Exit status: 0 ready, worst finding ok or info; 5 worst finding warn; 6 worst finding risk; \
+1 cfstrace cannot trace here (a check failed, or a leak with --attach-cycles; wins over 5 \
+and 6); 2 usage.")]
     Doctor(DoctorArgs),
     /// Run a built-in throttling storm on this machine, trace it, print the report, clean up.
     #[command(
@@ -402,6 +411,13 @@ pub struct DoctorArgs {
     /// behind (counted through the bpf syscalls). Exit status 1 on a leak.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub attach_cycles: Option<u32>,
+    /// Print the cfstrace.doctor/1 JSON document (checks, probes, fixes, exposure, findings,
+    /// verdict) instead of the lines.
+    #[arg(long)]
+    pub json: bool,
+    /// How long to watch the quota'd cgroups' cpu.stat for throttling.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub sample: Duration,
 }
 
 /// The storm's guard rail (`storm`, `demo`).

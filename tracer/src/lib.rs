@@ -10,6 +10,7 @@ pub mod cgroups;
 pub mod cli;
 pub mod commands;
 pub mod diff;
+pub mod doctor;
 pub mod model;
 pub mod render;
 pub mod report;

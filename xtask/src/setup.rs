@@ -28,6 +28,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "docker.io",
+    // bpftool: tests/tests/doctor_findings.rs reads the BTF through it, apart from cfstrace.
+    "bpftool",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

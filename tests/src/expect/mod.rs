@@ -16,6 +16,7 @@
 //! - [`cofire`]: the co-firing storm of many cgroups ([`check_cofire`]).
 //! - [`diff`]: `cfstrace diff`'s document against the two reports ([`check_diff_against_reports`]).
 //! - [`doctor`]: `cfstrace doctor --attach-cycles N` ([`Doctor`]).
+//! - [`findings`]: `cfstrace doctor --json`'s findings against facts ([`check_findings`]).
 //! - [`storm`]: `cfstrace storm` ramps: the forecast and the guard ([`check_storm`]).
 //!
 //! Reports are read as JSON through pointers, never through the tracer's types: the oracle names
@@ -27,6 +28,7 @@ pub mod consistency;
 pub mod diff;
 pub mod doctor;
 pub mod facts;
+pub mod findings;
 pub mod report;
 pub mod storm;
 pub mod want;
@@ -42,6 +44,7 @@ pub use consistency::{BASIS_CALLBACK, BASIS_CSD, BASIS_SPAN, consistency};
 pub use diff::{check_diff, check_diff_against_reports, check_worst_span_fell};
 pub use doctor::Doctor;
 pub use facts::*;
+pub use findings::{FindingsFacts, check_findings};
 pub use report::{Culprit, Floors, check_attach, check_report};
 pub use storm::{STORM_FORECAST_MAX_ERROR_PCT, check_storm};
 pub use want::{

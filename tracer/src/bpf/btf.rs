@@ -112,6 +112,11 @@ impl KernelBtf {
             .unwrap_or(false)
     }
 
+    /// Whether `struct name` has a member `field` (doctor's evidence of a kernel change).
+    pub fn has_member(&self, name: &str, field: &str) -> bool {
+        member_offset(&self.btf, name, field).is_some()
+    }
+
     /// Read the offsets the programs need. `period_timer_fn` and `csd_unthrottle_fn` are
     /// filled in by the caller (kallsyms).
     pub fn layout(&self) -> Result<LayoutFacts, BtfError> {

@@ -1,7 +1,12 @@
-//! `cfstrace doctor`: what this kernel offers, probe by probe, with the reason for each gap.
+//! `cfstrace doctor`: what this kernel offers, probe by probe, with the reason for each gap,
+//! then the node judged (the `doctor` room): the known CFS-bandwidth fixes, the exposure now,
+//! findings with severities, and an exit status that says the worst.
+use std::collections::BTreeSet;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Result;
+use serde_json::{Map, Value, json};
 
 use crate::bpf::btf;
 use crate::bpf::compat as probes;
@@ -11,6 +16,7 @@ use crate::bpf::loader::{Tracer, TracerOptions};
 use crate::bpf::privileges;
 use crate::cgroups;
 use crate::cli::DoctorArgs;
+use crate::doctor::{self, Exposure, Finding, FixState, KernelMarks, Severity, Walked, fixes};
 use crate::model::host;
 use crate::model::probe::{Probe, ProbeStatus};
 use crate::render::stdout::Lines;
@@ -27,10 +33,12 @@ const PIPE_WIDTH: usize = 80;
 struct Out {
     lines: Lines,
     width: usize,
+    /// `--json`: the lines are not printed, the document is.
+    quiet: bool,
 }
 
 impl Out {
-    fn new() -> Out {
+    fn new(quiet: bool) -> Out {
         let width = std::io::IsTerminal::is_terminal(&std::io::stdout())
             .then(crossterm::terminal::size)
             .and_then(Result::ok)
@@ -39,10 +47,14 @@ impl Out {
         Out {
             lines: Lines::default(),
             width,
+            quiet,
         }
     }
 
     fn line(&mut self, args: std::fmt::Arguments<'_>) {
+        if self.quiet {
+            return;
+        }
         for l in wrap_line(&args.to_string(), self.width) {
             self.lines.line(format_args!("{l}"));
         }
@@ -59,9 +71,11 @@ fn wrap_line(text: &str, width: usize) -> Vec<String> {
         .collect()
 }
 
-/// What the checks found, for the closing verdict line.
+/// What the checks found, for the closing verdict line and the JSON.
 #[derive(Debug, Default)]
-struct Findings {
+struct Checked {
+    /// Each check's outcome for the JSON: label -> {"ok": .., "error" or its details}.
+    checks: Map<String, Value>,
     /// The checks that said NO, by label.
     failed: Vec<&'static str>,
     /// Each probe's state after attaching (empty when attaching was not reached).
@@ -70,7 +84,7 @@ struct Findings {
     leak: Option<&'static str>,
 }
 
-impl Findings {
+impl Checked {
     /// `ready — period-timer callbacks timed by fentry; unavailable: enqueue (reasons above)`
     /// or `cannot trace — privileges, btf failed (see above)`.
     fn verdict(&self) -> String {
@@ -110,21 +124,27 @@ impl Findings {
 }
 
 pub fn run(a: &DoctorArgs) -> Result<ExitCode> {
-    doctor(&a.trace.options(), a.attach_cycles)
+    doctor(&a.trace.options(), a.attach_cycles, a.sample, a.json)
 }
 
-fn doctor(opts: &TracerOptions, attach_cycles: Option<u32>) -> Result<ExitCode> {
+fn doctor(
+    opts: &TracerOptions,
+    attach_cycles: Option<u32>,
+    sample: Duration,
+    json: bool,
+) -> Result<ExitCode> {
     // A closed stdout (`doctor | head -1`) only stops the lines: the checks still decide the
     // exit status.
-    let mut out = Out::new();
-    let mut found = Findings::default();
-    print_host(&mut out);
+    let mut out = Out::new(json);
+    let mut found = Checked::default();
+    let host = host::host_facts();
+    print_host(&mut out, &host);
     // Each check prints its lines; attaching needs the ones before it.
     let checks: [(&'static str, bool); 4] = [
-        ("privileges", check_privileges(&mut out)),
-        ("cgroups", check_cgroups(&mut out)),
-        ("btf", check_btf(&mut out, opts)),
-        ("kallsyms", check_symbols(&mut out)),
+        ("privileges", check_privileges(&mut out, &mut found)),
+        ("cgroups", check_cgroups(&mut out, &mut found)),
+        ("btf", check_btf(&mut out, opts, &mut found)),
+        ("kallsyms", check_symbols(&mut out, &mut found)),
     ];
     found.failed = checks.iter().filter(|c| !c.1).map(|c| c.0).collect();
     let mut healthy = found.failed.is_empty();
@@ -137,12 +157,156 @@ fn doctor(opts: &TracerOptions, attach_cycles: Option<u32>) -> Result<ExitCode> 
     if healthy && let Some(n) = attach_cycles {
         healthy = check_leaks(&mut out, opts, n, &mut found);
     }
-    out.line(format_args!("{:<LABEL_W$}{}", "verdict", found.verdict()));
+    let judged = judge_node(opts, &host, sample);
+    print_findings(&mut out, &judged);
+    let verdict = found.verdict();
+    out.line(format_args!("{:<LABEL_W$}{verdict}", "verdict"));
+    let worst = doctor::worst(&judged.findings);
+    // Cannot trace (1) wins: the findings still print, but the tool is not ready here.
+    let status = if healthy { worst.exit_status() } else { 1 };
+    out.line(format_args!(
+        "{:<LABEL_W$}{} (exit {status})",
+        "judgement",
+        judgement(&judged.findings)
+    ));
+    if json {
+        let doc = document(&host, &found, &judged, &verdict, healthy, worst, status);
+        out.lines
+            .line(format_args!("{}", serde_json::to_string_pretty(&doc)?));
+    }
     out.lines.finish()?;
-    Ok(if healthy {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    Ok(ExitCode::from(status))
+}
+
+/// The node judged: the fixes, the exposure, the findings.
+struct Judged {
+    fixes: Vec<FixState>,
+    exposure: Exposure,
+    findings: Vec<Finding>,
+}
+
+/// Gather the kernel's marks and the cgroups' figures, then judge them.
+fn judge_node(opts: &TracerOptions, host: &host::HostFacts, sample: Duration) -> Judged {
+    let hierarchy = cgroups::find_cpu_hierarchy().ok();
+    let symbols = Symbols::load(&fixes::SYMBOLS).ok().map(|s| {
+        fixes::SYMBOLS
+            .iter()
+            .filter(|f| s.symbol(f).is_some())
+            .map(|f| f.to_string())
+            .collect::<BTreeSet<_>>()
+    });
+    let btf_fields = btf::btf_path(opts.btf.as_deref())
+        .and_then(|p| btf::KernelBtf::read(&p))
+        .ok()
+        .map(|b| {
+            fixes::FIELDS
+                .iter()
+                .filter(|(s, f)| b.has_member(s, f))
+                .map(|(s, f)| format!("{s}.{f}"))
+                .collect::<BTreeSet<_>>()
+        });
+    let marks = KernelMarks {
+        release: host.kernel.clone(),
+        symbols,
+        btf_fields,
+        burst_file: hierarchy.as_ref().and_then(doctor::gather::burst_file),
+    };
+    let fixes = doctor::decide(&marks);
+    let walked = match &hierarchy {
+        Some(h) => {
+            let mut w = doctor::gather::walk(h, doctor::gather::WALK_CAP);
+            doctor::gather::sample(h, &mut w, sample);
+            w
+        }
+        None => Walked::default(),
+    };
+    let exposure = doctor::exposure(&walked, host.ncpus);
+    let findings = doctor::judge(&fixes, &exposure, &host.watchdog);
+    Judged {
+        fixes,
+        exposure,
+        findings,
+    }
+}
+
+fn print_findings(out: &mut Out, j: &Judged) {
+    let e = &j.exposure;
+    let ms = |us: Option<u64>| us.map_or("-".to_string(), |u| format!("{} ms", u as f64 / 1000.0));
+    out.line(format_args!(
+        "exposure    {} of {} cgroups walked have a quota{}; shortest period {}; quota depth {}; {} throttled in {} s; {} CPUs x {} sharing {} = {}",
+        e.quota_cgroups,
+        e.cgroups_walked,
+        if e.walk_capped { " (walk cut at its cap)" } else { "" },
+        ms(e.shortest_period_us),
+        e.max_quota_depth,
+        e.throttled_cgroups,
+        e.sample_s,
+        e.ncpus,
+        e.throttled_sharing_period,
+        ms(e.busiest_period_us),
+        e.cpu_cgroup_work
+    ));
+    for f in &j.findings {
+        out.line(format_args!(
+            "finding     [{}] {}: {}; {} (basis: {})",
+            f.severity.as_str(),
+            f.id,
+            f.title,
+            f.evidence,
+            f.basis
+        ));
+        if let Some(a) = &f.advice
+            && f.severity >= Severity::Warn
+        {
+            out.line(format_args!("advice      {a}"));
+        }
+    }
+}
+
+/// `warn: 1 warn, 3 info, 9 ok`.
+fn judgement(findings: &[Finding]) -> String {
+    let worst = doctor::worst(findings);
+    let counts: Vec<String> = [Severity::Risk, Severity::Warn, Severity::Info, Severity::Ok]
+        .iter()
+        .filter_map(|s| {
+            let n = findings.iter().filter(|f| f.severity == *s).count();
+            (n > 0).then(|| format!("{n} {}", s.as_str()))
+        })
+        .collect();
+    format!("{}: {}", worst.as_str(), counts.join(", "))
+}
+
+/// The `cfstrace.doctor/1` document.
+fn document(
+    host: &host::HostFacts,
+    found: &Checked,
+    j: &Judged,
+    verdict: &str,
+    ready: bool,
+    worst: Severity,
+    status: u8,
+) -> Value {
+    let probes: Map<String, Value> = found
+        .probes
+        .iter()
+        .map(|(p, st)| (p.as_str().to_string(), json!(st)))
+        .collect();
+    json!({
+        "schema": "cfstrace.doctor/1",
+        "tool_version": env!("CARGO_PKG_VERSION"),
+        "host": host,
+        "checks": found.checks,
+        "probes": probes,
+        "fixes": j.fixes,
+        "exposure": j.exposure,
+        "findings": j.findings,
+        "verdict": {
+            "ready": ready,
+            "tracing": verdict,
+            "worst": worst,
+            "judgement": judgement(&j.findings),
+            "exit_status": status,
+        },
     })
 }
 
@@ -165,8 +329,28 @@ fn outcome<T, E: std::fmt::Display>(
     }
 }
 
-fn print_host(out: &mut Out) {
-    let h = host::host_facts();
+/// Note a check's outcome for the JSON: `{"ok": true, ...details}` or `{"ok": false, "error"}`.
+fn note<T, E: std::fmt::Display>(
+    found: &mut Checked,
+    label: &str,
+    r: &Result<T, E>,
+    details: impl FnOnce(&T) -> Value,
+) {
+    let v = match r {
+        Ok(v) => {
+            let mut m = Map::new();
+            m.insert("ok".into(), Value::Bool(true));
+            if let Value::Object(d) = details(v) {
+                m.extend(d);
+            }
+            Value::Object(m)
+        }
+        Err(e) => json!({"ok": false, "error": e.to_string()}),
+    };
+    found.checks.insert(label.into(), v);
+}
+
+fn print_host(out: &mut Out, h: &host::HostFacts) {
     out.line(format_args!("kernel      {} ({} CPUs)", h.kernel, h.ncpus));
     match h.watchdog.thresh_s {
         Some(t) => out.line(format_args!(
@@ -183,14 +367,23 @@ fn print_host(out: &mut Out) {
     }
 }
 
-fn check_privileges(out: &mut Out) -> bool {
-    outcome(out, "privileges", privileges::check(), |out, ()| {
+fn check_privileges(out: &mut Out, found: &mut Checked) -> bool {
+    let r = privileges::check();
+    note(found, "privileges", &r, |_| json!({}));
+    outcome(out, "privileges", r, |out, ()| {
         out.line(format_args!("privileges  ok"))
     })
 }
 
-fn check_cgroups(out: &mut Out) -> bool {
-    outcome(out, "cgroups", cgroups::find_cpu_hierarchy(), |out, c| {
+fn check_cgroups(out: &mut Out, found: &mut Checked) -> bool {
+    let r = cgroups::find_cpu_hierarchy();
+    note(
+        found,
+        "cgroups",
+        &r,
+        |c| json!({"version": c.version, "mount": c.mount}),
+    );
+    outcome(out, "cgroups", r, |out, c| {
         out.line(format_args!(
             "cgroups     cpu controller on cgroup v{} at {}",
             c.version, c.mount
@@ -198,10 +391,16 @@ fn check_cgroups(out: &mut Out) -> bool {
     })
 }
 
-fn check_btf(out: &mut Out, opts: &TracerOptions) -> bool {
+fn check_btf(out: &mut Out, opts: &TracerOptions, found: &mut Checked) -> bool {
     let layout = btf::btf_path(opts.btf.as_deref())
         .and_then(|p| btf::KernelBtf::read(&p))
         .and_then(|b| b.layout());
+    note(
+        found,
+        "btf",
+        &layout,
+        |l| json!({"path": l.source, "missing": l.missing}),
+    );
     outcome(out, "btf", layout, |out, l| {
         out.line(format_args!("btf         {}", l.source.display()));
         if l.missing.is_empty() {
@@ -215,7 +414,7 @@ fn check_btf(out: &mut Out, opts: &TracerOptions) -> bool {
     })
 }
 
-fn check_symbols(out: &mut Out) -> bool {
+fn check_symbols(out: &mut Out, found: &mut Checked) -> bool {
     let fns = [
         probes::PERIOD_TIMER_FN,
         probes::DISTRIBUTE_FN,
@@ -224,7 +423,15 @@ fn check_symbols(out: &mut Out) -> bool {
         probes::ENQUEUE_TASK_FAIR_FN,
         probes::CSD_UNTHROTTLE_FN,
     ];
-    outcome(out, "kallsyms", Symbols::load(&fns), |out, s| {
+    let r = Symbols::load(&fns);
+    note(found, "kallsyms", &r, |s| {
+        let m: Map<String, Value> = fns
+            .iter()
+            .map(|f| (f.to_string(), json!(s.symbol(f).map(|x| x.to_string()))))
+            .collect();
+        json!({ "symbols": m })
+    });
+    outcome(out, "kallsyms", r, |out, s| {
         for f in fns {
             match s.symbol(f) {
                 Some(sym) => out.line(format_args!("symbol      {f}: {sym}")),
@@ -236,12 +443,22 @@ fn check_symbols(out: &mut Out) -> bool {
     })
 }
 
-fn check_attach(out: &mut Out, opts: &TracerOptions, found: &mut Findings) -> bool {
+fn check_attach(out: &mut Out, opts: &TracerOptions, found: &mut Checked) -> bool {
     let attached = Tracer::start(opts).and_then(|mut t| {
         let log = t.take_logger()?;
         Ok((t, log))
     });
+    if let Err(e) = &attached {
+        found.checks.insert(
+            "attach".into(),
+            json!({"ok": false, "error": e.to_string()}),
+        );
+    }
     outcome(out, "attach", attached, |out, (t, log)| {
+        found.checks.insert(
+            "attach".into(),
+            json!({"ok": true, "frame": t.frame_backend.to_string()}),
+        );
         out.line(format_args!("frame       {}", t.frame_backend));
         found.probes = t.probes.iter().map(|(p, st)| (*p, st.clone())).collect();
         // A reason several probes share (this host's "fentry: EPERM ...") is said once, as a
@@ -286,23 +503,38 @@ fn check_attach(out: &mut Out, opts: &TracerOptions, found: &mut Findings) -> bo
     })
 }
 
-fn check_leaks(out: &mut Out, opts: &TracerOptions, cycles: u32, found: &mut Findings) -> bool {
+fn check_leaks(out: &mut Out, opts: &TracerOptions, cycles: u32, found: &mut Checked) -> bool {
     let mut clean = false;
-    let listed = outcome(
-        out,
-        "leakcheck",
-        leak_check::attach_cycles(opts, cycles),
-        |out, r| {
-            clean = !r.leaked() && r.saw_ours();
-            let verdict = if r.leaked() {
-                "LEAK"
-            } else if !r.saw_ours() {
-                "CHECK BLIND (our objects were not visible while attached)"
-            } else {
-                "ok"
-            };
-            found.leak = (!clean).then_some(verdict);
-            out.line(format_args!(
+    let r = leak_check::attach_cycles(opts, cycles);
+    if let Err(e) = &r {
+        found.checks.insert(
+            "leakcheck".into(),
+            json!({"ok": false, "error": e.to_string()}),
+        );
+    }
+    let listed = outcome(out, "leakcheck", r, |out, r| {
+        clean = !r.leaked() && r.saw_ours();
+        found.checks.insert(
+            "leakcheck".into(),
+            json!({
+                "ok": clean,
+                "cycles": r.cycles,
+                "leaked": r.leaked(),
+                "saw_ours": r.saw_ours(),
+                "programs": [r.before.programs, r.while_attached.programs, r.after.programs],
+                "maps": [r.before.maps, r.while_attached.maps, r.after.maps],
+                "links": [r.before.links, r.while_attached.links, r.after.links],
+            }),
+        );
+        let verdict = if r.leaked() {
+            "LEAK"
+        } else if !r.saw_ours() {
+            "CHECK BLIND (our objects were not visible while attached)"
+        } else {
+            "ok"
+        };
+        found.leak = (!clean).then_some(verdict);
+        out.line(format_args!(
             "leakcheck   {} attach/detach cycles: programs {} -> {} (attached {}), maps {} -> {} (attached {}), links {} -> {} (attached {}): {verdict}",
             r.cycles,
             r.before.programs,
@@ -315,8 +547,7 @@ fn check_leaks(out: &mut Out, opts: &TracerOptions, cycles: u32, found: &mut Fin
             r.after.links,
             r.while_attached.links,
         ));
-        },
-    );
+    });
     if !listed {
         found.failed.push("leakcheck");
     }
@@ -347,10 +578,10 @@ mod tests {
 
     #[test]
     fn verdicts() {
-        let mut f = Findings::default();
+        let mut f = Checked::default();
         f.failed.push("btf");
         assert_eq!(f.verdict(), "cannot trace — btf failed (see above)");
-        let mut f = Findings {
+        let mut f = Checked {
             probes: vec![
                 (
                     Probe::PeriodTimer,
@@ -361,7 +592,7 @@ mod tests {
                     ProbeStatus::not_attached("no kprobes".to_string()),
                 ),
             ],
-            ..Findings::default()
+            ..Checked::default()
         };
         assert_eq!(
             f.verdict(),

@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use super::guest::{
     M_BEGIN, M_CAPFILE_BEGIN, M_CAPFILE_END, M_CAPTURE_BEGIN, M_CAPTURE_END, M_DIFF_BEGIN,
-    M_DIFF_END, M_DOCTOR_BEGIN, M_DOCTOR_END, M_DONE, M_END, M_FACT, M_INIT, M_POKES, M_RC,
-    M_RECORD, M_RUN,
+    M_DIFF_END, M_DOCTOR_BEGIN, M_DOCTOR_END, M_DOCTORJSON_BEGIN, M_DOCTORJSON_END, M_DONE, M_END,
+    M_FACT, M_INIT, M_POKES, M_RC, M_RECORD, M_RUN,
 };
 
 /// Kernel messages that mean the guest kernel is broken.
@@ -78,6 +78,9 @@ pub struct GuestRun {
     pub(super) capture: Lines,
     /// The whole capture (`--save-captures`).
     pub(super) capture_file: Lines,
+    /// `doctor --json` (the findings run) and its exit status.
+    pub(super) doctor_json: Lines,
+    pub(super) doctor_json_rc: Option<i64>,
 }
 
 /// A block's lines, and whether its end marker came (a block cut short is not judged whole).
@@ -116,13 +119,15 @@ enum Block {
     Report,
     Capture,
     CapFile,
+    DoctorJson,
 }
 
-const BLOCKS: [(Block, &str, &str); 4] = [
+const BLOCKS: [(Block, &str, &str); 5] = [
     (Block::Doctor, M_DOCTOR_BEGIN, M_DOCTOR_END),
     (Block::Report, M_BEGIN, M_END),
     (Block::Capture, M_CAPTURE_BEGIN, M_CAPTURE_END),
     (Block::CapFile, M_CAPFILE_BEGIN, M_CAPFILE_END),
+    (Block::DoctorJson, M_DOCTORJSON_BEGIN, M_DOCTORJSON_END),
 ];
 
 /// Read a VM guest's console into its facts and runs.
@@ -171,6 +176,7 @@ pub fn analyze(lines: &[String]) -> Console {
             Some(Block::Doctor) => run.doctor.lines.push(l.clone()),
             Some(Block::Capture) => run.capture.lines.push(l.clone()),
             Some(Block::CapFile) => run.capture_file.lines.push(l.clone()),
+            Some(Block::DoctorJson) => run.doctor_json.lines.push(l.clone()),
             None => run.note_line(i, l),
         }
     }
@@ -214,6 +220,10 @@ impl GuestRun {
             Block::Report => self.report = Some(parse_report(report_lines)),
             Block::Capture => self.capture.done = true,
             Block::CapFile => self.capture_file.done = true,
+            Block::DoctorJson => {
+                self.doctor_json.done = true;
+                self.doctor_json_rc = word(rest, "rc=").and_then(|v| v.parse().ok());
+            }
         }
     }
 

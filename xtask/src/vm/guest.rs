@@ -52,6 +52,12 @@ pub const M_DIFF_END: &str = "@@CFSTRACE-DIFF-END ";
 /// not the kernel).
 pub const DIFF_SUITE: &str = "bookworm";
 
+/// Between these (`... rc=N@@` at the end): `cfstrace doctor --json`, once a boot, in a run
+/// of its own named [`FINDINGS_RUN`], judged by `cfstrace_tests::expect::check_findings`.
+pub const M_DOCTORJSON_BEGIN: &str = "@@CFSTRACE-DOCTORJSON-BEGIN ";
+pub const M_DOCTORJSON_END: &str = "@@CFSTRACE-DOCTORJSON-END ";
+pub const FINDINGS_RUN: &str = "findings";
+
 /// The co-firing run's name in the RUN/RECORD/REPORT/RC markers.
 pub const COFIRE_RUN: &str = "cofire";
 /// The storm ramps' name in the RUN/RECORD/REPORT/RC markers; their "report" is one JSON
@@ -414,6 +420,7 @@ done
 
 /// The storm, the poke stress, and each backend's doctor, record and report.
 fn init_runs() -> String {
+    let findings = init_findings();
     format!(
         r#"# Real throttling: cpu.max "5000 10000" (default) on a YARN container with busy loops in it.
 C=/sys/fs/cgroup/{CGROUP}
@@ -448,6 +455,7 @@ if [ "$MODE" = pokestress ]; then
   finish
 fi
 
+{findings}
 for B in $BACKENDS; do
   echo "{M_RUN}$B@@"
   echo "{M_DOCTOR_BEGIN}$B@@"
@@ -465,6 +473,43 @@ for B in $BACKENDS; do
 done
 kill -9 $PIDS 2>/dev/null
 
+"#
+    )
+}
+
+/// `cfstrace doctor --json` once, while the container ($C) is throttled, between the facts its
+/// findings are judged by: kallsyms, the burst file, the watchdog sysctls, the cgroups with a
+/// quota and their shortest period, and whether $C was throttled across doctor's run.
+fn init_findings() -> String {
+    format!(
+        r#"echo "{M_RUN}{FINDINGS_RUN}@@"
+sleep 1
+fact findings.csd_unthrottle "$(grep -c ' __cfsb_csd_unthrottle$' /proc/kallsyms)"
+fact findings.throttle_work "$(grep -c ' throttle_cfs_rq_work$' /proc/kallsyms)"
+fact findings.burst_file "$(yn test -e "$C/cpu.max.burst")"
+for k in hardlockup_panic nmi_watchdog watchdog_thresh; do
+  fact "findings.$k" "$(cat /proc/sys/kernel/$k 2>/dev/null)"
+done
+nq=0
+minp=
+for f in $(find /sys/fs/cgroup -name cpu.max); do
+  read q p < "$f"
+  [ "$q" = max ] && continue
+  nq=$((nq + 1))
+  if [ -z "$minp" ] || [ "$p" -lt "$minp" ]; then minp=$p; fi
+done
+fact findings.quota_cgroups "$nq"
+fact findings.shortest_period_us "$minp"
+fact findings.own_quota "/{CGROUP}"
+t0=$(awk '$1 == "nr_throttled" {{ print $2 }}' "$C/cpu.stat")
+echo "{M_DOCTORJSON_BEGIN}{FINDINGS_RUN}@@"
+cfstrace doctor --json --sample 2s 2>/tmp/doctor.err
+djrc=$?
+echo "{M_DOCTORJSON_END}{FINDINGS_RUN} rc=$djrc@@"
+cat /tmp/doctor.err
+t1=$(awk '$1 == "nr_throttled" {{ print $2 }}' "$C/cpu.stat")
+[ "$t1" -gt "$t0" ] && fact findings.own_throttled "/{CGROUP}"
+echo "{M_RC}{FINDINGS_RUN} record=0 report=0@@"
 "#
     )
 }

@@ -195,6 +195,48 @@ impl Outcome {
     }
 }
 
+/// The findings run (`cfstrace doctor --json`, once a boot): its document and exit status
+/// against the facts the guest read itself (`expect::check_findings`); the document is kept
+/// as `doctor-findings.json` in `dir`.
+pub fn findings(
+    label: String,
+    run: &GuestRun,
+    facts: &std::collections::BTreeMap<String, String>,
+    dir: &Path,
+) -> Outcome {
+    let res = (|| -> Result<String> {
+        if let Some(i) = run.problem {
+            bail!("kernel problem at console line {i} during doctor --json");
+        }
+        if !run.doctor_json.done {
+            bail!("no end marker after doctor --json");
+        }
+        let text = run.doctor_json.lines.join("\n");
+        let _ = fs::write(dir.join("doctor-findings.json"), &text);
+        let doc: Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("doctor --json is not JSON ({e}):\n{}", indent(&text)))?;
+        let rc = run.doctor_json_rc.unwrap_or(-1);
+        let ff = expect::FindingsFacts::from_map(facts);
+        let bad = expect::check_findings(&doc, rc, &ff);
+        if !bad.is_empty() {
+            bail!("{}\n  facts: {ff:?}", bullets(&bad));
+        }
+        Ok(format!(
+            "exit {rc}, {}; {} quota'd, {} throttled, shortest period {} us",
+            doc.pointer("/verdict/judgement")
+                .and_then(Value::as_str)
+                .unwrap_or("?"),
+            doc.pointer("/exposure/quota_cgroups")
+                .unwrap_or(&Value::Null),
+            doc.pointer("/exposure/throttled_cgroups")
+                .unwrap_or(&Value::Null),
+            doc.pointer("/exposure/shortest_period_us")
+                .unwrap_or(&Value::Null),
+        ))
+    })();
+    Outcome::judged(label, res)
+}
+
 /// The kernel a boot ran, where its outputs are kept, and the options it ran with.
 pub struct Target<'a> {
     pub(super) kernel: &'a Kernel,

@@ -12,7 +12,7 @@ use cfstrace_tests::expect::Facts;
 
 use super::boot::{Boot, Engine, Limits, Machine, WALL_BACKSTOP, Watch, run};
 use super::console::{Console, GuestRun, analyze, emulation_suspect, excerpt, kernel_problem};
-use super::guest::M_INIT;
+use super::guest::{FINDINGS_RUN, M_INIT};
 use super::judge::{self, Outcome};
 use super::kernels::{self, Kernel};
 use super::{Accel, Job, VmArgs};
@@ -292,6 +292,7 @@ impl KernelBoots<'_> {
         if let Some(out) = &self.args.save_captures {
             save_captures(out, self.kernel, &con.runs);
         }
+        self.judge_findings(&con);
         for run in &con.runs {
             self.judge_run(run, &b, &facts, &timing, &log);
         }
@@ -332,6 +333,29 @@ impl KernelBoots<'_> {
         println!("\n!!!! RETRY: {w}:\n{ex}");
         self.warnings.push(w);
         true
+    }
+
+    /// The findings run (`doctor --json`), judged once per kernel, from the first boot that
+    /// reached the backends; a boot that did without it fails it.
+    fn judge_findings(&mut self, con: &Console) {
+        let k = self.kernel;
+        let label = format!("{} {} findings (doctor --json)", k.suite, k.release);
+        if self.outcomes.iter().any(|o| o.label == label) {
+            return;
+        }
+        let o = match con.runs.iter().find(|r| r.backend == FINDINGS_RUN) {
+            Some(run) => judge::findings(label, run, &con.facts, &self.dir),
+            None if con
+                .runs
+                .iter()
+                .any(|r| Job::from_name(&r.backend).is_some()) =>
+            {
+                println!("FAIL: {label}: the guest ran no doctor --json");
+                judge::fail(label)
+            }
+            None => return,
+        };
+        self.outcomes.push(o);
     }
 
     /// Judge one run of a boot, or put it back for a fresh boot after a suspected emulation
