@@ -214,13 +214,13 @@ fn callback_fit(
 ) -> Fit<WorkFit> {
     if m.callback.n == 0 {
         return Fit::why(if m.callback_uncounted > 0 {
-            format!(
-                "the kernel could not count the work in a callback: {}",
-                figs.unthrottled
-                    .reason
-                    .as_deref()
-                    .unwrap_or("unthrottle_cfs_rq is not probed")
-            )
+            // The probes' own lines say why in full; said once there, not again here.
+            let what = if figs.unthrottled.available {
+                "the unthrottle probe counted none of them"
+            } else {
+                "unthrottle_cfs_rq is not probed (the probes say why)"
+            };
+            format!("the kernel could not count the work in a callback: {what}")
         } else {
             "no period-timer callbacks".to_string()
         });
@@ -245,13 +245,7 @@ fn csd_fit(m: &ForecastMoments, figs: &Figures, targets: &Targets) -> Fit<WorkFi
         } else if figs.async_unthrottle.available {
             "no async unthrottle did any work".to_string()
         } else {
-            format!(
-                "no async unthrottle: {}",
-                figs.async_unthrottle
-                    .reason
-                    .as_deref()
-                    .unwrap_or("this kernel unthrottles in the period timer (before 6.3)")
-            )
+            "no async unthrottle traced (the probes say why)".to_string()
         });
     }
     let second = (m.csd.comoment[1][1] > 0.0).then_some(SecondWork::Enqueued);
@@ -266,13 +260,7 @@ fn span_fit(m: &ForecastMoments, figs: &Figures, targets: &Targets) -> Fit<Timer
         return Fit::why(if figs.irq_span.available {
             "no timer interrupt ran a period timer".to_string()
         } else {
-            format!(
-                "timer interrupts are not traced: {}",
-                figs.irq_span
-                    .reason
-                    .as_deref()
-                    .unwrap_or("no irq_span probe")
-            )
+            "timer interrupts are not traced (the probes say why)".to_string()
         });
     }
     match line(&m.span, "period timers in one interrupt") {
