@@ -204,6 +204,22 @@ pub fn check_findings(doc: &Value, rc: i64, f: &FindingsFacts) -> Vec<String> {
             ),
         );
     }
+    // The shortest period's severity (README, doctor): risk under 5 ms without the overrun
+    // fix, warn under 5 ms with it, info under the default 100 ms, else ok.
+    if let Some(p) = f.shortest_period_us {
+        let fixed = fix_present(doc, "period_overrun") == Some(true);
+        let want = match p {
+            p if p < 5_000 && !fixed => "risk",
+            p if p < 5_000 => "warn",
+            p if p < 100_000 => "info",
+            _ => "ok",
+        };
+        let got = finding(doc, "exposure.period").and_then(|x| text(x, "/severity"));
+        need(
+            got == Some(want),
+            format!("exposure.period {got:?}, want {want} (shortest period {p} us)"),
+        );
+    }
     let listed: Vec<&str> = list(doc, "/exposure/throttled")
         .iter()
         .filter_map(|c| text(c, "/path"))
@@ -266,6 +282,7 @@ mod tests {
             "findings": [
                 {"id": "exposure.timer_load", "severity": "info", "title": "t", "evidence": "e", "basis": "b"},
                 {"id": "watchdog.panic", "severity": worst, "title": "t", "evidence": "e", "basis": "b"},
+                {"id": "exposure.period", "severity": "info", "title": "t", "evidence": "e", "basis": "b"},
             ],
             "verdict": {"ready": true, "worst": worst, "exit_status": rc},
         })
@@ -324,6 +341,18 @@ mod tests {
         let mut f = facts();
         f.shortest_period_us = Some(5000);
         assert!(!check_findings(&doc("warn", 5), 5, &f).is_empty());
+        // A 4 ms period (with the overrun fix) must warn, not inform.
+        let mut f = facts();
+        f.shortest_period_us = Some(4000);
+        let mut d = doc("warn", 5);
+        d["exposure"]["shortest_period_us"] = json!(4000);
+        assert!(
+            check_findings(&d, 5, &f)
+                .iter()
+                .any(|b| b.contains("exposure.period"))
+        );
+        d["findings"][2]["severity"] = json!("warn");
+        assert_eq!(check_findings(&d, 5, &f), Vec::<String>::new());
         let mut d = doc("warn", 5);
         d["schema"] = json!("x");
         assert!(!check_findings(&d, 5, &facts()).is_empty());

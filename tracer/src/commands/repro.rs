@@ -53,12 +53,18 @@ pub async fn run(a: ReproArgs) -> Result<ExitCode> {
 /// `cfstrace-repro-20260102T030405Z.jsonl`: the default capture name (in the current directory,
 /// kept after the report so it can be read again or sent on).
 pub fn default_capture_name(now: SystemTime) -> PathBuf {
+    stamped_capture_name("cfstrace-repro-", now)
+}
+
+/// `<prefix>20260102T030405Z.jsonl`: a capture name that sorts by its UTC time (`repro`,
+/// `storm`).
+pub fn stamped_capture_name(prefix: &str, now: SystemTime) -> PathBuf {
     let stamp: String = humantime::format_rfc3339_seconds(now)
         .to_string()
         .chars()
         .filter(|c| !matches!(c, '-' | ':'))
         .collect();
-    PathBuf::from(format!("cfstrace-repro-{stamp}.jsonl"))
+    PathBuf::from(format!("{prefix}{stamp}.jsonl"))
 }
 
 #[cfg(test)]

@@ -340,12 +340,7 @@ fn figures_of(rep: &Report, callbacks: &Distribution) -> StepFigures {
 
 /// `cfstrace-storm-20260102T030405Z.jsonl`, in the current directory.
 pub fn default_capture_name(now: SystemTime) -> PathBuf {
-    let stamp: String = humantime::format_rfc3339_seconds(now)
-        .to_string()
-        .chars()
-        .filter(|c| !matches!(c, '-' | ':'))
-        .collect();
-    PathBuf::from(format!("{STORM_PREFIX}{stamp}.jsonl"))
+    super::repro::stamped_capture_name(STORM_PREFIX, now)
 }
 
 /// A ramp step's capture: `-nN` before the extension (`storm.jsonl` -> `storm-n8.jsonl`).

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::guest::{
-    M_BEGIN, M_CAPFILE_BEGIN, M_CAPFILE_END, M_CAPTURE_BEGIN, M_CAPTURE_END, M_DIFF_BEGIN,
-    M_DIFF_END, M_DOCTOR_BEGIN, M_DOCTOR_END, M_DOCTORJSON_BEGIN, M_DOCTORJSON_END, M_DONE, M_END,
-    M_FACT, M_INIT, M_POKES, M_RC, M_RECORD, M_RUN,
+    M_BEGIN, M_CAPFILE_BEGIN, M_CAPFILE_END, M_CAPTURE_BEGIN, M_CAPTURE_END, M_DOCTOR_BEGIN,
+    M_DOCTOR_END, M_DOCTORJSON_BEGIN, M_DOCTORJSON_END, M_DONE, M_END, M_FACT, M_INIT, M_POKES,
+    M_RC, M_RECORD, M_RUN,
 };
 
 /// Kernel messages that mean the guest kernel is broken.
@@ -313,22 +313,27 @@ pub fn emulation_suspect(lines: &[String], at: usize) -> Option<String> {
     Some(format!("Oops: int3 at {rip}"))
 }
 
-/// The period comparison's `cfstrace diff --json` (between [`M_DIFF_BEGIN`] and
-/// [`M_DIFF_END`]) and its end marker's statuses (`record=0,0 diff=0`); None when the guest
-/// never printed the block (or never finished it).
-pub fn diff_block(lines: &[String]) -> Option<(String, String)> {
-    let start = lines.iter().position(|l| l.trim() == M_DIFF_BEGIN)?;
-    let (end, rc) = lines[start..]
+/// The lines between `<begin><name>@@` and `<end><name> <rest>@@` (kernel messages that land
+/// between them left out), joined, and `<rest>`.
+pub fn named_block(
+    lines: &[String],
+    begin: &str,
+    end: &str,
+    name: &str,
+) -> Option<(String, String)> {
+    let open = format!("{begin}{name}@@");
+    let start = lines.iter().position(|l| l.trim() == open)?;
+    let close = format!("{end}{name} ");
+    let (stop, rest) = lines[start..]
         .iter()
         .enumerate()
-        .find_map(|(i, l)| marker(l, M_DIFF_END).map(|rc| (start + i, rc.to_string())))?;
-    // Kernel messages may land between the JSON's lines on the console.
-    let json: Vec<&str> = lines[start + 1..end]
+        .find_map(|(i, l)| marker(l, &close).map(|r| (start + i, r.to_string())))?;
+    let body: Vec<&str> = lines[start + 1..stop]
         .iter()
         .map(String::as_str)
         .filter(|l| kernel_message(l).is_none())
         .collect();
-    Some((json.join("\n"), rc))
+    Some((body.join("\n"), rest))
 }
 
 #[cfg(test)]

@@ -44,19 +44,30 @@ pub const M_CAPTURE_END: &str = "@@CFSTRACE-CAPTURE-END ";
 /// `cfstrace.savecap=1`, for `cargo xtask vm --save-captures`).
 pub const M_CAPFILE_BEGIN: &str = "@@CFSTRACE-CAPFILE-BEGIN ";
 pub const M_CAPFILE_END: &str = "@@CFSTRACE-CAPFILE-END ";
-/// Between these: `cfstrace diff --json` of the period comparison (`cfstrace.diff=1`); the end
-/// marker carries the statuses, `@@CFSTRACE-DIFF-END record=N,N diff=N@@`.
-pub const M_DIFF_BEGIN: &str = "@@CFSTRACE-DIFF-BEGIN@@";
+/// Between these (`... <comparison>@@`, `... <comparison> diff=N@@`): `cfstrace diff --json`
+/// of one comparison of the `cfstrace.diff=1` boot ([`init_diff`]).
+pub const M_DIFF_BEGIN: &str = "@@CFSTRACE-DIFF-BEGIN ";
 pub const M_DIFF_END: &str = "@@CFSTRACE-DIFF-END ";
-/// The suite whose guest runs the period comparison (one kernel is enough: it tests `diff`,
-/// not the kernel).
+/// Between these (`... <phase>@@`, `... <phase> record=N report=N@@`): the `report --json` of
+/// one phase's capture in that boot.
+pub const M_DIFF_REPORT_BEGIN: &str = "@@CFSTRACE-DIFF-REPORT-BEGIN ";
+pub const M_DIFF_REPORT_END: &str = "@@CFSTRACE-DIFF-REPORT-END ";
+/// The suite whose guest runs the comparisons: timers co-fire there (before 6.4), so each
+/// interrupt holds every throttled cgroup's callback. One kernel is enough: they test `diff`,
+/// not the kernel.
 pub const DIFF_SUITE: &str = "bookworm";
+/// The comparisons' cgroups (2 % of a CPU each: 0.48 of the one vCPU), and how many of them the
+/// `lifted` phase frees of their quota.
+pub const DIFF_CGROUPS: u32 = 24;
+pub const DIFF_LIFTED: u32 = 16;
 
 /// Between these (`... rc=N@@` at the end): `cfstrace doctor --json`, once a boot, in a run
 /// of its own named [`FINDINGS_RUN`], judged by `cfstrace_tests::expect::check_findings`.
 pub const M_DOCTORJSON_BEGIN: &str = "@@CFSTRACE-DOCTORJSON-BEGIN ";
 pub const M_DOCTORJSON_END: &str = "@@CFSTRACE-DOCTORJSON-END ";
 pub const FINDINGS_RUN: &str = "findings";
+/// A quota'd cgroup with a 4 ms period, made for the findings run only.
+const SHORT_PERIOD_CGROUP: &str = "cfstrace-short-period";
 
 /// The co-firing run's name in the RUN/RECORD/REPORT/RC markers.
 pub const COFIRE_RUN: &str = "cofire";
@@ -351,6 +362,7 @@ SAVECAP=0
 LOGLEVEL=off
 STORM=0
 DIFF=0
+FINDINGS=1
 for w in $(cat /proc/cmdline); do
   case "$w" in
     cfstrace.backends=*) BACKENDS="$(echo "${{w#cfstrace.backends=}}" | tr , ' ')" ;;
@@ -366,6 +378,7 @@ for w in $(cat /proc/cmdline); do
     cfstrace.loglevel=*) LOGLEVEL="${{w#cfstrace.loglevel=}}" ;;
     cfstrace.storm=*) STORM="${{w#cfstrace.storm=}}" ;;
     cfstrace.diff=*) DIFF="${{w#cfstrace.diff=}}" ;;
+    cfstrace.findings=*) FINDINGS="${{w#cfstrace.findings=}}" ;;
   esac
 done
 
@@ -455,7 +468,8 @@ if [ "$MODE" = pokestress ]; then
   finish
 fi
 
-{findings}
+if [ "$FINDINGS" = 1 ]; then
+{findings}fi
 for B in $BACKENDS; do
   echo "{M_RUN}$B@@"
   echo "{M_DOCTOR_BEGIN}$B@@"
@@ -483,6 +497,12 @@ kill -9 $PIDS 2>/dev/null
 fn init_findings() -> String {
     format!(
         r#"echo "{M_RUN}{FINDINGS_RUN}@@"
+# Two warn paths every kernel here can show: a quota whose period is under 5 ms, and
+# hardlockup_panic on while cgroups are throttled (both undone after doctor's run).
+mkdir -p /sys/fs/cgroup/{SHORT_PERIOD_CGROUP}
+echo "1000 4000" > /sys/fs/cgroup/{SHORT_PERIOD_CGROUP}/cpu.max
+HP=$(cat /proc/sys/kernel/hardlockup_panic 2>/dev/null)
+[ -n "$HP" ] && echo 1 > /proc/sys/kernel/hardlockup_panic
 sleep 1
 fact findings.csd_unthrottle "$(grep -c ' __cfsb_csd_unthrottle$' /proc/kallsyms)"
 fact findings.throttle_work "$(grep -c ' throttle_cfs_rq_work$' /proc/kallsyms)"
@@ -509,6 +529,8 @@ echo "{M_DOCTORJSON_END}{FINDINGS_RUN} rc=$djrc@@"
 cat /tmp/doctor.err
 t1=$(awk '$1 == "nr_throttled" {{ print $2 }}' "$C/cpu.stat")
 [ "$t1" -gt "$t0" ] && fact findings.own_throttled "/{CGROUP}"
+rmdir /sys/fs/cgroup/{SHORT_PERIOD_CGROUP}
+[ -n "$HP" ] && echo "$HP" > /proc/sys/kernel/hardlockup_panic
 echo "{M_RC}{FINDINGS_RUN} record=0 report=0@@"
 "#
     )
@@ -609,24 +631,30 @@ fi
     )
 }
 
-/// The period comparison (`cfstrace.diff=1`, one kernel): the same co-firing storm recorded
-/// twice, with a short period and a ten times longer one at the same quota share, each time in
-/// freshly made cgroups of the same paths (so `diff` pairs them by path and every timer starts
-/// together), then `cfstrace diff --json` between markers. About 2 x (5 s + setup) of guest time.
+/// The comparisons of `cfstrace diff` (`cfstrace.diff=1`, one kernel, its own boot on 1 vCPU
+/// with the guest's clock counted in instructions: see [`super::boot::Engine::TcgIcount`]).
+/// [`DIFF_CGROUPS`] cgroups under `diffstorm/`, one busy loop each, are made afresh for each
+/// phase with the same paths (so `diff` pairs them by path and their timers start together),
+/// recorded for 5 s, and reported (`report --json` between markers, for the judge):
+/// - `short`: every cgroup `1000 50000`;
+/// - `lifted`: the same with the quota lifted (`max`) on [`DIFF_LIFTED`] of them, the fix
+///   doctor advises: their timers stop, so each interrupt holds a third of the work;
+/// - `long`: every cgroup `5000 250000`, the same share with a five times longer period.
+///
+/// Then `diff short lifted` (`fix`) and `diff short long` (`period`) between markers.
 fn init_diff() -> String {
     format!(
-        r#"# diff: the storm with a short period, then with a long one; cfstrace diff compares them.
+        r#"# diff: one storm in three phases, then cfstrace diff of the fix and of the period.
 if [ "$DIFF" = 1 ]; then
   DF=/sys/fs/cgroup/diffstorm
   mkdir -p "$DF"
   echo 1 > "$DF/cpu.weight"
   echo +cpu > "$DF/cgroup.subtree_control"
-  DRC=
-  for phase in "short 1000 20000" "long 5000 100000"; do
+  for phase in "short 1000 50000 0" "lifted 1000 50000 {DIFF_LIFTED}" "long 5000 250000 0"; do
     set -- $phase
     DPIDS=
     i=0
-    while [ $i -lt 30 ]; do
+    while [ $i -lt {DIFF_CGROUPS} ]; do
       mkdir "$DF/c$i"
       sh -c 'while :; do :; done' &
       echo $! > "$DF/c$i/cgroup.procs"
@@ -634,21 +662,33 @@ if [ "$DIFF" = 1 ]; then
       i=$((i + 1))
     done
     i=0
-    while [ $i -lt 30 ]; do echo "$2 $3" > "$DF/c$i/cpu.max"; i=$((i + 1)); done
+    while [ $i -lt {DIFF_CGROUPS} ]; do
+      if [ $i -lt "$4" ]; then echo "max $3" > "$DF/c$i/cpu.max"; else echo "$2 $3" > "$DF/c$i/cpu.max"; fi
+      i=$((i + 1))
+    done
     sleep 1
     cfstrace -q record --duration 5s -o "/tmp/diff-$1.jsonl"
-    DRC="$DRC${{DRC:+,}}$?"
+    drc=$?
     kill -9 $DPIDS 2>/dev/null
     sleep 1
     i=0
-    while [ $i -lt 30 ]; do rmdir "$DF/c$i" 2>/dev/null; i=$((i + 1)); done
+    while [ $i -lt {DIFF_CGROUPS} ]; do rmdir "$DF/c$i" 2>/dev/null; i=$((i + 1)); done
+    cfstrace report "/tmp/diff-$1.jsonl" --json > /tmp/diff-report.json
+    rrc=$?
+    echo "{M_DIFF_REPORT_BEGIN}$1@@"
+    cat /tmp/diff-report.json
+    echo
+    echo "{M_DIFF_REPORT_END}$1 record=$drc report=$rrc@@"
   done
-  echo "{M_DIFF_BEGIN}"
-  cfstrace diff /tmp/diff-short.jsonl /tmp/diff-long.jsonl --json
-  drc=$?
-  echo
-  echo "{M_DIFF_END}record=$DRC diff=$drc@@"
-  NO_COLOR=1 cfstrace diff /tmp/diff-short.jsonl /tmp/diff-long.jsonl
+  for cmp in "fix short lifted" "period short long"; do
+    set -- $cmp
+    echo "{M_DIFF_BEGIN}$1@@"
+    cfstrace diff "/tmp/diff-$2.jsonl" "/tmp/diff-$3.jsonl" --json
+    drc=$?
+    echo
+    echo "{M_DIFF_END}$1 diff=$drc@@"
+    NO_COLOR=1 cfstrace diff "/tmp/diff-$2.jsonl" "/tmp/diff-$3.jsonl" | head -n 14
+  done
 fi
 "#
     )

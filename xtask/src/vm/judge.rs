@@ -515,29 +515,80 @@ impl Judged<'_> {
     }
 }
 
-/// A failure line unless record and report both exited 0.
-/// The period comparison (`cfstrace.diff=1`): both records and the diff exited 0, and the
-/// diff says the node's worst span fell from the short period to the long one
-/// (`expect::check_worst_span_fell`, which also checks the document's own rule).
-pub fn judge_diff(kernel: &Kernel, lines: &[String]) -> Outcome {
-    let label = format!("{} diff (short vs long period)", kernel_label(kernel));
+/// The diff boot (`guest::init_diff`): each phase's report, and each comparison checked
+/// against the two reports it compares. `fix` (two thirds of the quotas lifted) must show the
+/// node's worst span falling and say better; `period` (the same share, a five times longer
+/// period) is told as measured: with the same work in each interrupt its direction is the
+/// kernel's (see the README's `diff` section), and every cgroup must pair by path.
+pub fn judge_diff(kernel: &Kernel, boot: Result<Boot>) -> Outcome {
+    let label = format!(
+        "{} diff (a storm: its fix, its period; 1 vCPU, icount)",
+        kernel_label(kernel)
+    );
     let res = (|| -> Result<String> {
-        let Some((json, rc)) = super::console::diff_block(lines) else {
-            bail!("no diff block on the console (the guest never finished the period comparison)");
+        let b = boot?;
+        if let Some(why) = b.killed() {
+            bail!("guest killed: {why}\n{}", excerpt(&b.lines, None, 30));
+        }
+        if let Some(i) = b.lines.iter().position(|l| kernel_problem(l).is_some()) {
+            bail!("kernel problem:\n{}", excerpt(&b.lines, Some(i), 30));
+        }
+        let block = |begin: &str, end: &str, name: &str, want_rc: &str| -> Result<Value> {
+            let Some((json, rc)) = super::console::named_block(&b.lines, begin, end, name) else {
+                bail!(
+                    "no {name} block on the console:\n{}",
+                    excerpt(&b.lines, None, 30)
+                );
+            };
+            if rc != want_rc {
+                bail!("{name}: exit statuses {rc} (want {want_rc})");
+            }
+            serde_json::from_str(&json)
+                .map_err(|e| anyhow::anyhow!("{name} is not JSON ({e}):\n{}", indent(&json)))
         };
-        if rc != "record=0,0 diff=0" {
-            bail!("exit statuses {rc} (want record=0,0 diff=0)");
+        let report = |phase: &str| {
+            block(
+                guest::M_DIFF_REPORT_BEGIN,
+                guest::M_DIFF_REPORT_END,
+                phase,
+                "record=0 report=0",
+            )
+        };
+        let diff = |cmp: &str| block(guest::M_DIFF_BEGIN, guest::M_DIFF_END, cmp, "diff=0");
+        let (short, lifted, long) = (report("short")?, report("lifted")?, report("long")?);
+        let (fix, period) = (diff("fix")?, diff("period")?);
+        let mut bad = Vec::new();
+        let mut add = |what: &str, v: expect::Verdict| {
+            bad.extend(v.failures.into_iter().map(|f| format!("{what}: {f}")));
+        };
+        add(
+            "fix",
+            expect::check_diff_against_reports(&fix, &short, &lifted),
+        );
+        add("fix", expect::check_worst_span_fell(&fix));
+        add(
+            "period",
+            expect::check_diff_against_reports(&period, &short, &long),
+        );
+        let by_path = period["cgroups"].as_array().map_or(0, |a| {
+            a.iter().filter(|c| c["matched_by"] == "path").count()
+        });
+        if by_path != guest::DIFF_CGROUPS as usize {
+            bad.push(format!(
+                "period: {by_path} cgroups paired by path, want all {}",
+                guest::DIFF_CGROUPS
+            ));
         }
-        let d: Value = serde_json::from_str(&json)
-            .map_err(|e| anyhow::anyhow!("the diff is not JSON ({e}):\n{}", indent(&json)))?;
-        let v = expect::check_worst_span_fell(&d);
-        if !v.failures.is_empty() {
-            bail!("{}", bullets(&v.failures));
+        if !bad.is_empty() {
+            bail!("{}", bullets(&bad));
         }
-        Ok(d["node"]["verdict"]["why"]
-            .as_str()
-            .unwrap_or("?")
-            .to_string())
+        let why = |d: &Value| {
+            d["node"]["verdict"]["why"]
+                .as_str()
+                .unwrap_or("?")
+                .to_string()
+        };
+        Ok(format!("fix: {}; period: {}", why(&fix), why(&period)))
     })();
     Outcome::judged(label, res)
 }
