@@ -8,7 +8,7 @@ use crate::cmd::{self, build_tracer, display};
 use crate::setup;
 
 pub fn run(args: &[String]) -> Result<ExitCode> {
-    setup::ensure(true)?;
+    setup::ensure(setup::Needs::Build, true)?;
     let bin = build_tracer()?;
 
     let mut c = if cmd::is_root() {

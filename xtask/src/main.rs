@@ -61,7 +61,7 @@ fn main() -> ExitCode {
         Command::Setup { check } => if check {
             setup::check()
         } else {
-            setup::ensure(false)
+            setup::ensure(setup::Needs::Test, false)
         }
         .map(|()| ExitCode::SUCCESS),
         Command::Demo { args } => demo::run(&args),

@@ -1,8 +1,9 @@
 //! `cargo xtask setup`: check each requirement, install only what is missing.
 //!
-//! Requirements (DESIGN.md "Toolchain"): LLVM 22 dev files for bpf-linker, qemu + busybox-static +
-//! cpio for the VM tests (apt); the nightly toolchain with rust-src (the eBPF crate is built with
-//! -Z build-std); bpf-linker 0.13 built against LLVM 22.
+//! Requirements (DESIGN.md "Toolchain"): LLVM 22 dev files for bpf-linker (apt); the nightly
+//! toolchain with rust-src (the eBPF crate is built with -Z build-std); bpf-linker 0.13 built
+//! against LLVM 22. The tests add their tools ([`TEST_APT_PACKAGES`]); `demo` installs only what
+//! the build needs ([`Needs`]). Nothing is ever removed: see `apt_install`.
 
 use std::process::Command;
 
@@ -10,16 +11,29 @@ use anyhow::{Context, Result, bail};
 
 use crate::cmd::{self, output, privileged, run};
 
-/// Debian packages the build and the tests need (python3-prometheus-client: the independent
-/// parser tests/tests/prometheus.rs checks `watch --prometheus`'s /metrics with).
-pub const APT_PACKAGES: &[&str] = &[
+/// What a command needs installed: `demo` only builds and runs cfstrace ([`Needs::Build`]);
+/// `test`, `vm`, `bench` and `setup` also run the test tools ([`Needs::Test`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Needs {
+    Build,
+    Test,
+}
+
+/// Debian packages building cfstrace needs: bpf-linker links against LLVM 22.
+pub const BUILD_APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
+];
+
+/// Debian packages only the tests need.
+pub const TEST_APT_PACKAGES: &[&str] = &[
+    // The VM tests: real Debian kernels under qemu, an initramfs of busybox and cpio.
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    // The independent parser tests/tests/prometheus.rs checks `watch --prometheus`'s /metrics with.
     "python3-prometheus-client",
     // rsvg-convert: the independent renderer tests/tests/svg.rs draws `report --svg` with.
     "librsvg2-bin",
@@ -32,25 +46,35 @@ pub const APT_PACKAGES: &[&str] = &[
     "bpftool",
 ];
 
+impl Needs {
+    fn apt_packages(self) -> Vec<&'static str> {
+        match self {
+            Needs::Build => BUILD_APT_PACKAGES.to_vec(),
+            Needs::Test => [BUILD_APT_PACKAGES, TEST_APT_PACKAGES].concat(),
+        }
+    }
+}
+
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_REQ: &str = "^0.13";
 const BPF_LINKER_SERIES: &str = "0.13.";
 
 /// Make sure everything is installed; print one line per item. With `quiet_if_ok`, print nothing
 /// when nothing had to be installed (demo/test/vm call this first).
-pub fn ensure(quiet_if_ok: bool) -> Result<()> {
+pub fn ensure(needs: Needs, quiet_if_ok: bool) -> Result<()> {
     let mut lines = Vec::new();
 
     // 1. apt packages (bpf-linker links against llvm-22-dev, so these come first).
-    let missing = missing_apt_packages()?;
-    for p in APT_PACKAGES.iter().filter(|p| !missing.contains(p)) {
+    let pkgs = needs.apt_packages();
+    let missing = missing_apt_packages(&pkgs)?;
+    for p in pkgs.iter().filter(|p| !missing.contains(p)) {
         lines.push(format!("ok: {p} (apt)"));
     }
     if !missing.is_empty() {
         flush(&mut lines);
         println!("installing: {} (apt)", missing.join(" "));
         apt_install(&missing)?;
-        let still = missing_apt_packages()?;
+        let still = missing_apt_packages(&missing)?;
         if !still.is_empty() {
             bail!("apt-get install left {} missing", still.join(" "));
         }
@@ -106,8 +130,9 @@ pub fn ensure(quiet_if_ok: bool) -> Result<()> {
 /// `cargo xtask setup --check`: report, install nothing, fail if something is missing.
 pub fn check() -> Result<()> {
     let mut bad = Vec::new();
-    let missing = missing_apt_packages()?;
-    for p in APT_PACKAGES {
+    let pkgs = Needs::Test.apt_packages();
+    let missing = missing_apt_packages(&pkgs)?;
+    for p in &pkgs {
         if missing.contains(p) {
             println!("missing: {p} (apt)");
             bad.push(p.to_string());
@@ -149,12 +174,12 @@ fn flush(lines: &mut Vec<String>) {
     }
 }
 
-/// Packages of APT_PACKAGES that dpkg does not have installed.
-fn missing_apt_packages() -> Result<Vec<&'static str>> {
+/// Those of `pkgs` that dpkg does not have installed.
+fn missing_apt_packages<'a>(pkgs: &[&'a str]) -> Result<Vec<&'a str>> {
     if cmd::which("dpkg-query").is_none() {
         bail!("dpkg-query not found: cargo xtask setup supports Debian/Ubuntu hosts only");
     }
-    missing_of(APT_PACKAGES)
+    missing_of(pkgs)
 }
 
 fn apt_install(pkgs: &[&str]) -> Result<()> {
@@ -171,10 +196,40 @@ fn apt_install(pkgs: &[&str]) -> Result<()> {
         c.args(["DEBIAN_FRONTEND=noninteractive", "apt-get"]);
         c
     };
+    // Never remove what the machine has: first ask apt what it would do, and stop naming what
+    // it would remove; `--no-remove` makes apt itself refuse as well.
+    let mut sim = Command::new("apt-get");
+    sim.args(["install", "-s", "-q", "--no-install-recommends"])
+        .args(pkgs);
+    let plan = output(&mut sim)?;
+    let removed = removals(&plan);
+    if !removed.is_empty() {
+        bail!(
+            "installing {} would make apt remove {}, which this machine has; cargo xtask never \
+             removes a package: install them yourself if that is what you want",
+            pkgs.join(" "),
+            removed.join(" ")
+        );
+    }
     install
-        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args([
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "--no-remove",
+        ])
         .args(pkgs);
     run(&mut install)
+}
+
+/// The packages an `apt-get -s install` plan removes (its `Remv NAME [VERSION]` lines).
+fn removals(plan: &str) -> Vec<String> {
+    plan.lines()
+        .filter_map(|l| l.strip_prefix("Remv "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
 }
 
 enum Nightly {
@@ -292,4 +347,37 @@ fn missing_of<'a>(pkgs: &[&'a str]) -> Result<Vec<&'a str>> {
         }
     }
     Ok(missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_that_removes_names_what() {
+        // What apt printed on this machine when a test package made it drop qemu-utils.
+        let plan = "NOTE: This is only a simulation!\n\
+                    Reading package lists...\n\
+                    The following packages will be REMOVED:\n  qemu-utils\n\
+                    Remv qemu-utils [1:7.2+dfsg-7+deb12u18]\n\
+                    Inst librsvg2-bin (2.54.7+dfsg-1~deb12u1 Debian:12.13/oldstable [amd64])\n\
+                    Conf librsvg2-bin (2.54.7+dfsg-1~deb12u1 Debian:12.13/oldstable [amd64])\n";
+        assert_eq!(removals(plan), vec!["qemu-utils".to_string()]);
+        assert!(removals("Inst cpio (2.13)\nConf cpio (2.13)\n").is_empty());
+    }
+
+    #[test]
+    fn the_demo_needs_only_the_build() {
+        let build = Needs::Build.apt_packages();
+        let test = Needs::Test.apt_packages();
+        assert!(build.iter().all(|p| test.contains(p)));
+        for p in [
+            "qemu-system-x86",
+            "busybox-static",
+            "python3-prometheus-client",
+            "librsvg2-bin",
+        ] {
+            assert!(!build.contains(&p) && test.contains(&p), "{p}");
+        }
+    }
 }

@@ -70,7 +70,7 @@ pub fn run() -> Result<ExitCode> {
         (
             "setup",
             "check the toolchain, install what is missing",
-            Box::new(|| setup::ensure(false)),
+            Box::new(|| setup::ensure(setup::Needs::Test, false)),
         ),
         (
             "fmt",

@@ -11,7 +11,7 @@ pub const SYSFS_VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
     #[error(
-        "no kernel BTF at {SYSFS_VMLINUX_BTF} (the kernel needs CONFIG_DEBUG_INFO_BTF=y); pass --btf FILE with this kernel's BTF (e.g. extracted from its vmlinux with `pahole --btf_encode_detached`)"
+        "no kernel BTF at {SYSFS_VMLINUX_BTF} (the kernel needs CONFIG_DEBUG_INFO_BTF=y); pass --btf FILE with this kernel's BTF (BTFHub's file for this kernel release, or one extracted from its vmlinux with `pahole --btf_encode_detached`)"
     )]
     Missing,
     #[error("cannot read BTF from {path}: {source}")]

@@ -206,7 +206,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     }
     proc::catch_interrupts();
     let start = Instant::now();
-    setup::ensure(true)?;
+    setup::ensure(setup::Needs::Test, true)?;
     println!(
         "bench: needs {} (apt), for the peer and the per-program figures",
         setup::BENCH_APT_PACKAGES.join(" ")

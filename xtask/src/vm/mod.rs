@@ -333,7 +333,7 @@ pub fn run(args: &VmArgs) -> Result<Vec<Outcome>> {
     if !valid(&args.cofire_cpu_max) {
         bail!("--cofire-cpu-max wants QUOTA,PERIOD in microseconds, e.g. 1000,100000");
     }
-    setup::ensure(true)?;
+    setup::ensure(setup::Needs::Test, true)?;
     let no_cfstrace = args.facts || args.poke_stress.is_some();
     let bin = match (&args.cfstrace, no_cfstrace) {
         (Some(p), _) => Some(p.clone()),
