@@ -2,7 +2,9 @@
 //!
 //! Requirements (DESIGN.md "Toolchain"): LLVM 22 dev files for bpf-linker, qemu + busybox-static +
 //! cpio for the VM tests (apt); the nightly toolchain with rust-src (the eBPF crate is built with
-//! -Z build-std); bpf-linker 0.13 built against LLVM 22.
+//! -Z build-std); bpf-linker 0.13 built against LLVM 22; the Rust standard library for
+//! x86_64-unknown-linux-musl, so `cfstrace` ships as one static binary (no musl-tools: no
+//! dependency compiles C, and rustc links musl targets with its own bundled musl).
 
 use std::process::Command;
 
@@ -30,6 +32,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "docker.io",
     // bpftool: tests/tests/doctor_findings.rs reads the BTF through it, apart from cfstrace.
     "bpftool",
+    // file: tests/tests/static_binary.rs has it say the shipped binary is static.
+    "file",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -97,10 +101,40 @@ pub fn ensure(quiet_if_ok: bool) -> Result<()> {
         }
     }
 
+    // 4. The static target's standard library, for the toolchain that builds userspace.
+    if static_target_installed()? {
+        lines.push(format!("ok: rust target {}", cmd::STATIC_TARGET));
+    } else {
+        flush(&mut lines);
+        println!("installing: rust target {} (rustup)", cmd::STATIC_TARGET);
+        run(Command::new("rustup")
+            .current_dir(cmd::workspace_root())
+            .args(["target", "add", cmd::STATIC_TARGET]))?;
+        if !static_target_installed()? {
+            bail!("rustup target add {} left it missing", cmd::STATIC_TARGET);
+        }
+    }
+
     if !quiet_if_ok {
         flush(&mut lines);
     }
     Ok(())
+}
+
+/// Whether the rustc that builds the workspace (the same rustup toolchain: run from the
+/// workspace root) has the static target's standard library.
+fn static_target_installed() -> Result<bool> {
+    let libdir = output(
+        Command::new("rustc")
+            .current_dir(cmd::workspace_root())
+            .args(["--print", "target-libdir", "--target", cmd::STATIC_TARGET]),
+    )?;
+    let libdir = std::path::Path::new(libdir.trim());
+    // rustc prints the path whether or not the target is installed: look for its libstd.
+    Ok(std::fs::read_dir(libdir).is_ok_and(|d| {
+        d.flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("libstd-"))
+    }))
 }
 
 /// `cargo xtask setup --check`: report, install nothing, fail if something is missing.
@@ -136,6 +170,12 @@ pub fn check() -> Result<()> {
             println!("missing: bpf-linker {BPF_LINKER_REQ}");
             bad.push("bpf-linker".into());
         }
+    }
+    if static_target_installed()? {
+        println!("ok: rust target {}", cmd::STATIC_TARGET);
+    } else {
+        println!("missing: rust target {} (rustup)", cmd::STATIC_TARGET);
+        bad.push(cmd::STATIC_TARGET.into());
     }
     if !bad.is_empty() {
         bail!("missing: {} (run `cargo xtask setup`)", bad.join(" "));
