@@ -29,9 +29,17 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
-/// The release cfstrace binary that `cargo build --release -p tracer` produces.
+/// The target cfstrace ships for: musl, linked statically, so the one file runs on any x86_64
+/// Linux node whatever its libc (the glibc build needs the build host's glibc, 2.35 here).
+pub const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// The static cfstrace binary that [`build_tracer`] produces: the file to copy to a node, the
+/// one the VM guests boot with, and the one the host tests run.
 pub fn cfstrace_bin() -> PathBuf {
-    target_dir().join("release").join("cfstrace")
+    target_dir()
+        .join(STATIC_TARGET)
+        .join("release")
+        .join("cfstrace")
 }
 
 /// The cargo that runs us (so `cargo +toolchain xtask` keeps its toolchain).
@@ -42,9 +50,17 @@ pub fn cargo() -> Command {
     cmd
 }
 
-/// `cargo build --release -p tracer`: the cfstrace binary with its eBPF object.
+/// `cargo build --release -p tracer --target x86_64-unknown-linux-musl`: the static cfstrace
+/// binary with its eBPF object (built for bpfel-unknown-none by tracer/build.rs as before).
 pub fn build_tracer() -> Result<PathBuf> {
-    run(cargo().args(["build", "--release", "-p", "tracer"]))?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "tracer",
+        "--target",
+        STATIC_TARGET,
+    ]))?;
     let bin = cfstrace_bin();
     if !bin.is_file() {
         bail!("cargo built tracer but {} is missing", bin.display());

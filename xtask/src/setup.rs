@@ -2,8 +2,10 @@
 //!
 //! Requirements (DESIGN.md "Toolchain"): LLVM 22 dev files for bpf-linker (apt); the nightly
 //! toolchain with rust-src (the eBPF crate is built with -Z build-std); bpf-linker 0.13 built
-//! against LLVM 22. The tests add their tools ([`TEST_APT_PACKAGES`]); `demo` installs only what
-//! the build needs ([`Needs`]). Nothing is ever removed: see `apt_install`.
+//! against LLVM 22; the Rust standard library for x86_64-unknown-linux-musl, so `cfstrace` ships
+//! as one static binary (no musl-tools: no dependency compiles C, and rustc links musl targets
+//! with its own bundled musl). The tests add their tools ([`TEST_APT_PACKAGES`]); `demo`
+//! installs only what the build needs ([`Needs`]). Nothing is ever removed: see `apt_install`.
 
 use std::process::Command;
 
@@ -44,6 +46,8 @@ pub const TEST_APT_PACKAGES: &[&str] = &[
     "docker.io",
     // bpftool: tests/tests/doctor_findings.rs reads the BTF through it, apart from cfstrace.
     "bpftool",
+    // file: tests/tests/static_binary.rs has it say the shipped binary is static.
+    "file",
 ];
 
 impl Needs {
@@ -121,10 +125,40 @@ pub fn ensure(needs: Needs, quiet_if_ok: bool) -> Result<()> {
         }
     }
 
+    // 4. The static target's standard library, for the toolchain that builds userspace.
+    if static_target_installed()? {
+        lines.push(format!("ok: rust target {}", cmd::STATIC_TARGET));
+    } else {
+        flush(&mut lines);
+        println!("installing: rust target {} (rustup)", cmd::STATIC_TARGET);
+        run(Command::new("rustup")
+            .current_dir(cmd::workspace_root())
+            .args(["target", "add", cmd::STATIC_TARGET]))?;
+        if !static_target_installed()? {
+            bail!("rustup target add {} left it missing", cmd::STATIC_TARGET);
+        }
+    }
+
     if !quiet_if_ok {
         flush(&mut lines);
     }
     Ok(())
+}
+
+/// Whether the rustc that builds the workspace (the same rustup toolchain: run from the
+/// workspace root) has the static target's standard library.
+fn static_target_installed() -> Result<bool> {
+    let libdir = output(
+        Command::new("rustc")
+            .current_dir(cmd::workspace_root())
+            .args(["--print", "target-libdir", "--target", cmd::STATIC_TARGET]),
+    )?;
+    let libdir = std::path::Path::new(libdir.trim());
+    // rustc prints the path whether or not the target is installed: look for its libstd.
+    Ok(std::fs::read_dir(libdir).is_ok_and(|d| {
+        d.flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("libstd-"))
+    }))
 }
 
 /// `cargo xtask setup --check`: report, install nothing, fail if something is missing.
@@ -161,6 +195,12 @@ pub fn check() -> Result<()> {
             println!("missing: bpf-linker {BPF_LINKER_REQ}");
             bad.push("bpf-linker".into());
         }
+    }
+    if static_target_installed()? {
+        println!("ok: rust target {}", cmd::STATIC_TARGET);
+    } else {
+        println!("missing: rust target {} (rustup)", cmd::STATIC_TARGET);
+        bad.push(cmd::STATIC_TARGET.into());
     }
     if !bad.is_empty() {
         bail!("missing: {} (run `cargo xtask setup`)", bad.join(" "));

@@ -93,7 +93,8 @@ pub fn run() -> Result<ExitCode> {
         ),
         (
             "build",
-            "cargo build --release -p tracer (cfstrace with its eBPF object)",
+            "cargo build --release -p tracer --target x86_64-unknown-linux-musl (the static \
+             cfstrace with its eBPF object: the shipped file, run by the host tests and the VMs)",
             Box::new(|| cmd::build_tracer().map(|_| ())),
         ),
         (

@@ -11,12 +11,19 @@ pub fn raise_priority(prio: u8) -> Option<String> {
     if prio == 0 {
         return None;
     }
-    let param = libc::sched_param {
-        sched_priority: i32::from(prio),
-    };
+    // SAFETY: sched_param is plain integers; all-zero is valid (musl's has more fields).
+    let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
+    param.sched_priority = i32::from(prio);
+    // The raw syscall, not libc's wrapper: musl's sched_setscheduler is a stub that always
+    // fails with ENOSYS (POSIX wants it per process, Linux's is per thread).
     // SAFETY: plain syscall on ourselves with a valid param.
     let r = unsafe {
-        libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param)
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            0,
+            libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK,
+            &raw const param,
+        )
     };
     (r != 0).then(|| {
         format!(

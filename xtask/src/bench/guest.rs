@@ -1,4 +1,4 @@
-//! The bench guests' initramfs: the VM tests' image (busybox, cfstrace and its libraries) plus
+//! The bench guests' initramfs: the VM tests' image (busybox, the static cfstrace) plus
 //! bpftrace and bpftool with their shared libraries (from `ldd`), the peer scripts, and a bench
 //! /init driven by the kernel command line. Results go to the console between markers
 //! (`@@BENCH-BEGIN name@@` ... `@@BENCH-END name@@`; `@@BENCH-FAIL name why@@`), read by

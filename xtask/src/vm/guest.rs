@@ -1,5 +1,6 @@
 //! A newc cpio initramfs written directly (no root needed for /dev nodes): busybox-static, the
-//! cfstrace binary with its shared libraries (from `ldd`), and an /init shell script.
+//! static cfstrace binary (the very file the README ships, no shared library), and an /init
+//! shell script.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -251,7 +252,31 @@ pub fn parse_ldd(text: &str) -> Vec<String> {
     libs
 }
 
-/// What the guest needs: busybox, /dev/console, an /init, and (optionally) cfstrace + its libraries.
+/// What makes an ELF executable dynamic: its interpreter (`PT_INTERP`) and the libraries it
+/// needs (`DT_NEEDED`); empty for a static (or static-pie) executable.
+pub fn dynamic_needs(data: &[u8]) -> Result<Vec<String>> {
+    use object::read::elf::{ElfFile64, ProgramHeader as _};
+    let elf = ElfFile64::<object::Endianness>::parse(data)?;
+    let endian = elf.endian();
+    let mut needs = Vec::new();
+    for ph in elf.elf_program_headers() {
+        if let Some(interp) = ph.interpreter(endian, data)? {
+            needs.push(format!("interpreter {}", String::from_utf8_lossy(interp)));
+        }
+    }
+    let dynamic = elf.elf_section_table().dynamic_table(endian, data)?;
+    for d in &dynamic {
+        if d.tag == object::elf::DT_NEEDED {
+            needs.push(format!(
+                "needs {}",
+                String::from_utf8_lossy(dynamic.string(d)?)
+            ));
+        }
+    }
+    Ok(needs)
+}
+
+/// What the guest needs: busybox, /dev/console, an /init, and (optionally) the static cfstrace.
 pub fn build(cfstrace: Option<&Path>) -> Result<Archive> {
     let mut a = Archive::default();
     for d in [
@@ -275,7 +300,7 @@ pub fn build(cfstrace: Option<&Path>) -> Result<Archive> {
     if !busybox.is_file() {
         bail!("{BUSYBOX} is missing: install busybox-static (cargo xtask setup)");
     }
-    if !shared_libraries(busybox)?.is_empty() {
+    if !dynamic_needs(&fs::read(busybox)?)?.is_empty() {
         bail!("{BUSYBOX} is dynamically linked: install busybox-static, not busybox");
     }
     a.copy(BUSYBOX, busybox)?;
@@ -287,10 +312,22 @@ pub fn build(cfstrace: Option<&Path>) -> Result<Archive> {
     );
     a.file("/etc/group", b"root:x:0:\n".to_vec(), 0o644);
     if let Some(bin) = cfstrace {
-        a.copy("/usr/bin/cfstrace", bin)?;
-        for lib in shared_libraries(bin)? {
-            a.copy(&lib, Path::new(&lib))?;
+        // No libraries copied: the guest runs the file a node gets, so a dynamic one would hide
+        // what a node without the build host's libc would see.
+        let data = fs::read(bin).with_context(|| format!("reading {}", bin.display()))?;
+        let needs = dynamic_needs(&data)
+            .with_context(|| format!("reading {} as an ELF executable", bin.display()))?;
+        if !needs.is_empty() {
+            bail!(
+                "{} is dynamically linked ({}): the guests boot the static binary only, \
+                 target/{}/release/cfstrace (cargo build --release -p tracer --target {})",
+                bin.display(),
+                needs.join(", "),
+                crate::cmd::STATIC_TARGET,
+                crate::cmd::STATIC_TARGET
+            );
         }
+        a.copy("/usr/bin/cfstrace", bin)?;
     }
     a.file("/init", init_script().into_bytes(), 0o755);
     Ok(a)
@@ -715,6 +752,24 @@ mod tests {
                 "/lib64/ld-linux-x86-64.so.2"
             ]
         );
+    }
+
+    /// The refusal's reading of ELF files, on real ones: this test binary (linked like the
+    /// glibc build, dynamic) and busybox-static.
+    #[test]
+    fn dynamic_needs_tells_static_from_dynamic() {
+        let me = fs::read(std::env::current_exe().unwrap()).unwrap();
+        let needs = dynamic_needs(&me).unwrap();
+        assert!(
+            needs.iter().any(|n| n.starts_with("interpreter /")),
+            "{needs:?}"
+        );
+        assert!(
+            needs.iter().any(|n| n.starts_with("needs libc.so")),
+            "{needs:?}"
+        );
+        let busybox = fs::read(BUSYBOX).expect("busybox-static (cargo xtask setup)");
+        assert_eq!(dynamic_needs(&busybox).unwrap(), Vec::<String>::new());
     }
 
     #[test]

@@ -197,7 +197,8 @@ pub struct VmArgs {
     /// three phases on 1 vCPU with an instruction-counted clock, and two diffs).
     #[arg(long)]
     pub no_diff: bool,
-    /// Use this cfstrace binary instead of building target/release/cfstrace.
+    /// Use this cfstrace binary (it must be static) instead of building
+    /// target/x86_64-unknown-linux-musl/release/cfstrace.
     #[arg(long, value_name = "PATH")]
     pub cfstrace: Option<PathBuf>,
     /// Also save each backend run's whole capture as DIR/<suite>-<release>-<backend>.jsonl
