@@ -1,0 +1,467 @@
+//! deploy/: the alerting rules and the Kubernetes manifests, checked by the real tools.
+//!
+//! - `promtool check rules` on deploy/prometheus/cfstrace-rules.yml, and `promtool test rules`
+//!   on its unit tests (every rule firing and not firing; a rule whose threshold is changed
+//!   must make them fail).
+//! - deploy/kubernetes validated offline against the Kubernetes schema by kubernetes-validate
+//!   (PyPI, installed by `cargo xtask setup` into target/pytools), strict: a manifest with a
+//!   misspelt field or a wrong type must fail.
+//! - End to end: a real Prometheus server (Debian's `prometheus`) on loopback scrapes `cfstrace
+//!   watch --prometheus` every second during a real throttling storm, with the rules loaded at
+//!   a headroom threshold the storm crosses, and its HTTP API must show CfstraceHeadroomLow
+//!   firing with the labels of the culprit `watch --json` names (a YARN container).
+//!
+//! Needs root (cgroups, BPF), promtool and prometheus (apt), kubernetes-validate (pip, venv):
+//! all from `cargo xtask setup`. Never skips: a missing tool fails the test, saying so.
+
+use std::fs;
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use cfstrace_tests::{APPLICATION, CONTAINER, cfstrace_bin, scratch, test_cgroups, workspace_root};
+use serde_json::Value;
+
+const PROMTOOL: &str = "/usr/bin/promtool";
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+const RULES: &str = "deploy/prometheus/cfstrace-rules.yml";
+const RULES_TEST: &str = "deploy/prometheus/cfstrace-rules.test.yml";
+const DAEMONSET: &str = "deploy/kubernetes/cfstrace-daemonset.yml";
+/// The headroom rule's threshold as the file has it (twice: with and without a named cgroup).
+const HEADROOM_CLAUSE: &str =
+    "100 * cfstrace_headroom_seconds / cfstrace_watchdog_thresh_seconds < 10\n";
+
+fn tool(path: &str, what: &str) -> PathBuf {
+    let p = PathBuf::from(path);
+    assert!(
+        p.is_file(),
+        "{} missing: {what} (run `cargo xtask setup`)",
+        p.display()
+    );
+    p
+}
+
+fn kubernetes_validate() -> PathBuf {
+    let p = workspace_root().join("target/pytools/bin/kubernetes-validate");
+    assert!(
+        p.is_file(),
+        "{} missing: kubernetes-validate is installed by `cargo xtask setup` (pip, venv \
+         target/pytools)",
+        p.display()
+    );
+    p
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {}\n--- stdout ---\n{}--- stderr ---\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The rules file and its unit tests copied into `dir` (the test file names the rules
+/// file by its bare name), the rules rewritten by `edit`.
+fn rules_in(dir: &Path, edit: impl FnOnce(String) -> String) -> (PathBuf, PathBuf) {
+    let root = workspace_root();
+    let rules = dir.join("cfstrace-rules.yml");
+    let tests = dir.join("cfstrace-rules.test.yml");
+    fs::write(&rules, edit(fs::read_to_string(root.join(RULES)).unwrap())).unwrap();
+    fs::copy(root.join(RULES_TEST), &tests).unwrap();
+    (rules, tests)
+}
+
+/// The headroom threshold (10 %) rewritten to `pct`; both of its occurrences.
+fn with_headroom_threshold(rules: String, pct: &str) -> String {
+    assert_eq!(
+        rules.matches(HEADROOM_CLAUSE).count(),
+        2,
+        "the headroom rule's expression changed: update HEADROOM_CLAUSE"
+    );
+    rules.replace(
+        HEADROOM_CLAUSE,
+        &HEADROOM_CLAUSE.replace("< 10\n", &format!("< {pct}\n")),
+    )
+}
+
+/// The alert names of the rules file (`- alert: NAME` lines).
+fn alert_names(rules: &str) -> Vec<String> {
+    rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn promtool_checks_the_rules() {
+    let promtool = tool(PROMTOOL, "promtool (apt prometheus)");
+    let root = workspace_root();
+    let names = alert_names(&fs::read_to_string(root.join(RULES)).unwrap());
+    let o = run(Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(root.join(RULES)));
+    assert!(o.status.success(), "promtool check rules: {}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("SUCCESS: {} rules found", names.len())),
+        "promtool found another number of rules than the {} alerts {names:?}: {out}",
+        names.len()
+    );
+    for wanted in [
+        "CfstraceHeadroomLow",
+        "CfstraceCallbackOverMinPeriod",
+        "CfstraceEventsLost",
+        "CfstraceDown",
+        "CfstraceAbsent",
+    ] {
+        assert!(
+            names.iter().any(|n| n == wanted),
+            "{wanted} missing: {names:?}"
+        );
+    }
+}
+
+/// Every rule is tested both ways: some `alertname: X` entry with `exp_alerts: []` (not
+/// firing) and one with expected alerts (firing).
+#[test]
+fn every_rule_has_a_firing_and_a_quiet_unit_test() {
+    let root = workspace_root();
+    let names = alert_names(&fs::read_to_string(root.join(RULES)).unwrap());
+    let tests = fs::read_to_string(root.join(RULES_TEST)).unwrap();
+    let lines: Vec<&str> = tests.lines().map(str::trim).collect();
+    for name in &names {
+        let (mut quiet, mut firing) = (false, false);
+        for (i, l) in lines.iter().enumerate() {
+            if *l != format!("- alertname: {name}") {
+                continue;
+            }
+            let exp = lines[i + 1..]
+                .iter()
+                .find(|l| l.starts_with("exp_alerts:"))
+                .unwrap_or_else(|| panic!("{name}: an entry without exp_alerts"));
+            if *exp == "exp_alerts: []" {
+                quiet = true;
+            } else {
+                firing = true;
+            }
+        }
+        assert!(quiet, "{name}: no unit test where it does not fire");
+        assert!(firing, "{name}: no unit test where it fires");
+    }
+}
+
+#[test]
+fn promtool_unit_tests_pass_and_catch_a_changed_rule() {
+    let promtool = tool(PROMTOOL, "promtool (apt prometheus)");
+    let dir = scratch!("deploy-promtool");
+    let (_, tests) = rules_in(&dir, |r| r);
+    let o = run(Command::new(&promtool).args(["test", "rules"]).arg(&tests));
+    assert!(o.status.success(), "promtool test rules: {}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("SUCCESS"),
+        "{}",
+        text(&o)
+    );
+
+    // A threshold of 1 % no longer fires for node-a's 5 %: the unit tests must see it.
+    let (_, tests) = rules_in(&dir, |r| with_headroom_threshold(r, "1"));
+    let o = run(Command::new(&promtool).args(["test", "rules"]).arg(&tests));
+    assert!(
+        !o.status.success(),
+        "promtool test rules passed a rules file whose headroom threshold was changed: {}",
+        text(&o)
+    );
+    // promtool writes its failures on stderr.
+    assert!(
+        text(&o).contains("alertname: CfstraceHeadroomLow"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn manifests_validate_against_the_kubernetes_schema() {
+    let validate = kubernetes_validate();
+    let file = workspace_root().join(DAEMONSET);
+    let o = run(Command::new(&validate).arg("--strict").arg(&file));
+    let out = text(&o);
+    assert!(o.status.success(), "kubernetes-validate: {out}");
+    // A kind without a schema only warns (exit 0): every object must really be checked.
+    assert!(!out.contains("Couldn't find schema"), "{out}");
+    for object in [
+        "namespace/cfstrace",
+        "serviceaccount/cfstrace",
+        "daemonset/cfstrace",
+    ] {
+        assert!(
+            out.contains(&format!("passed for resource {object}")),
+            "{object} not validated: {out}"
+        );
+    }
+
+    // Broken copies must fail: a misspelt field (strict: no unknown properties) and a wrong type.
+    let dir = scratch!("deploy-validate");
+    let good = fs::read_to_string(&file).unwrap();
+    for (what, from, to) in [
+        (
+            "misspelt field",
+            "      hostPID: true\n",
+            "      hostPid: true\n",
+        ),
+        (
+            "wrong type",
+            "              containerPort: 9848\n",
+            "              containerPort: nine\n",
+        ),
+    ] {
+        assert_eq!(good.matches(from).count(), 1, "{from:?} in {DAEMONSET}");
+        let broken = dir.join("broken.yml");
+        fs::write(&broken, good.replace(from, to)).unwrap();
+        let o = run(Command::new(&validate).arg("--strict").arg(&broken));
+        assert!(
+            !o.status.success(),
+            "kubernetes-validate accepted a {what}: {}",
+            text(&o)
+        );
+    }
+}
+
+/// A child process killed and reaped on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// GET `path` from `addr` with a bare HTTP/1.1 client: (status, body).
+fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let status = head.get(9..12)?.parse().ok()?;
+    // Prometheus answers small bodies whole, larger ones chunked: undo the chunking.
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_string()
+    };
+    Some((status, body))
+}
+
+fn dechunk(mut body: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n")?;
+        let n = usize::from_str_radix(size.trim(), 16).ok()?;
+        if n == 0 {
+            return Some(out);
+        }
+        out.push_str(rest.get(..n)?);
+        body = rest.get(n + 2..)?;
+    }
+}
+
+/// A loopback port free now (the kernel's choice; Prometheus binds it right after).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding a loopback port")
+        .port()
+}
+
+/// Wait for `cfstrace watch --prometheus 127.0.0.1:0` to say where it serves.
+fn metrics_addr(child: &mut Child, stderr: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let err = fs::read_to_string(stderr).unwrap_or_default();
+        if let Some(rest) = err.split("serving Prometheus metrics on http://").nth(1) {
+            return rest.split("/metrics").next().unwrap().to_string();
+        }
+        if let Ok(Some(s)) = child.try_wait() {
+            panic!("cfstrace watch exited {s} before serving:\n{err}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no metrics address on stderr:\n{err}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The culprit paths of `watch --json`'s interval lines so far, in order.
+fn culprits(stdout: &Path) -> Vec<String> {
+    fs::read_to_string(stdout)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["kind"] == "interval")
+        .filter_map(|v| v["culprit"]["path"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn a_real_prometheus_fires_the_headroom_alert_with_the_culprits_labels() {
+    let prometheus = tool(PROMETHEUS, "the Prometheus server (apt prometheus)");
+    let dir = scratch!("deploy-e2e");
+
+    // The storm: a YARN container at a 5 ms period throttled hard, beside a quieter service
+    // at 100 ms, so the rule must pick one cgroup of two.
+    let mut tree = test_cgroups("deploy-e2e");
+    let yarn = tree
+        .add(&format!("hadoop-yarn/{CONTAINER}"), 5_000, 1_000)
+        .unwrap();
+    tree.busy(&yarn, 2).unwrap();
+    let quiet = tree.add("quiet", 100_000, 20_000).unwrap();
+    tree.busy(&quiet, 1).unwrap();
+    let yarn_path = tree.cgroup_path(&yarn);
+
+    let (stdout, stderr) = (dir.join("watch.jsonl"), dir.join("watch.stderr"));
+    let mut watch = Proc(
+        Command::new(cfstrace_bin())
+            .args([
+                "watch",
+                "--json",
+                "--prometheus",
+                "127.0.0.1:0",
+                "--interval",
+                "1s",
+            ])
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout).unwrap())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("starting cfstrace watch"),
+    );
+    let metrics = metrics_addr(&mut watch.0, &stderr);
+
+    // The rules as shipped but for the headroom threshold: 99.99999 % of watchdog_thresh
+    // (1 us of 10 s), which any period-timer span of the storm crosses.
+    let (rules, _) = rules_in(&dir, |r| with_headroom_threshold(r, "99.99999"));
+    let port = free_port();
+    let web = format!("127.0.0.1:{port}");
+    let config = dir.join("prometheus.yml");
+    fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - {}\n\
+             scrape_configs:\n  - job_name: cfstrace\n    static_configs:\n      - targets: ['{metrics}']\n",
+            rules.display()
+        ),
+    )
+    .unwrap();
+    let prom_log = dir.join("prometheus.log");
+    let _prom = Proc(
+        Command::new(&prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&prom_log).unwrap())
+            .spawn()
+            .expect("starting prometheus"),
+    );
+    let log = || fs::read_to_string(&prom_log).unwrap_or_default();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let start = Instant::now();
+    let alert = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no firing CfstraceHeadroomLow for {yarn_path} within 60 s; last /api/v1/alerts: \
+             {:?}\n--- prometheus log ---\n{}",
+            get(&web, "/api/v1/alerts"),
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        let Some((200, body)) = get(&web, "/api/v1/alerts") else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let found = v["data"]["alerts"].as_array().and_then(|alerts| {
+            alerts
+                .iter()
+                .find(|a| {
+                    a["labels"]["alertname"] == "CfstraceHeadroomLow"
+                        && a["state"] == "firing"
+                        && a["labels"]["cgroup"] == yarn_path.as_str()
+                })
+                .cloned()
+        });
+        if let Some(a) = found {
+            break a;
+        }
+    };
+    eprintln!(
+        "CfstraceHeadroomLow firing after {:.1} s: {alert}",
+        start.elapsed().as_secs_f64()
+    );
+
+    // The labels and the summary name the cgroup and its YARN application.
+    assert_eq!(alert["labels"]["kind"], "yarn", "{alert}");
+    assert_eq!(alert["labels"]["application"], APPLICATION, "{alert}");
+    assert_eq!(alert["labels"]["job"], "cfstrace", "{alert}");
+    let summary = alert["annotations"]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains(&yarn_path) && summary.contains(APPLICATION),
+        "summary: {summary}"
+    );
+
+    // The cgroup the alert names is the culprit cfstrace itself reports.
+    let named = culprits(&stdout);
+    assert!(
+        named.last() == Some(&yarn_path),
+        "watch --json's culprits {named:?}, the alert's {yarn_path}"
+    );
+
+    // Every rule evaluated against the real series without an error.
+    let (status, body) = get(&web, "/api/v1/rules").expect("/api/v1/rules");
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let rules: Vec<&Value> = v["data"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .collect();
+    assert_eq!(rules.len(), 5, "{body}");
+    for r in rules {
+        assert_eq!(
+            r["health"], "ok",
+            "rule {} failed to evaluate: {r}",
+            r["name"]
+        );
+    }
+    assert!(
+        !log().contains("level=error"),
+        "prometheus logged errors:\n{}",
+        log()
+    );
+}
