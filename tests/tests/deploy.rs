@@ -5,7 +5,8 @@
 //!   must make them fail).
 //! - deploy/kubernetes validated offline against the Kubernetes schema by kubernetes-validate
 //!   (PyPI, installed by `cargo xtask setup` into target/pytools), strict: a manifest with a
-//!   misspelt field or a wrong type must fail.
+//!   misspelt field or a wrong type must fail. The PodMonitor (a CRD: no schema there) is
+//!   checked against the DaemonSet: selector, namespace, port; and the scrape annotations.
 //! - End to end: a real Prometheus server (Debian's `prometheus`) on loopback scrapes `cfstrace
 //!   watch --prometheus` every second during a real throttling storm, with the rules loaded at
 //!   a headroom threshold the storm crosses, and its HTTP API must show CfstraceHeadroomLow
@@ -29,6 +30,7 @@ const PROMETHEUS: &str = "/usr/bin/prometheus";
 const RULES: &str = "deploy/prometheus/cfstrace-rules.yml";
 const RULES_TEST: &str = "deploy/prometheus/cfstrace-rules.test.yml";
 const DAEMONSET: &str = "deploy/kubernetes/cfstrace-daemonset.yml";
+const PODMONITOR: &str = "deploy/kubernetes/cfstrace-podmonitor.yml";
 /// The headroom rule's threshold as the file has it (twice: with and without a named cgroup).
 const HEADROOM_CLAUSE: &str =
     "100 * cfstrace_headroom_seconds / cfstrace_watchdog_thresh_seconds < 10\n";
@@ -233,6 +235,83 @@ fn manifests_validate_against_the_kubernetes_schema() {
             text(&o)
         );
     }
+}
+
+/// Every YAML document of each file, as JSON, read by PyYAML (kubernetes-validate's own
+/// dependency, in the same venv).
+fn yaml_documents(files: &[&str]) -> Vec<Vec<Value>> {
+    let python = workspace_root().join("target/pytools/bin/python");
+    assert!(
+        python.is_file(),
+        "{} missing: the venv of `cargo xtask setup`",
+        python.display()
+    );
+    let o = run(Command::new(&python)
+        .args([
+            "-c",
+            "import json, sys, yaml\n\
+             print(json.dumps([list(yaml.safe_load_all(open(f))) for f in sys.argv[1:]]))",
+        ])
+        .args(files.iter().map(|f| workspace_root().join(f))));
+    assert!(o.status.success(), "reading the manifests: {}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// kubernetes-validate has no schema for the PodMonitor (a CRD): check what it must agree on
+/// with the DaemonSet instead, and the scrape annotations against the container's port.
+#[test]
+fn podmonitor_and_annotations_point_at_the_daemonsets_port() {
+    let docs = yaml_documents(&[DAEMONSET, PODMONITOR]);
+    let ds = docs[0]
+        .iter()
+        .find(|d| d["kind"] == "DaemonSet")
+        .expect("a DaemonSet");
+    let pm = &docs[1][0];
+    assert_eq!(pm["kind"], "PodMonitor");
+    assert_eq!(pm["apiVersion"], "monitoring.coreos.com/v1");
+    let pod = &ds["spec"]["template"];
+    let container = &pod["spec"]["containers"][0];
+    let port = &container["ports"][0];
+
+    // The PodMonitor selects the DaemonSet's pods, in its namespace, on its named port.
+    let labels = pod["metadata"]["labels"].as_object().unwrap();
+    for (k, v) in pm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(
+            labels.get(k),
+            Some(v),
+            "PodMonitor selector {k}={v} vs pod labels {labels:?}"
+        );
+    }
+    let ns = &ds["metadata"]["namespace"];
+    assert!(
+        pm["spec"]["namespaceSelector"]["matchNames"]
+            .as_array()
+            .unwrap()
+            .contains(ns),
+        "PodMonitor namespaces vs {ns}"
+    );
+    let endpoint = &pm["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"], port["name"]);
+    assert_eq!(endpoint["path"], "/metrics");
+
+    // The annotations name the same port, and cfstrace listens on it on every address.
+    let number = port["containerPort"].as_u64().unwrap();
+    let ann = &pod["metadata"]["annotations"];
+    assert_eq!(ann["prometheus.io/scrape"], "true");
+    assert_eq!(ann["prometheus.io/port"], number.to_string());
+    assert_eq!(ann["prometheus.io/path"], "/metrics");
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[0], "watch");
+    let at = args
+        .iter()
+        .position(|a| *a == "--prometheus")
+        .expect("--prometheus");
+    assert_eq!(args[at + 1], format!("0.0.0.0:{number}"));
 }
 
 /// A child process killed and reaped on drop.
