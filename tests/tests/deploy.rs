@@ -7,12 +7,16 @@
 //!   (PyPI, installed by `cargo xtask setup` into target/pytools), strict: a manifest with a
 //!   misspelt field or a wrong type must fail. The PodMonitor (a CRD: no schema there) is
 //!   checked against the DaemonSet: selector, namespace, port; and the scrape annotations.
+//! - The DaemonSet's privileges for real: `cfstrace watch` under podman (runc) with exactly its
+//!   capabilities, hostPID, seccomp and read-only mounts traces and names a throttled cgroup's
+//!   process; without each (but SYS_NICE, a warning) it cannot.
 //! - End to end: a real Prometheus server (Debian's `prometheus`) on loopback scrapes `cfstrace
 //!   watch --prometheus` every second during a real throttling storm, with the rules loaded at
 //!   a headroom threshold the storm crosses, and its HTTP API must show CfstraceHeadroomLow
 //!   firing with the labels of the culprit `watch --json` names (a YARN container).
 //!
-//! Needs root (cgroups, BPF), promtool and prometheus (apt), kubernetes-validate (pip, venv):
+//! Needs root (cgroups, BPF), promtool, prometheus, podman and runc (apt), kubernetes-validate
+//! (pip, venv):
 //! all from `cargo xtask setup`. Never skips: a missing tool fails the test, saying so.
 
 use std::fs;
@@ -20,6 +24,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cfstrace_tests::{APPLICATION, CONTAINER, cfstrace_bin, scratch, test_cgroups, workspace_root};
@@ -314,6 +319,12 @@ fn podmonitor_and_annotations_point_at_the_daemonsets_port() {
     assert_eq!(args[at + 1], format!("0.0.0.0:{number}"));
 }
 
+/// The two tests with a storm one at a time: each wants its own cgroup to be the busiest.
+fn storm_turn() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A child process killed and reaped on drop.
 struct Proc(Child);
 
@@ -405,15 +416,17 @@ fn culprits(stdout: &Path) -> Vec<String> {
 fn a_real_prometheus_fires_the_headroom_alert_with_the_culprits_labels() {
     let prometheus = tool(PROMETHEUS, "the Prometheus server (apt prometheus)");
     let dir = scratch!("deploy-e2e");
+    let _turn = storm_turn();
 
-    // The storm: a YARN container at a 5 ms period throttled hard, beside a quieter service
-    // at 100 ms, so the rule must pick one cgroup of two.
+    // The storm: a YARN container at a 5 ms period throttled hard, beside a service at 100 ms
+    // whose quota (2 CPUs) its one loop never reaches: its period timer fires too, cheaply, so
+    // the rule must pick one cgroup of two.
     let mut tree = test_cgroups("deploy-e2e");
     let yarn = tree
         .add(&format!("hadoop-yarn/{CONTAINER}"), 5_000, 1_000)
         .unwrap();
     tree.busy(&yarn, 2).unwrap();
-    let quiet = tree.add("quiet", 100_000, 20_000).unwrap();
+    let quiet = tree.add("quiet", 100_000, 200_000).unwrap();
     tree.busy(&quiet, 1).unwrap();
     let yarn_path = tree.cgroup_path(&yarn);
 
@@ -513,10 +526,13 @@ fn a_real_prometheus_fires_the_headroom_alert_with_the_culprits_labels() {
         "summary: {summary}"
     );
 
-    // The cgroup the alert names is the culprit cfstrace itself reports.
+    // The cgroup the alert names is the culprit cfstrace itself reports in most intervals
+    // (the report's culprit is the cgroup of each interval's worst span, which another
+    // cgroup's timer can win now and then).
     let named = culprits(&stdout);
+    let yarn_intervals = named.iter().filter(|c| **c == yarn_path).count();
     assert!(
-        named.last() == Some(&yarn_path),
+        yarn_intervals * 2 > named.len(),
         "watch --json's culprits {named:?}, the alert's {yarn_path}"
     );
 
@@ -542,5 +558,245 @@ fn a_real_prometheus_fires_the_headroom_alert_with_the_culprits_labels() {
         !log().contains("level=error"),
         "prometheus logged errors:\n{}",
         log()
+    );
+}
+
+const PODMAN: &str = "/usr/bin/podman";
+
+/// What the DaemonSet grants, read from the manifest.
+struct Grant {
+    caps: Vec<String>,
+    host_pid: bool,
+    read_only_root: bool,
+    seccomp: String,
+    /// (host path, mount path), every mount read-only.
+    mounts: Vec<(String, String)>,
+}
+
+fn grant() -> Grant {
+    let docs = yaml_documents(&[DAEMONSET]);
+    let ds = docs[0].iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let pod = &ds["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(sc["runAsUser"], 0);
+    let volumes = pod["volumes"].as_array().unwrap();
+    let mounts = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            assert_eq!(m["readOnly"], true, "{m}");
+            let v = volumes.iter().find(|v| v["name"] == m["name"]).unwrap();
+            let host = v["hostPath"]["path"].as_str().unwrap().to_string();
+            (host, m["mountPath"].as_str().unwrap().to_string())
+        })
+        .collect();
+    Grant {
+        caps: sc["capabilities"]["add"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| format!("CAP_{}", c.as_str().unwrap()))
+            .collect(),
+        host_pid: pod["hostPID"] == true,
+        read_only_root: sc["readOnlyRootFilesystem"] == true,
+        seccomp: sc["seccompProfile"]["type"].as_str().unwrap().to_string(),
+        mounts,
+    }
+}
+
+/// A root filesystem holding the binary under test and the shared libraries it links (none
+/// for the static build).
+fn cfstrace_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    for d in ["usr/bin", "proc", "sys", "dev", "tmp"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let bin = cfstrace_bin();
+    fs::copy(&bin, root.join("usr/bin/cfstrace")).unwrap();
+    let ldd = run(Command::new("ldd").arg(&bin));
+    for lib in String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+    {
+        let to = root.join(lib.trim_start_matches('/'));
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        fs::copy(lib, &to).unwrap_or_else(|e| panic!("copying {lib}: {e}"));
+    }
+    root
+}
+
+/// `cfstrace watch --duration 3s --json` in a podman container given `g` (rootfs `root`).
+fn watch_in_podman(root: &Path, g: &Grant, dir: &Path, tag: &str) -> (Output, Vec<Value>) {
+    let mut cmd = Command::new(PODMAN);
+    // runc and cgroupfs as tests/tests/containers.rs (crun refuses this host's hybrid cgroups;
+    // no systemd); ulimits no higher than a process without CAP_SYS_RESOURCE may set.
+    cmd.args([
+        "--runtime",
+        "runc",
+        "--cgroup-manager",
+        "cgroupfs",
+        "run",
+        "--rm",
+    ])
+    .args(["--network", "none", "--user", "0:0"])
+    .args([
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=4096:4096",
+    ])
+    .args(["--cap-drop", "all", "--security-opt", "no-new-privileges"]);
+    if !g.caps.is_empty() {
+        cmd.arg("--cap-add").arg(g.caps.join(","));
+    }
+    if g.host_pid {
+        cmd.arg("--pid=host");
+    }
+    if g.read_only_root {
+        cmd.arg("--read-only");
+    }
+    if g.seccomp == "Unconfined" {
+        cmd.args(["--security-opt", "seccomp=unconfined"]);
+    }
+    for (host, at) in &g.mounts {
+        // The kubelet's log directories exist only on a kubernetes node (DirectoryOrCreate).
+        if Path::new(host).exists() {
+            cmd.arg("-v").arg(format!("{host}:{at}:ro"));
+        }
+    }
+    cmd.arg("--rootfs")
+        .arg(format!("{}:O", root.display()))
+        .args(["/usr/bin/cfstrace", "watch", "--duration", "3s", "--json"]);
+    let o = run(&mut cmd);
+    fs::write(dir.join(format!("{tag}.out")), text(&o)).unwrap();
+    let lines = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    (o, lines)
+}
+
+/// The manifest's privileges, for real: cfstrace run by podman (runc) with exactly the
+/// DaemonSet's capabilities, hostPID, seccomp, read-only root and read-only mounts traces a
+/// throttled cgroup and names its process; without each capability (but SYS_NICE, whose loss
+/// is only a warning), without hostPID, or under podman's default seccomp profile it cannot.
+#[test]
+fn the_daemonsets_privileges_are_enough_and_each_is_needed() {
+    assert!(
+        Path::new(PODMAN).is_file(),
+        "{PODMAN} missing: install podman and runc (cargo xtask setup)"
+    );
+    let dir = scratch!("deploy-podman");
+    let g = grant();
+    let root = cfstrace_rootfs(&dir);
+    let _turn = storm_turn();
+    let mut tree = test_cgroups("deploy-podman");
+    let cg = tree.add("svc", 5_000, 1_000).unwrap();
+    let pids = tree.busy(&cg, 1).unwrap();
+    let path = tree.cgroup_path(&cg);
+
+    // The culprit's process ids in the run's intervals.
+    let culprit_pids = |lines: &[Value]| -> Vec<u64> {
+        lines
+            .iter()
+            .filter(|v| v["kind"] == "interval" && v["culprit"]["path"] == path.as_str())
+            .flat_map(|v| {
+                let id = v["culprit"]["id"].clone();
+                v["cgroups"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(move |c| c["id"] == id)
+                    .cloned()
+            })
+            .flat_map(|c| c["processes"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| p["pid"].as_u64())
+            .collect()
+    };
+
+    let (o, lines) = watch_in_podman(&root, &g, &dir, "granted");
+    assert!(
+        o.status.success(),
+        "with the DaemonSet's privileges: {}",
+        text(&o)
+    );
+    let start = lines
+        .iter()
+        .find(|v| v["kind"] == "start")
+        .expect("a start line");
+    assert_eq!(start["probes"]["period_timer"]["attached"], true, "{start}");
+    assert!(
+        culprit_pids(&lines).contains(&u64::from(pids[0])),
+        "with hostPID the culprit {path} must list the busy loop {}: {}",
+        pids[0],
+        text(&o)
+    );
+
+    for cap in g.caps.iter().filter(|c| *c != "CAP_SYS_NICE") {
+        let less = Grant {
+            caps: g.caps.iter().filter(|c| *c != cap).cloned().collect(),
+            mounts: g.mounts.clone(),
+            seccomp: g.seccomp.clone(),
+            ..g
+        };
+        let (o, _) = watch_in_podman(&root, &less, &dir, cap);
+        // cfstrace itself must be what failed, not podman.
+        assert!(
+            !o.status.success() && text(&o).contains("cfstrace: error:"),
+            "cfstrace without {cap}: {}",
+            text(&o)
+        );
+    }
+    let no_nice = Grant {
+        caps: g
+            .caps
+            .iter()
+            .filter(|c| *c != "CAP_SYS_NICE")
+            .cloned()
+            .collect(),
+        mounts: g.mounts.clone(),
+        seccomp: g.seccomp.clone(),
+        ..g
+    };
+    let (o, _) = watch_in_podman(&root, &no_nice, &dir, "no-sys-nice");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("cannot run the reader at real-time priority"),
+        "{}",
+        text(&o)
+    );
+
+    let private_pid = Grant {
+        host_pid: false,
+        caps: g.caps.clone(),
+        mounts: g.mounts.clone(),
+        seccomp: g.seccomp.clone(),
+        ..g
+    };
+    let (o, lines) = watch_in_podman(&root, &private_pid, &dir, "private-pid");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        culprit_pids(&lines).is_empty(),
+        "without hostPID no host process should be named: {}",
+        text(&o)
+    );
+
+    let default_seccomp = Grant {
+        seccomp: "RuntimeDefault".into(),
+        caps: g.caps.clone(),
+        mounts: g.mounts.clone(),
+        ..g
+    };
+    let (o, _) = watch_in_podman(&root, &default_seccomp, &dir, "default-seccomp");
+    assert!(
+        !o.status.success()
+            && text(&o).contains("cfstrace: error:")
+            && text(&o).contains("Operation not permitted"),
+        "under podman's default seccomp profile: {}",
+        text(&o)
     );
 }
