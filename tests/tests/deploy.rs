@@ -374,6 +374,18 @@ fn dechunk(mut body: &str) -> Option<String> {
     }
 }
 
+/// Percent-encode a query parameter (everything but unreserved characters).
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// A loopback port free now (the kernel's choice; Prometheus binds it right after).
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -535,6 +547,32 @@ fn a_real_prometheus_fires_the_headroom_alert_with_the_culprits_labels() {
         yarn_intervals * 2 > named.len(),
         "watch --json's culprits {named:?}, the alert's {yarn_path}"
     );
+
+    // The series the rules select exist as cfstrace serves them (a misspelt name or label
+    // value would only make a rule silent).
+    for selector in [
+        "cfstrace_headroom_seconds",
+        "cfstrace_watchdog_thresh_seconds",
+        "cfstrace_callback_seconds_sum",
+        "cfstrace_callback_seconds_count",
+        r#"cfstrace_callback_seconds_bucket{le="0.001"}"#,
+        r#"cfstrace_lost_events_total{reason="ringbuf_full"}"#,
+        r#"cfstrace_lost_events_total{reason="unsent_full"}"#,
+        r#"up{job="cfstrace"}"#,
+    ] {
+        let (status, body) = get(
+            &web,
+            &format!("/api/v1/query?query=count({})", url_encode(selector)),
+        )
+        .expect("/api/v1/query");
+        assert_eq!(status, 200, "{selector}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v["data"]["result"].as_array().map(Vec::len),
+            Some(1),
+            "no series {selector} in Prometheus: {body}"
+        );
+    }
 
     // Every rule evaluated against the real series without an error.
     let (status, body) = get(&web, "/api/v1/rules").expect("/api/v1/rules");
