@@ -125,7 +125,8 @@ fn promtool_checks_the_rules() {
     );
     for wanted in [
         "CfstraceHeadroomLow",
-        "CfstraceCallbackOverMinPeriod",
+        "CfstraceCallbackOverPeriod",
+        "CfstracePeriodScaledUp",
         "CfstraceEventsLost",
         "CfstraceDown",
         "CfstraceAbsent",
@@ -555,7 +556,9 @@ fn a_real_prometheus_fires_the_headroom_alert_with_the_culprits_labels() {
         "cfstrace_watchdog_thresh_seconds",
         "cfstrace_callback_seconds_sum",
         "cfstrace_callback_seconds_count",
-        r#"cfstrace_callback_seconds_bucket{le="0.001"}"#,
+        "cfstrace_cgroup_period_seconds",
+        r#"cfstrace_cgroup_precursors_total{precursor="over_period"}"#,
+        r#"cfstrace_cgroup_precursors_total{precursor="period_scaled"}"#,
         r#"cfstrace_lost_events_total{reason="ringbuf_full"}"#,
         r#"cfstrace_lost_events_total{reason="unsent_full"}"#,
         r#"up{job="cfstrace"}"#,
@@ -584,7 +587,7 @@ fn a_real_prometheus_fires_the_headroom_alert_with_the_culprits_labels() {
         .iter()
         .flat_map(|g| g["rules"].as_array().unwrap())
         .collect();
-    assert_eq!(rules.len(), 5, "{body}");
+    assert_eq!(rules.len(), 6, "{body}");
     for r in rules {
         assert_eq!(
             r["health"], "ok",
