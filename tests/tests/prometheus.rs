@@ -39,6 +39,8 @@ const FAMILIES: &[(&str, &str)] = &[
     ("cfstrace_headroom_seconds", "gauge"),
     ("cfstrace_headroom_min_seconds", "gauge"),
     ("cfstrace_cpu_headroom_seconds", "gauge"),
+    ("cfstrace_cgroup_period_seconds", "gauge"),
+    ("cfstrace_cgroup_precursors", "counter"),
     ("cfstrace_events", "counter"),
     ("cfstrace_lost_events", "counter"),
 ];
@@ -365,6 +367,52 @@ fn assert_one_series_a_callback(samples: &[Sample], counts: &BTreeMap<String, f6
     assert_eq!(total, callbacks, "{body}");
 }
 
+/// A cgroup's CFS period in seconds, read from its own file (`cpu.max` on v2,
+/// `cpu.cfs_period_us` on v1), not from cfstrace.
+fn file_period_s(dir: &std::path::Path) -> f64 {
+    let us = match fs::read_to_string(dir.join("cpu.max")) {
+        Ok(max) => max.split_whitespace().nth(1).map(str::to_string),
+        Err(_) => fs::read_to_string(dir.join("cpu.cfs_period_us")).ok(),
+    };
+    let us: u64 = us
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no CFS period in {}", dir.display()));
+    us as f64 / 1e6
+}
+
+/// One cgroup's period gauge and precursor counters (by precursor), checked for their labels
+/// and integral, non-negative counts.
+fn cgroup_figures(samples: &[Sample], cgroup: &str) -> (Option<f64>, BTreeMap<String, f64>) {
+    let mut period = None;
+    let mut precursors = BTreeMap::new();
+    let mut want = CGROUP_LABELS.to_vec();
+    want.sort();
+    for s in samples
+        .iter()
+        .filter(|s| s.labels.get("cgroup").map(String::as_str) == Some(cgroup))
+    {
+        let mut keys: Vec<&str> = s.labels.keys().map(String::as_str).collect();
+        match s.name.as_str() {
+            "cfstrace_cgroup_period_seconds" => {
+                assert_eq!(keys, want, "{s:?}: label names");
+                assert!(
+                    period.replace(s.value).is_none(),
+                    "two periods for {cgroup}"
+                );
+            }
+            "cfstrace_cgroup_precursors_total" => {
+                keys.retain(|k| *k != "precursor");
+                assert_eq!(keys, want, "{s:?}: label names");
+                assert!(s.value >= 0.0 && s.value.fract() == 0.0, "{s:?}");
+                let p = s.labels["precursor"].clone();
+                assert!(precursors.insert(p, s.value).is_none(), "{s:?} twice");
+            }
+            _ => {}
+        }
+    }
+    (period, precursors)
+}
+
 #[test]
 fn metrics_parse_escape_accumulate_and_fold() {
     let dir = cfstrace_tests::scratch!("cfstrace-prometheus");
@@ -385,6 +433,10 @@ fn metrics_parse_escape_accumulate_and_fold() {
     let evil_path = tree.cgroup_path(&evil);
     let plain_path = tree.cgroup_path(&plain);
     assert!(evil_path.contains('"') && evil_path.contains("\\n"));
+    let evil_period = file_period_s(&evil);
+    let plain_period = file_period_s(&plain);
+    assert_eq!((evil_period, plain_period), (0.005, 0.02));
+    let mut previous_precursors: Option<BTreeMap<String, f64>> = None;
 
     // 1. Every cgroup of the tree has its own series.
     let w = start(&dir, "all", &["--duration", "12s", "--cgroup", &top]);
@@ -414,6 +466,39 @@ fn metrics_parse_escape_accumulate_and_fold() {
         let counts = callback_counts(&samples);
         assert_one_series_a_callback(&samples, &counts, &body);
         assert!(counts[&evil_path] > 0.0);
+        // Each cgroup's period is its file's; nobody wrote it and its callbacks take
+        // microseconds, so the kernel never changed or scaled it.
+        for (path, file_period) in [(&evil_path, evil_period), (&plain_path, plain_period)] {
+            let (period, pre) = cgroup_figures(&samples, path);
+            assert_eq!(period, Some(file_period), "{path:?} period:\n{body}");
+            let kinds: Vec<&str> = pre.keys().map(String::as_str).collect();
+            assert!(
+                kinds == ["over_period", "period_changed", "period_scaled"]
+                    || kinds
+                        == [
+                            "multi_pass",
+                            "over_period",
+                            "period_changed",
+                            "period_scaled"
+                        ],
+                "{path:?} precursors {kinds:?}:\n{body}"
+            );
+            assert_eq!(pre["period_changed"], 0.0, "{path:?}:\n{body}");
+            assert_eq!(pre["period_scaled"], 0.0, "{path:?}:\n{body}");
+            for (k, n) in &pre {
+                assert!(
+                    *n <= counts[path.as_str()],
+                    "{path:?} {k} {n} > its callbacks"
+                );
+            }
+        }
+        let (_, pre) = cgroup_figures(&samples, &evil_path);
+        if let Some(prev) = &previous_precursors {
+            for (k, n) in prev {
+                assert!(pre[k] >= *n, "{evil_path:?} {k}: {n} -> {}", pre[k]);
+            }
+        }
+        previous_precursors = Some(pre);
         let thresh = samples
             .iter()
             .find(|s| s.name == "cfstrace_watchdog_thresh_seconds")
@@ -473,6 +558,12 @@ fn metrics_parse_escape_accumulate_and_fold() {
             "other: {previous_other} -> {other}"
         );
         previous_other = other;
+        // The busiest keeps its period; `other` is no one cgroup: counted precursors, no period.
+        assert_eq!(cgroup_figures(&samples, &evil_path).0, Some(evil_period));
+        let (period, pre) = cgroup_figures(&samples, "other");
+        assert_eq!(period, None, "{body}");
+        assert!(pre.contains_key("over_period"), "{body}");
+        assert!(!body.contains(&format!("{plain_path}\"")), "{body}");
         let other_labels = cb.keys().find(|k| k["cgroup"] == "other").unwrap();
         assert!(
             other_labels

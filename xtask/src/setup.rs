@@ -48,6 +48,11 @@ pub const TEST_APT_PACKAGES: &[&str] = &[
     "bpftool",
     // file: tests/tests/static_binary.rs has it say the shipped binary is static.
     "file",
+    // prometheus (the server and promtool): tests/tests/deploy.rs checks and unit-tests
+    // deploy/prometheus's rules and fires them from a real server scraping cfstrace.
+    "prometheus",
+    // python3-venv: the venv under target/ that PIP_TOOLS are installed into.
+    "python3-venv",
 ];
 
 impl Needs {
@@ -58,6 +63,14 @@ impl Needs {
         }
     }
 }
+
+/// PyPI tools the tests need, installed into a venv of their own under target/ (never into the
+/// system Python): kubernetes-validate checks deploy/kubernetes offline against the Kubernetes
+/// schemas it ships (tests/tests/deploy.rs).
+pub const PIP_TOOLS: &[(&str, &str)] = &[("kubernetes-validate", "1.37.0")];
+
+/// The venv PIP_TOOLS go into (its `bin/` holds their commands).
+pub const PIP_VENV: &str = "target/pytools";
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_REQ: &str = "^0.13";
@@ -139,6 +152,30 @@ pub fn ensure(needs: Needs, quiet_if_ok: bool) -> Result<()> {
         }
     }
 
+    // 5. The tests' PyPI tools, pinned, in their venv (not for the demo).
+    let venv = cmd::workspace_root().join(PIP_VENV);
+    let missing = if needs == Needs::Test {
+        missing_pip_tools(&venv)
+    } else {
+        Vec::new()
+    };
+    for (p, v) in PIP_TOOLS
+        .iter()
+        .filter(|t| needs == Needs::Test && !missing.contains(t))
+    {
+        lines.push(format!("ok: {p} {v} (pip, {PIP_VENV})"));
+    }
+    if !missing.is_empty() {
+        flush(&mut lines);
+        let names: Vec<String> = missing.iter().map(|(p, v)| format!("{p}=={v}")).collect();
+        println!("installing: {} (pip, venv {PIP_VENV})", names.join(" "));
+        install_pip_tools(&venv, &names)?;
+        let still = missing_pip_tools(&venv);
+        if !still.is_empty() {
+            bail!("pip install left {still:?} missing in {}", venv.display());
+        }
+    }
+
     if !quiet_if_ok {
         flush(&mut lines);
     }
@@ -159,6 +196,33 @@ fn static_target_installed() -> Result<bool> {
         d.flatten()
             .any(|e| e.file_name().to_string_lossy().starts_with("libstd-"))
     }))
+}
+
+/// Those of PIP_TOOLS not installed at their pinned version in `venv`.
+fn missing_pip_tools(venv: &std::path::Path) -> Vec<(&'static str, &'static str)> {
+    let pip = venv.join("bin/pip");
+    PIP_TOOLS
+        .iter()
+        .filter(|(p, v)| {
+            let out = Command::new(&pip).args(["show", p]).output();
+            !matches!(out, Ok(o) if o.status.success()
+                && String::from_utf8_lossy(&o.stdout).lines().any(|l| l == format!("Version: {v}")))
+        })
+        .copied()
+        .collect()
+}
+
+/// Make the venv with Debian's python3 (apt python3-venv) and pip-install `reqs` into it.
+fn install_pip_tools(venv: &std::path::Path, reqs: &[String]) -> Result<()> {
+    if !venv.join("bin/pip").exists() {
+        run(Command::new("/usr/bin/python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(venv))?;
+    }
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "-q", "--disable-pip-version-check"])
+        .args(reqs))
 }
 
 /// `cargo xtask setup --check`: report, install nothing, fail if something is missing.
@@ -201,6 +265,15 @@ pub fn check() -> Result<()> {
     } else {
         println!("missing: rust target {} (rustup)", cmd::STATIC_TARGET);
         bad.push(cmd::STATIC_TARGET.into());
+    }
+    let missing = missing_pip_tools(&cmd::workspace_root().join(PIP_VENV));
+    for (p, v) in PIP_TOOLS {
+        if missing.contains(&(*p, *v)) {
+            println!("missing: {p} {v} (pip, {PIP_VENV})");
+            bad.push(p.to_string());
+        } else {
+            println!("ok: {p} {v} (pip, {PIP_VENV})");
+        }
     }
     if !bad.is_empty() {
         bail!("missing: {} (run `cargo xtask setup`)", bad.join(" "));

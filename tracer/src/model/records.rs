@@ -34,6 +34,11 @@ impl PeriodRecord {
     pub fn counted_unthrottled(&self) -> Option<u32> {
         (self.flags & tracer_ebpf::HOW_UNTHROTTLE != 0).then_some(self.unthrottled)
     }
+
+    /// Its `distribute_cfs_runtime` passes, when the kernel side counted them (`HOW_LOOPS`).
+    pub fn counted_loops(&self) -> Option<u32> {
+        (self.flags & tracer_ebpf::HOW_LOOPS != 0).then_some(self.loops)
+    }
 }
 
 // A record is its facts plus how naming went: read through to them.

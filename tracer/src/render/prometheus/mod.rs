@@ -30,7 +30,11 @@ use prometheus_client::registry::Registry;
 use regex::Regex;
 
 use crate::analysis::Distribution;
-use crate::model::records::{CaptureLine, CgroupRecord, LossRecord, PeriodRecord};
+use crate::analysis::UNRESOLVED_ID;
+use crate::model::cpuset::CpuSet;
+use crate::model::records::{
+    CaptureLine, CgroupRecord, LossRecord, PeriodRecord, PeriodScaling, UnsentPeriodsRecord,
+};
 use crate::model::workload::{Workload, WorkloadKind, classify};
 use crate::report::{Report, cgroup_name};
 
@@ -182,12 +186,38 @@ fn other_labels() -> Labels {
     )
 }
 
-/// One cgroup's (or `other`'s) histograms.
+/// A cgroup's lockup precursors, counted as the report counts them
+/// ([`crate::analysis::precursors`]): callbacks that took at least the period the kernel had
+/// at that callback, callbacks of more than one distribute pass, changes of the period between
+/// two callbacks of one timer, and the kernel's "period too short, scaling up" messages
+/// attributed to its timer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct PrecursorCounts {
+    over_period: u64,
+    multi_pass: u64,
+    period_changed: u64,
+    period_scaled: u64,
+}
+
+impl PrecursorCounts {
+    fn merge(&mut self, o: &PrecursorCounts) {
+        self.over_period += o.over_period;
+        self.multi_pass += o.multi_pass;
+        self.period_changed += o.period_changed;
+        self.period_scaled += o.period_scaled;
+    }
+}
+
+/// One cgroup's (or `other`'s) histograms, precursor counts and period.
 #[derive(Clone, Debug)]
 struct Series {
     labels: Labels,
     callback: Distribution,
     unthrottled: Distribution,
+    precursors: PrecursorCounts,
+    /// `cfs_bandwidth.period` at its last callback that carried one (never shown for `other`,
+    /// which is no one cgroup).
+    period_ns: Option<u64>,
 }
 
 impl Series {
@@ -196,19 +226,36 @@ impl Series {
             labels,
             callback: Distribution::callback(),
             unthrottled: Distribution::counts(),
+            precursors: PrecursorCounts::default(),
+            period_ns: None,
         }
     }
 
-    fn observe(&mut self, p: &PeriodRecord) {
+    /// One callback; `changed`: its period differs from the previous callback's of the same
+    /// timer.
+    fn observe(&mut self, p: &PeriodRecord, changed: bool) {
         self.callback.record(p.duration_ns);
         if let Some(n) = p.counted_unthrottled() {
             self.unthrottled.record(u64::from(n));
+        }
+        if p.period_ns > 0 {
+            self.period_ns = Some(p.period_ns);
+            if p.duration_ns >= p.period_ns {
+                self.precursors.over_period += 1;
+            }
+        }
+        if p.counted_loops().is_some_and(|n| n > 1) {
+            self.precursors.multi_pass += 1;
+        }
+        if changed {
+            self.precursors.period_changed += 1;
         }
     }
 
     fn merge(&mut self, o: &Series) {
         self.callback.merge(&o.callback);
         self.unthrottled.merge(&o.unthrottled);
+        self.precursors.merge(&o.precursors);
     }
 
     /// IRQs-off time, to rank cgroups waiting for a slot.
@@ -258,7 +305,19 @@ const CPU_HEADROOM: Family = (
     "cfstrace_cpu_headroom_seconds",
     "watchdog_thresh minus the CPU's worst IRQs-off span in the last interval.",
 );
+const PERIOD: Family = (
+    "cfstrace_cgroup_period_seconds",
+    "The cgroup's CFS bandwidth period (cfs_bandwidth.period) as the kernel had it at its last \
+     period-timer callback.",
+);
 // Counters are named without `_total`: the encoder appends it to the samples.
+const PRECURSORS: Family = (
+    "cfstrace_cgroup_precursors",
+    "Lockup precursors of the cgroup's period timer since cfstrace started, by precursor: \
+     over_period (a callback took at least its period), multi_pass (more than one distribute \
+     pass in a callback), period_changed (the period differed from the previous callback's), \
+     period_scaled (a kernel \"period too short, scaling up\" message for its timer).",
+);
 const EVENTS: Family = (
     "cfstrace_events",
     "Events traced since cfstrace started, by kind.",
@@ -277,6 +336,10 @@ struct Exposition {
     /// None until the kernel has given an unthrottled count.
     unthrottled: Option<Vec<HistSample>>,
     spans: Vec<HistSample>,
+    /// Per cgroup (not `other`): its period in seconds.
+    periods: Vec<(Labels, f64)>,
+    /// Per series and precursor.
+    precursors: Vec<(Labels, u64)>,
     thresh_s: Option<i64>,
     headroom_s: Option<f64>,
     headroom_min_s: Option<f64>,
@@ -332,6 +395,22 @@ impl Collector for Exposition {
         if !self.spans.is_empty() {
             histograms(&mut enc, IRQ_SPAN, &self.spans)?;
         }
+        if !self.periods.is_empty() {
+            let rows = self.periods.iter();
+            labelled(
+                &mut enc,
+                PERIOD,
+                rows.map(|(l, v)| (l.clone(), ConstGauge::new(*v))),
+            )?;
+        }
+        if !self.precursors.is_empty() {
+            let rows = self.precursors.iter();
+            labelled(
+                &mut enc,
+                PRECURSORS,
+                rows.map(|(l, n)| (l.clone(), ConstCounter::new(*n))),
+            )?;
+        }
         single(&mut enc, THRESH, self.thresh_s.map(ConstGauge::new))?;
         single(&mut enc, HEADROOM, self.headroom_s.map(ConstGauge::new))?;
         single(
@@ -360,6 +439,23 @@ impl Collector for Exposition {
 fn seconds(ns: i64) -> f64 {
     ns as f64 / 1e9
 }
+
+/// One cgroup's period timer as the precursors need it: its period at the last callback, the
+/// CPUs it fired on and its IRQs-off time (to attribute a kernel message to it).
+#[derive(Debug, Default)]
+struct Timer {
+    period_ns: u64,
+    cpus: CpuSet,
+    total_ns: u64,
+}
+
+/// Intervals a kernel "period too short" message waits for its cgroup's timer to show the new
+/// period (the next callback, one new period later: up to the kernel's 1 s cap) before it is
+/// dropped unattributed.
+const KMSG_TRIES: u8 = 3;
+
+/// Kernel messages kept waiting at most (a message storm cannot grow memory).
+const MAX_PENDING_KMSGS: usize = 1024;
 
 /// Everything /metrics shows, cumulative since `watch` started (gauges: the last interval).
 #[derive(Debug)]
@@ -390,6 +486,14 @@ pub struct Metrics {
     cpu_headroom_ns: BTreeMap<u32, i64>,
     time: Layout,
     counts: Layout,
+    /// Per cgroup id: its timer's period, CPUs and time.
+    timers: HashMap<u64, Timer>,
+    /// Per cgroup id: its last `unsent_periods` line's sums (they are cumulative).
+    unsent: HashMap<u64, UnsentPeriodsRecord>,
+    /// Some callback carried a real distribute-pass count (`HOW_LOOPS`): `multi_pass` is shown.
+    loops_seen: bool,
+    /// "period too short, scaling up" messages not yet attributed, with the tries left.
+    kmsgs: Vec<(PeriodScaling, u8)>,
 }
 
 impl Metrics {
@@ -419,6 +523,50 @@ impl Metrics {
             cpu_headroom_ns: BTreeMap::new(),
             time: Layout::time(),
             counts: Layout::counts(),
+            timers: HashMap::new(),
+            unsent: HashMap::new(),
+            loops_seen: false,
+            kmsgs: Vec::new(),
+        }
+    }
+
+    /// The series cgroup `id`'s figures go to: its own, `other`, or one waiting for a slot.
+    fn series_mut(&mut self, id: u64) -> &mut Series {
+        let key = self.key(id);
+        if self.folded.contains(&key) {
+            return &mut self.other;
+        }
+        if let Some(&i) = self.slot_of.get(&key) {
+            return &mut self.slots[i];
+        }
+        let w = (self.records.get(&id))
+            .map(|r| r.workload.clone())
+            .unwrap_or_else(|| classify(&key));
+        let labels = cgroup_labels(&key, &w);
+        self.pending
+            .entry(key)
+            .or_insert_with(|| Series::new(labels))
+    }
+
+    /// Give each waiting kernel message to the timer it is about: a cgroup whose timer fired
+    /// on the message's CPU and now runs at the message's new period (the busiest if several;
+    /// the report's rule for a message no period change explains). A message no timer fits
+    /// yet waits for the next interval, [`KMSG_TRIES`] times at most.
+    fn attribute_kmsgs(&mut self) {
+        let kmsgs = std::mem::take(&mut self.kmsgs);
+        for (m, tries) in kmsgs {
+            let new_ns = m.period_us.saturating_mul(1_000);
+            let owner = (self.timers.iter())
+                .filter(|(id, t)| {
+                    **id != UNRESOLVED_ID && t.period_ns == new_ns && t.cpus.contains(m.cpu)
+                })
+                .max_by_key(|(id, t)| (t.total_ns, std::cmp::Reverse(**id)))
+                .map(|(id, _)| *id);
+            match owner {
+                Some(id) => self.series_mut(id).precursors.period_scaled += 1,
+                None if tries > 1 => self.kmsgs.push((m, tries - 1)),
+                None => {}
+            }
         }
     }
 
@@ -443,24 +591,36 @@ impl Metrics {
             CaptureLine::Period(p) => {
                 self.periods += 1;
                 self.unthrottle_seen |= p.counted_unthrottled().is_some();
-                let key = self.key(p.cgroup_id);
-                if self.folded.contains(&key) {
-                    self.other.observe(p);
-                } else if let Some(&i) = self.slot_of.get(&key) {
-                    self.slots[i].observe(p);
-                } else {
-                    let labels = {
-                        let w = self
-                            .records
-                            .get(&p.cgroup_id)
-                            .map(|r| r.workload.clone())
-                            .unwrap_or_else(|| classify(&key));
-                        cgroup_labels(&key, &w)
-                    };
-                    self.pending
-                        .entry(key)
-                        .or_insert_with(|| Series::new(labels))
-                        .observe(p);
+                self.loops_seen |= p.counted_loops().is_some();
+                let t = self.timers.entry(p.cgroup_id).or_default();
+                // The period as the kernel had it, against this timer's previous callback.
+                let changed = p.cgroup_id != UNRESOLVED_ID
+                    && p.period_ns > 0
+                    && t.period_ns > 0
+                    && t.period_ns != p.period_ns;
+                if p.period_ns > 0 {
+                    t.period_ns = p.period_ns;
+                }
+                t.cpus.insert(p.cpu);
+                t.total_ns = t.total_ns.saturating_add(p.duration_ns);
+                self.series_mut(p.cgroup_id).observe(p, changed);
+            }
+            CaptureLine::UnsentPeriods(u) => {
+                // Callbacks whose events were lost, as the kernel summed them: their precursor
+                // counts stay exact (the histograms hold only the callbacks decoded).
+                let prev = self.unsent.insert(u.id, u.clone());
+                let before = prev.map(|p| p.sums).unwrap_or_default();
+                let over = u.sums.over_period.saturating_sub(before.over_period);
+                let multi = u.sums.multi_pass.saturating_sub(before.multi_pass);
+                self.loops_seen |= u.sums.max_loops > 0;
+                let pr = &mut self.series_mut(u.id).precursors;
+                pr.over_period += over;
+                pr.multi_pass += multi;
+            }
+            CaptureLine::KmsgPeriodScaling(m) => {
+                // "period too short, but cannot scale up" changed nothing: not counted.
+                if m.scaled_up && self.kmsgs.len() < MAX_PENDING_KMSGS {
+                    self.kmsgs.push((m.clone(), KMSG_TRIES));
                 }
             }
             CaptureLine::IrqSpan(x) => {
@@ -471,11 +631,7 @@ impl Metrics {
                     .record(x.duration_ns);
             }
             CaptureLine::AsyncUnthrottle(_) => self.async_events += 1,
-            CaptureLine::KmsgPeriodScaling(_)
-            | CaptureLine::Loss(_)
-            | CaptureLine::UnsentPeriods(_)
-            | CaptureLine::CpuTotals(_)
-            | CaptureLine::End(_) => {}
+            CaptureLine::Loss(_) | CaptureLine::CpuTotals(_) | CaptureLine::End(_) => {}
         }
     }
 
@@ -499,6 +655,7 @@ impl Metrics {
     /// End of an interval: settle new cgroups, take the loss counters (cumulative, as the
     /// session reads them) and the interval's headroom gauges from its node-wide report.
     pub fn end_interval(&mut self, report: &Report, loss: LossRecord) {
+        self.attribute_kmsgs();
         self.settle();
         self.loss = loss;
         self.thresh_s = report.watchdog.thresh_s;
@@ -552,7 +709,31 @@ impl Metrics {
             rows.collect::<Vec<_>>()
         };
         let cpu = |cpu: &u32| Labels::one("cpu", cpu);
+        let mut kinds = vec!["over_period", "period_changed", "period_scaled"];
+        if self.loops_seen {
+            kinds.insert(1, "multi_pass");
+        }
+        let precursors = (series.iter())
+            .flat_map(|s| {
+                kinds.iter().map(|&k| {
+                    let p = &s.precursors;
+                    let n = match k {
+                        "over_period" => p.over_period,
+                        "multi_pass" => p.multi_pass,
+                        "period_changed" => p.period_changed,
+                        _ => p.period_scaled,
+                    };
+                    let mut labels = s.labels.clone();
+                    labels.0.push(("precursor", k.to_string()));
+                    (labels, n)
+                })
+            })
+            .collect();
         Exposition {
+            periods: (self.slots.iter())
+                .filter_map(|s| Some((s.labels.clone(), seconds(s.period_ns? as i64))))
+                .collect(),
+            precursors,
             callback: hists(&self.time, |s| &s.callback),
             unthrottled: self
                 .unthrottle_seen
@@ -806,6 +987,157 @@ mod tests {
         m.end_interval(&empty_report(), LossRecord::default());
         let t = render_text(&m);
         assert!(t.contains("\"other\"") && !t.contains("x.service"), "{t}");
+    }
+
+    /// A callback of cgroup `cg` at `period_ns` taking `dur` ns, with `loops` passes counted.
+    fn timed(cg: u64, cpu: u32, dur: u64, period_ns: u64, loops: Option<u32>) -> CaptureLine {
+        CaptureLine::Period(PeriodRecord {
+            ts_ns: 1,
+            cpu,
+            duration_ns: dur,
+            cgroup_id: cg,
+            period_ns,
+            quota_ns: period_ns / 2,
+            loops: loops.unwrap_or(0),
+            flags: tracer_ebpf::HOW_PERIOD | loops.map_or(0, |_| tracer_ebpf::HOW_LOOPS),
+            ..Default::default()
+        })
+    }
+
+    fn scaled(cpu: u32, period_us: u64, scaled_up: bool) -> CaptureLine {
+        CaptureLine::KmsgPeriodScaling(PeriodScaling {
+            ts_us: 1,
+            cpu,
+            scaled_up,
+            period_us,
+            quota_us: period_us / 2,
+        })
+    }
+
+    /// The value of the one sample line that starts with `head`.
+    fn sample(t: &str, head: &str) -> Option<f64> {
+        let mut lines = t.lines().filter(|l| l.starts_with(head));
+        let line = lines.next()?;
+        assert!(lines.next().is_none(), "two samples {head}:\n{t}");
+        Some(line.rsplit_once(' ').unwrap().1.parse().unwrap())
+    }
+
+    const C_LABELS: &str =
+        r#"{cgroup="/c",kind="cgroup",application="",container="",pod_uid="",unit="""#;
+
+    fn precursor(t: &str, labels: &str, p: &str) -> Option<f64> {
+        sample(
+            t,
+            &format!("cfstrace_cgroup_precursors_total{labels},precursor=\"{p}\"}} "),
+        )
+    }
+
+    #[test]
+    fn period_and_precursors_per_cgroup() {
+        let mut m = Metrics::new(50, None);
+        m.feed(&named(7, "/c"));
+        // At 1 ms: one callback under its period, one at exactly its period (counted), one
+        // of three passes; then the kernel's message and the doubled period.
+        m.feed(&timed(7, 2, 999_999, 1_000_000, Some(1)));
+        m.feed(&timed(7, 2, 1_000_000, 1_000_000, Some(1)));
+        m.feed(&timed(7, 2, 5_000, 1_000_000, Some(3)));
+        m.feed(&scaled(2, 2_000, true));
+        // Could not scale (at the 1 s cap): changes nothing, not counted.
+        m.feed(&scaled(2, 2_000, false));
+        m.feed(&timed(7, 2, 5_000, 2_000_000, Some(1)));
+        m.end_interval(&empty_report(), LossRecord::default());
+        let t = render_text(&m);
+        assert!(
+            t.contains("# TYPE cfstrace_cgroup_period_seconds gauge\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("# TYPE cfstrace_cgroup_precursors counter\n"),
+            "{t}"
+        );
+        let period = format!("cfstrace_cgroup_period_seconds{C_LABELS}}} ");
+        assert_eq!(sample(&t, &period), Some(0.002), "{t}");
+        assert_eq!(precursor(&t, C_LABELS, "over_period"), Some(1.0), "{t}");
+        assert_eq!(precursor(&t, C_LABELS, "multi_pass"), Some(1.0), "{t}");
+        assert_eq!(precursor(&t, C_LABELS, "period_changed"), Some(1.0), "{t}");
+        assert_eq!(precursor(&t, C_LABELS, "period_scaled"), Some(1.0), "{t}");
+
+        // A message for a timer on another CPU, and one no timer shows yet: neither is this
+        // cgroup's; the second is given to it once its period shows, an interval later.
+        m.feed(&scaled(5, 4_000, true));
+        m.feed(&scaled(2, 4_000, true));
+        m.end_interval(&empty_report(), LossRecord::default());
+        assert_eq!(
+            precursor(&render_text(&m), C_LABELS, "period_scaled"),
+            Some(1.0)
+        );
+        m.feed(&timed(7, 2, 5_000, 4_000_000, Some(1)));
+        m.end_interval(&empty_report(), LossRecord::default());
+        let t = render_text(&m);
+        assert_eq!(precursor(&t, C_LABELS, "period_scaled"), Some(2.0), "{t}");
+        assert_eq!(precursor(&t, C_LABELS, "period_changed"), Some(2.0), "{t}");
+        assert_eq!(sample(&t, &period), Some(0.004), "{t}");
+        // The message from CPU 5 was dropped after its tries, never counted anywhere.
+        for _ in 0..KMSG_TRIES {
+            m.end_interval(&empty_report(), LossRecord::default());
+        }
+        assert!(m.kmsgs.is_empty());
+
+        // Lost callbacks' precursors come from the kernel's cumulative sums: deltas added.
+        let unsent = |over: u64, multi: u64| {
+            let mut u = UnsentPeriodsRecord {
+                id: 7,
+                ..Default::default()
+            };
+            u.sums.over_period = over;
+            u.sums.multi_pass = multi;
+            u.sums.max_loops = 3;
+            CaptureLine::UnsentPeriods(u)
+        };
+        m.feed(&unsent(2, 1));
+        m.feed(&unsent(5, 1));
+        m.end_interval(&empty_report(), LossRecord::default());
+        let t = render_text(&m);
+        assert_eq!(precursor(&t, C_LABELS, "over_period"), Some(6.0), "{t}");
+        assert_eq!(precursor(&t, C_LABELS, "multi_pass"), Some(2.0), "{t}");
+    }
+
+    #[test]
+    fn precursors_without_loops_and_in_other() {
+        // No pass count from this kernel: no multi_pass sample, the other three at 0.
+        let t = render_text(&one_cgroup("/c", &[1_000]));
+        assert_eq!(precursor(&t, C_LABELS, "over_period"), Some(0.0), "{t}");
+        assert_eq!(precursor(&t, C_LABELS, "period_scaled"), Some(0.0), "{t}");
+        assert_eq!(precursor(&t, C_LABELS, "multi_pass"), None, "{t}");
+        // Nor a period: the callbacks carried none.
+        assert!(!t.contains("cfstrace_cgroup_period_seconds"), "{t}");
+
+        // Beyond --max-cgroups: counted in `other`, which has no one period.
+        let mut m = Metrics::new(1, None);
+        m.feed(&named(1, "/busy"));
+        m.feed(&named(2, "/c"));
+        m.feed(&timed(1, 0, 900_000, 1_000_000, None));
+        m.feed(&timed(2, 1, 100_000, 100_000, None));
+        m.end_interval(&empty_report(), LossRecord::default());
+        m.feed(&timed(2, 1, 200_000, 100_000, None));
+        m.feed(&timed(2, 1, 200_000, 200_000, None));
+        m.feed(&scaled(0, 1_000, true));
+        m.end_interval(&empty_report(), LossRecord::default());
+        let t = render_text(&m);
+        let other = r#"{cgroup="other",kind="",application="",container="",pod_uid="",unit="""#;
+        assert_eq!(precursor(&t, other, "over_period"), Some(3.0), "{t}");
+        assert_eq!(precursor(&t, other, "period_changed"), Some(1.0), "{t}");
+        let busy =
+            r#"{cgroup="/busy",kind="cgroup",application="",container="",pod_uid="",unit="""#;
+        assert_eq!(precursor(&t, busy, "over_period"), Some(0.0), "{t}");
+        assert_eq!(precursor(&t, busy, "period_scaled"), Some(1.0), "{t}");
+        let periods: Vec<&str> = (t.lines())
+            .filter(|l| l.starts_with("cfstrace_cgroup_period_seconds{"))
+            .collect();
+        assert_eq!(
+            periods,
+            [format!("cfstrace_cgroup_period_seconds{busy}}} 0.001")]
+        );
     }
 
     #[test]
