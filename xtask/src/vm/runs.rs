@@ -70,19 +70,11 @@ pub fn boot(
         append: extra,
         engine,
     };
-    let w = Watch {
+    let w = guest_watch(
         log,
-        limits: Limits {
-            timeout,
-            silence: SILENCE_LIMIT,
-            wall_factor: WALL_BACKSTOP,
-        },
-        init_marker: M_INIT,
-        idle_line: Watch::never,
-        echo: Watch::never,
-        cancelled: Watch::not_cancelled,
-        kvm_init_deadline: (args.accel == Accel::Auto).then_some(KVM_INIT_DEADLINE),
-    };
+        timeout,
+        (args.accel == Accel::Auto).then_some(KVM_INIT_DEADLINE),
+    );
     if !try_kvm {
         return run(&m(tcg), &w);
     }
@@ -107,6 +99,23 @@ pub fn boot(
     }
     let _ = KVM_WORKS.set(false);
     run(&m(tcg), &w)
+}
+
+/// How a VM test guest is watched: its time limit, the silence limit, our /init's marker.
+fn guest_watch(log: &Path, timeout: Duration, kvm_init_deadline: Option<Duration>) -> Watch<'_> {
+    Watch {
+        log,
+        limits: Limits {
+            timeout,
+            silence: SILENCE_LIMIT,
+            wall_factor: WALL_BACKSTOP,
+        },
+        init_marker: M_INIT,
+        idle_line: Watch::never,
+        echo: Watch::never,
+        cancelled: Watch::not_cancelled,
+        kvm_init_deadline,
+    }
 }
 
 /// Per-boot limit: boot + facts + per backend doctor (20 attach cycles) and an 8 s record,
@@ -150,19 +159,7 @@ pub fn run_diff(kernel: &Kernel, initrd: &Path) -> Outcome {
         append: params,
         engine: Engine::TcgIcount,
     };
-    let w = Watch {
-        log: &log,
-        limits: Limits {
-            timeout: DIFF_TIME,
-            silence: SILENCE_LIMIT,
-            wall_factor: WALL_BACKSTOP,
-        },
-        init_marker: M_INIT,
-        idle_line: Watch::never,
-        echo: Watch::never,
-        cancelled: Watch::not_cancelled,
-        kvm_init_deadline: None,
-    };
+    let w = guest_watch(&log, DIFF_TIME, None);
     let b = run(&m, &w);
     if let Ok(b) = &b {
         println!(
