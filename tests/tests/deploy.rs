@@ -785,9 +785,11 @@ fn the_daemonsets_privileges_are_enough_and_each_is_needed() {
             ..g
         };
         let (o, _) = watch_in_podman(&root, &less, &dir, cap);
-        // cfstrace itself must be what failed, not podman.
+        // cfstrace itself must be what failed, not podman, naming what it lacks.
         assert!(
-            !o.status.success() && text(&o).contains("cfstrace: error:"),
+            !o.status.success()
+                && text(&o).contains("cfstrace: error:")
+                && text(&o).contains(&format!("missing capability {cap}")),
             "cfstrace without {cap}: {}",
             text(&o)
         );

@@ -11,10 +11,30 @@ pub enum KallsymsError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "{path} shows only zero addresses: run as root (or set kernel.kptr_restrict=0) so symbol addresses are visible"
-    )]
-    Restricted { path: String },
+    #[error("{}", restricted_message(path, *.syslog_held, .kptr_restrict.as_deref()))]
+    Restricted {
+        path: String,
+        /// CAP_SYSLOG held: then only kptr_restrict=2 hides the addresses.
+        syslog_held: bool,
+        kptr_restrict: Option<String>,
+    },
+}
+
+/// The kernel shows kallsyms addresses to CAP_SYSLOG unless kptr_restrict=2 (and to everyone at
+/// kptr_restrict=0 with perf_event_paranoid<=1): name what is missing.
+fn restricted_message(path: &str, syslog_held: bool, kptr_restrict: Option<&str>) -> String {
+    let restrict = kptr_restrict.unwrap_or("unknown");
+    if syslog_held {
+        format!(
+            "{path} shows only zero addresses even with CAP_SYSLOG (kernel.kptr_restrict={restrict}): \
+             set kernel.kptr_restrict=1 so the tracepoint filter can find sched_cfs_period_timer"
+        )
+    } else {
+        format!(
+            "missing capability CAP_SYSLOG: {path} shows only zero addresses (kernel.kptr_restrict={restrict}); \
+             run as root or grant CAP_SYSLOG so the tracepoint filter can find sched_cfs_period_timer"
+        )
+    }
 }
 
 /// The symbols cfstrace cares about, looked up in one pass over kallsyms.
@@ -41,7 +61,13 @@ impl Symbols {
             line.clear();
         }
         if !s.found.is_empty() && s.found.values().all(|(a, _)| *a == 0) {
-            return Err(KallsymsError::Restricted { path: path.into() });
+            return Err(KallsymsError::Restricted {
+                path: path.into(),
+                syslog_held: super::privileges::holds(super::privileges::Capability::Syslog),
+                kptr_restrict: std::fs::read_to_string("/proc/sys/kernel/kptr_restrict")
+                    .ok()
+                    .map(|v| v.trim().to_string()),
+            });
         }
         Ok(s)
     }
@@ -101,6 +127,16 @@ impl Symbols {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restricted_names_cap_syslog_or_kptr_restrict() {
+        let m = restricted_message("/proc/kallsyms", false, Some("1"));
+        assert!(m.starts_with("missing capability CAP_SYSLOG: "), "{m}");
+        assert!(m.contains("kernel.kptr_restrict=1"), "{m}");
+        let m = restricted_message("/proc/kallsyms", true, Some("2"));
+        assert!(!m.contains("missing capability"), "{m}");
+        assert!(m.contains("kernel.kptr_restrict=2"), "{m}");
+    }
 
     const SAMPLE: &str = "\
 ffffffff813b4150 t enqueue_task_fair

@@ -26,10 +26,18 @@ pub fn raise_priority(prio: u8) -> Option<String> {
         )
     };
     (r != 0).then(|| {
+        let err = io::Error::last_os_error();
+        // EPERM without CAP_SYS_NICE is the usual cause; with it, the cgroup's RT runtime.
+        let cause = if err.raw_os_error() == Some(libc::EPERM)
+            && !crate::bpf::privileges::holds(crate::bpf::privileges::Capability::SysNice)
+        {
+            "missing capability CAP_SYS_NICE".to_string()
+        } else {
+            err.to_string()
+        };
         format!(
-            "cannot run the reader at real-time priority {prio} ({}); it runs as a normal task \
-             and may fall behind on a saturated node (--rt-priority 0 silences this)",
-            io::Error::last_os_error()
+            "cannot run the reader at real-time priority {prio} ({cause}); it runs as a normal task \
+             and may fall behind on a saturated node (--rt-priority 0 silences this)"
         )
     })
 }
