@@ -21,6 +21,7 @@ use crate::analysis::forecast::ForecastMoments;
 use std::process::ExitCode;
 
 use crate::cli::WatchArgs;
+use crate::model::bounded::IdMap;
 use crate::model::records::{CaptureLine, CgroupRecord, LossRecord};
 use crate::render::live::{self, CallbackBins, Frame, TerminalGuard};
 use crate::render::prometheus::{self, Metrics};
@@ -164,8 +165,10 @@ async fn watch(opts: &WatchArgs, stop: &mut Stop) -> anyhow::Result<()> {
     } else {
         Output::Plain { color }
     };
-    // Names outlive intervals: a cgroup named once is named in every later interval.
-    let mut names: HashMap<u64, CgroupRecord> = HashMap::new();
+    // Names outlive intervals: a cgroup named once is named in every later interval (the
+    // latest `MAX_TRACKED` of them: churn cannot grow the map; the namer names a forgotten one
+    // again when it calls back).
+    let mut names: IdMap<CgroupRecord> = IdMap::default();
     let mut prev_loss = LossRecord::default();
     let mut stream = WatchStream::new();
     let mut last_frame: Vec<String> = Vec::new();

@@ -10,7 +10,6 @@ pub mod naming;
 pub mod ring;
 pub mod signals;
 
-use std::collections::HashMap;
 use std::io::{self};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,6 +25,7 @@ use crate::capture::{
     UnsentPeriodsRecord,
 };
 use crate::cgroups::{self, CgroupNamer};
+use crate::model::bounded::IdMap;
 use crate::model::host;
 use crate::model::probe::{Probe, Style};
 use decode::Event;
@@ -99,13 +99,15 @@ pub struct Session {
     /// rest.
     ring: AsyncFd<RingBuf<MapData>>,
     drain_tick: Interval,
-    /// Each cgroup's callback count in the last totals written, and each CPU's interrupt count.
-    totals_written: HashMap<u64, u64>,
+    /// Each cgroup's callback count in the last totals written (a forgotten id only writes its
+    /// totals again), and each CPU's interrupt count.
+    totals_written: IdMap<u64>,
     cpu_totals_written: Vec<u64>,
     naming: Naming,
     /// Each cgroup's period in its last callback: a change re-names the cgroup, so the
-    /// capture records what its file says right after (a write shows there).
-    periods_seen: HashMap<u64, u64>,
+    /// capture records what its file says right after (a write shows there). A forgotten id
+    /// misses one re-name at most.
+    periods_seen: IdMap<u64>,
     /// The kernel's "period too short" messages; None if /dev/kmsg cannot be read.
     kmsg: Option<AsyncFd<KmsgWatch>>,
     pub header: CaptureHeader,
@@ -185,10 +187,10 @@ impl Session {
             tracer,
             ring,
             drain_tick,
-            totals_written: HashMap::new(),
+            totals_written: IdMap::default(),
             cpu_totals_written: Vec::new(),
             naming: Naming::start(CgroupNamer::new(hierarchy)),
-            periods_seen: HashMap::new(),
+            periods_seen: IdMap::default(),
             kmsg,
             header,
             periods: 0,

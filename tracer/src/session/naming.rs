@@ -26,6 +26,7 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 
 use crate::capture::{CaptureLine, CgroupRecord};
 use crate::cgroups::CgroupNamer;
+use crate::model::bounded::IdMap;
 use crate::model::records::ProcessInfo;
 use crate::model::workload::Workload;
 
@@ -91,8 +92,9 @@ pub struct Naming {
     backlog: VecDeque<u64>,
     /// Naming requests sent and not yet answered.
     outstanding: usize,
-    /// Ids ever asked for.
-    seen: FxHashSet<u64>,
+    /// Ids asked for, the [`MAX_TRACKED`](crate::model::bounded::MAX_TRACKED) most recent: one forgotten and seen again is named
+    /// again (a repeated naming line, which readers take as the latest).
+    seen: IdMap<()>,
     /// Ids asked for the first time and not yet named: their lines wait.
     unnamed: FxHashSet<u64>,
     /// Lines waiting, in the drain's order, each with its cgroup id when that is unnamed.
@@ -147,7 +149,7 @@ impl Naming {
             results,
             backlog: VecDeque::new(),
             outstanding: 0,
-            seen: FxHashSet::default(),
+            seen: IdMap::default(),
             unnamed: FxHashSet::default(),
             queue: VecDeque::new(),
             unheld: 0,
@@ -170,7 +172,7 @@ impl Naming {
         sink: &mut impl FnMut(&CaptureLine) -> Result<(), E>,
     ) -> Result<(), E> {
         if id != 0 {
-            if self.seen.insert(id) {
+            if self.seen.insert_new(id) {
                 self.unnamed.insert(id);
                 self.ask(id);
             } else if renamed {
@@ -320,6 +322,12 @@ impl Naming {
         if self.shown_order.len() > 2 * MAX_SHOWN {
             let shown = &self.shown;
             self.shown_order.retain(|id| shown.contains_key(id));
+        }
+        // Forgotten ids leave the rotation only when a round reaches them; a round stops at
+        // its re-read budget, so under churn prune here too.
+        if self.rotation.len() > 2 * MAX_SHOWN {
+            let shown = &self.shown;
+            self.rotation.retain(|id| shown.contains_key(id));
         }
     }
 
@@ -718,5 +726,38 @@ mod tests {
         assert_eq!(out.cgroups().len(), CGROUPS as usize);
         assert_eq!(n.rotation.len(), CGROUPS as usize);
         assert_eq!(n.reread_lines, 0);
+    }
+
+    /// Hours of churn in one go: every id new, named with no processes (so each joins the
+    /// re-read rotation). Nothing that grows with the ids seen passes its cap.
+    #[tokio::test]
+    async fn churn_keeps_every_per_id_set_bounded() {
+        const IDS: u64 = crate::model::bounded::MAX_TRACKED as u64 + 10_000;
+        let (name, log) = namer_with(|_, _| Vec::new());
+        let mut n = Naming::start_with(name);
+        let mut lines = 0u64;
+        let mut sink = |_: &CaptureLine| -> Result<(), ()> {
+            lines += 1;
+            Ok(())
+        };
+        for id in 1..=IDS {
+            n.line(id, false, period(id, id), &mut sink).unwrap();
+            while n.outstanding > 0 {
+                let rec = n.next().await.expect("the namer answers");
+                n.named(rec, &mut sink).unwrap();
+            }
+            log.lock().unwrap().clear();
+            assert!(n.seen.len() <= crate::model::bounded::MAX_TRACKED);
+            assert!(n.shown.len() <= MAX_SHOWN);
+            assert!(n.shown_order.len() <= 2 * MAX_SHOWN + 1);
+            assert!(n.rotation.len() <= 2 * MAX_SHOWN + 1);
+        }
+        assert_eq!(
+            n.seen.evicted(),
+            IDS - crate::model::bounded::MAX_TRACKED as u64
+        );
+        assert!(n.unnamed.is_empty() && n.queue.is_empty() && n.backlog.is_empty());
+        assert_eq!(n.unheld, 0);
+        assert_eq!(lines, 2 * IDS, "a naming line and a period line per id");
     }
 }

@@ -14,7 +14,9 @@
 //! The watch loop feeds capture lines into [`Metrics`] and renders a [`Bytes`] body at the end
 //! of each interval into a [`Snapshot`]; the server ([`serve`], or [`bind`] and [`Server::run`]
 //! on any tokio runtime) answers every scrape with that body, shared, never copied.
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::model::bounded::{Bounded, IdMap};
 use std::fmt::{self, Write as _};
 
 use bytes::Bytes;
@@ -472,16 +474,19 @@ const MAX_PENDING_KMSGS: usize = 1024;
 pub struct Metrics {
     max_cgroups: usize,
     filter: Option<Regex>,
+    // The per-id maps are bounded (`MAX_TRACKED`, least recently used out): a forgotten cgroup
+    // seen again is keyed by its path again, so its series stays the same.
     /// Cgroup naming lines by id.
-    records: HashMap<u64, CgroupRecord>,
+    records: IdMap<CgroupRecord>,
     /// Id -> series key (its path, fixed at its first callback).
-    keys: HashMap<u64, String>,
+    keys: IdMap<String>,
     /// Cgroups with their own series, in the order they got them.
     slots: Vec<Series>,
     slot_of: HashMap<String, usize>,
     /// Seen this interval, not yet given a slot or folded.
     pending: HashMap<String, Series>,
-    folded: HashSet<String>,
+    /// Keys summed into `other`; one forgotten and seen again is folded again.
+    folded: Bounded<String, ()>,
     other: Series,
     unthrottle_seen: bool,
     spans: BTreeMap<u32, Distribution>,
@@ -497,9 +502,9 @@ pub struct Metrics {
     time: Layout,
     counts: Layout,
     /// Per cgroup id: its timer's period, CPUs and time.
-    timers: HashMap<u64, Timer>,
+    timers: IdMap<Timer>,
     /// Per cgroup id: its last `unsent_periods` line's sums (they are cumulative).
-    unsent: HashMap<u64, UnsentPeriodsRecord>,
+    unsent: IdMap<UnsentPeriodsRecord>,
     /// Some callback carried a real distribute-pass count (`HOW_LOOPS`): `multi_pass` is shown.
     loops_seen: bool,
     /// "period too short, scaling up" messages not yet attributed, with the tries left.
@@ -513,12 +518,12 @@ impl Metrics {
         Metrics {
             max_cgroups,
             filter,
-            records: HashMap::new(),
-            keys: HashMap::new(),
+            records: IdMap::default(),
+            keys: IdMap::default(),
             slots: Vec::new(),
             slot_of: HashMap::new(),
             pending: HashMap::new(),
-            folded: HashSet::new(),
+            folded: Bounded::default(),
             other: Series::new(other_labels()),
             unthrottle_seen: false,
             spans: BTreeMap::new(),
@@ -533,8 +538,8 @@ impl Metrics {
             cpu_headroom_ns: BTreeMap::new(),
             time: Layout::time(),
             counts: Layout::counts(),
-            timers: HashMap::new(),
-            unsent: HashMap::new(),
+            timers: IdMap::default(),
+            unsent: IdMap::default(),
             loops_seen: false,
             kmsgs: Vec::new(),
         }
@@ -594,7 +599,7 @@ impl Metrics {
         match line {
             CaptureLine::Cgroup(c) => {
                 // A later record without a path never replaces one with a path.
-                if c.path.is_some() || !self.records.contains_key(&c.id) {
+                if c.path.is_some() || !self.records.contains(&c.id) {
                     self.records.insert(c.id, (**c).clone());
                 }
             }
@@ -602,7 +607,7 @@ impl Metrics {
                 self.periods += 1;
                 self.unthrottle_seen |= p.counted_unthrottled().is_some();
                 self.loops_seen |= p.counted_loops().is_some();
-                let t = self.timers.entry(p.cgroup_id).or_default();
+                let t = self.timers.get_or_insert_mut(p.cgroup_id, Timer::default);
                 // The period as the kernel had it, against this timer's previous callback.
                 let changed = p.cgroup_id != UNRESOLVED_ID
                     && p.period_ns > 0
@@ -657,7 +662,7 @@ impl Metrics {
                 self.slots.push(series);
             } else {
                 self.other.merge(&series);
-                self.folded.insert(key);
+                self.folded.insert(key, ());
             }
         }
     }

@@ -397,3 +397,41 @@ fn hostile_path_renders_one_series_per_line() {
     assert!(t.contains("cfstrace_irq_span_seconds_count{cpu=\"3\"} 1"));
     assert!(t.ends_with("# EOF\n"));
 }
+
+#[test]
+fn churn_keeps_every_per_id_map_bounded() {
+    use crate::model::bounded::MAX_TRACKED;
+    // Every id new, named and calling back once, past the cap; ten slots, the rest folded.
+    let ids = MAX_TRACKED as u64 + 5_000;
+    let mut m = Metrics::new(10, None);
+    for id in 1..=ids {
+        m.feed(&named(id, &format!("/churn/cg{id}")));
+        m.feed(&period(id, 0, 1_000, 1));
+        if id % 10_000 == 0 {
+            m.end_interval(&empty_report(), LossRecord::default());
+        }
+    }
+    m.end_interval(&empty_report(), LossRecord::default());
+    for (what, len) in [
+        ("records", m.records.len()),
+        ("keys", m.keys.len()),
+        ("timers", m.timers.len()),
+        ("folded", m.folded.len()),
+    ] {
+        assert!(len <= MAX_TRACKED, "{what}: {len}");
+    }
+    assert!(m.records.evicted() > 0, "the churn never reached the cap");
+    assert!(m.pending.is_empty());
+    assert_eq!(m.slots.len(), 10);
+    // Every callback still counted: ten series and `other` hold them all.
+    let t = render_text(&m);
+    assert!(t.contains(&format!(
+        "cfstrace_events_total{{kind=\"period_callback\"}} {ids}\n"
+    )));
+    let counted: u64 = t
+        .lines()
+        .filter(|l| l.starts_with("cfstrace_callback_seconds_count{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(counted, ids, "callbacks over the series and `other`");
+}
