@@ -7,6 +7,7 @@
 //! against.
 
 pub mod expect;
+pub mod soak;
 
 use std::fs;
 use std::io;

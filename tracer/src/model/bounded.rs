@@ -6,9 +6,9 @@ use std::borrow::Borrow;
 use std::hash::Hash;
 use std::num::NonZeroUsize;
 
-/// Cgroups tracked at once by each per-id map: 32x the 2,000 throttled cgroups the memory
-/// target names, a few MB at most per map.
-pub const MAX_TRACKED: usize = 65_536;
+/// Cgroups tracked at once by each per-id map: 8x the 2,000 throttled cgroups the memory
+/// target names (the largest entry, a naming line with its processes, is about 1 KB).
+pub const MAX_TRACKED: usize = 16_384;
 
 /// A map holding at most `cap` entries, least recently used evicted first.
 #[derive(Debug)]
