@@ -106,10 +106,7 @@ pub async fn record_watched(
         child::resolve_command(prog)?;
     }
     // Before attaching: an unwritable output fails fast, without touching the kernel.
-    let file = File::create(&path).map_err(|source| RecordError::Create {
-        path: path.clone(),
-        source,
-    })?;
+    let file = crate::outfile::create_private(&path)?;
     let mut session = Session::start(&opts.tracer, command).inspect_err(|_| {
         let _ = std::fs::remove_file(&path);
     })?;

@@ -39,12 +39,8 @@ pub enum RecordError {
     Probe(#[from] ProbeError),
     #[error(transparent)]
     Cgroup(#[from] cgroups::CgroupFsError),
-    #[error("cannot create capture {path}: {source}")]
-    Create {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Create(#[from] crate::outfile::OutFileError),
     #[error("writing capture {path}: {source}")]
     Write {
         path: PathBuf,
