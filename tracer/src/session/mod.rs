@@ -28,6 +28,7 @@ use crate::capture::{
 use crate::cgroups::{self, CgroupNamer};
 use crate::model::host;
 use crate::model::probe::{Probe, Style};
+use crate::model::timers::TimerIds;
 use decode::Event;
 use kmsg::KmsgWatch;
 use naming::Naming;
@@ -102,6 +103,8 @@ pub struct Session {
     /// Each cgroup's period in its last callback: a change re-names the cgroup, so the
     /// capture records what its file says right after (a write shows there).
     periods_seen: HashMap<u64, u64>,
+    /// The run's period-timer ids: the decoder turns each timer's kernel address into one.
+    timer_ids: TimerIds,
     /// The kernel's "period too short" messages; None if /dev/kmsg cannot be read.
     kmsg: Option<AsyncFd<KmsgWatch>>,
     pub header: CaptureHeader,
@@ -185,6 +188,7 @@ impl Session {
             cpu_totals_written: Vec::new(),
             naming: Naming::start(CgroupNamer::new(hierarchy)),
             periods_seen: HashMap::new(),
+            timer_ids: TimerIds::default(),
             kmsg,
             header,
             periods: 0,
@@ -303,7 +307,7 @@ impl Session {
     fn drain_ring<E>(&mut self, sink: &mut impl Sink<E>) -> Result<(), PollError<E>> {
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
-            let rec = match decode::decode(&item) {
+            let rec = match decode::decode(&item, &mut self.timer_ids) {
                 Ok(r) => r,
                 Err(_) => {
                     self.decode_errors += 1;
