@@ -186,7 +186,7 @@ impl Session {
             drain_tick,
             totals_written: HashMap::new(),
             cpu_totals_written: Vec::new(),
-            naming: Naming::start(CgroupNamer::new(hierarchy)),
+            naming: Naming::start(CgroupNamer::new(hierarchy).without_cmdlines(opts.no_cmdline)),
             periods_seen: HashMap::new(),
             timer_ids: TimerIds::default(),
             kmsg,
