@@ -2,19 +2,23 @@
 //! throttled cgroup gives a capture of mode 0600 (also over a file that was 0644), `report
 //! --svg` a plot of mode 0600; `-o` naming a symlink is refused with one clear line and the
 //! link's target is left alone; no number or hex string in the capture, the report's JSON,
-//! the SVG or stderr reads as a kernel address (the period lines carry `timer_id`, an opaque
-//! per-run id, where they carried the hrtimer's address); and `--no-cmdline` leaves every
-//! process's command line out (comm only), `record -- CMD`'s arguments too.
+//! the SVG, `watch --json`, /metrics or stderr reads as a kernel address (the period lines
+//! carry `timer_id`, an opaque per-run id, where they carried the hrtimer's address); and
+//! `--no-cmdline` leaves every process's command line out (comm only), `record -- CMD`'s
+//! arguments too.
 //!
 //! Needs root (cgroups, BPF) and the built binary; it fails, never skips, without them. Runs
-//! one throttled cgroup for two 2-second recordings made at once.
+//! one throttled cgroup for two 2-second recordings and a 3-second watch made at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cfstrace_tests::{Run, Scratch, cfstrace_bin, run_with_timeout, stdout_json, test_cgroups};
 use serde_json::Value;
@@ -40,6 +44,15 @@ struct Recorded {
     /// `report --json --svg` of `capture`, over an SVG that was 0644.
     svg: PathBuf,
     report: Run,
+    /// `watch --json --prometheus` during the recordings: its stdout and stderr, and a scrape
+    /// of its /metrics.
+    watch: Watched,
+}
+
+struct Watched {
+    stdout: String,
+    stderr: String,
+    metrics: String,
 }
 
 /// One throttled cgroup per test binary, shared by the tests.
@@ -79,8 +92,9 @@ fn record() -> Result<Recorded, String> {
     let bare = dir.join("bare.jsonl");
     let bin = cfstrace_bin();
     let limit = Duration::from_secs(60);
-    // Both at once: each attaches its own programs and sees the same callbacks.
-    let (record, bare_record) = std::thread::scope(|scope| {
+    // All at once: each attaches its own programs and sees the same callbacks.
+    let (record, bare_record, watch) = std::thread::scope(|scope| {
+        let watch = scope.spawn(|| watch_and_scrape(&bin, &dir));
         let full = scope.spawn(|| {
             run_with_timeout(
                 &bin,
@@ -115,9 +129,13 @@ fn record() -> Result<Recorded, String> {
             &dir,
             limit,
         );
-        (full.join().expect("record thread"), bare)
+        (
+            full.join().expect("record thread"),
+            bare,
+            watch.join().expect("watch thread"),
+        )
     });
-    let (record, bare_record) = (record?, bare_record?);
+    let (record, bare_record, watch) = (record?, bare_record?, watch?);
     drop(tree);
     let svg = dir.join("plot.svg");
     world_readable(&svg, "<svg/>\n")?;
@@ -136,6 +154,65 @@ fn record() -> Result<Recorded, String> {
         bare_record,
         svg,
         report,
+        watch,
+    })
+}
+
+/// `cfstrace watch --json --prometheus 127.0.0.1:0 -d 3s`, its /metrics scraped once after
+/// two intervals, then left to end by itself.
+fn watch_and_scrape(bin: &Path, dir: &Path) -> Result<Watched, String> {
+    let (out, err) = (dir.join("watch.stdout"), dir.join("watch.stderr"));
+    let file = |p: &Path| fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()));
+    let mut child = Command::new(bin)
+        .args(["watch", "--json", "--prometheus", "127.0.0.1:0", "-i", "1s"])
+        .args(["-d", "3s"])
+        .stdin(Stdio::null())
+        .stdout(file(&out)?)
+        .stderr(file(&err)?)
+        .spawn()
+        .map_err(|e| format!("starting cfstrace watch: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let result = (|| {
+        let addr = loop {
+            let said = fs::read_to_string(&err).unwrap_or_default();
+            if let Some(rest) = said.split("serving Prometheus metrics on http://").nth(1) {
+                break rest.split("/metrics").next().unwrap_or("").to_string();
+            }
+            if let Ok(Some(s)) = child.try_wait() {
+                return Err(format!("watch exited {s} before serving:\n{said}"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("watch never served /metrics:\n{said}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        std::thread::sleep(Duration::from_millis(2200));
+        let mut s = TcpStream::connect(&addr).map_err(|e| format!("connect {addr}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .map_err(|e| format!("GET /metrics: {e}"))?;
+        let mut metrics = String::new();
+        s.read_to_string(&mut metrics)
+            .map_err(|e| format!("reading /metrics: {e}"))?;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                _ if Instant::now() > deadline => return Err("watch did not end".into()),
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        Ok(metrics)
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(Watched {
+        metrics: result?,
+        stdout: fs::read_to_string(&out).unwrap_or_default(),
+        stderr: fs::read_to_string(&err).unwrap_or_default(),
     })
 }
 
@@ -254,6 +331,9 @@ fn no_kernel_address_in_any_output() {
         ("record's stderr", r.record.stderr.clone()),
         ("bare record's stderr", r.bare_record.stderr.clone()),
         ("report's stderr", r.report.stderr.clone()),
+        ("watch --json", r.watch.stdout.clone()),
+        ("watch's stderr", r.watch.stderr.clone()),
+        ("/metrics", r.watch.metrics.clone()),
     ] {
         let found = kernel_addresses(&text);
         assert!(found.is_empty(), "{what} holds kernel addresses {found:?}");
@@ -267,6 +347,12 @@ fn no_kernel_address_in_any_output() {
         .find(|c| c["path"] == r.cgroup.as_str())
         .unwrap_or_else(|| panic!("{} not in the report: {}", r.cgroup, r.dir.display()));
     assert!(ours["periods"].as_u64() > Some(50), "{ours}");
+    assert!(
+        r.watch.stdout.contains(&r.cgroup) && r.watch.metrics.contains(&r.cgroup),
+        "watch and /metrics name the throttled cgroup:\n{}\n{}",
+        r.watch.stdout,
+        r.watch.metrics
+    );
     // Each period line carries an id instead: 1, 2, ... in order of first appearance, one
     // per timer (the cgroup's own, whatever CPU it fired on), and no `timer`.
     for cap in caps {
