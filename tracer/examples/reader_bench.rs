@@ -29,6 +29,7 @@ use cfstrace::capture::{
     CpuHierarchy, EndRecord, LossRecord, ProbeStatus, ProcessInfo,
 };
 use cfstrace::model::probe::{Backend, Probe, StopReason, Style};
+use cfstrace::model::timers::TimerIds;
 use cfstrace::model::{host, workload};
 use cfstrace::session::decode::{self, Event};
 use clap::Parser;
@@ -185,6 +186,8 @@ struct Reader {
     named: HashSet<u64>,
     periods_seen: HashMap<u64, u64>,
     names: HashMap<u64, CgroupRecord>,
+    /// Timer addresses to ids, as the session maps them.
+    timer_ids: TimerIds,
 }
 
 impl Reader {
@@ -193,6 +196,7 @@ impl Reader {
             named: HashSet::new(),
             periods_seen: HashMap::new(),
             names: names.clone(),
+            timer_ids: TimerIds::default(),
         }
     }
 
@@ -216,7 +220,7 @@ impl Reader {
 
     fn drain(&mut self, buf: &[u8], index: &[(usize, usize)], sink: &mut impl FnMut(&CaptureLine)) {
         for &(at, len) in index {
-            let Ok(rec) = decode::decode(&buf[at..at + len]) else {
+            let Ok(rec) = decode::decode(&buf[at..at + len], &mut self.timer_ids) else {
                 panic!("a record the bench built does not decode");
             };
             if self.needs_naming(&rec) {

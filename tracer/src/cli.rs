@@ -113,6 +113,11 @@ pub struct TraceArgs {
     /// by default: the verifier then removes every log call.
     #[arg(long, value_enum, value_name = "LEVEL", default_value = "off")]
     pub log_level: LogLevel,
+    /// Leave the processes' command lines out of the capture and the reports (their comm
+    /// and pid stay; `record -- CMD` keeps only CMD's program): for a capture shared outside
+    /// the team, as command lines can hold secrets.
+    #[arg(long)]
+    pub no_cmdline: bool,
     /// Test knob: walk at most N entries of an async-unthrottle CSD's cfs_rq list (default
     /// and maximum: the built-in bound), so a test can overflow the walk on demand.
     #[arg(long, value_name = "N", hide = true,
@@ -140,6 +145,7 @@ impl TraceArgs {
             ring_buffer: self.ring_buffer,
             log_level: self.log_level,
             csd_walk_bound: self.csd_walk_bound,
+            no_cmdline: self.no_cmdline,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod commands;
 pub mod diff;
 pub mod doctor;
 pub mod model;
+pub mod outfile;
 pub mod render;
 pub mod report;
 pub mod session;

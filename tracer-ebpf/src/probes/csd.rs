@@ -257,9 +257,10 @@ fn csd_emit_listed(c: &CsdFrame, ring: &mut RingState, cpu: u32, csd_ns: u64, fl
                 // Logged here, not counted for after the loop: a count carried across
                 // iterations splits the verifier's states on every one of them.
                 count_loss(LOSS_CGROUP_READ);
+                // Never the cfs_rq's address: a kernel pointer on stderr defeats KASLR.
                 warn!(
                     &NO_CTX,
-                    "cpu {}: listed cfs_rq {:x}: reading its cgroup failed", cpu, cfs_rq
+                    "cpu {}: a cfs_rq listed for the CSD: reading its cgroup failed", cpu
                 );
                 0
             }

@@ -159,11 +159,11 @@ fn read_bandwidth(
         }
         None => {
             count_loss(LOSS_CGROUP_READ);
+            // Never the timer's address: a kernel pointer on stderr defeats KASLR.
             warn!(
                 &NO_CTX,
-                "cpu {}: period timer {:x}: reading its cgroup failed",
-                this_cpu(),
-                timer
+                "cpu {}: a period timer: reading its cgroup failed",
+                this_cpu()
             );
         }
     }
@@ -187,9 +187,9 @@ fn read_bandwidth(
     let Some((period_ns, quota_ns)) = pq else {
         warn!(
             &NO_CTX,
-            "cpu {}: period timer {:x}: reading its period and quota failed",
+            "cpu {}: period timer of cgroup {}: reading its period and quota failed",
             this_cpu(),
-            timer
+            cgroup_id
         );
         return (cgroup_id, 0, 0);
     };

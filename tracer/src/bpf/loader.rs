@@ -116,6 +116,8 @@ pub struct TracerOptions {
     pub log_level: LogLevel,
     /// Test knob: entries of a CSD's cfs_rq list walked (None: `tracer_ebpf::MAX_LISTED`).
     pub csd_walk_bound: Option<u32>,
+    /// Name cgroups without their processes' command lines (`--no-cmdline`).
+    pub no_cmdline: bool,
 }
 
 /// The reader's default real-time priority: the lowest, above every normal task (the storm's
@@ -132,6 +134,7 @@ impl TracerOptions {
             ring_buffer: None,
             log_level: LogLevel::Off,
             csd_walk_bound: None,
+            no_cmdline: false,
         }
     }
 }

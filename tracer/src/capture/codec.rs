@@ -37,7 +37,7 @@ macro_rules! hot_fields {
 }
 
 hot_fields!(PeriodRecord, PERIOD_KEYS, period_values, period_from, [
-    ts_ns: u64, cpu: u32, duration_ns: u64, cgroup_id: u64, timer: u64, loops: u32,
+    ts_ns: u64, cpu: u32, duration_ns: u64, cgroup_id: u64, timer_id: u32, loops: u32,
     unthrottled: u32, enqueued: u32, runnable: u32, period_ns: u64, quota_ns: u64, flags: u32,
     span_ts_ns: u64, spread: u32, spread_overflow: u32, queued: u32,
 ], spread_cpus: CpuSet);
@@ -64,6 +64,14 @@ const PERIOD_NEEDS: [u32; PERIOD_KEYS.len()] = [
 ];
 /// Where the flags sit among a record's values.
 const PERIOD_FLAGS: usize = 11;
+/// Where the timer sits: `timer_id`, or in captures written before it `timer`, the kernel
+/// address the reader turns into an id.
+const PERIOD_TIMER: usize = 4;
+const LEGACY_PERIOD_KEYS: [&[u8]; PERIOD_KEYS.len()] = {
+    let mut k = PERIOD_KEYS;
+    k[PERIOD_TIMER] = b"timer";
+    k
+};
 
 /// `spread_cpus`, a string, follows the period's numbers when not empty.
 const SPREAD_CPUS_KEY: &[u8] = br#","spread_cpus":""#;
@@ -221,7 +229,28 @@ fn decode_numbers<'a, const N: usize>(
 }
 
 pub(super) fn decode_period(line: &[u8]) -> Option<PeriodRecord> {
-    let (v, mut rest) = decode_numbers(line, PERIOD_PREFIX, &PERIOD_KEYS, &PERIOD_NEEDS)?;
+    period_line(line, false).map(|(p, _)| p)
+}
+
+/// A period line of a capture written before `timer_id`: the record (its `timer_id` 0) and the
+/// kernel address its `timer` held, for the reader to map.
+pub(super) fn decode_legacy_period(line: &[u8]) -> Option<(PeriodRecord, u64)> {
+    period_line(line, true)
+}
+
+/// A period line with `timer_id`, or `legacy`: with `timer`, whose value is given back apart
+/// and never taken for an id.
+fn period_line(line: &[u8], legacy: bool) -> Option<(PeriodRecord, u64)> {
+    let keys = if legacy {
+        &LEGACY_PERIOD_KEYS
+    } else {
+        &PERIOD_KEYS
+    };
+    let (mut v, mut rest) = decode_numbers(line, PERIOD_PREFIX, keys, &PERIOD_NEEDS)?;
+    let timer = v[PERIOD_TIMER];
+    if legacy {
+        v[PERIOD_TIMER] = 0;
+    }
     let mut spread_cpus = CpuSet::default();
     if let Some(tail) = rest.strip_prefix(SPREAD_CPUS_KEY) {
         let n = tail.iter().position(|&b| b == b'"')?;
@@ -234,7 +263,7 @@ pub(super) fn decode_period(line: &[u8]) -> Option<PeriodRecord> {
         rest = &tail[n + 1..];
     }
     end_of_object(rest)?;
-    period_from(v, spread_cpus)
+    Some((period_from(v, spread_cpus)?, timer))
 }
 
 pub(super) fn decode_span(line: &[u8]) -> Option<IrqSpanRecord> {

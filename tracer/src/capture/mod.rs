@@ -187,7 +187,7 @@ pub(crate) mod tests {
             String::from_utf8_lossy(&text)
         );
         // Other key orders (another writer) still decode.
-        let reordered = br#"{"ts_ns":10,"cpu":3,"duration_ns":1234,"cgroup_id":42,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":18446744073709551615,"flags":1023,"kind":"period"}"#;
+        let reordered = br#"{"ts_ns":10,"cpu":3,"duration_ns":1234,"cgroup_id":42,"timer_id":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":18446744073709551615,"flags":1023,"kind":"period"}"#;
         let mut bytes = encode(&[]);
         bytes.extend_from_slice(reordered);
         bytes.push(b'\n');
@@ -241,7 +241,7 @@ pub(crate) mod tests {
                 cpu: u32::MAX,
                 duration_ns: 9,
                 cgroup_id: 10,
-                timer: 0xffff_8881_0a2b_3c40,
+                timer_id: 7,
                 loops: 1,
                 unthrottled: 100,
                 enqueued: 1_000_000,
@@ -282,25 +282,25 @@ pub(crate) mod tests {
             assert_eq!(decode_period(&mine), Some(p));
         }
         // Not exactly our shape: left to serde.
-        let ok = br#"{"kind":"period","ts_ns":1,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0,"span_ts_ns":0,"spread":0,"spread_overflow":0,"queued":0}"#;
+        let ok = br#"{"kind":"period","ts_ns":1,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer_id":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0,"span_ts_ns":0,"spread":0,"spread_overflow":0,"queued":0}"#;
         assert!(decode_period(ok).is_some());
-        let with_cpus = br#"{"kind":"period","ts_ns":1,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0,"span_ts_ns":0,"spread":2,"spread_overflow":0,"queued":0,"spread_cpus":"0-1"}"#;
+        let with_cpus = br#"{"kind":"period","ts_ns":1,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer_id":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0,"span_ts_ns":0,"spread":2,"spread_overflow":0,"queued":0,"spread_cpus":"0-1"}"#;
         assert_eq!(
             decode_period(with_cpus).map(|p| p.spread_cpus.len()),
             Some(2)
         );
         // An empty or bad list is not ours: serde decides.
         for odd in [
-            br#"{"kind":"period","ts_ns":1,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0,"span_ts_ns":0,"spread":0,"spread_overflow":0,"queued":0,"spread_cpus":""}"#.as_slice(),
-            br#"{"kind":"period","ts_ns":1,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0,"span_ts_ns":0,"spread":0,"spread_overflow":0,"queued":0,"spread_cpus":"x"}"#,
+            br#"{"kind":"period","ts_ns":1,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer_id":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0,"span_ts_ns":0,"spread":0,"spread_overflow":0,"queued":0,"spread_cpus":""}"#.as_slice(),
+            br#"{"kind":"period","ts_ns":1,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer_id":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0,"span_ts_ns":0,"spread":0,"spread_overflow":0,"queued":0,"spread_cpus":"x"}"#,
         ] {
             assert_eq!(decode_period(odd), None);
         }
         for bad in [
-            br#"{"kind":"period","ts_ns":01,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0}"#.as_slice(),
-            br#"{"kind":"period","ts_ns":1,"cpu":4294967296,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0}"#,
-            br#"{"kind":"period","ts_ns":1,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0,"x":1}"#,
-            br#"{"kind":"period","ts_ns":99999999999999999999,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0}"#,
+            br#"{"kind":"period","ts_ns":01,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer_id":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0}"#.as_slice(),
+            br#"{"kind":"period","ts_ns":1,"cpu":4294967296,"duration_ns":0,"cgroup_id":0,"timer_id":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0}"#,
+            br#"{"kind":"period","ts_ns":1,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer_id":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0,"x":1}"#,
+            br#"{"kind":"period","ts_ns":99999999999999999999,"cpu":0,"duration_ns":0,"cgroup_id":0,"timer_id":0,"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0}"#,
             br#"{"kind":"period","ts_ns":1,"cpu":0}"#,
         ] {
             assert_eq!(decode_period(bad), None, "{}", String::from_utf8_lossy(bad));
@@ -365,13 +365,61 @@ pub(crate) mod tests {
         match &got[0] {
             CaptureLine::Period(p) => {
                 assert_eq!(
-                    (p.cgroup_id, p.duration_ns, p.span_ts_ns, p.spread),
-                    (7, 5, 0, 0)
+                    (
+                        p.cgroup_id,
+                        p.duration_ns,
+                        p.span_ts_ns,
+                        p.spread,
+                        p.timer_id
+                    ),
+                    (7, 5, 0, 0, 1)
                 );
                 assert!(p.spread_cpus.is_empty());
             }
             l => panic!("{l:?}"),
         }
+    }
+
+    /// Period lines written before `timer_id` carry `timer`, the kernel address: they still
+    /// read, each address as the id the recorder now gives it (1, 2, ... in order of first
+    /// appearance in the capture, the same address the same id), on the fast path and through
+    /// serde (another key order), and the address is in nothing read back.
+    #[test]
+    fn old_timer_addresses_read_as_ids() {
+        let (a, b) = (18446612687065327048_u64, 18446612687065329000_u64);
+        let line = |ts: u64, timer: u64| {
+            format!(
+                r#"{{"kind":"period","ts_ns":{ts},"cpu":0,"duration_ns":5,"cgroup_id":7,"timer":{timer},"loops":null,"unthrottled":null,"enqueued":null,"runnable":null,"period_ns":null,"quota_ns":null,"flags":0,"span_ts_ns":0,"spread":null,"spread_overflow":null,"queued":null}}"#
+            )
+        };
+        let hot = line(1, a);
+        assert_eq!(decode_period(hot.as_bytes()), None);
+        let (p, addr) = decode_legacy_period(hot.as_bytes()).unwrap();
+        assert_eq!((p.timer_id, addr, p.ts_ns), (0, a, 1));
+        let reordered = format!(
+            r#"{{"ts_ns":4,"cpu":0,"duration_ns":5,"cgroup_id":7,"timer":{a},"loops":0,"unthrottled":0,"enqueued":0,"runnable":0,"period_ns":0,"quota_ns":0,"flags":0,"kind":"period"}}"#
+        );
+        let mut bytes = encode(&[]);
+        for l in [hot, line(2, b), line(3, a), reordered] {
+            bytes.extend_from_slice(l.as_bytes());
+            bytes.push(b'\n');
+        }
+        let (_, got, stats) = read(&bytes).unwrap();
+        let ids: Vec<(u64, u32)> = got
+            .iter()
+            .map(|l| match l {
+                CaptureLine::Period(p) => (p.ts_ns, p.timer_id),
+                l => panic!("{l:?}"),
+            })
+            .collect();
+        assert_eq!(ids, [(1, 1), (2, 2), (3, 1), (4, 1)]);
+        assert!(stats.warnings.iter().all(|w| !w.contains("unknown")));
+        // Written again, a line carries the id alone.
+        let again = String::from_utf8(encode(&got)).unwrap();
+        for addr in [a, b] {
+            assert!(!again.contains(&addr.to_string()), "{again}");
+        }
+        assert!(!again.contains(r#""timer":"#) && again.contains(r#""timer_id":2"#));
     }
 
     /// A cgroup line written before `parents` existed still reads (parents unknown), and a

@@ -10,9 +10,11 @@ use serde::Deserialize;
 
 use super::CaptureError;
 use super::codec::{
-    ASYNC_PREFIX, PERIOD_PREFIX, SPAN_PREFIX, decode_async, decode_period, decode_span,
+    ASYNC_PREFIX, PERIOD_PREFIX, SPAN_PREFIX, decode_async, decode_legacy_period, decode_period,
+    decode_span,
 };
 use crate::model::records::{CAPTURE_SCHEMA, CaptureHeader, CaptureLine, PeriodRecord};
+use crate::model::timers::TimerIds;
 
 /// What a replay saw besides the records.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -49,6 +51,9 @@ pub struct CaptureReader<R: BufRead> {
     ended: bool,
     done: bool,
     unknown_kinds: BTreeMap<String, u64>,
+    /// Period lines of a capture written before `timer_id` carry `timer`, the kernel address:
+    /// mapped to ids as the recorder now maps them, and never handed on.
+    legacy_timers: TimerIds,
 }
 
 #[derive(Deserialize)]
@@ -59,6 +64,12 @@ struct SchemaProbe {
 #[derive(Deserialize)]
 struct KindProbe {
     kind: Option<serde_json::Value>,
+}
+
+/// The `timer` (kernel address) of a period line written before `timer_id`.
+#[derive(Deserialize)]
+struct LegacyTimer {
+    timer: Option<u64>,
 }
 
 const KNOWN_KINDS: [&str; 9] = [
@@ -148,6 +159,7 @@ impl<R: BufRead> CaptureReader<R> {
             ended: false,
             done: false,
             unknown_kinds: BTreeMap::new(),
+            legacy_timers: TimerIds::default(),
         })
     }
 
@@ -226,10 +238,14 @@ impl<R: BufRead> CaptureReader<R> {
             if let Some(p) = decode_period(&self.buf) {
                 return Ok(Some(CaptureLine::Period(p)));
             }
+            if let Some((mut p, timer)) = decode_legacy_period(&self.buf) {
+                p.timer_id = self.legacy_timers.id(timer);
+                return Ok(Some(CaptureLine::Period(p)));
+            }
             // Another key order or extra fields: serde, which ignores unknown fields
             // (including "kind") in the plain struct.
             if let Ok(p) = serde_json::from_slice::<PeriodRecord>(&self.buf) {
-                return Ok(Some(CaptureLine::Period(p)));
+                return Ok(Some(CaptureLine::Period(self.legacy_timer(p))));
             }
         }
         if self.buf.starts_with(ASYNC_PREFIX)
@@ -243,6 +259,7 @@ impl<R: BufRead> CaptureReader<R> {
             return Ok(Some(CaptureLine::IrqSpan(x)));
         }
         match serde_json::from_slice::<CaptureLine>(&self.buf) {
+            Ok(CaptureLine::Period(p)) => Ok(Some(CaptureLine::Period(self.legacy_timer(p)))),
             Ok(l) => Ok(Some(l)),
             Err(e) => match serde_json::from_slice::<KindProbe>(&self.buf) {
                 Ok(KindProbe {
@@ -254,6 +271,15 @@ impl<R: BufRead> CaptureReader<R> {
                 _ => Err(e),
             },
         }
+    }
+
+    /// A period line serde read: its `timer` address, if it is an old line with one, as an id
+    /// (the slow path only: another writer's key order).
+    fn legacy_timer(&mut self, mut p: PeriodRecord) -> PeriodRecord {
+        if let Ok(LegacyTimer { timer: Some(t) }) = serde_json::from_slice(&self.buf) {
+            p.timer_id = self.legacy_timers.id(t);
+        }
+        p
     }
 }
 

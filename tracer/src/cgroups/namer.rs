@@ -94,6 +94,8 @@ pub struct CgroupNamer {
     stats: NamerStats,
     /// Container and pod names from the runtimes' state files.
     containers: ContainerNames,
+    /// Read the processes' command lines (off with `--no-cmdline`: comm only).
+    cmdlines: bool,
 }
 
 impl CgroupNamer {
@@ -116,11 +118,19 @@ impl CgroupNamer {
             handles: Handles::Untested,
             next_walk: None,
             containers: ContainerNames::default(),
+            cmdlines: true,
             stats: NamerStats {
                 cache_cap: limits.cache_cap,
                 ..NamerStats::default()
             },
         }
+    }
+
+    /// Leave the processes' command lines out (`--no-cmdline`): they can hold secrets, and a
+    /// capture may be shared outside the team. Their comm is kept.
+    pub fn without_cmdlines(mut self, without: bool) -> Self {
+        self.cmdlines = !without;
+        self
     }
 
     /// Read container and pod names from these runtimes' state (tests; default: the node's).
@@ -320,7 +330,7 @@ impl CgroupNamer {
                 id,
                 path: Some(path),
                 workload,
-                processes: busiest_processes(&dir),
+                processes: busiest_processes(&dir, self.cmdlines),
                 period_us,
                 quota_us,
             },
@@ -434,6 +444,10 @@ mod tests {
             .expect("the sleep");
         assert_eq!(p.comm, "sleep");
         assert_eq!(p.cmdline.as_deref(), Some("sleep 30"));
+        // `--no-cmdline`: the same process, comm only.
+        let bare = CgroupNamer::new(h.clone()).without_cmdlines(true).name(id);
+        let p = bare.processes.iter().find(|p| p.pid == pid).expect("sleep");
+        assert_eq!((p.comm.as_str(), p.cmdline.as_deref()), ("sleep", None));
         // Named by handle: kernfs handles work here (root, CAP_DAC_READ_SEARCH), no walk.
         assert_eq!(namer.stats().handles, Some(true));
         assert_eq!(namer.scans(), 0);

@@ -50,9 +50,10 @@ fn subtree(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The MAX_PROCESSES busiest processes (by utime + stime) of `dir` and its descendants.
-/// Processes that exit while we look are skipped.
-pub fn busiest_processes(dir: &Path) -> Vec<ProcessInfo> {
+/// The MAX_PROCESSES busiest processes (by utime + stime) of `dir` and its descendants, with
+/// their command lines when `cmdlines` (else comm only: `--no-cmdline`). Processes that exit
+/// while we look are skipped.
+pub fn busiest_processes(dir: &Path, cmdlines: bool) -> Vec<ProcessInfo> {
     let pids: BTreeSet<u32> = subtree(dir)
         .iter()
         .filter_map(|d| fs::read_to_string(d.join("cgroup.procs")).ok())
@@ -76,11 +77,15 @@ pub fn busiest_processes(dir: &Path) -> Vec<ProcessInfo> {
     ranked
         .into_iter()
         .filter_map(|(pid, comm, cpu_ticks)| {
-            let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            // Not even read when left out (its stat was, a moment ago).
+            let cmdline = match cmdlines {
+                true => format_cmdline(&fs::read(format!("/proc/{pid}/cmdline")).ok()?),
+                false => None,
+            };
             Some(ProcessInfo {
                 pid,
                 comm,
-                cmdline: format_cmdline(&raw),
+                cmdline,
                 cpu_ticks,
             })
         })

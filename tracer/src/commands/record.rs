@@ -99,17 +99,19 @@ pub async fn record_watched(
     stop: &mut Stop,
     watch: &mut Watcher<'_>,
 ) -> Result<RecordOutcome, RecordError> {
-    let command = (!opts.command.is_empty()).then(|| opts.command.clone());
+    // `--no-cmdline`: CMD's program alone in the header, as a process's comm.
+    let command = match opts.command.first() {
+        Some(prog) if opts.tracer.no_cmdline => Some(vec![prog.clone()]),
+        Some(_) => Some(opts.command.clone()),
+        None => None,
+    };
     let path = opts.output.clone();
     // Before creating anything: a command that cannot run is a clear error and no capture.
     if let Some(prog) = opts.command.first() {
         child::resolve_command(prog)?;
     }
     // Before attaching: an unwritable output fails fast, without touching the kernel.
-    let file = File::create(&path).map_err(|source| RecordError::Create {
-        path: path.clone(),
-        source,
-    })?;
+    let file = crate::outfile::create_private(&path)?;
     let mut session = Session::start(&opts.tracer, command).inspect_err(|_| {
         let _ = std::fs::remove_file(&path);
     })?;

@@ -6,4 +6,5 @@ pub mod cpuset;
 pub mod host;
 pub mod probe;
 pub mod records;
+pub mod timers;
 pub mod workload;

@@ -90,7 +90,9 @@ pub struct PeriodRecord {
     pub cpu: u32,
     pub duration_ns: u64,
     pub cgroup_id: u64,
-    pub timer: u64,
+    /// The callback's period timer as an opaque per-run id (see `model::timers`), never its
+    /// kernel address; 0 when not known.
+    pub timer_id: u32,
     pub loops: u32,
     pub unthrottled: u32,
     pub enqueued: u32,
@@ -485,7 +487,10 @@ pub struct PeriodWire {
     cpu: u32,
     duration_ns: u64,
     cgroup_id: u64,
-    timer: u64,
+    /// Absent from captures written before it (they carry `timer`, the kernel address, which
+    /// this struct ignores: the capture reader maps it to an id).
+    #[serde(default)]
+    timer_id: u32,
     loops: Option<u32>,
     unthrottled: Option<u32>,
     enqueued: Option<u32>,
@@ -513,7 +518,7 @@ impl From<PeriodRecord> for PeriodWire {
             cpu: p.cpu,
             duration_ns: p.duration_ns,
             cgroup_id: p.cgroup_id,
-            timer: p.timer,
+            timer_id: p.timer_id,
             loops: counted(f, LOOPS_FROM, p.loops),
             unthrottled: counted(f, UNTHROTTLED_FROM, p.unthrottled),
             enqueued: counted(f, ENQUEUED_FROM, p.enqueued),
@@ -537,7 +542,7 @@ impl From<PeriodWire> for PeriodRecord {
             cpu: w.cpu,
             duration_ns: w.duration_ns,
             cgroup_id: w.cgroup_id,
-            timer: w.timer,
+            timer_id: w.timer_id,
             loops: w.loops.unwrap_or(0),
             unthrottled: w.unthrottled.unwrap_or(0),
             enqueued: w.enqueued.unwrap_or(0),

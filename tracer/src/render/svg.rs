@@ -10,6 +10,7 @@
 //! (the bucket's maximum, at the time it happened), with a bounded number of buckets per series:
 //! an hour of capture makes an SVG of the same size as ten seconds.
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
 use std::path::Path;
 
 use hdrhistogram::{Counter, Histogram};
@@ -315,7 +316,8 @@ pub fn render(rep: &Report, plot: &PlotData) -> Result<String, String> {
 /// Write the SVG to `path`.
 pub fn write_svg(rep: &Report, plot: &PlotData, path: &Path) -> anyhow::Result<()> {
     let svg = render(rep, plot).map_err(|e| anyhow::anyhow!("drawing the plot: {e}"))?;
-    std::fs::write(path, svg)
+    let mut f = crate::outfile::create_private(path)?;
+    f.write_all(svg.as_bytes())
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     Ok(())
 }

@@ -6,6 +6,7 @@ use tracer_ebpf::{
 
 use crate::model::cpuset::CpuSet;
 use crate::model::records::{AsyncRecord, IrqSpanRecord, PeriodRecord};
+use crate::model::timers::TimerIds;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -53,8 +54,9 @@ fn read<T: Copy>(buf: &[u8]) -> Result<T, DecodeError> {
     Ok(unsafe { core::ptr::read_unaligned(buf.as_ptr().cast()) })
 }
 
-/// One ring-buffer record -> capture record.
-pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
+/// One ring-buffer record -> capture record. The period timer's kernel address becomes its
+/// run's id here (`timers`): no address goes further.
+pub fn decode(buf: &[u8], timers: &mut TimerIds) -> Result<Event, DecodeError> {
     let kind: u32 = read(buf)?;
     match kind {
         EVENT_PERIOD => {
@@ -82,7 +84,7 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 cpu: e.cpu,
                 duration_ns: e.duration_ns,
                 cgroup_id: e.cgroup_id,
-                timer: e.timer,
+                timer_id: timers.id(e.timer),
                 loops: e.loops,
                 unthrottled: e.unthrottled,
                 enqueued: e.enqueued,
@@ -143,6 +145,11 @@ mod tests {
         v
     }
 
+    /// Decoded as the first record of a run.
+    fn dec(buf: &[u8]) -> Result<Event, DecodeError> {
+        decode(buf, &mut TimerIds::default())
+    }
+
     fn period_head() -> PeriodEvent {
         PeriodEvent {
             kind: EVENT_PERIOD,
@@ -172,7 +179,7 @@ mod tests {
             spread_mask: [0b1011],
         };
         let v = bytes_of(&e);
-        let Event::Period(r) = decode(&v[1..]).unwrap() else {
+        let Event::Period(r) = dec(&v[1..]).unwrap() else {
             panic!("not a period");
         };
         assert_eq!(
@@ -194,20 +201,52 @@ mod tests {
         // The head alone is not a whole record.
         let head = core::mem::size_of::<PeriodEvent>();
         assert_eq!(
-            decode(&v[1..1 + head]),
+            dec(&v[1..1 + head]),
             Err(DecodeError::Size {
                 got: head,
                 want: head + 8
             })
         );
         assert_eq!(
-            decode(&v[1..11]),
+            dec(&v[1..11]),
             Err(DecodeError::Size {
                 got: 10,
                 want: head
             })
         );
-        assert_eq!(decode(&v[1..3]), Err(DecodeError::Size { got: 2, want: 4 }));
+        assert_eq!(dec(&v[1..3]), Err(DecodeError::Size { got: 2, want: 4 }));
+    }
+
+    /// The timer's address stays in the decoder: each record carries its run's id, the same
+    /// for the same timer, in order of first appearance.
+    #[test]
+    fn timer_addresses_become_stable_ids() {
+        let (a, b) = (0xffff_8881_043a_2b48_u64, 0xffff_8881_0500_0148_u64);
+        let mut timers = TimerIds::default();
+        let ids: Vec<u32> = [a, b, a, a, b]
+            .into_iter()
+            .map(|timer| {
+                let e = tracer_ebpf::PeriodEventNarrow {
+                    head: PeriodEvent {
+                        timer,
+                        ..period_head()
+                    },
+                    spread_mask: [0],
+                };
+                match decode(&bytes_of(&e)[1..], &mut timers).unwrap() {
+                    Event::Period(r) => {
+                        let text = serde_json::to_string(&r).unwrap();
+                        for addr in [a, b] {
+                            assert!(!text.contains(&addr.to_string()), "{text}");
+                        }
+                        assert!(!text.contains("\"timer\""), "{text}");
+                        r.timer_id
+                    }
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect();
+        assert_eq!(ids, [1, 2, 1, 1, 2]);
     }
 
     #[test]
@@ -223,7 +262,7 @@ mod tests {
             spread_mask: mask,
         };
         let v = bytes_of(&e);
-        let Event::Period(r) = decode(&v[1..]).unwrap() else {
+        let Event::Period(r) = dec(&v[1..]).unwrap() else {
             panic!("not a period");
         };
         assert_eq!(r.spread_cpus.to_list(), "0-1,3,1023");
@@ -232,7 +271,7 @@ mod tests {
         let mut bad = v[1..].to_vec();
         let at = core::mem::offset_of!(PeriodEvent, spread_words);
         bad[at..at + 4].copy_from_slice(&3u32.to_ne_bytes());
-        assert_eq!(decode(&bad), Err(DecodeError::SpreadWords(3)));
+        assert_eq!(dec(&bad), Err(DecodeError::SpreadWords(3)));
     }
 
     #[test]
@@ -253,7 +292,7 @@ mod tests {
             _pad: 0,
         };
         let v = bytes_of(&e);
-        let Event::Async(r) = decode(&v[1..]).unwrap() else {
+        let Event::Async(r) = dec(&v[1..]).unwrap() else {
             panic!("not async");
         };
         assert_eq!(
@@ -274,13 +313,10 @@ mod tests {
         );
         assert_eq!(Event::Async(r).cgroup_id(), 42);
         // Cut short: a size error against its own kind's size.
-        assert_eq!(
-            decode(&v[1..40]),
-            Err(DecodeError::Size { got: 39, want: 72 })
-        );
+        assert_eq!(dec(&v[1..40]), Err(DecodeError::Size { got: 39, want: 72 }));
         let mut bad = v[1..].to_vec();
         bad[..4].copy_from_slice(&9u32.to_ne_bytes());
-        assert_eq!(decode(&bad), Err(DecodeError::Kind(9)));
+        assert_eq!(dec(&bad), Err(DecodeError::Kind(9)));
     }
 
     #[test]
@@ -298,7 +334,7 @@ mod tests {
             flags,
         };
         let v = bytes_of(&e);
-        let ev = decode(&v[1..]).unwrap();
+        let ev = dec(&v[1..]).unwrap();
         assert_eq!(ev.cgroup_id(), 0);
         let Event::IrqSpan(r) = ev else {
             panic!("not a span");
@@ -313,9 +349,6 @@ mod tests {
             flags,
         };
         assert_eq!(r, want);
-        assert_eq!(
-            decode(&v[1..20]),
-            Err(DecodeError::Size { got: 19, want: 40 })
-        );
+        assert_eq!(dec(&v[1..20]), Err(DecodeError::Size { got: 19, want: 40 }));
     }
 }

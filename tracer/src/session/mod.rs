@@ -28,6 +28,7 @@ use crate::cgroups::{self, CgroupNamer};
 use crate::model::bounded::IdMap;
 use crate::model::host;
 use crate::model::probe::{Probe, Style};
+use crate::model::timers::TimerIds;
 use decode::Event;
 use kmsg::KmsgWatch;
 use naming::Naming;
@@ -39,12 +40,8 @@ pub enum RecordError {
     Probe(#[from] ProbeError),
     #[error(transparent)]
     Cgroup(#[from] cgroups::CgroupFsError),
-    #[error("cannot create capture {path}: {source}")]
-    Create {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Create(#[from] crate::outfile::OutFileError),
     #[error("writing capture {path}: {source}")]
     Write {
         path: PathBuf,
@@ -108,6 +105,8 @@ pub struct Session {
     /// capture records what its file says right after (a write shows there). A forgotten id
     /// misses one re-name at most.
     periods_seen: IdMap<u64>,
+    /// The run's period-timer ids: the decoder turns each timer's kernel address into one.
+    timer_ids: TimerIds,
     /// The kernel's "period too short" messages; None if /dev/kmsg cannot be read.
     kmsg: Option<AsyncFd<KmsgWatch>>,
     pub header: CaptureHeader,
@@ -189,8 +188,9 @@ impl Session {
             drain_tick,
             totals_written: IdMap::default(),
             cpu_totals_written: Vec::new(),
-            naming: Naming::start(CgroupNamer::new(hierarchy)),
+            naming: Naming::start(CgroupNamer::new(hierarchy).without_cmdlines(opts.no_cmdline)),
             periods_seen: IdMap::default(),
+            timer_ids: TimerIds::default(),
             kmsg,
             header,
             periods: 0,
@@ -309,7 +309,7 @@ impl Session {
     fn drain_ring<E>(&mut self, sink: &mut impl Sink<E>) -> Result<(), PollError<E>> {
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
-            let rec = match decode::decode(&item) {
+            let rec = match decode::decode(&item, &mut self.timer_ids) {
                 Ok(r) => r,
                 Err(_) => {
                     self.decode_errors += 1;

@@ -177,7 +177,7 @@ mod tests {
             cpu,
             duration_ns,
             cgroup_id,
-            timer: 0,
+            timer_id: 0,
             loops: 1,
             unthrottled: 0,
             enqueued: 0,
