@@ -48,6 +48,8 @@ pub const TEST_APT_PACKAGES: &[&str] = &[
     "bpftool",
     // file: tests/tests/static_binary.rs has it say the shipped binary is static.
     "file",
+    // strace: tests/tests/signals.rs sees the capture fsync'd after its last write.
+    "strace",
     // prometheus (the server and promtool): tests/tests/deploy.rs checks and unit-tests
     // deploy/prometheus's rules and fires them from a real server scraping cfstrace.
     "prometheus",

@@ -9,8 +9,8 @@ use aya::{Btf, Ebpf, EbpfLoader};
 use tracer_ebpf::{
     ATTACHED_ARMED, ATTACHED_SLOT, Frames, HOW_UNTHROTTLE, LOSS_CGROUP_READ, LOSS_CSD_MISSED_EXIT,
     LOSS_CSD_UNMATCHED_EXIT, LOSS_MISSED_EXIT, LOSS_RINGBUF_FULL, LOSS_SPAN_MISSED_EXIT,
-    LOSS_SPAN_UNMATCHED_EXIT, LOSS_UNMATCHED_EXIT, LOSS_UNSENT_FULL, OFFSET_UNAVAILABLE,
-    RingConfig, SpanTotals, UnsentPeriods,
+    LOSS_SPAN_UNMATCHED_EXIT, LOSS_UNMATCHED_EXIT, LOSS_UNSENT_FULL, OFFSET_UNAVAILABLE, OPEN_CSD,
+    OPEN_PERIOD, OPEN_SPAN, RingConfig, SpanTotals, UnsentPeriods,
 };
 
 use super::attach::{self, Attacher};
@@ -316,6 +316,33 @@ impl Tracer {
         let arr: PerCpuArray<&MapData, Frames> = self.map("FRAME")?;
         let v = arr.get(&0, 0).map_err(map_error("FRAME"))?;
         Ok(v.iter().map(|f| f.span.totals).collect())
+    }
+
+    /// Stop opening frames: the programs stay attached, but no new callback, CSD or span
+    /// with period timers in it is counted or sent from now on. The end of a recording
+    /// disarms first, so the kernel's counters and the ring buffer read after it tell the same
+    /// story (see [`Tracer::settled`]).
+    pub fn disarm(&mut self) -> Result<(), ProbeError> {
+        let mut attached: Array<&mut MapData, u32> = Array::try_from(
+            self.ebpf
+                .map_mut("ATTACHED")
+                .ok_or(ProbeError::Missing("ATTACHED"))?,
+        )
+        .map_err(map_error("ATTACHED"))?;
+        attached
+            .set(ATTACHED_SLOT, self.attached_bits, 0)
+            .map_err(map_error("ATTACHED"))
+    }
+
+    /// After [`Tracer::disarm`]: true once no CPU is inside a callback or CSD it opened, nor
+    /// in a timer interrupt that ran one (whose span is still to be summed and sent).
+    pub fn settled(&self) -> Result<bool, ProbeError> {
+        let arr: PerCpuArray<&MapData, Frames> = self.map("FRAME")?;
+        let v = arr.get(&0, 0).map_err(map_error("FRAME"))?;
+        Ok(v.iter().all(|f| {
+            f.open & (OPEN_PERIOD | OPEN_CSD) == 0
+                && (f.open & OPEN_SPAN == 0 || f.span.timers == 0)
+        }))
     }
 
     /// The ring buffer of period events (can be taken once).

@@ -523,8 +523,10 @@ pub(crate) mod tests {
         assert_eq!(
             stats.warnings,
             vec![
-                "last line truncated (20 bytes) — skipped".to_string(),
-                "capture has no end line (recording was killed?)".to_string(),
+                "capture has no end line: the recording was cut short (killed?); recovered the \
+                 header and 4 complete line(s) after it, skipped its cut last line (20 bytes): \
+                 the figures cover the recording up to its last complete line"
+                    .to_string(),
             ]
         );
     }
@@ -617,7 +619,12 @@ pub(crate) mod tests {
         assert!(got.is_empty());
         assert_eq!(
             stats.warnings,
-            vec!["capture has no end line (recording was killed?)".to_string()]
+            vec![
+                "capture has no end line: the recording was cut short (killed?); recovered the \
+                 header and 0 complete line(s) after it: the figures cover the recording up to \
+                 its last complete line"
+                    .to_string()
+            ]
         );
     }
 

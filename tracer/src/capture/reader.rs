@@ -1,6 +1,7 @@
 //! Reading a capture: the header checked first, then the records streamed one by one. A
-//! truncated last line (a killed recorder) is a warning, a corrupt line in the middle an
-//! error with its number, a line of an unknown kind (a newer cfstrace) skipped and counted.
+//! capture cut short (a killed recorder: no end line, perhaps a truncated last line) is read
+//! up to its last complete line, with one warning saying so; a corrupt line in the middle is
+//! an error with its number, a line of an unknown kind (a newer cfstrace) skipped and counted.
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
@@ -170,16 +171,16 @@ impl<R: BufRead> CaptureReader<R> {
     /// Stats and warnings so far (complete once the iterator returned None).
     pub fn finish(self) -> (CaptureHeader, ReplayStats) {
         let mut warnings = Vec::new();
-        if let Some(n) = self.truncated {
-            warnings.push(format!("last line truncated ({n} bytes) — skipped"));
+        // A cut capture is one warning saying what was recovered from it.
+        match (self.ended, self.truncated) {
+            (false, cut) => warnings.push(cut_warning(self.lines, cut)),
+            (true, Some(n)) => warnings.push(format!("last line truncated ({n} bytes) — skipped")),
+            (true, None) => {}
         }
         for (kind, n) in &self.unknown_kinds {
             warnings.push(format!(
                 "skipped {n} line(s) of unknown kind {kind} (written by a newer cfstrace?)"
             ));
-        }
-        if !self.ended {
-            warnings.push("capture has no end line (recording was killed?)".to_string());
         }
         let stats = ReplayStats {
             lines: self.lines,
@@ -302,6 +303,20 @@ impl<R: BufRead> Iterator for CaptureReader<R> {
             }
         }
     }
+}
+
+/// A capture without its end line (the recorder was killed, or the node went down): what was
+/// kept of it. `lines` complete lines after the header; `cut`, the bytes of a last line
+/// written only in part.
+fn cut_warning(lines: u64, cut: Option<usize>) -> String {
+    let skipped = cut.map_or_else(String::new, |n| {
+        format!(", skipped its cut last line ({n} bytes)")
+    });
+    format!(
+        "capture has no end line: the recording was cut short (killed?); recovered the header \
+         and {lines} complete line(s) after it{skipped}: the figures cover the recording up to \
+         its last complete line"
+    )
 }
 
 fn preview(buf: &[u8]) -> String {

@@ -1,6 +1,7 @@
 //! `cfstrace record`: a session written to a capture that stays valid whatever stops it: the
-//! duration, Ctrl-C or SIGTERM, CMD exiting. The capture is flushed every second and ends with
-//! loss and end lines on every one of those paths.
+//! duration, SIGINT, SIGTERM or SIGHUP, CMD exiting. The capture is flushed every second and
+//! ends with loss and end lines on every one of those paths, then is fsync'd (the spool's
+//! `finish`).
 use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, IsTerminal as _};
@@ -145,9 +146,12 @@ pub async fn record_watched(
     )
     .await?;
     tty.clear();
-    // The kernel's totals first, then the ring buffer drained once more and the names still
-    // being worked out waited for: every span the totals count has its event in the ring by
-    // then, so a span that closed after the last drain is never taken for a lost one.
+    // The programs disarmed and settled first, so the totals, the last drain and the losses
+    // below all see the same events: the capture's period lines plus the callbacks the kernel
+    // summed as unsent are exactly the callbacks its totals count.
+    session.settle().await?;
+    // The kernel's totals, then the ring buffer drained once more and the names still being
+    // worked out waited for.
     let mut write = |l: &CaptureLine| out.write_line(l);
     session
         .totals(&mut write)
@@ -380,9 +384,4 @@ fn poll_error(
         PollError::Totals(e) => RecordError::Totals(e),
         PollError::Sink(e) => cap_err(e),
     }
-}
-
-/// Make sure what was written is on disk (a capture taken before a crash must survive it).
-pub fn sync_file(path: &std::path::Path) -> io::Result<()> {
-    File::open(path)?.sync_all()
 }

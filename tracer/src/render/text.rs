@@ -118,11 +118,24 @@ fn head(o: &mut String, report: &Report, color: bool) {
         report.backend_requested
     );
     let e = &report.events;
+    // Callbacks whose events were lost but the kernel summed are counted too, and said apart.
+    let unsent = match e.periods_unsent {
+        0 => String::new(),
+        n => format!(" (+{n} from the kernel's sums)"),
+    };
     let _ = writeln!(
         o,
-        "duration {:.2} s  period-timer callbacks {}  lost {}",
+        "duration {:.2} s  period-timer callbacks {}{unsent}  lost {}",
         report.duration_s, e.periods, e.lost
     );
+    if e.partial {
+        let line = format!(
+            "PARTIAL: {} event(s) lost (ring buffer full): figures counted from events are a \
+             lower bound (see the warnings)",
+            e.lost
+        );
+        let _ = writeln!(o, "{}", paint(&line, Tone::Yellow, color));
+    }
     let hr = HeadroomPhrase::of(report, true);
     let head = format!(
         "watchdog {}  headroom ",

@@ -151,7 +151,46 @@ fn events(agg: &Aggregator) -> Events {
         span_missed_exit: loss.span_missed_exit,
         periods_unsent: agg.unsent_periods(),
         unsent_full: loss.unsent_full,
+        partial: false,
     }
+    .marked()
+}
+
+impl Events {
+    /// `partial` set from the losses.
+    fn marked(mut self) -> Self {
+        self.partial = self.lost > 0 || self.unsent_full > 0;
+        self
+    }
+}
+
+/// Why a report's figures are partial (`events.partial`), or None when no event was lost:
+/// the first warning, and the line under the text report's head.
+pub fn partial_reason(e: &Events) -> Option<String> {
+    if !e.partial {
+        return None;
+    }
+    let mut why = format!(
+        "partial figures: {} event(s) lost (the ring buffer was full; a larger --ring-buffer \
+         keeps more): figures counted from events are a lower bound",
+        e.lost
+    );
+    if e.periods_unsent > 0 {
+        why.push_str(&format!(
+            "; {} of them were period-timer callbacks, counted back from the kernel's own sums: \
+             callback counts, IRQs-off totals, each cgroup's worst callback and each CPU's worst \
+             span stay exact, their quantiles are approximate (log2 buckets)",
+            e.periods_unsent
+        ));
+    }
+    if e.unsent_full > 0 {
+        why.push_str(&format!(
+            "; {} lost callback(s) could not be summed in the kernel either (its map was full): \
+             the callback counts undercount by that much",
+            e.unsent_full
+        ));
+    }
+    Some(why)
 }
 
 /// The capture's warnings, the aggregation's, then what the losses and the host mean for the
@@ -201,28 +240,7 @@ fn report_warnings(
 
 /// What lost or half-seen events do to the figures.
 fn loss_warnings(e: &Events) -> Vec<String> {
-    let mut w = Vec::new();
-    if e.lost > 0 && e.periods_unsent > 0 {
-        w.push(format!(
-            "{} event(s) lost (ring buffer full); {} were period-timer callbacks, counted back \
-             from the kernel's own sums: callback counts, IRQs-off totals, each cgroup's worst \
-             callback and each CPU's worst span stay exact, their quantiles are approximate \
-             (log2 buckets), the other per-period figures undercount",
-            e.lost, e.periods_unsent
-        ));
-    } else if e.lost > 0 {
-        w.push(format!(
-            "{} event(s) lost (ring buffer full): the figures undercount",
-            e.lost
-        ));
-    }
-    if e.unsent_full > 0 {
-        w.push(format!(
-            "{} lost callback(s) could not be summed in the kernel either (its map was full): \
-             the callback counts undercount by that much",
-            e.unsent_full
-        ));
-    }
+    let mut w: Vec<String> = partial_reason(e).into_iter().collect();
     if e.cgroup_read > 0 {
         w.push(format!(
             "{} timer -> cgroup read(s) failed: those callbacks are under {UNRESOLVED_NAME}",

@@ -36,7 +36,7 @@ pub mod stream;
 #[cfg(test)]
 mod tests;
 
-pub use build::build_report;
+pub use build::{build_report, partial_reason};
 pub use figures::probe_how;
 pub use headroom::{gate, headroom_alert};
 pub use model::*;

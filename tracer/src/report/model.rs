@@ -168,6 +168,10 @@ pub struct Events {
     /// Lost callbacks the kernel's sums had no room for either.
     #[serde(default)]
     pub unsent_full: u64,
+    /// Events were lost: figures counted from events are a lower bound (the first warning
+    /// says how many and which figures stay exact, [`super::partial_reason`]).
+    #[serde(default)]
+    pub partial: bool,
 }
 
 /// Whether a figure was measured on this run, how, or why not.

@@ -154,6 +154,47 @@ fn culprit_stats_and_order() {
 }
 
 #[test]
+fn losses_mark_the_figures_partial() {
+    // agg() lost 2 events: the report says its figures are a lower bound, first among the
+    // losses' warnings, and the JSON carries the mark.
+    let r = build_report(&header(), &agg(), 8_000_000_000, vec![]);
+    assert!(r.events.partial);
+    let why = crate::report::partial_reason(&r.events).unwrap();
+    assert!(
+        why.starts_with(
+            "partial figures: 2 event(s) lost (the ring buffer was full; a larger \
+             --ring-buffer keeps more): figures counted from events are a lower bound"
+        ),
+        "{why}"
+    );
+    assert_eq!(r.warnings[0], why);
+    let v = serde_json::to_value(&r).unwrap();
+    assert_eq!(v["events"]["partial"], true);
+    // The kernel's sums of lost callbacks, and callbacks it could not sum, are said too.
+    let e = Events {
+        lost: 5,
+        periods_unsent: 3,
+        unsent_full: 1,
+        partial: true,
+        ..Events::default()
+    };
+    let why = crate::report::partial_reason(&e).unwrap();
+    assert!(
+        why.contains("; 3 of them were period-timer callbacks, counted back"),
+        "{why}"
+    );
+    assert!(
+        why.contains("; 1 lost callback(s) could not be summed"),
+        "{why}"
+    );
+    // No loss, no mark.
+    let r = build_report(&header(), &Aggregator::new(), 1_000_000_000, vec![]);
+    assert!(!r.events.partial);
+    assert_eq!(crate::report::partial_reason(&r.events), None);
+    assert!(r.warnings.iter().all(|w| !w.contains("partial")));
+}
+
+#[test]
 fn no_periods_no_culprit() {
     let r = build_report(&header(), &Aggregator::new(), 1_000_000_000, vec![]);
     assert!(r.culprit.is_none());

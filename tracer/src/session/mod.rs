@@ -86,6 +86,9 @@ pub fn monotonic_ns() -> u64 {
 /// it (see `tracer_ebpf::RingConfig`), so this, not the event rate, sets how often it runs; a
 /// buffer filling faster than this wakes it at half full.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+/// How long [`Session::settle`] waits for open frames to close: a callback or a timer
+/// interrupt takes microseconds; a frame left open by a missed exit never closes.
+pub const SETTLE_LIMIT: Duration = Duration::from_millis(200);
 /// How often `record` writes the kernel's totals (and at the end).
 pub const TOTALS_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -347,6 +350,23 @@ impl Session {
         // Cgroups named before their processes arrived are read again now and then.
         self.naming.reread_round(std::time::Instant::now());
         Ok(())
+    }
+
+    /// At the end, before the last totals, drain and losses: disarm the programs and wait
+    /// (at most [`SETTLE_LIMIT`]) until every frame opened before that has closed. From then
+    /// on the kernel's counters stand still, so the callbacks it counted are exactly those in
+    /// the ring buffer plus those it summed as lost, and its loss counters are final.
+    pub async fn settle(&mut self) -> Result<(), ProbeError> {
+        self.tracer.disarm()?;
+        let until = tokio::time::Instant::now() + SETTLE_LIMIT;
+        loop {
+            // A program that saw "armed" just before the write opens its frame within
+            // microseconds (it runs with interrupts off): look after that.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            if self.tracer.settled()? || tokio::time::Instant::now() >= until {
+                return Ok(());
+            }
+        }
     }
 
     pub fn losses(&self) -> Result<LossRecord, ProbeError> {
