@@ -3,7 +3,6 @@
 //! ends with loss and end lines on every one of those paths, then is fsync'd (the spool's
 //! `finish`).
 use std::cell::Cell;
-use std::fs::File;
 use std::io::{self, IsTerminal as _};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
