@@ -197,6 +197,26 @@ pub fn slope(points: &[(f64, f64)]) -> f64 {
     if sxx == 0.0 { 0.0 } else { sxy / sxx }
 }
 
+/// Seconds of a run before RSS is judged: the BTF parse and the maps.
+pub const WARM_UP_S: f64 = 10.0;
+
+/// From RSS samples `(seconds, KiB)` of a run whose churn ended at `churn_end` after making
+/// `churned` cgroups past the warm-up: the slope in the quiet tail (KiB/min) and the growth
+/// per cgroup made (KiB; infinite without the samples to tell).
+pub fn rss_figures(rss: &[(f64, u64)], churn_end: f64, churned: f64) -> (f64, f64) {
+    let tail: Vec<(f64, f64)> = rss
+        .iter()
+        .filter(|(t, _)| *t >= churn_end + 2.0)
+        .map(|(t, k)| (*t / 60.0, *k as f64))
+        .collect();
+    let at = |t: f64| rss.iter().find(|(s, _)| *s >= t).map(|r| r.1 as f64);
+    let per_cgroup = match (at(WARM_UP_S), at(churn_end)) {
+        (Some(a), Some(b)) => (b - a).max(0.0) / churned.max(1.0),
+        _ => f64::INFINITY,
+    };
+    (slope(&tail), per_cgroup)
+}
+
 /// Kernel log lines that mean something broke (what `dmesg` would show after an incident).
 pub fn is_kernel_problem(line: &str) -> bool {
     const SIGNS: [&str; 8] = [
@@ -385,21 +405,12 @@ pub fn run(cfg: &SoakConfig, tree: &mut CgroupTree, dir: &Path) -> Result<SoakRe
         .collect();
 
     let churn_end = churn_for.as_secs_f64();
-    let tail: Vec<(f64, f64)> = rss
-        .iter()
-        .filter(|(t, _)| *t >= churn_end + 2.0)
-        .map(|(t, k)| (*t / 60.0, *k as f64))
-        .collect();
-    let at = |t: f64| rss.iter().find(|(s, _)| *s >= t).map(|r| r.1 as f64);
     // Cgroups made between the warm-up's end and the churn's.
-    let churned = ((churn_end - 10.0) / cfg.churn_every.as_secs_f64()).max(1.0);
-    let kib_per_cgroup = match (at(10.0), at(churn_end)) {
-        (Some(a), Some(b)) => (b - a).max(0.0) / churned,
-        _ => f64::INFINITY,
-    };
+    let churned = (churn_end - WARM_UP_S) / cfg.churn_every.as_secs_f64();
+    let (tail_slope_kib_per_min, kib_per_cgroup) = rss_figures(&rss, churn_end, churned);
     Ok(SoakReport {
         seconds,
-        tail_slope_kib_per_min: slope(&tail),
+        tail_slope_kib_per_min,
         kib_per_cgroup,
         peak_rss_kib: rss.iter().map(|r| r.1).max().unwrap_or(0),
         rss,
@@ -424,6 +435,29 @@ mod tests {
         assert_eq!(slope(&[(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)]), 2.0);
         assert_eq!(slope(&[(0.0, 7.0)]), 0.0);
         assert!(slope(&[(0.0, 5.0), (1.0, 4.0), (2.0, 5.0), (3.0, 4.0)]).abs() < 0.5);
+    }
+
+    #[test]
+    fn rss_figures_tell_churn_growth_from_a_leak() {
+        // 1 MiB over 100 cgroups made, then flat.
+        let rss: Vec<(f64, u64)> = (0..=30)
+            .map(|i| {
+                let t = f64::from(i) * 2.0;
+                let k = if t < 10.0 {
+                    16_000
+                } else if t < 40.0 {
+                    16_000 + ((t - 10.0) / 30.0 * 1024.0) as u64
+                } else {
+                    17_024
+                };
+                (t, k)
+            })
+            .collect();
+        let (tail, per) = rss_figures(&rss, 40.0, 100.0);
+        assert!(tail.abs() < 1.0, "{tail}");
+        assert!((per - 10.24).abs() < 0.5, "{per}");
+        // No samples: nothing can be told, and that fails the limit.
+        assert!(rss_figures(&[], 40.0, 100.0).1.is_infinite());
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod setup;
+mod soak;
 mod test;
 mod vm;
 
@@ -52,6 +53,10 @@ enum Command {
     /// Measure the tracer's own cost and limits (issue 9's P1-P5) and write BENCHMARKS.md;
     /// installs bpftrace and bpftool. Figures only: never fails on a timing.
     Bench(bench::BenchArgs),
+    /// Soak: `cfstrace record` over a storm with constant cgroup churn for 10 minutes, on this
+    /// host and in a VM kernel, then 100 attach/detach cycles; RSS over time, unnamed live
+    /// cgroups, lost events, kernel oopses, objects left behind. Exit 1 on any.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +73,7 @@ fn main() -> ExitCode {
         Command::Vm(args) => vm::run_cli(&args),
         Command::Test => test::run(),
         Command::Bench(args) => bench::run(&args),
+        Command::Soak(args) => soak::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -367,12 +367,13 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup\n\
 ///   `cfstrace record --backend auto` + `report --json` run, plus the capture digest.
 pub fn init_script() -> String {
     format!(
-        "{}{}{}{}{}finish\n",
+        "{}{}{}{}{}{}finish\n",
         init_head(),
         init_runs(),
         init_cofire(),
         init_diff(),
-        init_storm()
+        init_storm(),
+        crate::soak::init_soak()
     )
 }
 
@@ -399,6 +400,7 @@ SAVECAP=0
 LOGLEVEL=off
 STORM=0
 DIFF=0
+SOAK=0
 FINDINGS=1
 for w in $(cat /proc/cmdline); do
   case "$w" in
@@ -415,6 +417,7 @@ for w in $(cat /proc/cmdline); do
     cfstrace.loglevel=*) LOGLEVEL="${{w#cfstrace.loglevel=}}" ;;
     cfstrace.storm=*) STORM="${{w#cfstrace.storm=}}" ;;
     cfstrace.diff=*) DIFF="${{w#cfstrace.diff=}}" ;;
+    cfstrace.soak=*) SOAK="${{w#cfstrace.soak=}}" ;;
     cfstrace.findings=*) FINDINGS="${{w#cfstrace.findings=}}" ;;
   esac
 done

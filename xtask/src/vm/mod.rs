@@ -26,7 +26,7 @@ pub mod console;
 pub mod guest;
 mod judge;
 pub mod kernels;
-mod runs;
+pub(crate) mod runs;
 
 use std::fs;
 use std::path::{Path, PathBuf};

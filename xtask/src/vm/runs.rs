@@ -173,6 +173,31 @@ pub fn run_diff(kernel: &Kernel, initrd: &Path) -> Outcome {
     judge::judge_diff(kernel, b)
 }
 
+/// `cargo xtask soak`'s guest: only the soak (see [`crate::soak::init_soak`]) for `seconds`,
+/// on 2 vCPUs; its limit is the soak's own time plus the attach cycles, in emulation.
+pub fn boot_soak(
+    kernel: &Kernel,
+    initrd: &Path,
+    seconds: u64,
+) -> std::result::Result<Boot, String> {
+    let log = kernels::suite_dir(&kernel.suite).join("console-soak.log");
+    let params = format!(
+        "cfstrace.backends= cfstrace.findings=0 cfstrace.cofire=0 cfstrace.storm=0 \
+         cfstrace.diff=0 cfstrace.soak={seconds}"
+    );
+    let m = Machine {
+        vmlinuz: &kernel.vmlinuz,
+        initrd,
+        cpus: 2,
+        mem_mb: 1024,
+        append: &params,
+        engine: Engine::Tcg,
+    };
+    let w = guest_watch(&log, Duration::from_secs(seconds * 3 + 1800), None);
+    println!("{}: soak boot (console: {})", kernel.suite, log.display());
+    run(&m, &w).map_err(|e| format!("{e:#}"))
+}
+
 pub fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
