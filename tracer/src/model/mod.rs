@@ -2,6 +2,7 @@
 //! name, CPU sets, the host's facts and the workloads cgroups belong to. Depends on nothing
 //! else in the crate.
 pub mod cpuset;
+pub mod escape;
 pub mod host;
 pub mod probe;
 pub mod records;

@@ -38,6 +38,14 @@ impl Tone {
     }
 }
 
+/// A copy of `report` whose every string went through the one terminal escape
+/// ([`crate::model::escape::terminal`]): what the text table and the live view draw from.
+pub fn escaped(report: &Report) -> Report {
+    // The report reads back its own JSON (`diff` relies on it; a unit test checks the
+    // fixtures): a failure here is a bug, never a name.
+    crate::model::escape::for_terminal(report).expect("a report round-trips through serde")
+}
+
 /// Shorten to `width` chars with an ellipsis in the middle (both ends of a cgroup path
 /// matter: the slice it sits in and the container id at its tip).
 pub fn ellipsize_middle(s: &str, width: usize) -> String {
@@ -104,6 +112,8 @@ impl Line {
     }
 
     pub fn push_in(&mut self, s: &str, tone: Option<Tone>) -> &mut Line {
+        // One terminal line: no piece of it may move the cursor or carry an escape.
+        let s = &*crate::model::escape::terminal(s);
         match self.spans.last_mut() {
             Some((t, last)) if *last == tone => t.push_str(s),
             _ => self.spans.push((s.to_string(), tone)),
