@@ -71,7 +71,22 @@ fn names() -> Vec<Name> {
     ]
 }
 
+/// A comm and a command line of the same kind, on a busy loop of the first cgroup.
+const COMM: &str = "\x1b]2;comm\x07";
+const ARG: &str = "arg\x1b[2J\x1b]2;cmd\x07";
+
+/// A child killed and reaped on drop (before the tree removes its cgroup).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct Storm {
+    _odd: Reaped,
     tree: CgroupTree,
     names: Vec<Name>,
     /// The top's directory name: what `--cgroup` selects.
@@ -82,14 +97,40 @@ struct Storm {
 fn storm() -> Storm {
     let mut tree = test_cgroups("cfstrace-hostile");
     let names = names();
+    let mut odd = None;
     for n in &names {
         let d = tree
             .add_path(Path::new(OsStr::from_bytes(&n.raw)), 10_000, 1_000)
             .unwrap_or_else(|e| panic!("{:?}: {e}", n.text));
-        tree.busy(&d, 1).unwrap();
+        if odd.is_some() {
+            tree.busy(&d, 1).unwrap();
+            continue;
+        }
+        // `sh -c SCRIPT ARG`: ARG is $0, in /proc/PID/cmdline. Only a process itself may
+        // write its comm: the shell's builtin printf does.
+        let script = r"printf '\033]2;comm\007' > /proc/$$/comm; while :; do :; done";
+        let child = Command::new("sh")
+            .args(["-c", script, ARG])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id().to_string();
+        odd = Some(Reaped(child));
+        std::fs::write(d.join("cgroup.procs"), &pid).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default()
+            != format!("{COMM}\n")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the busy loop did not take its comm"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
     let top = tree.top.file_name().unwrap().to_str().unwrap().to_string();
     Storm {
+        _odd: odd.unwrap(),
         tree,
         names,
         top,
@@ -124,6 +165,14 @@ fn assert_terminal(what: &str, out: &[u8], names: &[Name], whole: bool) {
             find(out, tip.as_bytes()).is_some(),
             "{what}: {tip:?} (of {:?}) is not on the terminal:\n{}",
             n.text,
+            visible(out)
+        );
+    }
+    // Nor of the comm and the command line.
+    for m in [b"\x1b]2;".as_slice(), b"\x1b[2Jcmd"] {
+        assert!(
+            find(out, m).is_none(),
+            "{what}: {m:?} raw:\n{}",
             visible(out)
         );
     }
@@ -192,10 +241,31 @@ fn hostile_names_in_every_output() {
         );
     }
 
+    // The hostile comm and command line, back exactly.
+    let first = path_of(&s.names[0]);
+    let c = cgroups
+        .iter()
+        .find(|c| c["path"] == first.as_str())
+        .unwrap();
+    let procs = c["processes"].as_array().expect("processes");
+    assert!(
+        procs
+            .iter()
+            .any(|p| p["comm"] == COMM && p["cmdline"].as_str().is_some_and(|l| l.contains(ARG))),
+        "{COMM:?} / {ARG:?} not in {c}"
+    );
+
     // 2. The same report on a terminal: shown escaped, never obeyed.
     let (status, out) = run_in_pty_bytes(&bin, &["report", cap], (400, 100), limit).unwrap();
+    std::fs::write(s.dir.join("report.pty"), &out).unwrap();
     assert!(status.success(), "{}", visible(&out));
     assert_terminal("report", &out, &s.names, false);
+    let comm = "\\x1b]2;comm\\x07";
+    assert!(
+        find(&out, comm.as_bytes()).is_some(),
+        "the comm is not shown as {comm}:\n{}",
+        visible(&out)
+    );
 
     // 3. The live view on a terminal.
     let (status, out) = run_in_pty_bytes(
@@ -215,6 +285,7 @@ fn hostile_names_in_every_output() {
         limit,
     )
     .unwrap();
+    std::fs::write(s.dir.join("watch.pty"), &out).unwrap();
     assert!(status.success(), "{}", visible(&out));
     assert!(
         find(&out, b"\x1b[?1049h").is_some(),
