@@ -385,3 +385,13 @@ fn fixture_reports_are_unchanged_by_the_terminal_escape() {
     let r = build_report(&header(), &agg(), 8_000_000_000, vec![]);
     assert_eq!(crate::render::format::escaped(&r), r);
 }
+
+#[test]
+fn a_report_that_does_not_round_trip_is_still_escaped() {
+    let mut r = crate::render::hostile::report();
+    // A NaN is JSON's null: the whole report no longer reads back.
+    r.duration_s = f64::NAN;
+    assert!(crate::model::escape::for_terminal(&r).is_err());
+    let t = render_text_as(&r, true, Verbosity::Verbose);
+    crate::render::hostile::assert_escaped(&t);
+}
