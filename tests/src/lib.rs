@@ -290,8 +290,18 @@ impl CgroupTree {
 
     /// Create `top/rel` (and its parents) with a CFS quota; returns its absolute path.
     pub fn add(&mut self, rel: &str, period_us: u64, quota_us: u64) -> Result<PathBuf, String> {
+        self.add_path(Path::new(rel), period_us, quota_us)
+    }
+
+    /// [`CgroupTree::add`] of any path: a name that is not UTF-8 too.
+    pub fn add_path(
+        &mut self,
+        rel: &Path,
+        period_us: u64,
+        quota_us: u64,
+    ) -> Result<PathBuf, String> {
         let mut dir = self.top.clone();
-        for part in rel.split('/').filter(|p| !p.is_empty()) {
+        for part in rel.iter().filter(|p| *p != "/") {
             if self.hierarchy.version == Version::V2 {
                 self.enable_cpu(&dir)?;
             }
@@ -593,4 +603,70 @@ mod churn_helper_tests {
         );
         assert!(status_kib(std::process::id(), "VmHWM").is_some_and(|k| k > 0));
     }
+}
+
+// -------------------------------------------------------------------------------------------
+// Pseudo-terminals (tests/tests/hostile_names.rs)
+
+/// Run `bin args` with stdin, stdout and stderr on a new pseudo-terminal of `cols` x `rows`
+/// (TERM=xterm-256color, colours on); every byte the terminal received, and the status. The
+/// child is killed at `limit`.
+pub fn run_in_pty_bytes(
+    bin: &Path,
+    args: &[&str],
+    size: (u16, u16),
+    limit: Duration,
+) -> Result<(ExitStatus, Vec<u8>), String> {
+    use std::io::Read as _;
+    let ws = nix::pty::Winsize {
+        ws_row: size.1,
+        ws_col: size.0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(&ws, None).map_err(|e| format!("openpty: {e}"))?;
+    let (master, slave) = (pty.master, pty.slave);
+    let dup = |fd: &std::os::fd::OwnedFd| fd.try_clone().map_err(|e| format!("dup: {e}"));
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .env("TERM", "xterm-256color")
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::from(dup(&slave)?))
+        .stdout(Stdio::from(dup(&slave)?))
+        .stderr(Stdio::from(slave));
+    let command = format!("{} {}", bin.display(), args.join(" "));
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("starting {command}: {e}"))?;
+    // The child holds the only copies of the slave now: when it exits, reads end (EIO).
+    drop(cmd);
+    let reader = std::thread::spawn(move || {
+        let mut f = fs::File::from(master);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        out
+    });
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if start.elapsed() >= limit => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("`{command}` did not finish in {limit:?} (killed)"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Err(format!("waiting for {command}: {e}")),
+        }
+    };
+    let out = reader
+        .join()
+        .map_err(|_| "the pty reader panicked".to_string())?;
+    Ok((status, out))
 }

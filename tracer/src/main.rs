@@ -74,7 +74,12 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("cfstrace: error: {}", error_chain(&e));
+            // An error may quote a name or a file's bytes: escaped for the terminal.
+            let text = error_chain(&e);
+            eprintln!(
+                "cfstrace: error: {}",
+                cfstrace::model::escape::terminal_lines(&text)
+            );
             ExitCode::FAILURE
         }
     }

@@ -62,7 +62,9 @@ pub fn info(args: fmt::Arguments<'_>) {
 /// [`info`] to any writer at a chosen verbosity.
 pub fn say(w: &mut impl Write, v: Verbosity, args: fmt::Arguments<'_>) {
     if v.info() {
-        let _ = writeln!(w, "{args}");
+        // Lines that name cgroups, files and commands: escaped for the terminal.
+        let text = args.to_string();
+        let _ = writeln!(w, "{}", crate::model::escape::terminal_lines(&text));
     }
 }
 

@@ -77,7 +77,10 @@ pub fn run(args: &SoakArgs) -> Result<ExitCode> {
             .join("vm-cache")
             .join(format!("initramfs-soak-{}.cpio", std::process::id()));
         guest::build(Some(&bin))?.write(&initrd)?;
-        println!("soak in {} ({}): {} min", kernel.suite, kernel.release, args.minutes);
+        println!(
+            "soak in {} ({}): {} min",
+            kernel.suite, kernel.release, args.minutes
+        );
         let boot = runs::boot_soak(&kernel, &initrd, seconds);
         let _ = fs::remove_file(&initrd);
         let boot = boot.map_err(anyhow::Error::msg)?;
@@ -280,16 +283,25 @@ mod tests {
         let r = guest_report(&lines, 24.0).unwrap();
         assert_eq!(r.rss.len(), 5);
         assert_eq!(r.record_status, Some(0));
-        assert_eq!((r.cgroups_made, r.callbacks, r.capture_ended), (50, 900, true));
+        assert_eq!(
+            (r.cgroups_made, r.callbacks, r.capture_ended),
+            (50, 900, true)
+        );
         assert_eq!(r.live_with_callbacks, 2);
         assert_eq!(r.unnamed_live, ["c41"]);
         assert_eq!(r.lost, 4);
         assert_eq!(r.oops.len(), 1, "{:?}", r.oops);
         assert_eq!(r.leakcheck["ok"], true);
         let problems = r.problems(&SoakLimits::default());
-        assert!(problems.iter().any(|p| p.contains("unnamed")), "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.contains("unnamed")),
+            "{problems:?}"
+        );
         assert!(problems.iter().any(|p| p.contains("lost")), "{problems:?}");
-        assert!(problems.iter().any(|p| p.contains("kernel log")), "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.contains("kernel log")),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! the host facts, the probes), then one line per record (see `crate::model::records`). This
 //! room writes and reads them; the records themselves are the model's.
 mod codec;
+#[cfg(test)]
+mod fuzz;
 mod reader;
 mod spool;
 mod writer;
@@ -65,7 +67,7 @@ pub(crate) mod tests {
 
     use crate::model::records::test_header as header;
 
-    fn lines() -> Vec<CaptureLine> {
+    pub(super) fn lines() -> Vec<CaptureLine> {
         vec![
             CaptureLine::Cgroup(Box::new(CgroupRecord {
                 facts: CgroupFacts {

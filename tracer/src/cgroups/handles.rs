@@ -6,6 +6,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use crate::model::escape::os_str;
+
 /// kernfs' file handle type (include/linux/exportfs.h FILEID_KERNFS): the handle is the id.
 const FILEID_KERNFS: i32 = 0xfe;
 
@@ -61,8 +63,9 @@ pub(super) fn path_by_handle(mount_dir: &fs::File, mount: &Path, id: u64) -> ByH
     if !fs::metadata(&target).is_ok_and(|m| m.ino() == id) {
         return ByHandle::Gone;
     }
-    match target.strip_prefix(mount).ok().and_then(|r| r.to_str()) {
-        Some(rel) => ByHandle::Found(format!("/{rel}")),
-        None => ByHandle::Gone,
+    // A name that is not UTF-8 keeps its bytes as `\xNN` (never lost, never U+FFFD).
+    match target.strip_prefix(mount) {
+        Ok(rel) => ByHandle::Found(format!("/{}", os_str(rel.as_os_str()))),
+        Err(_) => ByHandle::Gone,
     }
 }

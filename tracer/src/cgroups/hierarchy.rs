@@ -1,6 +1,7 @@
 //! Which mount holds the cpu controller (cgroup v1 `cpu`, or cgroup2), from
 //! /proc/self/mountinfo, and the directory and id of a cgroup path in it.
 use std::fs;
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -109,8 +110,49 @@ pub fn find_cpu_hierarchy() -> Result<CpuHierarchy, CgroupFsError> {
 }
 
 /// Absolute directory of a path relative to the hierarchy's root (`/` is the root).
+/// A name that is not UTF-8 is held as text with its bytes as `\xNN`
+/// ([`crate::model::escape::os_name`]): when the literal directory is not there, the one with
+/// those bytes is.
 pub(super) fn dir_of(mount: &Path, rel: &str) -> PathBuf {
-    mount.join(rel.trim_start_matches('/'))
+    let literal = mount.join(rel.trim_start_matches('/'));
+    if !rel.contains("\\x") || literal.exists() {
+        return literal;
+    }
+    match raw_bytes(rel) {
+        Some(raw) => {
+            let start = raw.iter().position(|c| *c != b'/').unwrap_or(raw.len());
+            mount.join(std::ffi::OsStr::from_bytes(&raw[start..]))
+        }
+        None => literal,
+    }
+}
+
+/// `rel` with each `\xNN` of a byte from 0x80 up (what [`crate::model::escape::os_name`]
+/// writes for a byte that is not UTF-8) back as that byte; None when there is none.
+fn raw_bytes(rel: &str) -> Option<Vec<u8>> {
+    let b = rel.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let (mut i, mut any) = (0, false);
+    while i < b.len() {
+        let byte = b
+            .get(i + 2..i + 4)
+            .filter(|_| b[i] == b'\\' && b[i + 1] == b'x')
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .filter(|v| *v >= 0x80);
+        match byte {
+            Some(v) => {
+                out.push(v);
+                any = true;
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    any.then_some(out)
 }
 
 /// The cgroup id (directory inode) of `rel`, e.g. `/kubepods/burstable`.
@@ -202,5 +244,21 @@ mod tests {
             CgroupFsError::NoCpuHierarchy.to_string(),
             "no cgroup hierarchy with the cpu controller is mounted; mount cgroup2 or the v1 cpu controller"
         );
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_leads_back_to_its_directory() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let mount = tempfile::tempdir().unwrap();
+        let raw = std::ffi::OsStr::from_bytes(b"bad\xff\xfe-\x1b[2J");
+        fs::create_dir_all(mount.path().join("a").join(raw)).unwrap();
+        // A literal `\x2d` (systemd's escape of '-') stays literal.
+        fs::create_dir(mount.path().join("sys\\x2dfoo.slice")).unwrap();
+        let rel = format!("/a/{}", crate::model::escape::os_str(raw));
+        assert_eq!(rel, "/a/bad\\xff\\xfe-\x1b[2J");
+        assert_eq!(dir_of(mount.path(), &rel), mount.path().join("a").join(raw));
+        assert!(dir_of(mount.path(), &rel).is_dir());
+        assert!(dir_of(mount.path(), "/sys\\x2dfoo.slice").is_dir());
+        assert_eq!(raw_bytes("/x\\x2d"), None);
     }
 }

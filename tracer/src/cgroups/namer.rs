@@ -12,6 +12,7 @@ use super::hierarchy::dir_of;
 use super::processes::busiest_processes;
 use super::settings::{bandwidth, parents_of};
 use super::{CACHE_CAP, GONE_NOTE, REMOVED_NOTE, RESCAN_INTERVAL, WALK_DUTY};
+use crate::model::escape::os_str;
 use crate::model::records::{CgroupFacts, CgroupRecord, CpuHierarchy};
 use crate::model::workload;
 
@@ -281,7 +282,7 @@ impl CgroupNamer {
                 if !e.file_type().is_ok_and(|t| t.is_dir()) {
                     continue;
                 }
-                let child = format!("{rel}/{}", e.file_name().to_string_lossy());
+                let child = format!("{rel}/{}", os_str(&e.file_name()));
                 // kernfs reports the node id as d_ino, so no stat per cgroup is needed.
                 fill(&mut self.paths, e.ino(), &child);
                 stack.push((e.path(), child));

@@ -4,6 +4,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::{CMDLINE_MAX, MAX_PROCESSES};
+use crate::model::escape::os_name;
 use crate::model::records::ProcessInfo;
 
 /// utime + stime (clock ticks) and comm from /proc/PID/stat. The comm may itself hold `)` or
@@ -22,7 +23,7 @@ pub fn parse_stat(stat: &str) -> Option<(String, u64)> {
 /// /proc/PID/cmdline bytes -> one line: NULs to spaces, at most CMDLINE_MAX characters;
 /// None for kernel threads and zombies (empty).
 pub fn format_cmdline(raw: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(raw);
+    let text = os_name(raw);
     let line: String = text
         .trim_end_matches('\0')
         .chars()
@@ -68,7 +69,8 @@ pub fn busiest_processes(dir: &Path, cmdlines: bool) -> Vec<ProcessInfo> {
     let mut ranked: Vec<(u32, String, u64)> = pids
         .into_iter()
         .filter_map(|pid| {
-            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // A comm is any 15 bytes (prctl PR_SET_NAME): not UTF-8 is kept as `\xNN`.
+            let stat = os_name(&fs::read(format!("/proc/{pid}/stat")).ok()?);
             let (comm, ticks) = parse_stat(&stat)?;
             Some((pid, comm, ticks))
         })

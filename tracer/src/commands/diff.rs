@@ -54,12 +54,16 @@ pub fn status(d: &Diff, fail_worse: bool) -> Option<u8> {
     if d.node.verdict.verdict == VerdictKind::NotComparable {
         eprintln!(
             "cfstrace: diff NOT JUDGED: the node is not comparable: {}",
-            d.node.verdict.why
+            crate::model::escape::terminal(&d.node.verdict.why)
         );
         return Some(EXIT_NOT_JUDGED);
     }
     if d.any_worse() {
-        eprintln!("cfstrace: diff WORSE: {}", worse_list(d));
+        let worse = worse_list(d);
+        eprintln!(
+            "cfstrace: diff WORSE: {}",
+            crate::model::escape::terminal(&worse)
+        );
         return Some(EXIT_HEADROOM);
     }
     None

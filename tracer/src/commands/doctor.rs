@@ -55,7 +55,9 @@ impl Out {
         if self.quiet {
             return;
         }
-        for l in wrap_line(&args.to_string(), self.width) {
+        // No colour here: the whole line is text, so names in it are escaped with it.
+        let text = args.to_string();
+        for l in wrap_line(&crate::model::escape::terminal(&text), self.width) {
             self.lines.line(format_args!("{l}"));
         }
     }

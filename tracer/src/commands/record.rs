@@ -342,7 +342,7 @@ impl Progress {
     /// A line `-q` keeps: CMD ignored our signal and had to be killed.
     fn warn(&self, line: &str) {
         self.clear();
-        eprintln!("cfstrace: {line}");
+        eprintln!("cfstrace: {}", crate::model::escape::terminal_lines(line));
     }
 
     fn show(

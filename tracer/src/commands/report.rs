@@ -73,7 +73,8 @@ pub fn gate_code(rep: &Report) -> Option<ExitCode> {
     if g.verdict == GateVerdict::Pass {
         crate::info!("cfstrace: headroom gate {word}: {}", g.why);
     } else {
-        eprintln!("cfstrace: headroom gate {word}: {}", g.why);
+        let why = crate::model::escape::terminal(&g.why);
+        eprintln!("cfstrace: headroom gate {word}: {why}");
     }
     gate_status(g.verdict).map(ExitCode::from)
 }

@@ -66,7 +66,7 @@ pub fn walk(h: &CpuHierarchy, cap: usize) -> Walked {
         };
         for e in entries.flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
-                let name = e.file_name().to_string_lossy().into_owned();
+                let name = crate::model::escape::os_str(&e.file_name());
                 let child = if rel == "/" {
                     format!("/{name}")
                 } else {

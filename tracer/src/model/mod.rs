@@ -3,6 +3,7 @@
 //! else in the crate.
 pub mod bounded;
 pub mod cpuset;
+pub mod escape;
 pub mod host;
 pub mod probe;
 pub mod records;

@@ -9,6 +9,7 @@ use crate::diff::{
     CgroupRef, Diff, FigureDiff, Side, Trend, Verdict, VerdictKind, change_text, signed_pct,
     value_text,
 };
+use crate::model::escape::terminal;
 use crate::report::workload_label;
 
 const WIDTH: usize = 80;
@@ -37,7 +38,11 @@ pub fn render_diff(d: &Diff, color: bool) -> String {
     for c in &d.cgroups {
         o.push('\n');
         // The name on a line of its own: whole up to 73 characters.
-        let _ = writeln!(o, "CGROUP {}", ellipsize_middle(&c.before.name, WIDTH - 7));
+        let _ = writeln!(
+            o,
+            "CGROUP {}",
+            ellipsize_middle(&terminal(&c.before.name), WIDTH - 7)
+        );
         verdict_line(&mut o, "", &c.verdict, color);
         let how = if c.before.name == c.after.name {
             format!("  matched by {}", c.matched_by.label())
@@ -45,7 +50,7 @@ pub fn render_diff(d: &Diff, color: bool) -> String {
             format!(
                 "  matched by {}: after is {}",
                 c.matched_by.label(),
-                ellipsize_middle(&c.after.name, WIDTH - 40)
+                ellipsize_middle(&terminal(&c.after.name), WIDTH - 40)
             )
         };
         let _ = writeln!(o, "{how}");
@@ -188,7 +193,8 @@ fn wrap(o: &mut impl std::fmt::Write, text: &str, first: &str, rest: &str) {
         .initial_indent(first)
         .subsequent_indent(rest)
         .word_splitter(textwrap::WordSplitter::NoHyphenation);
-    for l in textwrap::wrap(text, options) {
+    // Names, files and reasons reach the terminal through here: escaped, colour added after.
+    for l in textwrap::wrap(&terminal(text), options) {
         let _ = writeln!(o, "{l}");
     }
 }

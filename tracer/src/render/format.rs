@@ -38,6 +38,40 @@ impl Tone {
     }
 }
 
+/// A copy of `report` whose every string went through the one terminal escape
+/// ([`crate::model::escape::terminal`]): what the text table and the live view draw from.
+pub fn escaped(report: &Report) -> Report {
+    use crate::model::escape::{for_terminal, terminal};
+    // The report reads back its own JSON (`diff` relies on it; a unit test checks the
+    // fixtures). Should a figure ever not (a NaN is JSON's null), the fields that carry names
+    // are escaped one by one: those parts hold no float.
+    if let Ok(r) = for_terminal(report) {
+        return r;
+    }
+    let mut r = report.clone();
+    let text = |s: &mut String| *s = terminal(s).into_owned();
+    let cgroup = |c: &mut crate::report::CgroupReport| {
+        c.facts = for_terminal(&c.facts).unwrap_or_else(|_| c.facts.clone());
+        c.parents = for_terminal(&c.parents).unwrap_or_else(|_| c.parents.clone());
+    };
+    text(&mut r.hostname);
+    text(&mut r.kernel);
+    r.warnings.iter_mut().for_each(text);
+    r.cgroups.iter_mut().for_each(cgroup);
+    if let Some(c) = &mut r.culprit {
+        cgroup(&mut c.cgroup);
+        text(&mut c.headline);
+        text(&mut c.reason);
+        if let Some(p) = c.busiest_by_total.as_mut().and_then(|b| b.path.as_mut()) {
+            text(p);
+        }
+    }
+    if let Some(g) = &mut r.gate {
+        text(&mut g.why);
+    }
+    r
+}
+
 /// Shorten to `width` chars with an ellipsis in the middle (both ends of a cgroup path
 /// matter: the slice it sits in and the container id at its tip).
 pub fn ellipsize_middle(s: &str, width: usize) -> String {
@@ -104,6 +138,8 @@ impl Line {
     }
 
     pub fn push_in(&mut self, s: &str, tone: Option<Tone>) -> &mut Line {
+        // One terminal line: no piece of it may move the cursor or carry an escape.
+        let s = &*crate::model::escape::terminal(s);
         match self.spans.last_mut() {
             Some((t, last)) if *last == tone => t.push_str(s),
             _ => self.spans.push((s.to_string(), tone)),

@@ -261,6 +261,15 @@ pub fn render_frame(f: &Frame<'_>, width: usize, height: usize, color: bool) -> 
 
 /// The frame's lines before styling, cut to `width` x `height`.
 pub fn frame_lines(f: &Frame<'_>, width: usize, height: usize) -> Vec<Line> {
+    // Every name the frame shows (paths, workloads, comms, the culprit's headline, the filter)
+    // escaped for the terminal: a cgroup named `ESC [ 2 J` is shown, never obeyed.
+    let report = super::format::escaped(f.report);
+    let filter = f.filter.map(crate::model::escape::terminal);
+    let f = &Frame {
+        report: &report,
+        filter: filter.as_deref(),
+        ..*f
+    };
     let mut lines = status(f, width);
     lines.push(Line::new());
     lines.extend(cpu_lines(f.report, width));
@@ -808,5 +817,37 @@ mod tests {
         ACTIVE.store(false, Ordering::SeqCst);
         restore(); // not active: writes nothing
         assert!(!ACTIVE.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn hostile_names_never_reach_the_terminal_raw() {
+        let r = crate::render::hostile::report();
+        let hist: HashMap<u64, CallbackBins> = HashMap::new();
+        let f = Frame {
+            report: &r,
+            total_cgroups: 1,
+            hist: &hist,
+            elapsed: Duration::from_secs(5),
+            interval: Duration::from_secs(1),
+            partial: None,
+            filter: Some("evil\x1b[2J\u{9b}"),
+        };
+        for (w, h) in [(200, 50), (80, 24), (40, 5)] {
+            for color in [false, true] {
+                let out = render_frame(&f, w, h, color).join("\n");
+                if w == 200 {
+                    crate::render::hostile::assert_escaped(&out);
+                } else {
+                    // Cut too narrow to show the tip: still no raw control of the name.
+                    assert!(
+                        !out.chars()
+                            .any(|c| c.is_control() && c != '\x1b' && c != '\n'),
+                        "{out:?}"
+                    );
+                }
+            }
+        }
+        let out = render_frame(&f, 200, 50, false).join("\n");
+        assert!(out.contains("matching /evil\\x1b[2J\\u{9b}/"), "{out}");
     }
 }

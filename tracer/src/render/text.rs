@@ -39,6 +39,8 @@ pub fn render_text_as(report: &Report, color: bool, v: Verbosity) -> String {
 
 /// [`render_text`] at a chosen verbosity, the cgroup table cut to `width` columns if given.
 pub fn render_text_fit(report: &Report, color: bool, v: Verbosity, width: Option<usize>) -> String {
+    // Every name, reason and warning drawn from here on is escaped for the terminal.
+    let report = &super::format::escaped(report);
     let mut o = String::new();
     head(&mut o, report, color);
     probes(&mut o, report, v.detail());

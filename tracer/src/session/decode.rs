@@ -351,4 +351,102 @@ mod tests {
         assert_eq!(r, want);
         assert_eq!(dec(&v[1..20]), Err(DecodeError::Size { got: 19, want: 40 }));
     }
+
+    mod fuzz {
+        //! Ring-buffer bytes under proptest: whatever the kernel side (or a mismatched object)
+        //! hands over is a record or an error naming the size or the kind, never a panic.
+        use super::*;
+        use proptest::prelude::*;
+
+        const HEAD: usize = core::mem::size_of::<PeriodEvent>();
+
+        fn config() -> ProptestConfig {
+            ProptestConfig {
+                cases: 512,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            }
+        }
+
+        fn with_u32(mut b: Vec<u8>, at: usize, v: u32) -> Vec<u8> {
+            if b.len() >= at + 4 {
+                b[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+            }
+            b
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn any_bytes_decode_or_say_why(b in prop::collection::vec(any::<u8>(), 0..300)) {
+                match decode(&b, &mut TimerIds::default()) {
+                    Ok(ev) => {
+                        let kind = u32::from_ne_bytes(b[..4].try_into().unwrap());
+                        let want = match ev {
+                            Event::Period(_) => EVENT_PERIOD,
+                            Event::Async(_) => EVENT_ASYNC_UNTHROTTLE,
+                            Event::IrqSpan(_) => EVENT_IRQ_SPAN,
+                        };
+                        prop_assert_eq!(kind, want);
+                    }
+                    Err(DecodeError::Size { got, want }) => {
+                        prop_assert_eq!(got, b.len());
+                        prop_assert!(want > got);
+                    }
+                    Err(e) => prop_assert!(!e.to_string().is_empty()),
+                }
+            }
+
+            /// Each known kind over random contents: decoded exactly when long enough (and,
+            /// for a period, with a bitmap length the programs write), its fields read from
+            /// their offsets.
+            #[test]
+            fn known_kinds_over_random_bytes(
+                b in prop::collection::vec(any::<u8>(), 0..(HEAD + 8 * SPREAD_WORDS + 16)),
+                which in 0..3usize,
+                words in prop_oneof![Just(1u32), Just(SPREAD_WORDS as u32), any::<u32>()],
+            ) {
+                let kind = [EVENT_PERIOD, EVENT_IRQ_SPAN, EVENT_ASYNC_UNTHROTTLE][which];
+                let b = with_u32(b, 0, kind);
+                let b = if kind == EVENT_PERIOD {
+                    with_u32(b, core::mem::offset_of!(PeriodEvent, spread_words), words)
+                } else {
+                    b
+                };
+                let got = decode(&b, &mut TimerIds::default());
+                let need = match kind {
+                    EVENT_PERIOD => HEAD + 8 * words as usize,
+                    EVENT_IRQ_SPAN => core::mem::size_of::<IrqSpanEvent>(),
+                    _ => core::mem::size_of::<AsyncEvent>(),
+                };
+                let words_ok = kind != EVENT_PERIOD
+                    || words == 1
+                    || words as usize == SPREAD_WORDS;
+                if b.len() < 4 {
+                    prop_assert!(matches!(got, Err(DecodeError::Size { .. })), "{:?}", got);
+                } else if kind == EVENT_PERIOD && b.len() >= HEAD && !words_ok {
+                    prop_assert_eq!(got, Err(DecodeError::SpreadWords(words)));
+                } else if b.len() < need || (kind == EVENT_PERIOD && b.len() < HEAD) {
+                    prop_assert!(matches!(got, Err(DecodeError::Size { .. })), "{:?}", got);
+                } else {
+                    let ev = got.expect("a whole record of a known kind");
+                    let at = |off: usize| u64::from_ne_bytes(b[off..off + 8].try_into().unwrap());
+                    match ev {
+                        Event::Period(r) => {
+                            prop_assert_eq!(r.ts_ns, at(core::mem::offset_of!(PeriodEvent, start_ns)));
+                            prop_assert_eq!(r.cgroup_id, at(core::mem::offset_of!(PeriodEvent, cgroup_id)));
+                            prop_assert_eq!(r.spread, r.spread_cpus.len());
+                        }
+                        Event::IrqSpan(r) => {
+                            prop_assert_eq!(r.duration_ns, at(core::mem::offset_of!(IrqSpanEvent, duration_ns)));
+                        }
+                        Event::Async(r) => {
+                            prop_assert_eq!(r.csd_ns, at(core::mem::offset_of!(AsyncEvent, csd_ns)));
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

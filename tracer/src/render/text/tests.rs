@@ -363,3 +363,35 @@ fn shared_reasons_become_notes_for_doctor_too() {
         ["fentry: the kernel refused the program (EPERM: BPF trampolines not permitted here)"]
     );
 }
+
+#[test]
+fn hostile_names_are_shown_escaped() {
+    let r = crate::render::hostile::report();
+    for color in [false, true] {
+        for v in [Verbosity::Normal, Verbosity::Verbose] {
+            for width in [None, Some(80)] {
+                let t = render_text_fit(&r, color, v, width);
+                crate::render::hostile::assert_escaped(&t);
+            }
+        }
+    }
+    let t = render_text_as(&r, false, Verbosity::Verbose);
+    assert!(t.contains("\\x1b]0;pwned\\x07"), "{t}");
+    assert!(t.contains("\\u{9b}31m\\t\\x7f"), "{t}");
+}
+
+#[test]
+fn fixture_reports_are_unchanged_by_the_terminal_escape() {
+    let r = build_report(&header(), &agg(), 8_000_000_000, vec![]);
+    assert_eq!(crate::render::format::escaped(&r), r);
+}
+
+#[test]
+fn a_report_that_does_not_round_trip_is_still_escaped() {
+    let mut r = crate::render::hostile::report();
+    // A NaN is JSON's null: the whole report no longer reads back.
+    r.duration_s = f64::NAN;
+    assert!(crate::model::escape::for_terminal(&r).is_err());
+    let t = render_text_as(&r, true, Verbosity::Verbose);
+    crate::render::hostile::assert_escaped(&t);
+}
